@@ -1,0 +1,500 @@
+"""Database servers and pyproxy processes for the integration tests.
+
+The session fixture ``db_server`` (see ``conftest.py``) comes from one of three providers, chosen
+by environment variables:
+
+``PYPROXY_TEST_MYSQL=host:port:user:password``
+    Use an existing server. The user needs ``ALL PRIVILEGES ON *.* ... WITH GRANT OPTION`` (as
+    root has), since tests create users; the password may contain colons. Tests that stop or
+    kill the server are skipped.
+``PYPROXY_TEST_DOCKER=1``
+    Run ``mysql:8.0`` (or ``PYPROXY_TEST_DOCKER_IMAGE``) in Docker, published on a free
+    127.0.0.1 port. If no Docker engine answers, the integration tests are skipped, saying why.
+neither (the default)
+    A :class:`pyproxy.sandbox.SandboxServer`: a throwaway local mariadbd.
+
+Every provider offers the same small interface: ``host``, ``port``, ``flavor`` ("mariadb" or
+"mysql"), ``connect(**kw)`` (an autocommit admin connection), ``create_user(name, password,
+plugin=..., database=None)``, ``start()``, ``stop()``, ``kill()``, ``restart()``,
+``cleanup()``. The existing-server provider raises NotImplementedError for stop/kill/restart.
+
+:func:`start_proxy` runs ``twistd --nodaemon --pidfile= pyproxy --config FILE`` in front of a
+server, with this interpreter (see :func:`pyproxy.sandbox.twistd_command`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import pymysql
+
+from pyproxy.sandbox import (
+    ProgramNotFound,
+    SandboxError,
+    SandboxServer,
+    child_env,
+    create_user_on,
+    dump_toml,
+    endpoint_address,
+    free_port,
+    tail,
+    twistd_command,
+)
+
+#: The user every proxy config gets, created on the server with its own database.
+APP_USER = "app"
+APP_PASSWORD = "app_pw"
+APP_DATABASE = "app"
+
+#: Keys of a ``users`` entry that describe the server-side account, not the pyproxy config.
+_SERVER_ONLY_USER_KEYS = ("plugin", "database", "create")
+
+
+class ServerUnavailable(Exception):
+    """No database server can be provided here; the message says why (used as skip reason)."""
+
+
+class DbServer(Protocol):
+    """What tests may rely on, whichever provider is behind ``db_server``."""
+
+    host: str
+    port: int
+
+    @property
+    def flavor(self) -> str: ...
+
+    def connect(self, **kwargs: Any) -> pymysql.connections.Connection: ...
+
+    def create_user(
+        self, name: str, password: str, plugin: str = ..., database: str | None = ...
+    ) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+def _detect_flavor(conn: pymysql.connections.Connection) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT VERSION()")
+        return "mariadb" if "mariadb" in str(cur.fetchone()[0]).lower() else "mysql"
+
+
+@attrs.define(eq=False)
+class ExistingServer:
+    """A server someone else runs (``PYPROXY_TEST_MYSQL``); it is never stopped or changed
+    beyond the users and databases the tests create."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    _flavor: str | None = attrs.field(default=None, init=False)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> ExistingServer:
+        """Parse ``host:port:user:password``."""
+        parts = spec.split(":", 3)
+        if len(parts) != 4 or not parts[1].isdigit():
+            raise ServerUnavailable(
+                f"PYPROXY_TEST_MYSQL must be host:port:user:password, got {spec!r}"
+            )
+        return cls(parts[0], int(parts[1]), parts[2], parts[3])
+
+    @property
+    def flavor(self) -> str:
+        if self._flavor is None:
+            conn = self.connect()
+            try:
+                self._flavor = _detect_flavor(conn)
+            finally:
+                conn.close()
+        return self._flavor
+
+    def connect(self, **kwargs: Any) -> pymysql.connections.Connection:
+        params: dict[str, Any] = {
+            "host": self.host, "port": self.port, "user": self.user,
+            "password": self.password, "autocommit": True, "connect_timeout": 5,
+        }
+        params.update(kwargs)
+        return pymysql.connect(**params)
+
+    def create_user(
+        self, name: str, password: str, plugin: str = "mysql_native_password",
+        database: str | None = None,
+    ) -> None:
+        conn = self.connect()
+        try:
+            create_user_on(conn, name, password, plugin=plugin, database=database)
+        finally:
+            conn.close()
+
+    def start(self) -> None:
+        """Check that the server answers."""
+        try:
+            self.connect().close()
+        except pymysql.err.MySQLError as exc:
+            raise ServerUnavailable(
+                f"PYPROXY_TEST_MYSQL server {self.host}:{self.port} does not answer: {exc}"
+            ) from exc
+
+    def stop(self) -> None:
+        raise NotImplementedError("an existing server (PYPROXY_TEST_MYSQL) is not ours to stop")
+
+    def kill(self) -> None:
+        raise NotImplementedError("an existing server (PYPROXY_TEST_MYSQL) is not ours to kill")
+
+    def restart(self) -> None:
+        raise NotImplementedError(
+            "an existing server (PYPROXY_TEST_MYSQL) is not ours to restart"
+        )
+
+    def cleanup(self) -> None:
+        """Nothing to remove: the server stays as it was found (plus test users)."""
+
+
+@attrs.define(eq=False)
+class DockerMySQL:
+    """A MySQL container published on a free 127.0.0.1 port (``PYPROXY_TEST_DOCKER=1``)."""
+
+    image: str = "mysql:8.0"
+    max_connections: int = 151
+    start_timeout: float = 180.0
+    host: str = "127.0.0.1"
+    port: int = 0
+    root_password: str = attrs.field(factory=lambda: secrets.token_urlsafe(12))
+    _client: Any = attrs.field(default=None, init=False, repr=False)
+    _container: Any = attrs.field(default=None, init=False, repr=False)
+    _flavor: str | None = attrs.field(default=None, init=False)
+
+    @classmethod
+    def from_env(cls, image: str = "mysql:8.0") -> DockerMySQL:
+        """Connect to the Docker engine, or say why not."""
+        try:
+            import docker  # test extra; only needed for this provider
+        except ImportError as exc:
+            raise ServerUnavailable(f"PYPROXY_TEST_DOCKER=1 but the docker SDK is missing: {exc}")
+        try:
+            client = docker.from_env()
+            client.ping()
+        except Exception as exc:  # the SDK raises several unrelated types here
+            raise ServerUnavailable(
+                f"PYPROXY_TEST_DOCKER=1 but no Docker engine answers: {exc}"
+            ) from exc
+        server = cls(image=image)
+        server._client = client
+        return server
+
+    @property
+    def flavor(self) -> str:
+        if self._flavor is None:
+            conn = self.connect()
+            try:
+                self._flavor = _detect_flavor(conn)
+            finally:
+                conn.close()
+        return self._flavor
+
+    def connect(self, **kwargs: Any) -> pymysql.connections.Connection:
+        params: dict[str, Any] = {
+            "host": self.host, "port": self.port, "user": "root",
+            "password": self.root_password, "autocommit": True, "connect_timeout": 5,
+        }
+        params.update(kwargs)
+        return pymysql.connect(**params)
+
+    def create_user(
+        self, name: str, password: str, plugin: str = "mysql_native_password",
+        database: str | None = None,
+    ) -> None:
+        conn = self.connect()
+        try:
+            create_user_on(conn, name, password, plugin=plugin, database=database)
+        finally:
+            conn.close()
+
+    def start(self) -> None:
+        """Create the container on first use, else start it again; wait until it answers."""
+        if self._container is None:
+            import docker.errors
+
+            try:
+                self._client.images.get(self.image)
+            except docker.errors.ImageNotFound:
+                self._client.images.pull(self.image)
+            self.port = self.port or free_port(self.host)
+            self._container = self._client.containers.run(
+                self.image,
+                command=[f"--max-connections={self.max_connections}"],
+                environment={
+                    "MYSQL_ROOT_PASSWORD": self.root_password,
+                    "MARIADB_ROOT_PASSWORD": self.root_password,
+                },
+                ports={"3306/tcp": (self.host, self.port)},
+                labels={"pyproxy-test": "1"},
+                detach=True,
+            )
+        else:
+            self._container.start()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        # The image's first boot runs a temporary server without networking, so the first
+        # TCP login that works is the real server.
+        deadline = time.monotonic() + self.start_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            self._container.reload()
+            if self._container.status in ("exited", "dead"):
+                break
+            try:
+                self.connect(connect_timeout=2).close()
+                return
+            except pymysql.err.MySQLError as exc:
+                last_error = exc
+                time.sleep(0.5)
+        logs = self._container.logs(tail=30).decode(errors="replace")
+        raise SandboxError(
+            f"{self.image} container ({self._container.status}) did not accept connections on "
+            f"{self.host}:{self.port} (last error: {last_error}); container log tail:\n{logs}"
+        )
+
+    def stop(self) -> None:
+        if self._container is not None:
+            self._container.stop(timeout=30)
+
+    def kill(self) -> None:
+        if self._container is not None:
+            self._container.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        if self._container is not None:
+            self._container.remove(force=True, v=True)
+            self._container = None
+        if self._client is not None:
+            self._client.close()
+
+
+def open_db_server(environ: Mapping[str, str]) -> DbServer:
+    """Start the provider the environment asks for (see the module docstring).
+
+    Raises:
+        ServerUnavailable: the chosen provider cannot run here.
+    """
+    spec = environ.get("PYPROXY_TEST_MYSQL")
+    server: DbServer
+    if spec:
+        server = ExistingServer.from_spec(spec)
+    elif environ.get("PYPROXY_TEST_DOCKER") == "1":
+        server = DockerMySQL.from_env(environ.get("PYPROXY_TEST_DOCKER_IMAGE", "mysql:8.0"))
+    else:
+        server = SandboxServer(max_connections=200)
+    try:
+        server.start()
+    except ProgramNotFound as exc:
+        server.cleanup()
+        raise ServerUnavailable(str(exc)) from exc
+    except BaseException:
+        server.cleanup()
+        raise
+    return server
+
+
+def is_controllable(server: DbServer) -> bool:
+    """Return whether tests may stop, kill and restart ``server``."""
+    return not isinstance(server, ExistingServer)
+
+
+# --- pyproxy processes ----------------------------------------------------------------------
+
+
+class ProxyStartError(RuntimeError):
+    """pyproxy exited or did not listen in time; the message ends with its log tail."""
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in, tables recursively, other values replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def proxy_config(server: DbServer, listen: str) -> dict[str, Any]:
+    """Return the config every test proxy starts from: small pool, short timeouts, debug logs."""
+    return {
+        "proxy": {"listen": listen},
+        "backend": {
+            "host": server.host,
+            "port": server.port,
+            "database": APP_DATABASE,
+            "connect_timeout": 5,
+        },
+        "pool": {
+            "max_connections": 10,
+            "min_idle": 0,
+            "borrow_timeout": 10,
+            "max_lifetime": 3600,
+            "idle_timeout": 600,
+        },
+        "health": {"interval": 1},
+        "log": {"level": "debug", "format": "json"},
+        "users": [{"name": APP_USER, "password": APP_PASSWORD}],
+    }
+
+
+@attrs.define(eq=False)
+class ProxyProcess:
+    """A running ``twistd -n pyproxy`` and where to find its config and log."""
+
+    host: str
+    port: int
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    config: dict[str, Any]
+
+    def log_text(self) -> str:
+        """Return everything pyproxy has written to stdout and stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def connect(
+        self, user: str = APP_USER, password: str = APP_PASSWORD,
+        database: str | None = APP_DATABASE, **kwargs: Any,
+    ) -> pymysql.connections.Connection:
+        """Return a PyMySQL connection through the proxy, as ``app`` by default."""
+        params: dict[str, Any] = {
+            "host": self.host, "port": self.port, "user": user, "password": password,
+            "database": database, "connect_timeout": 5,
+        }
+        params.update(kwargs)
+        return pymysql.connect(**params)
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        """Wait until the port accepts TCP connections.
+
+        Raises:
+            ProxyStartError: the process exited or the port stayed closed.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ProxyStartError(
+                    f"pyproxy exited with code {code} before listening on "
+                    f"{self.host}:{self.port}; tail of {self.log_path}:\n{tail(self.log_path)}"
+                )
+            if _accepts_connections(self.host, self.port):
+                return
+            time.sleep(0.05)
+        raise ProxyStartError(
+            f"pyproxy did not listen on {self.host}:{self.port} within {timeout}s; "
+            f"tail of {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; return the exit code.
+
+        A clean shutdown on SIGTERM exits 0; -9 means it had to be killed.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _proxy_env() -> dict[str, str]:
+    # The config file must be the whole truth: drop PYPROXY_* settings from the test run's env.
+    env = {k: v for k, v in child_env().items() if not k.startswith("PYPROXY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_proxy(
+    server: DbServer,
+    directory: Path,
+    *,
+    users: Iterable[Mapping[str, Any]] = (),
+    args: Sequence[str] = (),
+    runner_args: Sequence[str] = (),
+    startup_timeout: float = 20.0,
+    **sections: Mapping[str, Any],
+) -> ProxyProcess:
+    """Create the users on ``server``, write a config into ``directory`` and start pyproxy.
+
+    Args:
+        users: extra ``[[users]]`` entries after ``app``. ``plugin``, ``database`` and
+            ``create`` (default True) describe the server account and stay out of the config.
+        args: more pyproxy options, after ``--config FILE``.
+        runner_args: options for the Twisted runner, before ``pyproxy``.
+        sections: merged into the config's tables, e.g. ``pool={"max_connections": 20}``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    server.create_user(APP_USER, APP_PASSWORD, database=APP_DATABASE)
+    config = merge_config(proxy_config(server, f"tcp:{free_port()}:interface=127.0.0.1"),
+                          sections)
+    for user in users:
+        if user.get("create", True):
+            server.create_user(user["name"], user["password"],
+                               plugin=user.get("plugin", "mysql_native_password"),
+                               database=user.get("database"))
+        entry = {k: v for k, v in user.items() if k not in _SERVER_ONLY_USER_KEYS}
+        config["users"] = [*config["users"], entry]
+    address = endpoint_address(config["proxy"]["listen"])
+    if address is None:
+        raise ValueError(f"cannot wait for a proxy listening on {config['proxy']['listen']!r}")
+    if _accepts_connections(address[0], int(address[1])):
+        # Waiting for the port would then succeed at once, whatever pyproxy does.
+        raise ValueError(f"something already listens on {config['proxy']['listen']!r}")
+    config_path = directory / "pyproxy.toml"
+    log_path = directory / "pyproxy.log"
+    config_path.write_text(dump_toml(config))
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            twistd_command(config_path, runner_args, args),
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            env=_proxy_env(), cwd=directory,
+        )
+    proxy = ProxyProcess(address[0], int(address[1]), config_path, log_path, process, config)
+    try:
+        proxy.wait_listening(startup_timeout)
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy

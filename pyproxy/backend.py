@@ -1,0 +1,431 @@
+"""pyproxy as a MySQL *client*: one authenticated connection to the database server.
+
+A BackendConnection is either idle in its pool, running a command pyproxy
+issued itself (session reconciliation, health pings, resets), or relaying a
+client's command: then every byte the server sends is handed to the client
+side as it arrives, while a ResponseTracker watches for the end of the reply.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any, Protocol as TypingProtocol
+
+import attrs
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from pyproxy import auth
+from pyproxy.logs import get_logger
+from pyproxy.session import ClientSession, SessionState, initial_state
+from pyproxy.wire import constants as c
+from pyproxy.wire.commands import Reply, make_query
+from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
+from pyproxy.wire.framing import PacketFramer, frame
+from pyproxy.wire.handshake import (
+    HandshakeResponse41,
+    HandshakeV10,
+    make_change_user,
+    make_handshake_response41,
+    parse_auth_switch_request,
+    parse_handshake_v10,
+)
+from pyproxy.wire.response_tracker import DONE, INFILE, ProtocolViolation, ResponseTracker
+from pyproxy.wire.responses import ERR, parse_err, parse_ok
+
+# Capability bits a backend connection takes from the client it will serve,
+# because they change what the server sends or how it behaves and cannot be
+# translated packet by packet.  Connections are pooled per combination.
+FLAVOR_BITS = CLIENT.DEPRECATE_EOF | CLIENT.FOUND_ROWS | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE
+
+BASE_CAPABILITIES = (
+    CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
+    | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS
+    | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK
+)
+
+# Transaction-info tracking stays off: it would flag every statement that
+# touches a transaction as a state change, and a classic EOF cannot say which
+# change it was.  The few statements it would reveal are recognised by text.
+TRACKING = (b"SET SESSION session_track_schema=ON, session_track_state_change=ON, "
+            b"session_track_system_variables='*'")
+
+_ids = itertools.count(1)
+
+
+class BackendError(Exception):
+    """An error to report to the client as a MySQL ERR packet."""
+
+    def __init__(self, code: int, sqlstate: str, message: str) -> None:
+        super().__init__(f"({code}) {message}")
+        self.code = code
+        self.sqlstate = sqlstate
+        self.message = message
+
+    @classmethod
+    def from_err(cls, err: ERR) -> "BackendError":
+        return cls(err.code, err.sqlstate, err.message)
+
+
+def lost_connection(detail: str = "") -> BackendError:
+    code, state = c.CR_SERVER_LOST
+    return BackendError(code, state, "Lost connection to MySQL server during query"
+                        + (f" ({detail})" if detail else ""))
+
+
+@attrs.frozen
+class Target:
+    """Where and as whom backend connections log in."""
+
+    host: str
+    port: int
+    user: str
+    password: str = attrs.field(repr=False)
+    database: str | None = None
+    charset: int = 45
+    connect_timeout: float = 10.0
+
+
+class ReplySink(TypingProtocol):
+    """The client side of a relayed command, as the backend sees it."""
+
+    def backend_data(self, data: bytes, tracker: ResponseTracker) -> None: ...
+    def backend_lost(self, error: BackendError) -> None: ...
+
+
+class BackendConnection(protocol.Protocol):
+    """One server connection; pooled, lent to clients, reconciled, reset."""
+
+    def __init__(self, target: Target, flavor: int, clock: IReactorTime) -> None:
+        self.target = target
+        self.flavor = flavor
+        self.clock = clock
+        self.id = next(_ids)
+        self.log = get_logger(backend_id=self.id, host=target.host, port=target.port, user=target.user)
+        self.ready: defer.Deferred[BackendConnection] = defer.Deferred()
+        self.handshake: HandshakeV10 | None = None
+        self.capabilities = 0
+        self.state: SessionState = SessionState()
+        self.tracker = ResponseTracker(bool(flavor & CLIENT.DEPRECATE_EOF))
+        self.created_at = clock.seconds()
+        self.last_used = self.created_at
+        self.last_checked = self.created_at
+        self.broken = False
+        self.on_lost: Callable[[BackendConnection], None] | None = None
+        self._framer = PacketFramer()
+        self._mode = "auth"
+        self._plugin = ""
+        self._nonce = b""
+        self._seq = 0
+        self._sink: ReplySink | None = None
+        self._carry = b""
+        self._pending: list[tuple[defer.Deferred[bytes], bool]] = []
+        self._timeout: Any = None
+
+    # -- connection phase ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._mode == "relay":
+            self._relay_data(data)
+            return
+        try:
+            packets = self._framer.feed(data)
+            for packet in packets:
+                if self._mode == "auth":
+                    self._auth_packet(packet.seq, packet.payload)
+                elif self._mode == "internal":
+                    self._internal_packet(packet.payload)
+                else:
+                    # A server speaks unasked only to say it is closing.
+                    self._fail(BackendError.from_err(parse_err(packet.payload))
+                               if packet.payload[:1] == b"\xff" else lost_connection("unexpected data"))
+                    return
+                if self._mode == "relay":
+                    return
+        except (ValueError, BackendError) as exc:
+            self._fail(exc if isinstance(exc, BackendError) else lost_connection(str(exc)))
+
+    def _send(self, payload: bytes) -> None:
+        self.transport.write(frame(payload, self._seq))  # type: ignore[union-attr]
+        self._seq += 1
+
+    def _auth_packet(self, seq: int, payload: bytes) -> None:
+        self._seq = seq + 1
+        if self.handshake is None:
+            if payload[:1] == b"\xff":
+                raise BackendError.from_err(parse_err(payload))
+            self.handshake = hs = parse_handshake_v10(payload)
+            self._nonce = hs.auth_data
+            self._plugin = hs.auth_plugin if hs.auth_plugin in (auth.NATIVE, auth.CACHING_SHA2,
+                                                                 auth.ED25519) else auth.NATIVE
+            wanted = BASE_CAPABILITIES | (self.flavor & FLAVOR_BITS)
+            if self.target.database:
+                wanted |= CLIENT.CONNECT_WITH_DB
+            self.capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)
+            if not hs.capabilities & CLIENT.PROTOCOL_41:
+                raise BackendError(*c.ER_HANDSHAKE_ERROR, "server does not speak protocol 4.1")
+            self._send(make_handshake_response41(HandshakeResponse41(
+                self.capabilities, 1 << 30, self.target.charset, self.target.user,
+                auth.proof_for(self._plugin, self.target.password.encode(), self._nonce),
+                self.target.database, self._plugin, {"_client_name": "pyproxy", "program_name": "pyproxy"})))
+            return
+        head = payload[:1]
+        password = self.target.password.encode()
+        if head == b"\x00":
+            ok = parse_ok(payload, bool(self.capabilities & CLIENT.SESSION_TRACK))
+            self.state = initial_state(self.target.charset, self.target.database,
+                                       bool(ok.status & c.SERVER_STATUS_AUTOCOMMIT),
+                                       bool(self.capabilities & CLIENT.MULTI_STATEMENTS))
+            self._mode = "idle"
+            self._start_tracking()
+        elif head == b"\xff":
+            raise BackendError.from_err(parse_err(payload))
+        elif head == b"\xfe":
+            self._plugin, self._nonce = parse_auth_switch_request(payload)
+            if self._plugin == auth.CLEAR:
+                raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE,
+                                   "server asked for mysql_clear_password without TLS")
+            try:
+                self._send(auth.proof_for(self._plugin, password, self._nonce))
+            except ValueError as exc:
+                raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE, str(exc)) from None
+        elif head == b"\x01" and self._plugin == auth.CACHING_SHA2:
+            data = payload[1:]
+            if data == auth.SHA2_FAST_AUTH_SUCCESS:
+                return
+            if data == auth.SHA2_PERFORM_FULL_AUTH:
+                self._send(auth.SHA2_REQUEST_PUBLIC_KEY)
+                return
+            self._send(auth.sha2_rsa_encrypt(password, self._nonce, data))
+        else:
+            raise BackendError(*c.ER_HANDSHAKE_ERROR, f"unexpected packet 0x{payload[0]:02x} during login")
+
+    def _start_tracking(self) -> None:
+        """Turns on session-state tracking, which every pooling decision relies on."""
+        d = self.execute(make_query(TRACKING))
+        d.addCallbacks(lambda _: self._became_ready(), self._fail)
+
+    def _became_ready(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        self.log.debug("backend_ready", server_version=self.handshake.server_version if self.handshake else None)
+        ready, self.ready = self.ready, defer.succeed(self)
+        ready.callback(self)
+
+    # -- commands pyproxy runs itself ---------------------------------------
+
+    def execute(self, command: bytes, *, expect_ok: bool = True) -> defer.Deferred[bytes]:
+        """Sends a command whose reply is one OK/EOF/ERR packet; fires with its payload.
+
+        Several may be pipelined: the server answers them in order.  ERR
+        replies errback with BackendError.
+        """
+        if self.broken or self.transport is None:
+            return defer.fail(lost_connection("connection closed"))
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self._pending.append((d, expect_ok))
+        self._mode = "internal"
+        self.transport.write(frame(command, 0))
+        return d
+
+    def _internal_packet(self, payload: bytes) -> None:
+        d, _ = self._pending.pop(0)
+        if not self._pending:
+            self._mode = "idle"
+        if payload[:1] == b"\xff":
+            d.errback(BackendError.from_err(parse_err(payload)))
+            return
+        if payload[:1] == b"\x00":
+            ok = parse_ok(payload, True)
+            if ok.changes is not None:
+                self._apply_tracked(ok)
+        d.callback(payload)
+
+    def _apply_tracked(self, ok: Any) -> None:
+        """Keeps ``state`` true to what the server reports after pyproxy's own commands."""
+        view = ClientSession(self.state)
+        view.observe_changes(ok.changes, None)
+        view.observe_status(ok.status)
+        self.state = view.state
+
+    def ping(self) -> defer.Deferred[bytes]:
+        return self.execute(bytes((COMMAND.COM_PING,)))
+
+    def reset(self) -> defer.Deferred[BackendConnection]:
+        """COM_RESET_CONNECTION, then tracking again: drops every piece of session state."""
+        d = self.execute(bytes((COM_RESET_CONNECTION,)))
+
+        def after_reset(_: bytes) -> defer.Deferred[bytes]:
+            # The reset keeps the schema and the COM_SET_OPTION setting.
+            self.state = initial_state(self.target.charset, self.state.schema,
+                                       self._server_autocommit(), self.state.multi_statements)
+            return self.execute(make_query(TRACKING))
+
+        d.addCallback(after_reset)
+        d.addCallback(lambda _: self)
+        return d
+
+    def change_user(self) -> defer.Deferred[BackendConnection]:
+        """COM_CHANGE_USER to the same account with no schema: the only way to unselect one."""
+        if self.broken or self.transport is None:
+            return defer.fail(lost_connection("connection closed"))
+        self.ready = defer.Deferred()
+        self._mode = "auth"
+        self._seq = 0
+        nonce = self.handshake.auth_data if self.handshake else self._nonce
+        plugin = self._plugin if self._plugin in (auth.NATIVE, auth.CACHING_SHA2) else auth.NATIVE
+        self._plugin = plugin
+        self.transport.write(frame(make_change_user(
+            self.target.user, auth.proof_for(plugin, self.target.password.encode(), nonce),
+            None, self.target.charset, plugin), 0))
+        self._seq = 1
+        self.target = attrs.evolve(self.target, database=None)
+        return self.ready
+
+    def _server_autocommit(self) -> bool:
+        return bool(self.handshake.status & c.SERVER_STATUS_AUTOCOMMIT) if self.handshake else True
+
+    # -- relaying a client's command ----------------------------------------
+
+    def relay(self, raw: bytes, reply: Reply, sink: ReplySink) -> None:
+        """Forwards a client's command as received; the reply streams to ``sink``."""
+        self.last_used = self.clock.seconds()
+        if reply == Reply.NONE:
+            self.transport.write(raw)  # type: ignore[union-attr]
+            return
+        self._sink = sink
+        self._mode = "relay"
+        self.tracker.start(reply)
+        self.transport.write(raw)  # type: ignore[union-attr]
+
+    def relay_more(self, raw: bytes) -> None:
+        """Client packets that belong to the running command (LOCAL INFILE data)."""
+        self.transport.write(raw)  # type: ignore[union-attr]
+
+    def infile_sent(self) -> None:
+        self.tracker.infile_sent()
+        if self._carry:
+            carry, self._carry = self._carry, b""
+            self._relay_data(carry)
+
+    def _relay_data(self, data: bytes) -> None:
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        tracker = self.tracker
+        tracker.oks.clear()
+        try:
+            end = tracker.scan(data)
+        except ProtocolViolation as exc:
+            self._fail(lost_connection(f"protocol violation: {exc}"))
+            return
+        if end != len(data):
+            if tracker.state == DONE or tracker.state == INFILE:
+                self._fail(lost_connection("data after the end of a reply"))
+                return
+            self._carry = data[end:]
+            data = data[:end]
+        if tracker.state == DONE:
+            self._mode = "idle"
+            sink, self._sink = self._sink, None
+        else:
+            sink = self._sink
+        if sink is not None:
+            sink.backend_data(data, tracker)
+
+    # -- end of life --------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """Closes for good; the pool has already forgotten this connection."""
+        if not self.broken:
+            self.log.info("backend_closed", reason=reason)
+        self.broken = True
+        if self.transport is not None:
+            if self._mode not in ("auth",):
+                try:
+                    self.transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
+                except Exception:  # noqa: BLE001 - closing anyway
+                    pass
+            self.transport.loseConnection()
+
+    def _fail(self, error: Exception | Failure) -> None:
+        exc = error.value if isinstance(error, Failure) else error
+        if not isinstance(exc, BackendError):
+            exc = lost_connection(str(exc))
+        self.broken = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        self._error_out(exc)
+
+    def _error_out(self, exc: BackendError) -> None:
+        pending, self._pending = self._pending, []
+        for d, _ in pending:
+            d.errback(exc)
+        if not self.ready.called:
+            self.ready.errback(exc)
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.backend_lost(exc)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        was_broken = self.broken
+        self.broken = True
+        self._mode = "closed"
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        if not was_broken:
+            self.log.warning("backend_lost", reason=reason.getErrorMessage())
+        self._error_out(lost_connection(reason.getErrorMessage()))
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost(self)
+
+
+class _BackendFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, target: Target, flavor: int, clock: IReactorTime) -> None:
+        self.target = target
+        self.flavor = flavor
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> BackendConnection:
+        return BackendConnection(self.target, self.flavor, self.clock)
+
+
+def connect(reactor: Any, target: Target, flavor: int) -> defer.Deferred[BackendConnection]:
+    """Opens, authenticates and prepares one backend connection.
+
+    Fails with BackendError: 2003 when the server cannot be reached in
+    ``connect_timeout``, or the server's own error (1045, 1040, ...).
+    """
+    endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=target.connect_timeout)
+    d = endpoint.connect(_BackendFactory(target, flavor, reactor))
+
+    def connected(conn: BackendConnection) -> defer.Deferred[BackendConnection]:
+        def too_slow() -> None:
+            conn._fail(BackendError(*c.CR_CONN_HOST_ERROR,
+                                    f"Can't connect to MySQL server on '{target.host}:{target.port}' "
+                                    f"(login took longer than {target.connect_timeout:g}s)"))
+
+        conn._timeout = reactor.callLater(target.connect_timeout, too_slow)
+        return conn.ready
+
+    def unreachable(failure: Failure) -> Failure:
+        if failure.check(BackendError):
+            return failure
+        code, state = c.CR_CONN_HOST_ERROR
+        return Failure(BackendError(code, state, f"Can't connect to MySQL server on "
+                                                 f"'{target.host}:{target.port}' ({failure.getErrorMessage()})"))
+
+    d.addCallback(connected)
+    d.addErrback(unreachable)
+    return d

@@ -1,0 +1,243 @@
+"""Configuration: TOML file, then PYPROXY_* environment variables, then command-line options.
+
+Everything is validated when loaded, so a bad value is reported once, by
+key, before pyproxy listens on anything.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong kind; the
+    message names the key."""
+
+
+def _positive(kind: type) -> Any:
+    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:  # type: ignore[operator]
+            raise ConfigError(f"must be a positive number, got {value!r}")
+    return check
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"must be zero or a positive number, got {value!r}")
+
+
+def _string(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a string, got {value!r}")
+
+
+def _port(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ConfigError(f"must be a TCP port number, got {value!r}")
+
+
+@attrs.frozen
+class ProxyConfig:
+    listen: str = attrs.field(default="tcp:3306", validator=_string)
+    # Largest packet accepted from a client (bytes); larger ones get error 1153.
+    max_packet_size: int = attrs.field(default=1 << 30, validator=_positive(int))
+    # Seconds a client may take to log in.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive((int, float)))
+
+
+@attrs.frozen
+class BackendConfig:
+    host: str = attrs.field(default="127.0.0.1", validator=_string)
+    port: int = attrs.field(default=3306, validator=_port)
+    database: str | None = attrs.field(default=None)
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive((int, float)))
+    # Collation id pyproxy logs in with (45 = utf8mb4_general_ci).
+    charset: int = attrs.field(default=45, validator=_positive(int))
+
+
+@attrs.frozen
+class PoolConfig:
+    max_connections: int = attrs.field(default=100, validator=_positive(int))
+    min_idle: int = attrs.field(default=0, validator=_non_negative)
+    borrow_timeout: float = attrs.field(default=120.0, validator=_positive((int, float)))
+    max_lifetime: float = attrs.field(default=3600.0, validator=_positive((int, float)))
+    idle_timeout: float = attrs.field(default=600.0, validator=_positive((int, float)))
+
+
+@attrs.frozen
+class HealthConfig:
+    interval: float = attrs.field(default=10.0, validator=_positive((int, float)))
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = attrs.field(default="info", validator=attrs.validators.in_(
+        ("debug", "info", "warning", "error")))
+    format: str = attrs.field(default="auto", validator=attrs.validators.in_(
+        ("auto", "json", "console")))
+
+
+@attrs.frozen
+class UserConfig:
+    name: str = attrs.field(validator=_string)
+    password: str = attrs.field(default="", validator=_string, repr=False)
+
+
+@attrs.frozen
+class Config:
+    proxy: ProxyConfig = ProxyConfig()
+    backend: BackendConfig = BackendConfig()
+    pool: PoolConfig = PoolConfig()
+    health: HealthConfig = HealthConfig()
+    log: LogConfig = LogConfig()
+    users: tuple[UserConfig, ...] = ()
+
+    def user(self, name: str) -> UserConfig | None:
+        for user in self.users:
+            if user.name == name:
+                return user
+        return None
+
+
+SECTIONS: dict[str, type] = {
+    "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
+    "health": HealthConfig, "log": LogConfig,
+}
+
+ENV_PREFIX = "PYPROXY_"
+
+
+def _coerce_env(cls: type, key: str, text: str) -> object:
+    """Environment values are strings; give them the type the default has."""
+    field = attrs.fields_dict(cls)[key]
+    default = field.default
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    """PYPROXY_<SECTION>_<KEY> for every key, e.g. PYPROXY_POOL_MAX_CONNECTIONS;
+    PYPROXY_USERS="name:password,name2:password2" replaces the user list."""
+    out: dict[str, dict[str, object]] = {}
+    for section, cls in SECTIONS.items():
+        for key in attrs.fields_dict(cls):
+            name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            if name in environ:
+                out.setdefault(section, {})[key] = _coerce_env(cls, key, environ[name])
+    if f"{ENV_PREFIX}USERS" in environ:
+        users = []
+        for item in environ[f"{ENV_PREFIX}USERS"].split(","):
+            if item.strip():
+                name, _, password = item.strip().partition(":")
+                users.append({"name": name, "password": password})
+        out["users"] = users  # type: ignore[assignment]
+    return out
+
+
+def _describe(exc: ValueError) -> str:
+    """attrs' own validators put the allowed values in args[0] and the rest after it."""
+    if isinstance(exc, ConfigError) or len(exc.args) < 4:
+        return str(exc)
+    return f"must be one of {', '.join(map(str, exc.args[2]))}, got {exc.args[3]!r}"
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def build(data: Mapping[str, Any]) -> Config:
+    """Turns a parsed TOML document into a Config, naming the first bad key."""
+    sections: dict[str, object] = {}
+    for section, values in data.items():
+        if section == "users":
+            continue
+        cls = SECTIONS.get(section)
+        if cls is None:
+            raise ConfigError(f"unknown section [{section}]")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{section}] must be a table")
+        known = attrs.fields_dict(cls)
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"unknown key {section}.{key}")
+            try:
+                cls(**{key: value})
+            except ValueError as exc:
+                raise ConfigError(f"{section}.{key}: {_describe(exc)}") from None
+            except TypeError:
+                pass  # a required sibling is missing; checked below
+        try:
+            sections[section] = cls(**values)
+        except ValueError as exc:
+            raise ConfigError(f"[{section}]: {_describe(exc)}") from None
+    users = []
+    raw_users = data.get("users", [])
+    if not isinstance(raw_users, list):
+        raise ConfigError("users must be an array of tables ([[users]])")
+    seen = set()
+    for index, entry in enumerate(raw_users):
+        if not isinstance(entry, Mapping) or "name" not in entry:
+            raise ConfigError(f"users[{index}].name is required")
+        unknown = set(entry) - {"name", "password"}
+        if unknown:
+            raise ConfigError(f"unknown key users[{index}].{sorted(unknown)[0]}")
+        try:
+            user = UserConfig(**entry)
+        except ConfigError as exc:
+            key = "name" if not isinstance(entry.get("name"), str) else "password"
+            raise ConfigError(f"users[{index}].{key}: {exc}") from None
+        if user.name in seen:
+            raise ConfigError(f"users[{index}].name: duplicate user {user.name!r}")
+        seen.add(user.name)
+        users.append(user)
+    backend = sections.get("backend")
+    if isinstance(backend, BackendConfig) and backend.database == "":
+        sections["backend"] = attrs.evolve(backend, database=None)
+    return Config(**sections, users=tuple(users))  # type: ignore[arg-type]
+
+
+def load(path: str | None, environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Mapping[str, object]] | None = None) -> Config:
+    """Reads the file, applies environment variables, then explicit overrides.
+
+    Raises:
+        ConfigError: with one line naming the file or key at fault.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = _merge(data, overrides)
+    config = build(data)
+    if not config.users:
+        raise ConfigError("no [[users]] configured: clients could not log in")
+    return config

@@ -1,0 +1,600 @@
+"""pyproxy as a MySQL *server*: the connection an application opens.
+
+The protocol authenticates the client itself, then runs each command on a
+backend connection borrowed for it: the connection is held for as long as a
+transaction is open (or the session is pinned) and handed back as soon as
+the reply's final status says the session is clean.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import attrs
+from twisted.internet import defer, protocol
+from twisted.python.failure import Failure
+
+from pyproxy import auth
+from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
+from pyproxy.logs import get_logger
+from pyproxy.proxy import Proxy
+from pyproxy.session import ClientSession, initial_state, needs_reset, reconcile
+from pyproxy.wire import constants as c
+from pyproxy.wire.commands import REPLIES, Reply, command_name
+from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
+from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
+from pyproxy.wire.handshake import (
+    HandshakeResponse41,
+    HandshakeV10,
+    is_ssl_request,
+    make_auth_more_data,
+    make_auth_switch_request,
+    make_handshake_v10,
+    parse_change_user,
+    parse_handshake_response41,
+)
+from pyproxy.wire.response_tracker import DONE, INFILE, ResponseTracker
+from pyproxy.wire.responses import (
+    make_eof,
+    make_err,
+    make_ok,
+    make_ok_tracked,
+    ok_status,
+    parse_ok,
+    strip_session_track,
+)
+
+# Commands pyproxy refuses: replication, server administration and
+# long-deprecated ones that make no sense through a pooler.
+REFUSED = frozenset((
+    COMMAND.COM_SLEEP, COMMAND.COM_CREATE_DB, COMMAND.COM_DROP_DB, COMMAND.COM_SHUTDOWN,
+    COMMAND.COM_PROCESS_INFO, COMMAND.COM_CONNECT, COMMAND.COM_PROCESS_KILL, COMMAND.COM_DEBUG,
+    COMMAND.COM_TIME, COMMAND.COM_DELAYED_INSERT, COMMAND.COM_BINLOG_DUMP, COMMAND.COM_TABLE_DUMP,
+    COMMAND.COM_CONNECT_OUT, COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_DAEMON,
+    COMMAND.COM_BINLOG_DUMP_GTID,
+))
+STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_FETCH,
+                                COMMAND.COM_STMT_RESET))
+
+# Phases of the connection.
+HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
+
+
+class FrontendProtocol(protocol.Protocol):
+    """One application connection, from greeting to COM_QUIT."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.id = next(proxy.client_ids)
+        self.log = get_logger(client_id=self.id)
+        self.phase = HANDSHAKE
+        self.framer = PacketFramer(proxy.config.proxy.max_packet_size)
+        self.nonce = auth.new_nonce()
+        self.user = ""
+        self.capabilities = 0
+        self.flavor = 0
+        self.session: ClientSession | None = None
+        self.backend: BackendConnection | None = None
+        self.pinned = False
+        self._pending_login: Any = None
+        self._busy = False
+        self._queue: deque[Packet] = deque()
+        self._command: Packet | None = None
+        self._sql: bytes | None = None
+        self._infile = False
+        self._rewrite_oks = False
+        self._borrowing: defer.Deferred[BackendConnection] | None = None
+        self._timeout: Any = None
+        self._forwarded = False
+        self._login_charset = proxy.config.backend.charset
+        self._auth_plugin = auth.NATIVE
+
+    # -- connection phase ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.proxy.clients.add(self)
+        server = self.proxy.server
+        self.transport.write(frame(make_handshake_v10(HandshakeV10(
+            server.version, self.id & 0xFFFFFFFF, self.nonce, self.proxy.capabilities,
+            server.charset, server.status, auth.NATIVE)), 0))
+        self._timeout = self.proxy.reactor.callLater(
+            self.proxy.config.proxy.handshake_timeout, self._login_too_slow)
+
+    def _login_too_slow(self) -> None:
+        self._timeout = None
+        if self.phase in (HANDSHAKE, AUTH_SWITCH):
+            self.log.info("client_closed", reason="handshake timeout")
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            packets = self.framer.feed(data)
+        except PacketTooLarge:
+            self._fatal(c.ER_NET_PACKET_TOO_LARGE, "Got a packet bigger than 'max_allowed_packet' bytes")
+            return
+        except PacketsOutOfOrder:
+            self._fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order")
+            return
+        for packet in packets:
+            if self.phase == COMMANDS:
+                if self._infile:
+                    self._infile_packet(packet)
+                elif self._busy:
+                    self._queue.append(packet)
+                else:
+                    self._dispatch(packet)
+            elif self.phase == HANDSHAKE:
+                self._login(packet)
+            elif self.phase == AUTH_SWITCH:
+                self._auth_switch_reply(packet)
+            else:
+                return
+
+    def _fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
+        """An error the connection cannot survive: report it, then close."""
+        if self.phase == CLOSED:
+            return
+        if seq is None:
+            seq = self._command.last_seq + 1 if self._command is not None else 0
+        self.transport.write(frame(make_err(error[0], error[1], message), seq))
+        self.log.info("client_closed", reason=message)
+        self.phase = CLOSED
+        self.transport.loseConnection()
+
+    def _login(self, packet: Packet) -> None:
+        payload = packet.payload
+        if is_ssl_request(payload):
+            self._fatal(c.ER_HANDSHAKE_ERROR, "pyproxy does not offer TLS yet", packet.seq + 1)
+            return
+        try:
+            response = parse_handshake_response41(payload)
+        except ValueError:
+            self._fatal(c.ER_HANDSHAKE_ERROR, "Bad handshake", packet.seq + 1)
+            return
+        self.capabilities = response.capabilities & self.proxy.capabilities
+        self.flavor = self.capabilities & FLAVOR_BITS
+        self._rewrite_oks = not self.capabilities & CLIENT.SESSION_TRACK
+        self.user = response.username
+        self._pending_login = response
+        self.log = self.log.bind(user=self.user)
+        plugin = response.auth_plugin if self.capabilities & CLIENT.PLUGIN_AUTH else auth.NATIVE
+        if plugin not in auth.CLIENT_PLUGINS:
+            # Ask for a plugin pyproxy can check, with the same nonce.
+            self.phase = AUTH_SWITCH
+            self.transport.write(frame(make_auth_switch_request(auth.NATIVE, self.nonce), packet.seq + 1))
+            self._auth_plugin = auth.NATIVE
+            return
+        self._auth_plugin = plugin
+        self._check_proof(plugin, response.auth_response, packet.seq + 1)
+
+    def _auth_switch_reply(self, packet: Packet) -> None:
+        self._check_proof(self._auth_plugin, packet.payload, packet.seq + 1)
+
+    def _check_proof(self, plugin: str, proof: bytes, seq: int) -> None:
+        account = self.proxy.config.user(self.user)
+        if account is None or not auth.verify(plugin, account.password.encode(), self.nonce, proof):
+            self.log.warning("auth_failed", plugin=plugin, known_user=account is not None)
+            host = self.transport.getPeer().host if hasattr(self.transport.getPeer(), "host") else "localhost"
+            code, state = c.ER_ACCESS_DENIED_ERROR
+            self._fatal((code, state), f"Access denied for user '{self.user}'@'{host}' "
+                                       f"(using password: {'YES' if proof else 'NO'})", seq)
+            return
+        if plugin == auth.CACHING_SHA2 and proof:
+            self.transport.write(frame(make_auth_more_data(auth.SHA2_FAST_AUTH_SUCCESS), seq))
+            seq += 1
+        response = self._pending_login
+        self._pending_login = None
+        multi = bool(self.capabilities & CLIENT.MULTI_STATEMENTS)
+        database = response.database if response.database is not None else self.proxy.config.backend.database
+        self._login_charset = response.charset
+        self.session = ClientSession(initial_state(response.charset, database,
+                                                   self.proxy.server.autocommit, multi))
+        if response.database and response.database not in self.proxy.known_schemas:
+            self._verify_schema(response.database, seq)
+            return
+        self._logged_in(seq)
+
+    def _verify_schema(self, schema: str, seq: int) -> None:
+        """A login naming a schema fails at once if it does not exist, as with a server."""
+        self.phase = COMMANDS
+        self._busy = True
+        self._command = Packet(seq - 1, b"", b"", seq - 1)
+        self._acquire(lambda: self._logged_in(seq))
+
+    def _logged_in(self, seq: int) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        self.phase = COMMANDS
+        if self.session is not None and self.session.state.schema:
+            self.proxy.known_schemas.add(self.session.state.schema)
+        self.transport.write(frame(self._ok_payload(), seq))
+        self.log.info("client_connected", peer=str(self.transport.getPeer()))
+        self._command = None
+        self._busy = False
+        self._release_if_clean()
+        self._next()
+
+    def _ok_payload(self, header: int = 0x00) -> bytes:
+        status = self._status()
+        if self.capabilities & CLIENT.SESSION_TRACK:
+            return make_ok_tracked(status, header=header)
+        return make_ok(status, header=header)
+
+    def _status(self) -> int:
+        session = self.session
+        status = 0
+        if session is not None:
+            if session.state.autocommit:
+                status |= c.SERVER_STATUS_AUTOCOMMIT
+            if session.in_transaction:
+                status |= c.SERVER_STATUS_IN_TRANS
+        return status
+
+    # -- command phase ------------------------------------------------------
+
+    def _dispatch(self, packet: Packet) -> None:
+        payload = packet.payload
+        if not payload:
+            self._fatal(c.ER_UNKNOWN_COM_ERROR, "Empty command packet", packet.seq + 1)
+            return
+        command = payload[0]
+        self._command = packet
+        reply = REPLIES.get(command)
+        if reply is not None and command not in (COMMAND.COM_PING, COMMAND.COM_SET_OPTION,
+                                                 COM_RESET_CONNECTION, COMMAND.COM_CHANGE_USER):
+            if command in STATEMENT_COMMANDS and self.backend is None:
+                self._reply_error(c.ER_UNKNOWN_STMT_HANDLER, "Unknown prepared statement handler "
+                                  f"given to {command_name(command)}")
+                return
+            if reply == Reply.NONE and self.backend is None:
+                self._command = None  # closing or feeding an unknown statement: nothing to do
+                return
+            self._sql = payload[1:] if command == COMMAND.COM_QUERY else None
+            self._busy = True
+            self._acquire(self._start)
+            return
+        if command == COMMAND.COM_QUIT:
+            self.phase = CLOSED
+            self.transport.loseConnection()
+        elif command == COMMAND.COM_PING:
+            if self.backend is not None and self.pinned:
+                self._busy = True
+                self._start()
+            else:
+                self._reply(self._ok_payload())
+        elif command == COMMAND.COM_SET_OPTION:
+            self._set_option(payload)
+        elif command == COM_RESET_CONNECTION:
+            self._reset_connection()
+        elif command == COMMAND.COM_CHANGE_USER:
+            self._change_user(packet)
+        elif command in REFUSED or command not in REPLIES:
+            self._reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
+                              "(not supported by pyproxy)")
+
+    def _reply(self, payload: bytes) -> None:
+        seq = self._command.last_seq + 1 if self._command is not None else 1
+        self.transport.write(frame(payload, seq))
+        self._command = None
+
+    def _reply_error(self, error: tuple[int, str], message: str) -> None:
+        self._reply(make_err(error[0], error[1], message))
+
+    def _set_option(self, payload: bytes) -> None:
+        if len(payload) < 3 or payload[1] not in (c.MYSQL_OPTION_MULTI_STATEMENTS_ON,
+                                                  c.MYSQL_OPTION_MULTI_STATEMENTS_OFF):
+            self._reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown option to COM_SET_OPTION")
+            return
+        on = payload[1] == c.MYSQL_OPTION_MULTI_STATEMENTS_ON
+        if on:
+            self.capabilities |= CLIENT.MULTI_STATEMENTS
+        else:
+            self.capabilities &= ~CLIENT.MULTI_STATEMENTS
+        session = self.session
+        session.state = attrs.evolve(session.state, multi_statements=on)
+        if self.capabilities & CLIENT.DEPRECATE_EOF:
+            self._reply(self._ok_payload(0xFE))
+        else:
+            self._reply(make_eof(self._status()))
+
+    # -- borrowing and running ----------------------------------------------
+
+    def _acquire(self, then: Any) -> None:
+        """Makes sure a backend connection in the client's state is attached, then calls ``then``."""
+        if self.backend is not None:
+            self._bring_to_state(then)
+            return
+        pool = self.proxy.pool(self.user)
+        conn = pool.try_borrow(self.flavor)
+        if conn is not None:
+            self.backend = conn
+            self._bring_to_state(then)
+            return
+        d = self._borrowing = pool.borrow(self.flavor)
+
+        def borrowed(conn: BackendConnection) -> None:
+            self._borrowing = None
+            if self.phase == CLOSED:
+                pool.give_back(conn)
+                return
+            self.backend = conn
+            self._bring_to_state(then)
+
+        def failed(failure: Failure) -> None:
+            self._borrowing = None
+            if failure.check(defer.CancelledError) or self.phase == CLOSED:
+                return
+            self._command_failed(failure.value)
+
+        d.addCallbacks(borrowed, failed)
+
+    def _bring_to_state(self, then: Any) -> None:
+        conn = self.backend
+        desired = self.session.state
+        actual = conn.state
+        if desired is actual or desired == actual:
+            then()
+            return
+        if needs_reset(desired, actual):
+            d = conn.change_user()
+        else:
+            d = defer.succeed(conn)
+
+        def apply(_: Any) -> defer.Deferred[Any]:
+            commands = reconcile(desired, conn.state)
+            return defer.gatherResults([conn.execute(cmd) for cmd in commands], consumeErrors=True)
+
+        def applied(_: Any) -> None:
+            conn.state = desired
+            if self.phase != CLOSED:
+                then()
+
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, defer.FirstError):
+                failure = failure.value.subFailure
+            if self.phase != CLOSED:
+                self._command_failed(failure.value)
+
+        d.addCallback(apply)
+        d.addCallbacks(applied, failed)
+
+    def _start(self) -> None:
+        packet = self._command
+        reply = REPLIES[packet.payload[0]]
+        self._forwarded = False
+        self.backend.relay(packet.raw, reply, self)
+        if reply == Reply.NONE:
+            self._finish_command()
+
+    def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
+        """Bytes of the reply, already settled by the tracker: forward them."""
+        if tracker.oks:
+            data = self._observe_oks(data, tracker)
+        if data:
+            self._forwarded = True
+            self.transport.write(data)
+        state = tracker.state
+        if state == DONE:
+            self._reply_done(tracker)
+        elif state == INFILE:
+            self._infile = True
+
+    def _observe_oks(self, data: bytes, tracker: ResponseTracker) -> bytes:
+        """Reads tracked session changes from OK packets, and drops them for clients
+        that did not negotiate CLIENT_SESSION_TRACK."""
+        session = self.session
+        rewrite = self._rewrite_oks
+        pieces = []
+        last = 0
+        for start, end in tracker.oks:
+            payload = data[start + 4:end]
+            status = ok_status(payload)
+            if status & c.SERVER_SESSION_STATE_CHANGED:
+                ok = parse_ok(payload, True)
+                if ok.changes is not None:
+                    reason = session.observe_changes(ok.changes, self._sql)
+                    if reason is not None:
+                        self._log_pin(reason)
+            if rewrite and (status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7):
+                pieces.append(data[last:start])
+                new = strip_session_track(payload)
+                pieces.append(len(new).to_bytes(3, "little") + data[start + 3:start + 4] + new)
+                last = end
+        if not pieces:
+            return data
+        pieces.append(data[last:])
+        return b"".join(pieces)
+
+    def _reply_done(self, tracker: ResponseTracker) -> None:
+        session = self.session
+        if tracker.error:
+            session.observe_error()
+        else:
+            session.observe_status(tracker.status)
+        command = self._command.payload[0] if self._command is not None else 0
+        if tracker.untracked_change:
+            self._pin("session state changed inside a result set")
+        if self._sql is not None:
+            reason = session.observe_query(self._sql, bool(tracker.error))
+            if reason is not None:
+                self._log_pin(reason)
+        if command == COMMAND.COM_STMT_PREPARE and not tracker.error:
+            self._pin("prepared statement")
+        if self.backend is not None:
+            self.backend.state = session.state
+        self._finish_command()
+
+    def _finish_command(self) -> None:
+        self._command = None
+        self._sql = None
+        self._busy = False
+        self._release_if_clean()
+        self._next()
+
+    def _next(self) -> None:
+        while self._queue and not self._busy and not self._infile and self.phase == COMMANDS:
+            self._dispatch(self._queue.popleft())
+
+    def _release_if_clean(self) -> None:
+        conn = self.backend
+        if conn is None or self.session.keeps_backend():
+            return
+        self.backend = None
+        self.proxy.pool(self.user).give_back(conn)
+
+    def _pin(self, reason: str) -> None:
+        if self.session.pin_reason is None:
+            self.session.pin(reason)
+            self._log_pin(reason)
+
+    def _log_pin(self, reason: str) -> None:
+        if not self.pinned:
+            self.pinned = True
+            self.log.info("session_pinned", reason=reason,
+                          backend_id=self.backend.id if self.backend else None)
+
+    def _infile_packet(self, packet: Packet) -> None:
+        conn = self.backend
+        if conn is None:
+            return
+        conn.relay_more(packet.raw)
+        if not packet.payload:
+            self._infile = False
+            conn.infile_sent()
+
+    def _command_failed(self, exc: Exception) -> None:
+        """A command could not run (no backend, or reconciling it failed)."""
+        if not isinstance(exc, BackendError):
+            self.log.error("internal_error", error=repr(exc))
+            exc = lost_connection(repr(exc))
+        conn = self.backend
+        if conn is not None and conn.broken:
+            self.backend = None
+            self.proxy.pool(self.user).discard(conn, "broken")
+        if self._command is not None and not self._command.payload:
+            # Login-time schema check.
+            self._fatal((exc.code, exc.sqlstate), exc.message, self._command.seq + 1)
+            return
+        self._reply_error((exc.code, exc.sqlstate), exc.message)
+        self._busy = False
+        self._sql = None
+        self._release_if_clean()
+        self._next()
+
+    def backend_lost(self, error: BackendError) -> None:
+        """The backend died while relaying this client's command."""
+        conn = self.backend
+        self.backend = None
+        if conn is not None:
+            self.proxy.pool(self.user).discard(conn, "lost during a command")
+        session = self.session
+        self.log.warning("backend_lost_during_command", error=error.message, pinned=self.pinned,
+                         in_transaction=session.in_transaction)
+        tracker = conn.tracker if conn is not None else None
+        mid_reply = self._forwarded and (tracker is None or tracker.mid_packet() or conn._carry)
+        if self.pinned or session.keeps_backend() or mid_reply:
+            # The session's state, or an open transaction, died with the
+            # connection: the client must not carry on as if nothing happened.
+            seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
+            self._fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
+            return
+        seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
+        if seq is not None:
+            self.transport.write(frame(make_err(error.code, error.sqlstate, error.message), seq))
+            self._command = None
+        else:
+            self._reply_error((error.code, error.sqlstate), error.message)
+        self._busy = False
+        self._infile = False
+        self._sql = None
+        self._next()
+
+    def _reset_connection(self) -> None:
+        """COM_RESET_CONNECTION: the session starts over (schema kept, as a server
+        does); a backend held for this client is reset before anyone else gets it."""
+        state = self.session.state
+        self.session = ClientSession(initial_state(self._login_charset, state.schema,
+                                                   self.proxy.server.autocommit, state.multi_statements))
+        self._detach_backend()
+        self.pinned = False
+        self._reply(self._ok_payload())
+
+    def _detach_backend(self) -> None:
+        """Gives back a held backend after resetting it (it may carry pinned state)."""
+        conn = self.backend
+        self.backend = None
+        if conn is None:
+            return
+        pool = self.proxy.pool(self.user)
+
+        def reset_done(_: Any) -> None:
+            pool.give_back(conn)
+
+        def reset_failed(failure: Failure) -> None:
+            pool.discard(conn, f"reset failed: {failure.getErrorMessage()}")
+
+        conn.reset().addCallbacks(reset_done, reset_failed)
+
+    def _change_user(self, packet: Packet) -> None:
+        try:
+            request = parse_change_user(packet.payload, self.capabilities)
+        except ValueError:
+            self._fatal(c.ER_HANDSHAKE_ERROR, "Bad COM_CHANGE_USER packet", packet.last_seq + 1)
+            return
+        self._detach_backend()
+        self.pinned = False
+        old_user = self.user
+        self.user = request.username
+        self.log = get_logger(client_id=self.id, user=self.user)
+        self._pending_login = HandshakeResponse41(self.capabilities, 0, request.charset or 45,
+                                                  request.username, request.auth_response,
+                                                  request.database)
+        self._command = None
+        plugin = request.auth_plugin or auth.NATIVE
+        if plugin not in auth.CLIENT_PLUGINS:
+            plugin = auth.NATIVE
+            self.phase = AUTH_SWITCH
+            self._auth_plugin = plugin
+            self.transport.write(frame(make_auth_switch_request(plugin, self.nonce), packet.last_seq + 1))
+            return
+        self._auth_plugin = plugin
+        self.phase = AUTH_SWITCH
+        self.log.debug("change_user", previous=old_user)
+        self._check_proof(plugin, request.auth_response, packet.last_seq + 1)
+
+    # -- end ------------------------------------------------------------------
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        was = self.phase
+        self.phase = CLOSED
+        self.proxy.clients.discard(self)
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        if self._borrowing is not None:
+            self._borrowing.cancel()
+        conn = self.backend
+        if conn is not None:
+            self.backend = None
+            pool = self.proxy.pool(self.user)
+            if self._busy or self._infile:
+                pool.discard(conn, "client left during a command")
+            elif self.pinned or self.session.keeps_backend():
+                self.backend = conn
+                self._detach_backend()
+            else:
+                pool.give_back(conn)
+        if was != HANDSHAKE:
+            self.log.info("client_closed", reason="client disconnected")
+
+
+class FrontendFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def buildProtocol(self, addr: Any) -> FrontendProtocol:
+        return FrontendProtocol(self.proxy)

@@ -1,0 +1,234 @@
+"""Backend connections for one account: which are idle, lent, being checked or opened.
+
+A connection's state is the container it sits in, so counts cannot drift
+from reality.  Borrowers that find nothing idle wait in FIFO order, up to
+borrow_timeout.  The pool never touches bytes: it lends, takes back, opens
+and closes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from pyproxy.backend import BackendConnection, BackendError
+from pyproxy.logs import get_logger
+from pyproxy.wire import constants as c
+
+
+class BorrowTimeout(BackendError):
+    def __init__(self, seconds: float) -> None:
+        code, state = c.ER_PROXY_BORROW_TIMEOUT
+        super().__init__(code, state, f"pyproxy: no backend connection became free within "
+                                      f"borrow_timeout ({seconds:g}s); the pool is exhausted")
+
+
+@attrs.define(eq=False)
+class Waiter:
+    flavor: int
+    deferred: defer.Deferred[BackendConnection]
+    timer: IDelayedCall | None = None
+
+
+Connector = Callable[[int], "defer.Deferred[BackendConnection]"]
+
+
+class Pool:
+    """The pool of one user's backend connections."""
+
+    def __init__(self, user: str, connector: Connector, clock: IReactorTime, *,
+                 max_size: int, borrow_timeout: float) -> None:
+        self.user = user
+        self.connector = connector
+        self.clock = clock
+        self.max_size = max_size
+        self.borrow_timeout = borrow_timeout
+        self.idle: list[BackendConnection] = []
+        self.lent: set[BackendConnection] = set()
+        self.checking: set[BackendConnection] = set()
+        self.connecting = 0
+        self.waiters: deque[Waiter] = deque()
+        self.closed = False
+        self.log = get_logger(pool=user)
+        # Counters for the benchmark and, later, the admin interface.
+        self.borrows = 0
+        self.waits = 0
+        self.timeouts = 0
+        self.opened = 0
+        self.open_failures = 0
+
+    def size(self) -> int:
+        return len(self.idle) + len(self.lent) + len(self.checking) + self.connecting
+
+    # -- lending --------------------------------------------------------------
+
+    def try_borrow(self, flavor: int) -> BackendConnection | None:
+        """The fast path: an idle connection of the right flavor, most recently used first."""
+        idle = self.idle
+        for i in range(len(idle) - 1, -1, -1):
+            conn = idle[i]
+            if conn.flavor == flavor:
+                del idle[i]
+                self.lent.add(conn)
+                self.borrows += 1
+                return conn
+        return None
+
+    def borrow(self, flavor: int) -> defer.Deferred[BackendConnection]:
+        """Fires with a connection now lent to the caller, or fails with BorrowTimeout
+        or the error that kept a new connection from opening."""
+        if self.closed:
+            return defer.fail(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
+        conn = self.try_borrow(flavor)
+        if conn is not None:
+            return defer.succeed(conn)
+        waiter = Waiter(flavor, defer.Deferred(lambda d: self._cancel(waiter)))
+        waiter.timer = self.clock.callLater(self.borrow_timeout, self._expire, waiter)
+        self.waiters.append(waiter)
+        self.waits += 1
+        self._grow()
+        return waiter.deferred
+
+    def give_back(self, conn: BackendConnection) -> None:
+        """Returns a lent connection whose session the caller has left clean."""
+        if conn not in self.lent:
+            return
+        self.lent.discard(conn)
+        if conn.broken or self.closed:
+            conn.close("pool closed" if self.closed else "broken")
+            self._grow()
+            return
+        conn.last_used = self.clock.seconds()
+        self._place(conn)
+
+    def discard(self, conn: BackendConnection, reason: str) -> None:
+        """Closes a connection that must not serve anyone again."""
+        self._forget(conn)
+        conn.close(reason)
+        self._grow()
+
+    def begin_check(self, conn: BackendConnection) -> None:
+        """Takes an idle connection aside for a health check."""
+        self.idle.remove(conn)
+        self.checking.add(conn)
+
+    def end_check(self, conn: BackendConnection) -> None:
+        """A checked connection passed; it serves again."""
+        if conn not in self.checking:
+            return
+        self.checking.discard(conn)
+        if self.closed or conn.broken:
+            conn.close("pool closed" if self.closed else "broken")
+            return
+        self._place(conn)
+
+    def _forget(self, conn: BackendConnection) -> None:
+        self.lent.discard(conn)
+        self.checking.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def _place(self, conn: BackendConnection) -> None:
+        """Hands a free connection to the oldest waiter that can use it, else idles it."""
+        for waiter in self.waiters:
+            if waiter.flavor == conn.flavor:
+                self.waiters.remove(waiter)
+                self._lend_to(waiter, conn)
+                return
+        if self.waiters and self.size() >= self.max_size:
+            # Waiters need another flavor and the pool is full: make room.
+            conn.close("replaced by a connection for another client flavor")
+            self._grow()
+            return
+        self.idle.append(conn)
+
+    def _lend_to(self, waiter: Waiter, conn: BackendConnection) -> None:
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        self.lent.add(conn)
+        self.borrows += 1
+        waiter.deferred.callback(conn)
+
+    def _expire(self, waiter: Waiter) -> None:
+        waiter.timer = None
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+            self.timeouts += 1
+            self.log.warning("borrow_timeout", waited=self.borrow_timeout, pool_size=self.size())
+            waiter.deferred.errback(BorrowTimeout(self.borrow_timeout))
+
+    def _cancel(self, waiter: Waiter) -> None:
+        """The client went away while waiting."""
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+
+    # -- growing --------------------------------------------------------------
+
+    def _grow(self) -> None:
+        """Opens connections for waiters that no opening connection will serve."""
+        unserved = len(self.waiters) - self.connecting
+        while unserved > 0 and not self.closed:
+            if self.size() >= self.max_size:
+                if not self.idle:
+                    return
+                self.idle.pop(0).close("replaced by a connection for another client flavor")
+            self.open(self.waiters[len(self.waiters) - unserved].flavor)
+            unserved -= 1
+
+    def open(self, flavor: int) -> defer.Deferred[Any]:
+        """Opens one connection; it goes to a waiter or to the idle list."""
+        self.connecting += 1
+        d = self.connector(flavor)
+
+        def opened(conn: BackendConnection) -> None:
+            self.connecting -= 1
+            self.opened += 1
+            if self.closed:
+                conn.close("pool closed")
+                return
+            conn.on_lost = self._lost
+            self.log.debug("backend_opened", backend_id=conn.id)
+            self._place(conn)
+
+        def failed(failure: Failure) -> None:
+            self.connecting -= 1
+            self.open_failures += 1
+            exc = failure.value
+            self.log.warning("backend_open_failed", error=str(exc))
+            for waiter in self.waiters:
+                if waiter.flavor == flavor:
+                    self.waiters.remove(waiter)
+                    if waiter.timer is not None and waiter.timer.active():
+                        waiter.timer.cancel()
+                    waiter.deferred.errback(failure)
+                    break
+
+        d.addCallbacks(opened, failed)
+        return d
+
+    def _lost(self, conn: BackendConnection) -> None:
+        """A connection died on its own (server restart, KILL, network)."""
+        was_idle = conn in self.idle or conn in self.checking
+        self._forget(conn)
+        if was_idle:
+            self.log.info("backend_replaced", backend_id=conn.id, reason="lost while idle")
+        self._grow()
+
+    def close(self) -> None:
+        """Closes every idle connection and refuses new borrowers; lent ones close on return."""
+        self.closed = True
+        for waiter in list(self.waiters):
+            self._cancel(waiter)
+            waiter.deferred.errback(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
+        for conn in self.idle + list(self.checking):
+            conn.close("shutdown")
+        self.idle.clear()
+        self.checking.clear()

@@ -1,0 +1,76 @@
+"""What every client connection shares: configuration, pools, and what the server is."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import attrs
+
+from pyproxy.backend import Target, connect
+from pyproxy.config import Config
+from pyproxy.pool import Pool
+from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
+
+# What pyproxy offers clients.  No TLS or compression yet; no query
+# attributes, so COM_QUERY payloads stay plain SQL.
+FRONTEND_CAPABILITIES = (
+    CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
+    | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
+    | CLIENT.INTERACTIVE | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION
+    | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS
+    | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF
+)
+
+
+@attrs.frozen
+class ServerInfo:
+    """What the database server announced; pyproxy presents the same to clients."""
+
+    version: str
+    capabilities: int
+    charset: int
+    status: int
+
+    @property
+    def autocommit(self) -> bool:
+        return bool(self.status & SERVER_STATUS_AUTOCOMMIT)
+
+
+@attrs.define(eq=False)
+class Proxy:
+    """The running proxy's shared state, wired together in pyproxy.tap."""
+
+    config: Config
+    reactor: Any
+    server: ServerInfo
+    pools: dict[str, Pool] = attrs.field(factory=dict)
+    client_ids: Any = attrs.field(factory=lambda: itertools.count(1))
+    clients: set[Any] = attrs.field(factory=set)
+    # Schemas known to exist, so a client naming one at login needs no round trip.
+    known_schemas: set[str] = attrs.field(factory=set)
+
+    @property
+    def capabilities(self) -> int:
+        return FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
+
+    def target(self, user: str) -> Target:
+        account = self.config.user(user)
+        backend = self.config.backend
+        return Target(backend.host, backend.port, user, account.password if account else "",
+                      backend.database, backend.charset, backend.connect_timeout)
+
+    def pool(self, user: str) -> Pool:
+        pool = self.pools.get(user)
+        if pool is None:
+            target = self.target(user)
+            pool = Pool(user, lambda flavor: connect(self.reactor, target, flavor), self.reactor,
+                        max_size=self.config.pool.max_connections,
+                        borrow_timeout=self.config.pool.borrow_timeout)
+            self.pools[user] = pool
+        return pool
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()

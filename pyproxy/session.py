@@ -1,0 +1,203 @@
+"""What a client's session looks like, and whether its backend connection may go back.
+
+A client borrows a backend connection per transaction, so pyproxy keeps the
+session state each client asked for (``SessionState``) apart from the
+connection that happens to serve it.  State that can be replayed cheaply is
+carried to whichever connection the client borrows; any other change pins
+the client to its connection, always with a reason.  What changed is read
+from the server's own session-state tracking; SQL text is consulted only
+where the server reports nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+from pymysql.charset import charset_by_id
+
+from pyproxy.wire.commands import make_init_db, make_query, make_set_option
+from pyproxy.wire.constants import (
+    MYSQL_OPTION_MULTI_STATEMENTS_OFF,
+    MYSQL_OPTION_MULTI_STATEMENTS_ON,
+    SERVER_STATUS_AUTOCOMMIT,
+    SERVER_STATUS_IN_TRANS,
+)
+from pyproxy.wire.responses import SessionChanges
+
+CHARSET_VARIABLES = ("character_set_client", "character_set_results",
+                     "character_set_connection", "collation_connection")
+CARRIED_VARIABLES = frozenset(("autocommit",) + CHARSET_VARIABLES)
+
+# Variables whose tracked changes only pyproxy causes (it turns tracking on),
+# or that the server reports as a side effect of a carried change.
+IGNORED_VARIABLES = frozenset((
+    "session_track_schema", "session_track_state_change", "session_track_system_variables",
+    "session_track_transaction_info", "character_set_database", "collation_database",
+))
+
+# Statements whose effect the server's tracking does not report.
+_UNTRACKED = re.compile(
+    rb"(?i)\bget_lock\s*\(|\bhandler\b|\block\s+tables?\b|\bwith\s+read\s+lock\b"
+    rb"|\bxa\s+(?:start|begin)\b")
+_UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LOCK TABLES",
+                    b"with": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction"}
+# SET TRANSACTION without SESSION/GLOBAL: characteristics of the next transaction only.
+_NEXT_TRANSACTION = re.compile(rb"(?i)\bset\s+transaction\b")
+# A user variable: '@name' but not '@@name'.
+_USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
+
+
+@attrs.frozen(slots=True)
+class SessionState:
+    """The carried part of a session; a value, so "unchanged" is a cheap compare."""
+
+    schema: str | None = None
+    autocommit: bool = True
+    character_set_client: str = "utf8mb4"
+    character_set_results: str = "utf8mb4"  # "" stands for NULL (no conversion)
+    character_set_connection: str = "utf8mb4"
+    collation_connection: str = "utf8mb4_general_ci"
+    multi_statements: bool = False
+
+
+def initial_state(collation_id: int, schema: str | None, autocommit: bool,
+                  multi_statements: bool) -> SessionState:
+    """The state a server gives a new connection that logged in with ``collation_id``."""
+    try:
+        charset = charset_by_id(collation_id)
+        name, collation = charset.name, charset.collation
+    except KeyError:
+        name, collation = "utf8mb4", "utf8mb4_general_ci"
+    return SessionState(schema, autocommit, name, name, name, collation, multi_statements)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
+    """Command payloads that bring a backend connection from ``actual`` to ``desired``.
+
+    One combined SET for the variables, COM_INIT_DB for the schema and
+    COM_SET_OPTION for multi-statements: at most three round trips, usually
+    none.  A connection whose schema must be *unset* cannot be reconciled
+    this way (MySQL has no "USE nothing"); the caller resets it first.
+    """
+    if desired == actual:
+        return []
+    commands = []
+    if desired.multi_statements != actual.multi_statements:
+        commands.append(make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_ON if desired.multi_statements
+                                        else MYSQL_OPTION_MULTI_STATEMENTS_OFF))
+    if desired.schema != actual.schema and desired.schema is not None:
+        commands.append(make_init_db(desired.schema))
+    assignments = []
+    if desired.autocommit != actual.autocommit:
+        assignments.append(f"autocommit={int(desired.autocommit)}")
+    # Setting character_set_connection resets collation_connection, so the
+    # collation is set again after it whenever the character set changes.
+    connection_changed = desired.character_set_connection != actual.character_set_connection
+    for name in CHARSET_VARIABLES:
+        want = getattr(desired, name)
+        if want != getattr(actual, name) or (name == "collation_connection" and connection_changed):
+            assignments.append(f"{name}={_quote(want) if want else 'NULL'}")
+    if assignments:
+        commands.append(make_query("SET SESSION " + ", ".join(assignments)))
+    return commands
+
+
+def needs_reset(desired: SessionState, actual: SessionState) -> bool:
+    """True when the backend has a schema selected and the client has none."""
+    return desired.schema is None and actual.schema is not None
+
+
+@attrs.define(eq=False, slots=True)
+class ClientSession:
+    """One client's view of its session across the backend connections it borrows."""
+
+    state: SessionState
+    pin_reason: str | None = None
+    in_transaction: bool = False
+    # SET TRANSACTION without SESSION applies to the next transaction only,
+    # so the connection that holds it must serve that transaction.
+    pending_characteristics: bool = False
+    locked_tables: bool = False
+    # After an error with autocommit off the server may have opened a
+    # transaction that no status flag has confirmed yet.
+    uncertain: bool = False
+
+    def keeps_backend(self) -> bool:
+        """Whether the backend connection must stay with this client after a reply."""
+        return bool(self.pin_reason or self.in_transaction or self.pending_characteristics
+                    or self.locked_tables or self.uncertain)
+
+    def observe_status(self, status: int) -> None:
+        """The final OK/EOF of a reply is the truth about transactions and autocommit."""
+        self.in_transaction = bool(status & SERVER_STATUS_IN_TRANS)
+        self.uncertain = False
+        autocommit = bool(status & SERVER_STATUS_AUTOCOMMIT)
+        if autocommit != self.state.autocommit:
+            self.state = attrs.evolve(self.state, autocommit=autocommit)
+
+    def observe_error(self) -> None:
+        if not self.state.autocommit and not self.in_transaction:
+            self.uncertain = True
+
+    def observe_changes(self, changes: SessionChanges, sql: bytes | None,
+                        ignore: frozenset[str] = frozenset()) -> str | None:
+        """Applies one OK packet's tracked changes; returns a pin reason, if any."""
+        updates: dict[str, object] = {}
+        reason = None
+        for name, value in changes.variables:
+            if name in CARRIED_VARIABLES:
+                if name == "autocommit":
+                    updates[name] = value.upper() in ("ON", "1")
+                else:
+                    updates[name] = value
+            elif name not in IGNORED_VARIABLES and name not in ignore and reason is None:
+                reason = f"system variable {name} changed"
+        if changes.schema is not None:
+            updates["schema"] = changes.schema or None
+        if updates:
+            self.state = attrs.evolve(self.state, **updates)
+        if changes.transaction_state is not None:
+            self.locked_tables = changes.transaction_state.endswith("L")
+            if self.locked_tables and reason is None:
+                reason = "LOCK TABLES"
+        if changes.state_changed and reason is None:
+            explained = bool(changes.variables or changes.schema is not None
+                             or changes.transaction_state is not None
+                             or changes.transaction_characteristics is not None)
+            if not explained:
+                reason = "session state changed (user variable, temporary table or prepared statement)"
+            elif sql is not None and _USER_VARIABLE.search(sql):
+                reason = "user variable set"
+        if reason is not None:
+            self.pin(reason)
+        return reason
+
+    def observe_query(self, sql: bytes, failed: bool) -> str | None:
+        """Reads what tracking does not report from the statement text.
+
+        Named locks, HANDLER, LOCK TABLES and XA pin the session.  SET
+        TRANSACTION holds the connection until the next statement has used
+        the characteristics it set.
+        """
+        if self.pending_characteristics:
+            self.pending_characteristics = False
+        if failed:
+            return None
+        if _NEXT_TRANSACTION.search(sql):
+            self.pending_characteristics = True
+        match = _UNTRACKED.search(sql)
+        if match is None:
+            return None
+        word = re.split(rb"[\s(]", match.group(0).lower(), maxsplit=1)[0]
+        reason = f"{_UNTRACKED_NAMES.get(word, word.decode('ascii', 'replace'))} used"
+        self.pin(reason)
+        return reason
+
+    def pin(self, reason: str) -> None:
+        if self.pin_reason is None:
+            self.pin_reason = reason

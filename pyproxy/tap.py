@@ -1,0 +1,182 @@
+"""``twistd pyproxy``: options, start-up checks, and the wiring of the running proxy.
+
+Start-up problems (a bad config key, a port in use, a backend that does not
+answer) end the process with one line on stderr and a non-zero exit, before
+twistd daemonizes or prints a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from pyproxy import config as configuration
+from pyproxy import logs
+from pyproxy.frontend import FrontendFactory
+from pyproxy.health import HealthChecker
+from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.wire.framing import PacketFramer
+from pyproxy.wire.handshake import parse_handshake_v10
+from pyproxy.wire.responses import parse_err
+
+
+class StartupError(Exception):
+    """Something that keeps pyproxy from starting; its message is the one line shown."""
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Runs pyproxy, a MySQL/MariaDB connection-pooling proxy. Settings come from the "
+                "TOML file given with --config, then from PYPROXY_<SECTION>_<KEY> environment "
+                "variables (e.g. PYPROXY_POOL_MAX_CONNECTIONS), then from the options below.")
+    optParameters = [
+        ["config", "c", None, "Path to the TOML configuration file."],
+        ["listen", "l", None, "Endpoint to listen on, e.g. tcp:6033:interface=127.0.0.1 "
+                              "(overrides [proxy] listen)."],
+        ["backend-host", None, None, "Database server host (overrides [backend] host)."],
+        ["backend-port", None, None, "Database server port (overrides [backend] port).", int],
+        ["backend-database", None, None, "Default schema (overrides [backend] database)."],
+        ["max-connections", None, None, "Backend connections per user (overrides [pool] "
+                                        "max_connections).", int],
+        ["log-level", None, None, "debug, info, warning or error (overrides [log] level)."],
+    ]
+    optFlags = [
+        ["no-backend-check", None, "Start even if the backend does not answer now."],
+    ]
+
+    def overrides(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        pairs = {
+            "listen": ("proxy", "listen"), "backend-host": ("backend", "host"),
+            "backend-port": ("backend", "port"), "backend-database": ("backend", "database"),
+            "max-connections": ("pool", "max_connections"), "log-level": ("log", "level"),
+        }
+        for option, (section, key) in pairs.items():
+            if self[option] is not None:
+                out.setdefault(section, {})[key] = self[option]
+        return out
+
+    def postOptions(self) -> None:
+        try:
+            self["parsed"] = configuration.load(self["config"], os.environ, self.overrides())
+            check_listen(self["parsed"].proxy.listen)
+            if not self["no-backend-check"]:
+                self["server"] = probe_backend(self["parsed"])
+        except (configuration.ConfigError, StartupError) as exc:
+            sys.stderr.write(f"pyproxy: {exc}\n")
+            raise SystemExit(2) from None
+
+
+def check_listen(description: str) -> None:
+    """Fails early, with one line, when a TCP listening port is taken."""
+    parts = description.split(":")
+    if parts[0] != "tcp" or len(parts) < 2:
+        return
+    try:
+        port = int(parts[1].split("=")[-1])
+    except ValueError:
+        raise StartupError(f"proxy.listen: bad endpoint {description!r}") from None
+    interface = ""
+    for part in parts[2:]:
+        if part.startswith("interface="):
+            interface = part.partition("=")[2]
+    family = socket.AF_INET6 if ":" in interface or "\\:" in description else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((interface.replace("\\", ""), port))
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {description}: {exc.strerror}") from None
+    finally:
+        probe.close()
+
+
+def probe_backend(config: configuration.Config) -> ServerInfo:
+    """Reads the server's greeting once, so clients can be greeted as that server would."""
+    backend = config.backend
+    try:
+        with socket.create_connection((backend.host, backend.port), timeout=backend.connect_timeout) as sock:
+            framer = PacketFramer()
+            packets: list[Any] = []
+            while not packets:
+                data = sock.recv(65536)
+                if not data:
+                    raise StartupError(f"backend {backend.host}:{backend.port} closed the connection "
+                                       "before greeting")
+                packets = framer.feed(data)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise StartupError(f"cannot reach backend {backend.host}:{backend.port}: {reason}") from None
+    payload = packets[0].payload
+    if payload[:1] == b"\xff":
+        err = parse_err(payload)
+        raise StartupError(f"backend {backend.host}:{backend.port} refused: ({err.code}) {err.message}")
+    try:
+        greeting = parse_handshake_v10(payload)
+    except ValueError as exc:
+        raise StartupError(f"backend {backend.host}:{backend.port} is not a MySQL server: {exc}") from None
+    return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset, greeting.status)
+
+
+class ProxyService(service.Service):
+    """Listens for clients and runs the health checker for as long as it runs."""
+
+    def __init__(self, config: configuration.Config, server: ServerInfo, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor  # noqa: PLC0415
+            reactor = default_reactor
+        self.reactor = reactor
+        self.config = config
+        self.proxy = Proxy(config, reactor, server)
+        self.health = HealthChecker(self.proxy.pools, reactor, interval=config.health.interval,
+                                    max_lifetime=config.pool.max_lifetime,
+                                    idle_timeout=config.pool.idle_timeout,
+                                    min_idle=config.pool.min_idle)
+        self.port: Any = None
+        self.log = logs.get_logger(component="service")
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = endpoints.serverFromString(self.reactor, self.config.proxy.listen)
+        d = endpoint.listen(FrontendFactory(self.proxy))
+
+        def listening(port: Any) -> None:
+            self.port = port
+            address = port.getHost()
+            self.log.info("listening", address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
+                          backend=f"{self.config.backend.host}:{self.config.backend.port}",
+                          server_version=self.proxy.server.version)
+            if self.config.pool.min_idle:
+                for account in self.config.users:
+                    self.proxy.pool(account.name)
+            self.health.start()
+
+        def cannot_listen(failure: Any) -> None:
+            sys.stderr.write(f"pyproxy: cannot listen on {self.config.proxy.listen}: "
+                             f"{failure.getErrorMessage()}\n")
+            os._exit(2)
+
+        d.addCallbacks(listening, cannot_listen)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.health.stop()
+        self.proxy.close()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+
+def makeService(options: Options) -> service.MultiService:
+    config = options["parsed"]
+    logs.configure(config.log.level, config.log.format)
+    server = options.get("server") or ServerInfo("5.7.99-pyproxy", 0xFFFFFFFF, config.backend.charset, 2)
+    top = service.MultiService()
+    ProxyService(config, server).setServiceParent(top)
+    return top

@@ -1,0 +1,269 @@
+"""Follows one command's reply packet by packet to find where it ends.
+
+A backend connection can go back to the pool only once the reply to the
+client's command is complete, and only the final OK/EOF says whether a
+transaction is still open.  The tracker reads packet headers in place and
+looks inside a payload only for the few packets that can end a reply, so
+rows pass through without being decoded or copied.
+"""
+
+from __future__ import annotations
+
+from pyproxy.wire.buffer import MalformedPacket, Reader
+from pyproxy.wire.commands import Reply
+from pyproxy.wire.constants import (
+    MAX_PAYLOAD,
+    SERVER_MORE_RESULTS_EXISTS,
+    SERVER_SESSION_STATE_CHANGED,
+    SERVER_STATUS_CURSOR_EXISTS,
+)
+from pyproxy.wire.responses import eof_status, ok_status
+
+# States.  Each names what the next packet is expected to be.
+FIRST = 0        # first packet of a result: OK, ERR, LOCAL INFILE request or column count
+COLUMNS = 1      # column definitions, self._left of them
+COLUMNS_EOF = 2  # the classic EOF after column definitions
+ROWS = 3         # rows until a terminator
+PARAMS = 4       # COM_STMT_PREPARE: parameter definitions
+PARAMS_EOF = 5
+PCOLUMNS = 6     # COM_STMT_PREPARE: column definitions
+PCOLUMNS_EOF = 7
+INFILE = 8       # waiting for the client to send a LOCAL INFILE's contents
+SINGLE = 9       # any one packet ends the reply
+FIELDS = 10      # COM_FIELD_LIST: definitions until a terminator
+TEXT = 11        # COM_STATISTICS: one packet of text
+DONE = 12
+
+STATE_NAMES = ("FIRST", "COLUMNS", "COLUMNS_EOF", "ROWS", "PARAMS", "PARAMS_EOF", "PCOLUMNS",
+               "PCOLUMNS_EOF", "INFILE", "SINGLE", "FIELDS", "TEXT", "DONE")
+
+_START = {
+    Reply.RESULT: FIRST, Reply.EXECUTE: FIRST, Reply.FETCH: ROWS, Reply.PREPARE: FIRST,
+    Reply.FIELD_LIST: FIELDS, Reply.SINGLE: SINGLE, Reply.STATISTICS: TEXT, Reply.NONE: DONE,
+}
+
+
+class ProtocolViolation(ValueError):
+    """The server sent something the reply's grammar does not allow."""
+
+
+class ResponseTracker:
+    """A table-driven reader of one reply, fed the backend's bytes as they arrive.
+
+    After ``scan`` returns, ``state`` tells where the reply stands; ``status``
+    holds the flags of the last OK or EOF, ``error`` the code of a final ERR
+    (0 if none), and ``oks`` the (start, end) offsets in the scanned buffer
+    of every OK packet seen, so session-tracking data can be read (or
+    rewritten) without a second pass.
+    """
+
+    __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
+                 "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns")
+
+    def __init__(self, deprecate_eof: bool) -> None:
+        self.deprecate_eof = deprecate_eof
+        self.state = DONE
+        self.status = 0
+        self.error = 0
+        self.seq = 0
+        self.oks: list[tuple[int, int]] = []
+        self.untracked_change = False
+        self.prepared: tuple[int, int, int] | None = None
+        self._left = 0
+        self._skip = 0
+        self._continued = False
+        self._reply = Reply.NONE
+        self._params = 0
+        self._pcolumns = 0
+
+    def start(self, reply: Reply) -> None:
+        """Begins following the reply to a command just sent."""
+        self._reply = reply
+        self.state = _START[reply]
+        self.error = 0
+        self.untracked_change = False
+        self.prepared = None
+        self._skip = 0
+        self._continued = False
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
+
+    def mid_packet(self) -> bool:
+        """True while the client has been sent part of a packet (a long row)."""
+        return self._skip > 0
+
+    def infile_sent(self) -> None:
+        """The client finished sending a LOCAL INFILE; the server's OK or ERR follows."""
+        if self.state != INFILE:
+            raise ProtocolViolation(f"infile_sent in state {STATE_NAMES[self.state]}")
+        self.state = FIRST
+
+    def scan(self, buf: bytes, pos: int = 0) -> int:
+        """Advances over ``buf[pos:]``; returns the offset up to which bytes belong to settled packets.
+
+        Bytes past the returned offset are the start of a packet the tracker
+        must see whole (a possible terminator) and have to be offered again
+        with more data appended.  Scanning stops at the end of the reply and
+        while waiting for the client's LOCAL INFILE data.
+        """
+        size = len(buf)
+        while True:
+            if self._skip:
+                take = size - pos
+                if take < self._skip:
+                    self._skip -= take
+                    return size
+                pos += self._skip
+                self._skip = 0
+            state = self.state
+            if state == DONE or state == INFILE or size - pos < 4:
+                return pos
+            length = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+            self.seq = buf[pos + 3]
+            if self._continued:
+                # The tail of a packet longer than 16 MiB: opaque bytes.
+                self._continued = length == MAX_PAYLOAD
+                self._skip = length
+                pos += 4
+                continue
+            end = pos + 4 + length
+            if state == ROWS or state == FIELDS:
+                if size - pos < 5 and length:
+                    return pos
+                first = buf[pos + 4] if length else 0
+                if (first == 0xFE and length < MAX_PAYLOAD) or first == 0xFF:
+                    if end > size:
+                        return pos
+                    self._terminate(buf, pos + 4, end, first)
+                    pos = end
+                    continue
+                self._continued = length == MAX_PAYLOAD
+                self._skip = length
+                pos += 4
+                continue
+            if state == COLUMNS or state == PARAMS or state == PCOLUMNS:
+                self._continued = length == MAX_PAYLOAD
+                self._skip = length
+                pos += 4
+                self._left -= 1
+                if self._left == 0:
+                    self._after_definitions()
+                continue
+            # Every other packet is small and must be seen whole.
+            if end > size:
+                return pos
+            self._whole(buf, pos + 4, end)
+            pos = end
+
+    def _after_definitions(self) -> None:
+        state = self.state
+        if state == COLUMNS:
+            self.state = ROWS if self.deprecate_eof else COLUMNS_EOF
+        elif state == PARAMS:
+            if not self.deprecate_eof:
+                self.state = PARAMS_EOF
+            else:
+                self._prepare_columns()
+        elif state == PCOLUMNS:
+            self.state = DONE if self.deprecate_eof else PCOLUMNS_EOF
+
+    def _prepare_columns(self) -> None:
+        if self._pcolumns:
+            self._left = self._pcolumns
+            self.state = PCOLUMNS
+        else:
+            self.state = DONE
+
+    def _terminate(self, buf: bytes, start: int, end: int, first: int) -> None:
+        """A terminator in ROWS or FIELDS: ERR, classic EOF, or an OK with header 0xFE."""
+        if first == 0xFF:
+            self.error = buf[start + 1] | (buf[start + 2] << 8) if end - start >= 3 else 1
+            self.state = DONE
+            return
+        payload = buf[start:end]
+        if self.deprecate_eof and end - start >= 7:
+            status = ok_status(payload)
+            self.oks.append((start - 4, end))
+        else:
+            status = eof_status(payload)
+            if status & SERVER_SESSION_STATE_CHANGED:
+                # A classic EOF says state changed but cannot say what.
+                self.untracked_change = True
+        self._set_status(status)
+
+    def _set_status(self, status: int) -> None:
+        self.status = status
+        if status & SERVER_MORE_RESULTS_EXISTS and self._reply in (Reply.RESULT, Reply.EXECUTE):
+            self.state = FIRST
+        else:
+            self.state = DONE
+
+    def _whole(self, buf: bytes, start: int, end: int) -> None:
+        state = self.state
+        first = buf[start] if end > start else -1
+        if state == TEXT:
+            self.state = DONE
+            return
+        if first == 0xFF:
+            self.error = buf[start + 1] | (buf[start + 2] << 8) if end - start >= 3 else 1
+            self.state = DONE
+            return
+        payload = buf[start:end]
+        try:
+            if state == FIRST:
+                if first == 0x00:
+                    if self._reply == Reply.PREPARE:
+                        self._prepare_ok(payload)
+                        return
+                    self.oks.append((start - 4, end))
+                    self._set_status(ok_status(payload))
+                elif first == 0xFB and self._reply == Reply.RESULT:
+                    self.state = INFILE
+                elif first == 0xFE and end - start < 9:
+                    raise ProtocolViolation("EOF packet where a result was expected")
+                else:
+                    columns = Reader(payload).lenenc_int()
+                    if columns == 0:
+                        raise ProtocolViolation("result set with no columns")
+                    self._left = columns
+                    self.state = COLUMNS
+            elif state == SINGLE:
+                if first == 0x00:
+                    self.oks.append((start - 4, end))
+                    self.status = ok_status(payload)
+                elif first == 0xFE:
+                    self.status = eof_status(payload)
+                self.state = DONE
+            elif state in (COLUMNS_EOF, PARAMS_EOF, PCOLUMNS_EOF):
+                if first != 0xFE:
+                    raise ProtocolViolation(f"expected EOF in {STATE_NAMES[state]}")
+                status = eof_status(payload)
+                if state == COLUMNS_EOF:
+                    self.status = status
+                    if status & SERVER_STATUS_CURSOR_EXISTS and self._reply == Reply.EXECUTE:
+                        self.state = DONE
+                    else:
+                        self.state = ROWS
+                elif state == PARAMS_EOF:
+                    self._prepare_columns()
+                else:
+                    self.state = DONE
+            else:
+                raise ProtocolViolation(f"unexpected packet in {STATE_NAMES[state]}")
+        except MalformedPacket as exc:
+            raise ProtocolViolation(str(exc)) from exc
+
+    def _prepare_ok(self, payload: bytes) -> None:
+        r = Reader(payload, 1)
+        statement = r.u32()
+        columns = r.u16()
+        params = r.u16()
+        self.prepared = (statement, columns, params)
+        self._pcolumns = columns
+        if params:
+            self._left = params
+            self.state = PARAMS
+        else:
+            self._prepare_columns()
