@@ -26,9 +26,9 @@ def _positive(kind: type) -> Any:
     return check
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"must be zero or a positive number, got {value!r}")
+def _non_negative_int(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"must be zero or a positive integer, got {value!r}")
 
 
 def _string(instance: object, attribute: attrs.Attribute, value: object) -> None:
@@ -48,6 +48,12 @@ class ProxyConfig:
     max_packet_size: int = attrs.field(default=1 << 30, validator=_positive(int))
     # Seconds a client may take to log in.
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive((int, float)))
+    # Pending connections the kernel queues before pyproxy accepts them; a
+    # connection storm overflows a small queue into SYN retransmits (1 s, 3 s).
+    backlog: int = attrs.field(default=1024, validator=_positive(int))
+    # The plugin announced in the greeting; clients may answer with either.
+    auth_plugin: str = attrs.field(default="mysql_native_password", validator=attrs.validators.in_(
+        ("mysql_native_password", "caching_sha2_password")))
 
 
 @attrs.frozen
@@ -63,7 +69,7 @@ class BackendConfig:
 @attrs.frozen
 class PoolConfig:
     max_connections: int = attrs.field(default=100, validator=_positive(int))
-    min_idle: int = attrs.field(default=0, validator=_non_negative)
+    min_idle: int = attrs.field(default=0, validator=_non_negative_int)
     borrow_timeout: float = attrs.field(default=120.0, validator=_positive((int, float)))
     max_lifetime: float = attrs.field(default=3600.0, validator=_positive((int, float)))
     idle_timeout: float = attrs.field(default=600.0, validator=_positive((int, float)))

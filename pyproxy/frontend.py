@@ -93,12 +93,15 @@ class FrontendProtocol(protocol.Protocol):
     # -- connection phase ---------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        try:
+            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            pass  # a UNIX socket: no Nagle to turn off
         self.proxy.clients.add(self)
         server = self.proxy.server
         self.transport.write(frame(make_handshake_v10(HandshakeV10(
             server.version, self.id & 0xFFFFFFFF, self.nonce, self.proxy.capabilities,
-            server.charset, server.status, auth.NATIVE)), 0))
+            server.charset, server.status, self.proxy.config.proxy.auth_plugin)), 0))
         self._timeout = self.proxy.reactor.callLater(
             self.proxy.config.proxy.handshake_timeout, self._login_too_slow)
 
@@ -111,11 +114,12 @@ class FrontendProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         try:
             packets = self.framer.feed(data)
-        except PacketTooLarge:
-            self._fatal(c.ER_NET_PACKET_TOO_LARGE, "Got a packet bigger than 'max_allowed_packet' bytes")
+        except PacketTooLarge as exc:
+            self._fatal(c.ER_NET_PACKET_TOO_LARGE, "Got a packet bigger than 'max_allowed_packet' bytes",
+                        exc.seq + 1)
             return
-        except PacketsOutOfOrder:
-            self._fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order")
+        except PacketsOutOfOrder as exc:
+            self._fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
             return
         for packet in packets:
             if self.phase == COMMANDS:
@@ -238,7 +242,8 @@ class FrontendProtocol(protocol.Protocol):
     def _dispatch(self, packet: Packet) -> None:
         payload = packet.payload
         if not payload:
-            self._fatal(c.ER_UNKNOWN_COM_ERROR, "Empty command packet", packet.seq + 1)
+            self._command = packet
+            self._reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown command (empty packet)")
             return
         command = payload[0]
         self._command = packet
@@ -412,7 +417,7 @@ class FrontendProtocol(protocol.Protocol):
         session = self.session
         if tracker.error:
             session.observe_error()
-        else:
+        elif tracker.status >= 0:
             session.observe_status(tracker.status)
         command = self._command.payload[0] if self._command is not None else 0
         if tracker.untracked_change:

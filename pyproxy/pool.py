@@ -141,7 +141,7 @@ class Pool:
                 self.waiters.remove(waiter)
                 self._lend_to(waiter, conn)
                 return
-        if self.waiters and self.size() >= self.max_size:
+        if self.waiters and self.size() + 1 >= self.max_size:
             # Waiters need another flavor and the pool is full: make room.
             conn.close("replaced by a connection for another client flavor")
             self._grow()
@@ -210,6 +210,7 @@ class Pool:
                         waiter.timer.cancel()
                     waiter.deferred.errback(failure)
                     break
+            self._grow()
 
         d.addCallbacks(opened, failed)
         return d

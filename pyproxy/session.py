@@ -44,6 +44,7 @@ _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LO
                     b"with": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction"}
 # SET TRANSACTION without SESSION/GLOBAL: characteristics of the next transaction only.
 _NEXT_TRANSACTION = re.compile(rb"(?i)\bset\s+transaction\b")
+_COLLATE = re.compile(rb"(?i)\bcollate\s*=?\s*['\"`]?(\w+)")
 # A user variable: '@name' but not '@@name'.
 _USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
 
@@ -57,7 +58,9 @@ class SessionState:
     character_set_client: str = "utf8mb4"
     character_set_results: str = "utf8mb4"  # "" stands for NULL (no conversion)
     character_set_connection: str = "utf8mb4"
-    collation_connection: str = "utf8mb4_general_ci"
+    # None: the server's default collation for character_set_connection, which
+    # is what SET NAMES gives and what the server does not report by name.
+    collation_connection: str | None = "utf8mb4_general_ci"
     multi_statements: bool = False
 
 
@@ -95,13 +98,20 @@ def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
     assignments = []
     if desired.autocommit != actual.autocommit:
         assignments.append(f"autocommit={int(desired.autocommit)}")
-    # Setting character_set_connection resets collation_connection, so the
-    # collation is set again after it whenever the character set changes.
-    connection_changed = desired.character_set_connection != actual.character_set_connection
-    for name in CHARSET_VARIABLES:
+    for name in ("character_set_client", "character_set_results"):
         want = getattr(desired, name)
-        if want != getattr(actual, name) or (name == "collation_connection" and connection_changed):
+        if want != getattr(actual, name):
             assignments.append(f"{name}={_quote(want) if want else 'NULL'}")
+    # Setting character_set_connection also resets collation_connection to
+    # that character set's default, which is how a default collation is restored.
+    collation = desired.collation_connection
+    if (desired.character_set_connection != actual.character_set_connection
+            or (collation is None and actual.collation_connection is not None)):
+        assignments.append(f"character_set_connection={_quote(desired.character_set_connection)}")
+        if collation is not None:
+            assignments.append(f"collation_connection={_quote(collation)}")
+    elif collation != actual.collation_connection:
+        assignments.append(f"collation_connection={_quote(collation)}")
     if assignments:
         commands.append(make_query("SET SESSION " + ", ".join(assignments)))
     return commands
@@ -157,6 +167,10 @@ class ClientSession:
                     updates[name] = value
             elif name not in IGNORED_VARIABLES and name not in ignore and reason is None:
                 reason = f"system variable {name} changed"
+        if "character_set_connection" in updates and "collation_connection" not in updates:
+            # SET NAMES reports the character sets but not the collation.
+            match = _COLLATE.search(sql) if sql is not None else None
+            updates["collation_connection"] = match.group(1).decode("ascii").lower() if match else None
         if changes.schema is not None:
             updates["schema"] = changes.schema or None
         if updates:

@@ -124,6 +124,14 @@ def probe_backend(config: configuration.Config) -> ServerInfo:
     return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset, greeting.status)
 
 
+def listen_description(proxy: configuration.ProxyConfig) -> str:
+    """The endpoint string, with the configured backlog unless it names its own."""
+    description = proxy.listen
+    if description.split(":", 1)[0] in ("tcp", "tcp6", "unix") and "backlog=" not in description:
+        description += f":backlog={proxy.backlog}"
+    return description
+
+
 class ProxyService(service.Service):
     """Listens for clients and runs the health checker for as long as it runs."""
 
@@ -143,7 +151,7 @@ class ProxyService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        endpoint = endpoints.serverFromString(self.reactor, self.config.proxy.listen)
+        endpoint = endpoints.serverFromString(self.reactor, listen_description(self.config.proxy))
         d = endpoint.listen(FrontendFactory(self.proxy))
 
         def listening(port: Any) -> None:

@@ -8,11 +8,20 @@ from pyproxy.wire.constants import MAX_PAYLOAD
 
 
 class PacketTooLarge(ValueError):
-    """A logical packet grew past the configured cap."""
+    """A logical packet grew past the configured cap; ``seq`` is the offending packet's."""
+
+    def __init__(self, size: int, seq: int) -> None:
+        super().__init__(f"packet of {size} bytes")
+        self.size = size
+        self.seq = seq
 
 
 class PacketsOutOfOrder(ValueError):
-    """A continuation packet carried the wrong sequence id."""
+    """A continuation packet carried the wrong sequence id ``seq``."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"sequence id {seq} out of order")
+        self.seq = seq
 
 
 @attrs.frozen(slots=True)
@@ -66,7 +75,7 @@ class PacketFramer:
             length = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
             seq = buf[pos + 3]
             if self._parts_len + length > self.max_packet_size:
-                raise PacketTooLarge(self._parts_len + length)
+                raise PacketTooLarge(self._parts_len + length, seq)
             end = pos + 4 + length
             if end > size:
                 break

@@ -51,7 +51,8 @@ class ResponseTracker:
     """A table-driven reader of one reply, fed the backend's bytes as they arrive.
 
     After ``scan`` returns, ``state`` tells where the reply stands; ``status``
-    holds the flags of the last OK or EOF, ``error`` the code of a final ERR
+    holds the flags of the last OK or EOF (-1 while the reply has carried
+    none: a prepare reply or statistics may never carry any), ``error`` the code of a final ERR
     (0 if none), and ``oks`` the (start, end) offsets in the scanned buffer
     of every OK packet seen, so session-tracking data can be read (or
     rewritten) without a second pass.
@@ -80,6 +81,7 @@ class ResponseTracker:
         """Begins following the reply to a command just sent."""
         self._reply = reply
         self.state = _START[reply]
+        self.status = -1
         self.error = 0
         self.untracked_change = False
         self.prepared = None
@@ -144,6 +146,10 @@ class ResponseTracker:
                 pos += 4
                 continue
             if state == COLUMNS or state == PARAMS or state == PCOLUMNS:
+                if self._left == 1 and end > size and length < MAX_PAYLOAD:
+                    # The last definition may end the reply: see it whole, so the
+                    # reply is never declared done with bytes still to come.
+                    return pos
                 self._continued = length == MAX_PAYLOAD
                 self._skip = length
                 pos += 4
@@ -240,8 +246,8 @@ class ResponseTracker:
                 if first != 0xFE:
                     raise ProtocolViolation(f"expected EOF in {STATE_NAMES[state]}")
                 status = eof_status(payload)
+                self.status = status
                 if state == COLUMNS_EOF:
-                    self.status = status
                     if status & SERVER_STATUS_CURSOR_EXISTS and self._reply == Reply.EXECUTE:
                         self.state = DONE
                     else:

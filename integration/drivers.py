@@ -1,0 +1,344 @@
+"""Shared helpers for the real-driver integration tests (``integration/test_drivers_*.py``).
+
+Every driver module runs the same scenarios against a pyproxy started in front of the session's
+``db_server``: plain queries over several types, a committed and a rolled-back transaction seen
+from a second connection, multi-statements, LOAD DATA LOCAL INFILE, a BLOB larger than one
+16 MiB protocol packet, server-side prepared statements and a wrong password.  This module holds
+what those modules share: the proxy fixture plumbing, the sample data and its expected values,
+and small runners for the ``mariadb`` command-line client and the Node scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import decimal
+import hashlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration import servers
+from pyproxy.sandbox import child_env
+
+APP_USER = servers.APP_USER
+APP_PASSWORD = servers.APP_PASSWORD
+APP_DATABASE = servers.APP_DATABASE
+WRONG_PASSWORD = "definitely-not-app_pw"
+
+#: Bound on one test, enforced with SIGALRM (pytest-timeout may not be installed).
+TEST_TIMEOUT = 90
+#: Driver socket timeouts, so a reply that never comes fails the test instead of hanging it.
+IO_TIMEOUT = 30
+#: The server's max_allowed_packet (the sandbox runs with 64M); drivers get the same limit.
+MAX_ALLOWED_PACKET = 64 * 1024 * 1024
+#: Larger than one protocol packet (0xFFFFFF bytes), so both directions need continuations.
+BLOB_SIZE = 16 * 1024 * 1024 + 4321
+#: Rows in the LOAD DATA LOCAL INFILE file.
+INFILE_ROWS = 4000
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_SCRIPT = NODE_DIR / "scenario.js"
+
+# --- fixtures plumbing -------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=False)
+def bounded() -> Iterator[None]:
+    """Fail the test (instead of hanging the run) after TEST_TIMEOUT seconds.
+
+    The handler raises in the main thread, which interrupts a driver blocked in ``recv``.
+    """
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"test did not finish within {TEST_TIMEOUT}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class ModuleProxy:
+    """One pyproxy for a whole test module, started like ``make_proxy`` does.
+
+    ``make_proxy`` is function-scoped (it builds on ``tmp_path``), so a module-scoped wrapper
+    cannot use it; this calls the same :func:`servers.start_proxy`. If a test crashed pyproxy,
+    the next :meth:`get` starts a fresh one, so one bug does not fail every later test; the
+    crashed process's log stays in its own folder.
+    """
+
+    def __init__(self, db_server: servers.DbServer, base: Path, **overrides: Any) -> None:
+        self.db_server = db_server
+        self.base = base
+        self.overrides = overrides
+        self.started: list[servers.ProxyProcess] = []
+        self._counter = itertools.count(1)
+
+    def get(self) -> servers.ProxyProcess:
+        if self.started and self.started[-1].process.poll() is None:
+            return self.started[-1]
+        proxy = servers.start_proxy(self.db_server, self.base / f"proxy-{next(self._counter)}",
+                                    **self.overrides)
+        self.started.append(proxy)
+        return proxy
+
+    def stop(self) -> None:
+        for proxy in self.started:
+            proxy.stop()
+
+
+@contextlib.contextmanager
+def module_proxy(db_server: servers.DbServer, tmp_path_factory: pytest.TempPathFactory,
+                 name: str, **overrides: Any) -> Iterator[ModuleProxy]:
+    holder = ModuleProxy(db_server, tmp_path_factory.mktemp(name), **overrides)
+    try:
+        yield holder
+    finally:
+        holder.stop()
+
+
+def log_tail(proxy: servers.ProxyProcess, lines: int = 25) -> str:
+    """The end of pyproxy's log, for assertion messages."""
+    return "\n".join(proxy.log_text().splitlines()[-lines:])
+
+
+def log_events(proxy: servers.ProxyProcess, event: str | None = None) -> list[dict[str, Any]]:
+    """pyproxy's JSON log lines (the test config logs JSON at debug level)."""
+    out = []
+    for line in proxy.log_text().splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if event is None or record.get("event") == event:
+            out.append(record)
+    return out
+
+
+# --- known pyproxy bugs (reasons for strict xfails, shared by the driver modules) -------------
+
+BUG_MULTI_ERROR_TX = (
+    "BUG: a multi-statement whose last statement fails drops the IN_TRANS status of the "
+    "statements before it: frontend.py FrontendProtocol._reply_done() calls only "
+    "session.observe_error() when tracker.error is set and ignores tracker.status (the last "
+    "OK, which had SERVER_STATUS_IN_TRANS), so the backend goes back to the pool with the "
+    "transaction open and the next client runs inside it")
+BUG_CHARSET = (
+    "BUG: character set / collation changes are not carried: MariaDB's session tracking "
+    "reports character_set_connection but not the collation_connection that SET NAMES [COLLATE] "
+    "implies, so session.py ClientSession.observe_changes() keeps a stale collation_connection, "
+    "frontend.py _reply_done() records that as the backend's state, and reconcile() replays "
+    "'character_set_connection=latin1, collation_connection=utf8mb4_general_ci' (switching the "
+    "charset back to utf8mb4) or nothing at all (a COLLATE utf8mb4_bin stays on the pooled "
+    "connection for the next client)")
+BUG_LAST_INSERT_ID = (
+    "BUG: LAST_INSERT_ID() (and SHOW WARNINGS, FOUND_ROWS()) read per-connection state of the "
+    "previous statement, but pyproxy releases the backend after each autocommit statement "
+    "(frontend.py _release_if_clean) and neither pins nor answers them itself, so the next "
+    "statement may run on a connection another client used meanwhile")
+
+
+# --- names and the admin side ------------------------------------------------------------------
+
+_table_counter = itertools.count(1)
+
+
+def unique_table(prefix: str) -> str:
+    """A table name no other test of the session uses (one server serves the whole session)."""
+    return f"{prefix}_{os.getpid()}_{next(_table_counter)}_{secrets.token_hex(3)}"
+
+
+def admin_query(db_server: servers.DbServer, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+    """Runs ``sql`` as the server's admin, directly (not through pyproxy), in database app."""
+    conn = db_server.connect(database=APP_DATABASE)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args or None)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def admin_scalar(db_server: servers.DbServer, sql: str, args: Sequence[Any] = ()) -> Any:
+    return admin_query(db_server, sql, args)[0][0]
+
+
+# --- sample data -------------------------------------------------------------------------------
+
+EMOJI_TEXT = "emoji \U0001F600\U0001F389 and \u00fc\u00df \u4e2d\u6587"
+
+#: Columns of the sample table; every driver creates it through pyproxy.
+SAMPLE_DDL = ("CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL, "
+              "amount DECIMAL(12,4) NULL, created DATETIME NULL, note TEXT NULL, "
+              "score DOUBLE NULL) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+
+SAMPLE_ROWS: list[tuple[Any, ...]] = [
+    (1, "plain ascii", decimal.Decimal("12345678.1234"), datetime.datetime(2024, 2, 29, 23, 59, 58),
+     "first", 1.5),
+    (2, EMOJI_TEXT, decimal.Decimal("-0.0001"), datetime.datetime(1999, 12, 31, 0, 0, 1),
+     None, -2.25),
+    (3, "all nulls", None, None, None, None),
+    (4, "quote ' and backslash \\ and \"", decimal.Decimal("0.0000"),
+     datetime.datetime(2038, 1, 19, 3, 14, 7), EMOJI_TEXT * 3, 0.0),
+]
+
+SAMPLE_INSERT = "INSERT INTO {table} (id, name, amount, created, note, score) VALUES ({marks})"
+SAMPLE_SELECT = "SELECT id, name, amount, created, note, score FROM {table} ORDER BY id"
+
+#: One literal row of every interesting type, with what it must decode to.
+LITERAL_SELECT = ("SELECT 42 AS i, NULL AS n, CAST('12345.6789' AS DECIMAL(12,4)) AS d, "
+                  "CAST('2024-02-29 23:59:58' AS DATETIME) AS dt, "
+                  f"_utf8mb4'{EMOJI_TEXT}' AS s, 1.5e0 AS f")
+LITERAL_EXPECTED = (42, None, decimal.Decimal("12345.6789"),
+                    datetime.datetime(2024, 2, 29, 23, 59, 58), EMOJI_TEXT, 1.5)
+
+
+def sample_insert(table: str, marker: str = "%s") -> str:
+    return SAMPLE_INSERT.format(table=table, marks=", ".join([marker] * 6))
+
+
+def normalise_row(row: Sequence[Any]) -> tuple[Any, ...]:
+    """Drivers differ in small ways (bytes for TEXT, float for DOUBLE); compare like this."""
+    out = []
+    for value in row:
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("utf-8")
+        out.append(value)
+    return tuple(out)
+
+
+# --- LOAD DATA LOCAL INFILE --------------------------------------------------------------------
+
+INFILE_DDL = ("CREATE TABLE {table} (id INT PRIMARY KEY, label VARCHAR(64) NOT NULL, "
+              "qty INT NOT NULL) CHARACTER SET utf8mb4")
+
+
+def write_infile(directory: Path, rows: int = INFILE_ROWS) -> tuple[Path, int, int]:
+    """Writes a tab-separated file of ``rows`` rows; returns its path, row count and SUM(qty)."""
+    path = directory / f"infile-{secrets.token_hex(4)}.tsv"
+    total = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for i in range(1, rows + 1):
+            qty = (i * 7919) % 1000
+            total += qty
+            f.write(f"{i}\tlabel-{i}-\u00e9\U0001F600\t{qty}\n")
+    return path, rows, total
+
+
+def load_data_sql(path: Path, table: str) -> str:
+    return (f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {table} CHARACTER SET utf8mb4 "
+            "FIELDS TERMINATED BY '\\t' LINES TERMINATED BY '\\n' (id, label, qty)")
+
+
+# --- BLOB --------------------------------------------------------------------------------------
+
+BLOB_DDL = "CREATE TABLE {table} (id INT PRIMARY KEY, data LONGBLOB NOT NULL)"
+
+
+def blob_payload(size: int = BLOB_SIZE) -> bytes:
+    """Random bytes: every byte value occurs, so escaping and framing errors show."""
+    return os.urandom(size)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_blob_on_server(db_server: servers.DbServer, table: str, row_id: int,
+                         expected: bytes) -> None:
+    """The stored value, read directly from the server, is exactly ``expected``."""
+    length, digest = admin_query(
+        db_server, f"SELECT LENGTH(data), SHA2(data, 256) FROM {table} WHERE id = %s", (row_id,))[0]
+    assert (length, digest) == (len(expected), sha256(expected))
+
+
+# --- wrong password ----------------------------------------------------------------------------
+
+
+def assert_access_denied(code: int, message: str, sqlstate: str | None = None) -> None:
+    assert code == 1045, (code, message)
+    assert "Access denied" in message, message
+    if sqlstate is not None:
+        assert sqlstate == "28000", (sqlstate, message)
+
+
+# --- external programs -------------------------------------------------------------------------
+
+
+def mariadb_client() -> str | None:
+    return shutil.which("mariadb") or shutil.which("mysql")
+
+
+def run_cli(proxy: servers.ProxyProcess, sql: str | None, *extra: str,
+            password: str = APP_PASSWORD, stdin: bytes | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """Runs the ``mariadb`` client against pyproxy: batch mode, no headers, raw values."""
+    client = mariadb_client()
+    assert client is not None
+    cmd = [client, "--no-defaults", "--protocol=TCP", "-h", proxy.host, "-P", str(proxy.port),
+           "-u", APP_USER, f"-p{password}", "--default-character-set=utf8mb4",
+           "--batch", "--raw", "--skip-column-names", "--connect-timeout=10", *extra,
+           APP_DATABASE]
+    if sql is not None:
+        cmd += ["-e", sql]
+    return subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True,
+                          timeout=timeout, check=False)
+
+
+def cli_rows(result: subprocess.CompletedProcess[bytes]) -> list[list[str]]:
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    text = result.stdout.decode("utf-8")
+    return [line.split("\t") for line in text.splitlines()]
+
+
+def node_program() -> str | None:
+    return shutil.which("node") or shutil.which("nodejs")
+
+
+def have_mysql2() -> bool:
+    return (NODE_DIR / "node_modules" / "mysql2" / "package.json").is_file()
+
+
+def run_node(proxy: servers.ProxyProcess, scenario: str, timeout: float = 60,
+             **params: Any) -> dict[str, Any]:
+    """Runs ``integration/node/scenario.js SCENARIO PARAMS_JSON`` and returns its JSON output.
+
+    The script prints one JSON object: the scenario's observations, or ``{"error": {...}}``
+    with mysql2's ``code``, ``errno``, ``sqlState`` and ``message`` when something threw.
+    """
+    node = node_program()
+    assert node is not None
+    config = {"host": proxy.host, "port": proxy.port, "user": APP_USER, "password": APP_PASSWORD,
+              "database": APP_DATABASE}
+    config.update(params)
+    result = subprocess.run([node, str(NODE_SCRIPT), scenario, json.dumps(config)],
+                            cwd=NODE_DIR, capture_output=True, timeout=timeout, check=False,
+                            env=child_env())
+    stdout = result.stdout.decode("utf-8", "replace").strip()
+    stderr = result.stderr.decode("utf-8", "replace").strip()
+    try:
+        out = json.loads(stdout.splitlines()[-1]) if stdout else None
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        raise AssertionError(f"node {scenario} exited {result.returncode} without JSON; "
+                             f"stdout: {stdout[-2000:]!r}; stderr: {stderr[-2000:]!r}")
+    out["_exit_code"] = result.returncode
+    out["_stderr"] = stderr
+    return out

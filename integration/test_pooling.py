@@ -1,0 +1,246 @@
+"""Pooling as users see it: connection storms, state isolation, failures of lent connections."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from integration import servers
+from pyproxy.sandbox import SandboxServer
+
+
+@pytest.fixture(scope="module")
+def small_server() -> Iterator[SandboxServer]:
+    """A server that refuses a 41st connection, as a small RDS instance would."""
+    server = SandboxServer(max_connections=40)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+def app_connections(root: pymysql.connections.Connection) -> int:
+    with root.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'app'")
+        return int(cur.fetchone()[0])
+
+
+def test_connection_storm(small_server: SandboxServer, tmp_path: Path) -> None:
+    """500 concurrent connect-query-close clients all succeed through a pool of 20 on a
+    server limited to 40 connections, which never sees more than 20 from pyproxy."""
+    proxy = servers.start_proxy(small_server, tmp_path / "proxy", pool={"max_connections": 20,
+                                                                          "borrow_timeout": 60})
+    try:
+        root = small_server.connect()
+        peak = 0
+        stop = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, app_connections(root))
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        start = threading.Barrier(500)
+        errors: list[str] = []
+        results: list[int] = []
+
+        def client(i: int) -> None:
+            try:
+                start.wait(timeout=60)
+                conn = pymysql.connect(host=proxy.host, port=proxy.port, user="app", password="app_pw",
+                                       database="app", connect_timeout=60, read_timeout=60,
+                                       ssl_disabled=True)
+                with conn.cursor() as cur:
+                    cur.execute("SELECT %s + 1", (i,))
+                    results.append(cur.fetchone()[0] - 1)
+                conn.close()
+            except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(500)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        stop.set()
+        watcher.join()
+        root.close()
+        reasons = [line for line in proxy.log_text().splitlines()
+                   if '"level": "warning"' in line or '"level": "error"' in line
+                   or "handshake timeout" in line]
+        assert errors == [], reasons[:20]
+        assert sorted(results) == list(range(500))
+        assert 0 < peak <= 20
+    finally:
+        proxy.stop()
+
+
+DEFAULT_SQL_MODE_QUERY = "SELECT @@GLOBAL.sql_mode, @@GLOBAL.time_zone"
+
+
+def test_no_session_state_leaks(make_proxy, db_server) -> None:
+    """Hundreds of clients set user variables, sql_mode, time_zone, temporary tables and
+    autocommit through a small pool; each sees only its own state, and clients that set
+    nothing always see the server's defaults."""
+    proxy = make_proxy(pool={"max_connections": 6, "borrow_timeout": 60})
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute(DEFAULT_SQL_MODE_QUERY)
+        default_mode, default_zone = cur.fetchone()
+    root.close()
+    modes = ["ANSI_QUOTES", "NO_ZERO_DATE", "STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION", "PIPES_AS_CONCAT"]
+    failures: list[str] = []
+
+    def stateful(i: int) -> None:
+        conn = proxy.connect()
+        try:
+            with conn.cursor() as cur:
+                mode = modes[i % len(modes)]
+                zone = f"+0{i % 10}:00"
+                cur.execute("SET @mine = %s", (i,))
+                cur.execute("SET SESSION sql_mode = %s", (mode,))
+                cur.execute("SET time_zone = %s", (zone,))
+                cur.execute(f"CREATE TEMPORARY TABLE leak_{i} (v INT)")
+                cur.execute(f"INSERT INTO leak_{i} VALUES (%s)", (i,))
+                conn.autocommit(i % 2 == 0)
+                for _ in range(3):
+                    cur.execute(f"SELECT @mine, @@sql_mode, @@time_zone, @@autocommit, "
+                                f"(SELECT v FROM leak_{i})")
+                    got = cur.fetchone()
+                    want = (i, mode, zone, int(i % 2 == 0), i)
+                    if tuple(got) != want:
+                        failures.append(f"client {i}: {got} != {want}")
+                    time.sleep(random.random() / 200)
+        finally:
+            conn.close()
+
+    def clean(i: int) -> None:
+        conn = proxy.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @mine, @@sql_mode, @@time_zone, @@autocommit")
+                got = tuple(cur.fetchone())
+                if got != (None, default_mode, default_zone, 0):
+                    failures.append(f"clean client {i} saw {got}")
+                cur.execute("SELECT COUNT(*) FROM information_schema.tables "
+                            "WHERE table_name LIKE 'leak\\_%%' AND table_type = 'TEMPORARY'")
+                count = cur.fetchone()[0]
+                if count:
+                    failures.append(f"clean client {i} saw {count} temporary tables")
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        futures = [pool.submit(stateful if i % 3 else clean, i) for i in range(300)]
+        for future in futures:
+            future.result(timeout=120)
+    assert failures == []
+
+
+def test_idle_client_survives_killed_backend(make_proxy, db_server) -> None:
+    """When the server kills an idle pooled connection, a client between statements
+    carries on with a fresh one and sees no error."""
+    proxy = make_proxy()
+    conn = proxy.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        backend_id = cur.fetchone()[0]
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute(f"KILL {int(backend_id)}")
+    root.close()
+    time.sleep(0.2)
+    with conn.cursor() as cur:
+        cur.execute("SELECT 42")
+        assert cur.fetchone()[0] == 42
+    conn.close()
+
+
+def test_statement_on_killed_backend_gets_error_then_continues(make_proxy, db_server) -> None:
+    """A statement whose backend connection dies gets an error; the same client's next
+    statement runs on a fresh connection."""
+    proxy = make_proxy()
+    conn = proxy.connect(autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        backend_id = cur.fetchone()[0]
+
+    def killer() -> None:
+        time.sleep(0.5)
+        root = db_server.connect()
+        with root.cursor() as cur:
+            cur.execute(f"KILL {int(backend_id)}")
+        root.close()
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    with conn.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as info:
+            cur.execute("SELECT SLEEP(10)")
+    thread.join()
+    assert info.value.args[0] in (2013, 1927, 1053)
+    with conn.cursor() as cur:
+        cur.execute("SELECT 7")
+        assert cur.fetchone()[0] == 7
+    conn.close()
+
+
+def test_transaction_on_killed_backend_is_never_reported_committed(make_proxy, db_server) -> None:
+    """If the connection holding a client's open transaction dies, the client is told and
+    disconnected: a later COMMIT can never report the lost work as committed."""
+    proxy = make_proxy()
+    setup = proxy.connect()
+    with setup.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS lost_tx (id INT PRIMARY KEY)")
+        cur.execute("DELETE FROM lost_tx")
+    setup.close()
+    conn = proxy.connect(autocommit=False)
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO lost_tx VALUES (1)")
+        cur.execute("SELECT CONNECTION_ID()")
+        backend_id = cur.fetchone()[0]
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute(f"KILL {int(backend_id)}")
+    time.sleep(0.2)
+    with pytest.raises(pymysql.MySQLError):
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO lost_tx VALUES (2)")
+            conn.commit()
+    with root.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM app.lost_tx")
+        assert cur.fetchone()[0] == 0
+    root.close()
+
+
+def test_pinned_backend_is_reset_before_reuse(make_proxy) -> None:
+    """A connection that served a pinned session goes back to the pool only after a reset:
+    the next client on the same backend connection sees none of the old state."""
+    proxy = make_proxy(pool={"max_connections": 1})
+    first = proxy.connect()
+    with first.cursor() as cur:
+        cur.execute("SET @secret = 'pinned'")
+        cur.execute("CREATE TEMPORARY TABLE pinned_tmp (v INT)")
+        cur.execute("SELECT CONNECTION_ID()")
+        backend_id = cur.fetchone()[0]
+    first.close()
+    second = proxy.connect()
+    with second.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID(), @secret")
+        got_id, secret = cur.fetchone()
+        assert secret is None
+        assert got_id == backend_id  # the same connection, reset rather than replaced
+        with pytest.raises(pymysql.MySQLError):
+            cur.execute("SELECT * FROM pinned_tmp")
+    second.close()
+    log = proxy.log_text()
+    assert "session_pinned" in log and "user variable" in log or "session state changed" in log

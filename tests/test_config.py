@@ -1,0 +1,154 @@
+"""pyproxy.config: TOML, environment and overrides, each bad value named by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyproxy.config import Config, ConfigError, build, env_overrides, load
+
+USERS = [{"name": "app", "password": "secret"}]
+
+
+def test_defaults() -> None:
+    """An empty document gives the documented defaults."""
+    config = build({})
+    assert config == Config()
+    assert config.proxy.listen == "tcp:3306"
+    assert config.proxy.max_packet_size == 1 << 30
+    assert config.backend.charset == 45
+    assert config.pool.max_connections == 100
+    assert config.pool.borrow_timeout == 120
+    assert config.health.interval == 10
+    assert config.users == ()
+
+
+def test_full_document() -> None:
+    """Every section of the README example is read."""
+    config = build({
+        "proxy": {"listen": "tcp:6033", "max_packet_size": 1024, "handshake_timeout": 3},
+        "backend": {"host": "db", "port": 3307, "database": "app", "connect_timeout": 2.5, "charset": 33},
+        "pool": {"max_connections": 5, "min_idle": 1, "borrow_timeout": 1, "max_lifetime": 60,
+                 "idle_timeout": 30},
+        "health": {"interval": 0.5},
+        "log": {"level": "debug", "format": "json"},
+        "users": USERS + [{"name": "nopw"}],
+    })
+    assert config.backend.host == "db"
+    assert config.pool.min_idle == 1
+    assert config.user("app").password == "secret"  # type: ignore[union-attr]
+    assert config.user("nopw").password == ""  # type: ignore[union-attr]
+    assert config.user("ghost") is None
+
+
+def test_password_not_in_repr() -> None:
+    """A user's password never shows in its repr (so never in a log line)."""
+    assert "secret" not in repr(build({"users": USERS}))
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"proxi": {}}, "unknown section [proxi]"),
+    ({"proxy": {"listn": "x"}}, "unknown key proxy.listn"),
+    ({"proxy": "tcp:1"}, "[proxy] must be a table"),
+    ({"backend": {"port": 0}}, "backend.port: must be a TCP port number"),
+    ({"backend": {"port": "3306"}}, "backend.port"),
+    ({"backend": {"port": True}}, "backend.port"),
+    ({"pool": {"max_connections": 0}}, "pool.max_connections: must be a positive number"),
+    ({"pool": {"min_idle": -1}}, "pool.min_idle: must be zero or a positive integer"),
+    ({"pool": {"borrow_timeout": "2"}}, "pool.borrow_timeout"),
+    ({"log": {"level": "verbose"}}, "log.level: must be one of debug, info, warning, error, got 'verbose'"),
+    ({"users": {"name": "app"}}, "users must be an array of tables"),
+    ({"users": [{"password": "x"}]}, "users[0].name is required"),
+    ({"users": [{"name": "a", "pasword": "x"}]}, "unknown key users[0].pasword"),
+    ({"users": [{"name": "a", "password": 1}]}, "users[0].password"),
+    ({"users": [{"name": 7}]}, "users[0].name"),
+    ({"users": USERS + [{"name": "app"}]}, "users[1].name: duplicate user 'app'"),
+])
+def test_bad_values_name_their_key(data: dict, message: str) -> None:
+    """Each bad value is reported as one ConfigError naming the key at fault."""
+    with pytest.raises(ConfigError) as info:
+        build(data)
+    assert message in str(info.value)
+
+
+def test_empty_database_means_none() -> None:
+    """database = "" (as an environment variable gives it) means no default schema."""
+    assert build({"backend": {"database": ""}}).backend.database is None
+
+
+def test_env_overrides_are_typed() -> None:
+    """PYPROXY_<SECTION>_<KEY> values take the type of the key's default."""
+    out = env_overrides({
+        "PYPROXY_BACKEND_HOST": "db", "PYPROXY_BACKEND_PORT": "3307",
+        "PYPROXY_POOL_BORROW_TIMEOUT": "2.5", "PYPROXY_POOL_MAX_CONNECTIONS": "7",
+        "PYPROXY_HEALTH_INTERVAL": "3", "UNRELATED": "x",
+    })
+    assert out == {"backend": {"host": "db", "port": 3307},
+                   "pool": {"borrow_timeout": 2.5, "max_connections": 7},
+                   "health": {"interval": 3.0}}
+
+
+def test_env_bad_number_is_reported_by_key() -> None:
+    """A non-number in a numeric variable fails validation under its key."""
+    with pytest.raises(ConfigError, match="pool.max_connections"):
+        load(None, {"PYPROXY_POOL_MAX_CONNECTIONS": "many", "PYPROXY_USERS": "app:pw"})
+
+
+def test_env_users() -> None:
+    """PYPROXY_USERS="name:password,..." replaces the user list; a password may hold ':'."""
+    out = env_overrides({"PYPROXY_USERS": "app:secret, other:p:w ,nopw,"})
+    assert out["users"] == [{"name": "app", "password": "secret"}, {"name": "other", "password": "p:w"},
+                            {"name": "nopw", "password": ""}]
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "pyproxy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_load_precedence(tmp_path: Path) -> None:
+    """File, then environment, then explicit overrides, each winning over the one before."""
+    path = write(tmp_path, '[backend]\nhost = "file"\nport = 1\ndatabase = "f"\n'
+                           '[[users]]\nname = "app"\npassword = "secret"\n')
+    config = load(path, {"PYPROXY_BACKEND_HOST": "env", "PYPROXY_BACKEND_PORT": "2"},
+                  {"backend": {"host": "cli"}})
+    assert (config.backend.host, config.backend.port, config.backend.database) == ("cli", 2, "f")
+    assert config.user("app") is not None
+
+
+def test_env_users_replace_file_users(tmp_path: Path) -> None:
+    """PYPROXY_USERS replaces, not extends, the file's [[users]]."""
+    path = write(tmp_path, '[[users]]\nname = "app"\npassword = "secret"\n')
+    config = load(path, {"PYPROXY_USERS": "other:pw"})
+    assert [u.name for u in config.users] == ["other"]
+
+
+def test_load_requires_users(tmp_path: Path) -> None:
+    """A configuration without users is refused: nobody could log in."""
+    with pytest.raises(ConfigError, match="no \\[\\[users\\]\\]"):
+        load(write(tmp_path, "[proxy]\n"), {})
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    """A file that cannot be read is one line naming it."""
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(str(tmp_path / "nope.toml"), {})
+
+
+def test_load_invalid_toml(tmp_path: Path) -> None:
+    """Broken TOML is reported with the file name."""
+    path = write(tmp_path, "[proxy\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load(path, {})
+
+
+def test_load_without_file_uses_environment() -> None:
+    """No file at all: the environment alone can configure pyproxy."""
+    config = load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_PROXY_LISTEN": "tcp:6033"})
+    assert config.proxy.listen == "tcp:6033"
+def test_min_idle_must_be_a_whole_number() -> None:
+    """min_idle counts connections, so a fractional value is refused by key."""
+    with pytest.raises(ConfigError, match="pool.min_idle"):
+        build({"pool": {"min_idle": 1.5}})

@@ -1,0 +1,699 @@
+"""pyproxy.frontend: a client's whole life over fake transports.
+
+A FrontendProtocol talks to a StringTransport; its pool's connector hands out
+BackendConnections that the test logs in and answers by hand, with packets
+captured from a real server.  So a command goes frontend -> pool -> backend
+-> frontend with every byte visible and no socket or real clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+import vectors
+from pyproxy import auth
+from pyproxy.backend import BackendConnection, BackendError
+from pyproxy.config import build
+from pyproxy.frontend import COMMANDS, FrontendFactory, FrontendProtocol
+from pyproxy.pool import Pool
+from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.wire.commands import make_init_db, make_query, make_set_option
+from pyproxy.wire.constants import (
+    CLIENT,
+    COM_RESET_CONNECTION,
+    COMMAND,
+    MAX_PAYLOAD,
+    MYSQL_OPTION_MULTI_STATEMENTS_OFF,
+    SERVER_SESSION_STATE_CHANGED,
+    SERVER_STATUS_AUTOCOMMIT,
+    SERVER_STATUS_IN_TRANS,
+)
+from pyproxy.wire.framing import Packet, PacketFramer, frame
+from pyproxy.wire.handshake import (
+    HandshakeResponse41,
+    make_handshake_response41,
+    parse_auth_switch_request,
+    parse_handshake_v10,
+)
+from pyproxy.wire.responses import ERR, make_ok, parse_err, parse_ok
+from test_backend import FakeServer, FakeTransport, ready_backend
+
+GREETING = parse_handshake_v10(vectors.GREETING[4:])
+SERVER = ServerInfo(vectors.SERVER_VERSION, GREETING.capabilities, 45, SERVER_STATUS_AUTOCOMMIT)
+CLIENT_CAPS = (
+    CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
+    | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS
+    | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.CONNECT_ATTRS
+    | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF | CLIENT.LOCAL_FILES
+)
+PEER = "192.168.1.1"  # StringTransport's peer address
+SELECT = "SELECT id, name FROM app.t ORDER BY id"
+
+
+class Backends:
+    """The pool's connector: each open is a BackendConnection the test logs in and serves."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.waiting: list[tuple[int, defer.Deferred[BackendConnection]]] = []
+
+    def __call__(self, flavor: int) -> defer.Deferred[BackendConnection]:
+        d: defer.Deferred[BackendConnection] = defer.Deferred()
+        self.waiting.append((flavor, d))
+        return d
+
+    def open(self) -> tuple[BackendConnection, FakeServer]:
+        """Completes the oldest pending open: login, tracking SET, then into the pool."""
+        flavor, d = self.waiting.pop(0)
+        conn, server = ready_backend(self.reactor, flavor)
+        server.received()
+        d.callback(conn)
+        return conn, server
+
+    def fail(self, error: Exception) -> None:
+        self.waiting.pop(0)[1].errback(error)
+
+
+def make_proxy(max_connections: int = 2, **sections: Any) -> tuple[Proxy, Backends]:
+    data: dict[str, Any] = {
+        "proxy": {"max_packet_size": 4096, "handshake_timeout": 5},
+        "pool": {"max_connections": max_connections, "borrow_timeout": 3},
+        "users": [{"name": "app", "password": "secret"}, {"name": "nopw", "password": ""}],
+    }
+    data.update(sections)
+    reactor = MemoryReactorClock()
+    proxy = Proxy(build(data), reactor, SERVER)
+    backends = Backends(reactor)
+    proxy.pools["app"] = Pool("app", backends, reactor, max_size=max_connections, borrow_timeout=3)
+    return proxy, backends
+
+
+class FakeClient:
+    """An application connected to pyproxy, speaking the protocol packet by packet."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.protocol = FrontendFactory(proxy).buildProtocol(None)
+        self.transport = FakeTransport()
+        self.protocol.makeConnection(self.transport)
+        self.framer = PacketFramer()
+        [greeting] = self.received()
+        assert greeting.seq == 0
+        self.greeting = parse_handshake_v10(greeting.payload)
+
+    def raw(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def received(self) -> list[Packet]:
+        return self.framer.feed(self.raw())
+
+    def send(self, payload: bytes, seq: int = 0) -> None:
+        self.protocol.dataReceived(frame(payload, seq))
+
+    def login(self, password: str = "secret", user: str = "app", caps: int = CLIENT_CAPS,
+              database: str | None = None, plugin: str = auth.NATIVE) -> list[Packet]:
+        proof = auth.proof_for(plugin, password.encode(), self.greeting.auth_data)
+        if database:
+            caps |= CLIENT.CONNECT_WITH_DB
+        self.send(make_handshake_response41(HandshakeResponse41(
+            caps, 1 << 24, 45, user, proof, database, plugin, {"program_name": "tests"})), seq=1)
+        return self.received()
+
+    def query(self, sql: str) -> None:
+        self.send(make_query(sql))
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+
+def err_of(packet: Packet) -> tuple[int, int, str]:
+    """(seq, code, sqlstate) of an ERR packet."""
+    assert packet.payload[0] == 0xFF, packet.payload
+    err = parse_err(packet.payload)
+    return packet.seq, err.code, err.sqlstate
+
+
+class HandshakeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.proxy, self.backends = make_proxy()
+        self.client = FakeClient(self.proxy)
+
+    def test_greeting(self) -> None:
+        """The greeting shows the server's version, pyproxy's capabilities and a fresh nonce."""
+        g = self.client.greeting
+        self.assertEqual(g.server_version, vectors.SERVER_VERSION)
+        self.assertEqual(g.capabilities, self.proxy.capabilities)
+        self.assertTrue(g.capabilities & CLIENT.SESSION_TRACK and g.capabilities & CLIENT.DEPRECATE_EOF)
+        self.assertFalse(g.capabilities & CLIENT.SSL)
+        self.assertEqual(g.auth_plugin, auth.NATIVE)
+        self.assertEqual(len(g.auth_data), 20)
+        self.assertEqual(g.connection_id, self.client.protocol.id)
+        self.assertTrue(self.client.transport.nodelay)
+        self.assertEqual([c.getTime() for c in self.proxy.reactor.getDelayedCalls()], [5])
+
+    def test_login(self) -> None:
+        """A correct proof gets an OK (seq 2), and no backend connection is taken for an idle client."""
+        [ok] = self.client.login()
+        self.assertEqual(ok.seq, 2)
+        self.assertEqual(parse_ok(ok.payload, True).status, SERVER_STATUS_AUTOCOMMIT)
+        self.assertEqual(self.client.protocol.phase, COMMANDS)
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.backends.waiting, [])
+        self.assertIn(self.client.protocol, self.proxy.clients)
+
+    def test_login_byte_by_byte(self) -> None:
+        """The login response may arrive one byte per read."""
+        proof = auth.native_proof(b"secret", self.client.greeting.auth_data)
+        data = frame(make_handshake_response41(HandshakeResponse41(
+            CLIENT_CAPS, 0, 45, "app", proof, None, auth.NATIVE)), 1)
+        for i in range(len(data)):
+            self.client.protocol.dataReceived(data[i:i + 1])
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+
+    def test_wrong_password(self) -> None:
+        """A wrong proof gets ERR 1045 (28000), seq 2, and the connection is closed."""
+        [err] = self.client.login(password="wrong")
+        self.assertEqual(err_of(err), (2, 1045, "28000"))
+        self.assertEqual(parse_err(err.payload).message,
+                         f"Access denied for user 'app'@'{PEER}' (using password: YES)")
+        self.assertTrue(self.client.closed)
+
+    def test_unknown_user(self) -> None:
+        """An account pyproxy does not know is refused the same way, without saying it is unknown."""
+        [err] = self.client.login(user="ghost")
+        self.assertEqual(err_of(err), (2, 1045, "28000"))
+        self.assertTrue(self.client.closed)
+
+    def test_empty_password_account(self) -> None:
+        """An account without password logs in with an empty proof; a password for it is refused."""
+        [ok] = self.client.login(user="nopw", password="")
+        self.assertEqual(ok.payload[0], 0)
+        other = FakeClient(self.proxy)
+        [err] = other.login(user="nopw", password="x")
+        self.assertEqual(err_of(err)[1], 1045)
+
+    def test_empty_handshake_packet(self) -> None:
+        """An empty packet instead of a login gets exactly what MariaDB answers: 1043 Bad handshake."""
+        self.client.send(b"", seq=1)
+        self.assertEqual(self.client.raw(), vectors.BAD_HANDSHAKE_ERR)
+        self.assertTrue(self.client.closed)
+
+    def test_garbage_handshake(self) -> None:
+        """Bytes that are not a HandshakeResponse41 get 1043 and a closed connection."""
+        self.client.send(b"\xff\xff\xff\xffgarbage", seq=1)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (2, 1043, "08S01"))
+        self.assertTrue(self.client.closed)
+
+    def test_pre_41_client(self) -> None:
+        """A client without CLIENT_PROTOCOL_41 gets 1043."""
+        [err] = self.client.login(caps=CLIENT_CAPS & ~CLIENT.PROTOCOL_41)
+        self.assertEqual(err_of(err)[1:], (1043, "08S01"))
+
+    def test_ssl_request(self) -> None:
+        """pyproxy offers no TLS: an SSLRequest gets 1043 and the connection closes."""
+        caps = CLIENT_CAPS | CLIENT.SSL
+        self.client.send(caps.to_bytes(4, "little") + b"\x00\x00\x00\x01\x2d" + b"\x00" * 23, seq=1)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (2, 1043, "08S01"))
+        self.assertTrue(self.client.closed)
+
+    def test_handshake_timeout(self) -> None:
+        """A client that does not log in within handshake_timeout is disconnected."""
+        self.proxy.reactor.advance(4.9)
+        self.assertFalse(self.client.closed)
+        self.proxy.reactor.advance(0.1)
+        self.assertTrue(self.client.closed)
+
+    def test_auth_switch_for_unknown_plugin(self) -> None:
+        """A client answering with a plugin pyproxy cannot check is switched to native, same nonce."""
+        [switch] = self._login_with_plugin("dialog")
+        self.assertEqual(switch.seq, 2)
+        self.assertEqual(parse_auth_switch_request(switch.payload),
+                         (auth.NATIVE, self.client.greeting.auth_data))
+        self.client.send(auth.native_proof(b"secret", self.client.greeting.auth_data), seq=3)
+        [ok] = self.client.received()
+        self.assertEqual((ok.seq, ok.payload[0]), (4, 0))
+
+    def _login_with_plugin(self, plugin: str) -> list[Packet]:
+        self.client.send(make_handshake_response41(HandshakeResponse41(
+            CLIENT_CAPS, 0, 45, "app", b"\x01" * 20, None, plugin)), seq=1)
+        return self.client.received()
+
+    def test_caching_sha2_fast_auth(self) -> None:
+        """A caching_sha2_password proof gets 'fast auth success' (seq 2), then the OK (seq 3)."""
+        more, ok = self.client.login(plugin=auth.CACHING_SHA2)
+        self.assertEqual((more.seq, more.payload), (2, b"\x01\x03"))
+        self.assertEqual((ok.seq, ok.payload[0]), (3, 0))
+
+    def test_login_with_unknown_schema_checks_it(self) -> None:
+        """A login naming a schema borrows a backend to select it; the server's error ends the login."""
+        self.client.login(database="nope")
+        conn, server = self.backends.open()
+        [init_db] = server.received()
+        self.assertEqual(init_db.payload, make_init_db("nope"))
+        server.send(frame(b"\xff\x19\x04#42000Unknown database 'nope'", 1))
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (2, 1049, "42000"))
+        self.assertTrue(self.client.closed)
+
+    def test_login_with_schema(self) -> None:
+        """A schema that exists is selected, then the OK; the next login with it needs no check."""
+        self.client.login(database="app")
+        conn, server = self.backends.open()
+        [init_db] = server.received()
+        self.assertEqual(init_db.payload, make_init_db("app"))
+        server.send(vectors.INIT_DB_OK)
+        [ok] = self.client.received()
+        self.assertEqual((ok.seq, ok.payload[0]), (2, 0))
+        self.assertEqual(self.proxy.pools["app"].idle, [conn])
+        self.assertIn("app", self.proxy.known_schemas)
+        second = FakeClient(self.proxy)
+        [ok] = second.login(database="app")
+        self.assertEqual(ok.payload[0], 0)
+
+    def test_unix_socket_transport(self) -> None:
+        """A transport without TCP options (a UNIX socket) still gets a greeting."""
+        class UnixTransport(FakeTransport):
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                raise OSError(95, "Operation not supported")
+
+        protocol = FrontendProtocol(self.proxy)
+        transport = UnixTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value()[3:5], b"\x00\x0a")
+
+
+class LoggedIn(SynchronousTestCase):
+    caps = CLIENT_CAPS
+    max_connections = 2
+
+    def setUp(self) -> None:
+        self.proxy, self.backends = make_proxy(self.max_connections)
+        self.pool = self.proxy.pools["app"]
+        self.client = self.connect()
+
+    def connect(self, caps: int | None = None) -> FakeClient:
+        client = FakeClient(self.proxy)
+        [ok] = client.login(caps=self.caps if caps is None else caps)
+        assert ok.payload[0] == 0
+        return client
+
+    def first_backend(self, client: FakeClient, sql: str) -> tuple[BackendConnection, FakeServer]:
+        """Sends ``sql``; opens the backend it waits for and checks the command arrives as sent."""
+        client.query(sql)
+        conn, server = self.backends.open()
+        [command] = server.received()
+        self.assertEqual(command.raw, frame(make_query(sql), 0))
+        return conn, server
+
+
+class CommandTests(LoggedIn):
+    def test_ping_answered_locally(self) -> None:
+        """COM_PING from an idle client is answered by pyproxy (seq 1) without a backend."""
+        self.client.send(b"\x0e")
+        [ok] = self.client.received()
+        self.assertEqual((ok.seq, ok.payload[0]), (1, 0))
+        self.assertEqual(self.backends.waiting, [])
+
+    def test_quit_closes(self) -> None:
+        """COM_QUIT closes the connection without a reply."""
+        self.client.send(b"\x01")
+        self.assertTrue(self.client.closed)
+        self.assertEqual(self.client.raw(), b"")
+
+    def test_unknown_command(self) -> None:
+        """An unknown command gets 1047 (08S01) at seq 1, like the server's, and the session goes on."""
+        self.client.send(b"\x99")
+        [err] = self.client.received()
+        [server_err] = PacketFramer().feed(vectors.UNKNOWN_COMMAND_ERR)
+        self.assertEqual(err_of(err), err_of(server_err))
+        self.assertFalse(self.client.closed)
+        self.client.send(b"\x0e")
+        self.assertEqual(self.client.received()[0].payload[0], 0)
+
+    def test_refused_command(self) -> None:
+        """Server administration commands (COM_SHUTDOWN) are refused with 1047."""
+        self.client.send(bytes((COMMAND.COM_SHUTDOWN,)))
+        self.assertEqual(err_of(self.client.received()[0]), (1, 1047, "08S01"))
+
+    def test_empty_command_packet(self) -> None:
+        """An empty command packet gets 1047, as from a server, and the session goes on."""
+        self.client.send(b"")
+        self.assertEqual(err_of(self.client.received()[0])[1:], (1047, "08S01"))
+        self.assertFalse(self.client.closed)
+
+    def test_oversize_packet(self) -> None:
+        """A packet over max_packet_size gets 1153 (08S01) as soon as its header arrives, then close."""
+        self.client.protocol.dataReceived((5000).to_bytes(3, "little") + b"\x00\x03SELECT")
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1:], (1153, "08S01"))
+        self.assertTrue(self.client.closed)
+
+    def test_oversize_packet_error_sequence(self) -> None:
+        """The 1153 error follows the offending packet's sequence id, as a reply to it."""
+        self.client.protocol.dataReceived((5000).to_bytes(3, "little") + b"\x00")
+        [err] = self.client.received()
+        self.assertEqual(err.seq, 1)
+
+    def test_out_of_order_continuation(self) -> None:
+        """A continuation packet with the wrong seq gets 1156 and a closed connection."""
+        self.proxy.config = build({"proxy": {"max_packet_size": 1 << 25},
+                                   "users": [{"name": "app", "password": "secret"}]})
+        client = self.connect()
+        data = bytearray(frame(make_query("x" * MAX_PAYLOAD), 0))
+        data[MAX_PAYLOAD + 7] = 5
+        client.protocol.dataReceived(bytes(data))
+        self.assertEqual(err_of(client.received()[0])[1:], (1156, "08S01"))
+        self.assertTrue(client.closed)
+
+    def test_statement_command_without_backend(self) -> None:
+        """COM_STMT_EXECUTE with no connection holding statements gets 1243 (HY000)."""
+        self.client.send(b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00")
+        self.assertEqual(err_of(self.client.received()[0]), (1, 1243, "HY000"))
+        self.assertEqual(self.backends.waiting, [])
+
+    def test_statement_close_without_backend(self) -> None:
+        """COM_STMT_CLOSE for a statement nobody holds is dropped silently (it has no reply)."""
+        self.client.send(b"\x19\x01\x00\x00\x00")
+        self.assertEqual(self.client.raw(), b"")
+        self.assertEqual(self.backends.waiting, [])
+        self.client.send(b"\x0e")
+        self.assertEqual(self.client.received()[0].seq, 1)
+
+    def test_set_option(self) -> None:
+        """COM_SET_OPTION is answered locally (OK 0xFE for DEPRECATE_EOF) and carried in the session."""
+        self.client.send(make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF))
+        [reply] = self.client.received()
+        self.assertEqual((reply.seq, reply.payload[0]), (1, 0xFE))
+        self.assertFalse(self.client.protocol.session.state.multi_statements)  # type: ignore[union-attr]
+        self.client.send(b"\x1b\x07\x00")
+        self.assertEqual(err_of(self.client.received()[0])[1], 1047)
+
+    def test_reset_connection(self) -> None:
+        """COM_RESET_CONNECTION is answered locally and starts the session over."""
+        self.client.protocol.session.pin("test")  # type: ignore[union-attr]
+        self.client.send(bytes((COM_RESET_CONNECTION,)))
+        [ok] = self.client.received()
+        self.assertEqual((ok.seq, ok.payload[0]), (1, 0))
+        self.assertIsNone(self.client.protocol.session.pin_reason)  # type: ignore[union-attr]
+
+
+
+
+
+class RoundTripTests(LoggedIn):
+    def test_select_round_trip(self) -> None:
+        """A SELECT is relayed through a borrowed backend byte for byte, and the backend goes back."""
+        conn, server = self.first_backend(self.client, SELECT)
+        self.assertEqual(self.pool.lent, {conn})
+        server.send(vectors.SELECT_DEOF, pieces=4)
+        self.assertEqual(self.client.raw(), vectors.SELECT_DEOF)
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertIsNone(self.client.protocol.backend)
+        self.assertFalse(conn.broken)
+
+    def test_reply_split_at_every_position(self) -> None:
+        """However the server's reply is cut, the client gets it whole and the backend goes back."""
+        conn, server = self.first_backend(self.client, SELECT)
+        server.send(vectors.SELECT_DEOF)
+        self.client.raw()
+        reply = vectors.MULTI_DEOF
+        for cut in range(len(reply) + 1):
+            self.client.query("SELECT 1 AS a; SELECT 2 AS b; DO 3")
+            [command] = server.received()
+            self.assertEqual(command.payload, make_query("SELECT 1 AS a; SELECT 2 AS b; DO 3"))
+            server.send(reply[:cut])
+            server.send(reply[cut:])
+            self.assertEqual(self.client.raw(), reply, cut)
+            self.assertEqual(self.pool.idle, [conn])
+        self.assertEqual(self.backends.waiting, [])
+
+    def test_prepare_execute_round_trip(self) -> None:
+        """A prepared statement pins the session; EXECUTE then runs on the same connection."""
+        self.client.send(b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
+        conn, server = self.backends.open()
+        server.received()
+        server.send(vectors.PREPARE_DEOF)
+        self.assertEqual(self.client.raw(), vectors.PREPARE_DEOF)
+        self.assertIs(self.client.protocol.backend, conn)
+        self.assertTrue(self.client.protocol.pinned)
+        execute = (b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x08\x00\x08\x00"
+                   + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"))
+        self.client.send(execute)
+        [sent] = server.received()
+        self.assertEqual(sent.payload, execute)
+        server.send(vectors.EXECUTE_DEOF, pieces=len(vectors.EXECUTE_DEOF))
+        self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
+        self.assertIs(self.client.protocol.backend, conn)
+
+    def test_prepare_reply_split_in_last_definition(self) -> None:
+        """A prepare reply cut inside its last column definition still reaches the client whole."""
+        self.client.send(b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
+        conn, server = self.backends.open()
+        server.received()
+        cut = len(vectors.PREPARE_DEOF) - 10
+        server.send(vectors.PREPARE_DEOF[:cut])
+        server.send(vectors.PREPARE_DEOF[cut:])
+        self.assertEqual(self.client.raw(), vectors.PREPARE_DEOF)
+        self.assertFalse(conn.broken)
+
+    def first_reply_without_status(self, command: bytes, reply: bytes) -> None:
+        self.client.send(command)
+        conn, server = self.backends.open()
+        server.received()
+        server.send(reply)
+        self.assertEqual(self.client.raw(), reply)
+        self.assertTrue(self.client.protocol.session.state.autocommit)  # type: ignore[union-attr]
+    def test_prepare_keeps_autocommit(self) -> None:
+        """A COM_STMT_PREPARE on a fresh connection leaves the session's autocommit as it was."""
+        self.first_reply_without_status(b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?",
+                                        vectors.PREPARE_DEOF)
+    def test_statistics_keeps_autocommit(self) -> None:
+        """A COM_STATISTICS on a fresh connection leaves the session's autocommit as it was."""
+        self.first_reply_without_status(b"\x09", vectors.STATISTICS)
+
+    def test_transaction_holds_backend(self) -> None:
+        """Between BEGIN and COMMIT the client keeps its connection; after COMMIT it goes back."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        server.send(vectors.BEGIN_OK)
+        self.assertEqual(self.client.raw(), vectors.BEGIN_OK)
+        self.assertIs(self.client.protocol.backend, conn)
+        self.assertEqual(self.pool.idle, [])
+        self.client.query(SELECT)
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(SELECT))
+        in_trans = SERVER_STATUS_AUTOCOMMIT | SERVER_STATUS_IN_TRANS
+        server.send(vectors.SELECT_DEOF[:-11] + frame(make_ok(in_trans, header=0xFE), 6))
+        self.assertIs(self.client.protocol.backend, conn)
+        self.client.raw()
+        self.client.query("COMMIT")
+        server.received()
+        server.send(vectors.COMMIT_OK)
+        self.assertEqual(self.client.raw(), vectors.COMMIT_OK)
+        self.assertIsNone(self.client.protocol.backend)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_user_variable_pins(self) -> None:
+        """SET @x=1 pins the client to its backend; the tracked OK reaches it unchanged."""
+        conn, server = self.first_backend(self.client, "SET @x=1")
+        server.send(vectors.USER_VARIABLE_OK)
+        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK)
+        self.assertTrue(self.client.protocol.pinned)
+        self.assertIs(self.client.protocol.backend, conn)
+        self.client.send(b"\x0e")  # a pinned client's ping goes to its backend
+        self.assertEqual(server.received()[0].payload, b"\x0e")
+        server.send(vectors.PING_OK)
+        self.assertEqual(self.client.raw(), vectors.PING_OK)
+
+    def test_pinned_client_leaving_resets_backend(self) -> None:
+        """When a pinned client leaves, its backend is reset before going back to the pool."""
+        conn, server = self.first_backend(self.client, "SET @x=1")
+        server.send(vectors.USER_VARIABLE_OK)
+        self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
+        [reset] = server.received()
+        self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
+        self.assertEqual(self.pool.idle, [])
+        server.send(vectors.PING_OK)
+        server.received()
+        server.send(vectors.TRACKING_OK)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_carried_schema_replayed_on_new_backend(self) -> None:
+        """USE is carried: a new backend connection gets COM_INIT_DB before the client's next command."""
+        conn, server = self.first_backend(self.client, "USE mysql")
+        server.send(vectors.USE_OK)
+        self.assertEqual(self.client.raw(), vectors.USE_OK)
+        self.assertEqual(self.pool.idle, [conn])
+        self.pool.discard(conn, "test")
+        self.client.query(SELECT)
+        conn2, server2 = self.backends.open()
+        [init_db] = server2.received()
+        self.assertEqual(init_db.payload, make_init_db("mysql"))
+        server2.send(frame(make_ok(SERVER_STATUS_AUTOCOMMIT), 1))
+        [command] = server2.received()
+        self.assertEqual(command.payload, make_query(SELECT))
+        server2.send(vectors.SELECT_DEOF)
+        self.assertEqual(self.client.raw(), vectors.SELECT_DEOF)
+
+    def test_client_without_session_track_gets_plain_oks(self) -> None:
+        """A client that did not ask for CLIENT_SESSION_TRACK gets OKs without the tracking block."""
+        client = self.connect(CLIENT_CAPS & ~CLIENT.SESSION_TRACK)
+        conn, server = self.first_backend(client, "SET NAMES latin1")
+        server.send(vectors.SET_NAMES_OK, pieces=3)
+        [ok] = client.received()
+        self.assertEqual(ok.payload, make_ok(SERVER_STATUS_AUTOCOMMIT))
+        self.assertEqual(parse_ok(ok.payload, session_track=False).status & SERVER_SESSION_STATE_CHANGED, 0)
+        session = client.protocol.session
+        self.assertEqual(session.state.character_set_client, "latin1")  # type: ignore[union-attr]
+
+    def test_multi_statements_off_is_reconciled(self) -> None:
+        """A client without multi-statements gets a backend switched off with COM_SET_OPTION first."""
+        client = self.connect(CLIENT_CAPS & ~CLIENT.MULTI_STATEMENTS)
+        client.query(SELECT)
+        conn, server = self.backends.open()
+        [option] = server.received()
+        self.assertEqual(option.payload, make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF))
+        server.send(frame(make_ok(SERVER_STATUS_AUTOCOMMIT, header=0xFE), 1))
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(SELECT))
+
+    def test_local_infile_round_trip(self) -> None:
+        """LOAD DATA LOCAL: the request reaches the client, its file goes to the server, then the OK."""
+        sql = "LOAD DATA LOCAL INFILE '/nonexistent/x.csv' INTO TABLE app.t"
+        conn, server = self.first_backend(self.client, sql)
+        server.send(vectors.INFILE_REQUEST)
+        self.assertEqual(self.client.raw(), vectors.INFILE_REQUEST)
+        self.client.protocol.dataReceived(frame(b"3,three\n", 2) + frame(b"", 3))
+        self.assertEqual(server.transport.value(), frame(b"3,three\n", 2) + frame(b"", 3))
+        server.transport.clear()
+        server.send(vectors.INFILE_OK)
+        self.assertEqual(self.client.raw(), vectors.INFILE_OK)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_pipelined_commands_run_in_order(self) -> None:
+        """Commands sent back to back wait their turn; each reply follows its command."""
+        self.client.protocol.dataReceived(frame(make_query("SET @x=1"), 0) + frame(make_query(SELECT), 0))
+        conn, server = self.backends.open()
+        [first] = server.received()
+        self.assertEqual(first.payload, make_query("SET @x=1"))
+        server.send(vectors.USER_VARIABLE_OK)
+        [second] = server.received()
+        self.assertEqual(second.payload, make_query(SELECT))
+        server.send(vectors.SELECT_DEOF)
+        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK + vectors.SELECT_DEOF)
+
+    def test_error_reply_forwarded(self) -> None:
+        """The server's ERR reaches the client unchanged and the connection goes back."""
+        conn, server = self.first_backend(self.client, "SELECT * FROM no_such_table")
+        server.send(vectors.ERR_NO_TABLE)
+        self.assertEqual(self.client.raw(), vectors.ERR_NO_TABLE)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_backend_lost_before_reply(self) -> None:
+        """A backend lost before any reply byte gives 2013 at seq 1; the next command gets a new backend."""
+        conn, server = self.first_backend(self.client, SELECT)
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.assertEqual(err_of(self.client.received()[0]), (1, 2013, "HY000"))
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.pool.size(), 0)
+        self.client.query(SELECT)
+        conn2, server2 = self.backends.open()
+        self.assertEqual(server2.received()[0].payload, make_query(SELECT))
+
+    def test_backend_lost_between_packets(self) -> None:
+        """A backend lost between two packets of a reply: 2013 follows the packets already sent."""
+        conn, server = self.first_backend(self.client, SELECT)
+        server.send(vectors.SELECT_DEOF[:40])  # column count and the first definition
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        packets = self.client.received()
+        self.assertEqual([p.seq for p in packets], [1, 2, 3])
+        self.assertEqual(err_of(packets[-1]), (3, 2013, "HY000"))
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.pool.size(), 0)
+
+    def test_backend_lost_mid_packet(self) -> None:
+        """A backend lost inside a packet already partly sent: no ERR can follow, the client is disconnected."""
+        conn, server = self.first_backend(self.client, SELECT)
+        server.send(vectors.SELECT_DEOF[:30])
+        self.assertTrue(conn.tracker.mid_packet())
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.assertTrue(self.client.closed)
+
+    def test_backend_open_fails(self) -> None:
+        """A backend that cannot be opened gives the waiting client that error."""
+        self.client.query(SELECT)
+        self.backends.fail(BackendError(2003, "HY000", "Can't connect to MySQL server"))
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 2003, "HY000"))
+        self.assertFalse(self.client.closed)
+
+    def test_client_leaves_mid_command(self) -> None:
+        """A client gone while its command runs takes its backend with it: discarded, never reused."""
+        conn, server = self.first_backend(self.client, SELECT)
+        self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
+        self.assertTrue(conn.broken)
+        self.assertEqual(self.pool.size(), 0)
+        self.assertNotIn(self.client.protocol, self.proxy.clients)
+
+
+class SharingTests(LoggedIn):
+    max_connections = 1
+
+    def test_second_client_waits_for_transaction_end(self) -> None:
+        """With one backend, a second client waits until the first one's transaction ends."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        server.send(vectors.BEGIN_OK)
+        other = self.connect()
+        other.query(SELECT)
+        self.assertEqual(server.received(), [])
+        self.assertEqual(len(self.pool.waiters), 1)
+        self.client.query("COMMIT")
+        server.received()
+        server.send(vectors.COMMIT_OK)
+        [command] = server.received()
+        self.assertEqual(command.raw, frame(make_query(SELECT), 0))
+        server.send(vectors.SELECT_DEOF)
+        self.assertEqual(other.raw(), vectors.SELECT_DEOF)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_borrow_timeout_error(self) -> None:
+        """A client that waits longer than borrow_timeout gets error 9001 (HY000) and stays connected."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        server.send(vectors.BEGIN_OK)
+        other = self.connect()
+        other.query(SELECT)
+        self.proxy.reactor.advance(3)
+        [err] = other.received()
+        self.assertEqual(err_of(err), (1, 9001, "HY000"))
+        self.assertFalse(other.closed)
+        self.assertEqual(self.pool.waiters, type(self.pool.waiters)())
+
+    def test_waiting_client_leaves(self) -> None:
+        """A client that leaves while waiting stops waiting; the backend later goes idle."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        server.send(vectors.BEGIN_OK)
+        other = self.connect()
+        other.query(SELECT)
+        other.protocol.connectionLost(Failure(ConnectionError("bye")))
+        self.assertEqual(len(self.pool.waiters), 0)
+        self.client.query("COMMIT")
+        server.received()
+        server.send(vectors.COMMIT_OK)
+        self.assertEqual(self.pool.idle, [conn])
+
+
+def test_err_helper_reads_server_vector() -> None:
+    """The captured unknown-command ERR parses as 1047 08S01 (sanity check for the comparisons above)."""
+    [packet] = PacketFramer().feed(vectors.UNKNOWN_COMMAND_ERR)
+    assert parse_err(packet.payload) == ERR(1047, "08S01", "Unknown command")

@@ -1,0 +1,317 @@
+"""pyproxy.session: carried state, reconcile plans, pin reasons and the keep-or-give-back verdict."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+import vectors
+from pyproxy.session import ClientSession, SessionState, initial_state, needs_reset, reconcile
+from pyproxy.wire.commands import make_init_db, make_query, make_set_option
+from pyproxy.wire.constants import (
+    MYSQL_OPTION_MULTI_STATEMENTS_OFF,
+    MYSQL_OPTION_MULTI_STATEMENTS_ON,
+    SERVER_SESSION_STATE_CHANGED,
+    SERVER_STATUS_AUTOCOMMIT,
+    SERVER_STATUS_IN_TRANS,
+)
+from pyproxy.wire.framing import PacketFramer
+from pyproxy.wire.responses import SessionChanges, parse_ok
+
+FRESH = initial_state(45, None, True, False)
+
+
+def changes_of(stream: bytes) -> SessionChanges:
+    [packet] = PacketFramer().feed(stream)
+    changes = parse_ok(packet.payload, session_track=True).changes
+    assert changes is not None
+    return changes
+
+
+def session(**state: object) -> ClientSession:
+    return ClientSession(attrs.evolve(FRESH, **state))
+
+
+# -- initial state and reconcile ---------------------------------------------
+
+def test_initial_state_from_collation_id() -> None:
+    """The login collation id gives the character set and collation a new connection has."""
+    assert FRESH == SessionState(None, True, "utf8mb4", "utf8mb4", "utf8mb4", "utf8mb4_general_ci", False)
+    latin1 = initial_state(8, "app", False, True)
+    assert (latin1.character_set_client, latin1.collation_connection) == ("latin1", "latin1_swedish_ci")
+    assert (latin1.schema, latin1.autocommit, latin1.multi_statements) == ("app", False, True)
+    assert initial_state(4000, None, True, False) == FRESH
+
+
+def test_reconcile_nothing_when_equal() -> None:
+    """Equal states need no command at all."""
+    assert reconcile(FRESH, attrs.evolve(FRESH)) == []
+
+
+def test_reconcile_one_set_for_all_variables() -> None:
+    """autocommit and every character-set variable travel in one SET."""
+    desired = attrs.evolve(FRESH, autocommit=False, character_set_client="latin1",
+                           character_set_results="", character_set_connection="latin1",
+                           collation_connection="latin1_bin")
+    assert reconcile(desired, FRESH) == [make_query(
+        "SET SESSION autocommit=0, character_set_client='latin1', character_set_results=NULL, "
+        "character_set_connection='latin1', collation_connection='latin1_bin'")]
+
+
+def test_reconcile_init_db() -> None:
+    """A different schema is selected with COM_INIT_DB, not USE."""
+    assert reconcile(attrs.evolve(FRESH, schema="app"), FRESH) == [make_init_db("app")]
+    assert reconcile(attrs.evolve(FRESH, schema="b"), attrs.evolve(FRESH, schema="a")) == [make_init_db("b")]
+
+
+def test_reconcile_cannot_unselect_schema() -> None:
+    """Going to no schema is not a command: needs_reset tells the caller to reset instead."""
+    actual = attrs.evolve(FRESH, schema="app")
+    assert reconcile(FRESH, actual) == []
+    assert needs_reset(FRESH, actual)
+    assert not needs_reset(actual, FRESH)
+    assert not needs_reset(actual, actual)
+    assert not needs_reset(FRESH, FRESH)
+
+
+def test_reconcile_set_option() -> None:
+    """Multi-statements is switched with COM_SET_OPTION, both ways."""
+    on = attrs.evolve(FRESH, multi_statements=True)
+    assert reconcile(on, FRESH) == [make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_ON)]
+    assert reconcile(FRESH, on) == [make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF)]
+
+
+def test_reconcile_collation_after_character_set_connection() -> None:
+    """Changing character_set_connection resets the collation, so it is set again after it."""
+    desired = attrs.evolve(FRESH, character_set_connection="latin1")
+    assert reconcile(desired, FRESH) == [make_query(
+        "SET SESSION character_set_connection='latin1', collation_connection='utf8mb4_general_ci'")]
+
+
+def test_reconcile_order_and_count() -> None:
+    """All three kinds at once: SET_OPTION, INIT_DB, then the one SET."""
+    desired = attrs.evolve(FRESH, schema="app", autocommit=False, multi_statements=True)
+    assert reconcile(desired, FRESH) == [
+        make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_ON), make_init_db("app"),
+        make_query("SET SESSION autocommit=0")]
+
+
+def test_reconcile_quotes_values() -> None:
+    """Values are quoted as SQL strings, quotes and backslashes escaped."""
+    desired = attrs.evolve(FRESH, character_set_client="a'b\\c")
+    assert reconcile(desired, FRESH) == [make_query("SET SESSION character_set_client='a''b\\\\c'")]
+
+
+# -- tracked changes ----------------------------------------------------------
+
+def test_set_names_is_carried() -> None:
+    """SET NAMES (captured) changes the carried character sets and pins nothing."""
+    s = session()
+    assert s.observe_changes(changes_of(vectors.SET_NAMES_OK), b"SET NAMES latin1") is None
+    assert (s.state.character_set_client, s.state.character_set_results,
+            s.state.character_set_connection) == ("latin1", "latin1", "latin1")
+    assert not s.keeps_backend()
+
+
+def test_set_names_collation_follows_character_set() -> None:
+    """MariaDB reports SET NAMES' character sets but not its collation: the carried collation
+    becomes "the default of character_set_connection", and replaying it sets only the charset."""
+    s = session()
+    s.observe_changes(changes_of(vectors.SET_NAMES_OK), b"SET NAMES latin1")
+    assert s.state.collation_connection is None
+    [command] = reconcile(s.state, FRESH)
+    assert b"character_set_connection='latin1'" in command
+    assert b"collation_connection" not in command
+
+
+def test_set_names_collate_clause_is_carried() -> None:
+    """SET NAMES x COLLATE y: the collation the server does not report is read from the text."""
+    s = session()
+    s.observe_changes(changes_of(vectors.SET_NAMES_OK), b"SET NAMES latin1 COLLATE latin1_bin")
+    assert s.state.collation_connection == "latin1_bin"
+    [command] = reconcile(s.state, FRESH)
+    assert command.endswith(b"character_set_connection='latin1', collation_connection='latin1_bin'")
+
+
+def test_default_collation_is_restored_by_setting_the_charset() -> None:
+    """A backend with an explicit collation goes back to the default by re-setting the charset."""
+    explicit = attrs.evolve(FRESH, collation_connection="utf8mb4_bin")
+    default = attrs.evolve(FRESH, collation_connection=None)
+    assert reconcile(default, explicit) == [make_query("SET SESSION character_set_connection='utf8mb4'")]
+
+
+def test_use_is_carried() -> None:
+    """USE (captured) changes the carried schema."""
+    s = session()
+    assert s.observe_changes(changes_of(vectors.USE_OK), b"USE mysql") is None
+    assert s.state.schema == "mysql"
+    assert not s.keeps_backend()
+
+
+def test_empty_schema_means_none() -> None:
+    """A schema entry of '' (the schema was dropped) leaves no schema selected."""
+    s = session(schema="app")
+    s.observe_changes(SessionChanges(schema="", state_changed=True), b"DROP DATABASE app")
+    assert s.state.schema is None
+
+
+def test_autocommit_is_carried() -> None:
+    """SET autocommit=0/1 (captured) is carried, not pinned."""
+    s = session()
+    assert s.observe_changes(changes_of(vectors.AUTOCOMMIT_OFF_OK), b"SET autocommit=0") is None
+    assert s.state.autocommit is False
+    s.observe_changes(changes_of(vectors.AUTOCOMMIT_ON_OK), b"SET autocommit=1")
+    assert s.state.autocommit is True
+    assert s.pin_reason is None
+
+
+def test_tracking_variables_are_ignored() -> None:
+    """pyproxy's own tracking SET (captured) is not a client change."""
+    s = session()
+    assert s.observe_changes(changes_of(vectors.TRACKING_OK), None) is None
+    assert s.state == FRESH
+
+
+def test_user_variable_pins() -> None:
+    """SET @x=1 (captured: only 'state changed') pins the session."""
+    s = session()
+    reason = s.observe_changes(changes_of(vectors.USER_VARIABLE_OK), b"SET @x=1")
+    assert reason is not None and "user variable" in reason
+    assert s.pin_reason == reason
+    assert s.keeps_backend()
+
+
+def test_temporary_table_pins_without_explanation() -> None:
+    """CREATE TEMPORARY TABLE (captured) reports only 'state changed', and that pins."""
+    s = session()
+    reason = s.observe_changes(changes_of(vectors.TEMP_TABLE_OK), b"CREATE TEMPORARY TABLE tmp1 (a INT)")
+    assert reason == "session state changed (user variable, temporary table or prepared statement)"
+    assert s.keeps_backend()
+
+
+def test_user_variable_next_to_carried_change() -> None:
+    """A carried change explains the flag, but a user variable in the SQL still pins."""
+    s = session()
+    reason = s.observe_changes(changes_of(vectors.SET_NAMES_OK), b"SET NAMES latin1, @x = 1")
+    assert reason == "user variable set"
+    assert s.state.character_set_client == "latin1"
+
+
+def test_system_variable_at_at_is_not_a_user_variable() -> None:
+    """@@autocommit is a system variable, not a user variable."""
+    s = session()
+    assert s.observe_changes(changes_of(vectors.AUTOCOMMIT_OFF_OK), b"SET @@autocommit=0") is None
+
+
+def test_other_system_variable_pins() -> None:
+    """A variable pyproxy does not carry pins, naming it."""
+    s = session()
+    changes = SessionChanges(variables=(("sql_mode", "ANSI"),), state_changed=True)
+    assert s.observe_changes(changes, b"SET sql_mode='ANSI'") == "system variable sql_mode changed"
+    assert session().observe_changes(changes, None, ignore=frozenset({"sql_mode"})) is None
+
+
+def test_lock_tables_from_transaction_state() -> None:
+    """A transaction state ending in 'L' means LOCK TABLES: the connection is kept."""
+    s = session()
+    assert s.observe_changes(SessionChanges(transaction_state="________L"), None) == "LOCK TABLES"
+    assert s.locked_tables and s.keeps_backend()
+
+
+def test_first_pin_reason_wins() -> None:
+    """A session is pinned once; later reasons do not replace the first."""
+    s = session()
+    s.pin("first")
+    s.observe_changes(changes_of(vectors.TEMP_TABLE_OK), None)
+    assert s.pin_reason == "first"
+
+
+# -- status and errors ----------------------------------------------------------
+
+def test_observe_status() -> None:
+    """The final status says whether a transaction is open and what autocommit is."""
+    s = session()
+    s.observe_status(SERVER_STATUS_AUTOCOMMIT | SERVER_STATUS_IN_TRANS)
+    assert s.in_transaction and s.keeps_backend()
+    s.observe_status(SERVER_STATUS_AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED)
+    assert not s.in_transaction and not s.keeps_backend()
+    s.observe_status(0)
+    assert s.state.autocommit is False
+
+
+def test_error_with_autocommit_off_is_uncertain() -> None:
+    """An error with autocommit off may have opened a transaction: hold on until a status says."""
+    s = session(autocommit=False)
+    s.observe_error()
+    assert s.uncertain and s.keeps_backend()
+    s.observe_status(0)
+    assert not s.keeps_backend()
+    on = session()
+    on.observe_error()
+    assert not on.keeps_backend()
+
+
+# -- statement text -------------------------------------------------------------
+
+@pytest.mark.parametrize(("sql", "reason"), [
+    (b"SELECT GET_LOCK('job', 10)", "GET_LOCK used"),
+    (b"select get_lock ('job', 10)", "GET_LOCK used"),
+    (b"LOCK TABLES t WRITE", "LOCK TABLES used"),
+    (b"lock table t read", "LOCK TABLES used"),
+    (b"HANDLER t OPEN", "HANDLER used"),
+    (b"XA START 'x'", "XA transaction used"),
+    (b"xa begin 'x'", "XA transaction used"),
+    (b"FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK used"),
+])
+def test_untracked_statements_pin(sql: bytes, reason: str) -> None:
+    """Statements whose effect tracking does not report pin the session, by name."""
+    s = session()
+    assert s.observe_query(sql, failed=False) == reason
+    assert s.pin_reason == reason
+    assert s.keeps_backend()
+
+
+@pytest.mark.parametrize("sql", [
+    b"SELECT RELEASE_LOCK('job')", b"UNLOCK TABLES", b"SELECT * FROM handler_log",
+    b"SELECT 1", b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+])
+def test_ordinary_statements_do_not_pin(sql: bytes) -> None:
+    """Look-alike statements pin nothing."""
+    s = session()
+    assert s.observe_query(sql, failed=False) is None
+    assert not s.keeps_backend()
+
+
+def test_failed_statement_does_not_pin() -> None:
+    """A GET_LOCK that failed took no lock."""
+    s = session()
+    assert s.observe_query(b"SELECT GET_LOCK('a', 0)", failed=True) is None
+    assert s.pin_reason is None
+
+
+def test_set_transaction_holds_until_next_statement() -> None:
+    """SET TRANSACTION (captured: nothing tracked) holds the connection for the next statement only."""
+    s = session()
+    assert changes_of_none(vectors.SET_TRANSACTION_OK)
+    assert s.observe_query(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", failed=False) is None
+    assert s.pending_characteristics and s.keeps_backend()
+    s.observe_query(b"SELECT 1", failed=False)
+    assert not s.keeps_backend()
+    assert s.pin_reason is None
+
+
+def changes_of_none(stream: bytes) -> bool:
+    [packet] = PacketFramer().feed(stream)
+    return parse_ok(packet.payload, session_track=True).changes is None
+
+
+def test_keeps_backend_reasons() -> None:
+    """Any one of pin, transaction, pending characteristics, locks or uncertainty keeps the backend."""
+    assert not session().keeps_backend()
+    for field in ("in_transaction", "pending_characteristics", "locked_tables", "uncertain"):
+        s = session()
+        setattr(s, field, True)
+        assert s.keeps_backend(), field
+    s = session()
+    s.pin("x")
+    assert s.keeps_backend()
