@@ -13,6 +13,8 @@ import os
 
 from pymysql import _auth as pymysql_auth
 
+from pyproxy import ed25519
+
 NATIVE = "mysql_native_password"
 CACHING_SHA2 = "caching_sha2_password"
 ED25519 = "client_ed25519"
@@ -76,9 +78,22 @@ def sha2_rsa_encrypt(password: bytes, nonce: bytes, public_key_pem: bytes) -> by
     return pymysql_auth.sha2_rsa_encrypt(password, nonce[:20], public_key_pem)
 
 
+#: Length of the message MariaDB's ed25519 plugin asks the client to sign.
+ED25519_NONCE_LENGTH = 32
+
+
 def ed25519_proof(password: bytes, nonce: bytes) -> bytes:
-    """MariaDB's client_ed25519 signature over the nonce (needs PyNaCl)."""
-    return pymysql_auth.ed25519_password(password, nonce)
+    """MariaDB's client_ed25519 reply: the 64-byte Ed25519 signature R || S of
+    the server's 32-byte nonce, with SHA-512(password) as the expanded secret
+    (see :mod:`pyproxy.ed25519`).
+
+    A 31-byte nonce is one whose last byte was 0x00 and was taken for a
+    C-string terminator by the AuthSwitchRequest parser (the ed25519 plugin
+    sends its 32 random bytes with no terminator), so the byte is put back.
+    """
+    if len(nonce) == ED25519_NONCE_LENGTH - 1:
+        nonce += b"\x00"
+    return ed25519.mariadb_sign(password, nonce[:ED25519_NONCE_LENGTH])
 
 
 def proof_for(plugin: str, password: bytes, nonce: bytes) -> bytes:

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from pyproxy import auth
+from pyproxy.direct_write import write_now
 from pyproxy.logs import get_logger
 from pyproxy.session import ClientSession, SessionState, initial_state
 from pyproxy.wire import constants as c
@@ -297,14 +298,13 @@ class BackendConnection(protocol.Protocol):
 
     def relay(self, raw: bytes, reply: Reply, sink: ReplySink) -> None:
         """Forwards a client's command as received; the reply streams to ``sink``."""
-        self.last_used = self.clock.seconds()
         if reply == Reply.NONE:
             self.transport.write(raw)  # type: ignore[union-attr]
             return
         self._sink = sink
         self._mode = "relay"
         self.tracker.start(reply)
-        self.transport.write(raw)  # type: ignore[union-attr]
+        write_now(self.transport, raw)
 
     def relay_more(self, raw: bytes) -> None:
         """Client packets that belong to the running command (LOCAL INFILE data)."""

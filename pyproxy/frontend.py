@@ -16,6 +16,7 @@ from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
 from pyproxy import auth
+from pyproxy.direct_write import write_now
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
@@ -85,6 +86,7 @@ class FrontendProtocol(protocol.Protocol):
         self._infile = False
         self._rewrite_oks = False
         self._borrowing: defer.Deferred[BackendConnection] | None = None
+        self._pool: Any = None
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -195,7 +197,7 @@ class FrontendProtocol(protocol.Protocol):
         self._login_charset = response.charset
         self.session = ClientSession(initial_state(response.charset, database,
                                                    self.proxy.server.autocommit, multi))
-        if response.database and response.database not in self.proxy.known_schemas:
+        if response.database and not self.proxy.schema_known(response.database):
             self._verify_schema(response.database, seq)
             return
         self._logged_in(seq)
@@ -309,10 +311,21 @@ class FrontendProtocol(protocol.Protocol):
 
     def _acquire(self, then: Any) -> None:
         """Makes sure a backend connection in the client's state is attached, then calls ``then``."""
-        if self.backend is not None:
+        held = self.backend
+        if held is not None:
+            if held.broken:
+                # The connection this session was holding died while the client
+                # was idle: its transaction or pinned state is gone with it.
+                self.backend = None
+                self.session.pin_reason = None
+                self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
+                            "holding this session's transaction or state was closed")
+                return
             self._bring_to_state(then)
             return
-        pool = self.proxy.pool(self.user)
+        pool = self._pool
+        if pool is None or pool.user != self.user:
+            pool = self._pool = self.proxy.pool(self.user)
         conn = pool.try_borrow(self.flavor)
         if conn is not None:
             self.backend = conn
@@ -380,7 +393,7 @@ class FrontendProtocol(protocol.Protocol):
             data = self._observe_oks(data, tracker)
         if data:
             self._forwarded = True
-            self.transport.write(data)
+            write_now(self.transport, data)
         state = tracker.state
         if state == DONE:
             self._reply_done(tracker)
@@ -448,7 +461,7 @@ class FrontendProtocol(protocol.Protocol):
         if conn is None or self.session.keeps_backend():
             return
         self.backend = None
-        self.proxy.pool(self.user).give_back(conn)
+        self._pool.give_back(conn)
 
     def _pin(self, reason: str) -> None:
         if self.session.pin_reason is None:
@@ -479,6 +492,9 @@ class FrontendProtocol(protocol.Protocol):
         if conn is not None and conn.broken:
             self.backend = None
             self.proxy.pool(self.user).discard(conn, "broken")
+            if self.session.keeps_backend():
+                self._fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
+                return
         if self._command is not None and not self._command.payload:
             # Login-time schema check.
             self._fatal((exc.code, exc.sqlstate), exc.message, self._command.seq + 1)

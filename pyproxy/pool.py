@@ -54,6 +54,8 @@ class Pool:
         self.checking: set[BackendConnection] = set()
         self.connecting = 0
         self.waiters: deque[Waiter] = deque()
+        self._to_place: deque[BackendConnection] = deque()
+        self._placing = False
         self.closed = False
         self.log = get_logger(pool=user)
         # Counters for the benchmark and, later, the admin interface.
@@ -135,7 +137,24 @@ class Pool:
             self.idle.remove(conn)
 
     def _place(self, conn: BackendConnection) -> None:
-        """Hands a free connection to the oldest waiter that can use it, else idles it."""
+        """Hands a free connection to the oldest waiter that can use it, else idles it.
+
+        A waiter's callback may finish its work at once and give the connection
+        back, which places it again: such nested placements are queued and
+        run by the outermost call, so a long line of waiters cannot overflow
+        the stack.
+        """
+        self._to_place.append(conn)
+        if self._placing:
+            return
+        self._placing = True
+        try:
+            while self._to_place:
+                self._place_one(self._to_place.popleft())
+        finally:
+            self._placing = False
+
+    def _place_one(self, conn: BackendConnection) -> None:
         for waiter in self.waiters:
             if waiter.flavor == conn.flavor:
                 self.waiters.remove(waiter)

@@ -71,6 +71,11 @@ class Proxy:
             self.pools[user] = pool
         return pool
 
+    def schema_known(self, schema: str) -> bool:
+        """Whether a schema is known to exist: one a backend connection has
+        selected, or the configured default (checked at every backend login)."""
+        return schema in self.known_schemas or schema == self.config.backend.database
+
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()

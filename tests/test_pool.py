@@ -395,3 +395,24 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(self.pool.size(), 1)
         self.pool.end_check(conn)
         self.assertIs(self.pool.try_borrow(0), conn)
+
+
+class LongLineTests(SynchronousTestCase):
+    def test_waiters_served_synchronously_do_not_recurse(self) -> None:
+        """Thousands of waiters that each give the connection back at once are served
+        one after another, not by nested calls that would overflow the stack."""
+        clock = Clock()
+        connector = FakeConnector(clock)
+        pool = Pool("app", connector, clock, max_size=1, borrow_timeout=60)
+        served: list[int] = []
+
+        def use_and_return(conn: Any, i: int) -> None:
+            served.append(i)
+            pool.give_back(conn)
+
+        for i in range(5000):
+            pool.borrow(0).addCallback(use_and_return, i)
+        connector.succeed()
+        self.assertEqual(served, list(range(5000)))
+        self.assertEqual(len(pool.idle), 1)
+        self.assertEqual(pool.size(), 1)

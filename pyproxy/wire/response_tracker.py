@@ -216,6 +216,11 @@ class ResponseTracker:
             self.error = buf[start + 1] | (buf[start + 2] << 8) if end - start >= 3 else 1
             self.state = DONE
             return
+        if state == FIRST and 0 < first < 0xFB and end - start == 1:
+            # The common case: a result set with fewer than 251 columns.
+            self._left = first
+            self.state = COLUMNS
+            return
         payload = buf[start:end]
         try:
             if state == FIRST:
