@@ -131,29 +131,6 @@ def log_events(proxy: servers.ProxyProcess, event: str | None = None) -> list[di
     return out
 
 
-# --- known pyproxy bugs (reasons for strict xfails, shared by the driver modules) -------------
-
-BUG_MULTI_ERROR_TX = (
-    "BUG: a multi-statement whose last statement fails drops the IN_TRANS status of the "
-    "statements before it: frontend.py FrontendProtocol._reply_done() calls only "
-    "session.observe_error() when tracker.error is set and ignores tracker.status (the last "
-    "OK, which had SERVER_STATUS_IN_TRANS), so the backend goes back to the pool with the "
-    "transaction open and the next client runs inside it")
-BUG_CHARSET = (
-    "BUG: character set / collation changes are not carried: MariaDB's session tracking "
-    "reports character_set_connection but not the collation_connection that SET NAMES [COLLATE] "
-    "implies, so session.py ClientSession.observe_changes() keeps a stale collation_connection, "
-    "frontend.py _reply_done() records that as the backend's state, and reconcile() replays "
-    "'character_set_connection=latin1, collation_connection=utf8mb4_general_ci' (switching the "
-    "charset back to utf8mb4) or nothing at all (a COLLATE utf8mb4_bin stays on the pooled "
-    "connection for the next client)")
-BUG_LAST_INSERT_ID = (
-    "BUG: LAST_INSERT_ID() (and SHOW WARNINGS, FOUND_ROWS()) read per-connection state of the "
-    "previous statement, but pyproxy releases the backend after each autocommit statement "
-    "(frontend.py _release_if_clean) and neither pins nor answers them itself, so the next "
-    "statement may run on a connection another client used meanwhile")
-
-
 # --- names and the admin side ------------------------------------------------------------------
 
 _table_counter = itertools.count(1)

@@ -215,10 +215,6 @@ def start_and_login(config_path: Path, host: str, port: int, family: int = socke
     return process.stdout.read().decode(errors="replace") if process.stdout else ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pyproxy/tap.py check_listen() reads the port as int(parts[1]) of the endpoint split "
-    "on ':', so the valid Twisted endpoint 'tcp:interface=127.0.0.1:port=N' (keyword "
-    "arguments first) is refused with \"proxy.listen: bad endpoint ...\" and exit 2"))
 def test_listen_endpoint_with_keyword_arguments(db_server: servers.DbServer,
                                                 tmp_path: Path) -> None:
     port = free_port()
@@ -237,11 +233,6 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pyproxy/tap.py check_listen() splits the endpoint on every ':', so an escaped IPv6 "
-    "interface ('interface=\\:\\:1') becomes '' and it probes the wildcard [::]:PORT; with the "
-    "same port taken on 127.0.0.1 only, that dual-stack probe fails and pyproxy exits with "
-    "\"cannot listen on ...: Address already in use\" although ::1:PORT is free"))
 def test_listen_on_ipv6_loopback_while_ipv4_port_is_taken(db_server: servers.DbServer,
                                                           tmp_path: Path) -> None:
     db_server.create_user(drivers.APP_USER, drivers.APP_PASSWORD, database=drivers.APP_DATABASE)

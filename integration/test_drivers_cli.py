@@ -60,7 +60,8 @@ def test_plain_queries(proxy: servers.ProxyProcess) -> None:
     (row,) = drivers.cli_rows(result)
     assert row == ["42", "NULL", "12345.6789", "2024-02-29 23:59:58", drivers.EMOJI_TEXT, "1.5"]
 
-    values = ", ".join("(" + ", ".join(sql_literal(v) for v in r) + ")" for r in drivers.SAMPLE_ROWS)
+    values = ", ".join("(" + ", ".join(sql_literal(v) for v in row) + ")"
+                       for row in drivers.SAMPLE_ROWS)
     script = (drivers.SAMPLE_DDL.format(table=table) + ";\n"
               f"INSERT INTO {table} (id, name, amount, created, note, score) VALUES {values};\n"
               + drivers.SAMPLE_SELECT.format(table=table) + ";\n")
@@ -179,7 +180,6 @@ def test_wrong_password(proxy: servers.ProxyProcess) -> None:
 # --- session state across pooled borrows: one client run after another -------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_MULTI_ERROR_TX)
 def test_failed_multi_statement_transaction_does_not_reach_next_client(
         proxy: servers.ProxyProcess, db_server: servers.DbServer) -> None:
     """The first run sends one multi-statement that opens a transaction and then fails, and
@@ -196,7 +196,6 @@ def test_failed_multi_statement_transaction_does_not_reach_next_client(
     assert drivers.admin_query(db_server, f"SELECT id FROM {table} ORDER BY id") == [(2,)]
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_CHARSET)
 def test_collation_does_not_reach_next_client(proxy: servers.ProxyProcess) -> None:
     out = drivers.cli_rows(drivers.run_cli(
         proxy, "SET NAMES utf8mb4 COLLATE utf8mb4_bin; SELECT 'a' = 'A', @@collation_connection"))

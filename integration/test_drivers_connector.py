@@ -215,7 +215,8 @@ def test_prepared_statements(proxy: servers.ProxyProcess, use_pure: bool,
             pcur.execute(insert, row)
             assert pcur.rowcount == 1
         # Binary-protocol results: NULL, DECIMAL, DATETIME and utf8mb4 text.
-        select = f"SELECT id, name, amount, created, note, score FROM {table} WHERE id >= ? ORDER BY id"
+        select = (f"SELECT id, name, amount, created, note, score FROM {table} "
+                  "WHERE id >= ? ORDER BY id")
         for low in (1, 3, 2):
             pcur.execute(select, (low,))
             got = [drivers.normalise_row(r) for r in pcur.fetchall()]
@@ -223,7 +224,8 @@ def test_prepared_statements(proxy: servers.ProxyProcess, use_pure: bool,
             # Another client is served meanwhile (the prepared session keeps its backend).
             assert scalar(other, f"SELECT COUNT(*) FROM {table}") == len(drivers.SAMPLE_ROWS)
         pcur.execute("SELECT ?, ?, ?", (None, drivers.EMOJI_TEXT, 7))
-        assert [drivers.normalise_row(r) for r in pcur.fetchall()] == [(None, drivers.EMOJI_TEXT, 7)]
+        got = [drivers.normalise_row(r) for r in pcur.fetchall()]
+        assert got == [(None, drivers.EMOJI_TEXT, 7)]
         pcur.close()
         # COM_STMT_SEND_LONG_DATA: a file-like parameter is streamed before the execute.
         long_value = drivers.EMOJI_TEXT.encode() * 2000  # 60000 bytes: fits TEXT
@@ -250,7 +252,6 @@ def test_wrong_password(proxy: servers.ProxyProcess, use_pure: bool) -> None:
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_CHARSET)
 def test_set_charset_collation_is_carried(proxy: servers.ProxyProcess, use_pure: bool) -> None:
     """set_charset_collation('latin1') (SET NAMES latin1) holds after another client used the
     backend connection in between."""

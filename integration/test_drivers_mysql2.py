@@ -157,7 +157,6 @@ def test_wrong_password(proxy: servers.ProxyProcess) -> None:
 # --- session state across pooled borrows -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_CHARSET)
 def test_collation_does_not_reach_next_client(proxy: servers.ProxyProcess) -> None:
     out = run(proxy, "steps", steps=[
         {"conn": 0, "sql": "SET NAMES utf8mb4 COLLATE utf8mb4_bin"},
@@ -167,7 +166,6 @@ def test_collation_does_not_reach_next_client(proxy: servers.ProxyProcess) -> No
     assert out["results"][1:] == [[[0, "utf8mb4_bin"]], [[1, "utf8mb4_general_ci"]]]
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_LAST_INSERT_ID)
 def test_last_insert_id_is_per_session(proxy: servers.ProxyProcess) -> None:
     mine, theirs = drivers.unique_table("mysql2_lid"), drivers.unique_table("mysql2_lid")
     out = run(proxy, "steps", steps=[

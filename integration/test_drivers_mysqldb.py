@@ -182,7 +182,6 @@ def test_wrong_password(proxy: servers.ProxyProcess) -> None:
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_CHARSET)
 def test_set_character_set_is_carried(proxy: servers.ProxyProcess) -> None:
     """set_character_set('latin1') (mysql_set_character_set: SET NAMES latin1) holds after
     another client used the backend connection in between."""
@@ -202,7 +201,6 @@ def test_set_character_set_is_carried(proxy: servers.ProxyProcess) -> None:
         other.close()
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_MULTI_ERROR_TX)
 def test_multi_statement_error_inside_transaction(proxy: servers.ProxyProcess,
                                                   db_server: servers.DbServer) -> None:
     table = drivers.unique_table("mysqldb_txerr")

@@ -194,7 +194,6 @@ def test_wrong_password(proxy: servers.ProxyProcess, monkeypatch: pytest.MonkeyP
 # pyproxy lends a backend connection per transaction (or per statement in autocommit), so what
 # one statement leaves in the session must still be there, and only there, for the next one.
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_MULTI_ERROR_TX)
 def test_multi_statement_error_inside_transaction(proxy: servers.ProxyProcess,
                                                   db_server: servers.DbServer) -> None:
     """'START TRANSACTION; INSERT; <error>' leaves the transaction open in *this* session only."""
@@ -223,7 +222,6 @@ def test_multi_statement_error_inside_transaction(proxy: servers.ProxyProcess,
     assert drivers.admin_query(db_server, f"SELECT id FROM {table} ORDER BY id") == [(2,)]
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_CHARSET)
 def test_set_character_set_is_carried(proxy: servers.ProxyProcess) -> None:
     """set_character_set('latin1') (SET NAMES latin1) holds after another client used the
     backend connection in between."""
@@ -242,7 +240,6 @@ def test_set_character_set_is_carried(proxy: servers.ProxyProcess) -> None:
         other.close()
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_LAST_INSERT_ID)
 def test_last_insert_id_is_per_session(proxy: servers.ProxyProcess) -> None:
     mine, theirs = drivers.unique_table("pymysql_lid"), drivers.unique_table("pymysql_lid")
     conn = connect(proxy)
@@ -263,7 +260,6 @@ def test_last_insert_id_is_per_session(proxy: servers.ProxyProcess) -> None:
         other.close()
 
 
-@pytest.mark.xfail(strict=True, reason=drivers.BUG_LAST_INSERT_ID)
 def test_show_warnings_is_per_session(proxy: servers.ProxyProcess) -> None:
     conn = connect(proxy)
     other = connect(proxy)

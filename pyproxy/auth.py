@@ -85,14 +85,7 @@ ED25519_NONCE_LENGTH = 32
 def ed25519_proof(password: bytes, nonce: bytes) -> bytes:
     """MariaDB's client_ed25519 reply: the 64-byte Ed25519 signature R || S of
     the server's 32-byte nonce, with SHA-512(password) as the expanded secret
-    (see :mod:`pyproxy.ed25519`).
-
-    A 31-byte nonce is one whose last byte was 0x00 and was taken for a
-    C-string terminator by the AuthSwitchRequest parser (the ed25519 plugin
-    sends its 32 random bytes with no terminator), so the byte is put back.
-    """
-    if len(nonce) == ED25519_NONCE_LENGTH - 1:
-        nonce += b"\x00"
+    (see :mod:`pyproxy.ed25519`)."""
     return ed25519.mariadb_sign(password, nonce[:ED25519_NONCE_LENGTH])
 
 

@@ -428,10 +428,14 @@ class FrontendProtocol(protocol.Protocol):
 
     def _reply_done(self, tracker: ResponseTracker) -> None:
         session = self.session
+        if tracker.status >= 0:
+            # Also after an error: an earlier result of a multi-statement may
+            # have opened a transaction that the error did not end.
+            session.observe_status(tracker.status)
         if tracker.error:
             session.observe_error()
-        elif tracker.status >= 0:
-            session.observe_status(tracker.status)
+        session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
+                               affected=tracker.affected, insert_id=tracker.insert_id, sql=self._sql)
         command = self._command.payload[0] if self._command is not None else 0
         if tracker.untracked_change:
             self._pin("session state changed inside a result set")

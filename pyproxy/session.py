@@ -44,6 +44,7 @@ _UNTRACKED = re.compile(
     rb"|\bxa\s+(?:start|begin)\b|\bset\s+transaction\b")
 _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LOCK TABLES",
                     b"with": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction"}
+_CALC_FOUND_ROWS = re.compile(rb"(?i)sql_calc_found_rows")
 _COLLATE = re.compile(rb"(?i)\bcollate\s*=?\s*['\"`]?(\w+)")
 # A user variable: '@name' but not '@@name'.
 _USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
@@ -136,11 +137,21 @@ class ClientSession:
     # After an error with autocommit off the server may have opened a
     # transaction that no status flag has confirmed yet.
     uncertain: bool = False
+    # The last statement left something its successor may read back on the
+    # same connection: LAST_INSERT_ID(), ROW_COUNT(), FOUND_ROWS() after
+    # SQL_CALC_FOUND_ROWS, SHOW WARNINGS / SHOW ERRORS.  Held for one statement.
+    hold_next: bool = False
 
     def keeps_backend(self) -> bool:
         """Whether the backend connection must stay with this client after a reply."""
         return bool(self.pin_reason or self.in_transaction or self.pending_characteristics
-                    or self.locked_tables or self.uncertain)
+                    or self.locked_tables or self.uncertain or self.hold_next)
+
+    def observe_result(self, *, error: bool, warnings: int, affected: int, insert_id: int,
+                       sql: bytes | None) -> None:
+        """Decides whether the next statement must run where this one did."""
+        self.hold_next = bool(error or warnings or insert_id or affected
+                              or (sql is not None and _CALC_FOUND_ROWS.search(sql)))
 
     def observe_status(self, status: int) -> None:
         """The final OK/EOF of a reply is the truth about transactions and autocommit."""

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from pyproxy import config as configuration
 from pyproxy import logs
@@ -40,10 +41,10 @@ class Options(usage.Options):
         ["listen", "l", None, "Endpoint to listen on, e.g. tcp:6033:interface=127.0.0.1 "
                               "(overrides [proxy] listen)."],
         ["backend-host", None, None, "Database server host (overrides [backend] host)."],
-        ["backend-port", None, None, "Database server port (overrides [backend] port).", int],
+        ["backend-port", None, None, "Database server port (overrides [backend] port)."],
         ["backend-database", None, None, "Default schema (overrides [backend] database)."],
         ["max-connections", None, None, "Backend connections per user (overrides [pool] "
-                                        "max_connections).", int],
+                                        "max_connections)."],
         ["log-level", None, None, "debug, info, warning or error (overrides [log] level)."],
     ]
     optFlags = [
@@ -58,43 +59,28 @@ class Options(usage.Options):
             "max-connections": ("pool", "max_connections"), "log-level": ("log", "level"),
         }
         for option, (section, key) in pairs.items():
-            if self[option] is not None:
-                out.setdefault(section, {})[key] = self[option]
+            value = self[option]
+            if value is None:
+                continue
+            if option in ("backend-port", "max-connections"):
+                # Converted here, not by usage.Options, so a bad number is
+                # reported like any other bad value: one line naming the key.
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise configuration.ConfigError(
+                        f"{section}.{key} (--{option}): must be a whole number, got {value!r}") from None
+            out.setdefault(section, {})[key] = value
         return out
 
     def postOptions(self) -> None:
         try:
             self["parsed"] = configuration.load(self["config"], os.environ, self.overrides())
-            check_listen(self["parsed"].proxy.listen)
             if not self["no-backend-check"]:
                 self["server"] = probe_backend(self["parsed"])
         except (configuration.ConfigError, StartupError) as exc:
             sys.stderr.write(f"pyproxy: {exc}\n")
             raise SystemExit(2) from None
-
-
-def check_listen(description: str) -> None:
-    """Fails early, with one line, when a TCP listening port is taken."""
-    parts = description.split(":")
-    if parts[0] != "tcp" or len(parts) < 2:
-        return
-    try:
-        port = int(parts[1].split("=")[-1])
-    except ValueError:
-        raise StartupError(f"proxy.listen: bad endpoint {description!r}") from None
-    interface = ""
-    for part in parts[2:]:
-        if part.startswith("interface="):
-            interface = part.partition("=")[2]
-    family = socket.AF_INET6 if ":" in interface or "\\:" in description else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((interface.replace("\\", ""), port))
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {description}: {exc.strerror}") from None
-    finally:
-        probe.close()
 
 
 def probe_backend(config: configuration.Config) -> ServerInfo:
@@ -149,28 +135,33 @@ class ProxyService(service.Service):
         self.port: Any = None
         self.log = logs.get_logger(component="service")
 
+    def listen(self) -> None:
+        """Binds the listening socket now, so a taken port stops start-up with one line.
+
+        For TCP and UNIX endpoints the Deferred has fired by the time
+        ``listen()`` returns; the port starts accepting once the reactor runs.
+        """
+        endpoint = endpoints.serverFromString(self.reactor, listen_description(self.config.proxy))
+        result: list[Any] = []
+        endpoint.listen(FrontendFactory(self.proxy)).addBoth(result.append)
+        if result and isinstance(result[0], Failure):
+            raise StartupError(f"cannot listen on {self.config.proxy.listen}: "
+                               f"{result[0].getErrorMessage()}")
+        if result:
+            self.port = result[0]
+
     def startService(self) -> None:
         super().startService()
-        endpoint = endpoints.serverFromString(self.reactor, listen_description(self.config.proxy))
-        d = endpoint.listen(FrontendFactory(self.proxy))
-
-        def listening(port: Any) -> None:
-            self.port = port
-            address = port.getHost()
-            self.log.info("listening", address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
-                          backend=f"{self.config.backend.host}:{self.config.backend.port}",
-                          server_version=self.proxy.server.version)
-            if self.config.pool.min_idle:
-                for account in self.config.users:
-                    self.proxy.pool(account.name)
-            self.health.start()
-
-        def cannot_listen(failure: Any) -> None:
-            sys.stderr.write(f"pyproxy: cannot listen on {self.config.proxy.listen}: "
-                             f"{failure.getErrorMessage()}\n")
-            os._exit(2)
-
-        d.addCallbacks(listening, cannot_listen)
+        if self.port is None:
+            self.listen()
+        address = self.port.getHost()
+        self.log.info("listening", address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
+                      backend=f"{self.config.backend.host}:{self.config.backend.port}",
+                      server_version=self.proxy.server.version)
+        if self.config.pool.min_idle:
+            for account in self.config.users:
+                self.proxy.pool(account.name)
+        self.health.start()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -186,5 +177,11 @@ def makeService(options: Options) -> service.MultiService:
     logs.configure(config.log.level, config.log.format)
     server = options.get("server") or ServerInfo("5.7.99-pyproxy", 0xFFFFFFFF, config.backend.charset, 2)
     top = service.MultiService()
-    ProxyService(config, server).setServiceParent(top)
+    proxy_service = ProxyService(config, server)
+    try:
+        proxy_service.listen()
+    except StartupError as exc:
+        sys.stderr.write(f"pyproxy: {exc}\n")
+        raise SystemExit(2) from None
+    proxy_service.setServiceParent(top)
     return top

@@ -109,6 +109,5 @@ def test_verify_dispatches() -> None:
 
 def test_ed25519_proof_is_a_signature() -> None:
     """client_ed25519 signs the nonce (needs PyNaCl; skipped without it)."""
-    pytest.importorskip("nacl")
     proof = auth.ed25519_proof(b"secret", NONCE + b"x" * 12)
     assert len(proof) == 64

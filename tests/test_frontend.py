@@ -240,7 +240,7 @@ class HandshakeTests(SynchronousTestCase):
         [switch] = self._login_with_plugin("dialog")
         self.assertEqual(switch.seq, 2)
         self.assertEqual(parse_auth_switch_request(switch.payload),
-                         (auth.NATIVE, self.client.greeting.auth_data))
+                         (auth.NATIVE, self.client.greeting.auth_data + b"\x00"))
         self.client.send(auth.native_proof(b"secret", self.client.greeting.auth_data), seq=3)
         [ok] = self.client.received()
         self.assertEqual((ok.seq, ok.payload[0]), (4, 0))
@@ -594,10 +594,16 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK + vectors.SELECT_DEOF)
 
     def test_error_reply_forwarded(self) -> None:
-        """The server's ERR reaches the client unchanged and the connection goes back."""
+        """The server's ERR reaches the client unchanged; the connection stays for one more
+        statement (SHOW WARNINGS reads the error back), then goes back."""
         conn, server = self.first_backend(self.client, "SELECT * FROM no_such_table")
         server.send(vectors.ERR_NO_TABLE)
         self.assertEqual(self.client.raw(), vectors.ERR_NO_TABLE)
+        self.assertEqual(self.pool.lent, {conn})
+        self.client.send(make_query("DO 1"))
+        self.assertEqual([p.payload for p in server.received()], [make_query("DO 1")])
+        server.send(vectors.PING_OK)
+        self.assertEqual(self.client.raw(), vectors.PING_OK)
         self.assertEqual(self.pool.idle, [conn])
 
     def test_backend_lost_before_reply(self) -> None:

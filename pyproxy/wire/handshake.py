@@ -174,10 +174,12 @@ def make_auth_switch_request(plugin: str, auth_data: bytes) -> bytes:
 
 
 def parse_auth_switch_request(payload: bytes) -> tuple[str, bytes]:
+    """The plugin name and its data, as sent: mysql_native_password's 20-byte
+    nonce comes with a NUL after it, client_ed25519's 32 bytes without one, so
+    each plugin takes the length it needs."""
     r = Reader(payload, 1)
     plugin = r.nul_bytes().decode()
-    data = r.rest()
-    return plugin, data[:-1] if data.endswith(b"\x00") else data
+    return plugin, r.rest()
 
 
 def make_auth_more_data(data: bytes) -> bytes:

@@ -17,7 +17,7 @@ from pyproxy.wire.constants import (
     SERVER_SESSION_STATE_CHANGED,
     SERVER_STATUS_CURSOR_EXISTS,
 )
-from pyproxy.wire.responses import eof_status, ok_status
+from pyproxy.wire.responses import eof_status, ok_counters, ok_status
 
 # States.  Each names what the next packet is expected to be.
 FIRST = 0        # first packet of a result: OK, ERR, LOCAL INFILE request or column count
@@ -59,6 +59,7 @@ class ResponseTracker:
     """
 
     __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
+                 "warnings", "affected", "insert_id",
                  "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns")
 
     def __init__(self, deprecate_eof: bool) -> None:
@@ -67,6 +68,9 @@ class ResponseTracker:
         self.status = 0
         self.error = 0
         self.seq = 0
+        self.warnings = 0
+        self.affected = 0
+        self.insert_id = 0
         self.oks: list[tuple[int, int]] = []
         self.untracked_change = False
         self.prepared: tuple[int, int, int] | None = None
@@ -83,6 +87,9 @@ class ResponseTracker:
         self.state = _START[reply]
         self.status = -1
         self.error = 0
+        self.warnings = 0
+        self.affected = 0
+        self.insert_id = 0
         self.untracked_change = False
         self.prepared = None
         self._skip = 0
@@ -190,10 +197,11 @@ class ResponseTracker:
             return
         payload = buf[start:end]
         if self.deprecate_eof and end - start >= 7:
-            status = ok_status(payload)
+            _, _, status, self.warnings = ok_counters(payload)
             self.oks.append((start - 4, end))
         else:
             status = eof_status(payload)
+            self.warnings = payload[1] | (payload[2] << 8) if len(payload) >= 3 else 0
             if status & SERVER_SESSION_STATE_CHANGED:
                 # A classic EOF says state changed but cannot say what.
                 self.untracked_change = True
@@ -229,7 +237,10 @@ class ResponseTracker:
                         self._prepare_ok(payload)
                         return
                     self.oks.append((start - 4, end))
-                    self._set_status(ok_status(payload))
+                    # The counters of the last statement, which LAST_INSERT_ID(),
+                    # ROW_COUNT() and SHOW WARNINGS read back later.
+                    self.affected, self.insert_id, status, self.warnings = ok_counters(payload)
+                    self._set_status(status)
                 elif first == 0xFB and self._reply == Reply.RESULT:
                     self.state = INFILE
                 elif first == 0xFE and end - start < 9:

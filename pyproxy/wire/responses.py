@@ -150,3 +150,12 @@ def ok_status(payload: bytes) -> int:
     r.lenenc_int()
     r.lenenc_int()
     return r.u16()
+
+
+def ok_counters(payload: bytes) -> tuple[int, int, int, int]:
+    """(affected rows, last insert id, status flags, warnings) of an OK packet."""
+    r = Reader(payload, 1)
+    affected = r.lenenc_int()
+    insert_id = r.lenenc_int()
+    status = r.u16()
+    return affected, insert_id, status, r.u16() if r.remaining() >= 2 else 0
