@@ -38,15 +38,19 @@ from pyproxy.wire.response_tracker import DONE, INFILE, ProtocolViolation, Respo
 from pyproxy.wire.responses import ERR, parse_err, parse_ok
 
 # Capability bits a backend connection takes from the client it will serve,
-# because they change what the server sends or how it behaves and cannot be
-# translated packet by packet.  Connections are pooled per combination.
-FLAVOR_BITS = CLIENT.DEPRECATE_EOF | CLIENT.FOUND_ROWS | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE
+# because they change what the server does (affected-row counts, LOAD DATA
+# LOCAL, parsing) and cannot be translated packet by packet.  Connections
+# are pooled per combination; most applications use one.
+FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE
 
+# CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the
+# session-tracking data a classic EOF cannot, and clients without it get the
+# EOFs they expect by translation.  CLIENT_SESSION_TRACK is translated too.
 BASE_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
     | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS
     | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
-    | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK
+    | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF
 )
 
 # Transaction-info tracking stays off: it would flag every statement that
@@ -111,7 +115,7 @@ class BackendConnection(protocol.Protocol):
         self.handshake: HandshakeV10 | None = None
         self.capabilities = 0
         self.state: SessionState = SessionState()
-        self.tracker = ResponseTracker(bool(flavor & CLIENT.DEPRECATE_EOF))
+        self.tracker = ResponseTracker(False)  # set from the negotiated capabilities
         self.created_at = clock.seconds()
         self.last_used = self.created_at
         self.last_checked = self.created_at
@@ -170,6 +174,7 @@ class BackendConnection(protocol.Protocol):
             if self.target.database:
                 wanted |= CLIENT.CONNECT_WITH_DB
             self.capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)
+            self.tracker.deprecate_eof = bool(self.capabilities & CLIENT.DEPRECATE_EOF)
             if not hs.capabilities & CLIENT.PROTOCOL_41:
                 raise BackendError(*c.ER_HANDSHAKE_ERROR, "server does not speak protocol 4.1")
             self._send(make_handshake_response41(HandshakeResponse41(
@@ -296,14 +301,19 @@ class BackendConnection(protocol.Protocol):
 
     # -- relaying a client's command ----------------------------------------
 
-    def relay(self, raw: bytes, reply: Reply, sink: ReplySink) -> None:
-        """Forwards a client's command as received; the reply streams to ``sink``."""
+    def relay(self, raw: bytes, reply: Reply, sink: ReplySink, *, translate: bool = False,
+              cursor: bool = False) -> None:
+        """Forwards a client's command as received; the reply streams to ``sink``.
+
+        ``translate``: the client did not negotiate CLIENT_DEPRECATE_EOF (see
+        ResponseTracker.start).
+        """
         if reply == Reply.NONE:
             self.transport.write(raw)  # type: ignore[union-attr]
             return
         self._sink = sink
         self._mode = "relay"
-        self.tracker.start(reply)
+        self.tracker.start(reply, translate=translate, cursor=cursor)
         write_now(self.transport, raw)
 
     def relay_more(self, raw: bytes) -> None:
@@ -322,6 +332,10 @@ class BackendConnection(protocol.Protocol):
             self._carry = b""
         tracker = self.tracker
         tracker.oks.clear()
+        if tracker.translate:
+            tracker.terminators.clear()
+            tracker.inserts.clear()
+            data = bytearray(data)  # sequence ids are rewritten in place
         try:
             end = tracker.scan(data)
         except ProtocolViolation as exc:

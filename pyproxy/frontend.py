@@ -41,7 +41,7 @@ from pyproxy.wire.responses import (
     make_err,
     make_ok,
     make_ok_tracked,
-    ok_status,
+    ok_counters,
     parse_ok,
     strip_session_track,
 )
@@ -85,6 +85,7 @@ class FrontendProtocol(protocol.Protocol):
         self._sql: bytes | None = None
         self._infile = False
         self._rewrite_oks = False
+        self._translate = False
         self._borrowing: defer.Deferred[BackendConnection] | None = None
         self._pool: Any = None
         self._timeout: Any = None
@@ -162,6 +163,7 @@ class FrontendProtocol(protocol.Protocol):
         self.capabilities = response.capabilities & self.proxy.capabilities
         self.flavor = self.capabilities & FLAVOR_BITS
         self._rewrite_oks = not self.capabilities & CLIENT.SESSION_TRACK
+        self._translate = not self.capabilities & CLIENT.DEPRECATE_EOF
         self.user = response.username
         self._pending_login = response
         self.log = self.log.bind(user=self.user)
@@ -381,16 +383,24 @@ class FrontendProtocol(protocol.Protocol):
 
     def _start(self) -> None:
         packet = self._command
-        reply = REPLIES[packet.payload[0]]
+        payload = packet.payload
+        reply = REPLIES[payload[0]]
         self._forwarded = False
-        self.backend.relay(packet.raw, reply, self)
+        conn = self.backend
+        if self._translate and conn.tracker.deprecate_eof:
+            cursor = reply == Reply.EXECUTE and len(payload) > 5 and bool(payload[5] & 0x07)
+            conn.relay(packet.raw, reply, self, translate=True, cursor=cursor)
+        else:
+            conn.relay(packet.raw, reply, self)
         if reply == Reply.NONE:
             self._finish_command()
 
     def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
         """Bytes of the reply, already settled by the tracker: forward them."""
-        if tracker.oks:
+        if tracker.oks or tracker.inserts:
             data = self._observe_oks(data, tracker)
+        if type(data) is bytearray:  # translated in place; transports take bytes only
+            data = bytes(data)
         if data:
             self._forwarded = True
             write_now(self.transport, data)
@@ -401,28 +411,39 @@ class FrontendProtocol(protocol.Protocol):
             self._infile = True
 
     def _observe_oks(self, data: bytes, tracker: ResponseTracker) -> bytes:
-        """Reads tracked session changes from OK packets, and drops them for clients
-        that did not negotiate CLIENT_SESSION_TRACK."""
+        """Reads tracked session changes from OK packets, and gives the client the
+        packets it negotiated: EOFs for a client without CLIENT_DEPRECATE_EOF,
+        OKs without the state block for one without CLIENT_SESSION_TRACK."""
         session = self.session
         rewrite = self._rewrite_oks
-        pieces = []
-        last = 0
+        terminators = tracker.terminators
+        edits: list[tuple[int, int, bytes]] = []
         for start, end in tracker.oks:
-            payload = data[start + 4:end]
-            status = ok_status(payload)
+            payload = bytes(data[start + 4:end])
+            affected, insert_id, status, warnings = ok_counters(payload)
             if status & c.SERVER_SESSION_STATE_CHANGED:
                 ok = parse_ok(payload, True)
                 if ok.changes is not None:
                     reason = session.observe_changes(ok.changes, self._sql)
                     if reason is not None:
                         self._log_pin(reason)
-            if rewrite and (status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7):
-                pieces.append(data[last:start])
-                new = strip_session_track(payload)
-                pieces.append(len(new).to_bytes(3, "little") + data[start + 3:start + 4] + new)
-                last = end
-        if not pieces:
+            if terminators and start in terminators:
+                edits.append((start, end, frame(make_eof(status, warnings), data[start + 3])))
+            elif rewrite and (status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7):
+                edits.append((start, end, frame(strip_session_track(payload), data[start + 3])))
+        if tracker.inserts:
+            status = self._status()
+            for at, seq in tracker.inserts:
+                edits.append((at, at, frame(make_eof(status), seq)))
+            edits.sort()
+        if not edits:
             return data
+        pieces = []
+        last = 0
+        for start, end, packet in edits:
+            pieces.append(data[last:start])
+            pieces.append(packet)
+            last = end
         pieces.append(data[last:])
         return b"".join(pieces)
 
@@ -482,7 +503,10 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         if conn is None:
             return
-        conn.relay_more(packet.raw)
+        shift = conn.tracker.shift
+        # After translated result sets earlier in the same reply, the client
+        # numbers its packets ahead of the server.
+        conn.relay_more(frame(packet.payload, packet.seq - shift) if shift else packet.raw)
         if not packet.payload:
             self._infile = False
             conn.infile_sent()

@@ -126,13 +126,15 @@ class LoginTests(SynchronousTestCase):
         self.assertNoResult(conn.ready)
 
     def test_flavor_bits_follow_the_client(self) -> None:
-        """Without DEPRECATE_EOF in the flavor, the backend connection does not ask for it."""
+        """With an empty flavor the connection asks for the base capabilities only, which
+        include DEPRECATE_EOF (clients without it get their EOFs by translation)."""
         conn = BackendConnection(TARGET, 0, self.clock)
         server = FakeServer(conn)
         server.send(vectors.GREETING)
         caps = parse_handshake_response41(server.received()[0].payload).capabilities
         self.assertEqual(caps & ~CLIENT.LONG_PASSWORD, BASE_CAPABILITIES & ~CLIENT.LONG_PASSWORD)
-        self.assertFalse(conn.tracker.deprecate_eof)
+        self.assertFalse(caps & CLIENT.FOUND_ROWS)
+        self.assertTrue(conn.tracker.deprecate_eof)
 
     def test_database_in_login(self) -> None:
         """A configured default schema is sent with CONNECT_WITH_DB and becomes the state's schema."""

@@ -59,8 +59,9 @@ class ResponseTracker:
     """
 
     __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
-                 "warnings", "affected", "insert_id",
-                 "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns")
+                 "warnings", "affected", "insert_id", "translate", "terminators", "inserts",
+                 "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns",
+                 "_shift", "_cursor")
 
     def __init__(self, deprecate_eof: bool) -> None:
         self.deprecate_eof = deprecate_eof
@@ -72,6 +73,12 @@ class ResponseTracker:
         self.affected = 0
         self.insert_id = 0
         self.oks: list[tuple[int, int]] = []
+        # Translation for a client without CLIENT_DEPRECATE_EOF (see start()).
+        self.translate = False
+        self.terminators: list[int] = []
+        self.inserts: list[tuple[int, int]] = []
+        self._shift = 0
+        self._cursor = False
         self.untracked_change = False
         self.prepared: tuple[int, int, int] | None = None
         self._left = 0
@@ -81,9 +88,23 @@ class ResponseTracker:
         self._params = 0
         self._pcolumns = 0
 
-    def start(self, reply: Reply) -> None:
-        """Begins following the reply to a command just sent."""
+    def start(self, reply: Reply, *, translate: bool = False, cursor: bool = False) -> None:
+        """Begins following the reply to a command just sent.
+
+        With ``translate`` (the connection negotiated CLIENT_DEPRECATE_EOF, the
+        client did not) the tracker also marks what the client expects
+        differently: ``inserts`` holds (offset, sequence id) where an EOF must
+        be added after column or parameter definitions, ``terminators`` the
+        offsets of OK packets that end a result set and must become EOFs, and
+        every later packet header in the buffer gets its sequence id moved up
+        in place (the buffer must then be a bytearray).  ``cursor``: a
+        COM_STMT_EXECUTE that asked for a cursor, whose definitions the server
+        ends with the terminator itself.
+        """
         self._reply = reply
+        self.translate = translate and self.deprecate_eof
+        self._cursor = cursor
+        self._shift = 0
         self.state = _START[reply]
         self.status = -1
         self.error = 0
@@ -102,6 +123,11 @@ class ResponseTracker:
     def mid_packet(self) -> bool:
         """True while the client has been sent part of a packet (a long row)."""
         return self._skip > 0
+
+    @property
+    def shift(self) -> int:
+        """How far the client's sequence ids run ahead of the server's in this reply."""
+        return self._shift
 
     def infile_sent(self) -> None:
         """The client finished sending a LOCAL INFILE; the server's OK or ERR follows."""
@@ -130,9 +156,11 @@ class ResponseTracker:
             if state == DONE or state == INFILE or size - pos < 4:
                 return pos
             length = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-            self.seq = buf[pos + 3]
+            # Sequence ids are rewritten only once a packet is taken, never for
+            # one left to be offered again.
             if self._continued:
                 # The tail of a packet longer than 16 MiB: opaque bytes.
+                self._take_header(buf, pos)
                 self._continued = length == MAX_PAYLOAD
                 self._skip = length
                 pos += 4
@@ -145,41 +173,68 @@ class ResponseTracker:
                 if (first == 0xFE and length < MAX_PAYLOAD) or first == 0xFF:
                     if end > size:
                         return pos
+                    self._take_header(buf, pos)
                     self._terminate(buf, pos + 4, end, first)
                     pos = end
                     continue
+                if self._shift:
+                    self._take_header(buf, pos)
+                else:
+                    self.seq = buf[pos + 3]
                 self._continued = length == MAX_PAYLOAD
                 self._skip = length
                 pos += 4
                 continue
             if state == COLUMNS or state == PARAMS or state == PCOLUMNS:
                 if self._left == 1 and end > size and length < MAX_PAYLOAD:
-                    # The last definition may end the reply: see it whole, so the
-                    # reply is never declared done with bytes still to come.
+                    # The last definition may end the reply, or be followed by
+                    # an EOF for the client: see it whole.
                     return pos
+                self._take_header(buf, pos)
                 self._continued = length == MAX_PAYLOAD
                 self._skip = length
                 pos += 4
                 self._left -= 1
                 if self._left == 0:
-                    self._after_definitions()
+                    self._after_definitions(end)
                 continue
             # Every other packet is small and must be seen whole.
             if end > size:
                 return pos
+            self._take_header(buf, pos)
             self._whole(buf, pos + 4, end)
             pos = end
 
-    def _after_definitions(self) -> None:
+    def _take_header(self, buf: bytes, pos: int) -> None:
+        seq = buf[pos + 3]
+        if self._shift:
+            seq = (seq + self._shift) & 0xFF
+            buf[pos + 3] = seq  # type: ignore[index]  # a bytearray when translating
+        self.seq = seq
+
+    def _insert_eof(self, at: int) -> None:
+        """The client expects an EOF here that the server did not send."""
+        self.seq = (self.seq + 1) & 0xFF
+        self.inserts.append((at, self.seq))
+        self._shift += 1
+
+    def _after_definitions(self, end: int) -> None:
         state = self.state
+        translate = self.translate
         if state == COLUMNS:
+            if translate and not (self._cursor and self._reply == Reply.EXECUTE):
+                self._insert_eof(end)
             self.state = ROWS if self.deprecate_eof else COLUMNS_EOF
         elif state == PARAMS:
             if not self.deprecate_eof:
                 self.state = PARAMS_EOF
             else:
+                if translate:
+                    self._insert_eof(end)
                 self._prepare_columns()
         elif state == PCOLUMNS:
+            if translate:
+                self._insert_eof(end)
             self.state = DONE if self.deprecate_eof else PCOLUMNS_EOF
 
     def _prepare_columns(self) -> None:
@@ -199,6 +254,8 @@ class ResponseTracker:
         if self.deprecate_eof and end - start >= 7:
             _, _, status, self.warnings = ok_counters(payload)
             self.oks.append((start - 4, end))
+            if self.translate:
+                self.terminators.append(start - 4)
         else:
             status = eof_status(payload)
             self.warnings = payload[1] | (payload[2] << 8) if len(payload) >= 3 else 0

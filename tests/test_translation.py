@@ -1,0 +1,95 @@
+"""Clients without CLIENT_DEPRECATE_EOF on backend connections that have it.
+
+Every reply shape captured from the server in its DEPRECATE_EOF form must
+reach such a client exactly as the server sends it in the classic form:
+EOFs added after definitions, OK terminators turned into EOFs, and every
+later sequence id moved up, whatever the read boundaries.
+"""
+
+from __future__ import annotations
+
+import vectors
+from pyproxy.wire.commands import make_query
+from pyproxy.wire.constants import CLIENT, COMMAND
+from pyproxy.wire.framing import PacketFramer
+from test_frontend import CLIENT_CAPS, LoggedIn
+
+CLASSIC_CAPS = CLIENT_CAPS & ~CLIENT.DEPRECATE_EOF
+
+
+def packets(data: bytes) -> list[tuple[int, bytes]]:
+    """(seq, payload) of each packet.  The status flags of an EOF right after
+    definitions are reduced to the transaction bits: the server's also carry
+    MORE_RESULTS and index-use hints there, which clients take from the final
+    EOF, and which pyproxy cannot know before the rows have passed."""
+    out = []
+    previous = b""
+    for p in PacketFramer().feed(data):
+        payload = p.payload
+        if payload[:1] == b"\xfe" and len(payload) == 5 and previous.startswith(b"\x03def"):
+            status = int.from_bytes(payload[3:5], "little") & 0x0003
+            payload = payload[:3] + status.to_bytes(2, "little")
+        out.append((p.seq, payload))
+        previous = payload
+    return out
+
+
+class TranslationTests(LoggedIn):
+    caps = CLASSIC_CAPS
+
+    def backend_for(self, payload: bytes):
+        """Sends a command and returns the server side that received it."""
+        self.client.send(payload)
+        if self.backends.waiting:
+            self.conn, self.server = self.backends.open()
+        [command] = self.server.received()
+        assert command.payload == payload
+        return self.server
+
+    def check(self, payload: bytes, deof: bytes, classic: bytes) -> None:
+        for pieces in (1, 2, 3, 5, 8, len(deof)):
+            server = self.backend_for(payload)
+            server.send(deof, pieces)
+            got = packets(self.client.raw())
+            self.assertEqual(got, packets(classic), f"read in {pieces} pieces")
+
+    def test_select(self) -> None:
+        """A text result set gets its EOF after the columns and an EOF at the end."""
+        self.check(make_query("SELECT id, name FROM app.t ORDER BY id"), vectors.SELECT_DEOF,
+                   vectors.SELECT_EOF)
+
+    def test_multiple_results(self) -> None:
+        """Each result set of a multi-statement is translated; sequence ids keep counting."""
+        self.check(make_query("SELECT 1 AS a; SELECT 2 AS b; DO 3"), vectors.MULTI_DEOF,
+                   vectors.MULTI_EOF)
+
+    def test_error_in_rows(self) -> None:
+        """An ERR that ends the rows comes through with its sequence id moved up."""
+        self.check(make_query("SELECT id, IF(id=2, (SELECT id FROM app.t), 0) AS x FROM app.t "
+                              "ORDER BY id"), vectors.ERR_MID_ROWS_DEOF, vectors.ERR_MID_ROWS_EOF)
+
+    def test_field_list(self) -> None:
+        """COM_FIELD_LIST's OK terminator becomes its EOF."""
+        self.check(bytes((COMMAND.COM_FIELD_LIST,)) + b"t\x00", vectors.FIELD_LIST_DEOF,
+                   vectors.FIELD_LIST_EOF)
+
+    def test_prepare_execute_cursor_fetch(self) -> None:
+        """A prepare reply gets EOFs after parameters and columns; a binary result, a cursor
+        (no EOF added: the server ends its definitions itself) and a fetch are translated."""
+        prepare = (bytes((COMMAND.COM_STMT_PREPARE,))
+                   + b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
+        server = self.backend_for(prepare)
+        server.send(vectors.PREPARE_DEOF)
+        self.assertEqual(packets(self.client.raw()), packets(vectors.PREPARE_EOF))
+        self.assertTrue(self.client.protocol.pinned)
+        statement = (1).to_bytes(4, "little")
+        params = b"\x00\x01" + b"\x08\x00" * 2 + (7).to_bytes(8, "little") + (1).to_bytes(8, "little")
+        commands = {
+            "EXECUTE": bytes((COMMAND.COM_STMT_EXECUTE,)) + statement + b"\x00" + b"\x01\x00\x00\x00" + params,
+            "CURSOR_EXECUTE": bytes((COMMAND.COM_STMT_EXECUTE,)) + statement + b"\x01" + b"\x01\x00\x00\x00"
+            + params,
+            "FETCH": bytes((COMMAND.COM_STMT_FETCH,)) + statement + (1).to_bytes(4, "little"),
+        }
+        for name, command in commands.items():
+            deof, classic = getattr(vectors, name + "_DEOF"), getattr(vectors, name + "_EOF")
+            self.check(command, deof, classic)
