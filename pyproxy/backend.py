@@ -302,7 +302,7 @@ class BackendConnection(protocol.Protocol):
     # -- relaying a client's command ----------------------------------------
 
     def relay(self, raw: bytes, reply: Reply, sink: ReplySink, *, translate: bool = False,
-              cursor: bool = False) -> None:
+              cursor: bool = False, metadata_status: int = 0) -> None:
         """Forwards a client's command as received; the reply streams to ``sink``.
 
         ``translate``: the client did not negotiate CLIENT_DEPRECATE_EOF (see
@@ -313,7 +313,7 @@ class BackendConnection(protocol.Protocol):
             return
         self._sink = sink
         self._mode = "relay"
-        self.tracker.start(reply, translate=translate, cursor=cursor)
+        self.tracker.start(reply, translate=translate, cursor=cursor, metadata_status=metadata_status)
         write_now(self.transport, raw)
 
     def relay_more(self, raw: bytes) -> None:
@@ -332,9 +332,10 @@ class BackendConnection(protocol.Protocol):
             self._carry = b""
         tracker = self.tracker
         tracker.oks.clear()
+        tracker.changed = False
         if tracker.translate:
             tracker.terminators.clear()
-            tracker.inserts.clear()
+            tracker.edits.clear()
             data = bytearray(data)  # sequence ids are rewritten in place
         try:
             end = tracker.scan(data)

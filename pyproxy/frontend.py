@@ -41,7 +41,7 @@ from pyproxy.wire.responses import (
     make_err,
     make_ok,
     make_ok_tracked,
-    ok_counters,
+    ok_status,
     parse_ok,
     strip_session_track,
 )
@@ -389,7 +389,8 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         if self._translate and conn.tracker.deprecate_eof:
             cursor = reply == Reply.EXECUTE and len(payload) > 5 and bool(payload[5] & 0x07)
-            conn.relay(packet.raw, reply, self, translate=True, cursor=cursor)
+            conn.relay(packet.raw, reply, self, translate=True, cursor=cursor,
+                       metadata_status=self._status())
         else:
             conn.relay(packet.raw, reply, self)
         if reply == Reply.NONE:
@@ -397,7 +398,9 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
         """Bytes of the reply, already settled by the tracker: forward them."""
-        if tracker.oks or tracker.inserts:
+        oks = tracker.oks
+        if tracker.edits or oks and (tracker.changed or self._rewrite_oks
+                                     and len(oks) > len(tracker.terminators)):
             data = self._observe_oks(data, tracker)
         if type(data) is bytearray:  # translated in place; transports take bytes only
             data = bytes(data)
@@ -412,30 +415,28 @@ class FrontendProtocol(protocol.Protocol):
 
     def _observe_oks(self, data: bytes, tracker: ResponseTracker) -> bytes:
         """Reads tracked session changes from OK packets, and gives the client the
-        packets it negotiated: EOFs for a client without CLIENT_DEPRECATE_EOF,
-        OKs without the state block for one without CLIENT_SESSION_TRACK."""
-        session = self.session
-        rewrite = self._rewrite_oks
+        packets it negotiated: the tracker's EOFs for a client without
+        CLIENT_DEPRECATE_EOF, OKs without the state block for one without
+        CLIENT_SESSION_TRACK."""
+        edits = tracker.edits
         terminators = tracker.terminators
-        edits: list[tuple[int, int, bytes]] = []
-        for start, end in tracker.oks:
-            payload = bytes(data[start + 4:end])
-            affected, insert_id, status, warnings = ok_counters(payload)
-            if status & c.SERVER_SESSION_STATE_CHANGED:
-                ok = parse_ok(payload, True)
-                if ok.changes is not None:
-                    reason = session.observe_changes(ok.changes, self._sql)
-                    if reason is not None:
-                        self._log_pin(reason)
-            if terminators and start in terminators:
-                edits.append((start, end, frame(make_eof(status, warnings), data[start + 3])))
-            elif rewrite and (status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7):
-                edits.append((start, end, frame(strip_session_track(payload), data[start + 3])))
-        if tracker.inserts:
-            status = self._status()
-            for at, seq in tracker.inserts:
-                edits.append((at, at, frame(make_eof(status), seq)))
-            edits.sort()
+        if tracker.changed or self._rewrite_oks and len(tracker.oks) > len(terminators):
+            session = self.session
+            strip = []
+            for start, end in tracker.oks:
+                payload = bytes(data[start + 4:end])
+                status = ok_status(payload)
+                if status & c.SERVER_SESSION_STATE_CHANGED:
+                    ok = parse_ok(payload, True)
+                    if ok.changes is not None:
+                        reason = session.observe_changes(ok.changes, self._sql)
+                        if reason is not None:
+                            self._log_pin(reason)
+                if (self._rewrite_oks and start not in terminators
+                        and (status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7)):
+                    strip.append((start, end, frame(strip_session_track(payload), data[start + 3])))
+            if strip:
+                edits = sorted(edits + strip)
         if not edits:
             return data
         pieces = []

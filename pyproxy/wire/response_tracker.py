@@ -43,6 +43,12 @@ _START = {
 }
 
 
+def _eof_packet(seq: int, warnings: int, status: int) -> bytes:
+    """A whole classic EOF packet, header included."""
+    return bytes((5, 0, 0, seq, 0xFE, warnings & 0xFF, (warnings >> 8) & 0xFF,
+                  status & 0xFF, (status >> 8) & 0xFF))
+
+
 class ProtocolViolation(ValueError):
     """The server sent something the reply's grammar does not allow."""
 
@@ -59,7 +65,8 @@ class ResponseTracker:
     """
 
     __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
-                 "warnings", "affected", "insert_id", "translate", "terminators", "inserts",
+                 "warnings", "affected", "insert_id", "translate", "terminators", "edits",
+                 "changed", "_metadata_status",
                  "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns",
                  "_shift", "_cursor")
 
@@ -73,10 +80,13 @@ class ResponseTracker:
         self.affected = 0
         self.insert_id = 0
         self.oks: list[tuple[int, int]] = []
+        # Whether any OK in the last scan carried SERVER_SESSION_STATE_CHANGED.
+        self.changed = False
         # Translation for a client without CLIENT_DEPRECATE_EOF (see start()).
         self.translate = False
         self.terminators: list[int] = []
-        self.inserts: list[tuple[int, int]] = []
+        self.edits: list[tuple[int, int, bytes]] = []
+        self._metadata_status = 0
         self._shift = 0
         self._cursor = False
         self.untracked_change = False
@@ -88,20 +98,23 @@ class ResponseTracker:
         self._params = 0
         self._pcolumns = 0
 
-    def start(self, reply: Reply, *, translate: bool = False, cursor: bool = False) -> None:
+    def start(self, reply: Reply, *, translate: bool = False, cursor: bool = False,
+              metadata_status: int = 0) -> None:
         """Begins following the reply to a command just sent.
 
         With ``translate`` (the connection negotiated CLIENT_DEPRECATE_EOF, the
-        client did not) the tracker also marks what the client expects
-        differently: ``inserts`` holds (offset, sequence id) where an EOF must
-        be added after column or parameter definitions, ``terminators`` the
-        offsets of OK packets that end a result set and must become EOFs, and
+        client did not) the tracker also works out what that client expects
+        instead: ``edits`` holds (start, end, packet) replacements in the
+        scanned buffer, an EOF inserted after column or parameter definitions
+        (start == end, with ``metadata_status``) or an EOF in place of an OK
+        that ends a result set (whose offset is also in ``terminators``), and
         every later packet header in the buffer gets its sequence id moved up
         in place (the buffer must then be a bytearray).  ``cursor``: a
         COM_STMT_EXECUTE that asked for a cursor, whose definitions the server
         ends with the terminator itself.
         """
         self._reply = reply
+        self._metadata_status = metadata_status & ~SERVER_SESSION_STATE_CHANGED
         self.translate = translate and self.deprecate_eof
         self._cursor = cursor
         self._shift = 0
@@ -215,7 +228,7 @@ class ResponseTracker:
     def _insert_eof(self, at: int) -> None:
         """The client expects an EOF here that the server did not send."""
         self.seq = (self.seq + 1) & 0xFF
-        self.inserts.append((at, self.seq))
+        self.edits.append((at, at, _eof_packet(self.seq, 0, self._metadata_status)))
         self._shift += 1
 
     def _after_definitions(self, end: int) -> None:
@@ -254,8 +267,12 @@ class ResponseTracker:
         if self.deprecate_eof and end - start >= 7:
             _, _, status, self.warnings = ok_counters(payload)
             self.oks.append((start - 4, end))
+            if status & SERVER_SESSION_STATE_CHANGED:
+                self.changed = True
             if self.translate:
                 self.terminators.append(start - 4)
+                self.edits.append((start - 4, end, _eof_packet(
+                    self.seq, self.warnings, status & ~SERVER_SESSION_STATE_CHANGED)))
         else:
             status = eof_status(payload)
             self.warnings = payload[1] | (payload[2] << 8) if len(payload) >= 3 else 0
@@ -297,6 +314,8 @@ class ResponseTracker:
                     # The counters of the last statement, which LAST_INSERT_ID(),
                     # ROW_COUNT() and SHOW WARNINGS read back later.
                     self.affected, self.insert_id, status, self.warnings = ok_counters(payload)
+                    if status & SERVER_SESSION_STATE_CHANGED:
+                        self.changed = True
                     self._set_status(status)
                 elif first == 0xFB and self._reply == Reply.RESULT:
                     self.state = INFILE
@@ -312,6 +331,8 @@ class ResponseTracker:
                 if first == 0x00:
                     self.oks.append((start - 4, end))
                     self.status = ok_status(payload)
+                    if self.status & SERVER_SESSION_STATE_CHANGED:
+                        self.changed = True
                 elif first == 0xFE:
                     self.status = eof_status(payload)
                 self.state = DONE

@@ -154,6 +154,9 @@ def ok_status(payload: bytes) -> int:
 
 def ok_counters(payload: bytes) -> tuple[int, int, int, int]:
     """(affected rows, last insert id, status flags, warnings) of an OK packet."""
+    if len(payload) >= 7 and payload[1] < 0xFB and payload[2] < 0xFB:
+        # One-byte counters: nearly every OK, read without a Reader.
+        return payload[1], payload[2], payload[3] | (payload[4] << 8), payload[5] | (payload[6] << 8)
     r = Reader(payload, 1)
     affected = r.lenenc_int()
     insert_id = r.lenenc_int()
