@@ -8,6 +8,7 @@ the reply's final status says the session is clean.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Any
 
@@ -22,7 +23,7 @@ from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
 from pyproxy.session import ClientSession, initial_state, needs_reset, reconcile
 from pyproxy.wire import constants as c
-from pyproxy.wire.commands import REPLIES, Reply, command_name
+from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
 from pyproxy.wire.handshake import (
@@ -58,6 +59,8 @@ REFUSED = frozenset((
 STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_FETCH,
                                 COMMAND.COM_STMT_RESET))
 
+_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
+
 # Phases of the connection.
 HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
 
@@ -88,6 +91,7 @@ class FrontendProtocol(protocol.Protocol):
         self._translate = False
         self._borrowing: defer.Deferred[BackendConnection] | None = None
         self._pool: Any = None
+        self._kill_pending = False
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -100,7 +104,7 @@ class FrontendProtocol(protocol.Protocol):
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         except (AttributeError, OSError):
             pass  # a UNIX socket: no Nagle to turn off
-        self.proxy.clients.add(self)
+        self.proxy.clients[self.id] = self
         server = self.proxy.server
         self.transport.write(frame(make_handshake_v10(HandshakeV10(
             server.version, self.id & 0xFFFFFFFF, self.nonce, self.proxy.capabilities,
@@ -261,7 +265,13 @@ class FrontendProtocol(protocol.Protocol):
             if reply == Reply.NONE and self.backend is None:
                 self._command = None  # closing or feeding an unknown statement: nothing to do
                 return
-            self._sql = payload[1:] if command == COMMAND.COM_QUERY else None
+            if command == COMMAND.COM_QUERY:
+                self._sql = payload[1:]
+                head = payload[1:2]
+                if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
+                    return
+            else:
+                self._sql = None
             self._busy = True
             self._acquire(self._start)
             return
@@ -283,6 +293,51 @@ class FrontendProtocol(protocol.Protocol):
         elif command in REFUSED or command not in REPLIES:
             self._reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
                               "(not supported by pyproxy)")
+
+    def _kill(self, packet: Packet) -> bool:
+        """KILL [QUERY|CONNECTION] n names a pyproxy connection id, which the server
+        does not know: it is translated here, never passed on.  Returns False
+        for any other statement.
+
+        KILL QUERY stops the target client's running statement with KILL QUERY
+        on the backend thread that runs it; KILL (CONNECTION) also closes the
+        target client.  Only the same user's connections can be killed.
+        """
+        match = _KILL.match(self._sql or b"")
+        if match is None:
+            return False
+        what, number = match.group(1), int(match.group(2))
+        target = self.proxy.clients.get(number)
+        if target is None:
+            self._reply_error((1094, "HY000"), f"Unknown thread id: {number}")
+            return True
+        if target.user != self.user:
+            self._reply_error((1095, "HY000"), f"You are not owner of thread {number}")
+            return True
+        query_only = what is not None and what.lower() == b"query"
+        running = target.backend if target._busy else None
+        if not query_only:
+            target.close_by_kill()
+        if running is None or running.handshake is None:
+            self._reply(self._ok_payload())
+            return True
+        self._command = Packet(packet.seq, b"", frame(make_query(
+            f"KILL QUERY {running.handshake.connection_id}"), packet.seq), packet.last_seq)
+        self._sql = None
+        self._busy = True
+        self._acquire(self._start)
+        return True
+
+    def close_by_kill(self) -> None:
+        """Another session of the same user killed this one."""
+        self.log.info("client_closed", reason="killed")
+        if self.phase == COMMANDS and not self._busy:
+            self.phase = CLOSED
+            self.transport.loseConnection()
+        else:
+            # Mid-command: the client gets its reply (or the 2013 from the
+            # killed statement) first, then the connection closes.
+            self._kill_pending = True
 
     def _reply(self, payload: bytes) -> None:
         seq = self._command.last_seq + 1 if self._command is not None else 1
@@ -475,6 +530,9 @@ class FrontendProtocol(protocol.Protocol):
         self._command = None
         self._sql = None
         self._busy = False
+        if self._kill_pending:
+            self.phase = CLOSED
+            self.transport.loseConnection()
         self._release_if_clean()
         self._next()
 
@@ -620,7 +678,7 @@ class FrontendProtocol(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was = self.phase
         self.phase = CLOSED
-        self.proxy.clients.discard(self)
+        self.proxy.clients.pop(self.id, None)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         if self._borrowing is not None:

@@ -47,7 +47,8 @@ class Proxy:
     server: ServerInfo
     pools: dict[str, Pool] = attrs.field(factory=dict)
     client_ids: Any = attrs.field(factory=lambda: itertools.count(1))
-    clients: set[Any] = attrs.field(factory=set)
+    # Connected clients by the connection id they were greeted with.
+    clients: dict[int, Any] = attrs.field(factory=dict)
     # Schemas known to exist, so a client naming one at login needs no round trip.
     known_schemas: set[str] = attrs.field(factory=set)
 

@@ -168,7 +168,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertFalse(self.client.closed)
         self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
         self.assertEqual(self.backends.waiting, [])
-        self.assertIn(self.client.protocol, self.proxy.clients)
+        self.assertIs(self.proxy.clients[self.client.protocol.id], self.client.protocol)
 
     def test_login_byte_by_byte(self) -> None:
         """The login response may arrive one byte per read."""
@@ -650,7 +650,7 @@ class RoundTripTests(LoggedIn):
         self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
         self.assertTrue(conn.broken)
         self.assertEqual(self.pool.size(), 0)
-        self.assertNotIn(self.client.protocol, self.proxy.clients)
+        self.assertNotIn(self.client.protocol.id, self.proxy.clients)
 
 
 class SharingTests(LoggedIn):

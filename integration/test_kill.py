@@ -1,0 +1,93 @@
+"""KILL through pyproxy: connection ids are pyproxy's own, so KILL is translated, never forwarded."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pymysql
+import pytest
+
+
+def test_kill_query_stops_the_other_sessions_statement(make_proxy) -> None:
+    """KILL QUERY <id> with the id the victim's driver reports stops its running statement;
+    the victim's session goes on."""
+    proxy = make_proxy()
+    victim = proxy.connect()
+    killer = proxy.connect()
+    outcome: list[object] = []
+
+    def sleep() -> None:
+        try:
+            with victim.cursor() as cur:
+                cur.execute("SELECT SLEEP(20)")
+                outcome.append(cur.fetchone()[0])
+        except pymysql.MySQLError as exc:
+            outcome.append(exc.args[0])
+
+    thread = threading.Thread(target=sleep)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.5)
+    with killer.cursor() as cur:
+        cur.execute(f"KILL QUERY {victim.thread_id()}")
+    thread.join(timeout=15)
+    assert time.monotonic() - started < 10
+    # MariaDB answers a killed SLEEP() with 1 (interrupted) or error 1317.
+    assert outcome in ([1], [1317])
+    with victim.cursor() as cur:
+        cur.execute("SELECT 5")
+        assert cur.fetchone()[0] == 5
+    victim.close()
+    killer.close()
+
+
+def test_kill_connection_closes_the_other_client(make_proxy) -> None:
+    """KILL <id> closes that client's connection to pyproxy; the killer carries on."""
+    proxy = make_proxy()
+    victim = proxy.connect()
+    killer = proxy.connect()
+    with killer.cursor() as cur:
+        cur.execute(f"KILL {victim.thread_id()}")
+        cur.execute("SELECT 1")
+        assert cur.fetchone()[0] == 1
+    time.sleep(0.2)
+    with pytest.raises(pymysql.MySQLError):
+        with victim.cursor() as cur:
+            cur.execute("SELECT 1")
+    killer.close()
+
+
+def test_kill_unknown_id_never_reaches_the_server(make_proxy, db_server) -> None:
+    """An id that is no pyproxy client gets 1094, even if a server thread has that number."""
+    proxy = make_proxy()
+    client = proxy.connect()
+    with client.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        backend_thread = cur.fetchone()[0]
+    other = proxy.connect()
+    with other.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as info:
+            cur.execute(f"KILL {backend_thread + 100000}")
+        assert info.value.args[0] == 1094
+    with client.cursor() as cur:
+        cur.execute("SELECT 2")
+        assert cur.fetchone()[0] == 2
+    client.close()
+    other.close()
+
+
+def test_kill_needs_the_same_user(make_proxy) -> None:
+    """A client cannot kill another user's session through pyproxy (1095)."""
+    proxy = make_proxy(users=[{"name": "other", "password": "other_pw", "database": "app"}])
+    victim = proxy.connect()
+    intruder = proxy.connect(user="other", password="other_pw")
+    with intruder.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as info:
+            cur.execute(f"KILL {victim.thread_id()}")
+        assert info.value.args[0] == 1095
+    with victim.cursor() as cur:
+        cur.execute("SELECT 3")
+        assert cur.fetchone()[0] == 3
+    victim.close()
+    intruder.close()
