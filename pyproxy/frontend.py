@@ -44,6 +44,7 @@ from pyproxy.wire.responses import (
     make_ok_tracked,
     ok_status,
     parse_ok,
+    filter_session_track,
     strip_session_track,
 )
 
@@ -58,6 +59,11 @@ REFUSED = frozenset((
 ))
 STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_FETCH,
                                 COMMAND.COM_STMT_RESET))
+
+# What a server reports to a client that asked for CLIENT_SESSION_TRACK and kept
+# the default tracking settings (MariaDB's and MySQL's defaults agree).
+CLIENT_TRACKED = frozenset(("autocommit", "character_set_client", "character_set_connection",
+                            "character_set_results", "time_zone"))
 
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
 
@@ -487,9 +493,14 @@ class FrontendProtocol(protocol.Protocol):
                         reason = session.observe_changes(ok.changes, self._sql)
                         if reason is not None:
                             self._log_pin(reason)
-                if (self._rewrite_oks and start not in terminators
-                        and (status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7)):
-                    strip.append((start, end, frame(strip_session_track(payload), data[start + 3])))
+                if start in terminators:
+                    continue
+                if self._rewrite_oks:
+                    if status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7:
+                        strip.append((start, end, frame(strip_session_track(payload), data[start + 3])))
+                elif status & c.SERVER_SESSION_STATE_CHANGED and not self.pinned:
+                    strip.append((start, end, frame(filter_session_track(payload, CLIENT_TRACKED),
+                                                    data[start + 3])))
             if strip:
                 edits = sorted(edits + strip)
         if not edits:

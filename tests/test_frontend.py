@@ -533,7 +533,11 @@ class RoundTripTests(LoggedIn):
         """USE is carried: a new backend connection gets COM_INIT_DB before the client's next command."""
         conn, server = self.first_backend(self.client, "USE mysql")
         server.send(vectors.USE_OK)
-        self.assertEqual(self.client.raw(), vectors.USE_OK)
+        # The client sees what a server with default tracking settings reports:
+        # the schema, without pyproxy's state-change entry.
+        [ok] = self.client.received()
+        changes = parse_ok(ok.payload, True).changes
+        self.assertEqual((changes.schema, changes.state_changed), ("mysql", False))
         self.assertEqual(self.pool.idle, [conn])
         self.pool.discard(conn, "test")
         self.client.query(SELECT)
@@ -545,6 +549,18 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(command.payload, make_query(SELECT))
         server2.send(vectors.SELECT_DEOF)
         self.assertEqual(self.client.raw(), vectors.SELECT_DEOF)
+
+    def test_tracked_client_sees_default_tracking_only(self) -> None:
+        """A client with CLIENT_SESSION_TRACK sees the variables a default server reports
+        (here SET NAMES' character sets), not pyproxy's state-change entries."""
+        conn, server = self.first_backend(self.client, "SET NAMES latin1")
+        server.send(vectors.SET_NAMES_OK)
+        [ok] = self.client.received()
+        changes = parse_ok(ok.payload, True).changes
+        self.assertFalse(changes.state_changed)
+        self.assertEqual(dict(changes.variables), {"character_set_client": "latin1",
+                                                   "character_set_connection": "latin1",
+                                                   "character_set_results": "latin1"})
 
     def test_client_without_session_track_gets_plain_oks(self) -> None:
         """A client that did not ask for CLIENT_SESSION_TRACK gets OKs without the tracking block."""

@@ -121,6 +121,38 @@ def strip_session_track(payload: bytes) -> bytes:
                    warnings=ok.warnings, info=ok.info, header=payload[0])
 
 
+def filter_session_track(payload: bytes, keep_variable: frozenset[str]) -> bytes:
+    """An OK for a client with CLIENT_SESSION_TRACK, showing only what a server
+    with default tracking settings would: the schema and the listed system
+    variables.  pyproxy's own tracking (every variable, state changes) is its
+    business, not the client's.
+    """
+    r = Reader(payload, 1)
+    affected = r.lenenc_int()
+    insert_id = r.lenenc_int()
+    status = r.u16()
+    warnings = r.u16()
+    info = r.lenenc_bytes() if r.remaining() else b""
+    kept = []
+    if status & SERVER_SESSION_STATE_CHANGED and r.remaining():
+        block = Reader(r.lenenc_bytes())
+        while block.remaining():
+            kind = block.u8()
+            data = block.lenenc_bytes()
+            if kind == SESSION_TRACK_SCHEMA:
+                kept.append(bytes((kind,)) + lenenc_bytes(data))
+            elif kind == SESSION_TRACK_SYSTEM_VARIABLES:
+                name = Reader(data).lenenc_bytes().decode("utf-8", "replace").lower()
+                if name in keep_variable:
+                    kept.append(bytes((kind,)) + lenenc_bytes(data))
+    head = b"".join((payload[:1], lenenc_int(affected), lenenc_int(insert_id)))
+    if not kept:
+        return b"".join((head, u16(status & ~SERVER_SESSION_STATE_CHANGED), u16(warnings),
+                         lenenc_bytes(info)))
+    return b"".join((head, u16(status), u16(warnings), lenenc_bytes(info),
+                     lenenc_bytes(b"".join(kept))))
+
+
 def parse_err(payload: bytes) -> ERR:
     r = Reader(payload, 1)
     code = r.u16()
