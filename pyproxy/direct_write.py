@@ -14,7 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def write_now(transport: Any, data: bytes) -> bool:
+    """Returns True when the kernel took all of ``data``; False when some of it
+    waits in the transport's buffer (the reader is slow, or this is not a
+    plain TCP transport)."""
     sock = getattr(transport, "socket", None)
     if (sock is not None and not transport.dataBuffer and not transport._tempDataBuffer
             and transport.connected and not transport.disconnecting):
@@ -24,8 +27,9 @@ def write_now(transport: Any, data: bytes) -> None:
             sent = 0
         except OSError:
             transport.write(data)  # let Twisted notice and report the broken connection
-            return
+            return False
         if sent == len(data):
-            return
+            return True
         data = data[sent:]
     transport.write(data)
+    return False

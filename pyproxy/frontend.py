@@ -98,6 +98,7 @@ class FrontendProtocol(protocol.Protocol):
         self._borrowing: defer.Deferred[BackendConnection] | None = None
         self._pool: Any = None
         self._kill_pending = False
+        self._throttling = False
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -467,12 +468,30 @@ class FrontendProtocol(protocol.Protocol):
             data = bytes(data)
         if data:
             self._forwarded = True
-            write_now(self.transport, data)
+            if not write_now(self.transport, data) and not self._throttling:
+                self._throttle()
         state = tracker.state
         if state == DONE:
             self._reply_done(tracker)
         elif state == INFILE:
             self._infile = True
+
+    def _throttle(self) -> None:
+        """The client reads slower than the server sends: from now until the end of
+        this reply, Twisted pauses reading from the backend whenever the bytes
+        waiting for the client pass the transport's buffer size."""
+        conn = self.backend
+        if conn is None or conn.transport is None or self.transport.producer is not None:
+            return
+        self._throttling = True
+        self.transport.registerProducer(conn.transport, True)
+
+    def _end_throttle(self) -> None:
+        self._throttling = False
+        self.transport.unregisterProducer()
+        conn = self.backend
+        if conn is not None and conn.transport is not None:
+            conn.transport.resumeProducing()
 
     def _observe_oks(self, data: bytes, tracker: ResponseTracker) -> bytes:
         """Reads tracked session changes from OK packets, and gives the client the
@@ -538,6 +557,8 @@ class FrontendProtocol(protocol.Protocol):
         self._finish_command()
 
     def _finish_command(self) -> None:
+        if self._throttling:
+            self._end_throttle()
         self._command = None
         self._sql = None
         self._busy = False
@@ -605,6 +626,9 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
+        if self._throttling:
+            self._throttling = False
+            self.transport.unregisterProducer()
         conn = self.backend
         self.backend = None
         if conn is not None:
