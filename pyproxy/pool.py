@@ -214,7 +214,7 @@ class Pool:
                 conn.close("pool closed")
                 return
             conn.on_lost = self._lost
-            self.log.debug("backend_opened", backend_id=conn.id)
+            self.log.info("backend_opened", backend_id=conn.id)
             self._place(conn)
 
         def failed(failure: Failure) -> None:
