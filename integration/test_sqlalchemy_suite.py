@@ -3,8 +3,9 @@
 ``test/dialect/test_suite.py`` from SQLAlchemy's source distribution (about 1,800 tests of
 Core, reflection, types, DDL, transactions, isolation levels and so on, over ``mysql+pymysql``)
 runs twice as a subprocess: directly against ``db_server`` and through a pyproxy in front of
-it.  Both runs use the same account and start from freshly created schemas; the test passes
-when every test has the same outcome both ways.  How the suite is fetched, set up and run is
+it.  Both runs use the same account (``sqla_suite``, all privileges) and start from freshly
+created schemas (``sqla_test``, ``test_schema``, ``test_schema_2``, dropped again at the end);
+the test passes when every test has the same outcome both ways.  How the suite is fetched, set up and run is
 in ``integration/sqlalchemy_suite/suite.py``, which also runs the comparison by hand.
 
 The sdist is downloaded once with pip into ``~/.cache/pyproxy-tests``.  Without network access
@@ -58,7 +59,18 @@ def test_dialect_suite_same_through_pyproxy(
     pytest.importorskip("pymysql")
     source = _source(tmp_path)
     db_server.create_user(suite.USER, suite.PASSWORD)
+    try:
+        _compare_runs(db_server, make_proxy, source, tmp_path)
+    finally:
+        suite.reset_schemas(db_server, suite.DATABASE, create=False)
 
+
+def _compare_runs(
+    db_server: servers.DbServer,
+    make_proxy: Callable[..., servers.ProxyProcess],
+    source: Path,
+    tmp_path: Path,
+) -> None:
     suite.reset_schemas(db_server, suite.DATABASE)
     direct = suite.run_suite(
         source,
