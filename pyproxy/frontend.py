@@ -74,10 +74,20 @@ HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
 class FrontendProtocol(protocol.Protocol):
     """One application connection, from greeting to COM_QUIT."""
 
+    # Thousands of idle clients are the normal case: no per-instance __dict__.
+    __slots__ = (
+        "transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
+        "capabilities", "flavor", "session", "backend", "pinned", "_pending_login", "_busy",
+        "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
+        "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
+        "_auth_plugin",
+    )
+
     def __init__(self, proxy: Proxy) -> None:
+        self.transport: Any = None
+        self.connected = 0
         self.proxy = proxy
         self.id = next(proxy.client_ids)
-        self.log = get_logger(client_id=self.id)
         self.phase = HANDSHAKE
         self.framer = PacketFramer(proxy.config.proxy.max_packet_size)
         self.nonce = auth.new_nonce()
@@ -89,7 +99,7 @@ class FrontendProtocol(protocol.Protocol):
         self.pinned = False
         self._pending_login: Any = None
         self._busy = False
-        self._queue: deque[Packet] = deque()
+        self._queue: deque[Packet] | None = None  # commands sent ahead (pipelining), rare
         self._command: Packet | None = None
         self._sql: bytes | None = None
         self._infile = False
@@ -103,6 +113,12 @@ class FrontendProtocol(protocol.Protocol):
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
         self._auth_plugin = auth.NATIVE
+
+    @property
+    def log(self) -> Any:
+        """A logger bound to this client, made when an event is logged (a few times
+        per connection) rather than kept per connection."""
+        return get_logger(client_id=self.id, user=self.user) if self.user else get_logger(client_id=self.id)
 
     # -- connection phase ---------------------------------------------------
 
@@ -140,6 +156,8 @@ class FrontendProtocol(protocol.Protocol):
                 if self._infile:
                     self._infile_packet(packet)
                 elif self._busy:
+                    if self._queue is None:
+                        self._queue = deque()
                     self._queue.append(packet)
                 else:
                     self._dispatch(packet)
@@ -177,7 +195,6 @@ class FrontendProtocol(protocol.Protocol):
         self._translate = not self.capabilities & CLIENT.DEPRECATE_EOF
         self.user = response.username
         self._pending_login = response
-        self.log = self.log.bind(user=self.user)
         plugin = response.auth_plugin if self.capabilities & CLIENT.PLUGIN_AUTH else auth.NATIVE
         if plugin not in auth.CLIENT_PLUGINS:
             # Ask for a plugin pyproxy can check, with the same nonce.
@@ -691,7 +708,6 @@ class FrontendProtocol(protocol.Protocol):
         self.pinned = False
         old_user = self.user
         self.user = request.username
-        self.log = get_logger(client_id=self.id, user=self.user)
         self._pending_login = HandshakeResponse41(self.capabilities, 0, request.charset or 45,
                                                   request.username, request.auth_response,
                                                   request.database)

@@ -11,6 +11,7 @@ where the server reports nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -65,9 +66,13 @@ class SessionState:
     multi_statements: bool = False
 
 
+@functools.lru_cache(maxsize=256)
 def initial_state(collation_id: int, schema: str | None, autocommit: bool,
                   multi_statements: bool) -> SessionState:
-    """The state a server gives a new connection that logged in with ``collation_id``."""
+    """The state a server gives a new connection that logged in with ``collation_id``.
+
+    Cached: states are values, and most clients start from the same one.
+    """
     try:
         charset = charset_by_id(collation_id)
         name, collation = charset.name, charset.collation

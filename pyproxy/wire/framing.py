@@ -45,6 +45,9 @@ class PacketFramer:
     split point; it owns no transport.
     """
 
+    __slots__ = ("max_packet_size", "_buf", "_parts", "_raw_parts", "_parts_len", "_first_seq",
+                 "_last_seq")
+
     def __init__(self, max_packet_size: int = 1 << 30) -> None:
         self.max_packet_size = max_packet_size
         self._buf = bytearray()
