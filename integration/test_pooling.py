@@ -244,3 +244,40 @@ def test_pinned_backend_is_reset_before_reuse(make_proxy) -> None:
     second.close()
     log = proxy.log_text()
     assert "session_pinned" in log and "user variable" in log or "session state changed" in log
+
+
+def test_session_variables_carried_without_pinning(make_proxy) -> None:
+    """Clients that change sql_mode, time_zone, the isolation level, foreign_key_checks,
+    wait_timeout and the character set keep them across a pool of 2 shared by 12 clients,
+    and none of them is pinned."""
+    proxy = make_proxy(pool={"max_connections": 2, "borrow_timeout": 60})
+    isolations = ["READ-COMMITTED", "REPEATABLE-READ", "SERIALIZABLE", "READ-UNCOMMITTED"]
+    failures: list[str] = []
+
+    def client(i: int) -> None:
+        conn = proxy.connect(autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                zone = f"+0{i % 10}:00"
+                mode = "ANSI_QUOTES" if i % 2 else "NO_ZERO_DATE"
+                isolation = isolations[i % 4]
+                cur.execute("SET SESSION sql_mode = %s, time_zone = %s", (mode, zone))
+                cur.execute(f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation.replace('-', ' ')}")
+                cur.execute("SET foreign_key_checks = %s, wait_timeout = %s", (i % 2, 100 + i))
+                cur.execute("SET NAMES latin1" if i % 3 == 0 else "SET NAMES utf8mb4")
+                for _ in range(5):
+                    cur.execute("SELECT @@sql_mode, @@time_zone, @@tx_isolation, @@foreign_key_checks, "
+                                "@@wait_timeout, @@character_set_client")
+                    got = tuple(cur.fetchone())
+                    want = (mode, zone, isolation, i % 2, 100 + i, "latin1" if i % 3 == 0 else "utf8mb4")
+                    if got != want:
+                        failures.append(f"client {i}: {got} != {want}")
+                    time.sleep(random.random() / 100)
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        for future in [pool.submit(client, i) for i in range(36)]:
+            future.result(timeout=120)
+    assert failures == []
+    assert "session_pinned" not in proxy.log_text()

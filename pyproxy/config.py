@@ -80,6 +80,21 @@ class HealthConfig:
     interval: float = attrs.field(default=10.0, validator=_positive((int, float)))
 
 
+def _names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(item, str) for item in value):
+        raise ConfigError(f"must be a list of names, got {value!r}")
+    return tuple(item.lower() for item in value)
+
+
+@attrs.frozen
+class SessionConfig:
+    # Session variables whose SET neither pins nor is carried (like RDS Proxy's
+    # session pinning filters): the value stays on whichever backend
+    # connection ran the SET and may be seen by the next client to borrow it.
+    ignore_variables: tuple[str, ...] = attrs.field(default=(), converter=_names)
+
+
 @attrs.frozen
 class LogConfig:
     level: str = attrs.field(default="info", validator=attrs.validators.in_(
@@ -100,6 +115,7 @@ class Config:
     backend: BackendConfig = BackendConfig()
     pool: PoolConfig = PoolConfig()
     health: HealthConfig = HealthConfig()
+    session: SessionConfig = SessionConfig()
     log: LogConfig = LogConfig()
     users: tuple[UserConfig, ...] = ()
 
@@ -112,7 +128,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
-    "health": HealthConfig, "log": LogConfig,
+    "health": HealthConfig, "session": SessionConfig, "log": LogConfig,
 }
 
 ENV_PREFIX = "PYPROXY_"

@@ -526,7 +526,8 @@ class FrontendProtocol(protocol.Protocol):
                 if status & c.SERVER_SESSION_STATE_CHANGED:
                     ok = parse_ok(payload, True)
                     if ok.changes is not None:
-                        reason = session.observe_changes(ok.changes, self._sql)
+                        reason = session.observe_changes(ok.changes, self._sql,
+                                                         self.proxy.ignored_variables)
                         if reason is not None:
                             self._log_pin(reason)
                 if start in terminators:
@@ -604,6 +605,7 @@ class FrontendProtocol(protocol.Protocol):
     def _log_pin(self, reason: str) -> None:
         if not self.pinned:
             self.pinned = True
+            self.proxy.pins[reason] += 1
             self.log.info("session_pinned", reason=reason,
                           backend_id=self.backend.id if self.backend else None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 from typing import Any
 
@@ -51,6 +52,12 @@ class Proxy:
     clients: dict[int, Any] = attrs.field(factory=dict)
     # Schemas known to exist, so a client naming one at login needs no round trip.
     known_schemas: set[str] = attrs.field(factory=set)
+    # Pinned sessions so far, by reason.
+    pins: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    ignored_variables: frozenset[str] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.ignored_variables = frozenset(self.config.session.ignore_variables)
 
     @property
     def capabilities(self) -> int:

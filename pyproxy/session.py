@@ -2,9 +2,10 @@
 
 A client borrows a backend connection per transaction, so pyproxy keeps the
 session state each client asked for (``SessionState``) apart from the
-connection that happens to serve it.  State that can be replayed cheaply is
-carried to whichever connection the client borrows; any other change pins
-the client to its connection, always with a reason.  What changed is read
+connection that happens to serve it.  Session variables, the schema and the
+multi-statements option are carried to whichever connection the client
+borrows, replayed with one combined SET; any other change pins the client
+to its connection, always with a reason.  What changed is read
 from the server's own session-state tracking; SQL text is consulted only
 where the server reports nothing.
 """
@@ -30,12 +31,19 @@ CHARSET_VARIABLES = ("character_set_client", "character_set_results",
                      "character_set_connection", "collation_connection")
 CARRIED_VARIABLES = frozenset(("autocommit",) + CHARSET_VARIABLES)
 
-# Variables whose tracked changes only pyproxy causes (it turns tracking on),
-# or that the server reports as a side effect of a carried change.
-IGNORED_VARIABLES = frozenset((
+# Variables the server reports as a side effect of a carried change (USE).
+IGNORED_VARIABLES = frozenset(("character_set_database", "collation_database"))
+
+# Session variables that cannot be carried to another connection by a SET:
+# they steer pyproxy's own tracking, or hold one-shot values for the next
+# statement (insert ids, random seeds) whose meaning is the connection's.
+UNCARRIED_VARIABLES = frozenset((
     "session_track_schema", "session_track_state_change", "session_track_system_variables",
-    "session_track_transaction_info", "character_set_database", "collation_database",
+    "session_track_transaction_info", "session_track_gtids", "insert_id", "last_insert_id",
+    "identity", "rand_seed1", "rand_seed2", "pseudo_thread_id", "pseudo_slave_mode",
+    "gtid_next", "gtid_domain_id", "gtid_seq_no", "server_id", "skip_replication",
 ))
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 
 # Statements whose effect the server's tracking does not report, in one
 # pattern so that ordinary statements cost a single search.  SET TRANSACTION
@@ -64,6 +72,10 @@ class SessionState:
     # is what SET NAMES gives and what the server does not report by name.
     collation_connection: str | None = "utf8mb4_general_ci"
     multi_statements: bool = False
+    # Every other session variable the client changed, as (name, value) in name
+    # order, values as the server reports them: sql_mode, time_zone, the
+    # isolation level, foreign_key_checks, wait_timeout...
+    variables: tuple[tuple[str, str], ...] = ()
 
 
 @functools.lru_cache(maxsize=256)
@@ -83,6 +95,18 @@ def initial_state(collation_id: int, schema: str | None, autocommit: bool,
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _literal(value: str) -> str:
+    """A reported value as SQL: numeric variables refuse quoted numbers."""
+    return value if _NUMBER.match(value) else _quote(value)
+
+
+def _with_variable(variables: tuple[tuple[str, str], ...], name: str,
+                   value: str) -> tuple[tuple[str, str], ...]:
+    changed = dict(variables)
+    changed[name] = value
+    return tuple(sorted(changed.items()))
 
 
 def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
@@ -118,6 +142,16 @@ def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
             assignments.append(f"collation_connection={_quote(collation)}")
     elif collation != actual.collation_connection:
         assignments.append(f"collation_connection={_quote(collation)}")
+    if desired.variables != actual.variables:
+        have = dict(actual.variables)
+        want = dict(desired.variables)
+        for name, value in desired.variables:
+            if have.get(name) != value:
+                assignments.append(f"{name}={_literal(value)}")
+        for name in have:
+            if name not in want:
+                # Back to what a new session gets: the global value.
+                assignments.append(f"{name}=DEFAULT")
     if assignments:
         commands.append(make_query("SET SESSION " + ", ".join(assignments)))
     return commands
@@ -175,14 +209,22 @@ class ClientSession:
         """Applies one OK packet's tracked changes; returns a pin reason, if any."""
         updates: dict[str, object] = {}
         reason = None
+        variables = self.state.variables
         for name, value in changes.variables:
             if name in CARRIED_VARIABLES:
                 if name == "autocommit":
                     updates[name] = value.upper() in ("ON", "1")
                 else:
                     updates[name] = value
-            elif name not in IGNORED_VARIABLES and name not in ignore and reason is None:
-                reason = f"system variable {name} changed"
+            elif name in IGNORED_VARIABLES or name in ignore:
+                continue
+            elif name in UNCARRIED_VARIABLES:
+                if reason is None:
+                    reason = f"system variable {name} changed"
+            else:
+                variables = _with_variable(variables, name, value)
+        if variables is not self.state.variables:
+            updates["variables"] = variables
         if "character_set_connection" in updates and "collation_connection" not in updates:
             # SET NAMES reports the character sets but not the collation.
             match = _COLLATE.search(sql) if sql is not None else None

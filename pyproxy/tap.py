@@ -165,6 +165,8 @@ class ProxyService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        if self.proxy.pins:
+            self.log.info("pin_summary", pins=dict(self.proxy.pins))
         self.health.stop()
         self.proxy.close()
         if self.port is not None:

@@ -152,3 +152,13 @@ def test_min_idle_must_be_a_whole_number() -> None:
     """min_idle counts connections, so a fractional value is refused by key."""
     with pytest.raises(ConfigError, match="pool.min_idle"):
         build({"pool": {"min_idle": 1.5}})
+
+
+def test_session_ignore_variables() -> None:
+    """[session] ignore_variables takes a list of names (lower-cased); anything else is
+    refused with one line naming the key."""
+    config = build({"session": {"ignore_variables": ["Insert_ID", "rand_seed1"]},
+                    "users": [{"name": "app"}]})
+    assert config.session.ignore_variables == ("insert_id", "rand_seed1")
+    with pytest.raises(ConfigError, match=r"session\.ignore_variables: must be a list of names"):
+        build({"session": {"ignore_variables": "insert_id"}})

@@ -165,10 +165,12 @@ def test_autocommit_is_carried() -> None:
     assert s.pin_reason is None
 
 
-def test_tracking_variables_are_ignored() -> None:
-    """pyproxy's own tracking SET (captured) is not a client change."""
+def test_tracking_variables_set_by_a_client_pin() -> None:
+    """The tracking variables steer pyproxy's own view of the session: a client that
+    changes them (captured: pyproxy's tracking SET) is pinned, and nothing is carried."""
     s = session()
-    assert s.observe_changes(changes_of(vectors.TRACKING_OK), None) is None
+    reason = s.observe_changes(changes_of(vectors.TRACKING_OK), None)
+    assert reason is not None and "session_track" in reason
     assert s.state == FRESH
 
 
@@ -203,12 +205,32 @@ def test_system_variable_at_at_is_not_a_user_variable() -> None:
     assert s.observe_changes(changes_of(vectors.AUTOCOMMIT_OFF_OK), b"SET @@autocommit=0") is None
 
 
-def test_other_system_variable_pins() -> None:
-    """A variable pyproxy does not carry pins, naming it."""
+def test_session_variables_are_carried() -> None:
+    """sql_mode, time_zone and the like are carried, not pinned, and replayed in one SET."""
     s = session()
-    changes = SessionChanges(variables=(("sql_mode", "ANSI"),), state_changed=True)
-    assert s.observe_changes(changes, b"SET sql_mode='ANSI'") == "system variable sql_mode changed"
-    assert session().observe_changes(changes, None, ignore=frozenset({"sql_mode"})) is None
+    changes = SessionChanges(variables=(("sql_mode", "ANSI"), ("time_zone", "+02:00")),
+                             state_changed=True)
+    assert s.observe_changes(changes, b"SET sql_mode='ANSI', time_zone='+02:00'") is None
+    assert s.state.variables == (("sql_mode", "ANSI"), ("time_zone", "+02:00"))
+    assert not s.keeps_backend()
+    assert reconcile(s.state, FRESH) == [make_query("SET SESSION sql_mode='ANSI', time_zone='+02:00'")]
+    assert reconcile(FRESH, s.state) == [make_query("SET SESSION sql_mode=DEFAULT, time_zone=DEFAULT")]
+
+
+def test_numeric_variables_are_replayed_unquoted() -> None:
+    """Numeric session variables refuse quoted values, so numbers are written bare."""
+    desired = attrs.evolve(FRESH, variables=(("wait_timeout", "30"),))
+    assert reconcile(desired, FRESH) == [make_query("SET SESSION wait_timeout=30")]
+
+
+def test_uncarried_variable_pins() -> None:
+    """A variable that cannot be carried (a one-shot insert id) pins, naming it; the
+    configured ignore list is honoured."""
+    changes = SessionChanges(variables=(("insert_id", "42"),), state_changed=True)
+    assert session().observe_changes(changes, b"SET insert_id=42") == "system variable insert_id changed"
+    s = session()
+    assert s.observe_changes(changes, None, ignore=frozenset({"insert_id"})) is None
+    assert s.state == FRESH
 
 
 def test_lock_tables_from_transaction_state() -> None:
