@@ -22,6 +22,7 @@ from pyproxy import auth
 from pyproxy.direct_write import write_now
 from pyproxy.logs import get_logger
 from pyproxy.session import ClientSession, SessionState, initial_state
+from pyproxy.statements import BackendStatement, StatementCache
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import Reply, make_query
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
@@ -93,6 +94,8 @@ class Target:
     database: str | None = None
     charset: int = 45
     connect_timeout: float = 10.0
+    # Prepared statements kept per connection (least recently used closed first).
+    statement_cache: int = 256
 
 
 class ReplySink(TypingProtocol):
@@ -128,7 +131,11 @@ class BackendConnection(protocol.Protocol):
         self._seq = 0
         self._sink: ReplySink | None = None
         self._carry = b""
-        self._pending: list[tuple[defer.Deferred[bytes], bool]] = []
+        # Commands pyproxy sent itself, oldest first: (Deferred, packets of the
+        # reply still to come after the first; -1 while the first is awaited).
+        self._pending: list[list[Any]] = []
+        self.statements = StatementCache(target.statement_cache)
+        self._pending_result: Any = None
         self._timeout: Any = None
 
     # -- connection phase ---------------------------------------------------
@@ -228,7 +235,7 @@ class BackendConnection(protocol.Protocol):
 
     # -- commands pyproxy runs itself ---------------------------------------
 
-    def execute(self, command: bytes, *, expect_ok: bool = True) -> defer.Deferred[bytes]:
+    def execute(self, command: bytes) -> defer.Deferred[bytes]:
         """Sends a command whose reply is one OK/EOF/ERR packet; fires with its payload.
 
         Several may be pipelined: the server answers them in order.  ERR
@@ -237,23 +244,69 @@ class BackendConnection(protocol.Protocol):
         if self.broken or self.transport is None:
             return defer.fail(lost_connection("connection closed"))
         d: defer.Deferred[bytes] = defer.Deferred()
-        self._pending.append((d, expect_ok))
+        self._pending.append([d, -1, None])
         self._mode = "internal"
         self.transport.write(frame(command, 0))
         return d
 
+    def prepare(self, sql: bytes) -> defer.Deferred[BackendStatement]:
+        """Prepares ``sql`` on this connection for a client statement that has not
+        been prepared here yet; the definitions in the reply are skipped."""
+        if self.broken or self.transport is None:
+            return defer.fail(lost_connection("connection closed"))
+        d: defer.Deferred[BackendStatement] = defer.Deferred()
+        self._pending.append([d, -1, sql])
+        self._mode = "internal"
+        self.transport.write(frame(bytes((COMMAND.COM_STMT_PREPARE,)) + sql, 0))
+        return d
+
+    def close_statements(self, ids: list[int]) -> None:
+        """COM_STMT_CLOSE has no reply, so these go out between commands at no cost."""
+        if ids and self.transport is not None and not self.broken:
+            self.transport.write(b"".join(frame(bytes((COMMAND.COM_STMT_CLOSE,)) + i.to_bytes(4, "little"), 0)
+                                          for i in ids))
+
     def _internal_packet(self, payload: bytes) -> None:
-        d, _ = self._pending.pop(0)
-        if not self._pending:
-            self._mode = "idle"
+        entry = self._pending[0]
+        d, left, sql = entry
+        if left > 0:
+            # A definition packet of an internal COM_STMT_PREPARE.
+            entry[1] = left - 1
+            if entry[1] == 0:
+                self._internal_done()
+                d.callback(self._pending_result)
+            return
         if payload[:1] == b"\xff":
+            self._internal_done()
             d.errback(BackendError.from_err(parse_err(payload)))
             return
+        if sql is not None:
+            statement = BackendStatement(int.from_bytes(payload[1:5], "little"),
+                                         int.from_bytes(payload[7:9], "little"),
+                                         int.from_bytes(payload[5:7], "little"))
+            self.close_statements(self.statements.add(sql, statement))
+            deof = bool(self.capabilities & CLIENT.DEPRECATE_EOF)
+            left = statement.params + statement.columns
+            if not deof:
+                left += bool(statement.params) + bool(statement.columns)
+            if left:
+                entry[1] = left
+                self._pending_result = statement
+                return
+            self._internal_done()
+            d.callback(statement)
+            return
+        self._internal_done()
         if payload[:1] == b"\x00":
             ok = parse_ok(payload, True)
             if ok.changes is not None:
                 self._apply_tracked(ok)
         d.callback(payload)
+
+    def _internal_done(self) -> None:
+        self._pending.pop(0)
+        if not self._pending:
+            self._mode = "idle"
 
     def _apply_tracked(self, ok: Any) -> None:
         """Keeps ``state`` true to what the server reports after pyproxy's own commands."""
@@ -270,6 +323,7 @@ class BackendConnection(protocol.Protocol):
         d = self.execute(bytes((COM_RESET_CONNECTION,)))
 
         def after_reset(_: bytes) -> defer.Deferred[bytes]:
+            self.statements.clear()
             # The reset keeps the schema and the COM_SET_OPTION setting.
             self.state = initial_state(self.target.charset, self.state.schema,
                                        self._server_autocommit(), self.state.multi_statements)
@@ -284,6 +338,7 @@ class BackendConnection(protocol.Protocol):
         if self.broken or self.transport is None:
             return defer.fail(lost_connection("connection closed"))
         self.ready = defer.Deferred()
+        self.statements.clear()
         self._mode = "auth"
         self._seq = 0
         nonce = self.handshake.auth_data if self.handshake else self._nonce
@@ -382,7 +437,7 @@ class BackendConnection(protocol.Protocol):
 
     def _error_out(self, exc: BackendError) -> None:
         pending, self._pending = self._pending, []
-        for d, _ in pending:
+        for d, _, _ in pending:
             d.errback(exc)
         if not self.ready.called:
             self.ready.errback(exc)

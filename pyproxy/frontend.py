@@ -22,8 +22,9 @@ from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_c
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
 from pyproxy.session import ClientSession, initial_state, needs_reset, reconcile
+from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
-from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query
+from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, statement_id
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
 from pyproxy.wire.handshake import (
@@ -57,8 +58,11 @@ REFUSED = frozenset((
     COMMAND.COM_CONNECT_OUT, COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_DAEMON,
     COMMAND.COM_BINLOG_DUMP_GTID,
 ))
-STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_FETCH,
-                                COMMAND.COM_STMT_RESET))
+STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECUTE,
+                                COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_RESET,
+                                COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA))
+ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
+ER_WRONG_ARGUMENTS = (1210, "HY000")
 
 # What a server reports to a client that asked for CLIENT_SESSION_TRACK and kept
 # the default tracking settings (MariaDB's and MySQL's defaults agree).
@@ -80,7 +84,8 @@ class FrontendProtocol(protocol.Protocol):
         "capabilities", "flavor", "session", "backend", "pinned", "_pending_login", "_busy",
         "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
-        "_auth_plugin",
+        "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
+        "_cursor_backend_id",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -109,6 +114,12 @@ class FrontendProtocol(protocol.Protocol):
         self._pool: Any = None
         self._kill_pending = False
         self._throttling = False
+        # Prepared statements by the ids pyproxy gave the client; made on first use.
+        self._statements: dict[int, ClientStatement] | None = None
+        self._next_statement = 1
+        self._preparing = 0
+        self._cursor: ClientStatement | None = None
+        self._cursor_backend_id = 0
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -280,15 +291,11 @@ class FrontendProtocol(protocol.Protocol):
         command = payload[0]
         self._command = packet
         reply = REPLIES.get(command)
+        if command in STATEMENT_COMMANDS:
+            self._statement_command(packet, command)
+            return
         if reply is not None and command not in (COMMAND.COM_PING, COMMAND.COM_SET_OPTION,
                                                  COM_RESET_CONNECTION, COMMAND.COM_CHANGE_USER):
-            if command in STATEMENT_COMMANDS and self.backend is None:
-                self._reply_error(c.ER_UNKNOWN_STMT_HANDLER, "Unknown prepared statement handler "
-                                  f"given to {command_name(command)}")
-                return
-            if reply == Reply.NONE and self.backend is None:
-                self._command = None  # closing or feeding an unknown statement: nothing to do
-                return
             if command == COMMAND.COM_QUERY:
                 self._sql = payload[1:]
                 head = payload[1:2]
@@ -317,6 +324,114 @@ class FrontendProtocol(protocol.Protocol):
         elif command in REFUSED or command not in REPLIES:
             self._reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
                               "(not supported by pyproxy)")
+
+    # -- prepared statements --------------------------------------------------
+
+    def _statement_command(self, packet: Packet, command: int) -> None:
+        """The COM_STMT_* commands, on statement ids that are pyproxy's own
+        (see pyproxy.statements): a statement runs on whichever backend
+        connection the client borrows, prepared there when first needed."""
+        payload = packet.payload
+        self._sql = None
+        if command == COMMAND.COM_STMT_PREPARE:
+            self._busy = True
+            self._acquire(self._start)
+            return
+        try:
+            number = statement_id(payload)
+        except ValueError:
+            number = -1
+        statement = self._statements.get(number) if self._statements else None
+        if statement is None:
+            if command in (COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA):
+                self._command = None  # no reply, as from a server
+            else:
+                self._reply_error(c.ER_UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler "
+                                  f"({number}) given to {command_name(command)}")
+            return
+        if command == COMMAND.COM_STMT_CLOSE:
+            del self._statements[number]
+            self._command = None
+        elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
+            if statement.long_data is None:
+                statement.long_data = []
+            statement.long_data.append(payload[5:])
+            self._command = None
+        elif command == COMMAND.COM_STMT_EXECUTE:
+            try:
+                types = execute_types(payload, statement.params)
+            except ValueError:
+                self._reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
+                return
+            if types is not None:
+                statement.types = types
+            self._busy = True
+            self._acquire(lambda: self._execute(statement, packet))
+        elif statement is self._cursor and self.backend is not None:
+            # FETCH and RESET of the statement whose cursor is open on the pinned connection.
+            self._busy = True
+            self._run_rewritten(packet, self._cursor_backend_id)
+        elif command == COMMAND.COM_STMT_RESET:
+            statement.long_data = None
+            self._reply(self._ok_payload())
+        else:
+            self._reply_error(ER_STMT_HAS_NO_OPEN_CURSOR,
+                              f"The statement ({number}) has no open cursor.")
+
+    def _execute(self, statement: ClientStatement, packet: Packet) -> None:
+        conn = self.backend
+        cached = conn.statements.get(statement.sql)
+        if cached is not None:
+            self._execute_on(statement, packet, cached)
+            return
+
+        def failed(failure: Failure) -> None:
+            if self.phase != CLOSED:
+                self._command_failed(failure.value)
+
+        conn.prepare(statement.sql).addCallbacks(
+            lambda prepared: self._execute_on(statement, packet, prepared), failed)
+
+    def _execute_on(self, statement: ClientStatement, packet: Packet, prepared: BackendStatement) -> None:
+        if self.phase == CLOSED:
+            return
+        if prepared.params != statement.params:
+            # The table changed under the statement: its parameters are not the
+            # ones the client binds.
+            self._command_failed(BackendError(*ER_WRONG_ARGUMENTS, "Incorrect arguments to "
+                                              "mysqld_stmt_execute (the statement changed; prepare it again)"))
+            return
+        conn = self.backend
+        types = statement.types if prepared.types != statement.types else None
+        if statement.types is not None:
+            prepared.types = statement.types
+        if statement.long_data:
+            header = bytes((COMMAND.COM_STMT_SEND_LONG_DATA,)) + prepared.id.to_bytes(4, "little")
+            conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
+        statement.long_data = None
+        payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
+        if len(payload) > 5 and payload[5] & 0x07:
+            # The cursor lives on this connection until the client closes it.
+            self._cursor = statement
+            self._cursor_backend_id = prepared.id
+            self._pin("cursor opened by COM_STMT_EXECUTE")
+        self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
+        self._start()
+
+    def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
+        payload = packet.payload[:1] + backend_id.to_bytes(4, "little") + packet.payload[5:]
+        self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
+        self._acquire(self._start)
+
+    def _prepared(self, tracker: ResponseTracker) -> None:
+        """A COM_STMT_PREPARE succeeded: the client's statement, and the backend's copy."""
+        backend_id, columns, params = tracker.prepared
+        sql = self._command.payload[1:]
+        if self._statements is None:
+            self._statements = {}
+        self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns)
+        conn = self.backend
+        conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
 
     def _kill(self, packet: Packet) -> bool:
         """KILL [QUERY|CONNECTION] n names a pyproxy connection id, which the server
@@ -477,6 +592,13 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
         """Bytes of the reply, already settled by the tracker: forward them."""
+        if tracker.prepare_ok_at >= 0:
+            # The client sees pyproxy's statement id, not this connection's.
+            at = tracker.prepare_ok_at + 5
+            tracker.prepare_ok_at = -1
+            self._preparing = self._next_statement
+            self._next_statement += 1
+            data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
         oks = tracker.oks
         if tracker.edits or oks and (tracker.changed or self._rewrite_oks
                                      and len(oks) > len(tracker.terminators)):
@@ -568,8 +690,8 @@ class FrontendProtocol(protocol.Protocol):
             reason = session.observe_query(self._sql, bool(tracker.error))
             if reason is not None:
                 self._log_pin(reason)
-        if command == COMMAND.COM_STMT_PREPARE and not tracker.error:
-            self._pin("prepared statement")
+        if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
+            self._prepared(tracker)
         if self.backend is not None:
             self.backend.state = session.state
         self._finish_command()
@@ -680,6 +802,8 @@ class FrontendProtocol(protocol.Protocol):
         state = self.session.state
         self.session = ClientSession(initial_state(self._login_charset, state.schema,
                                                    self.proxy.server.autocommit, state.multi_statements))
+        self._statements = None  # the server closes them on reset
+        self._cursor = None
         self._detach_backend()
         self.pinned = False
         self._reply(self._ok_payload())
@@ -708,6 +832,8 @@ class FrontendProtocol(protocol.Protocol):
             return
         self._detach_backend()
         self.pinned = False
+        self._statements = None
+        self._cursor = None
         old_user = self.user
         self.user = request.username
         self._pending_login = HandshakeResponse41(self.capabilities, 0, request.charset or 45,

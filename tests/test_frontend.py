@@ -412,6 +412,12 @@ class CommandTests(LoggedIn):
 
 
 
+EXECUTE_BOUND = (b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x08\x00\x08\x00"
+                 + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"))
+EXECUTE_UNBOUND = (b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00"
+                   + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"))
+
+
 class RoundTripTests(LoggedIn):
     def test_select_round_trip(self) -> None:
         """A SELECT is relayed through a borrowed backend byte for byte, and the backend goes back."""
@@ -440,22 +446,63 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.backends.waiting, [])
 
     def test_prepare_execute_round_trip(self) -> None:
-        """A prepared statement pins the session; EXECUTE then runs on the same connection."""
+        """A prepared statement pins nothing: the connection goes back after PREPARE, and
+        EXECUTE borrows it again with the statement already prepared there."""
         self.client.send(b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
         conn, server = self.backends.open()
         server.received()
         server.send(vectors.PREPARE_DEOF)
         self.assertEqual(self.client.raw(), vectors.PREPARE_DEOF)
-        self.assertIs(self.client.protocol.backend, conn)
-        self.assertTrue(self.client.protocol.pinned)
-        execute = (b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x08\x00\x08\x00"
-                   + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"))
-        self.client.send(execute)
+        self.assertFalse(self.client.protocol.pinned)
+        self.assertEqual(self.pool.idle, [conn])
+        self.client.send(EXECUTE_BOUND)
         [sent] = server.received()
-        self.assertEqual(sent.payload, execute)
+        self.assertEqual(sent.payload, EXECUTE_BOUND)
         server.send(vectors.EXECUTE_DEOF, pieces=len(vectors.EXECUTE_DEOF))
         self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
-        self.assertIs(self.client.protocol.backend, conn)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_execute_on_another_connection_prepares_there(self) -> None:
+        """When the connection that prepared a statement is busy, EXECUTE runs on another
+        one: pyproxy prepares the statement there first, rewrites the statement id, and
+        adds the parameter types the client sent only with its first execute."""
+        sql = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
+        self.client.send(b"\x16" + sql)
+        conn, server = self.backends.open()
+        server.received()
+        server.send(vectors.PREPARE_DEOF)
+        self.client.raw()
+        self.client.send(EXECUTE_BOUND)
+        server.received()
+        server.send(vectors.EXECUTE_DEOF)
+        self.client.raw()
+        # Another client holds the first connection in a transaction.
+        other = self.connect()
+        other.query("BEGIN")
+        [begin] = server.received()
+        server.send(vectors.BEGIN_OK)
+        other.raw()
+        self.assertEqual(self.pool.lent, {conn})
+        # The first client's second execute binds no types (flag 0).
+        self.client.send(EXECUTE_UNBOUND)
+        conn2, server2 = self.backends.open()
+        [prepare] = server2.received()
+        self.assertEqual(prepare.payload, b"\x16" + sql)
+        reply = bytearray(vectors.PREPARE_DEOF)
+        reply[5:9] = (7).to_bytes(4, "little")  # this connection calls it statement 7
+        server2.send(bytes(reply))
+        [execute] = server2.received()
+        self.assertEqual(execute.payload, b"\x17\x07\x00\x00\x00" + EXECUTE_BOUND[5:])
+        server2.send(vectors.EXECUTE_DEOF)
+        self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
+        self.assertFalse(self.client.protocol.pinned)
+
+    def test_unknown_statement_id(self) -> None:
+        """EXECUTE of an id the client never prepared gets 1243 without borrowing anything."""
+        self.client.send(EXECUTE_BOUND)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 1243, "HY000"))
+        self.assertEqual(self.backends.waiting, [])
 
     def test_prepare_reply_split_in_last_definition(self) -> None:
         """A prepare reply cut inside its last column definition still reaches the client whole."""

@@ -81,7 +81,7 @@ class TranslationTests(LoggedIn):
         server = self.backend_for(prepare)
         server.send(vectors.PREPARE_DEOF)
         self.assertEqual(packets(self.client.raw()), packets(vectors.PREPARE_EOF))
-        self.assertTrue(self.client.protocol.pinned)
+        self.assertFalse(self.client.protocol.pinned)
         statement = (1).to_bytes(4, "little")
         params = b"\x00\x01" + b"\x08\x00" * 2 + (7).to_bytes(8, "little") + (1).to_bytes(8, "little")
         commands = {

@@ -66,7 +66,7 @@ class ResponseTracker:
 
     __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
                  "warnings", "affected", "insert_id", "translate", "terminators", "edits",
-                 "changed", "_metadata_status",
+                 "changed", "_metadata_status", "prepare_ok_at",
                  "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns",
                  "_shift", "_cursor")
 
@@ -91,6 +91,8 @@ class ResponseTracker:
         self._cursor = False
         self.untracked_change = False
         self.prepared: tuple[int, int, int] | None = None
+        # Offset of the prepare-OK packet in the buffer last scanned, -1 if not there.
+        self.prepare_ok_at = -1
         self._left = 0
         self._skip = 0
         self._continued = False
@@ -308,6 +310,7 @@ class ResponseTracker:
             if state == FIRST:
                 if first == 0x00:
                     if self._reply == Reply.PREPARE:
+                        self.prepare_ok_at = start - 4
                         self._prepare_ok(payload)
                         return
                     self.oks.append((start - 4, end))

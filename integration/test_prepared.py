@@ -1,0 +1,131 @@
+"""Server-side prepared statements shared across backend connections, with real drivers."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import mysql.connector
+import pytest
+
+from integration import servers
+
+
+def connector(proxy: servers.ProxyProcess, **kw):
+    return mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app_pw",
+                                   database="app", use_pure=True, autocommit=True, **kw)
+
+
+def pins(proxy: servers.ProxyProcess) -> list[str]:
+    return [line for line in proxy.log_text().splitlines() if "session_pinned" in line]
+
+
+def test_prepared_cursors_share_a_small_pool(make_proxy) -> None:
+    """36 clients with prepared cursors interleave on 2 backend connections: every result
+    is right and no session is pinned."""
+    proxy = make_proxy(pool={"max_connections": 2, "borrow_timeout": 60})
+    setup = connector(proxy)
+    cur = setup.cursor()
+    cur.execute("CREATE TABLE IF NOT EXISTS ps_share (id INT PRIMARY KEY, v VARCHAR(20))")
+    cur.execute("DELETE FROM ps_share")
+    cur.executemany("INSERT INTO ps_share VALUES (%s, %s)", [(i, f"v{i}") for i in range(100)])
+    setup.close()
+    failures: list[str] = []
+
+    def client(i: int) -> None:
+        conn = connector(proxy)
+        try:
+            cur = conn.cursor(prepared=True)
+            for j in range(10):
+                key = (i * 7 + j) % 100
+                cur.execute("SELECT v, ? FROM ps_share WHERE id = ?", (f"c{i}", key))
+                row = cur.fetchall()
+                if row != [(f"v{key}", f"c{i}")]:
+                    failures.append(f"client {i}: {row}")
+            cur.execute("SELECT COUNT(*) FROM ps_share WHERE id < ?", (i,))
+            if cur.fetchall() != [(min(i, 100),)]:
+                failures.append(f"client {i}: count")
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        for future in [pool.submit(client, i) for i in range(36)]:
+            future.result(timeout=120)
+    assert failures == []
+    assert pins(proxy) == []
+
+
+def test_metadata_follows_the_table(make_proxy, db_server) -> None:
+    """A table re-created with other columns between two executes: the client gets the new
+    columns, exactly as directly, never a stale copy."""
+    proxy = make_proxy()
+
+    def run(conn) -> list[int]:
+        plain = conn.cursor()
+        plain.execute("DROP TABLE IF EXISTS ps_meta")
+        plain.execute("CREATE TABLE ps_meta (a INT, b INT)")
+        plain.execute("INSERT INTO ps_meta VALUES (1, 2)")
+        cur = conn.cursor(prepared=True)
+        widths = []
+        cur.execute("SELECT * FROM ps_meta WHERE a = ?", (1,))
+        cur.fetchall()
+        widths.append(len(cur.description))
+        plain.execute("DROP TABLE ps_meta")
+        plain.execute("CREATE TABLE ps_meta (a INT, b INT, c INT)")
+        plain.execute("INSERT INTO ps_meta VALUES (1, 2, 3)")
+        cur.execute("SELECT * FROM ps_meta WHERE a = ?", (1,))
+        rows = cur.fetchall()
+        widths.append(len(cur.description))
+        widths.append(len(rows[0]))
+        return widths
+
+    direct = mysql.connector.connect(host=db_server.host, port=db_server.port, user="app",
+                                     password="app_pw", database="app", use_pure=True, autocommit=True)
+    expected = run(direct)
+    direct.close()
+    through = connector(proxy)
+    assert run(through) == expected == [2, 3, 3]
+    through.close()
+
+
+def test_long_data_follows_the_execute(make_proxy) -> None:
+    """COM_STMT_SEND_LONG_DATA (a file-like parameter) is replayed on whichever connection
+    runs the execute."""
+    proxy = make_proxy(pool={"max_connections": 2})
+    conn = connector(proxy)
+    plain = conn.cursor()
+    plain.execute("CREATE TABLE IF NOT EXISTS ps_long (id INT PRIMARY KEY, data LONGBLOB)")
+    plain.execute("DELETE FROM ps_long")
+    cur = conn.cursor(prepared=True)
+    blob = bytes(range(256)) * 4096
+    cur.execute("INSERT INTO ps_long VALUES (?, ?)", (1, io.BytesIO(blob)))
+    cur.execute("SELECT data FROM ps_long WHERE id = ?", (1,))
+    assert cur.fetchall()[0][0] == blob
+    conn.close()
+    assert pins(proxy) == []
+
+
+@pytest.mark.skipif(shutil.which("sysbench") is None, reason="sysbench is not installed")
+def test_sysbench_with_prepared_statements(make_proxy, db_server) -> None:
+    """sysbench oltp_read_write with its default server-side prepared statements runs
+    through pyproxy without a fatal error, with no pinned session, on 3 backend
+    connections for 8 threads."""
+    proxy = make_proxy(pool={"max_connections": 3, "borrow_timeout": 60})
+    common = ["--mysql-host=127.0.0.1", "--mysql-user=app", "--mysql-password=app_pw",
+              "--mysql-db=app", "--tables=2", "--table-size=500"]
+    subprocess.run(["sysbench", "oltp_read_write", f"--mysql-port={db_server.port}", *common, "cleanup"],
+                   capture_output=True, timeout=60)
+    prepared = subprocess.run(["sysbench", "oltp_read_write", f"--mysql-port={db_server.port}",
+                               *common, "prepare"], capture_output=True, text=True, timeout=120)
+    assert prepared.returncode == 0, prepared.stderr
+    result = subprocess.run(["sysbench", "oltp_read_write", f"--mysql-port={proxy.port}", *common,
+                             "--threads=8", "--time=3", "--db-ps-mode=auto", "run"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "FATAL" not in result.stdout + result.stderr
+    transactions = int(result.stdout.split("transactions:")[1].split()[0])
+    assert transactions > 0
+    assert pins(proxy) == []
+    assert proxy.log_text().count('"backend_opened"') <= 3

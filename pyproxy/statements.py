@@ -1,0 +1,116 @@
+"""Prepared statements shared across backend connections.
+
+A client's statement ids are pyproxy's own.  The statement itself is
+prepared on whichever backend connection runs it, the first time that
+connection needs it, and stays cached there (per SQL text, least recently
+used closed first) for every client that prepares the same SQL.  The client's
+COM_STMT_EXECUTE is then rewritten: the backend's statement id, and the
+parameter types when the backend's copy was last bound with other ones
+(drivers send types only with the first execute).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import attrs
+
+from pyproxy.wire.buffer import MalformedPacket
+
+
+@attrs.define(eq=False, slots=True)
+class ClientStatement:
+    """A statement as one client prepared it."""
+
+    id: int
+    sql: bytes
+    params: int
+    columns: int
+    # The parameter types (2 bytes each) the client bound last.
+    types: bytes | None = None
+    # COM_STMT_SEND_LONG_DATA payloads waiting for the next execute, with the
+    # statement id cut off: they are replayed on the connection that runs it.
+    long_data: list[bytes] | None = None
+
+
+@attrs.define(eq=False, slots=True)
+class BackendStatement:
+    """A statement prepared on one backend connection."""
+
+    id: int
+    params: int
+    columns: int
+    # The parameter types the server last saw bound to it.
+    types: bytes | None = None
+
+
+class StatementCache:
+    """One backend connection's prepared statements, by SQL text, bounded."""
+
+    __slots__ = ("capacity", "_by_sql")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._by_sql: OrderedDict[bytes, BackendStatement] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_sql)
+
+    def get(self, sql: bytes) -> BackendStatement | None:
+        statement = self._by_sql.get(sql)
+        if statement is not None:
+            self._by_sql.move_to_end(sql)
+        return statement
+
+    def add(self, sql: bytes, statement: BackendStatement) -> list[int]:
+        """Caches a statement; returns the ids the server should close: a
+        replaced copy of the same SQL, and the least recently used beyond capacity."""
+        stale = []
+        old = self._by_sql.pop(sql, None)
+        if old is not None and old.id != statement.id:
+            stale.append(old.id)
+        self._by_sql[sql] = statement
+        while len(self._by_sql) > self.capacity:
+            _, evicted = self._by_sql.popitem(last=False)
+            stale.append(evicted.id)
+        return stale
+
+    def forget(self, sql: bytes) -> None:
+        self._by_sql.pop(sql, None)
+
+    def clear(self) -> None:
+        """The server dropped every statement (COM_RESET_CONNECTION, COM_CHANGE_USER)."""
+        self._by_sql.clear()
+
+
+def execute_types(payload: bytes, params: int) -> bytes | None:
+    """The parameter types a COM_STMT_EXECUTE binds, or None if it binds none."""
+    if params == 0:
+        return None
+    bitmap = (params + 7) // 8
+    flag_at = 10 + bitmap
+    if len(payload) <= flag_at:
+        raise MalformedPacket("COM_STMT_EXECUTE ends before its new-params-bound flag")
+    if payload[flag_at] != 1:
+        return None
+    types = payload[flag_at + 1:flag_at + 1 + 2 * params]
+    if len(types) != 2 * params:
+        raise MalformedPacket("COM_STMT_EXECUTE ends inside its parameter types")
+    return types
+
+
+def rewrite_execute(payload: bytes, backend_id: int, params: int, types: bytes | None) -> bytes:
+    """The client's COM_STMT_EXECUTE for the backend's statement ``backend_id``.
+
+    ``types``: when given and the execute does not bind types itself, they
+    are inserted (new-params-bound = 1), because the backend's copy of the
+    statement was prepared afresh or last bound with other types.
+    """
+    head = payload[:1] + backend_id.to_bytes(4, "little") + payload[5:10]
+    if params == 0 or types is None:
+        return head + payload[10:]
+    bitmap = (params + 7) // 8
+    flag_at = 10 + bitmap
+    if payload[flag_at] == 1:
+        return head + payload[10:]
+    return head + payload[10:flag_at] + b"\x01" + types + payload[flag_at + 1:]

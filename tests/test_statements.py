@@ -1,0 +1,54 @@
+"""pyproxy.statements: the per-connection cache and the COM_STMT_EXECUTE rewriting."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyproxy.statements import BackendStatement, StatementCache, execute_types, rewrite_execute
+from pyproxy.wire.buffer import MalformedPacket
+
+TYPES = b"\x08\x00\xfd\x00"
+BOUND = (b"\x17\x01\x00\x00\x00" b"\x00" b"\x01\x00\x00\x00" b"\x00" b"\x01" + TYPES
+         + (7).to_bytes(8, "little") + b"\x03abc")
+UNBOUND = (b"\x17\x01\x00\x00\x00" b"\x00" b"\x01\x00\x00\x00" b"\x00" b"\x00"
+           + (7).to_bytes(8, "little") + b"\x03abc")
+
+
+def test_cache_is_lru_and_bounded() -> None:
+    """Past capacity the least recently used statement is evicted and its id returned for closing."""
+    cache = StatementCache(2)
+    assert cache.add(b"a", BackendStatement(1, 0, 1)) == []
+    assert cache.add(b"b", BackendStatement(2, 0, 1)) == []
+    assert cache.get(b"a").id == 1  # a is now the most recent
+    assert cache.add(b"c", BackendStatement(3, 0, 1)) == [2]
+    assert cache.get(b"b") is None and len(cache) == 2
+
+
+def test_cache_replacing_the_same_sql_closes_the_old_copy() -> None:
+    """Preparing the same SQL again on a connection leaves one copy; the old one is closed."""
+    cache = StatementCache(4)
+    cache.add(b"a", BackendStatement(1, 0, 1))
+    assert cache.add(b"a", BackendStatement(5, 0, 1)) == [1]
+    assert cache.get(b"a").id == 5
+
+
+def test_execute_types() -> None:
+    """Types are read only when the execute binds them (new-params-bound = 1)."""
+    assert execute_types(BOUND, 2) == TYPES
+    assert execute_types(UNBOUND, 2) is None
+    assert execute_types(b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00", 0) is None
+    with pytest.raises(MalformedPacket):
+        execute_types(BOUND[:12], 2)
+
+
+def test_rewrite_id_only() -> None:
+    """Same types on the server: only the statement id changes."""
+    assert rewrite_execute(BOUND, 9, 2, None) == b"\x17\x09\x00\x00\x00" + BOUND[5:]
+    assert rewrite_execute(UNBOUND, 9, 2, None) == b"\x17\x09\x00\x00\x00" + UNBOUND[5:]
+
+
+def test_rewrite_inserts_types_for_a_fresh_copy() -> None:
+    """An execute that binds no types gets the client's types on a connection whose copy
+    has not seen them; one that binds its own keeps them."""
+    assert rewrite_execute(UNBOUND, 9, 2, TYPES) == b"\x17\x09\x00\x00\x00" + BOUND[5:]
+    assert rewrite_execute(BOUND, 9, 2, b"\x01\x00\x01\x00") == b"\x17\x09\x00\x00\x00" + BOUND[5:]
