@@ -281,3 +281,48 @@ def test_session_variables_carried_without_pinning(make_proxy) -> None:
             future.result(timeout=120)
     assert failures == []
     assert "session_pinned" not in proxy.log_text()
+
+
+def test_last_insert_id_is_carried_to_a_later_statement(make_proxy) -> None:
+    """LAST_INSERT_ID() asked statements later, after another client inserted on the same
+    backend connection, still gives this client's own value, without pinning."""
+    proxy = make_proxy(pool={"max_connections": 1})
+    mine, theirs = proxy.connect(autocommit=True), proxy.connect(autocommit=True)
+    with mine.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS lid_a (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        cur.execute("CREATE TABLE IF NOT EXISTS lid_b (id INT AUTO_INCREMENT PRIMARY KEY, v INT) "
+                    "AUTO_INCREMENT=1000")
+        cur.execute("INSERT INTO lid_a (v) VALUES (1)")
+        own = cur.lastrowid
+        cur.execute("SELECT 1")
+    with theirs.cursor() as cur:
+        cur.execute("INSERT INTO lid_b (v) VALUES (2)")
+        assert cur.lastrowid >= 1000
+        cur.execute("SELECT 2")
+    with mine.cursor() as cur:
+        cur.execute("SELECT 3")
+        cur.execute("SELECT LAST_INSERT_ID()")
+        assert cur.fetchone()[0] == own
+    with theirs.cursor() as cur:
+        cur.execute("SELECT LAST_INSERT_ID()")
+        assert cur.fetchone()[0] >= 1000
+    mine.close()
+    theirs.close()
+    assert "session_pinned" not in proxy.log_text()
+
+
+def test_row_count_reader_is_pinned(make_proxy) -> None:
+    """ROW_COUNT() reads the previous statement of the same server session: right after a
+    change it runs where the change ran, and the session is then pinned with that reason."""
+    proxy = make_proxy(pool={"max_connections": 2})
+    conn = proxy.connect(autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS rc (v INT)")
+        cur.execute("INSERT INTO rc VALUES (1), (2), (3)")
+        cur.execute("SELECT ROW_COUNT()")
+        assert cur.fetchone()[0] == 3
+        cur.execute("DELETE FROM rc")
+        cur.execute("SELECT ROW_COUNT()")
+        assert cur.fetchone()[0] == 3
+    conn.close()
+    assert "ROW_COUNT()" in proxy.log_text()

@@ -136,6 +136,8 @@ class BackendConnection(protocol.Protocol):
         self._pending: list[list[Any]] = []
         self.statements = StatementCache(target.statement_cache)
         self._pending_result: Any = None
+        # LAST_INSERT_ID() of this server session, as far as pyproxy knows.
+        self.last_insert_id = 0
         self._timeout: Any = None
 
     # -- connection phase ---------------------------------------------------
@@ -324,6 +326,7 @@ class BackendConnection(protocol.Protocol):
 
         def after_reset(_: bytes) -> defer.Deferred[bytes]:
             self.statements.clear()
+            self.last_insert_id = 0
             # The reset keeps the schema and the COM_SET_OPTION setting.
             self.state = initial_state(self.target.charset, self.state.schema,
                                        self._server_autocommit(), self.state.multi_statements)
@@ -339,6 +342,7 @@ class BackendConnection(protocol.Protocol):
             return defer.fail(lost_connection("connection closed"))
         self.ready = defer.Deferred()
         self.statements.clear()
+        self.last_insert_id = 0
         self._mode = "auth"
         self._seq = 0
         nonce = self.handshake.auth_data if self.handshake else self._nonce

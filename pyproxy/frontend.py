@@ -21,7 +21,7 @@ from pyproxy.direct_write import write_now
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
-from pyproxy.session import ClientSession, initial_state, needs_reset, reconcile
+from pyproxy.session import READS_LAST_INSERT_ID, ClientSession, initial_state, needs_reset, reconcile
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, statement_id
@@ -549,7 +549,10 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         desired = self.session.state
         actual = conn.state
-        if desired is actual or desired == actual:
+        last_insert_id = self.session.last_insert_id
+        replay_insert_id = (last_insert_id != conn.last_insert_id and self._sql is not None
+                            and READS_LAST_INSERT_ID.search(self._sql) is not None)
+        if (desired is actual or desired == actual) and not replay_insert_id:
             then()
             return
         if needs_reset(desired, actual):
@@ -559,6 +562,11 @@ class FrontendProtocol(protocol.Protocol):
 
         def apply(_: Any) -> defer.Deferred[Any]:
             commands = reconcile(desired, conn.state)
+            if replay_insert_id:
+                # The statement reads LAST_INSERT_ID() on a connection where
+                # another session's value may stand.
+                commands.append(make_query(f"SET SESSION last_insert_id = {last_insert_id}"))
+                conn.last_insert_id = last_insert_id
             return defer.gatherResults([conn.execute(cmd) for cmd in commands], consumeErrors=True)
 
         def applied(_: Any) -> None:
@@ -683,6 +691,8 @@ class FrontendProtocol(protocol.Protocol):
             session.observe_error()
         session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
                                affected=tracker.affected, insert_id=tracker.insert_id, sql=self._sql)
+        if tracker.insert_id and self.backend is not None:
+            self.backend.last_insert_id = tracker.insert_id
         command = self._command.payload[0] if self._command is not None else 0
         if tracker.untracked_change:
             self._pin("session state changed inside a result set")

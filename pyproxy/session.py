@@ -50,9 +50,13 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 # without SESSION/GLOBAL sets the characteristics of the next transaction only.
 _UNTRACKED = re.compile(
     rb"(?i)\bget_lock\s*\(|\bhandler\b|\block\s+tables?\b|\bwith\s+read\s+lock\b"
-    rb"|\bxa\s+(?:start|begin)\b|\bset\s+transaction\b")
+    rb"|\bxa\s+(?:start|begin)\b|\bset\s+transaction\b|\b(?:found_rows|row_count)\s*\(")
 _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LOCK TABLES",
-                    b"with": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction"}
+                    b"with": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction",
+                    b"found_rows": "FOUND_ROWS() (reads the previous statement)",
+                    b"row_count": "ROW_COUNT() (reads the previous statement)"}
+# LAST_INSERT_ID() is carried: the value is replayed with SET last_insert_id.
+READS_LAST_INSERT_ID = re.compile(rb"(?i)last_insert_id")
 _CALC_FOUND_ROWS = re.compile(rb"(?i)sql_calc_found_rows")
 _COLLATE = re.compile(rb"(?i)\bcollate\s*=?\s*['\"`]?(\w+)")
 # A user variable: '@name' but not '@@name'.
@@ -180,6 +184,9 @@ class ClientSession:
     # same connection: LAST_INSERT_ID(), ROW_COUNT(), FOUND_ROWS() after
     # SQL_CALC_FOUND_ROWS, SHOW WARNINGS / SHOW ERRORS.  Held for one statement.
     hold_next: bool = False
+    # What LAST_INSERT_ID() returns in this session: the insert id of its last
+    # statement that generated one.
+    last_insert_id: int = 0
 
     def keeps_backend(self) -> bool:
         """Whether the backend connection must stay with this client after a reply."""
@@ -191,6 +198,8 @@ class ClientSession:
         """Decides whether the next statement must run where this one did."""
         self.hold_next = bool(error or warnings or insert_id or affected
                               or (sql is not None and _CALC_FOUND_ROWS.search(sql)))
+        if insert_id:
+            self.last_insert_id = insert_id
 
     def observe_status(self, status: int) -> None:
         """The final OK/EOF of a reply is the truth about transactions and autocommit."""
