@@ -57,6 +57,9 @@ class Transport(StringTransport):
     def setTcpNoDelay(self, enabled: bool) -> None:
         pass
 
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
 
 def build_setup(classic: bool) -> tuple[Any, Any, bytes]:
     reactor = MemoryReactorClock()

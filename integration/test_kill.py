@@ -91,3 +91,45 @@ def test_kill_needs_the_same_user(make_proxy) -> None:
         assert cur.fetchone()[0] == 3
     victim.close()
     intruder.close()
+
+
+@pytest.mark.parametrize("statement", ["KILL USER app", "KILL HARD 5", "KILL 5 /* c */"])
+def test_other_kill_forms_are_refused(make_proxy, statement: str) -> None:
+    """KILL forms pyproxy does not translate are refused (1235), never passed to the server."""
+    proxy = make_proxy()
+    bystander = proxy.connect()
+    client = proxy.connect()
+    with client.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as info:
+            cur.execute(statement)
+        assert info.value.args[0] == 1235
+    with bystander.cursor() as cur:
+        cur.execute("SELECT 4")
+        assert cur.fetchone()[0] == 4
+    client.close()
+    bystander.close()
+
+
+def test_kill_query_does_not_hit_the_next_statement_on_that_connection(make_proxy) -> None:
+    """KILL QUERY for a statement that has already finished (its connection now serving
+    someone else) stops nothing."""
+    proxy = make_proxy(pool={"max_connections": 1})
+    victim = proxy.connect()
+    killer = proxy.connect()
+    with victim.cursor() as cur:
+        cur.execute("SELECT 1")
+    outcome: list[object] = []
+
+    def other() -> None:
+        with victim.cursor() as cur:
+            cur.execute("SELECT SLEEP(1)")
+            outcome.append(cur.fetchone()[0])
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    with killer.cursor() as cur:
+        cur.execute(f"KILL QUERY {victim.thread_id()}")
+    assert outcome == [0]
+    victim.close()
+    killer.close()

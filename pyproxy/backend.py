@@ -136,6 +136,7 @@ class BackendConnection(protocol.Protocol):
         self._pending: list[list[Any]] = []
         self.statements = StatementCache(target.statement_cache)
         self._pending_result: Any = None
+        self._deadline: Any = None
         # LAST_INSERT_ID() of this server session, as far as pyproxy knows.
         self.last_insert_id = 0
         self._timeout: Any = None
@@ -144,6 +145,9 @@ class BackendConnection(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        # A server that vanished without a FIN is found by the kernel even on an
+        # idle connection the health checker has not pinged yet.
+        self.transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         if self._mode == "relay":
@@ -248,8 +252,20 @@ class BackendConnection(protocol.Protocol):
         d: defer.Deferred[bytes] = defer.Deferred()
         self._pending.append([d, -1, None])
         self._mode = "internal"
+        self._arm_deadline()
         self.transport.write(frame(command, 0))
         return d
+
+    def _arm_deadline(self) -> None:
+        """A server that stops answering pyproxy's own commands (ping, reset, SET)
+        fails them after connect_timeout instead of leaving a client waiting."""
+        if self._deadline is None:
+            self._deadline = self.clock.callLater(self.target.connect_timeout, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self._pending:
+            self._fail(lost_connection(f"no answer within {self.target.connect_timeout:g}s"))
 
     def prepare(self, sql: bytes) -> defer.Deferred[BackendStatement]:
         """Prepares ``sql`` on this connection for a client statement that has not
@@ -259,6 +275,7 @@ class BackendConnection(protocol.Protocol):
         d: defer.Deferred[BackendStatement] = defer.Deferred()
         self._pending.append([d, -1, sql])
         self._mode = "internal"
+        self._arm_deadline()
         self.transport.write(frame(bytes((COMMAND.COM_STMT_PREPARE,)) + sql, 0))
         return d
 
@@ -307,7 +324,12 @@ class BackendConnection(protocol.Protocol):
 
     def _internal_done(self) -> None:
         self._pending.pop(0)
-        if not self._pending:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self._pending:
+            self._arm_deadline()
+        else:
             self._mode = "idle"
 
     def _apply_tracked(self, ok: Any) -> None:
@@ -381,9 +403,10 @@ class BackendConnection(protocol.Protocol):
 
     def infile_sent(self) -> None:
         self.tracker.infile_sent()
-        if self._carry:
-            carry, self._carry = self._carry, b""
-            self._relay_data(carry)
+
+    def has_partial_packet(self) -> bool:
+        """Whether part of a reply packet is held back, waiting for the rest."""
+        return bool(self._carry)
 
     def _relay_data(self, data: bytes) -> None:
         if self._carry:
@@ -413,7 +436,11 @@ class BackendConnection(protocol.Protocol):
         else:
             sink = self._sink
         if sink is not None:
-            sink.backend_data(data, tracker)
+            try:
+                sink.backend_data(data, tracker)
+            except Exception as exc:  # noqa: BLE001 - one client's bug must not break the reactor
+                self.log.error("internal_error", error=repr(exc))
+                sink.backend_failed(exc)
 
     # -- end of life --------------------------------------------------------
 
@@ -455,6 +482,9 @@ class BackendConnection(protocol.Protocol):
         self._mode = "closed"
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
         if not was_broken:
             self.log.warning("backend_lost", reason=reason.getErrorMessage())
         self._error_out(lost_connection(reason.getErrorMessage()))

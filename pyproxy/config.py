@@ -93,6 +93,10 @@ class SessionConfig:
     # session pinning filters): the value stays on whichever backend
     # connection ran the SET and may be seen by the next client to borrow it.
     ignore_variables: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    # Seconds a connection stays with a client after a statement that left
+    # warnings, an error or affected rows, for a SHOW WARNINGS or ROW_COUNT()
+    # that follows; an idle client gives it back after that.
+    hold_for_next_statement: float = attrs.field(default=1.0, validator=_positive((int, float)))
 
 
 @attrs.frozen

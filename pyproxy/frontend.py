@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from pyproxy import auth
 from pyproxy.direct_write import write_now
-from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
+from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
 from pyproxy.session import READS_LAST_INSERT_ID, ClientSession, initial_state, needs_reset, reconcile
@@ -70,6 +70,10 @@ CLIENT_TRACKED = frozenset(("autocommit", "character_set_client", "character_set
                             "character_set_results", "time_zone"))
 
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
+_KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
+
+# Commands a client may send ahead of their replies before pyproxy stops reading it.
+QUEUE_LIMIT = 64
 
 # Phases of the connection.
 HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
@@ -85,7 +89,7 @@ class FrontendProtocol(protocol.Protocol):
         "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
-        "_cursor_backend_id",
+        "_cursor_backend_id", "_hold_timer", "_closed_reason",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -120,6 +124,8 @@ class FrontendProtocol(protocol.Protocol):
         self._preparing = 0
         self._cursor: ClientStatement | None = None
         self._cursor_backend_id = 0
+        self._hold_timer: Any = None
+        self._closed_reason: str | None = None
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -149,7 +155,7 @@ class FrontendProtocol(protocol.Protocol):
     def _login_too_slow(self) -> None:
         self._timeout = None
         if self.phase in (HANDSHAKE, AUTH_SWITCH):
-            self.log.info("client_closed", reason="handshake timeout")
+            self._closed_reason = "handshake timeout"
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -170,6 +176,9 @@ class FrontendProtocol(protocol.Protocol):
                     if self._queue is None:
                         self._queue = deque()
                     self._queue.append(packet)
+                    if len(self._queue) == QUEUE_LIMIT:
+                        # A client far ahead of its replies: stop reading it.
+                        self.transport.pauseProducing()
                 else:
                     self._dispatch(packet)
             elif self.phase == HANDSHAKE:
@@ -186,7 +195,7 @@ class FrontendProtocol(protocol.Protocol):
         if seq is None:
             seq = self._command.last_seq + 1 if self._command is not None else 0
         self.transport.write(frame(make_err(error[0], error[1], message), seq))
-        self.log.info("client_closed", reason=message)
+        self._closed_reason = message
         self.phase = CLOSED
         self.transport.loseConnection()
 
@@ -307,12 +316,13 @@ class FrontendProtocol(protocol.Protocol):
             self._acquire(self._start)
             return
         if command == COMMAND.COM_QUIT:
+            self._closed_reason = "COM_QUIT"
             self.phase = CLOSED
             self.transport.loseConnection()
         elif command == COMMAND.COM_PING:
             if self.backend is not None and self.pinned:
                 self._busy = True
-                self._start()
+                self._acquire(self._start)
             else:
                 self._reply(self._ok_payload())
         elif command == COMMAND.COM_SET_OPTION:
@@ -436,15 +446,22 @@ class FrontendProtocol(protocol.Protocol):
     def _kill(self, packet: Packet) -> bool:
         """KILL [QUERY|CONNECTION] n names a pyproxy connection id, which the server
         does not know: it is translated here, never passed on.  Returns False
-        for any other statement.
+        for any statement that is not a KILL.
 
         KILL QUERY stops the target client's running statement with KILL QUERY
-        on the backend thread that runs it; KILL (CONNECTION) also closes the
-        target client.  Only the same user's connections can be killed.
+        on the backend thread that runs it, sent over a connection of its own
+        (the pool may be full of exactly the statements to kill) and only if
+        that thread still runs the same statement for the same client.  KILL
+        (CONNECTION) also closes the target client.  Only the same user's
+        connections can be killed; other forms of KILL are refused.
         """
-        match = _KILL.match(self._sql or b"")
-        if match is None:
+        sql = self._sql or b""
+        if _KILL_ANY.match(sql) is None:
             return False
+        match = _KILL.match(sql)
+        if match is None:
+            self._reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
+            return True
         what, number = match.group(1), int(match.group(2))
         target = self.proxy.clients.get(number)
         if target is None:
@@ -453,23 +470,47 @@ class FrontendProtocol(protocol.Protocol):
         if target.user != self.user:
             self._reply_error((1095, "HY000"), f"You are not owner of thread {number}")
             return True
-        query_only = what is not None and what.lower() == b"query"
-        running = target.backend if target._busy else None
-        if not query_only:
+        running = target.running_statement()
+        if what is None or what.lower() != b"query":
             target.close_by_kill()
-        if running is None or running.handshake is None:
+        if running is None:
             self._reply(self._ok_payload())
             return True
-        self._command = Packet(packet.seq, b"", frame(make_query(
-            f"KILL QUERY {running.handshake.connection_id}"), packet.seq), packet.last_seq)
-        self._sql = None
         self._busy = True
-        self._acquire(self._start)
+        d = connect(self.proxy.reactor, self.proxy.target(self.user), 0)
+
+        def kill(conn: BackendConnection) -> Any:
+            if target.running_statement() != running:
+                conn.close("KILL target finished")
+                return None
+            d = conn.execute(make_query(f"KILL QUERY {running[0]}"))
+            d.addBoth(lambda result: (conn.close("KILL sent"), result)[1])
+            return d
+
+        def done(result: Any) -> None:
+            if self.phase != COMMANDS:
+                return
+            if isinstance(result, Failure) and isinstance(result.value, BackendError):
+                self._reply_error((result.value.code, result.value.sqlstate), result.value.message)
+            else:
+                self._reply(self._ok_payload())
+            self._busy = False
+            self._next()
+
+        d.addCallback(kill)
+        d.addBoth(done)
         return True
+
+    def running_statement(self) -> tuple[int, Packet] | None:
+        """(backend thread id, command) of the statement this client is running, if any."""
+        conn = self.backend
+        if not self._busy or conn is None or conn.handshake is None or self._command is None:
+            return None
+        return conn.handshake.connection_id, self._command
 
     def close_by_kill(self) -> None:
         """Another session of the same user killed this one."""
-        self.log.info("client_closed", reason="killed")
+        self._closed_reason = "killed"
         if self.phase == COMMANDS and not self._busy:
             self.phase = CLOSED
             self.transport.loseConnection()
@@ -510,15 +551,17 @@ class FrontendProtocol(protocol.Protocol):
         held = self.backend
         if held is not None:
             if held.broken:
-                # The connection this session was holding died while the client
-                # was idle: its transaction or pinned state is gone with it.
                 self.backend = None
-                self.session.pin_reason = None
-                self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
-                            "holding this session's transaction or state was closed")
+                if self.session.holds_state() or self.pinned:
+                    # The connection this session was holding died while the
+                    # client was idle: its transaction or state is gone with it.
+                    self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend "
+                                "connection holding this session's transaction or state was closed")
+                    return
+                self.session.hold_next = False
+            else:
+                self._bring_to_state(then)
                 return
-            self._bring_to_state(then)
-            return
         pool = self._pool
         if pool is None or pool.user != self.user:
             pool = self._pool = self.proxy.pool(self.user)
@@ -690,7 +733,7 @@ class FrontendProtocol(protocol.Protocol):
         if tracker.error:
             session.observe_error()
         session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
-                               affected=tracker.affected, insert_id=tracker.insert_id, sql=self._sql)
+                               affected=tracker.affected, insert_id=tracker.insert_id)
         if tracker.insert_id and self.backend is not None:
             self.backend.last_insert_id = tracker.insert_id
         command = self._command.payload[0] if self._command is not None else 0
@@ -709,6 +752,10 @@ class FrontendProtocol(protocol.Protocol):
     def _finish_command(self) -> None:
         if self._throttling:
             self._end_throttle()
+        if self._hold_timer is not None:
+            if self._hold_timer.active():
+                self._hold_timer.cancel()
+            self._hold_timer = None
         self._command = None
         self._sql = None
         self._busy = False
@@ -719,15 +766,36 @@ class FrontendProtocol(protocol.Protocol):
         self._next()
 
     def _next(self) -> None:
-        while self._queue and not self._busy and not self._infile and self.phase == COMMANDS:
-            self._dispatch(self._queue.popleft())
+        queue = self._queue
+        if not queue:
+            return
+        paused = len(queue) >= QUEUE_LIMIT
+        while queue and not self._busy and not self._infile and self.phase == COMMANDS:
+            self._dispatch(queue.popleft())
+        if paused and len(queue) < QUEUE_LIMIT and self.phase == COMMANDS:
+            self.transport.resumeProducing()
 
     def _release_if_clean(self) -> None:
         conn = self.backend
-        if conn is None or self.session.keeps_backend():
+        if conn is None:
+            return
+        session = self.session
+        if session.keeps_backend():
+            if not session.holds_state() and self._hold_timer is None:
+                self._hold_timer = self.proxy.reactor.callLater(
+                    self.proxy.config.session.hold_for_next_statement, self._hold_expired)
             return
         self.backend = None
         self._pool.give_back(conn)
+
+    def _hold_expired(self) -> None:
+        """The client did not follow up in time: the results it could have read back
+        are given up, and the connection with them."""
+        self._hold_timer = None
+        if self._busy or self.phase != COMMANDS:
+            return
+        self.session.hold_next = False
+        self._release_if_clean()
 
     def _pin(self, reason: str) -> None:
         if self.session.pin_reason is None:
@@ -762,7 +830,7 @@ class FrontendProtocol(protocol.Protocol):
         if conn is not None and conn.broken:
             self.backend = None
             self.proxy.pool(self.user).discard(conn, "broken")
-            if self.session.keeps_backend():
+            if self.session.holds_state():
                 self._fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
                 return
         if self._command is not None and not self._command.payload:
@@ -774,6 +842,15 @@ class FrontendProtocol(protocol.Protocol):
         self._sql = None
         self._release_if_clean()
         self._next()
+
+    def backend_failed(self, exc: Exception) -> None:
+        """pyproxy itself failed while handling this client's reply: the client is
+        told and closed; its backend connection, maybe mid-reply, is dropped."""
+        conn = self.backend
+        self.backend = None
+        if conn is not None:
+            self.proxy.pool(self.user).discard(conn, "internal error")
+        self._fatal((1105, "HY000"), f"pyproxy internal error: {exc!r}")
 
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
@@ -788,8 +865,10 @@ class FrontendProtocol(protocol.Protocol):
         self.log.warning("backend_lost_during_command", error=error.message, pinned=self.pinned,
                          in_transaction=session.in_transaction)
         tracker = conn.tracker if conn is not None else None
-        mid_reply = self._forwarded and (tracker is None or tracker.mid_packet() or conn._carry)
-        if self.pinned or session.keeps_backend() or mid_reply:
+        mid_reply = self._forwarded and (tracker is None or tracker.mid_packet() or conn.has_partial_packet())
+        if self.pinned or session.holds_state() or mid_reply or self._infile:
+            # During LOCAL INFILE the client is still sending the file: its
+            # next packets must never be taken for commands.
             # The session's state, or an open transaction, died with the
             # connection: the client must not carry on as if nothing happened.
             seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
@@ -870,6 +949,8 @@ class FrontendProtocol(protocol.Protocol):
         self.proxy.clients.pop(self.id, None)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
+        if self._hold_timer is not None and self._hold_timer.active():
+            self._hold_timer.cancel()
         if self._borrowing is not None:
             self._borrowing.cancel()
         conn = self.backend
@@ -883,8 +964,8 @@ class FrontendProtocol(protocol.Protocol):
                 self._detach_backend()
             else:
                 pool.give_back(conn)
-        if was != HANDSHAKE:
-            self.log.info("client_closed", reason="client disconnected")
+        if was != HANDSHAKE or self._closed_reason is not None:
+            self.log.info("client_closed", reason=self._closed_reason or "client disconnected")
 
 
 class FrontendFactory(protocol.Factory):

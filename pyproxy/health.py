@@ -20,15 +20,18 @@ from pyproxy.pool import Pool
 
 
 class HealthChecker:
+    """Every ``interval``: retires idle connections past max_lifetime or
+    idle_timeout, pings those idle for a whole interval, and opens connections
+    until each pool has min_idle (of the flavor its clients used last)."""
+
     def __init__(self, pools: Iterable[Pool] | dict, clock: IReactorTime, *, interval: float,
-                 max_lifetime: float, idle_timeout: float, min_idle: int, default_flavor: int = 0) -> None:
+                 max_lifetime: float, idle_timeout: float, min_idle: int) -> None:
         self._pools = pools
         self.clock = clock
         self.interval = interval
         self.max_lifetime = max_lifetime
         self.idle_timeout = idle_timeout
         self.min_idle = min_idle
-        self.default_flavor = default_flavor
         self.log = get_logger(component="health")
         self._loop = LoopingCall(self.check)
         self._loop.clock = clock
@@ -59,7 +62,7 @@ class HealthChecker:
                     self._ping(pool, conn)
             missing = self.min_idle - len(pool.idle) - len(pool.checking) - pool.connecting
             while missing > 0 and pool.size() < pool.max_size:
-                pool.open(self.default_flavor)
+                pool.open(pool.last_flavor)
                 missing -= 1
 
     def _ping(self, pool: Pool, conn: BackendConnection) -> None:
@@ -76,6 +79,6 @@ class HealthChecker:
                              error=failure.getErrorMessage())
             pool.discard(conn, "health check failed")
             if pool.size() < self.min_idle:
-                pool.open(self.default_flavor)
+                pool.open(pool.last_flavor)
 
         conn.ping().addCallbacks(alive, dead)

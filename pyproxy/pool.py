@@ -57,6 +57,8 @@ class Pool:
         self._to_place: deque[BackendConnection] = deque()
         self._placing = False
         self.closed = False
+        # The flavor clients asked for last: min_idle keeps that one warm.
+        self.last_flavor = 0
         self.log = get_logger(pool=user)
         # Counters for the benchmark and, later, the admin interface.
         self.borrows = 0
@@ -72,6 +74,7 @@ class Pool:
 
     def try_borrow(self, flavor: int) -> BackendConnection | None:
         """The fast path: an idle connection of the right flavor, most recently used first."""
+        self.last_flavor = flavor
         idle = self.idle
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]

@@ -42,22 +42,29 @@ UNCARRIED_VARIABLES = frozenset((
     "session_track_transaction_info", "session_track_gtids", "insert_id", "last_insert_id",
     "identity", "rand_seed1", "rand_seed2", "pseudo_thread_id", "pseudo_slave_mode",
     "gtid_next", "gtid_domain_id", "gtid_seq_no", "server_id", "skip_replication",
+    # SET timestamp=DEFAULT is not reported, so a carried value would go stale.
+    "timestamp",
 ))
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 
 # Statements whose effect the server's tracking does not report, in one
-# pattern so that ordinary statements cost a single search.  SET TRANSACTION
-# without SESSION/GLOBAL sets the characteristics of the next transaction only.
+# pattern so that ordinary statements cost a single search.  Statements are
+# recognised at the start of a statement (after ';' and comments), function
+# calls anywhere.  SET TRANSACTION without SESSION/GLOBAL sets the
+# characteristics of the next transaction only.
 _UNTRACKED = re.compile(
-    rb"(?i)\bget_lock\s*\(|\bhandler\b|\block\s+tables?\b|\bwith\s+read\s+lock\b"
-    rb"|\bxa\s+(?:start|begin)\b|\bset\s+transaction\b|\b(?:found_rows|row_count)\s*\(")
+    rb"(?is)(?:^|;)\s*(?:/\*.*?\*/\s*)*(lock\s+tables?|handler|xa\s+(?:start|begin)|set\s+transaction"
+    rb"|flush\s+tables?\b[^;]*?\bwith\s+read\s+lock)\b"
+    rb"|\b(get_lock|found_rows|row_count)\s*\(|\b(sql_calc_found_rows)\b")
 _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LOCK TABLES",
-                    b"with": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction",
+                    b"flush": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction",
                     b"found_rows": "FOUND_ROWS() (reads the previous statement)",
                     b"row_count": "ROW_COUNT() (reads the previous statement)"}
+# Statement text scanned for the above: bulk INSERTs run to megabytes, and a
+# regular expression over all of it would stall every other client.
+SCAN_LIMIT = 65536
 # LAST_INSERT_ID() is carried: the value is replayed with SET last_insert_id.
 READS_LAST_INSERT_ID = re.compile(rb"(?i)last_insert_id")
-_CALC_FOUND_ROWS = re.compile(rb"(?i)sql_calc_found_rows")
 _COLLATE = re.compile(rb"(?i)\bcollate\s*=?\s*['\"`]?(\w+)")
 # A user variable: '@name' but not '@@name'.
 _USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
@@ -176,7 +183,6 @@ class ClientSession:
     # SET TRANSACTION without SESSION applies to the next transaction only,
     # so the connection that holds it must serve that transaction.
     pending_characteristics: bool = False
-    locked_tables: bool = False
     # After an error with autocommit off the server may have opened a
     # transaction that no status flag has confirmed yet.
     uncertain: bool = False
@@ -190,16 +196,20 @@ class ClientSession:
 
     def keeps_backend(self) -> bool:
         """Whether the backend connection must stay with this client after a reply."""
-        return bool(self.pin_reason or self.in_transaction or self.pending_characteristics
-                    or self.locked_tables or self.uncertain or self.hold_next)
+        return self.hold_next or self.holds_state()
 
-    def observe_result(self, *, error: bool, warnings: int, affected: int, insert_id: int,
-                       sql: bytes | None) -> None:
-        """Decides whether the next statement must run where this one did."""
-        self.hold_next = bool(error or warnings or insert_id or affected
-                              or (sql is not None and _CALC_FOUND_ROWS.search(sql)))
+    def observe_result(self, *, error: bool, warnings: int, affected: int, insert_id: int) -> None:
+        """Whether the next statement should run where this one did: SHOW WARNINGS,
+        SHOW ERRORS and ROW_COUNT() read back what this one left (LAST_INSERT_ID()
+        is carried instead)."""
+        self.hold_next = bool(error or warnings or affected)
         if insert_id:
             self.last_insert_id = insert_id
+
+    def holds_state(self) -> bool:
+        """Whether the held connection carries something that dies with it."""
+        return bool(self.pin_reason or self.in_transaction or self.pending_characteristics
+                    or self.uncertain)
 
     def observe_status(self, status: int) -> None:
         """The final OK/EOF of a reply is the truth about transactions and autocommit."""
@@ -242,10 +252,6 @@ class ClientSession:
             updates["schema"] = changes.schema or None
         if updates:
             self.state = attrs.evolve(self.state, **updates)
-        if changes.transaction_state is not None:
-            self.locked_tables = changes.transaction_state.endswith("L")
-            if self.locked_tables and reason is None:
-                reason = "LOCK TABLES"
         if changes.state_changed and reason is None:
             explained = bool(changes.variables or changes.schema is not None
                              or changes.transaction_state is not None
@@ -261,18 +267,22 @@ class ClientSession:
     def observe_query(self, sql: bytes, failed: bool) -> str | None:
         """Reads what tracking does not report from the statement text.
 
-        Named locks, HANDLER, LOCK TABLES and XA pin the session.  SET
-        TRANSACTION holds the connection until the next statement has used
-        the characteristics it set.
+        Named locks, HANDLER, LOCK TABLES, XA and readers of the previous
+        statement's results pin the session.  SET TRANSACTION holds the
+        connection until the next statement has used the characteristics it
+        set; SQL_CALC_FOUND_ROWS holds it for the FOUND_ROWS() that follows.
         """
         self.pending_characteristics = False
         if failed:
             return None
         reason = None
-        for match in _UNTRACKED.finditer(sql):
-            word = re.split(rb"[\s(]", match.group(0).lower(), maxsplit=1)[0]
+        for match in _UNTRACKED.finditer(sql, 0, SCAN_LIMIT):
+            found = (match.group(1) or match.group(2) or match.group(3)).lower()
+            word = re.split(rb"\s", found, maxsplit=1)[0]
             if word == b"set":
                 self.pending_characteristics = True
+            elif word == b"sql_calc_found_rows":
+                self.hold_next = True
             elif reason is None:
                 reason = f"{_UNTRACKED_NAMES[word]} used"
                 self.pin(reason)

@@ -36,9 +36,13 @@ class FakeTransport(StringTransport):
     """A StringTransport with the TCP option call the protocols make."""
 
     nodelay = False
+    keepalive = False
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.nodelay = enabled
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.keepalive = enabled
 
 
 class FakeServer:
@@ -442,3 +446,27 @@ class ConnectTests(SynchronousTestCase):
         self.accept()
         self.protocol.dataReceived(frame(make_err(1040, "08004", "Too many connections"), 0))
         self.assertEqual(self.failureResultOf(self.d, BackendError).value.code, 1040)
+
+
+class DeadlineTests(SynchronousTestCase):
+    def test_unanswered_internal_command_fails_the_connection(self) -> None:
+        """A ping (or reset, or SET) the server never answers fails after connect_timeout,
+        and the connection is closed, instead of waiting forever."""
+        reactor = MemoryReactorClock()
+        conn, server = ready_backend(reactor)
+        d = conn.ping()
+        reactor.advance(TARGET.connect_timeout - 0.1)
+        self.assertNoResult(d)
+        reactor.advance(0.2)
+        self.failureResultOf(d, BackendError)
+        self.assertTrue(conn.broken)
+
+    def test_answered_commands_leave_no_timer(self) -> None:
+        """A deadline belongs to the command: answered, it is cancelled."""
+        reactor = MemoryReactorClock()
+        conn, server = ready_backend(reactor)
+        d = conn.ping()
+        server.send(vectors.PING_OK)
+        self.successResultOf(d)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertTrue(server.transport.keepalive)

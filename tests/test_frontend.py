@@ -766,3 +766,55 @@ def test_err_helper_reads_server_vector() -> None:
     """The captured unknown-command ERR parses as 1047 08S01 (sanity check for the comparisons above)."""
     [packet] = PacketFramer().feed(vectors.UNKNOWN_COMMAND_ERR)
     assert parse_err(packet.payload) == ERR(1047, "08S01", "Unknown command")
+
+
+WARNING_OK = frame(make_ok(SERVER_STATUS_AUTOCOMMIT, warnings=1), 1)
+
+
+class ReviewTests(LoggedIn):
+    """Failure paths found in review: each once hung a client or ran data as commands."""
+
+    def test_pinned_ping_on_dead_backend_answers(self) -> None:
+        """COM_PING from a pinned client whose backend died gets an error and a close, not a hang."""
+        conn, server = self.first_backend(self.client, "SET @x = 1")
+        server.send(vectors.USER_VARIABLE_OK)
+        self.client.raw()
+        self.assertTrue(self.client.protocol.pinned)
+        conn.connectionLost(Failure(ConnectionError("gone")))
+        self.client.send(b"\x0e")
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1], 2013)
+        self.assertTrue(self.client.closed)
+
+    def test_backend_lost_during_local_infile_closes_the_client(self) -> None:
+        """If the backend dies while the client uploads a LOCAL INFILE, the client is closed:
+        the rest of its file must never be read as commands."""
+        conn, server = self.first_backend(self.client, "LOAD DATA LOCAL INFILE 'x' INTO TABLE t")
+        server.send(vectors.INFILE_REQUEST)
+        self.client.raw()
+        conn.connectionLost(Failure(ConnectionError("gone")))
+        self.assertTrue(self.client.closed)
+        self.client.protocol.dataReceived(frame(make_query("DELETE FROM t"), 2))
+        self.assertEqual(self.backends.waiting, [])
+
+    def test_held_connection_given_back_after_grace(self) -> None:
+        """A statement with warnings keeps its connection for a follow-up (SHOW WARNINGS);
+        a client that stays idle gives it back after hold_for_next_statement."""
+        conn, server = self.first_backend(self.client, "SELECT 1/0")
+        server.send(WARNING_OK)
+        self.client.raw()
+        self.assertEqual(self.pool.lent, {conn})
+        self.proxy.reactor.advance(1.1)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_client_far_ahead_is_paused(self) -> None:
+        """A client that pipelines many commands is paused, and resumed once it is caught up."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        for _ in range(70):
+            self.client.send(make_query("DO 1"))
+        self.assertEqual(self.client.transport.producerState, "paused")
+        server.send(vectors.BEGIN_OK)
+        for _ in range(70):
+            server.received()
+            server.send(vectors.PING_OK)
+        self.assertEqual(self.client.transport.producerState, "producing")

@@ -138,10 +138,11 @@ class HealthTests(SynchronousTestCase):
         self.checker(min_idle=10).start()
         self.assertEqual(len(self.connector.pending()), 3)
 
-    def test_default_flavor(self) -> None:
-        """Warm connections are opened with the configured default flavor."""
-        self.checker(min_idle=1, default_flavor=1 << 24).start()
-        self.assertEqual(self.connector.pending(), [1 << 24])
+    def test_warm_connections_have_the_flavor_clients_use(self) -> None:
+        """Warm connections are opened with the flavor clients of the pool asked for last."""
+        self.assertIsNone(self.pool.try_borrow(2))
+        self.checker(min_idle=1).start()
+        self.assertEqual(self.connector.pending(), [2])
 
     def test_closed_pool_skipped(self) -> None:
         """A closed pool is left alone."""

@@ -233,13 +233,6 @@ def test_uncarried_variable_pins() -> None:
     assert s.state == FRESH
 
 
-def test_lock_tables_from_transaction_state() -> None:
-    """A transaction state ending in 'L' means LOCK TABLES: the connection is kept."""
-    s = session()
-    assert s.observe_changes(SessionChanges(transaction_state="________L"), None) == "LOCK TABLES"
-    assert s.locked_tables and s.keeps_backend()
-
-
 def test_first_pin_reason_wins() -> None:
     """A session is pinned once; later reasons do not replace the first."""
     s = session()
@@ -284,6 +277,10 @@ def test_error_with_autocommit_off_is_uncertain() -> None:
     (b"XA START 'x'", "XA transaction used"),
     (b"xa begin 'x'", "XA transaction used"),
     (b"FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK used"),
+    (b"/* app */ LOCK TABLES t WRITE", "LOCK TABLES used"),
+    (b"SELECT 1; handler t open", "HANDLER used"),
+    (b"SELECT ROW_COUNT()", "ROW_COUNT() (reads the previous statement) used"),
+    (b"SELECT FOUND_ROWS()", "FOUND_ROWS() (reads the previous statement) used"),
 ])
 def test_untracked_statements_pin(sql: bytes, reason: str) -> None:
     """Statements whose effect tracking does not report pin the session, by name."""
@@ -296,6 +293,8 @@ def test_untracked_statements_pin(sql: bytes, reason: str) -> None:
 @pytest.mark.parametrize("sql", [
     b"SELECT RELEASE_LOCK('job')", b"UNLOCK TABLES", b"SELECT * FROM handler_log",
     b"SELECT 1", b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    b"SELECT handler FROM jobs", b"INSERT INTO notes VALUES ('please lock tables')",
+    b"SELECT 1 /* xa start */",
 ])
 def test_ordinary_statements_do_not_pin(sql: bytes) -> None:
     """Look-alike statements pin nothing."""
@@ -330,10 +329,30 @@ def changes_of_none(stream: bytes) -> bool:
 def test_keeps_backend_reasons() -> None:
     """Any one of pin, transaction, pending characteristics, locks or uncertainty keeps the backend."""
     assert not session().keeps_backend()
-    for field in ("in_transaction", "pending_characteristics", "locked_tables", "uncertain"):
+    for field in ("in_transaction", "pending_characteristics", "uncertain", "hold_next"):
         s = session()
         setattr(s, field, True)
         assert s.keeps_backend(), field
     s = session()
     s.pin("x")
     assert s.keeps_backend()
+
+
+def test_only_the_head_of_a_huge_statement_is_scanned() -> None:
+    """A multi-megabyte INSERT is scanned for untracked statements only in its first
+    64 KiB, so one client's bulk load cannot stall the others."""
+    s = session()
+    sql = b"INSERT INTO t VALUES " + b"(1)," * 300000 + b"(GET_LOCK('x', 1))"
+    assert s.observe_query(sql, failed=False) is None
+
+
+def test_results_held_for_the_next_statement_only() -> None:
+    """Warnings, errors and affected rows hold the connection for a follow-up; an insert id
+    does not (LAST_INSERT_ID() is carried), and holding is not state that dies with it."""
+    s = session()
+    s.observe_result(error=False, warnings=0, affected=0, insert_id=42)
+    assert not s.keeps_backend() and s.last_insert_id == 42
+    s.observe_result(error=False, warnings=1, affected=0, insert_id=0)
+    assert s.keeps_backend() and not s.holds_state()
+    s.observe_result(error=False, warnings=0, affected=0, insert_id=0)
+    assert not s.keeps_backend()
