@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 
 def app_threads(db_server) -> set[int]:

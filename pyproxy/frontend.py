@@ -24,7 +24,7 @@ from pyproxy.proxy import Proxy
 from pyproxy.session import READS_LAST_INSERT_ID, ClientSession, initial_state, needs_reset, reconcile
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
-from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, statement_id
+from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor, statement_id
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
 from pyproxy.wire.handshake import (
@@ -420,7 +420,7 @@ class FrontendProtocol(protocol.Protocol):
             conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
         statement.long_data = None
         payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
-        if len(payload) > 5 and payload[5] & 0x07:
+        if opens_cursor(payload):
             # The cursor lives on this connection until the client closes it.
             self._cursor = statement
             self._cursor_backend_id = prepared.id
@@ -633,7 +633,7 @@ class FrontendProtocol(protocol.Protocol):
         self._forwarded = False
         conn = self.backend
         if self._translate and conn.tracker.deprecate_eof:
-            cursor = reply == Reply.EXECUTE and len(payload) > 5 and bool(payload[5] & 0x07)
+            cursor = reply == Reply.EXECUTE and opens_cursor(payload)
             conn.relay(packet.raw, reply, self, translate=True, cursor=cursor,
                        metadata_status=self._status())
         else:

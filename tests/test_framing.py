@@ -6,7 +6,7 @@ import pytest
 
 import vectors
 from pyproxy.wire.constants import MAX_PAYLOAD
-from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame, next_seq
+from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
 
 # Every captured reply, back to back: many packets of many shapes in one stream.
 STREAM = b"".join((
@@ -152,9 +152,3 @@ def test_frame_round_trip() -> None:
     assert frame(b"abc", 256 + 7)[3] == 7
 
 
-def test_next_seq() -> None:
-    """next_seq names the seq after the last packet in a buffer."""
-    assert next_seq(vectors.SELECT_EOF) == 8
-    assert next_seq(vectors.LOGIN_OK) == 3
-    assert next_seq(b"") == 1
-    assert next_seq(b"\x00\x00\x00\xff") == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure

@@ -49,20 +49,14 @@ def command_name(code: int) -> str:
     return COMMAND_NAMES.get(code, f"0x{code:02x}")
 
 
-def query_text(payload: bytes) -> bytes:
-    """The SQL of a COM_QUERY payload (without query attributes; pyproxy does not
-    offer CLIENT_QUERY_ATTRIBUTES, so the text follows the command byte)."""
-    return payload[1:]
-
-
 def statement_id(payload: bytes) -> int:
     """The statement id of any COM_STMT_* command other than PREPARE."""
     return Reader(payload, 1).u32()
 
 
-def execute_cursor_flags(payload: bytes) -> int:
-    """The cursor flags byte of COM_STMT_EXECUTE."""
-    return Reader(payload, 5).u8()
+def opens_cursor(payload: bytes) -> bool:
+    """Whether a COM_STMT_EXECUTE asks for a cursor (flags byte, cursor type bits)."""
+    return len(payload) > 5 and bool(payload[5] & 0x07)
 
 
 def make_query(sql: str | bytes) -> bytes:

@@ -129,13 +129,3 @@ def frame(payload: bytes, seq: int) -> bytes:
         if len(chunk) < MAX_PAYLOAD:
             return b"".join(parts)
 
-
-def next_seq(data: bytes) -> int:
-    """The sequence id that follows the last packet framed in ``data``."""
-    pos = 0
-    seq = 0
-    while pos + 4 <= len(data):
-        length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
-        seq = data[pos + 3]
-        pos += 4 + length
-    return (seq + 1) & 0xFF
