@@ -8,6 +8,7 @@ twistd daemonizes or prints a traceback.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -162,11 +163,17 @@ class ProxyService(service.Service):
             for account in self.config.users:
                 self.proxy.pool(account.name)
         self.health.start()
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self.reactor.callFromThread(self.log_stats))
+
+    def log_stats(self) -> None:
+        """One event per pool, then the pins per reason (SIGUSR1, and at shutdown)."""
+        for pool in self.proxy.pools.values():
+            self.log.info("pool_stats", **pool.stats())
+        self.log.info("pin_summary", pins=dict(self.proxy.pins), clients=len(self.proxy.clients))
 
     def stopService(self) -> Any:
         super().stopService()
-        if self.proxy.pins:
-            self.log.info("pin_summary", pins=dict(self.proxy.pins))
+        self.log_stats()
         self.health.stop()
         self.proxy.close()
         if self.port is not None:

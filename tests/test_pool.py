@@ -415,3 +415,22 @@ class LongLineTests(SynchronousTestCase):
         self.assertEqual(served, list(range(5000)))
         self.assertEqual(len(pool.idle), 1)
         self.assertEqual(pool.size(), 1)
+
+
+class StatsTests(SynchronousTestCase):
+    def test_borrow_wait_percentiles_count_immediate_borrows(self) -> None:
+        """Percentiles of borrow latency include the borrows served at once (as 0)."""
+        clock = Clock()
+        connector = FakeConnector(clock)
+        pool = Pool("app", connector, clock, max_size=1, borrow_timeout=60)
+        first = pool.borrow(0)
+        clock.advance(0.25)
+        conn = connector.succeed()
+        self.assertIs(self.successResultOf(first), conn)
+        for _ in range(98):
+            pool.give_back(conn)
+            self.assertIs(self.successResultOf(pool.borrow(0)), conn)
+        stats = pool.stats()
+        self.assertEqual((stats["borrows"], stats["waits"], stats["lent"]), (99, 1, 1))
+        self.assertEqual(stats["borrow_wait_p50_ms"], 0.0)
+        self.assertEqual(stats["borrow_wait_max_ms"], 250.0)
