@@ -88,15 +88,22 @@ DEFAULT_SQL_MODE_QUERY = "SELECT @@GLOBAL.sql_mode, @@GLOBAL.time_zone"
 
 
 def test_no_session_state_leaks(make_proxy, db_server) -> None:
-    """Hundreds of clients set user variables, sql_mode, time_zone, temporary tables and
-    autocommit through a small pool; each sees only its own state, and clients that set
+    """Two rounds of 300 clients on a pool of 6: pinned clients set user variables,
+    temporary tables, sql_mode, time_zone and autocommit; carried clients set sql_mode,
+    time_zone, the isolation level, the character set and autocommit and read their
+    LAST_INSERT_ID() statements later; each sees only its own state, and clients that set
     nothing always see the server's defaults."""
     proxy = make_proxy(pool={"max_connections": 6, "borrow_timeout": 60})
     root = db_server.connect()
     with root.cursor() as cur:
         cur.execute(DEFAULT_SQL_MODE_QUERY)
         default_mode, default_zone = cur.fetchone()
+        cur.execute("SELECT @@GLOBAL.tx_isolation")
+        default_isolation = cur.fetchone()[0]
+        cur.execute("CREATE TABLE IF NOT EXISTS app.leak_ids (id INT AUTO_INCREMENT PRIMARY KEY, "
+                    "owner INT)")
     root.close()
+    isolations = ["READ-COMMITTED", "SERIALIZABLE", "READ-UNCOMMITTED"]
     modes = ["ANSI_QUOTES", "NO_ZERO_DATE", "STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION", "PIPES_AS_CONCAT"]
     failures: list[str] = []
 
@@ -123,13 +130,38 @@ def test_no_session_state_leaks(make_proxy, db_server) -> None:
         finally:
             conn.close()
 
+    def carried(i: int) -> None:
+        conn = proxy.connect(autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                mode = modes[i % len(modes)]
+                zone = f"-0{i % 9 + 1}:00"
+                isolation = isolations[i % 3]
+                charset = "latin1" if i % 2 else "utf8mb4"
+                cur.execute("SET SESSION sql_mode = %s, time_zone = %s", (mode, zone))
+                cur.execute(f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation.replace('-', ' ')}")
+                cur.execute(f"SET NAMES {charset}")
+                cur.execute("INSERT INTO app.leak_ids (owner) VALUES (%s)", (i,))
+                own_id = cur.lastrowid
+                for _ in range(3):
+                    time.sleep(random.random() / 200)
+                    cur.execute("SELECT @@sql_mode, @@time_zone, @@tx_isolation, @@character_set_client, "
+                                "LAST_INSERT_ID()")
+                    got = tuple(cur.fetchone())
+                    want = (mode, zone, isolation, charset, own_id)
+                    if got != want:
+                        failures.append(f"carried client {i}: {got} != {want}")
+        finally:
+            conn.close()
+
     def clean(i: int) -> None:
         conn = proxy.connect()
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT @mine, @@sql_mode, @@time_zone, @@autocommit")
+                cur.execute("SELECT @mine, @@sql_mode, @@time_zone, @@autocommit, @@tx_isolation, "
+                            "@@character_set_client, LAST_INSERT_ID()")
                 got = tuple(cur.fetchone())
-                if got != (None, default_mode, default_zone, 0):
+                if got != (None, default_mode, default_zone, 0, default_isolation, "utf8mb4", 0):
                     failures.append(f"clean client {i} saw {got}")
                 cur.execute("SELECT COUNT(*) FROM information_schema.tables "
                             "WHERE table_name LIKE 'leak\\_%%' AND table_type = 'TEMPORARY'")
@@ -139,10 +171,12 @@ def test_no_session_state_leaks(make_proxy, db_server) -> None:
         finally:
             conn.close()
 
-    with ThreadPoolExecutor(max_workers=24) as pool:
-        futures = [pool.submit(stateful if i % 3 else clean, i) for i in range(300)]
-        for future in futures:
-            future.result(timeout=120)
+    kinds = (clean, stateful, carried)
+    for round_ in range(2):
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            futures = [pool.submit(kinds[i % 3], round_ * 300 + i) for i in range(300)]
+            for future in futures:
+                future.result(timeout=120)
     assert failures == []
 
 
