@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import mysql.connector
@@ -129,3 +130,27 @@ def test_sysbench_with_prepared_statements(make_proxy, db_server) -> None:
     assert transactions > 0
     assert pins(proxy) == []
     assert proxy.log_text().count('"backend_opened"') <= 3
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_call_with_multiple_results_over_execute(make_proxy, db_server) -> None:
+    """CALL of a procedure returning two result sets, run with COM_STMT_EXECUTE (Node
+    mysql2's execute()), gives the same results through pyproxy as directly."""
+    proxy = make_proxy()
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute("DROP PROCEDURE IF EXISTS app.ps_two_results")
+        cur.execute("CREATE PROCEDURE app.ps_two_results(IN x INT) "
+                    "BEGIN SELECT x AS a; SELECT x + 1 AS b, 'y' AS c; END")
+    root.close()
+    script = Path(__file__).parent / "node" / "call_multi.js"
+
+    def run(port: int) -> str:
+        done = subprocess.run(["node", str(script), "127.0.0.1", str(port)], capture_output=True,
+                              text=True, timeout=30, cwd=script.parent)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    direct = run(db_server.port)
+    assert direct.splitlines()[0] == '[[{"a":5}],[{"b":6,"c":"y"}]]'
+    assert run(proxy.port) == direct
