@@ -96,6 +96,7 @@ class Target:
     connect_timeout: float = 10.0
     # Prepared statements kept per connection (least recently used closed first).
     statement_cache: int = 256
+    init_query: str = ""
 
 
 class ReplySink(TypingProtocol):
@@ -227,9 +228,22 @@ class BackendConnection(protocol.Protocol):
             raise BackendError(*c.ER_HANDSHAKE_ERROR, f"unexpected packet 0x{payload[0]:02x} during login")
 
     def _start_tracking(self) -> None:
-        """Turns on session-state tracking, which every pooling decision relies on."""
+        self._prepare_session().addCallbacks(lambda _: self._became_ready(), self._fail)
+
+    def _prepare_session(self) -> defer.Deferred[Any]:
+        """Turns on session-state tracking, which every pooling decision relies on,
+        then runs the configured init query.  What the init query sets is the
+        baseline every client starts from, so it is not carried or undone."""
         d = self.execute(make_query(TRACKING))
-        d.addCallbacks(lambda _: self._became_ready(), self._fail)
+        if self.target.init_query:
+            d.addCallback(lambda _: self.execute(make_query(self.target.init_query)))
+
+        def baseline(result: Any) -> Any:
+            self.state = attrs.evolve(self.state, variables=())
+            return result
+
+        d.addCallback(baseline)
+        return d
 
     def _became_ready(self) -> None:
         if self._timeout is not None and self._timeout.active():
@@ -352,7 +366,7 @@ class BackendConnection(protocol.Protocol):
             # The reset keeps the schema and the COM_SET_OPTION setting.
             self.state = initial_state(self.target.charset, self.state.schema,
                                        self._server_autocommit(), self.state.multi_statements)
-            return self.execute(make_query(TRACKING))
+            return self._prepare_session()
 
         d.addCallback(after_reset)
         d.addCallback(lambda _: self)

@@ -31,6 +31,11 @@ def _non_negative_int(instance: object, attribute: attrs.Attribute, value: objec
         raise ConfigError(f"must be zero or a positive integer, got {value!r}")
 
 
+def _non_negative_number(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"must be zero or a positive number, got {value!r}")
+
+
 def _string(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"must be a string, got {value!r}")
@@ -54,6 +59,14 @@ class ProxyConfig:
     # The plugin announced in the greeting; clients may answer with either.
     auth_plugin: str = attrs.field(default="mysql_native_password", validator=attrs.validators.in_(
         ("mysql_native_password", "caching_sha2_password")))
+    # Clients connected at once; the next one gets error 1040 instead of a greeting.
+    max_client_connections: int = attrs.field(default=10000, validator=_positive(int))
+    # Seconds a client may stay idle between commands before it is disconnected
+    # (like RDS Proxy's IdleClientTimeout); an open transaction is rolled back.
+    idle_client_timeout: float = attrs.field(default=1800.0, validator=_positive((int, float)))
+    # Seconds a statement may run before pyproxy stops it with KILL QUERY on
+    # the server (the client gets the server's error); 0 turns it off.
+    query_timeout: float = attrs.field(default=0.0, validator=_non_negative_number)
 
 
 @attrs.frozen
@@ -64,6 +77,9 @@ class BackendConfig:
     connect_timeout: float = attrs.field(default=10.0, validator=_positive((int, float)))
     # Collation id pyproxy logs in with (45 = utf8mb4_general_ci).
     charset: int = attrs.field(default=45, validator=_positive(int))
+    # A statement without a result set run on every new backend connection
+    # (like RDS Proxy's InitQuery), e.g. "SET SESSION wait_timeout = 600".
+    init_query: str = attrs.field(default="", validator=_string)
 
 
 @attrs.frozen

@@ -89,7 +89,7 @@ class FrontendProtocol(protocol.Protocol):
         "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
-        "_cursor_backend_id", "_hold_timer", "_closed_reason",
+        "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -126,6 +126,8 @@ class FrontendProtocol(protocol.Protocol):
         self._cursor_backend_id = 0
         self._hold_timer: Any = None
         self._closed_reason: str | None = None
+        self._query_timer: Any = None
+        self.last_active = 0.0
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -144,6 +146,13 @@ class FrontendProtocol(protocol.Protocol):
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         except (AttributeError, OSError):
             pass  # a UNIX socket: no Nagle to turn off
+        if len(self.proxy.clients) >= self.proxy.config.proxy.max_client_connections:
+            code, state = c.ER_CON_COUNT_ERROR
+            self.transport.write(frame(make_err(code, state, "Too many connections"), 0))
+            self._closed_reason = "max_client_connections reached"
+            self.phase = CLOSED
+            self.transport.loseConnection()
+            return
         self.proxy.clients[self.id] = self
         server = self.proxy.server
         self.transport.write(frame(make_handshake_v10(HandshakeV10(
@@ -260,6 +269,7 @@ class FrontendProtocol(protocol.Protocol):
         self._acquire(lambda: self._logged_in(seq))
 
     def _logged_in(self, seq: int) -> None:
+        self.last_active = self.proxy.reactor.seconds()
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
@@ -299,6 +309,7 @@ class FrontendProtocol(protocol.Protocol):
             return
         command = payload[0]
         self._command = packet
+        self.last_active = self.proxy.reactor.seconds()
         reply = REPLIES.get(command)
         if command in STATEMENT_COMMANDS:
             self._statement_command(packet, command)
@@ -477,15 +488,7 @@ class FrontendProtocol(protocol.Protocol):
             self._reply(self._ok_payload())
             return True
         self._busy = True
-        d = connect(self.proxy.reactor, self.proxy.target(self.user), 0)
-
-        def kill(conn: BackendConnection) -> Any:
-            if target.running_statement() != running:
-                conn.close("KILL target finished")
-                return None
-            d = conn.execute(make_query(f"KILL QUERY {running[0]}"))
-            d.addBoth(lambda result: (conn.close("KILL sent"), result)[1])
-            return d
+        d = target.kill_query(running)
 
         def done(result: Any) -> None:
             if self.phase != COMMANDS:
@@ -497,9 +500,24 @@ class FrontendProtocol(protocol.Protocol):
             self._busy = False
             self._next()
 
-        d.addCallback(kill)
         d.addBoth(done)
         return True
+
+    def kill_query(self, running: tuple[int, Packet]) -> defer.Deferred[Any]:
+        """Stops this client's running statement with KILL QUERY on its backend
+        thread, sent over a connection of its own (the pool may be full of the
+        very statements to stop), and only if the same statement still runs."""
+        d = connect(self.proxy.reactor, self.proxy.target(self.user), 0)
+
+        def kill(conn: BackendConnection) -> Any:
+            if self.running_statement() != running:
+                conn.close("KILL target finished")
+                return None
+            sent = conn.execute(make_query(f"KILL QUERY {running[0]}"))
+            sent.addBoth(lambda result: (conn.close("KILL sent"), result)[1])
+            return sent
+
+        return d.addCallback(kill)
 
     def running_statement(self) -> tuple[int, Packet] | None:
         """(backend thread id, command) of the statement this client is running, if any."""
@@ -632,6 +650,9 @@ class FrontendProtocol(protocol.Protocol):
         reply = REPLIES[payload[0]]
         self._forwarded = False
         conn = self.backend
+        timeout = self.proxy.config.proxy.query_timeout
+        if timeout and reply != Reply.NONE:
+            self._query_timer = self.proxy.reactor.callLater(timeout, self._query_timed_out, packet)
         if self._translate and conn.tracker.deprecate_eof:
             cursor = reply == Reply.EXECUTE and opens_cursor(payload)
             conn.relay(packet.raw, reply, self, translate=True, cursor=cursor,
@@ -749,7 +770,31 @@ class FrontendProtocol(protocol.Protocol):
             self.backend.state = session.state
         self._finish_command()
 
+    def _query_timed_out(self, packet: Packet) -> None:
+        self._query_timer = None
+        running = self.running_statement()
+        if running is None or running[1] is not packet:
+            return
+        self.log.warning("query_timeout", seconds=self.proxy.config.proxy.query_timeout,
+                         backend_thread=running[0])
+        self.kill_query(running).addErrback(
+            lambda failure: self.log.warning("query_timeout_kill_failed", error=failure.getErrorMessage()))
+
+    def _cancel_query_timer(self) -> None:
+        if self._query_timer is not None:
+            if self._query_timer.active():
+                self._query_timer.cancel()
+            self._query_timer = None
+
+    def check_idle(self, now: float, timeout: float) -> None:
+        """Disconnects a client idle between commands for longer than ``timeout``
+        (idle_client_timeout); a held transaction is rolled back by the reset."""
+        if self.phase == COMMANDS and not self._busy and not self._infile and now - self.last_active > timeout:
+            self._closed_reason = "idle_client_timeout"
+            self.transport.loseConnection()
+
     def _finish_command(self) -> None:
+        self._cancel_query_timer()
         if self._throttling:
             self._end_throttle()
         if self._hold_timer is not None:
@@ -854,6 +899,7 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
+        self._cancel_query_timer()
         if self._throttling:
             self._throttling = False
             self.transport.unregisterProducer()
@@ -951,6 +997,7 @@ class FrontendProtocol(protocol.Protocol):
             self._timeout.cancel()
         if self._hold_timer is not None and self._hold_timer.active():
             self._hold_timer.cancel()
+        self._cancel_query_timer()
         if self._borrowing is not None:
             self._borrowing.cancel()
         conn = self.backend

@@ -67,7 +67,8 @@ class Proxy:
         account = self.config.user(user)
         backend = self.config.backend
         return Target(backend.host, backend.port, user, account.password if account else "",
-                      backend.database, backend.charset, backend.connect_timeout)
+                      backend.database, backend.charset, backend.connect_timeout,
+                      init_query=backend.init_query)
 
     def pool(self, user: str) -> Pool:
         pool = self.pools.get(user)

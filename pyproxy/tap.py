@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.internet.task import LoopingCall
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -134,6 +135,7 @@ class ProxyService(service.Service):
                                     idle_timeout=config.pool.idle_timeout,
                                     min_idle=config.pool.min_idle)
         self.port: Any = None
+        self._idle_sweep: Any = None
         self.log = logs.get_logger(component="service")
 
     def listen(self) -> None:
@@ -163,7 +165,16 @@ class ProxyService(service.Service):
             for account in self.config.users:
                 self.proxy.pool(account.name)
         self.health.start()
+        idle_timeout = self.config.proxy.idle_client_timeout
+        self._idle_sweep = LoopingCall(self._close_idle_clients)
+        self._idle_sweep.clock = self.reactor
+        self._idle_sweep.start(min(30.0, idle_timeout / 4), now=False)
         signal.signal(signal.SIGUSR1, lambda signum, frame: self.reactor.callFromThread(self.log_stats))
+
+    def _close_idle_clients(self) -> None:
+        now = self.reactor.seconds()
+        for client in list(self.proxy.clients.values()):
+            client.check_idle(now, self.config.proxy.idle_client_timeout)
 
     def log_stats(self) -> None:
         """One event per pool, then the pins per reason (SIGUSR1, and at shutdown)."""
@@ -173,6 +184,8 @@ class ProxyService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._idle_sweep is not None and self._idle_sweep.running:
+            self._idle_sweep.stop()
         self.log_stats()
         self.health.stop()
         self.proxy.close()
