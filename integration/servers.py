@@ -344,7 +344,7 @@ def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[
 def proxy_config(server: DbServer, listen: str) -> dict[str, Any]:
     """Return the config every test proxy starts from: small pool, short timeouts, debug logs."""
     return {
-        "proxy": {"listen": listen},
+        "proxy": {"listen": listen, "drain_timeout": 3},
         "backend": {
             "host": server.host,
             "port": server.port,

@@ -140,6 +140,8 @@ class BackendConnection(protocol.Protocol):
         self._deadline: Any = None
         # LAST_INSERT_ID() of this server session, as far as pyproxy knows.
         self.last_insert_id = 0
+        # The pool generation (configuration) this connection was opened for.
+        self.generation = 0
         self._timeout: Any = None
 
     # -- connection phase ---------------------------------------------------

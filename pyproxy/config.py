@@ -67,6 +67,8 @@ class ProxyConfig:
     # Seconds a statement may run before pyproxy stops it with KILL QUERY on
     # the server (the client gets the server's error); 0 turns it off.
     query_timeout: float = attrs.field(default=0.0, validator=_non_negative_number)
+    # Seconds a shutdown (SIGTERM) waits for open transactions to finish.
+    drain_timeout: float = attrs.field(default=30.0, validator=_non_negative_number)
 
 
 @attrs.frozen

@@ -808,7 +808,20 @@ class FrontendProtocol(protocol.Protocol):
             self.phase = CLOSED
             self.transport.loseConnection()
         self._release_if_clean()
+        if self.proxy.draining:
+            self.drain()
+            return
         self._next()
+
+    def drain(self) -> None:
+        """Shutting down: a client that holds no transaction is closed now; one that
+        does is closed when its transaction ends."""
+        if self.phase != COMMANDS or self._busy or self._infile:
+            return
+        if self.backend is not None and self.session.holds_state() and not self.pinned:
+            return
+        self._closed_reason = "shutdown"
+        self.transport.loseConnection()
 
     def _next(self) -> None:
         queue = self._queue

@@ -51,7 +51,7 @@ class HealthChecker:
     def check(self) -> None:
         now = self.clock.seconds()
         for pool in self.pools():
-            if pool.closed:
+            if pool.closed or pool.paused:
                 continue
             for conn in list(pool.idle):
                 if now - conn.created_at >= self.max_lifetime:

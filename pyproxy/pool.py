@@ -58,6 +58,11 @@ class Pool:
         self._to_place: deque[BackendConnection] = deque()
         self._placing = False
         self.closed = False
+        # PAUSE: borrowers wait, connections that come back are closed.
+        self.paused = False
+        # Bumped when the backend or the account changes (SIGHUP): older
+        # connections are closed instead of reused.
+        self.generation = 0
         # The flavor clients asked for last: min_idle keeps that one warm.
         self.last_flavor = 0
         self.log = get_logger(pool=user)
@@ -78,6 +83,8 @@ class Pool:
     def try_borrow(self, flavor: int) -> BackendConnection | None:
         """The fast path: an idle connection of the right flavor, most recently used first."""
         self.last_flavor = flavor
+        if self.paused:
+            return None
         idle = self.idle
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
@@ -161,6 +168,10 @@ class Pool:
             self._placing = False
 
     def _place_one(self, conn: BackendConnection) -> None:
+        if self.paused or conn.generation != self.generation:
+            conn.close("pool paused" if self.paused else "configuration changed")
+            self._grow()
+            return
         for waiter in self.waiters:
             if waiter.flavor == conn.flavor:
                 self.waiters.remove(waiter)
@@ -201,7 +212,7 @@ class Pool:
     def _grow(self) -> None:
         """Opens connections for waiters that no opening connection will serve."""
         unserved = len(self.waiters) - self.connecting
-        while unserved > 0 and not self.closed:
+        while unserved > 0 and not self.closed and not self.paused:
             if self.size() >= self.max_size:
                 if not self.idle:
                     return
@@ -214,9 +225,12 @@ class Pool:
         self.connecting += 1
         d = self.connector(flavor)
 
+        generation = self.generation
+
         def opened(conn: BackendConnection) -> None:
             self.connecting -= 1
             self.opened += 1
+            conn.generation = generation
             if self.closed:
                 conn.close("pool closed")
                 return
@@ -249,6 +263,27 @@ class Pool:
             self.log.info("backend_replaced", backend_id=conn.id, reason="lost while idle")
         self._grow()
 
+    def pause(self) -> None:
+        """New transactions wait; running ones finish; idle connections close now and
+        lent ones when they come back, so the server can be worked on."""
+        self.paused = True
+        for conn in self.idle + list(self.checking):
+            conn.close("pool paused")
+        self.idle.clear()
+        self.checking.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._grow()
+
+    def renew(self) -> None:
+        """The target or the account changed: no connection opened before is reused."""
+        self.generation += 1
+        for conn in self.idle:
+            conn.close("configuration changed")
+        self.idle.clear()
+        self._grow()
+
     def stats(self) -> dict[str, Any]:
         """Counters and container sizes, for logs and benchmarks.
 
@@ -261,7 +296,7 @@ class Pool:
             rank = int(q * (total - 1)) if total else 0
             return 0.0 if rank < immediate else waited[min(rank - immediate, len(waited) - 1)]
         return {
-            "pool": self.user, "idle": len(self.idle), "lent": len(self.lent),
+            "pool": self.user, "paused": self.paused, "idle": len(self.idle), "lent": len(self.lent),
             "checking": len(self.checking), "connecting": self.connecting, "waiting": len(self.waiters),
             "borrows": self.borrows, "waits": self.waits, "timeouts": self.timeouts,
             "opened": self.opened, "open_failures": self.open_failures,

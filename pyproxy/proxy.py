@@ -52,6 +52,10 @@ class Proxy:
     clients: dict[int, Any] = attrs.field(factory=dict)
     # Schemas known to exist, so a client naming one at login needs no round trip.
     known_schemas: set[str] = attrs.field(factory=set)
+    # PAUSE in effect (SIGUSR2 toggles it).
+    paused: bool = False
+    # Shutting down: clients are closed as soon as they hold no transaction.
+    draining: bool = False
     # Pinned sessions so far, by reason.
     pins: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ignored_variables: frozenset[str] = attrs.field(init=False)
@@ -73,12 +77,43 @@ class Proxy:
     def pool(self, user: str) -> Pool:
         pool = self.pools.get(user)
         if pool is None:
-            target = self.target(user)
-            pool = Pool(user, lambda flavor: connect(self.reactor, target, flavor), self.reactor,
-                        max_size=self.config.pool.max_connections,
+            # The target is looked up at each open: a reload may change it.
+            pool = Pool(user, lambda flavor: connect(self.reactor, self.target(user), flavor),
+                        self.reactor, max_size=self.config.pool.max_connections,
                         borrow_timeout=self.config.pool.borrow_timeout)
+            pool.paused = self.paused
             self.pools[user] = pool
         return pool
+
+    def pause(self) -> None:
+        self.paused = True
+        for pool in self.pools.values():
+            pool.pause()
+
+    def resume(self) -> None:
+        self.paused = False
+        for pool in self.pools.values():
+            pool.resume()
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Applies a reloaded configuration to the running proxy; returns what changed.
+
+        Users, pool limits, timeouts and the backend take effect for the next
+        borrow; connections opened for an old backend or an old password are
+        closed when idle instead of reused.  The listening address needs a
+        restart.
+        """
+        old, self.config = self.config, config
+        changed = [name for name in ("proxy", "backend", "pool", "health", "session", "log", "users")
+                   if getattr(old, name) != getattr(config, name)]
+        self.ignored_variables = frozenset(config.session.ignore_variables)
+        for user, pool in self.pools.items():
+            pool.max_size = config.pool.max_connections
+            pool.borrow_timeout = config.pool.borrow_timeout
+            before, after = old.user(user), config.user(user)
+            if old.backend != config.backend or before != after:
+                pool.renew()
+        return changed
 
     def schema_known(self, schema: str) -> bool:
         """Whether a schema is known to exist: one a backend connection has

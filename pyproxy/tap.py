@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.task import LoopingCall
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -123,7 +123,8 @@ def listen_description(proxy: configuration.ProxyConfig) -> str:
 class ProxyService(service.Service):
     """Listens for clients and runs the health checker for as long as it runs."""
 
-    def __init__(self, config: configuration.Config, server: ServerInfo, reactor: Any = None) -> None:
+    def __init__(self, config: configuration.Config, server: ServerInfo, reactor: Any = None,
+                 reload: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor  # noqa: PLC0415
             reactor = default_reactor
@@ -136,6 +137,8 @@ class ProxyService(service.Service):
                                     min_idle=config.pool.min_idle)
         self.port: Any = None
         self._idle_sweep: Any = None
+        # Re-reads the configuration (file, environment, options) for SIGHUP.
+        self._reload = reload
         self.log = logs.get_logger(component="service")
 
     def listen(self) -> None:
@@ -169,7 +172,39 @@ class ProxyService(service.Service):
         self._idle_sweep = LoopingCall(self._close_idle_clients)
         self._idle_sweep.clock = self.reactor
         self._idle_sweep.start(min(30.0, idle_timeout / 4), now=False)
-        signal.signal(signal.SIGUSR1, lambda signum, frame: self.reactor.callFromThread(self.log_stats))
+        for signum, action in ((signal.SIGUSR1, self.log_stats), (signal.SIGUSR2, self.toggle_pause),
+                               (signal.SIGHUP, self.reload)):
+            signal.signal(signum, lambda number, frame, action=action: self.reactor.callFromThread(action))
+
+    def toggle_pause(self) -> None:
+        """SIGUSR2: PAUSE (new transactions wait, backend connections close as they
+        come free) or, when paused, RESUME."""
+        if self.proxy.paused:
+            self.proxy.resume()
+            self.log.info("resumed")
+        else:
+            self.proxy.pause()
+            self.log.info("paused")
+
+    def reload(self) -> None:
+        """SIGHUP: re-reads the configuration and applies it without dropping clients;
+        a bad file leaves the running configuration in place."""
+        if self._reload is None:
+            return
+        try:
+            config = self._reload()
+        except configuration.ConfigError as exc:
+            self.log.error("reload_failed", error=str(exc))
+            return
+        if config.proxy.listen != self.config.proxy.listen:
+            self.log.warning("reload_needs_restart", key="proxy.listen")
+        changed = self.proxy.reconfigure(config)
+        self.config = config
+        health = self.health
+        health.interval, health.max_lifetime = config.health.interval, config.pool.max_lifetime
+        health.idle_timeout, health.min_idle = config.pool.idle_timeout, config.pool.min_idle
+        logs.configure(config.log.level, config.log.format)
+        self.log.info("reloaded", changed=changed)
 
     def _close_idle_clients(self) -> None:
         now = self.reactor.seconds()
@@ -183,15 +218,34 @@ class ProxyService(service.Service):
         self.log.info("pin_summary", pins=dict(self.proxy.pins), clients=len(self.proxy.clients))
 
     def stopService(self) -> Any:
+        """SIGTERM: stop accepting, let open transactions finish (up to
+        drain_timeout), then close everything."""
         super().stopService()
         if self._idle_sweep is not None and self._idle_sweep.running:
             self._idle_sweep.stop()
-        self.log_stats()
-        self.health.stop()
-        self.proxy.close()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
+        stopped = defer.maybeDeferred(self.port.stopListening) if self.port is not None else defer.succeed(None)
+        self.proxy.draining = True
+        for client in list(self.proxy.clients.values()):
+            client.drain()
+        drained: defer.Deferred[None] = defer.Deferred()
+        deadline = self.reactor.seconds() + self.config.proxy.drain_timeout
+
+        def check() -> None:
+            busy = [c for c in self.proxy.clients.values() if c.backend is not None]
+            if busy and self.reactor.seconds() < deadline:
+                self.reactor.callLater(0.1, check)
+                return
+            if busy:
+                self.log.warning("drain_timeout", clients=len(busy))
+            for client in list(self.proxy.clients.values()):
+                client.transport.loseConnection()
+            self.log_stats()
+            self.health.stop()
+            self.proxy.close()
+            drained.callback(None)
+
+        check()
+        return defer.gatherResults([stopped, drained])
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -199,7 +253,11 @@ def makeService(options: Options) -> service.MultiService:
     logs.configure(config.log.level, config.log.format)
     server = options.get("server") or ServerInfo("5.7.99-pyproxy", 0xFFFFFFFF, config.backend.charset, 2)
     top = service.MultiService()
-    proxy_service = ProxyService(config, server)
+
+    def reload() -> configuration.Config:
+        return configuration.load(options["config"], os.environ, options.overrides())
+
+    proxy_service = ProxyService(config, server, reload=reload)
     try:
         proxy_service.listen()
     except StartupError as exc:
