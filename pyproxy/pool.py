@@ -22,11 +22,20 @@ from pyproxy.logs import get_logger
 from pyproxy.wire import constants as c
 
 
+# Errors that mean "the server is not there right now": a borrower waits and
+# the open is retried.  Others (a wrong password, an unknown database) fail it.
+TRANSIENT = frozenset((2003, 2013, 1040, 1053, 1927, 4031))
+RETRY_FIRST = 0.1
+RETRY_MAX = 0.5
+
+
 class BorrowTimeout(BackendError):
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, cause: BackendError | None = None) -> None:
         code, state = c.ER_PROXY_BORROW_TIMEOUT
+        reason = (f"the backend is unreachable: {cause.message}" if cause is not None
+                  else "the pool is exhausted")
         super().__init__(code, state, f"pyproxy: no backend connection became free within "
-                                      f"borrow_timeout ({seconds:g}s); the pool is exhausted")
+                                      f"borrow_timeout ({seconds:g}s); {reason}")
 
 
 @attrs.define(eq=False)
@@ -60,6 +69,10 @@ class Pool:
         self.closed = False
         # PAUSE: borrowers wait, connections that come back are closed.
         self.paused = False
+        # Opens failing because the server is unreachable: retried with backoff.
+        self._retries = 0
+        self._retry: IDelayedCall | None = None
+        self.last_error: BackendError | None = None
         # Bumped when the backend or the account changes (SIGHUP): older
         # connections are closed instead of reused.
         self.generation = 0
@@ -198,7 +211,8 @@ class Pool:
             self.waiters.remove(waiter)
             self.timeouts += 1
             self.log.warning("borrow_timeout", waited=self.borrow_timeout, pool_size=self.size())
-            waiter.deferred.errback(BorrowTimeout(self.borrow_timeout))
+            cause = self.last_error if self._retries else None
+            waiter.deferred.errback(BorrowTimeout(self.borrow_timeout, cause))
 
     def _cancel(self, waiter: Waiter) -> None:
         """The client went away while waiting."""
@@ -230,6 +244,7 @@ class Pool:
         def opened(conn: BackendConnection) -> None:
             self.connecting -= 1
             self.opened += 1
+            self._retries = 0
             conn.generation = generation
             if self.closed:
                 conn.close("pool closed")
@@ -242,6 +257,16 @@ class Pool:
             self.connecting -= 1
             self.open_failures += 1
             exc = failure.value
+            self.last_error = exc if isinstance(exc, BackendError) else None
+            if isinstance(exc, BackendError) and exc.code in TRANSIENT:
+                # The server is down or restarting: borrowers keep waiting (up to
+                # borrow_timeout) while opens are retried with capped backoff.
+                self._retries += 1
+                delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self._retries - 1))
+                self.log.warning("backend_open_failed", error=str(exc), retry_in=delay)
+                if self._retry is None or not self._retry.active():
+                    self._retry = self.clock.callLater(delay, self._retry_grow)
+                return
             self.log.warning("backend_open_failed", error=str(exc))
             for waiter in self.waiters:
                 if waiter.flavor == flavor:
@@ -254,6 +279,10 @@ class Pool:
 
         d.addCallbacks(opened, failed)
         return d
+
+    def _retry_grow(self) -> None:
+        self._retry = None
+        self._grow()
 
     def _lost(self, conn: BackendConnection) -> None:
         """A connection died on its own (server restart, KILL, network)."""
@@ -308,6 +337,8 @@ class Pool:
     def close(self) -> None:
         """Closes every idle connection and refuses new borrowers; lent ones close on return."""
         self.closed = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         for waiter in list(self.waiters):
             self._cancel(waiter)
             waiter.deferred.errback(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))

@@ -699,12 +699,23 @@ class RoundTripTests(LoggedIn):
         self.assertTrue(self.client.closed)
 
     def test_backend_open_fails(self) -> None:
-        """A backend that cannot be opened gives the waiting client that error."""
+        """A backend that refuses the account gives the waiting client that error."""
+        self.client.query(SELECT)
+        self.backends.fail(BackendError(1045, "28000", "Access denied"))
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 1045, "28000"))
+        self.assertFalse(self.client.closed)
+
+    def test_unreachable_backend_makes_the_client_wait(self) -> None:
+        """A server that cannot be reached keeps the client's statement waiting (never sent,
+        so safe to run later) until a connection opens."""
         self.client.query(SELECT)
         self.backends.fail(BackendError(2003, "HY000", "Can't connect to MySQL server"))
-        [err] = self.client.received()
-        self.assertEqual(err_of(err), (1, 2003, "HY000"))
-        self.assertFalse(self.client.closed)
+        self.assertEqual(self.client.received(), [])
+        self.proxy.reactor.advance(0.1)
+        conn, server = self.backends.open()
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(SELECT))
 
     def test_client_leaves_mid_command(self) -> None:
         """A client gone while its command runs takes its backend with it: discarded, never reused."""

@@ -289,11 +289,39 @@ class PoolTests(SynchronousTestCase):
         self.make_pool(1)
         d1, d2 = self.pool.borrow(0), self.pool.borrow(0)
         self.assertEqual(self.connector.pending(), [0])
-        self.connector.fail()
+        self.connector.fail(0, BackendError(1045, "28000", "Access denied"))
         self.failureResultOf(d1, BackendError)
         self.assertNoResult(d2)
         self.check_size()
         self.assertEqual(self.connector.pending(), [0])
+
+    def test_unreachable_server_keeps_borrowers_waiting(self) -> None:
+        """While the server is unreachable, borrowers wait and opens are retried with
+        growing delays; once it answers, the waiting borrower gets its connection."""
+        d = self.pool.borrow(0)
+        self.connector.fail(0, BackendError(2003, "HY000", "Can't connect"))
+        self.assertNoResult(d)
+        self.assertEqual(self.connector.pending(), [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.connector.pending(), [0])
+        self.connector.fail(0, BackendError(2003, "HY000", "Can't connect"))
+        self.clock.advance(0.1)
+        self.assertEqual(self.connector.pending(), [])
+        self.clock.advance(0.1)
+        conn = self.connector.succeed()
+        self.assertIs(self.successResultOf(d), conn)
+        self.check_size()
+
+    def test_borrow_timeout_names_the_unreachable_server(self) -> None:
+        """A borrower that waited out borrow_timeout on a dead server is told so."""
+        d = self.pool.borrow(0)
+        self.connector.fail(0, BackendError(2003, "HY000", "Can't connect to MySQL server"))
+        for _ in range(60):
+            self.clock.advance(0.1)
+            for _ in self.connector.pending():
+                self.connector.fail(0, BackendError(2003, "HY000", "Can't connect to MySQL server"))
+        failure = self.failureResultOf(d, BorrowTimeout)
+        self.assertIn("unreachable", failure.value.message)
 
     def test_lost_idle_connection_is_forgotten(self) -> None:
         """A connection that dies while idle leaves the pool."""

@@ -1,0 +1,169 @@
+"""Fault tests against a real server: crash and restart, killed connections, no lost money.
+
+Each is bounded in time and stops by itself; traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pymysql
+
+ACCOUNTS = 20
+START_BALANCE = 1000
+
+
+def setup_bank(db_server) -> None:
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS app.accounts (id INT PRIMARY KEY, balance INT NOT NULL) "
+                    "ENGINE=InnoDB")
+        cur.execute("CREATE TABLE IF NOT EXISTS app.transfers (id VARCHAR(40) PRIMARY KEY, "
+                    "src INT, dst INT, amount INT) ENGINE=InnoDB")
+        cur.execute("DELETE FROM app.accounts")
+        cur.execute("DELETE FROM app.transfers")
+        cur.executemany("INSERT INTO app.accounts VALUES (%s, %s)",
+                        [(i, START_BALANCE) for i in range(ACCOUNTS)])
+    root.close()
+
+
+def check_bank(db_server, committed: set[str]) -> None:
+    """The sum is unchanged, and every transfer a client saw committed is there, once."""
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute("SELECT SUM(balance) FROM app.accounts")
+        assert int(cur.fetchone()[0]) == ACCOUNTS * START_BALANCE
+        cur.execute("SELECT id FROM app.transfers")
+        stored = {row[0] for row in cur.fetchall()}
+        cur.execute("SELECT COALESCE(SUM(amount), 0) FROM app.transfers")
+    root.close()
+    assert committed <= stored, sorted(committed - stored)[:5]
+
+
+class Bank:
+    """Clients moving money in transactions until told to stop."""
+
+    def __init__(self, proxy, clients: int) -> None:
+        self.proxy = proxy
+        self.committed: set[str] = set()
+        self.errors: list[int] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(clients)]
+
+    def run(self, n: int) -> None:
+        rng = random.Random(n)
+        conn = None
+        count = 0
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.proxy.connect(autocommit=False, read_timeout=30)
+                src, dst = rng.sample(range(ACCOUNTS), 2)
+                amount = rng.randint(1, 20)
+                transfer = f"{n}-{count}"
+                count += 1
+                with conn.cursor() as cur:
+                    cur.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, src))
+                    cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, dst))
+                    cur.execute("INSERT INTO transfers VALUES (%s, %s, %s, %s)", (transfer, src, dst, amount))
+                conn.commit()
+                self.committed.add(transfer)
+            except pymysql.MySQLError as exc:
+                self.errors.append(exc.args[0] if exc.args else 0)
+                try:
+                    if conn is not None:
+                        conn.close()
+                except Exception:  # noqa: BLE001 - the connection may already be gone
+                    pass
+                conn = None
+                time.sleep(0.05)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Bank":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+def test_server_crash_and_restart(make_proxy, controllable_db_server, capsys) -> None:
+    """kill -9 the server under load and start it again: idle clients carry on without an
+    error, in-flight transactions get errors (never a false commit), and no money is lost."""
+    db = controllable_db_server
+    proxy = make_proxy(pool={"max_connections": 8, "borrow_timeout": 30}, health={"interval": 0.5})
+    setup_bank(db)
+    idle = [proxy.connect() for _ in range(20)]
+    for conn in idle:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    with Bank(proxy, 12) as bank:
+        time.sleep(1.5)
+        db.kill()
+        waited: list[object] = []
+
+        def during_downtime() -> None:
+            # Sent while the server is down: it waits for a connection, then runs.
+            with idle[1].cursor() as cur:
+                cur.execute("SELECT 7")
+                waited.append(cur.fetchone()[0])
+                waited.append(time.monotonic())
+
+        waiter = threading.Thread(target=during_downtime)
+        time.sleep(0.2)
+        waiter.start()
+        time.sleep(1.0)
+        db.start()
+        back = time.monotonic()
+        waiter.join(timeout=30)
+        assert waited[0] == 7
+        first_success = waited[1]
+        time.sleep(1.5)
+    for conn in idle:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 2")
+            assert cur.fetchone()[0] == 2
+        conn.close()
+    check_bank(db, bank.committed)
+    assert len(bank.committed) > 0
+    with capsys.disabled():
+        print(f"\n[fault] server restart: first statement through pyproxy "
+              f"{(first_success - back) * 1000:.0f} ms after the server was back; "
+              f"{len(bank.committed)} transfers committed, {len(bank.errors)} client errors "
+              f"({sorted(set(bank.errors))}), 20 idle clients: 0 errors")
+
+
+def test_server_kills_pyproxy_connections(make_proxy, db_server, capsys) -> None:
+    """An admin KILLs every pyproxy connection on the server, twice, under load: idle
+    clients carry on, in-flight transactions get errors, no money is lost."""
+    proxy = make_proxy(pool={"max_connections": 8, "borrow_timeout": 30})
+    setup_bank(db_server)
+    idle = [proxy.connect() for _ in range(20)]
+    with Bank(proxy, 12) as bank:
+        for _ in range(2):
+            time.sleep(1.0)
+            root = db_server.connect()
+            with root.cursor() as cur:
+                cur.execute("SELECT id FROM information_schema.processlist WHERE user = 'app'")
+                for (thread,) in cur.fetchall():
+                    try:
+                        cur.execute(f"KILL {int(thread)}")
+                    except pymysql.MySQLError:
+                        pass  # already gone
+            root.close()
+        time.sleep(1.0)
+    for conn in idle:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 3")
+            assert cur.fetchone()[0] == 3
+        conn.close()
+    check_bank(db_server, bank.committed)
+    with capsys.disabled():
+        print(f"\n[fault] server KILLs: {len(bank.committed)} transfers committed, "
+              f"{len(bank.errors)} client errors ({sorted(set(bank.errors))}), 20 idle clients: 0 errors")
