@@ -273,7 +273,7 @@ class ClientSession:
         set; SQL_CALC_FOUND_ROWS holds it for the FOUND_ROWS() that follows.
         """
         self.pending_characteristics = False
-        if failed:
+        if failed or _UNTRACKED.search(sql, 0, SCAN_LIMIT) is None:
             return None
         reason = None
         for match in _UNTRACKED.finditer(sql, 0, SCAN_LIMIT):
