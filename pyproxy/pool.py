@@ -65,6 +65,8 @@ class Pool:
         self.connecting = 0
         self.waiters: deque[Waiter] = deque()
         self._to_place: deque[BackendConnection] = deque()
+        # Opens in progress, by flavor.
+        self._opening: dict[int, int] = {}
         self._placing = False
         self.closed = False
         # PAUSE: borrowers wait, connections that come back are closed.
@@ -85,7 +87,7 @@ class Pool:
         self.timeouts = 0
         self.opened = 0
         self.open_failures = 0
-        # How long the last borrowers that had to wait waited, in seconds.
+        # How long the last borrowers waited, in seconds (0 when served at once).
         self.wait_times: deque[float] = deque(maxlen=10000)
 
     def size(self) -> int:
@@ -105,6 +107,7 @@ class Pool:
                 del idle[i]
                 self.lent.add(conn)
                 self.borrows += 1
+                self.wait_times.append(0.0)
                 return conn
         return None
 
@@ -185,16 +188,30 @@ class Pool:
             conn.close("pool paused" if self.paused else "configuration changed")
             self._grow()
             return
-        for waiter in self.waiters:
-            if waiter.flavor == conn.flavor:
-                self.waiters.remove(waiter)
-                self._lend_to(waiter, conn)
+        waiters = self.waiters
+        if waiters:
+            oldest = waiters[0]
+            if oldest.flavor == conn.flavor:
+                waiters.popleft()
+                self._lend_to(oldest, conn)
                 return
-        if self.waiters and self.size() + 1 >= self.max_size:
-            # Waiters need another flavor and the pool is full: make room.
-            conn.close("replaced by a connection for another client flavor")
-            self._grow()
-            return
+            full = self.size() + 1 >= self.max_size
+            if full and not self._opening.get(oldest.flavor):
+                # FIFO across flavors: the oldest waiter needs another kind of
+                # connection and nothing is being opened for it, so this one
+                # makes room rather than serving a younger waiter again.
+                conn.close("replaced by a connection for another client flavor")
+                self._grow()
+                return
+            for waiter in waiters:
+                if waiter.flavor == conn.flavor:
+                    waiters.remove(waiter)
+                    self._lend_to(waiter, conn)
+                    return
+            if full:
+                conn.close("replaced by a connection for another client flavor")
+                self._grow()
+                return
         self.idle.append(conn)
 
     def _lend_to(self, waiter: Waiter, conn: BackendConnection) -> None:
@@ -210,6 +227,7 @@ class Pool:
         if waiter in self.waiters:
             self.waiters.remove(waiter)
             self.timeouts += 1
+            self.wait_times.append(self.borrow_timeout)
             self.log.warning("borrow_timeout", waited=self.borrow_timeout, pool_size=self.size())
             cause = self.last_error if self._retries else None
             waiter.deferred.errback(BorrowTimeout(self.borrow_timeout, cause))
@@ -224,25 +242,34 @@ class Pool:
     # -- growing --------------------------------------------------------------
 
     def _grow(self) -> None:
-        """Opens connections for waiters that no opening connection will serve."""
-        unserved = len(self.waiters) - self.connecting
-        while unserved > 0 and not self.closed and not self.paused:
+        """Opens connections for waiters, oldest first, that no opening connection
+        of their flavor will serve."""
+        if self.closed or self.paused or not self.waiters:
+            return
+        if self.connecting == 0 and self.size() >= self.max_size and not self.idle:
+            return  # full, nothing to replace: a connection coming back will serve them
+        covered = dict(self._opening)
+        for waiter in list(self.waiters):
+            if covered.get(waiter.flavor):
+                covered[waiter.flavor] -= 1
+                continue
             if self.size() >= self.max_size:
                 if not self.idle:
                     return
                 self.idle.pop(0).close("replaced by a connection for another client flavor")
-            self.open(self.waiters[len(self.waiters) - unserved].flavor)
-            unserved -= 1
+            self.open(waiter.flavor)
 
     def open(self, flavor: int) -> defer.Deferred[Any]:
         """Opens one connection; it goes to a waiter or to the idle list."""
         self.connecting += 1
+        self._opening[flavor] = self._opening.get(flavor, 0) + 1
         d = self.connector(flavor)
 
         generation = self.generation
 
         def opened(conn: BackendConnection) -> None:
             self.connecting -= 1
+            self._opening[flavor] -= 1
             self.opened += 1
             self._retries = 0
             conn.generation = generation
@@ -255,6 +282,7 @@ class Pool:
 
         def failed(failure: Failure) -> None:
             self.connecting -= 1
+            self._opening[flavor] -= 1
             self.open_failures += 1
             exc = failure.value
             self.last_error = exc if isinstance(exc, BackendError) else None
@@ -316,14 +344,14 @@ class Pool:
     def stats(self) -> dict[str, Any]:
         """Counters and container sizes, for logs and benchmarks.
 
-        Borrow latency percentiles count the borrows served at once as 0.
+        Borrow latency percentiles are over the last 10,000 borrows: those
+        served at once count as 0, those that timed out as borrow_timeout.
         """
-        waited = sorted(self.wait_times)
-        immediate = max(0, self.borrows - self.waits)
+        recent = sorted(self.wait_times)
+
         def percentile(q: float) -> float:
-            total = immediate + len(waited)
-            rank = int(q * (total - 1)) if total else 0
-            return 0.0 if rank < immediate else waited[min(rank - immediate, len(waited) - 1)]
+            return recent[int(q * (len(recent) - 1))] if recent else 0.0
+
         return {
             "pool": self.user, "paused": self.paused, "idle": len(self.idle), "lent": len(self.lent),
             "checking": len(self.checking), "connecting": self.connecting, "waiting": len(self.waiters),
@@ -331,7 +359,7 @@ class Pool:
             "opened": self.opened, "open_failures": self.open_failures,
             "borrow_wait_p50_ms": round(percentile(0.5) * 1000, 3),
             "borrow_wait_p99_ms": round(percentile(0.99) * 1000, 3),
-            "borrow_wait_max_ms": round((waited[-1] if waited else 0.0) * 1000, 3),
+            "borrow_wait_max_ms": round((recent[-1] if recent else 0.0) * 1000, 3),
         }
 
     def close(self) -> None:

@@ -94,3 +94,82 @@ def test_parse_args_quick_and_bounds() -> None:
     assert run.parse_args([]).duration == 10.0
     with pytest.raises(SystemExit):
         run.parse_args(["--duration", "0"])
+
+
+def _event(**fields: object) -> str:
+    return json.dumps(fields)
+
+
+def test_newest_stats_takes_the_last_events_of_the_pool() -> None:
+    lines = [
+        _event(event="pool_stats", pool="app", borrows=10, waits=2),
+        _event(event="pool_stats", pool="other", borrows=99, waits=99),
+        _event(event="pin_summary", pins={}, clients=0),
+        "2026-01-01T00:00:00+0000 [-] not JSON",
+        '{"truncated": ',
+        _event(event="pool_stats", pool="app", borrows=30, waits=5),
+        _event(event="pin_summary", pins={"user variable": 1}, clients=3),
+    ]
+    found = run.newest_stats(lines, "app")
+    assert found["pool"]["borrows"] == 30
+    assert found["pins"] == {"user variable": 1}
+    assert run.newest_stats(["{}", "x"], "app") == {"pool": None, "pins": None}
+
+
+def test_stats_delta_subtracts_counters_and_keeps_percentiles() -> None:
+    def snapshot(borrows: int, waits: int, p99: float, pins: dict[str, int]) -> dict:
+        return {"pool": {"borrows": borrows, "waits": waits, "timeouts": 0, "opened": 4,
+                         "borrow_wait_p50_ms": 0.0, "borrow_wait_p99_ms": p99,
+                         "borrow_wait_max_ms": 9.5},
+                "pins": pins}
+
+    first = snapshot(100, 10, 1.5, {"temporary table": 1})
+    second = snapshot(350, 60, 2.5, {"temporary table": 1, "GET_LOCK": 2})
+    assert run.stats_delta(first, None) == {
+        "borrows": 100, "waits": 10, "timeouts": 0, "opened": 4, "wait_p50_ms": 0.0,
+        "wait_p99_ms": 1.5, "wait_max_ms": 9.5, "pins": {"temporary table": 1}}
+    delta = run.stats_delta(second, first)
+    assert (delta["borrows"], delta["waits"], delta["opened"]) == (250, 50, 0)
+    assert delta["wait_p99_ms"] == 2.5
+    assert delta["pins"] == {"GET_LOCK": 2}
+    # No pool_stats (no pool yet) and no pin_summary: nothing is made up.
+    empty = run.stats_delta({"pool": None, "pins": None}, first)
+    assert empty["borrows"] is None and empty["wait_p99_ms"] is None and empty["pins"] is None
+
+
+def test_pin_share_and_borrows_text() -> None:
+    assert run.pin_share(0, 0) == "no logins"
+    assert run.pin_share(0, 1234, {}) == "0.0% of 1234"
+    assert run.pin_share(3, 200, {"user variable": 1, "GET_LOCK": 2}) == \
+        "1.5% of 200 (GET_LOCK x2, user variable x1)"
+    assert run.borrows_text(250, 50) == "250 (50 waited)"
+    assert run.borrows_text(None, None) is None
+
+
+def test_pyproxy_rows() -> None:
+    result = {"pyproxy_log": {"pinned_share": "0.0% of 16", "borrows": 250, "waits": 50,
+                              "wait_p50_ms": 0.0, "wait_p99_ms": 2.5}}
+    rows = run.pyproxy_rows("select c=16", result)
+    assert [row[1] for row in rows] == ["pinned share", "pyproxy borrows (waited)",
+                                        "borrow wait p50 ms (recent)",
+                                        "borrow wait p99 ms (recent)"]
+    assert [row[3] for row in rows] == ["0.0% of 16", "250 (50 waited)", 0.0, 2.5]
+    assert all(row[2] is None for row in rows)  # no direct figure
+    assert {row[3] for row in run.pyproxy_rows("storm", None)} == {"FAILED"}
+    # The table renders them (strings as they are, numbers with their format).
+    assert "250 (50 waited)" in run.render_table(rows)
+
+
+def test_new_log_lines_leaves_a_partial_line_for_later(tmp_path: Path) -> None:
+    proxy = run.PyProxy("p", None, "pw", 1, "info", tmp_path)
+    proxy.log_path.write_bytes(b'{"event": "a"}\n{"event": "b')
+    assert proxy.new_log_lines() == ['{"event": "a"}']
+    with open(proxy.log_path, "ab") as f:
+        f.write(b'"}\n')
+    assert proxy.new_log_lines() == ['{"event": "b"}']
+    assert proxy.new_log_lines() == []
+
+
+def test_pin_stats_option_is_gone() -> None:
+    with pytest.raises(SystemExit):
+        run.parse_args(["--pin-stats"])

@@ -462,3 +462,24 @@ class StatsTests(SynchronousTestCase):
         self.assertEqual((stats["borrows"], stats["waits"], stats["lent"]), (99, 1, 1))
         self.assertEqual(stats["borrow_wait_p50_ms"], 0.0)
         self.assertEqual(stats["borrow_wait_max_ms"], 250.0)
+
+
+class FairnessTests(SynchronousTestCase):
+    def test_oldest_waiter_served_first_across_flavors(self) -> None:
+        """In a full pool, a connection coming back does not go to a younger waiter of
+        its own flavor while an older waiter of another flavor has nothing opening for it:
+        it makes room for the older one (FIFO, as documented)."""
+        clock = Clock()
+        connector = FakeConnector(clock)
+        pool = Pool("app", connector, clock, max_size=1, borrow_timeout=60)
+        d = pool.borrow(0)
+        conn = connector.succeed()
+        self.successResultOf(d)
+        older = pool.borrow(2)
+        younger = pool.borrow(0)
+        pool.give_back(conn)
+        self.assertEqual(conn.closed, "replaced by a connection for another client flavor")
+        self.assertEqual(connector.pending(), [2])
+        conn2 = connector.succeed()
+        self.assertIs(self.successResultOf(older), conn2)
+        self.assertNoResult(younger)
