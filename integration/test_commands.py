@@ -64,3 +64,28 @@ def test_unsupported_commands_get_an_error(make_proxy, command: int) -> None:
         cur.execute("SELECT 9")
         assert cur.fetchone()[0] == 9
     client.close()
+
+
+def test_load_data_local_refused_like_a_server_would(make_proxy, db_server, tmp_path) -> None:
+    """A client that did not enable LOCAL INFILE gets the server's error for LOAD DATA
+    LOCAL through pyproxy, as directly; the session goes on."""
+    data = tmp_path / "rows.csv"
+    data.write_text("1\n2\n")
+    proxy = make_proxy()
+
+    def attempt(conn) -> int:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS no_local (v INT)")
+            with pytest.raises(pymysql.MySQLError) as info:
+                cur.execute(f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE no_local")
+            cur.execute("SELECT 1")
+            assert cur.fetchone()[0] == 1
+        return info.value.args[0]
+
+    direct = pymysql.connect(host=db_server.host, port=db_server.port, user="app", password="app_pw",
+                             database="app", ssl_disabled=True)
+    expected = attempt(direct)
+    direct.close()
+    through = proxy.connect()
+    assert attempt(through) == expected in (4166, 3948, 1148)
+    through.close()

@@ -42,16 +42,18 @@ from pyproxy.wire.responses import ERR, parse_err, parse_ok
 # because they change what the server does (affected-row counts, LOAD DATA
 # LOCAL, parsing) and cannot be translated packet by packet.  Connections
 # are pooled per combination; most applications use one.
-FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE
+FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE
 
 # CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the
 # session-tracking data a classic EOF cannot, and clients without it get the
-# EOFs they expect by translation.  CLIENT_SESSION_TRACK is translated too.
+# EOFs they expect by translation.  CLIENT_SESSION_TRACK is translated too,
+# and CLIENT_LOCAL_FILES: a client without it that runs LOAD DATA LOCAL gets
+# the error a server would give it, and the server an empty file.
 BASE_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
     | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS
     | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
-    | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF
+    | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF | CLIENT.LOCAL_FILES
 )
 
 # Transaction-info tracking stays off: it would flag every statement that

@@ -90,6 +90,7 @@ class FrontendProtocol(protocol.Protocol):
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
+        "_refused_infile",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -128,6 +129,8 @@ class FrontendProtocol(protocol.Protocol):
         self._closed_reason: str | None = None
         self._query_timer: Any = None
         self.last_active = 0.0
+        # The sequence id for the error that replaces a refused LOCAL INFILE, or -1.
+        self._refused_infile = -1
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -664,6 +667,23 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
         """Bytes of the reply, already settled by the tracker: forward them."""
+        if self._refused_infile >= 0:
+            # The rest of a reply whose LOCAL INFILE this client may not run.
+            if tracker.state == DONE:
+                if "mariadb" in self.proxy.server.version.lower():
+                    code, state, message = (4166, "HY000", "The used command is not allowed because "
+                                            "the MariaDB server or client has disabled the local "
+                                            "infile capability")
+                else:
+                    code, state, message = (3948, "42000", "Loading local data is disabled; this "
+                                            "must be enabled on both the client and server sides")
+                self.transport.write(frame(make_err(code, state, message), self._refused_infile))
+                self._refused_infile = -1
+                self._reply_done(tracker)
+            return
+        if tracker.infile_at >= 0 and not self.capabilities & CLIENT.LOCAL_FILES:
+            self._refuse_infile(data, tracker)
+            return
         if tracker.prepare_ok_at >= 0:
             # The client sees pyproxy's statement id, not this connection's.
             at = tracker.prepare_ok_at + 5
@@ -685,7 +705,23 @@ class FrontendProtocol(protocol.Protocol):
         if state == DONE:
             self._reply_done(tracker)
         elif state == INFILE:
+            tracker.infile_at = -1
             self._infile = True
+
+    def _refuse_infile(self, data: bytes, tracker: ResponseTracker) -> None:
+        """The server asks for a LOCAL INFILE from a client that did not offer
+        CLIENT_LOCAL_FILES: the server gets an empty file, the client the error
+        its server would have given it (MariaDB 4166, MySQL 3948) in place of
+        the request."""
+        at = tracker.infile_at
+        tracker.infile_at = -1
+        if at:
+            self._forwarded = True
+            write_now(self.transport, bytes(data[:at]))
+        self._refused_infile = tracker.seq
+        conn = self.backend
+        conn.relay_more(frame(b"", (tracker.seq - tracker.shift + 1) & 0xFF))
+        conn.infile_sent()
 
     def _throttle(self) -> None:
         """The client reads slower than the server sends: from now until the end of

@@ -828,3 +828,21 @@ class ReviewTests(LoggedIn):
             server.received()
             server.send(vectors.PING_OK)
         self.assertEqual(self.client.transport.producerState, "producing")
+
+
+class LocalFilesTests(LoggedIn):
+    caps = CLIENT_CAPS & ~CLIENT.LOCAL_FILES
+
+    def test_local_infile_refused_for_a_client_without_local_files(self) -> None:
+        """A client that did not offer CLIENT_LOCAL_FILES shares connections that have it;
+        if it runs LOAD DATA LOCAL, the server gets an empty file and the client the error."""
+        conn, server = self.first_backend(self.client, "LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t")
+        server.send(vectors.INFILE_REQUEST)
+        self.assertEqual(self.client.raw(), b"")
+        [empty] = server.received()
+        self.assertEqual((empty.seq, empty.payload), (2, b""))
+        server.send(vectors.INFILE_OK)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 4166, "HY000"))  # what MariaDB answers such a client
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.pool.idle, [conn])

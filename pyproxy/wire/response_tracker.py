@@ -66,7 +66,7 @@ class ResponseTracker:
 
     __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
                  "warnings", "affected", "insert_id", "translate", "terminators", "edits",
-                 "changed", "_metadata_status", "prepare_ok_at",
+                 "changed", "_metadata_status", "prepare_ok_at", "infile_at",
                  "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns",
                  "_shift", "_cursor")
 
@@ -93,6 +93,8 @@ class ResponseTracker:
         self.prepared: tuple[int, int, int] | None = None
         # Offset of the prepare-OK packet in the buffer last scanned, -1 if not there.
         self.prepare_ok_at = -1
+        # Offset of a LOCAL INFILE request in the buffer last scanned, -1 if none.
+        self.infile_at = -1
         self._left = 0
         self._skip = 0
         self._continued = False
@@ -116,6 +118,7 @@ class ResponseTracker:
         ends with the terminator itself.
         """
         self._reply = reply
+        self.prepare_ok_at = self.infile_at = -1
         self._metadata_status = metadata_status & ~SERVER_SESSION_STATE_CHANGED
         self.translate = translate and self.deprecate_eof
         self._cursor = cursor
@@ -321,6 +324,7 @@ class ResponseTracker:
                         self.changed = True
                     self._set_status(status)
                 elif first == 0xFB and self._reply == Reply.RESULT:
+                    self.infile_at = start - 4
                     self.state = INFILE
                 elif first == 0xFE and end - start < 9:
                     raise ProtocolViolation("EOF packet where a result was expected")
