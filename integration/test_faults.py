@@ -11,7 +11,17 @@ import time
 
 import pymysql
 
+from integration import servers
+
 ACCOUNTS = 20
+
+
+def proxy_dir(make_proxy):
+    """A fresh folder for a proxy started by hand (next to the fixture's ones)."""
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp(prefix="pyproxy-fault-"))
 START_BALANCE = 1000
 
 
@@ -167,3 +177,48 @@ def test_server_kills_pyproxy_connections(make_proxy, db_server, capsys) -> None
     with capsys.disabled():
         print(f"\n[fault] server KILLs: {len(bank.committed)} transfers committed, "
               f"{len(bank.errors)} client errors ({sorted(set(bank.errors))}), 20 idle clients: 0 errors")
+
+
+def test_stalled_server(make_proxy, db_server) -> None:
+    """A server that stops answering (a relay that stops forwarding): a borrower gets an
+    error after borrow_timeout naming the unreachable backend, the pool reports the
+    backend down, and pyproxy recovers by itself once traffic flows again."""
+    from integration.relay import Relay
+
+    relay = Relay((db_server.host, db_server.port))
+
+    class Relayed:
+        host, port = "127.0.0.1", relay.port
+
+        def create_user(self, *args, **kwargs) -> None:
+            db_server.create_user(*args, **kwargs)
+
+    try:
+        proxy = servers.start_proxy(Relayed(), proxy_dir(make_proxy),
+                                    backend={"connect_timeout": 1},
+                                    pool={"borrow_timeout": 3}, health={"interval": 0.5})
+        client = proxy.connect(read_timeout=30)
+        with client.cursor() as cur:
+            cur.execute("SELECT 1")
+        relay.stall()
+        time.sleep(2.0)  # the health checker's pings go unanswered: connections are dropped
+        started = time.monotonic()
+        with client.cursor() as cur:
+            try:
+                cur.execute("SELECT 2")
+                raise AssertionError("a statement ran on a stalled server")
+            except pymysql.MySQLError as exc:
+                assert exc.args[0] in (9001, 2013), exc
+        assert time.monotonic() - started < 10
+        relay.resume()
+        time.sleep(1.5)
+        client = proxy.connect(read_timeout=30)
+        with client.cursor() as cur:
+            cur.execute("SELECT 3")
+            assert cur.fetchone()[0] == 3
+        client.close()
+        log = proxy.log_text()
+        assert "backend_down" in log and "backend_up" in log
+        proxy.stop()
+    finally:
+        relay.close()

@@ -271,6 +271,8 @@ class Pool:
             self.connecting -= 1
             self._opening[flavor] -= 1
             self.opened += 1
+            if self._retries:
+                self.log.info("backend_up", failed_opens=self._retries)
             self._retries = 0
             conn.generation = generation
             if self.closed:
@@ -289,6 +291,8 @@ class Pool:
             if isinstance(exc, BackendError) and exc.code in TRANSIENT:
                 # The server is down or restarting: borrowers keep waiting (up to
                 # borrow_timeout) while opens are retried with capped backoff.
+                if self._retries == 0:
+                    self.log.warning("backend_down", error=str(exc))
                 self._retries += 1
                 delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self._retries - 1))
                 self.log.warning("backend_open_failed", error=str(exc), retry_in=delay)
