@@ -38,11 +38,10 @@ class BorrowTimeout(BackendError):
                                       f"borrow_timeout ({seconds:g}s); {reason}")
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=True)
 class Waiter:
     flavor: int
     deferred: defer.Deferred[BackendConnection]
-    timer: IDelayedCall | None = None
     since: float = 0.0
 
 
@@ -65,6 +64,7 @@ class Pool:
         self.connecting = 0
         self.waiters: deque[Waiter] = deque()
         self._to_place: deque[BackendConnection] = deque()
+        self._expiry: IDelayedCall | None = None
         # Opens in progress, by flavor.
         self._opening: dict[int, int] = {}
         self._placing = False
@@ -120,8 +120,8 @@ class Pool:
         if conn is not None:
             return defer.succeed(conn)
         waiter = Waiter(flavor, defer.Deferred(lambda d: self._cancel(waiter)), since=self.clock.seconds())
-        waiter.timer = self.clock.callLater(self.borrow_timeout, self._expire, waiter)
         self.waiters.append(waiter)
+        self._schedule_expiry()
         self.waits += 1
         self._grow()
         return waiter.deferred
@@ -215,29 +215,41 @@ class Pool:
         self.idle.append(conn)
 
     def _lend_to(self, waiter: Waiter, conn: BackendConnection) -> None:
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
+        if not self.waiters and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self.lent.add(conn)
         self.borrows += 1
         self.wait_times.append(self.clock.seconds() - waiter.since)
         waiter.deferred.callback(conn)
 
-    def _expire(self, waiter: Waiter) -> None:
-        waiter.timer = None
-        if waiter in self.waiters:
-            self.waiters.remove(waiter)
+    def _schedule_expiry(self) -> None:
+        """One timer for the whole line, set for the oldest waiter's deadline,
+        instead of one per borrower (a storm has thousands)."""
+        if self._expiry is None and self.waiters:
+            due = self.waiters[0].since + self.borrow_timeout - self.clock.seconds()
+            self._expiry = self.clock.callLater(max(0.0, due), self._expire_waiters)
+
+    def _expire_waiters(self) -> None:
+        self._expiry = None
+        deadline = self.clock.seconds() - self.borrow_timeout
+        waiters = self.waiters
+        while waiters and waiters[0].since <= deadline + 1e-9:
+            waiter = waiters.popleft()
             self.timeouts += 1
             self.wait_times.append(self.borrow_timeout)
             self.log.warning("borrow_timeout", waited=self.borrow_timeout, pool_size=self.size())
             cause = self.last_error if self._retries else None
             waiter.deferred.errback(BorrowTimeout(self.borrow_timeout, cause))
+        self._schedule_expiry()
 
     def _cancel(self, waiter: Waiter) -> None:
         """The client went away while waiting."""
         if waiter in self.waiters:
             self.waiters.remove(waiter)
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
+        if not self.waiters and self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+            self._expiry = None
 
     # -- growing --------------------------------------------------------------
 
@@ -303,8 +315,6 @@ class Pool:
             for waiter in self.waiters:
                 if waiter.flavor == flavor:
                     self.waiters.remove(waiter)
-                    if waiter.timer is not None and waiter.timer.active():
-                        waiter.timer.cancel()
                     waiter.deferred.errback(failure)
                     break
             self._grow()
@@ -369,8 +379,9 @@ class Pool:
     def close(self) -> None:
         """Closes every idle connection and refuses new borrowers; lent ones close on return."""
         self.closed = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
+        for call in (self._retry, self._expiry):
+            if call is not None and call.active():
+                call.cancel()
         for waiter in list(self.waiters):
             self._cancel(waiter)
             waiter.deferred.errback(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
