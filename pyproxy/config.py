@@ -91,6 +91,10 @@ class PoolConfig:
     borrow_timeout: float = attrs.field(default=120.0, validator=_positive((int, float)))
     max_lifetime: float = attrs.field(default=3600.0, validator=_positive((int, float)))
     idle_timeout: float = attrs.field(default=600.0, validator=_positive((int, float)))
+    # Prepared statements kept per backend connection; keep users x
+    # max_connections x this under the server's max_prepared_stmt_count
+    # (16382 by default).  0 sizes it from that default.
+    statement_cache: int = attrs.field(default=0, validator=_non_negative_int)
 
 
 @attrs.frozen

@@ -63,6 +63,7 @@ STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECU
                                 COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA))
 ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
 ER_WRONG_ARGUMENTS = (1210, "HY000")
+ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
 
 # What a server reports to a client that asked for CLIENT_SESSION_TRACK and kept
 # the default tracking settings (MariaDB's and MySQL's defaults agree).
@@ -410,6 +411,18 @@ class FrontendProtocol(protocol.Protocol):
             return
 
         def failed(failure: Failure) -> None:
+            exc = failure.value
+            if (isinstance(exc, BackendError) and exc.code == ER_MAX_PREPARED_STMT_COUNT_REACHED
+                    and len(conn.statements) and not conn.broken):
+                # The server-wide statement limit: give back half of this
+                # connection's cached statements and try once more.
+                conn.close_statements(conn.statements.shrink(len(conn.statements) // 2))
+                conn.prepare(statement.sql).addCallbacks(
+                    lambda prepared: self._execute_on(statement, packet, prepared), failed_again)
+                return
+            failed_again(failure)
+
+        def failed_again(failure: Failure) -> None:
             if self.phase != CLOSED:
                 self._command_failed(failure.value)
 

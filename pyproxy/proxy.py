@@ -72,7 +72,16 @@ class Proxy:
         backend = self.config.backend
         return Target(backend.host, backend.port, user, account.password if account else "",
                       backend.database, backend.charset, backend.connect_timeout,
-                      init_query=backend.init_query)
+                      statement_cache=self.statement_cache(), init_query=backend.init_query)
+
+    def statement_cache(self) -> int:
+        """Statements cached per backend connection: as configured, or what keeps
+        every pool's connections together under the server's default
+        max_prepared_stmt_count (16382), at most 256."""
+        if self.config.pool.statement_cache:
+            return self.config.pool.statement_cache
+        connections = self.config.pool.max_connections * max(1, len(self.config.users))
+        return max(8, min(256, 16382 // connections))
 
     def pool(self, user: str) -> Pool:
         pool = self.pools.get(user)

@@ -75,8 +75,13 @@ class StatementCache:
             stale.append(evicted.id)
         return stale
 
-    def forget(self, sql: bytes) -> None:
-        self._by_sql.pop(sql, None)
+    def shrink(self, keep: int) -> list[int]:
+        """Evicts least recently used statements down to ``keep``; returns their ids."""
+        evicted = []
+        while len(self._by_sql) > keep:
+            _, statement = self._by_sql.popitem(last=False)
+            evicted.append(statement.id)
+        return evicted
 
     def clear(self) -> None:
         """The server dropped every statement (COM_RESET_CONNECTION, COM_CHANGE_USER)."""

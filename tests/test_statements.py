@@ -52,3 +52,13 @@ def test_rewrite_inserts_types_for_a_fresh_copy() -> None:
     has not seen them; one that binds its own keeps them."""
     assert rewrite_execute(UNBOUND, 9, 2, TYPES) == b"\x17\x09\x00\x00\x00" + BOUND[5:]
     assert rewrite_execute(BOUND, 9, 2, b"\x01\x00\x01\x00") == b"\x17\x09\x00\x00\x00" + BOUND[5:]
+
+
+def test_cache_shrinks_least_recent_first() -> None:
+    """When the server's statement limit is hit, half the cache goes, oldest first."""
+    cache = StatementCache(8)
+    for i in range(4):
+        cache.add(bytes((i,)), BackendStatement(i + 10, 0, 1))
+    cache.get(b"\x00")
+    assert cache.shrink(2) == [11, 12]
+    assert len(cache) == 2 and cache.get(b"\x00") is not None
