@@ -63,3 +63,20 @@ def make_proxy(
     yield make
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def module_proxies(db_server: servers.DbServer, tmp_path_factory: pytest.TempPathFactory,
+                   request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One pyproxy shared by a driver module's tests (test_drivers_<name>.py)."""
+    from integration import drivers  # noqa: PLC0415 - only the driver modules need it
+
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_drivers_")
+    with drivers.module_proxy(db_server, tmp_path_factory, name) as holder:
+        yield holder
+
+
+@pytest.fixture
+def proxy(module_proxies: Any) -> servers.ProxyProcess:
+    """The module's pyproxy, started again if a test stopped it."""
+    return module_proxies.get()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,6 @@ pytestmark = [
                        reason="the mariadb client is not installed (scripts/install-deps)"),
 ]
 
-
-@pytest.fixture(scope="module")
-def proxies(db_server: servers.DbServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[drivers.ModuleProxy]:
-    with drivers.module_proxy(db_server, tmp_path_factory, "cli") as holder:
-        yield holder
-
-
-@pytest.fixture
-def proxy(proxies: drivers.ModuleProxy) -> servers.ProxyProcess:
-    return proxies.get()
 
 
 def sql_literal(value: object) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,6 @@ def _cext_problem() -> str | None:
         return f"mysql-connector's C extension is not usable here: {exc}"
     return None
 
-
-@pytest.fixture(scope="module")
-def proxies(db_server: servers.DbServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[drivers.ModuleProxy]:
-    with drivers.module_proxy(db_server, tmp_path_factory, "connector") as holder:
-        yield holder
-
-
-@pytest.fixture
-def proxy(proxies: drivers.ModuleProxy) -> servers.ProxyProcess:
-    return proxies.get()
 
 
 @pytest.fixture(params=["pure", "cext"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,6 @@ pytestmark = [
                               "(scripts/install-deps installs it)"),
 ]
 
-
-@pytest.fixture(scope="module")
-def proxies(db_server: servers.DbServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[drivers.ModuleProxy]:
-    with drivers.module_proxy(db_server, tmp_path_factory, "mysql2") as holder:
-        yield holder
-
-
-@pytest.fixture
-def proxy(proxies: drivers.ModuleProxy) -> servers.ProxyProcess:
-    return proxies.get()
 
 
 def as_json(value: Any) -> Any:

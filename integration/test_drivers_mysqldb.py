@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,6 @@ from MySQLdb.constants import CLIENT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("bounded")
 
-
-@pytest.fixture(scope="module")
-def proxies(db_server: servers.DbServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[drivers.ModuleProxy]:
-    with drivers.module_proxy(db_server, tmp_path_factory, "mysqldb") as holder:
-        yield holder
-
-
-@pytest.fixture
-def proxy(proxies: drivers.ModuleProxy) -> servers.ProxyProcess:
-    return proxies.get()
 
 
 def connect(proxy: servers.ProxyProcess, **kwargs: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +14,6 @@ from integration.drivers import bounded  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("bounded")
 
-
-@pytest.fixture(scope="module")
-def proxies(db_server: servers.DbServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[drivers.ModuleProxy]:
-    with drivers.module_proxy(db_server, tmp_path_factory, "pymysql") as holder:
-        yield holder
-
-
-@pytest.fixture
-def proxy(proxies: drivers.ModuleProxy) -> servers.ProxyProcess:
-    return proxies.get()
 
 
 def connect(proxy: servers.ProxyProcess, **kwargs: Any) -> pymysql.connections.Connection:

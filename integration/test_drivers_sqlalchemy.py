@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,6 @@ pytestmark = pytest.mark.usefixtures("bounded")
 
 DIALECTS = ["pymysql", "mysqldb"]
 
-
-@pytest.fixture(scope="module")
-def proxies(db_server: servers.DbServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[drivers.ModuleProxy]:
-    with drivers.module_proxy(db_server, tmp_path_factory, "sqlalchemy") as holder:
-        yield holder
-
-
-@pytest.fixture
-def proxy(proxies: drivers.ModuleProxy) -> servers.ProxyProcess:
-    return proxies.get()
 
 
 @pytest.fixture(params=DIALECTS)
