@@ -79,3 +79,23 @@ def test_init_query_runs_on_every_backend_connection(make_proxy) -> None:
             cur.execute("SELECT @@wait_timeout")
             assert cur.fetchone()[0] == 321
         client.close()
+
+
+def test_max_connections_percent_of_the_server(make_proxy, db_server) -> None:
+    """max_connections_percent sizes the pool from the server's own max_connections."""
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute("SELECT @@max_connections")
+        server_max = int(cur.fetchone()[0])
+    root.close()
+    proxy = make_proxy(pool={"max_connections": 100, "max_connections_percent": 2})
+    client = proxy.connect()
+    with client.cursor() as cur:
+        cur.execute("SELECT 1")
+    client.close()
+    proxy.process.send_signal(__import__("signal").SIGUSR1)
+    time.sleep(0.5)
+    stats = [line for line in proxy.log_text().splitlines() if '"pool_stats"' in line]
+    assert stats, proxy.log_text()[-2000:]
+    import json
+    assert json.loads(stats[-1])["max_size"] == max(1, server_max * 2 // 100)

@@ -27,6 +27,7 @@ from pyproxy.wire import constants as c
 from pyproxy.wire.commands import Reply, make_query
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import PacketFramer, frame
+from pyproxy.wire.buffer import Reader
 from pyproxy.wire.handshake import (
     HandshakeResponse41,
     HandshakeV10,
@@ -63,6 +64,7 @@ TRACKING = (b"SET SESSION session_track_schema=ON, session_track_state_change=ON
             b"session_track_system_variables='*'")
 
 _ids = itertools.count(1)
+_VALUE = object()  # marks a query_value() entry among pending internal commands
 
 
 class BackendError(Exception):
@@ -303,9 +305,48 @@ class BackendConnection(protocol.Protocol):
             self.transport.write(b"".join(frame(bytes((COMMAND.COM_STMT_CLOSE,)) + i.to_bytes(4, "little"), 0)
                                           for i in ids))
 
+    def query_value(self, sql: str) -> defer.Deferred[str | None]:
+        """Runs a query pyproxy needs one value from (``SELECT @@max_connections``);
+        fires with the first column of the first row, as text."""
+        if self.broken or self.transport is None:
+            return defer.fail(lost_connection("connection closed"))
+        d: defer.Deferred[str | None] = defer.Deferred()
+        self._pending.append([d, -1, _VALUE])
+        self._mode = "internal"
+        self._arm_deadline()
+        self.transport.write(frame(make_query(sql), 0))
+        return d
+
+    def _value_packet(self, entry: list[Any], payload: bytes) -> None:
+        """One packet of a query_value() reply: column count, definitions, rows, end."""
+        d, left = entry[0], entry[1]
+        if left == -1:
+            if payload[:1] == b"\xff":
+                self._internal_done()
+                d.errback(BackendError.from_err(parse_err(payload)))
+                return
+            columns = payload[0]
+            entry[1] = columns + (0 if self.capabilities & CLIENT.DEPRECATE_EOF else 1)
+            entry.append(None)  # the value, once a row arrives
+            return
+        if left > 0:
+            entry[1] = left - 1  # a definition, or the EOF after them
+            return
+        if payload[:1] == b"\xfe" and len(payload) < 0xFFFFFF:
+            self._internal_done()
+            d.callback(entry[3])
+        elif payload[:1] == b"\xff":
+            self._internal_done()
+            d.errback(BackendError.from_err(parse_err(payload)))
+        elif entry[3] is None and payload[:1] != b"\xfb":
+            entry[3] = Reader(payload).lenenc_bytes().decode("utf-8", "replace")
+
     def _internal_packet(self, payload: bytes) -> None:
         entry = self._pending[0]
-        d, left, sql = entry
+        d, left, sql = entry[0], entry[1], entry[2]
+        if sql is _VALUE:
+            self._value_packet(entry, payload)
+            return
         if left > 0:
             # A definition packet of an internal COM_STMT_PREPARE.
             entry[1] = left - 1
@@ -486,8 +527,8 @@ class BackendConnection(protocol.Protocol):
 
     def _error_out(self, exc: BackendError) -> None:
         pending, self._pending = self._pending, []
-        for d, _, _ in pending:
-            d.errback(exc)
+        for entry in pending:
+            entry[0].errback(exc)
         if not self.ready.called:
             self.ready.errback(exc)
         sink, self._sink = self._sink, None

@@ -95,6 +95,9 @@ class PoolConfig:
     # max_connections x this under the server's max_prepared_stmt_count
     # (16382 by default).  0 sizes it from that default.
     statement_cache: int = attrs.field(default=0, validator=_non_negative_int)
+    # Instead of max_connections: this share (1-100) of the server's
+    # max_connections, divided among the users (like MaxConnectionsPercent).
+    max_connections_percent: int = attrs.field(default=0, validator=_non_negative_int)
 
 
 @attrs.frozen

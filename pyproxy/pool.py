@@ -78,6 +78,8 @@ class Pool:
         # Bumped when the backend or the account changes (SIGHUP): older
         # connections are closed instead of reused.
         self.generation = 0
+        # Called with the first connection that opens, before it is lent.
+        self.first_use: Callable[[BackendConnection], defer.Deferred[Any]] | None = None
         # The flavor clients asked for last: min_idle keeps that one warm.
         self.last_flavor = 0
         self.log = get_logger(pool=user)
@@ -292,6 +294,11 @@ class Pool:
                 return
             conn.on_lost = self._lost
             self.log.info("backend_opened", backend_id=conn.id)
+            if self.first_use is not None:
+                # Something to learn from the server before anyone borrows.
+                hook, self.first_use = self.first_use, None
+                hook(conn).addBoth(lambda _: conn.broken and self._grow() or self._place(conn))
+                return
             self._place(conn)
 
         def failed(failure: Failure) -> None:
@@ -367,7 +374,8 @@ class Pool:
             return recent[int(q * (len(recent) - 1))] if recent else 0.0
 
         return {
-            "pool": self.user, "paused": self.paused, "idle": len(self.idle), "lent": len(self.lent),
+            "pool": self.user, "paused": self.paused, "max_size": self.max_size,
+            "idle": len(self.idle), "lent": len(self.lent),
             "checking": len(self.checking), "connecting": self.connecting, "waiting": len(self.waiters),
             "borrows": self.borrows, "waits": self.waits, "timeouts": self.timeouts,
             "opened": self.opened, "open_failures": self.open_failures,

@@ -52,6 +52,8 @@ class Proxy:
     clients: dict[int, Any] = attrs.field(factory=dict)
     # Schemas known to exist, so a client naming one at login needs no round trip.
     known_schemas: set[str] = attrs.field(factory=set)
+    # The server's max_connections, once read (max_connections_percent).
+    server_max_connections: int | None = None
     # PAUSE in effect (SIGUSR2 toggles it).
     paused: bool = False
     # Shutting down: clients are closed as soon as they hold no transaction.
@@ -91,8 +93,30 @@ class Proxy:
                         self.reactor, max_size=self.config.pool.max_connections,
                         borrow_timeout=self.config.pool.borrow_timeout)
             pool.paused = self.paused
+            if self.config.pool.max_connections_percent:
+                if self.server_max_connections is None:
+                    pool.first_use = self._learn_max_connections
+                else:
+                    pool.max_size = self._share()
             self.pools[user] = pool
         return pool
+
+    def _learn_max_connections(self, conn: Any) -> Any:
+        """Reads the server's max_connections once, for max_connections_percent."""
+
+        def learned(value: str | None) -> None:
+            if value is not None and value.isdigit():
+                self.server_max_connections = int(value)
+                for pool in self.pools.values():
+                    pool.max_size = self._share()
+                    pool.first_use = None
+
+        return conn.query_value("SELECT @@max_connections").addCallback(learned)
+
+    def _share(self) -> int:
+        """Each pool's size under max_connections_percent."""
+        total = (self.server_max_connections or 0) * self.config.pool.max_connections_percent // 100
+        return max(1, total // max(1, len(self.config.users)))
 
     def pause(self) -> None:
         self.paused = True

@@ -470,3 +470,17 @@ class DeadlineTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(reactor.getDelayedCalls(), [])
         self.assertTrue(server.transport.keepalive)
+
+
+class QueryValueTests(SynchronousTestCase):
+    def test_query_value_reads_the_first_column_of_the_first_row(self) -> None:
+        """query_value() reads a one-column result (DEPRECATE_EOF form) and frees the connection."""
+        reactor = MemoryReactorClock()
+        conn, server = ready_backend(reactor)
+        server.received()
+        d = conn.query_value("SELECT @@max_connections")
+        reply = (frame(b"\x01", 1) + frame(b"\x03def\x00\x00\x00\x11@@max_connections\x00\x0c?\x00\x0a\x00\x00\x00\x08\x80\x00\x00\x00\x00", 2)
+                 + frame(b"\x03151", 3) + frame(b"\xfe\x00\x00\x02\x00\x00\x00", 4))
+        server.send(reply, pieces=3)
+        self.assertEqual(self.successResultOf(d), "151")
+        self.assertEqual(reactor.getDelayedCalls(), [])
