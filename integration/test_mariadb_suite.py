@@ -38,7 +38,7 @@ import pytest
 from integration.mariadb_tests import suite
 from pyproxy.sandbox import ProgramNotFound
 
-#: Seconds one test may take; main.lock hangs this long through pyproxy in ps mode.
+#: Seconds one test may take.
 TEST_TIMEOUT = 30.0
 
 MODES = suite.MODES
@@ -48,35 +48,16 @@ STALE_SESSION_DEFAULTS = (
     "variables were copied from the globals when that connection was opened, so after SET "
     "GLOBAL the client sees the old value where a new server session gets the new one "
     "(pool.py lends connections as they are; session.py treats their values as the defaults)")
-COMMIT_RELEASE = (
-    "BUG: COMMIT with completion_type=2 (COMMIT RELEASE) ends the server session, but pyproxy "
-    "keeps the client connected and runs its next statement on another backend connection "
-    "instead of disconnecting it (frontend.py)")
 TRACKING_SHOWS_THROUGH = (
     "BUG: pyproxy's own session tracking shows through: a pinned session gets "
     "SESSION_TRACK_STATE_CHANGE entries it never enabled (frontend._observe_oks stops "
     "filtering once pinned), and a new session sees @@session_track_system_variables='*' and "
     "tracking of variables the global setting leaves out (backend.TRACKING)")
-LAST_INSERT_ID_LEAKS = (
-    "BUG: another session's LAST_INSERT_ID leaks: pyproxy replays the client's own value "
-    "only when the statement text contains 'last_insert_id' (session.READS_LAST_INSERT_ID), "
-    "so @@identity, and any statement sent as a prepared statement (no text looked at), "
-    "reads the value the backend connection kept from its previous user")
-PS_NOT_PINNED = (
-    "BUG: statements sent as prepared statements (COM_STMT_PREPARE/EXECUTE) are never "
-    "scanned for state the server does not track (frontend._statement_command sets "
-    "_sql=None), so LOCK TABLES, FLUSH TABLES WITH READ LOCK, GET_LOCK, HANDLER... do not pin: "
-    "the backend connection goes back to the pool with the locks held and serves others")
 EOF_WARNINGS_ZERO = (
-    "BUG: the EOF packets pyproxy inserts after column definitions for clients without "
-    "CLIENT_DEPRECATE_EOF carry warning count 0 (wire/response_tracker.py _insert_eof), so "
-    "mysql_warning_count() after COM_STMT_PREPARE / COM_STMT_EXECUTE says 0 and the client "
-    "skips the warnings the statement raised")
-NO_SCHEMA_CHANGE_USER = (
-    "BUG: a client without a default schema that borrows a backend connection with one gets "
-    "1047 'Unknown command': backend.change_user() sends COM_CHANGE_USER without the "
-    "connection-attributes block the connection negotiated (CLIENT_CONNECT_ATTRS), which "
-    "MariaDB rejects (wire/handshake.py make_change_user)")
+    "BUG: the EOF pyproxy inserts after a result set's column definitions for clients "
+    "without CLIENT_DEPRECATE_EOF carries warning count 0 (the count is not known before the "
+    "rows; wire/response_tracker.py _insert_eof), so mysql_warning_count() right after "
+    "COM_STMT_EXECUTE says 0 and the client skips the warnings the statement raised")
 
 #: (mode, test) -> the pyproxy bug that makes it fail through pyproxy only.
 KNOWN_BUGS: dict[tuple[str, str], str] = {}
@@ -88,17 +69,9 @@ def _known(reason: str, names: tuple[str, ...], modes: tuple[str, ...] = MODES) 
             KNOWN_BUGS[(mode, name)] = reason
 
 
-_known(STALE_SESSION_DEFAULTS, (
-    "sys_vars.auto_increment_increment_func", "sys_vars.auto_increment_offset_func",
-    "sys_vars.group_concat_max_len_func", "sys_vars.lc_time_names_func",
-    "sys_vars.sql_mode_func", "sys_vars.sql_select_limit_func",
-    "sys_vars.character_set_database_func", "main.func_str", "main.func_math"))
-_known(COMMIT_RELEASE, ("sys_vars.completion_type_func",))
+_known(STALE_SESSION_DEFAULTS, ("sys_vars.auto_increment_increment_func",))
 _known(TRACKING_SHOWS_THROUGH, ("main.mysqltest_tracking_info",), ("plain",))
-_known(LAST_INSERT_ID_LEAKS, ("sys_vars.identity_func",))
-_known(LAST_INSERT_ID_LEAKS, ("sys_vars.last_insert_id_func",), ("ps",))
-_known(PS_NOT_PINNED, ("pyproxy.ps_lock_tables", "main.lock"), ("ps",))
-_known(EOF_WARNINGS_ZERO, ("main.mysqltest_ps", "main.type_varchar"), ("ps",))
+_known(EOF_WARNINGS_ZERO, ("main.type_varchar",), ("ps",))
 
 
 @attrs.define(eq=False)
@@ -228,7 +201,6 @@ def test_no_default_schema_passes_directly(suite_env: SuiteEnv) -> None:
     assert outcome.passed, outcome.describe(60)
 
 
-@pytest.mark.xfail(strict=True, reason=NO_SCHEMA_CHANGE_USER)
 def test_no_default_schema_through_pyproxy(suite_env: SuiteEnv) -> None:
     """Through a pyproxy with no [backend] database, as a client that names no schema sees
     a server: no schema."""

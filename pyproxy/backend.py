@@ -429,9 +429,11 @@ class BackendConnection(protocol.Protocol):
         nonce = self.handshake.auth_data if self.handshake else self._nonce
         plugin = self._plugin if self._plugin in (auth.NATIVE, auth.CACHING_SHA2) else auth.NATIVE
         self._plugin = plugin
+        attributes = ({"_client_name": "pyproxy", "program_name": "pyproxy"}
+                      if self.capabilities & CLIENT.CONNECT_ATTRS else None)
         self.transport.write(frame(make_change_user(
             self.target.user, auth.proof_for(plugin, self.target.password.encode(), nonce),
-            None, self.target.charset, plugin), 0))
+            None, self.target.charset, plugin, attributes), 0))
         self._seq = 1
         self.target = attrs.evolve(self.target, database=None)
         return self.ready

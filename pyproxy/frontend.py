@@ -21,7 +21,7 @@ from pyproxy.direct_write import write_now
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
-from pyproxy.session import READS_LAST_INSERT_ID, ClientSession, initial_state, needs_reset, reconcile
+from pyproxy.session import READS_LAST_INSERT_ID, SCAN_LIMIT, SETS_GLOBAL, ClientSession, initial_state, needs_reset, reconcile
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor, statement_id
@@ -390,6 +390,8 @@ class FrontendProtocol(protocol.Protocol):
                 return
             if types is not None:
                 statement.types = types
+            # What the statement does is read from its text, as for COM_QUERY.
+            self._sql = statement.sql
             self._busy = True
             self._acquire(lambda: self._execute(statement, packet))
         elif statement is self._cursor and self.backend is not None:
@@ -813,6 +815,15 @@ class FrontendProtocol(protocol.Protocol):
             reason = session.observe_query(self._sql, bool(tracker.error))
             if reason is not None:
                 self._log_pin(reason)
+            if not tracker.error and SETS_GLOBAL.match(self._sql, 0, SCAN_LIMIT):
+                # Connections opened before took the old global values as their
+                # session defaults: new clients must not start from those.
+                for pool in self.proxy.pools.values():
+                    pool.renew()
+            if not tracker.error and session.ends_session(self._sql):
+                # The server closes its end: so does pyproxy, as a server would.
+                self._kill_pending = True
+                self._closed_reason = "COMMIT/ROLLBACK RELEASE"
         if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
             self._prepared(tracker)
         if self.backend is not None:

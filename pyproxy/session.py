@@ -64,7 +64,11 @@ _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LO
 # regular expression over all of it would stall every other client.
 SCAN_LIMIT = 65536
 # LAST_INSERT_ID() is carried: the value is replayed with SET last_insert_id.
-READS_LAST_INSERT_ID = re.compile(rb"(?i)last_insert_id")
+READS_LAST_INSERT_ID = re.compile(rb"(?i)last_insert_id|identity")
+# SET GLOBAL changes the defaults new server sessions start from.
+SETS_GLOBAL = re.compile(rb"(?is)^\s*set\b.*?(?:@@global\.|\bglobal\s+\w)")
+# COMMIT RELEASE / ROLLBACK RELEASE end the server session, and so the client's.
+_RELEASE = re.compile(rb"(?is)^\s*(?:commit|rollback)\b(?:\s+work)?(?:\s+and\s+(?:no\s+)?chain)?\s+release\b")
 _COLLATE = re.compile(rb"(?i)\bcollate\s*=?\s*['\"`]?(\w+)")
 # A user variable: '@name' but not '@@name'.
 _USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
@@ -287,6 +291,14 @@ class ClientSession:
                 reason = f"{_UNTRACKED_NAMES[word]} used"
                 self.pin(reason)
         return reason
+
+    def ends_session(self, sql: bytes) -> bool:
+        """Whether a successful statement ended the server session: COMMIT RELEASE,
+        or COMMIT/ROLLBACK with completion_type=RELEASE."""
+        if _RELEASE.match(sql):
+            return True
+        completion = dict(self.state.variables).get("completion_type")
+        return completion in ("RELEASE", "2") and re.match(rb"(?is)^\s*(?:commit|rollback)\b", sql) is not None
 
     def pin(self, reason: str) -> None:
         if self.pin_reason is None:

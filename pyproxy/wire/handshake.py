@@ -163,10 +163,17 @@ def parse_change_user(payload: bytes, client_caps: int) -> ChangeUser:
 
 
 def make_change_user(username: str, auth_response: bytes, database: str | None,
-                     charset: int, auth_plugin: str) -> bytes:
-    return b"".join((b"\x11", username.encode() + b"\x00", bytes((len(auth_response),)),
-                     auth_response, (database or "").encode() + b"\x00", u16(charset),
-                     auth_plugin.encode() + b"\x00"))
+                     charset: int, auth_plugin: str,
+                     attributes: dict[str, str] | None = None) -> bytes:
+    """COM_CHANGE_USER; ``attributes`` (possibly empty) must be given when
+    CLIENT_CONNECT_ATTRS was negotiated: MariaDB refuses the packet without them."""
+    parts = [b"\x11", username.encode() + b"\x00", bytes((len(auth_response),)), auth_response,
+             (database or "").encode() + b"\x00", u16(charset), auth_plugin.encode() + b"\x00"]
+    if attributes is not None:
+        block = b"".join(lenenc_bytes(k.encode()) + lenenc_bytes(v.encode())
+                         for k, v in attributes.items())
+        parts.append(lenenc_int(len(block)) + block)
+    return b"".join(parts)
 
 
 def make_auth_switch_request(plugin: str, auth_data: bytes) -> bytes:

@@ -231,9 +231,12 @@ class ResponseTracker:
         self.seq = seq
 
     def _insert_eof(self, at: int) -> None:
-        """The client expects an EOF here that the server did not send."""
+        """The client expects an EOF here that the server did not send.  Its warning
+        count is known for a prepare reply (the prepare-OK carries it), not yet for
+        a result set's definitions."""
         self.seq = (self.seq + 1) & 0xFF
-        self.edits.append((at, at, _eof_packet(self.seq, 0, self._metadata_status)))
+        warnings = self.warnings if self._reply == Reply.PREPARE else 0
+        self.edits.append((at, at, _eof_packet(self.seq, warnings, self._metadata_status)))
         self._shift += 1
 
     def _after_definitions(self, end: int) -> None:
@@ -367,6 +370,9 @@ class ResponseTracker:
         statement = r.u32()
         columns = r.u16()
         params = r.u16()
+        if r.remaining() >= 3:
+            r.u8()
+            self.warnings = r.u16()
         self.prepared = (statement, columns, params)
         self._pcolumns = columns
         if params:
