@@ -186,6 +186,28 @@ LITERAL_EXPECTED = (42, None, decimal.Decimal("12345.6789"),
                     datetime.datetime(2024, 2, 29, 23, 59, 58), EMOJI_TEXT, 1.5)
 
 
+def multi_statement_sql(table: str) -> str:
+    """One COM_QUERY with five statements: DDL, DML, two result sets and an UPDATE."""
+    return (f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20)); "
+            f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b'); "
+            f"SELECT id, v FROM {table} ORDER BY id; "
+            f"UPDATE {table} SET v = 'c' WHERE id = 2; "
+            "SELECT NULL AS n, 'x' AS s")
+
+
+#: What a DB-API cursor collects from multi_statement_sql(): row counts and rows.
+MULTI_STATEMENT_RESULTS = [0, 2, ((1, "a"), (2, "b")), 1, ((None, "x"),)]
+
+
+def collect_result_sets(cursor: Any) -> list[Any]:
+    """Every result of a multi-statement from a DB-API cursor: rows, or the row count."""
+    sets = []
+    while True:
+        sets.append(cursor.fetchall() if cursor.description else cursor.rowcount)
+        if not cursor.nextset():
+            return sets
+
+
 def sample_insert(table: str, marker: str = "%s") -> str:
     return SAMPLE_INSERT.format(table=table, marks=", ".join([marker] * 6))
 

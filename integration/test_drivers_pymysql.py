@@ -92,17 +92,8 @@ def test_multi_statements(proxy: servers.ProxyProcess) -> None:
     conn = connect(proxy, client_flag=CLIENT.MULTI_STATEMENTS)
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20)); "
-                        f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b'); "
-                        f"SELECT id, v FROM {table} ORDER BY id; "
-                        f"UPDATE {table} SET v = 'c' WHERE id = 2; "
-                        "SELECT NULL AS n, 'x' AS s")
-            sets = []
-            while True:
-                sets.append(cur.fetchall() if cur.description else cur.rowcount)
-                if not cur.nextset():
-                    break
-            assert sets == [0, 2, ((1, "a"), (2, "b")), 1, ((None, "x"),)]
+            cur.execute(drivers.multi_statement_sql(table))
+            assert drivers.collect_result_sets(cur) == drivers.MULTI_STATEMENT_RESULTS
             # The connection is usable afterwards and the statements took effect.
             cur.execute(f"SELECT v FROM {table} WHERE id = 2")
             assert cur.fetchall() == (("c",),)

@@ -141,19 +141,12 @@ def test_multi_statements(proxy: servers.ProxyProcess, dialect: str) -> None:
         with engine.connect() as conn:
             raw = conn.connection.dbapi_connection
             cur = raw.cursor()
-            cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20)); "
-                        f"INSERT INTO {table} VALUES (1, 'a'), (2, 'b'); "
-                        f"SELECT id, v FROM {table} ORDER BY id; "
-                        "SELECT NULL AS n, 'x' AS s")
-            sets = []
-            while True:
-                sets.append(cur.fetchall() if cur.description else cur.rowcount)
-                if not cur.nextset():
-                    break
+            cur.execute(drivers.multi_statement_sql(table))
+            sets = drivers.collect_result_sets(cur)
             cur.close()
-            assert sets == [0, 2, ((1, "a"), (2, "b")), ((None, "x"),)]
+            assert sets == drivers.MULTI_STATEMENT_RESULTS
             conn.commit()
-            assert conn.execute(sa.text(f"SELECT v FROM {table} WHERE id = 2")).scalar_one() == "b"
+            assert conn.execute(sa.text(f"SELECT v FROM {table} WHERE id = 2")).scalar_one() == "c"
     finally:
         engine.dispose()
 
