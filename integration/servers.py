@@ -53,6 +53,10 @@ from pyproxy.sandbox import (
 APP_USER = "app"
 APP_PASSWORD = "app_pw"
 APP_DATABASE = "app"
+# pyproxy's target probes log in as this account, so that tests counting the
+# app account's server threads count only pooled connections.
+MONITOR_USER = "pyproxy_monitor"
+MONITOR_PASSWORD = "monitor_pw"
 
 #: Keys of a ``users`` entry that describe the server-side account, not the pyproxy config.
 _SERVER_ONLY_USER_KEYS = ("plugin", "database", "create")
@@ -358,7 +362,7 @@ def proxy_config(server: DbServer, listen: str) -> dict[str, Any]:
             "max_lifetime": 3600,
             "idle_timeout": 600,
         },
-        "health": {"interval": 1},
+        "health": {"interval": 1, "user": MONITOR_USER, "password": MONITOR_PASSWORD},
         "log": {"level": "debug", "format": "json"},
         "users": [{"name": APP_USER, "password": APP_PASSWORD}],
     }
@@ -471,8 +475,12 @@ def start_proxy(
     """
     directory.mkdir(parents=True, exist_ok=True)
     server.create_user(APP_USER, APP_PASSWORD, database=APP_DATABASE)
+    server.create_user(MONITOR_USER, MONITOR_PASSWORD)
     config = merge_config(proxy_config(server, f"tcp:{free_port()}:interface=127.0.0.1"),
                           sections)
+    if "targets" in config["backend"]:
+        # [[backend.targets]] replaces host and port.
+        config["backend"] = {k: v for k, v in config["backend"].items() if k not in ("host", "port")}
     for user in users:
         if user.get("create", True):
             server.create_user(user["name"], user["password"],

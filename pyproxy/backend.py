@@ -129,6 +129,9 @@ class BackendConnection(protocol.Protocol):
         self.last_checked = self.created_at
         self.broken = False
         self.on_lost: Callable[[BackendConnection], None] | None = None
+        # The pool that opened it (a pyproxy.pool.Pool); None for pyproxy's
+        # own short-lived connections (KILL, probes).
+        self.pool: Any = None
         self._framer = PacketFramer()
         self._mode = "auth"
         self._plugin = ""

@@ -69,6 +69,27 @@ class ProxyConfig:
     query_timeout: float = attrs.field(default=0.0, validator=_non_negative_number)
     # Seconds a shutdown (SIGTERM) waits for open transactions to finish.
     drain_timeout: float = attrs.field(default=30.0, validator=_non_negative_number)
+    # A second listener whose sessions go to reader targets (round-robin);
+    # "" leaves it off.
+    read_only_listen: str = attrs.field(default="", validator=_string)
+
+
+ROLES = ("writer", "reader", "auto")
+
+
+@attrs.frozen
+class TargetConfig:
+    """One server of the backend.  ``writer`` takes writes whenever it is
+    writable; ``reader`` only ever serves the read-only listener; ``auto``
+    is whichever its read_only setting says (what Aurora instances need)."""
+
+    host: str = attrs.field(validator=_string)
+    port: int = attrs.field(default=3306, validator=_port)
+    role: str = attrs.field(default="writer", validator=attrs.validators.in_(ROLES))
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 @attrs.frozen
@@ -82,6 +103,12 @@ class BackendConfig:
     # A statement without a result set run on every new backend connection
     # (like RDS Proxy's InitQuery), e.g. "SET SESSION wait_timeout = 600".
     init_query: str = attrs.field(default="", validator=_string)
+    # [[backend.targets]]: the servers, when there is more than host/port.
+    targets: tuple[TargetConfig, ...] = attrs.field(default=(), converter=tuple)
+
+    def servers(self) -> tuple[TargetConfig, ...]:
+        """The targets, or the single writer that host and port name."""
+        return self.targets or (TargetConfig(self.host, self.port, "writer"),)
 
 
 @attrs.frozen
@@ -102,7 +129,18 @@ class PoolConfig:
 
 @attrs.frozen
 class HealthConfig:
+    # Seconds between checks of idle connections and probes of each target.
     interval: float = attrs.field(default=10.0, validator=_positive((int, float)))
+    # Seconds a probe (login and the read_only query) may take.
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive((int, float)))
+    # Failed probes in a row that mark a target down.
+    failure_threshold: int = attrs.field(default=2, validator=_positive(int))
+    # Cap, in seconds, of the growing delay between probes of a down target.
+    backoff_max: float = attrs.field(default=10.0, validator=_positive((int, float)))
+    # The account probes log in as (it needs no privileges); "" means the
+    # first [[users]] entry, with that entry's password.
+    user: str = attrs.field(default="", validator=_string)
+    password: str = attrs.field(default="", validator=_string, repr=False)
 
 
 def _names(value: object) -> tuple[str, ...]:
@@ -218,6 +256,50 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _targets(backend: Mapping[str, Any]) -> tuple[TargetConfig, ...]:
+    """[[backend.targets]] (or "host:port:role,..." from the environment),
+    checked so that something can take writes and no server is named twice."""
+    raw = backend["targets"]
+    if isinstance(raw, str):
+        raw = [dict(zip(("host", "port", "role"), _split_target(item)))
+               for item in raw.split(",") if item.strip()]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("backend.targets must be a non-empty array of tables ([[backend.targets]])")
+    if "host" in backend or "port" in backend:
+        raise ConfigError("backend.host/backend.port and [[backend.targets]] exclude each other")
+    targets, seen = [], set()
+    for index, entry in enumerate(raw):
+        where = f"backend.targets[{index}]"
+        if not isinstance(entry, Mapping) or "host" not in entry:
+            raise ConfigError(f"{where}.host is required")
+        for key, value in entry.items():
+            if key not in ("host", "port", "role"):
+                raise ConfigError(f"unknown key {where}.{key}")
+            try:
+                TargetConfig(**{"host": "x", key: value})
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{key}: {_describe(exc)}") from None
+        target = TargetConfig(**entry)
+        if target.name in seen:
+            raise ConfigError(f"{where}: {target.name} is listed twice")
+        seen.add(target.name)
+        targets.append(target)
+    if all(target.role == "reader" for target in targets):
+        raise ConfigError("backend.targets: no target with role writer or auto, so nothing could take writes")
+    return tuple(targets)
+
+
+def _split_target(item: str) -> tuple[object, ...]:
+    host, _, rest = item.strip().partition(":")
+    port, _, role = rest.partition(":")
+    parts: list[object] = [host]
+    if port:
+        parts.append(int(port) if port.isdigit() else port)
+    if role:
+        parts.append(role)
+    return tuple(parts)
+
+
 def build(data: Mapping[str, Any]) -> Config:
     """Turns a parsed TOML document into a Config, naming the first bad key."""
     sections: dict[str, object] = {}
@@ -230,6 +312,8 @@ def build(data: Mapping[str, Any]) -> Config:
         if not isinstance(values, Mapping):
             raise ConfigError(f"[{section}] must be a table")
         known = attrs.fields_dict(cls)
+        if section == "backend" and "targets" in values:
+            values = {**values, "targets": _targets(values)}
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"unknown key {section}.{key}")

@@ -80,6 +80,10 @@ QUEUE_LIMIT = 64
 HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
 
 
+# ER_OPTION_PREVENTS_STATEMENT (--read-only) and ER_READ_ONLY_MODE (innodb_read_only).
+READ_ONLY_ERRORS = frozenset((1290, 1836))
+
+
 class FrontendProtocol(protocol.Protocol):
     """One application connection, from greeting to COM_QUIT."""
 
@@ -91,10 +95,10 @@ class FrontendProtocol(protocol.Protocol):
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile",
+        "_refused_infile", "readonly", "_epoch",
     )
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.transport: Any = None
         self.connected = 0
         self.proxy = proxy
@@ -118,6 +122,10 @@ class FrontendProtocol(protocol.Protocol):
         self._translate = False
         self._borrowing: defer.Deferred[BackendConnection] | None = None
         self._pool: Any = None
+        # Came in through the read-only listener: transactions go to readers.
+        self.readonly = readonly
+        # The topology epoch _pool was chosen in.
+        self._epoch = -1
         self._kill_pending = False
         self._throttling = False
         # Prepared statements by the ids pyproxy gave the client; made on first use.
@@ -525,7 +533,9 @@ class FrontendProtocol(protocol.Protocol):
         """Stops this client's running statement with KILL QUERY on its backend
         thread, sent over a connection of its own (the pool may be full of the
         very statements to stop), and only if the same statement still runs."""
-        d = connect(self.proxy.reactor, self.proxy.target(self.user), 0)
+        running_on = self.backend
+        login = running_on.target if running_on is not None else self.proxy.target(self.user)
+        d = connect(self.proxy.reactor, attrs.evolve(login, database=None), 0)
 
         def kill(conn: BackendConnection) -> Any:
             if self.running_statement() != running:
@@ -595,12 +605,34 @@ class FrontendProtocol(protocol.Protocol):
                                 "connection holding this session's transaction or state was closed")
                     return
                 self.session.hold_next = False
-            else:
+            elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
                 self._bring_to_state(then)
                 return
+            elif self.pinned:
+                self._busy = False  # nothing was sent: the connection can be reset and reused
+                self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the server this "
+                            "pinned session's state lives on no longer serves it (failover to "
+                            f"{self.proxy.topology.writer.name})")
+                return
+            elif self.session.holds_state():
+                # An open transaction finishes where it began; the server
+                # says what becomes of its writes.
+                self._bring_to_state(then)
+                return
+            else:
+                # Held only for a follow-up (SHOW WARNINGS, ROW_COUNT()): not
+                # worth staying on a server that no longer takes this traffic.
+                self.backend = None
+                self.session.hold_next = False
+                if self._hold_timer is not None and self._hold_timer.active():
+                    self._hold_timer.cancel()
+                self._hold_timer = None
+                _give_back(held)
         pool = self._pool
-        if pool is None or pool.user != self.user:
-            pool = self._pool = self.proxy.pool(self.user)
+        topology = self.proxy.topology
+        if pool is None or self._epoch != topology.epoch or pool.user != self.user or pool.closed:
+            pool = self._pool = self.proxy.route(self.user, self.readonly, pool)
+            self._epoch = topology.epoch
         conn = pool.try_borrow(self.flavor)
         if conn is not None:
             self.backend = conn
@@ -611,7 +643,7 @@ class FrontendProtocol(protocol.Protocol):
         def borrowed(conn: BackendConnection) -> None:
             self._borrowing = None
             if self.phase == CLOSED:
-                pool.give_back(conn)
+                _give_back(conn)
                 return
             self.backend = conn
             self._bring_to_state(then)
@@ -623,6 +655,14 @@ class FrontendProtocol(protocol.Protocol):
             self._command_failed(failure.value)
 
         d.addCallbacks(borrowed, failed)
+
+    def _server_moved(self, held: BackendConnection) -> bool:
+        """Whether the server ``held`` is on stopped serving this client's traffic:
+        no longer the writer, or, for the read-only listener, down."""
+        target = held.pool.target if held.pool is not None else None
+        if target is None:
+            return False
+        return not target.usable if self.readonly else target is not self.proxy.topology.writer
 
     def _bring_to_state(self, then: Any) -> None:
         conn = self.backend
@@ -804,6 +844,11 @@ class FrontendProtocol(protocol.Protocol):
             session.observe_status(tracker.status)
         if tracker.error:
             session.observe_error()
+            if tracker.error in READ_ONLY_ERRORS and not self.readonly and self.backend is not None \
+                    and self.backend.pool is not None:
+                # The server refused a write as read-only: a failover may be
+                # under way, and the probe should see it now, not at its interval.
+                self.proxy.topology.suspect(self.backend.pool.target)
         session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
                                affected=tracker.affected, insert_id=tracker.insert_id)
         if tracker.insert_id and self.backend is not None:
@@ -904,7 +949,8 @@ class FrontendProtocol(protocol.Protocol):
                     self.proxy.config.session.hold_for_next_statement, self._hold_expired)
             return
         self.backend = None
-        self._pool.give_back(conn)
+        # Its own pool: a failover may have moved this client's wait to another.
+        conn.pool.give_back(conn)
 
     def _hold_expired(self) -> None:
         """The client did not follow up in time: the results it could have read back
@@ -947,7 +993,7 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         if conn is not None and conn.broken:
             self.backend = None
-            self.proxy.pool(self.user).discard(conn, "broken")
+            _discard(conn, "broken")
             if self.session.holds_state():
                 self._fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
                 return
@@ -967,7 +1013,7 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         self.backend = None
         if conn is not None:
-            self.proxy.pool(self.user).discard(conn, "internal error")
+            _discard(conn, "internal error")
         self._fatal((1105, "HY000"), f"pyproxy internal error: {exc!r}")
 
     def backend_lost(self, error: BackendError) -> None:
@@ -979,7 +1025,9 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         self.backend = None
         if conn is not None:
-            self.proxy.pool(self.user).discard(conn, "lost during a command")
+            _discard(conn, "lost during a command")
+            if conn.pool is not None:
+                self.proxy.topology.suspect(conn.pool.target)
         session = self.session
         self.log.warning("backend_lost_during_command", error=error.message, pinned=self.pinned,
                          in_transaction=session.in_transaction)
@@ -1022,13 +1070,12 @@ class FrontendProtocol(protocol.Protocol):
         self.backend = None
         if conn is None:
             return
-        pool = self.proxy.pool(self.user)
 
         def reset_done(_: Any) -> None:
-            pool.give_back(conn)
+            _give_back(conn)
 
         def reset_failed(failure: Failure) -> None:
-            pool.discard(conn, f"reset failed: {failure.getErrorMessage()}")
+            _discard(conn, f"reset failed: {failure.getErrorMessage()}")
 
         conn.reset().addCallbacks(reset_done, reset_failed)
 
@@ -1076,23 +1123,38 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         if conn is not None:
             self.backend = None
-            pool = self.proxy.pool(self.user)
             if self._busy or self._infile:
-                pool.discard(conn, "client left during a command")
+                _discard(conn, "client left during a command")
             elif self.pinned or self.session.keeps_backend():
                 self.backend = conn
                 self._detach_backend()
             else:
-                pool.give_back(conn)
+                _give_back(conn)
         if was != HANDSHAKE or self._closed_reason is not None:
             self.log.info("client_closed", reason=self._closed_reason or "client disconnected")
+
+
+def _give_back(conn: BackendConnection) -> None:
+    if conn.pool is not None:
+        conn.pool.give_back(conn)
+    else:
+        conn.close("not pooled")
+
+
+def _discard(conn: BackendConnection, reason: str) -> None:
+    if conn.pool is not None:
+        conn.pool.discard(conn, reason)
+    else:
+        conn.close(reason)
 
 
 class FrontendFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.proxy = proxy
+        # The read-only listener's factory: its clients' transactions go to readers.
+        self.readonly = readonly
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
-        return FrontendProtocol(self.proxy)
+        return FrontendProtocol(self.proxy, self.readonly)

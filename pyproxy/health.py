@@ -51,8 +51,8 @@ class HealthChecker:
     def check(self) -> None:
         now = self.clock.seconds()
         for pool in self.pools():
-            if pool.closed or pool.paused:
-                continue
+            if pool.closed or pool.paused or (pool.target is not None and not pool.target.usable):
+                continue  # a down server's connections were closed; its probe watches it
             for conn in list(pool.idle):
                 if now - conn.created_at >= self.max_lifetime:
                     pool.discard(conn, "max_lifetime reached")

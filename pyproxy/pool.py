@@ -41,8 +41,17 @@ class BorrowTimeout(BackendError):
 @attrs.define(eq=False, slots=True)
 class Waiter:
     flavor: int
-    deferred: defer.Deferred[BackendConnection]
+    deferred: defer.Deferred[BackendConnection] = attrs.field(init=False)
     since: float = 0.0
+    # The pool whose line it stands in; changes when a failover moves the line.
+    pool: Pool | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.deferred = defer.Deferred(self._cancelled)
+
+    def _cancelled(self, _: defer.Deferred[BackendConnection]) -> None:
+        if self.pool is not None:
+            self.pool._cancel(self)
 
 
 Connector = Callable[[int], "defer.Deferred[BackendConnection]"]
@@ -52,8 +61,10 @@ class Pool:
     """The pool of one user's backend connections."""
 
     def __init__(self, user: str, connector: Connector, clock: IReactorTime, *,
-                 max_size: int, borrow_timeout: float) -> None:
+                 max_size: int, borrow_timeout: float, target: Any = None) -> None:
         self.user = user
+        # The server these connections go to (a pyproxy.topology.TargetHealth).
+        self.target = target
         self.connector = connector
         self.clock = clock
         self.max_size = max_size
@@ -82,7 +93,7 @@ class Pool:
         self.first_use: Callable[[BackendConnection], defer.Deferred[Any]] | None = None
         # The flavor clients asked for last: min_idle keeps that one warm.
         self.last_flavor = 0
-        self.log = get_logger(pool=user)
+        self.log = get_logger(pool=user, target=target.name if target is not None else None)
         # Counters for the benchmark and, later, the admin interface.
         self.borrows = 0
         self.waits = 0
@@ -121,7 +132,7 @@ class Pool:
         conn = self.try_borrow(flavor)
         if conn is not None:
             return defer.succeed(conn)
-        waiter = Waiter(flavor, defer.Deferred(lambda d: self._cancel(waiter)), since=self.clock.seconds())
+        waiter = Waiter(flavor, since=self.clock.seconds(), pool=self)
         self.waiters.append(waiter)
         self._schedule_expiry()
         self.waits += 1
@@ -293,6 +304,7 @@ class Pool:
                 conn.close("pool closed")
                 return
             conn.on_lost = self._lost
+            conn.pool = self
             self.log.info("backend_opened", backend_id=conn.id)
             if self.first_use is not None:
                 # Something to learn from the server before anyone borrows.
@@ -354,6 +366,22 @@ class Pool:
         self.paused = False
         self._grow()
 
+    def hand_over(self, other: Pool) -> None:
+        """Moves this pool's waiters into another pool's line (the writer moved, a
+        reader went down), merged by arrival so FIFO and deadlines still hold."""
+        if other is self or not self.waiters:
+            return
+        waiters, self.waiters = self.waiters, deque()
+        for pool in (self, other):
+            if pool._expiry is not None and pool._expiry.active():
+                pool._expiry.cancel()
+            pool._expiry = None
+        for waiter in waiters:
+            waiter.pool = other
+        other.waiters = deque(sorted((*other.waiters, *waiters), key=lambda waiter: waiter.since))
+        other._schedule_expiry()
+        other._grow()
+
     def renew(self) -> None:
         """The target or the account changed: no connection opened before is reused."""
         self.generation += 1
@@ -374,7 +402,8 @@ class Pool:
             return recent[int(q * (len(recent) - 1))] if recent else 0.0
 
         return {
-            "pool": self.user, "paused": self.paused, "max_size": self.max_size,
+            "pool": self.user, "target": self.target.name if self.target is not None else None,
+            "paused": self.paused, "max_size": self.max_size,
             "idle": len(self.idle), "lent": len(self.lent),
             "checking": len(self.checking), "connecting": self.connecting, "waiting": len(self.waiters),
             "borrows": self.borrows, "waits": self.waits, "timeouts": self.timeouts,

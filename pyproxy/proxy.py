@@ -9,8 +9,9 @@ from typing import Any
 import attrs
 
 from pyproxy.backend import Target, connect
-from pyproxy.config import Config
+from pyproxy.config import Config, TargetConfig
 from pyproxy.pool import Pool
+from pyproxy.topology import DOWN, Topology, TargetHealth
 from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
 
 # What pyproxy offers clients.  No TLS or compression yet; no query
@@ -46,7 +47,8 @@ class Proxy:
     config: Config
     reactor: Any
     server: ServerInfo
-    pools: dict[str, Pool] = attrs.field(factory=dict)
+    # By (user, target name).
+    pools: dict[tuple[str, str], Pool] = attrs.field(factory=dict)
     client_ids: Any = attrs.field(factory=lambda: itertools.count(1))
     # Connected clients by the connection id they were greeted with.
     clients: dict[int, Any] = attrs.field(factory=dict)
@@ -61,20 +63,40 @@ class Proxy:
     # Pinned sessions so far, by reason.
     pins: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ignored_variables: frozenset[str] = attrs.field(init=False)
+    topology: Topology = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.ignored_variables = frozenset(self.config.session.ignore_variables)
+        health = self.config.health
+        self.topology = Topology(self.config.backend.servers(), self.reactor, self._monitor_login,
+                                 interval=health.interval, failure_threshold=health.failure_threshold,
+                                 backoff_max=health.backoff_max)
+        self.topology.listeners.append(self._topology_changed)
 
     @property
     def capabilities(self) -> int:
         return FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
 
-    def target(self, user: str) -> Target:
+    def target(self, user: str, server: TargetConfig | None = None) -> Target:
+        """How ``user``'s connections log in to ``server`` (the writer by default)."""
         account = self.config.user(user)
         backend = self.config.backend
-        return Target(backend.host, backend.port, user, account.password if account else "",
+        server = server or self.topology.writer.config
+        return Target(server.host, server.port, user, account.password if account else "",
                       backend.database, backend.charset, backend.connect_timeout,
                       statement_cache=self.statement_cache(), init_query=backend.init_query)
+
+    def _monitor_login(self, server: TargetConfig) -> Target:
+        """Probes log in as [health] user, else as the first configured user, with
+        no schema (one that is missing must not make a server look down)."""
+        health = self.config.health
+        if health.user:
+            name, password = health.user, health.password
+        else:
+            account = self.config.users[0] if self.config.users else None
+            name, password = (account.name, account.password) if account else ("", "")
+        return Target(server.host, server.port, name, password, None, self.config.backend.charset,
+                      health.connect_timeout, statement_cache=0)
 
     def statement_cache(self) -> int:
         """Statements cached per backend connection: as configured, or what keeps
@@ -85,21 +107,61 @@ class Proxy:
         connections = self.config.pool.max_connections * max(1, len(self.config.users))
         return max(8, min(256, 16382 // connections))
 
-    def pool(self, user: str) -> Pool:
-        pool = self.pools.get(user)
+    def pool(self, user: str, server: TargetHealth | None = None) -> Pool:
+        """``user``'s connections to ``server`` (the writer by default)."""
+        server = server or self.topology.writer
+        pool = self.pools.get((user, server.name))
         if pool is None:
-            # The target is looked up at each open: a reload may change it.
-            pool = Pool(user, lambda flavor: connect(self.reactor, self.target(user), flavor),
+            # The login is looked up at each open: a reload may change it.
+            pool = Pool(user, lambda flavor: self._open(user, server, flavor),
                         self.reactor, max_size=self.config.pool.max_connections,
-                        borrow_timeout=self.config.pool.borrow_timeout)
+                        borrow_timeout=self.config.pool.borrow_timeout, target=server)
             pool.paused = self.paused
             if self.config.pool.max_connections_percent:
                 if self.server_max_connections is None:
                     pool.first_use = self._learn_max_connections
                 else:
                     pool.max_size = self._share()
-            self.pools[user] = pool
+            self.pools[(user, server.name)] = pool
         return pool
+
+    def route(self, user: str, readonly: bool, current: Pool | None) -> Pool:
+        """The pool a client's next transaction borrows from: the writer's, or
+        for the read-only listener a reader's (the same one while it serves)."""
+        if not readonly:
+            return self.pool(user, self.topology.writer)
+        return self.pool(user, self.topology.reader(current.target if current is not None else None))
+
+    def _open(self, user: str, server: TargetHealth, flavor: int) -> Any:
+        d = connect(self.reactor, self.target(user, server.config), flavor)
+
+        def opened(conn: Any) -> Any:
+            if server.state == DOWN:
+                self.topology.suspect(server)  # back: let the probe say so now
+            return conn
+
+        def failed(failure: Any) -> Any:
+            # The pool retries; the probe says whether the server is gone.
+            self.topology.suspect(server)
+            return failure
+
+        return d.addCallbacks(opened, failed)
+
+    def _topology_changed(self, event: str, server: TargetHealth, previous: TargetHealth | None) -> None:
+        """A server went down: its idle connections are closed and its waiting
+        readers sent elsewhere.  The writer moved: writer traffic waiting for
+        the old one moves to the new one."""
+        if event == "state" and server.state == DOWN:
+            for pool in self._pools_of(server):
+                pool.renew()
+                if server is not self.topology.writer:
+                    pool.hand_over(self.route(pool.user, True, None))
+        elif event == "writer" and previous is not None:
+            for pool in self._pools_of(previous):
+                pool.hand_over(self.pool(pool.user, server))
+
+    def _pools_of(self, server: TargetHealth) -> list[Pool]:
+        return [pool for pool in self.pools.values() if pool.target is server]
 
     def _learn_max_connections(self, conn: Any) -> Any:
         """Reads the server's max_connections once, for max_connections_percent."""
@@ -140,11 +202,20 @@ class Proxy:
         changed = [name for name in ("proxy", "backend", "pool", "health", "session", "log", "users")
                    if getattr(old, name) != getattr(config, name)]
         self.ignored_variables = frozenset(config.session.ignore_variables)
-        for user, pool in self.pools.items():
+        health = config.health
+        removed = self.topology.reconfigure(config.backend.servers(), interval=health.interval,
+                                            failure_threshold=health.failure_threshold,
+                                            backoff_max=health.backoff_max)
+        login_changed = _logins(old) != _logins(config)
+        for key, pool in list(self.pools.items()):
+            if pool.target in removed:
+                del self.pools[key]
+                pool.hand_over(self.route(pool.user, pool.target is not self.topology.writer, None))
+                pool.close()
+                continue
             pool.max_size = config.pool.max_connections
             pool.borrow_timeout = config.pool.borrow_timeout
-            before, after = old.user(user), config.user(user)
-            if old.backend != config.backend or before != after:
+            if login_changed or old.user(pool.user) != config.user(pool.user):
                 pool.renew()
         return changed
 
@@ -154,5 +225,11 @@ class Proxy:
         return schema in self.known_schemas or schema == self.config.backend.database
 
     def close(self) -> None:
+        self.topology.stop()
         for pool in self.pools.values():
             pool.close()
+
+
+def _logins(config: Config) -> Any:
+    """What backend logins depend on, apart from which servers there are."""
+    return attrs.evolve(config.backend, host="", port=1, targets=())

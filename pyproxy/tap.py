@@ -13,6 +13,8 @@ import socket
 import sys
 from typing import Any
 
+import attrs
+
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.task import LoopingCall
@@ -86,10 +88,21 @@ class Options(usage.Options):
 
 
 def probe_backend(config: configuration.Config) -> ServerInfo:
-    """Reads the server's greeting once, so clients can be greeted as that server would."""
-    backend = config.backend
+    """Reads a server's greeting once, so clients can be greeted as that server
+    would: the first target that answers, writers and auto targets first."""
+    servers = sorted(config.backend.servers(), key=lambda server: server.role == "reader")
+    problems = []
+    for server in servers:
+        try:
+            return _greeting(server, config.backend.connect_timeout)
+        except StartupError as exc:
+            problems.append(str(exc))
+    raise StartupError("; ".join(problems))
+
+
+def _greeting(backend: configuration.TargetConfig, timeout: float) -> ServerInfo:
     try:
-        with socket.create_connection((backend.host, backend.port), timeout=backend.connect_timeout) as sock:
+        with socket.create_connection((backend.host, backend.port), timeout=timeout) as sock:
             framer = PacketFramer()
             packets: list[Any] = []
             while not packets:
@@ -136,25 +149,36 @@ class ProxyService(service.Service):
                                     idle_timeout=config.pool.idle_timeout,
                                     min_idle=config.pool.min_idle)
         self.port: Any = None
+        self.read_only_port: Any = None
         self._idle_sweep: Any = None
         # Re-reads the configuration (file, environment, options) for SIGHUP.
         self._reload = reload
         self.log = logs.get_logger(component="service")
 
     def listen(self) -> None:
-        """Binds the listening socket now, so a taken port stops start-up with one line.
+        """Binds the listening sockets now, so a taken port stops start-up with one line.
 
         For TCP and UNIX endpoints the Deferred has fired by the time
         ``listen()`` returns; the port starts accepting once the reactor runs.
         """
-        endpoint = endpoints.serverFromString(self.reactor, listen_description(self.config.proxy))
+        proxy = self.config.proxy
+        self.port = self._bind(proxy.listen, FrontendFactory(self.proxy))
+        if proxy.read_only_listen:
+            try:
+                self.read_only_port = self._bind(proxy.read_only_listen, FrontendFactory(self.proxy, True))
+            except StartupError:
+                if self.port is not None:
+                    self.port.stopListening()
+                raise
+
+    def _bind(self, description: str, factory: FrontendFactory) -> Any:
+        endpoint = endpoints.serverFromString(
+            self.reactor, listen_description(attrs.evolve(self.config.proxy, listen=description)))
         result: list[Any] = []
-        endpoint.listen(FrontendFactory(self.proxy)).addBoth(result.append)
+        endpoint.listen(factory).addBoth(result.append)
         if result and isinstance(result[0], Failure):
-            raise StartupError(f"cannot listen on {self.config.proxy.listen}: "
-                               f"{result[0].getErrorMessage()}")
-        if result:
-            self.port = result[0]
+            raise StartupError(f"cannot listen on {description}: {result[0].getErrorMessage()}")
+        return result[0] if result else None
 
     def startService(self) -> None:
         super().startService()
@@ -162,8 +186,10 @@ class ProxyService(service.Service):
             self.listen()
         address = self.port.getHost()
         self.log.info("listening", address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
-                      backend=f"{self.config.backend.host}:{self.config.backend.port}",
+                      read_only=self.config.proxy.read_only_listen or None,
+                      targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
+        self.proxy.topology.start()
         if self.config.pool.min_idle:
             for account in self.config.users:
                 self.proxy.pool(account.name)
@@ -198,6 +224,8 @@ class ProxyService(service.Service):
             return
         if config.proxy.listen != self.config.proxy.listen:
             self.log.warning("reload_needs_restart", key="proxy.listen")
+        if config.proxy.read_only_listen != self.config.proxy.read_only_listen:
+            self.log.warning("reload_needs_restart", key="proxy.read_only_listen")
         changed = self.proxy.reconfigure(config)
         self.config = config
         health = self.health
@@ -212,7 +240,10 @@ class ProxyService(service.Service):
             client.check_idle(now, self.config.proxy.idle_client_timeout)
 
     def log_stats(self) -> None:
-        """One event per pool, then the pins per reason (SIGUSR1, and at shutdown)."""
+        """One event per target and per pool, then the pins per reason (SIGUSR1, and
+        at shutdown)."""
+        for target in self.proxy.topology.stats():
+            self.log.info("target_stats", **target)
         for pool in self.proxy.pools.values():
             self.log.info("pool_stats", **pool.stats())
         self.log.info("pin_summary", pins=dict(self.proxy.pins), clients=len(self.proxy.clients))
@@ -223,7 +254,8 @@ class ProxyService(service.Service):
         super().stopService()
         if self._idle_sweep is not None and self._idle_sweep.running:
             self._idle_sweep.stop()
-        stopped = defer.maybeDeferred(self.port.stopListening) if self.port is not None else defer.succeed(None)
+        stopped = defer.gatherResults([defer.maybeDeferred(port.stopListening)
+                                       for port in (self.port, self.read_only_port) if port is not None])
         self.proxy.draining = True
         for client in list(self.proxy.clients.values()):
             client.drain()

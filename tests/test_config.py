@@ -64,12 +64,43 @@ def test_password_not_in_repr() -> None:
     ({"users": [{"name": "a", "password": 1}]}, "users[0].password"),
     ({"users": [{"name": 7}]}, "users[0].name"),
     ({"users": USERS + [{"name": "app"}]}, "users[1].name: duplicate user 'app'"),
+    ({"backend": {"targets": []}}, "backend.targets must be a non-empty array of tables"),
+    ({"backend": {"targets": [{"port": 1}]}}, "backend.targets[0].host is required"),
+    ({"backend": {"targets": [{"host": "a", "role": "primary"}]}},
+     "backend.targets[0].role: must be one of writer, reader, auto, got 'primary'"),
+    ({"backend": {"targets": [{"host": "a", "port": 0}]}}, "backend.targets[0].port: must be a TCP port"),
+    ({"backend": {"targets": [{"host": "a", "weight": 2}]}}, "unknown key backend.targets[0].weight"),
+    ({"backend": {"targets": [{"host": "a"}, {"host": "a", "port": 3306}]}},
+     "backend.targets[1]: a:3306 is listed twice"),
+    ({"backend": {"targets": [{"host": "a", "role": "reader"}]}}, "no target with role writer or auto"),
+    ({"backend": {"host": "a", "targets": [{"host": "b"}]}}, "exclude each other"),
+    ({"health": {"failure_threshold": 0}}, "health.failure_threshold: must be a positive number"),
+    ({"proxy": {"read_only_listen": 3307}}, "proxy.read_only_listen: must be a string"),
 ])
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
     """Each bad value is reported as one ConfigError naming the key at fault."""
     with pytest.raises(ConfigError) as info:
         build(data)
     assert message in str(info.value)
+
+
+def test_targets() -> None:
+    """[[backend.targets]] lists the servers; without it host and port name the one writer."""
+    config = build({"backend": {"targets": [{"host": "w", "port": 3307},
+                                            {"host": "r", "role": "reader"},
+                                            {"host": "x", "port": 3309, "role": "auto"}]}})
+    assert [(t.name, t.role) for t in config.backend.servers()] == [
+        ("w:3307", "writer"), ("r:3306", "reader"), ("x:3309", "auto")]
+    single = build({"backend": {"host": "db", "port": 3310}}).backend.servers()
+    assert [(t.name, t.role) for t in single] == [("db:3310", "writer")]
+
+
+def test_targets_from_the_environment() -> None:
+    """PYPROXY_BACKEND_TARGETS="host:port:role,..." for containers configured by environment."""
+    config = load(None, {"PYPROXY_BACKEND_TARGETS": "w:3307:writer, r:3308:reader,x",
+                         "PYPROXY_USERS": "app:pw"})
+    assert [(t.name, t.role) for t in config.backend.servers()] == [
+        ("w:3307", "writer"), ("r:3308", "reader"), ("x:3306", "writer")]
 
 
 def test_empty_database_means_none() -> None:

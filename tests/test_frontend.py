@@ -40,7 +40,7 @@ from pyproxy.wire.handshake import (
     parse_auth_switch_request,
     parse_handshake_v10,
 )
-from pyproxy.wire.responses import ERR, make_ok, parse_err, parse_ok
+from pyproxy.wire.responses import ERR, make_err, make_ok, parse_err, parse_ok
 from test_backend import FakeServer, FakeTransport, ready_backend
 
 GREETING = parse_handshake_v10(vectors.GREETING[4:])
@@ -89,7 +89,9 @@ def make_proxy(max_connections: int = 2, **sections: Any) -> tuple[Proxy, Backen
     reactor = MemoryReactorClock()
     proxy = Proxy(build(data), reactor, SERVER)
     backends = Backends(reactor)
-    proxy.pools["app"] = Pool("app", backends, reactor, max_size=max_connections, borrow_timeout=3)
+    writer = proxy.topology.writer
+    proxy.pools[("app", writer.name)] = Pool("app", backends, reactor, max_size=max_connections,
+                                             borrow_timeout=3, target=writer)
     return proxy, backends
 
 
@@ -275,7 +277,7 @@ class HandshakeTests(SynchronousTestCase):
         server.send(vectors.INIT_DB_OK)
         [ok] = self.client.received()
         self.assertEqual((ok.seq, ok.payload[0]), (2, 0))
-        self.assertEqual(self.proxy.pools["app"].idle, [conn])
+        self.assertEqual(self.proxy.pool("app").idle, [conn])
         self.assertIn("app", self.proxy.known_schemas)
         second = FakeClient(self.proxy)
         [ok] = second.login(database="app")
@@ -299,7 +301,7 @@ class LoggedIn(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.proxy, self.backends = make_proxy(self.max_connections)
-        self.pool = self.proxy.pools["app"]
+        self.pool = self.proxy.pool("app")
         self.client = self.connect()
 
     def connect(self, caps: int | None = None) -> FakeClient:
@@ -846,3 +848,138 @@ class LocalFilesTests(LoggedIn):
         self.assertEqual(err_of(err), (1, 4166, "HY000"))  # what MariaDB answers such a client
         self.assertFalse(self.client.closed)
         self.assertEqual(self.pool.idle, [conn])
+
+
+class RoutingTests(SynchronousTestCase):
+    """Two servers: writer traffic follows the elected writer, the read-only
+    listener's sessions go to the reader."""
+
+    def setUp(self) -> None:
+        self.proxy, self.writer_backends = make_proxy(
+            2, backend={"targets": [{"host": "w", "port": 1}, {"host": "r", "port": 2, "role": "auto"}]})
+        self.writer, self.reader = self.proxy.topology.targets
+        self.reader_backends = Backends(self.proxy.reactor)
+        self.proxy.pools[("app", "r:2")] = Pool("app", self.reader_backends, self.proxy.reactor,
+                                                max_size=2, borrow_timeout=3, target=self.reader)
+        self.reader.state = "read_only"
+        self.writer.state = "up"
+
+    def connect(self, readonly: bool = False) -> FakeClient:
+        client = FakeClient.__new__(FakeClient)
+        client.protocol = FrontendFactory(self.proxy, readonly).buildProtocol(None)
+        client.transport = FakeTransport()
+        client.protocol.makeConnection(client.transport)
+        client.framer = PacketFramer()
+        [greeting] = client.received()
+        client.greeting = parse_handshake_v10(greeting.payload)
+        [ok] = client.login()
+        assert ok.payload[0] == 0
+        return client
+
+    def select(self, client: FakeClient, backends: Backends, server: FakeServer | None = None
+               ) -> tuple[BackendConnection | None, FakeServer]:
+        client.query(SELECT)
+        conn = None
+        if server is None:
+            conn, server = backends.open()
+        server.received()
+        server.send(vectors.SELECT_DEOF)
+        self.assertEqual(client.raw(), vectors.SELECT_DEOF)
+        return conn, server
+
+    def failover(self) -> None:
+        """What the probes would see: the writer turned read-only, the other writable."""
+        self.proxy.topology._set(self.writer, "read_only")
+        self.proxy.topology._set(self.reader, "up")
+
+    def test_read_only_listener_uses_the_reader(self) -> None:
+        conn, _ = self.select(self.connect(readonly=True), self.reader_backends)
+        self.assertIs(conn.pool.target, self.reader)
+        self.assertEqual(self.writer_backends.waiting, [])
+
+    def test_main_listener_uses_the_writer(self) -> None:
+        conn, _ = self.select(self.connect(), self.writer_backends)
+        self.assertIs(conn.pool.target, self.writer)
+        self.assertEqual(self.reader_backends.waiting, [])
+
+    def test_writes_follow_the_new_writer_without_reconnecting(self) -> None:
+        client = self.connect()
+        old, old_server = self.select(client, self.writer_backends)
+        self.failover()
+        self.assertIs(self.proxy.topology.writer, self.reader)
+        conn, _ = self.select(client, self.reader_backends)
+        self.assertIs(conn.pool.target, self.reader)
+        self.assertFalse(client.closed)
+        # The old writer, read-only now, serves the read-only listener with
+        # the connection left idle there.
+        self.select(self.connect(readonly=True), self.writer_backends, old_server)
+        self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+
+    def test_waiting_borrower_moves_to_the_new_writer(self) -> None:
+        first, second, waiting = self.connect(), self.connect(), self.connect()
+        for client in (first, second):
+            client.query("BEGIN")
+            _, server = self.writer_backends.open()
+            server.received()
+            server.send(vectors.BEGIN_OK)
+            client.raw()
+        waiting.query(SELECT)  # the writer's pool (2) is full
+        self.assertEqual(len(self.proxy.pool("app", self.writer).waiters), 1)
+        self.failover()
+        conn, server = self.reader_backends.open()
+        server.received()
+        server.send(vectors.SELECT_DEOF)
+        self.assertEqual(waiting.raw(), vectors.SELECT_DEOF)
+        self.assertEqual(self.proxy.pool("app", self.reader).idle, [conn])
+
+    def test_pinned_session_on_the_old_writer_is_closed(self) -> None:
+        client = self.connect()
+        client.query("SET @x=1")
+        conn, server = self.writer_backends.open()
+        server.received()
+        server.send(vectors.USER_VARIABLE_OK)
+        client.raw()
+        self.failover()
+        client.query(SELECT)
+        [err] = client.received()
+        self.assertEqual(err_of(err)[1], 2013)
+        self.assertIn(b"failover to r:2", err.payload)
+        self.assertTrue(client.closed)
+        client.protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(server.received()[0].payload, bytes((COM_RESET_CONNECTION,)))
+
+    def test_read_only_error_probes_now(self) -> None:
+        """A write refused as read-only (1290) makes the writer's probe run at once."""
+        probed = []
+        self.proxy.topology.suspect = probed.append  # type: ignore[method-assign]
+        client = self.connect()
+        client.query("INSERT INTO t VALUES (1)")
+        _, server = self.writer_backends.open()
+        server.received()
+        server.send(frame(make_err(1290, "HY000", "The MariaDB server is running with the --read-only "
+                                   "option so it cannot execute this statement"), 1))
+        self.assertEqual(err_of(client.received()[0])[1], 1290)
+        self.assertEqual(probed, [self.writer])
+
+    def test_reader_down_moves_sessions_to_another(self) -> None:
+        client = self.connect(readonly=True)
+        self.select(client, self.reader_backends)
+        self.proxy.topology._set(self.reader, "down")
+        self.assertEqual(self.proxy.pool("app", self.reader).idle, [])  # closed: the server is gone
+        conn, _ = self.select(client, self.writer_backends)
+        self.assertIs(conn.pool.target, self.writer)
+
+    def test_held_after_an_error_follows_the_new_writer(self) -> None:
+        """A connection held after an error (for SHOW WARNINGS) is given up when the
+        writer moves: retries of a refused write must reach the new writer."""
+        client = self.connect()
+        client.query("INSERT INTO t VALUES (1)")
+        old, server = self.writer_backends.open()
+        server.received()
+        server.send(frame(make_err(1290, "HY000", "read-only"), 1))
+        client.raw()
+        self.assertIs(client.protocol.backend, old)  # held for a follow-up
+        self.failover()
+        conn, _ = self.select(client, self.reader_backends)
+        self.assertIs(conn.pool.target, self.reader)
+        self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])

@@ -483,3 +483,47 @@ class FairnessTests(SynchronousTestCase):
         conn2 = connector.succeed()
         self.assertIs(self.successResultOf(older), conn2)
         self.assertNoResult(younger)
+
+
+class HandOverTests(SynchronousTestCase):
+    """A failover moves the line of waiters from one server's pool to another's."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.old_server = FakeConnector(self.clock)
+        self.new_server = FakeConnector(self.clock)
+        self.old = Pool("app", self.old_server, self.clock, max_size=1, borrow_timeout=10)
+        self.new = Pool("app", self.new_server, self.clock, max_size=1, borrow_timeout=10)
+
+    def test_waiters_move_in_arrival_order_with_their_deadlines(self) -> None:
+        first = self.old.borrow(0)
+        self.clock.advance(1)
+        local = self.new.borrow(0)  # arrived between the two
+        self.clock.advance(1)
+        second = self.old.borrow(0)
+        self.old.hand_over(self.new)
+        self.assertEqual(len(self.old.waiters), 0)
+        self.assertEqual([w.deferred for w in self.new.waiters], [first, local, second])
+        conn = self.new_server.succeed()
+        self.assertIs(self.successResultOf(first), conn)
+        self.assertIs(conn.pool, self.new)
+        # Deadlines stay those of arrival: 11 s for the one that came at 1 s, 12 s for the other.
+        self.clock.advance(9)
+        self.failureResultOf(local, BorrowTimeout)
+        self.assertNoResult(second)
+        self.clock.advance(1)
+        self.failureResultOf(second, BorrowTimeout)
+
+    def test_cancelled_after_the_move_leaves_the_new_line(self) -> None:
+        d = self.old.borrow(0)
+        self.old.hand_over(self.new)
+        d.cancel()
+        self.assertEqual(len(self.new.waiters), 0)
+        self.failureResultOf(d, defer.CancelledError)
+
+    def test_opening_for_the_old_server_then_serves_nobody_waiting(self) -> None:
+        self.old.borrow(0)
+        self.old.hand_over(self.new)
+        self.assertEqual(self.new_server.pending(), [0])
+        late = self.old_server.succeed()
+        self.assertEqual(self.old.idle, [late])

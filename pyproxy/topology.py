@@ -1,0 +1,324 @@
+"""Which servers the backend has, which of them answer, and which one takes writes.
+
+Each target is probed on a monitor connection of its own, so a verdict never
+waits behind client traffic and a full pool cannot hide a dead server.  The
+probe asks the server whether it is read-only, which is how Aurora and
+MySQL/MariaDB replication tell a writer from a reader: when the writer turns
+read-only (a failover), the target that became writable takes its place.
+Pools never decide any of this; they are told (see pyproxy.proxy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from pyproxy.backend import BackendConnection, BackendError, Target, connect
+from pyproxy.config import TargetConfig
+from pyproxy.logs import get_logger
+
+UNKNOWN = "unknown"  # not probed yet: trusted, so start-up needs no wait
+UP = "up"  # answers and takes writes
+READ_ONLY = "read_only"  # answers, refuses writes
+DOWN = "down"  # failure_threshold probes in a row failed
+
+# One round trip for both switches: Aurora readers set innodb_read_only,
+# replicas usually read_only.
+READ_ONLY_SQL = "SELECT @@global.read_only OR @@global.innodb_read_only"
+# For a server without InnoDB's switch (error 1193, unknown variable).
+READ_ONLY_ONLY_SQL = "SELECT @@global.read_only"
+ER_UNKNOWN_SYSTEM_VARIABLE = 1193
+
+# A suspicion (a client saw 1290, a connection died) probes at once, but a
+# storm of them probes a target at most this often.
+SUSPECT_INTERVAL = 0.2
+# While the writer takes no writes, the others are probed this often (at
+# most), so the one promoted in a failover is found within a fraction of a
+# second of becoming writable.
+HUNT_INTERVAL = 0.5
+
+
+@attrs.define(eq=False)
+class TargetHealth:
+    """What pyproxy knows about one server now."""
+
+    config: TargetConfig
+    state: str = UNKNOWN
+    # Failed probes in a row; decides DOWN and the backoff while down.
+    failures: int = 0
+    last_error: str = ""
+    # When the state last changed (reactor seconds).
+    since: float = 0.0
+    probes: int = 0
+    last_probe: float = float("-inf")
+    # No longer configured (SIGHUP removed it): never chosen again.
+    retired: bool = False
+    monitor: BackendConnection | None = attrs.field(default=None, repr=False)
+    probing: bool = False
+    timer: IDelayedCall | None = attrs.field(default=None, repr=False)
+    read_only_sql: str = READ_ONLY_SQL
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def role(self) -> str:
+        return self.config.role
+
+    @property
+    def usable(self) -> bool:
+        return self.state != DOWN and not self.retired
+
+    def stats(self) -> dict[str, Any]:
+        return {"target": self.name, "role": self.role, "state": self.state,
+                "failures": self.failures, "probes": self.probes, "last_error": self.last_error}
+
+
+Listener = Callable[[str, TargetHealth, "TargetHealth | None"], None]
+
+
+class Topology:
+    """The targets, their probes, and the election of the writer.
+
+    Listeners are called as ``listener(event, target, previous)`` with event
+    ``"state"`` (``target`` changed state) or ``"writer"`` (``target`` is the
+    new writer, ``previous`` the old one).
+    """
+
+    def __init__(self, targets: Iterable[TargetConfig], clock: IReactorTime,
+                 login: Callable[[TargetConfig], Target], *, interval: float, failure_threshold: int,
+                 backoff_max: float, connector: Callable[..., defer.Deferred[BackendConnection]] | None = None
+                 ) -> None:
+        self.clock = clock
+        self.login = login
+        self.interval = interval
+        self.failure_threshold = failure_threshold
+        self.backoff_max = backoff_max
+        self._connect = connector or (lambda target: connect(clock, target, 0))
+        self.targets: list[TargetHealth] = [TargetHealth(config) for config in targets]
+        self.writer = self._first_writer()
+        self.listeners: list[Listener] = []
+        # Bumped whenever a state or the writer changes: clients holding on to
+        # a pool compare it instead of asking again at every borrow.
+        self.epoch = 0
+        self._turn = 0
+        self.running = False
+        self.log = get_logger(component="topology")
+
+    def _first_writer(self) -> TargetHealth:
+        """Before any probe: the first writer, else the first auto target."""
+        for role in ("writer", "auto"):
+            for target in self.targets:
+                if target.role == role and not target.retired:
+                    return target
+        raise ValueError("no target with role writer or auto")
+
+    # -- choosing -------------------------------------------------------------
+
+    def reader(self, current: TargetHealth | None = None) -> TargetHealth:
+        """A server for a read-only session: ``current`` while it still serves
+        reads, else the next reader round-robin, else the writer."""
+        if current is not None and current is not self.writer and current.usable:
+            return current
+        readers = [t for t in self.targets if t is not self.writer and t.usable]
+        if not readers:
+            return self.writer
+        self._turn = (self._turn + 1) % len(readers)
+        return readers[self._turn]
+
+    def _elect(self) -> None:
+        """The writer stays while it takes writes; otherwise the first writable
+        target, role writer before auto, takes over.  With none writable, the
+        old writer stays: borrowers wait for it to come back."""
+        current = self.writer
+        if current.state in (UP, UNKNOWN) and not current.retired:
+            return
+        for role in ("writer", "auto"):
+            for target in self.targets:
+                if target.role == role and target.state == UP and not target.retired:
+                    self.writer = target
+                    self.epoch += 1
+                    self.log.warning("writer_changed", previous=current.name, target=target.name,
+                                     previous_state=current.state)
+                    self._tell("writer", target, current)
+                    return
+
+    @property
+    def hunting(self) -> bool:
+        """The writer takes no writes and nothing has replaced it yet."""
+        return self.writer.state in (READ_ONLY, DOWN)
+
+    def _tell(self, event: str, target: TargetHealth, previous: TargetHealth | None) -> None:
+        for listener in list(self.listeners):
+            listener(event, target, previous)
+
+    def _set(self, target: TargetHealth, state: str) -> None:
+        if target.state == state:
+            return
+        previous, target.state = target.state, state
+        target.since = self.clock.seconds()
+        self.epoch += 1
+        log = self.log.warning if state == DOWN or previous == DOWN else self.log.info
+        log("target_state", target=target.name, state=state, previous=previous, role=target.role,
+            error=target.last_error if state == DOWN else None)
+        self._tell("state", target, None)
+        self._elect()
+        if target is self.writer and self.hunting:
+            self.suspect()  # who takes over? ask the others now
+
+    # -- probing --------------------------------------------------------------
+
+    def start(self) -> None:
+        self.running = True
+        for target in self.targets:
+            self.probe(target)
+
+    def stop(self) -> None:
+        self.running = False
+        for target in self.targets:
+            self._stop_probing(target)
+
+    def _stop_probing(self, target: TargetHealth) -> None:
+        if target.timer is not None and target.timer.active():
+            target.timer.cancel()
+        target.timer = None
+        if target.monitor is not None:
+            target.monitor.on_lost = None
+            target.monitor.close("monitor stopped")
+            target.monitor = None
+
+    def _schedule(self, target: TargetHealth, delay: float) -> None:
+        if not self.running or target.retired:
+            return
+        if target.timer is not None and target.timer.active():
+            if target.timer.getTime() <= self.clock.seconds() + delay:
+                return
+            target.timer.cancel()
+        target.timer = self.clock.callLater(delay, self.probe, target)
+
+    def suspect(self, target: TargetHealth | None = None) -> None:
+        """Something a client saw says a target may have changed (a 1290
+        read-only error, a lost connection): probe it, or all, now."""
+        now = self.clock.seconds()
+        for each in (self.targets if target is None else (target,)):
+            if not each.probing and now - each.last_probe >= SUSPECT_INTERVAL:
+                self._schedule(each, 0)
+
+    def probe(self, target: TargetHealth) -> None:
+        """Asks the server whether it is read-only, on the monitor connection
+        (opened again when it died)."""
+        target.timer = None
+        if target.probing or not self.running or target.retired:
+            return
+        target.probing = True
+        target.probes += 1
+        target.last_probe = self.clock.seconds()
+        monitor = target.monitor
+        if monitor is not None and not monitor.broken:
+            d = defer.succeed(monitor)
+        else:
+            target.monitor = None
+            d = self._connect(self.login(target.config))
+            d.addCallback(self._adopt, target)
+        d.addCallback(self._ask, target)
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(target,), errbackArgs=(target,))
+
+    def _adopt(self, conn: BackendConnection, target: TargetHealth) -> BackendConnection:
+        if target.retired or not self.running:
+            conn.close("monitor stopped")
+            raise BackendError(2013, "HY000", "monitor stopped")
+        target.monitor = conn
+
+        def lost(_: BackendConnection) -> None:
+            # A server that dies closes its sockets: probe now rather than at
+            # the next interval.
+            if target.monitor is conn:
+                target.monitor = None
+                self.suspect(target)
+
+        conn.on_lost = lost
+        return conn
+
+    def _ask(self, conn: BackendConnection, target: TargetHealth) -> defer.Deferred[str | None]:
+        d = conn.query_value(target.read_only_sql)
+
+        def older_server(failure: Failure) -> Any:
+            if failure.check(BackendError) and failure.value.code == ER_UNKNOWN_SYSTEM_VARIABLE \
+                    and target.read_only_sql != READ_ONLY_ONLY_SQL:
+                target.read_only_sql = READ_ONLY_ONLY_SQL
+                return conn.query_value(READ_ONLY_ONLY_SQL)
+            return failure
+
+        return d.addErrback(older_server)
+
+    def _answered(self, value: str | None, target: TargetHealth) -> None:
+        target.probing = False
+        target.failures = 0
+        target.last_error = ""
+        if not target.retired and self.running:
+            self._set(target, UP if value in ("0", None) else READ_ONLY)
+        self._schedule(target, min(self.interval, HUNT_INTERVAL) if self.hunting else self.interval)
+
+    def _failed(self, failure: Failure, target: TargetHealth) -> None:
+        target.probing = False
+        if target.monitor is not None:
+            target.monitor.on_lost = None
+            target.monitor.close("probe failed")
+            target.monitor = None
+        if target.retired or not self.running:
+            return
+        target.failures += 1
+        target.last_error = failure.getErrorMessage()
+        self.log.info("probe_failed", target=target.name, failures=target.failures, error=target.last_error)
+        if target.failures >= self.failure_threshold:
+            self._set(target, DOWN)
+        # Capped exponential backoff: a second opinion soon, then less often
+        # while the server stays away.
+        first = min(1.0, self.interval)
+        self._schedule(target, min(self.backoff_max, first * 2 ** (target.failures - 1)))
+
+    # -- configuration --------------------------------------------------------
+
+    def reconfigure(self, configs: Iterable[TargetConfig], *, interval: float, failure_threshold: int,
+                    backoff_max: float) -> list[TargetHealth]:
+        """Takes a reloaded target list; returns the targets no longer configured.
+
+        A server that stays keeps its state; one that is new is probed at once.
+        """
+        self.interval, self.failure_threshold, self.backoff_max = interval, failure_threshold, backoff_max
+        by_name = {target.name: target for target in self.targets}
+        kept: list[TargetHealth] = []
+        for config in configs:
+            target = by_name.pop(config.name, None)
+            if target is None:
+                target = TargetHealth(config)
+            target.config = config
+            kept.append(target)
+        self.targets = kept
+        removed = list(by_name.values())
+        for target in removed:
+            target.retired = True
+            self._stop_probing(target)
+        for target in kept:
+            if target.probes == 0 and target.timer is None:
+                self._schedule(target, 0)
+        self.epoch += 1
+        if self.writer.retired or self.writer.role == "reader":
+            previous = self.writer
+            candidates = sorted((t for t in kept if t.role != "reader" and t.state in (UP, UNKNOWN)),
+                                key=lambda t: t.role != "writer")
+            self.writer = candidates[0] if candidates else self._first_writer()
+            if self.writer is not previous:
+                self.log.warning("writer_changed", previous=previous.name, target=self.writer.name,
+                                 previous_state="removed" if previous.retired else previous.state)
+                self._tell("writer", self.writer, previous)
+        return removed
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [dict(target.stats(), writer=target is self.writer) for target in self.targets]

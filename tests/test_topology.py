@@ -1,0 +1,310 @@
+"""pyproxy.topology: probes, target states and the writer election, on a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from pyproxy.backend import BackendError, Target
+from pyproxy.config import TargetConfig
+from pyproxy.topology import DOWN, READ_ONLY, READ_ONLY_ONLY_SQL, UNKNOWN, UP, Topology
+
+A = TargetConfig("a", 1, "writer")
+B = TargetConfig("b", 2, "auto")
+C = TargetConfig("c", 3, "reader")
+
+
+class Monitor:
+    """A monitor connection whose answers the test gives."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queries: list[tuple[str, defer.Deferred[str | None]]] = []
+        self.broken = False
+        self.closed: str | None = None
+        self.on_lost: Any = None
+
+    def query_value(self, sql: str) -> defer.Deferred[str | None]:
+        d: defer.Deferred[str | None] = defer.Deferred()
+        self.queries.append((sql, d))
+        return d
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+        self.broken = True
+
+    def die(self) -> None:
+        self.broken = True
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+
+class Servers:
+    """The connector: opens succeed or fail as each server is set up to."""
+
+    def __init__(self) -> None:
+        self.reachable: dict[str, bool] = {"a": True, "b": True, "c": True}
+        self.read_only: dict[str, str] = {"a": "0", "b": "1", "c": "1"}
+        self.monitors: dict[str, list[Monitor]] = {"a": [], "b": [], "c": []}
+        self.answer = True  # answer queries at once
+
+    def __call__(self, target: Target) -> defer.Deferred[Monitor]:
+        if not self.reachable[target.host]:
+            return defer.fail(BackendError(2003, "HY000", f"Can't connect to {target.host}"))
+        monitor = Monitor(target.host)
+        if self.answer:
+            original = monitor.query_value
+
+            def query_value(sql: str, monitor: Monitor = monitor, original: Any = original) -> Any:
+                d = original(sql)
+                if not self.reachable[monitor.name]:
+                    d.errback(BackendError(2013, "HY000", "Lost connection"))
+                else:
+                    d.callback(self.read_only[monitor.name])
+                return d
+
+            monitor.query_value = query_value  # type: ignore[method-assign]
+        self.monitors[target.host].append(monitor)
+        return defer.succeed(monitor)
+
+
+class TopologyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.servers = Servers()
+        self.events: list[tuple[str, str, str | None]] = []
+
+    def topology(self, *targets: TargetConfig, **options: Any) -> Topology:
+        settings = {"interval": 10, "failure_threshold": 2, "backoff_max": 8}
+        settings.update(options)
+        topology = Topology(targets, self.clock, lambda server: Target(server.host, server.port, "mon", "pw"),
+                            connector=self.servers, **settings)
+        topology.listeners.append(lambda event, target, previous: self.events.append(
+            (event, target.name, previous.name if previous is not None else None)))
+        self.addCleanup(topology.stop)
+        return topology
+
+    def run_for(self, seconds: float) -> None:
+        """Clock.advance schedules what runs during a step from the step's end, so
+        time passes in small steps here, as it would in a reactor."""
+        for _ in range(round(seconds * 8)):
+            self.clock.advance(0.125)  # exact in binary: steps add up to whole seconds
+
+    def states(self, topology: Topology) -> dict[str, str]:
+        return {target.config.host: target.state for target in topology.targets}
+
+    def test_first_probe_learns_states(self) -> None:
+        """Before any probe every target is trusted; the first probe says which is read-only."""
+        topology = self.topology(A, B, C)
+        self.assertEqual(set(self.states(topology).values()), {UNKNOWN})
+        self.assertEqual(topology.writer.name, "a:1")
+        topology.start()
+        self.assertEqual(self.states(topology), {"a": UP, "b": READ_ONLY, "c": READ_ONLY})
+        self.assertEqual(topology.writer.name, "a:1")
+        self.assertEqual(self.servers.monitors["a"][0].queries[0][0],
+                         "SELECT @@global.read_only OR @@global.innodb_read_only")
+
+    def test_probes_every_interval_on_one_connection(self) -> None:
+        topology = self.topology(A)
+        topology.start()
+        self.run_for(10)
+        self.run_for(10)
+        self.assertEqual(len(self.servers.monitors["a"]), 1)
+        self.assertEqual(len(self.servers.monitors["a"][0].queries), 3)
+        self.assertEqual(topology.targets[0].probes, 3)
+
+    def test_auto_writer_first_when_no_writer_role(self) -> None:
+        topology = self.topology(C, TargetConfig("b", 2, "auto"))
+        self.assertEqual(topology.writer.name, "b:2")
+
+    def test_down_after_threshold_then_backoff_then_up(self) -> None:
+        """Two failed probes in a row mark a target down; it is probed again with a
+        growing delay, capped, and is up at the first probe that answers."""
+        topology = self.topology(A, B, interval=10, failure_threshold=2, backoff_max=8)
+        topology.start()
+        self.servers.reachable["a"] = False
+        self.run_for(10)  # failure 1: a second opinion after 1 s
+        self.assertEqual(topology.targets[0].state, UP)
+        self.assertEqual(topology.targets[0].failures, 1)
+        self.run_for(1)  # failure 2: down
+        self.assertEqual(topology.targets[0].state, DOWN)
+        self.assertIn(("state", "a:1", None), self.events)
+        probes = topology.targets[0].probes
+        delays = []
+        for _ in range(5):
+            start = self.clock.seconds()
+            while topology.targets[0].probes == probes:
+                self.clock.advance(0.5)
+            probes = topology.targets[0].probes
+            delays.append(self.clock.seconds() - start)
+        self.assertEqual(delays, [2, 4, 8, 8, 8])
+        self.servers.reachable["a"] = True
+        self.run_for(8)
+        self.assertEqual(topology.targets[0].state, UP)
+        self.assertEqual(topology.targets[0].failures, 0)
+
+    def test_marked_down_within_two_intervals(self) -> None:
+        topology = self.topology(A, interval=5)
+        topology.start()
+        self.run_for(0.1)
+        self.servers.reachable["a"] = False
+        self.run_for(10)
+        self.assertEqual(topology.targets[0].state, DOWN)
+
+    def test_failover_elects_the_writable_target(self) -> None:
+        """The writer turns read-only and the auto target writable: writes move there."""
+        topology = self.topology(A, B, C)
+        topology.start()
+        epoch = topology.epoch
+        self.servers.read_only.update(a="1", b="0")
+        self.run_for(10)
+        self.assertEqual(topology.writer.name, "b:2")
+        self.assertIn(("writer", "b:2", "a:1"), self.events)
+        self.assertGreater(topology.epoch, epoch)
+        # The old writer, now read-only, serves reads.
+        self.assertEqual(topology.reader().name in ("a:1", "c:3"), True)
+
+    def test_reader_role_never_takes_writes(self) -> None:
+        topology = self.topology(A, C)
+        topology.start()
+        self.servers.read_only.update(a="1", c="0")
+        self.run_for(10)
+        self.assertEqual(topology.writer.name, "a:1")
+
+    def test_no_writable_target_keeps_the_writer(self) -> None:
+        """With nothing writable the writer stays, so borrowers wait for it."""
+        topology = self.topology(A, B)
+        topology.start()
+        self.servers.reachable["a"] = False
+        self.run_for(11)
+        self.assertEqual(topology.targets[0].state, DOWN)
+        self.assertEqual(topology.writer.name, "a:1")
+
+    def test_writer_down_moves_to_writable_auto(self) -> None:
+        topology = self.topology(A, B)
+        topology.start()
+        self.servers.reachable["a"] = False
+        self.servers.read_only["b"] = "0"
+        self.run_for(11)
+        self.assertEqual(topology.writer.name, "b:2")
+
+    def test_writer_stays_while_writable(self) -> None:
+        """Two writable targets (a split brain, or both roles writer): no flapping."""
+        topology = self.topology(A, TargetConfig("b", 2, "writer"))
+        topology.start()
+        self.servers.read_only["b"] = "0"
+        self.run_for(30)
+        self.assertEqual(topology.writer.name, "a:1")
+
+    def test_readers_round_robin_and_sticky(self) -> None:
+        topology = self.topology(A, B, C)
+        topology.start()
+        first = topology.reader()
+        second = topology.reader()
+        self.assertEqual({first.name, second.name}, {"b:2", "c:3"})
+        self.assertIs(topology.reader(first), first)
+        self.servers.reachable["b"] = False
+        self.run_for(11)
+        self.assertEqual(topology.reader(topology.targets[1]).name, "c:3")
+
+    def test_reader_falls_back_to_writer(self) -> None:
+        topology = self.topology(A, C)
+        topology.start()
+        self.servers.reachable["c"] = False
+        self.run_for(11)
+        self.assertIs(topology.reader(), topology.writer)
+
+    def test_suspect_probes_now_once(self) -> None:
+        """A client's 1290 probes at once; a storm of suspicions probes once."""
+        topology = self.topology(A, B)
+        topology.start()
+        self.run_for(1)
+        self.servers.read_only.update(a="1", b="0")
+        for _ in range(50):
+            topology.suspect()
+        self.clock.advance(0)
+        self.assertEqual(topology.writer.name, "b:2")
+        self.assertEqual(topology.targets[0].probes, 2)
+
+    def test_lost_monitor_probes_now(self) -> None:
+        topology = self.topology(A)
+        topology.start()
+        self.run_for(1)
+        self.servers.reachable["a"] = False
+        self.servers.monitors["a"][0].die()
+        self.clock.advance(0)
+        self.assertEqual(topology.targets[0].failures, 1)
+        self.run_for(1)
+        self.assertEqual(topology.targets[0].state, DOWN)
+
+    def test_older_server_without_innodb_read_only(self) -> None:
+        self.servers.answer = False
+        topology = self.topology(A)
+        topology.start()
+        monitor = self.servers.monitors["a"][0]
+        monitor.queries[0][1].errback(BackendError(1193, "HY000", "Unknown system variable"))
+        self.assertEqual(monitor.queries[1][0], READ_ONLY_ONLY_SQL)
+        monitor.queries[1][1].callback("1")
+        self.assertEqual(topology.targets[0].state, READ_ONLY)
+        self.assertEqual(topology.targets[0].read_only_sql, READ_ONLY_ONLY_SQL)
+
+    def test_stalled_probe_is_not_doubled(self) -> None:
+        """A probe still waiting (the query's own deadline ends it) is not sent again."""
+        self.servers.answer = False
+        topology = self.topology(A, interval=1)
+        topology.start()
+        self.run_for(5)
+        topology.suspect()
+        self.assertEqual(len(self.servers.monitors["a"][0].queries), 1)
+
+    def test_reconfigure_keeps_adds_and_retires(self) -> None:
+        topology = self.topology(A, B)
+        topology.start()
+        kept = topology.targets[0]
+        removed = topology.reconfigure([A, C], interval=10, failure_threshold=2, backoff_max=8)
+        self.assertEqual([t.name for t in removed], ["b:2"])
+        self.assertTrue(removed[0].retired)
+        self.assertEqual(self.servers.monitors["b"][0].closed, "monitor stopped")
+        self.assertIs(topology.targets[0], kept)
+        self.assertEqual(topology.targets[1].state, UNKNOWN)
+        self.clock.advance(0)
+        self.assertEqual(topology.targets[1].state, READ_ONLY)
+
+    def test_reconfigure_removing_the_writer(self) -> None:
+        topology = self.topology(A, B)
+        topology.start()
+        self.servers.read_only["b"] = "0"
+        topology.reconfigure([B], interval=10, failure_threshold=2, backoff_max=8)
+        self.assertEqual(topology.writer.name, "b:2")
+        self.assertIn(("writer", "b:2", "a:1"), self.events)
+
+    def test_stop_closes_monitors_and_timers(self) -> None:
+        topology = self.topology(A)
+        topology.start()
+        topology.stop()
+        self.assertEqual(self.servers.monitors["a"][0].closed, "monitor stopped")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_writer_read_only_hunts_for_the_next(self) -> None:
+        """When the writer turns read-only and nothing replaces it yet, the others are
+        asked at once and then every HUNT_INTERVAL, not every interval."""
+        topology = self.topology(A, B, interval=10)
+        topology.start()
+        self.run_for(1)
+        self.servers.read_only["a"] = "1"
+        topology.suspect(topology.targets[0])
+        self.clock.advance(0)
+        self.assertTrue(topology.hunting)
+        self.assertEqual(topology.targets[1].probes, 2)  # asked at once
+        self.run_for(1)
+        self.assertEqual(topology.targets[1].probes, 4)  # then twice a second
+        self.servers.read_only["b"] = "0"
+        self.run_for(0.5)
+        self.assertEqual(topology.writer.name, "b:2")
+        self.assertFalse(topology.hunting)
+        probes = topology.targets[1].probes
+        self.run_for(5)
+        self.assertEqual(topology.targets[1].probes, probes)  # back to the interval
