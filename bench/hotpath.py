@@ -75,9 +75,12 @@ def build_setup(classic: bool) -> tuple[Any, Any, bytes]:
     conn.dataReceived(OK_LOGIN)
     conn.dataReceived(OK_TRACKING)
     assert conn.ready.called
-    pool = Pool("app", lambda flavor: None, reactor, max_size=1, borrow_timeout=10)  # type: ignore[arg-type]
+    writer = proxy.topology.writer
+    pool = Pool("app", lambda flavor: None, reactor, max_size=1, borrow_timeout=10,  # type: ignore[arg-type]
+                target=writer)
     pool.idle.append(conn)
-    proxy.pools["app"] = pool
+    conn.pool = pool
+    proxy.pools[("app", writer.name)] = pool
 
     client = FrontendProtocol(proxy)
     client_transport = Transport()

@@ -5,6 +5,7 @@ Each is bounded in time and stops by itself; traffic goes to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -23,6 +24,9 @@ def proxy_dir(make_proxy):
 
     return Path(tempfile.mkdtemp(prefix="pyproxy-fault-"))
 START_BALANCE = 1000
+# "Under load from 200 clients": most idle between transactions, the rest moving money.
+IDLE_CLIENTS = 160
+BANK_CLIENTS = 40
 
 
 def setup_bank(db_server) -> None:
@@ -109,11 +113,11 @@ def test_server_crash_and_restart(make_proxy, controllable_db_server, capsys) ->
     db = controllable_db_server
     proxy = make_proxy(pool={"max_connections": 8, "borrow_timeout": 30}, health={"interval": 0.5})
     setup_bank(db)
-    idle = [proxy.connect() for _ in range(20)]
+    idle = [proxy.connect() for _ in range(IDLE_CLIENTS)]
     for conn in idle:
         with conn.cursor() as cur:
             cur.execute("SELECT 1")
-    with Bank(proxy, 12) as bank:
+    with Bank(proxy, BANK_CLIENTS) as bank:
         time.sleep(1.5)
         db.kill()
         waited: list[object] = []
@@ -129,8 +133,9 @@ def test_server_crash_and_restart(make_proxy, controllable_db_server, capsys) ->
         time.sleep(0.2)
         waiter.start()
         time.sleep(1.0)
-        db.start()
-        back = time.monotonic()
+        restarted = time.monotonic()
+        db.start()  # returns once the sandbox has seen the server answer
+        ready = time.monotonic()
         waiter.join(timeout=30)
         assert waited[0] == 7
         first_success = waited[1]
@@ -144,9 +149,10 @@ def test_server_crash_and_restart(make_proxy, controllable_db_server, capsys) ->
     assert len(bank.committed) > 0
     with capsys.disabled():
         print(f"\n[fault] server restart: first statement through pyproxy "
-              f"{(first_success - back) * 1000:.0f} ms after the server was back; "
+              f"{(first_success - restarted) * 1000:.0f} ms after mariadbd was started again "
+              f"(the test's own readiness check took {(ready - restarted) * 1000:.0f} ms); "
               f"{len(bank.committed)} transfers committed, {len(bank.errors)} client errors "
-              f"({sorted(set(bank.errors))}), 20 idle clients: 0 errors")
+              f"({sorted(set(bank.errors))}), {IDLE_CLIENTS} idle clients: 0 errors")
 
 
 def test_server_kills_pyproxy_connections(make_proxy, db_server, capsys) -> None:
@@ -154,8 +160,8 @@ def test_server_kills_pyproxy_connections(make_proxy, db_server, capsys) -> None
     clients carry on, in-flight transactions get errors, no money is lost."""
     proxy = make_proxy(pool={"max_connections": 8, "borrow_timeout": 30})
     setup_bank(db_server)
-    idle = [proxy.connect() for _ in range(20)]
-    with Bank(proxy, 12) as bank:
+    idle = [proxy.connect() for _ in range(IDLE_CLIENTS)]
+    with Bank(proxy, BANK_CLIENTS) as bank:
         for _ in range(2):
             time.sleep(1.0)
             root = db_server.connect()
@@ -176,13 +182,25 @@ def test_server_kills_pyproxy_connections(make_proxy, db_server, capsys) -> None
     check_bank(db_server, bank.committed)
     with capsys.disabled():
         print(f"\n[fault] server KILLs: {len(bank.committed)} transfers committed, "
-              f"{len(bank.errors)} client errors ({sorted(set(bank.errors))}), 20 idle clients: 0 errors")
+              f"{len(bank.errors)} client errors ({sorted(set(bank.errors))}), {IDLE_CLIENTS} idle clients: 0 errors")
+
+
+def wait_for_state(proxy: servers.ProxyProcess, state: str, timeout: float) -> bool:
+    """Waits for a target_state event into ``state`` in pyproxy's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in proxy.log_text().splitlines():
+            if '"target_state"' in line and json.loads(line).get("state") == state \
+                    and json.loads(line).get("previous") != "unknown":
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def test_stalled_server(make_proxy, db_server) -> None:
     """A server that stops answering (a relay that stops forwarding): a borrower gets an
-    error after borrow_timeout naming the unreachable backend, the pool reports the
-    backend down, and pyproxy recovers by itself once traffic flows again."""
+    error after borrow_timeout naming the unreachable backend, the probes mark the
+    server down, and pyproxy recovers by itself (server up again) once traffic flows."""
     from integration.relay import Relay
 
     relay = Relay((db_server.host, db_server.port))
@@ -196,7 +214,8 @@ def test_stalled_server(make_proxy, db_server) -> None:
     try:
         proxy = servers.start_proxy(Relayed(), proxy_dir(make_proxy),
                                     backend={"connect_timeout": 1},
-                                    pool={"borrow_timeout": 3}, health={"interval": 0.5})
+                                    pool={"borrow_timeout": 3},
+                                    health={"interval": 0.5, "connect_timeout": 1})
         client = proxy.connect(read_timeout=30)
         with client.cursor() as cur:
             cur.execute("SELECT 1")
@@ -210,8 +229,10 @@ def test_stalled_server(make_proxy, db_server) -> None:
             except pymysql.MySQLError as exc:
                 assert exc.args[0] in (9001, 2013), exc
         assert time.monotonic() - started < 10
+        # The probes (1 s deadline, two failures in a row) mark the server down.
+        assert wait_for_state(proxy, "down", 10), proxy.log_text()[-3000:]
         relay.resume()
-        time.sleep(1.5)
+        assert wait_for_state(proxy, "up", 10), proxy.log_text()[-3000:]
         client = proxy.connect(read_timeout=30)
         with client.cursor() as cur:
             cur.execute("SELECT 3")
