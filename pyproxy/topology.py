@@ -33,6 +33,7 @@ READ_ONLY_SQL = "SELECT @@global.read_only OR @@global.innodb_read_only"
 # For a server without InnoDB's switch (error 1193, unknown variable).
 READ_ONLY_ONLY_SQL = "SELECT @@global.read_only"
 ER_UNKNOWN_SYSTEM_VARIABLE = 1193
+ER_CON_COUNT_ERROR = 1040
 
 # A suspicion (a client saw 1290, a connection died) probes at once, but a
 # storm of them probes a target at most this often.
@@ -272,6 +273,12 @@ class Topology:
             target.monitor.close("probe failed")
             target.monitor = None
         if target.retired or not self.running:
+            return
+        if failure.check(BackendError) and failure.value.code == ER_CON_COUNT_ERROR:
+            # Too many connections: the server answers, it is only full.  Its
+            # state stands; the pools' own waits and retries deal with the rest.
+            self.log.info("probe_inconclusive", target=target.name, error=failure.getErrorMessage())
+            self._schedule(target, self.interval)
             return
         target.failures += 1
         target.last_error = failure.getErrorMessage()

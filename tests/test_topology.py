@@ -308,3 +308,16 @@ class TopologyTests(SynchronousTestCase):
         probes = topology.targets[1].probes
         self.run_for(5)
         self.assertEqual(topology.targets[1].probes, probes)  # back to the interval
+
+    def test_full_server_is_not_down(self) -> None:
+        """Error 1040 (too many connections) means the server answers: no failure counted."""
+        self.servers.answer = False
+        topology = self.topology(A, interval=1)
+        topology.start()
+        monitor = self.servers.monitors["a"][0]
+        monitor.queries[0][1].callback("0")
+        for _ in range(3):
+            self.run_for(1)
+            monitor = self.servers.monitors["a"][-1]
+            monitor.queries[-1][1].errback(BackendError(1040, "08004", "Too many connections"))
+        self.assertEqual((topology.targets[0].state, topology.targets[0].failures), (UP, 0))
