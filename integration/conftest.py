@@ -5,10 +5,15 @@
 ``controllable_db_server``: the same server, for tests that stop, kill or restart it; skipped for
 an existing server, and started again after the test.
 ``make_proxy(**overrides)``: starts pyproxy in front of ``db_server``; all stopped at teardown.
+``server_group``: three throwaway servers of their own (a simulated cluster for failover tests),
+the first writable and the others read-only at the start of every test.
+``make_group_proxy(roles, **overrides)``: starts pyproxy with ``server_group``'s servers as its
+``[[backend.targets]]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -52,17 +57,65 @@ def make_proxy(
     its own folder under ``tmp_path``, starts pyproxy on a free port and waits until it listens.
     See :func:`servers.start_proxy` for the arguments.
     """
+    with _proxy_factory(db_server, tmp_path) as make:
+        yield make
+
+
+@contextlib.contextmanager
+def _proxy_factory(server: Any, directory: Path) -> Iterator[Callable[..., servers.ProxyProcess]]:
+    """A ``start_proxy`` in front of ``server`` per call, each in its own folder; every
+    proxy started is stopped on exit."""
     started: list[servers.ProxyProcess] = []
     counter = itertools.count(1)
 
     def make(**overrides: Any) -> servers.ProxyProcess:
-        proxy = servers.start_proxy(db_server, tmp_path / f"proxy-{next(counter)}", **overrides)
+        proxy = servers.start_proxy(server, directory / f"proxy-{next(counter)}", **overrides)
         started.append(proxy)
         return proxy
 
-    yield make
-    for proxy in started:
-        proxy.stop()
+    try:
+        yield make
+    finally:
+        for proxy in started:
+            proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def _server_group() -> Iterator[servers.ServerGroup]:
+    """Started once per module that asks for it: a server start costs about a second."""
+    try:
+        group = servers.ServerGroup.start_sandboxes(3)
+    except servers.ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield group
+    finally:
+        group.cleanup()
+
+
+@pytest.fixture
+def server_group(_server_group: servers.ServerGroup) -> servers.ServerGroup:
+    """Three sandbox servers, whatever ``db_server`` is; every one running, the first writable
+    and the others read-only when the test starts (earlier tests flip and stop them)."""
+    _server_group.reset()
+    return _server_group
+
+
+@pytest.fixture
+def make_group_proxy(
+    server_group: servers.ServerGroup, tmp_path: Path
+) -> Iterator[Callable[..., servers.ProxyProcess]]:
+    """Factory: ``make_group_proxy(["writer", "auto"], health={...}, ...)`` starts pyproxy with
+    the first servers of ``server_group`` as its targets, in these roles (see
+    :meth:`servers.ServerGroup.backend`); other arguments as for ``make_proxy``, a ``backend``
+    table merged into the targets' one."""
+    with _proxy_factory(server_group, tmp_path / "group") as make:
+
+        def make_with_targets(roles: list[str], **overrides: Any) -> servers.ProxyProcess:
+            backend = server_group.backend(roles, **overrides.pop("backend", {}))
+            return make(backend=backend, **overrides)
+
+        yield make_with_targets
 
 
 @pytest.fixture(scope="module")

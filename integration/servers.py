@@ -18,6 +18,9 @@ Every provider offers the same small interface: ``host``, ``port``, ``flavor`` (
 plugin=..., database=None)``, ``start()``, ``stop()``, ``kill()``, ``restart()``,
 ``cleanup()``. The existing-server provider raises NotImplementedError for stop/kill/restart.
 
+:class:`ServerGroup` stands apart from those providers: several throwaway servers of its own
+(writer and readers-to-be) for the failover tests, whatever ``db_server`` is.
+
 :func:`start_proxy` runs ``twistd --nodaemon --pidfile= pyproxy --config FILE`` in front of a
 server, with this interpreter (see :func:`pyproxy.sandbox.twistd_command`).
 """
@@ -40,6 +43,7 @@ from pyproxy.sandbox import (
     ProgramNotFound,
     SandboxError,
     SandboxServer,
+    _quote_identifier,
     child_env,
     create_user_on,
     dump_toml,
@@ -325,6 +329,147 @@ def open_db_server(environ: Mapping[str, str]) -> DbServer:
 def is_controllable(server: DbServer) -> bool:
     """Return whether tests may stop, kill and restart ``server``."""
     return not isinstance(server, ExistingServer)
+
+
+# --- several servers: a simulated cluster ----------------------------------------------------
+
+
+def create_database_user(
+    conn: pymysql.connections.Connection, name: str, password: str, database: str | None
+) -> None:
+    """Create ``name``@'%' and @'localhost' with privileges on ``database`` only.
+
+    :func:`pyproxy.sandbox.create_user_on` grants ALL PRIVILEGES ON *.*, which on MariaDB
+    includes READ_ONLY ADMIN (SUPER on MySQL): such a user still writes on a server with
+    ``read_only=1``, so a read-only flip would not stop it. A user limited to its database
+    gets error 1290 there, as an application user does on a demoted writer.
+    """
+    with conn.cursor() as cur:
+        for host in ("%", "localhost"):
+            cur.execute("DROP USER IF EXISTS %s@%s", (name, host))
+            cur.execute("CREATE USER %s@%s IDENTIFIED BY %s", (name, host, password))
+            if database:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS {_quote_identifier(database)}")
+                cur.execute(f"GRANT ALL PRIVILEGES ON {_quote_identifier(database)}.* "
+                            "TO %s@%s", (name, host))
+    conn.commit()
+
+
+@attrs.define(eq=False)
+class ServerGroup:
+    """Several throwaway servers standing for one cluster, without replication between them.
+
+    A failover is simulated as Aurora shows it to clients: the writer turns read-only
+    (``SET GLOBAL read_only=1``) and another server turns writable. Tests give every server the
+    same initial tables themselves. Users are created with :func:`create_database_user`, so
+    ``read_only`` applies to them.
+
+    ``host`` and ``port`` are the first server's, so the group can stand where
+    :func:`start_proxy` expects one server; :meth:`backend` gives the ``[backend]`` table
+    with one ``[[backend.targets]]`` entry per server.
+    """
+
+    servers: list[SandboxServer]
+    host: str = "127.0.0.1"
+
+    @classmethod
+    def start_sandboxes(cls, count: int, max_connections: int = 200) -> ServerGroup:
+        """Start ``count`` sandbox servers, the first writable and the others read-only.
+
+        Raises:
+            ServerUnavailable: the MariaDB server binaries are not installed.
+        """
+        group = cls([SandboxServer(max_connections=max_connections) for _ in range(count)])
+        try:
+            group.reset()
+        except ProgramNotFound as exc:
+            group.cleanup()
+            raise ServerUnavailable(str(exc)) from exc
+        except BaseException:
+            group.cleanup()
+            raise
+        return group
+
+    @property
+    def port(self) -> int:
+        return self.servers[0].port
+
+    def __getitem__(self, index: int) -> SandboxServer:
+        return self.servers[index]
+
+    def address(self, index: int) -> str:
+        """``host:port`` of server ``index``, as pyproxy names targets in its log."""
+        return f"{self.servers[index].host}:{self.servers[index].port}"
+
+    def index_of_port(self, port: int) -> int:
+        """Which server listens on ``port`` (what a client's ``SELECT @@port`` tells)."""
+        for index, server in enumerate(self.servers):
+            if server.port == port:
+                return index
+        raise KeyError(f"no server of the group listens on port {port}")
+
+    def backend(self, roles: Sequence[str], **settings: Any) -> dict[str, Any]:
+        """The ``[backend]`` table for the first ``len(roles)`` servers with these roles.
+
+        ``host`` and ``port`` are set to None (left out of the file), so the targets are the
+        only backend pyproxy knows.
+        """
+        targets = [{"host": server.host, "port": server.port, "role": role}
+                   for server, role in zip(self.servers, roles, strict=False)]
+        if len(targets) != len(roles):
+            raise ValueError(f"{len(roles)} roles for a group of {len(self.servers)} servers")
+        return {"host": None, "port": None, "targets": targets, **settings}
+
+    def admin(self, index: int, *statements: str) -> None:
+        """Run ``statements`` as root on server ``index``."""
+        conn = self.servers[index].connect()
+        try:
+            with conn.cursor() as cur:
+                for statement in statements:
+                    cur.execute(statement)
+        finally:
+            conn.close()
+
+    def set_read_only(self, index: int, read_only: bool) -> None:
+        self.admin(index, f"SET GLOBAL read_only = {1 if read_only else 0}")
+
+    def fail_over(self, old: int, new: int) -> tuple[float, float]:
+        """Make server ``old`` read-only, then server ``new`` writable, as an Aurora failover
+        looks to clients; return the monotonic times at which each step was done."""
+        self.set_read_only(old, True)
+        demoted = time.monotonic()
+        self.set_read_only(new, False)
+        return demoted, time.monotonic()
+
+    def create_user(
+        self, name: str, password: str, plugin: str = "mysql_native_password",
+        database: str | None = None,
+    ) -> None:
+        """Create the user on every running server with :func:`create_database_user`."""
+        if plugin != "mysql_native_password":
+            raise ValueError(f"the group creates mysql_native_password users only, not {plugin}")
+        for server in self.servers:
+            if server.is_running():
+                conn = server.connect()
+                try:
+                    create_database_user(conn, name, password, database)
+                finally:
+                    conn.close()
+
+    def reset(self, writer: int = 0) -> None:
+        """Start every stopped server; make ``writer`` the only writable one.
+
+        A restarted server comes back writable (``read_only`` is not persisted), so tests
+        that stop one rely on this to start from the same state.
+        """
+        for server in self.servers:
+            server.start()
+        for index in range(len(self.servers)):
+            self.set_read_only(index, index != writer)
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.cleanup()
 
 
 # --- pyproxy processes ----------------------------------------------------------------------
