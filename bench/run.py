@@ -7,12 +7,13 @@ Running it
 From the repository root, with the MariaDB server binaries installed
 (``scripts/install-deps``)::
 
-    python3 bench/run.py                     # full run, about 3 minutes
+    python3 bench/run.py                     # full run, about 4 minutes
     python3 bench/run.py --quick             # 3 s per measurement instead of 10 s
     python3 bench/run.py --workloads select idle --json results.json
 
 Everything is local and throwaway: the script starts its own ``mariadbd``
-sandboxes (``pyproxy.sandbox.SandboxServer``) on free 127.0.0.1 ports, a
+sandboxes (``pyproxy.sandbox.SandboxServer``; for the fault workloads the
+pair of ``integration.servers.ServerGroup``) on free 127.0.0.1 ports, a
 database ``app`` with a 10,000-row InnoDB table ``t(id INT PRIMARY KEY, v
 VARCHAR(64))``, and ``twistd -n pyproxy`` in front of them (``[pool]
 max_connections`` from ``--pool-size``, default 20; ``[log] level = "info"``:
@@ -78,6 +79,32 @@ pinned share, borrows, borrow wait
     10,000 waits. Every workload, and every ``select`` concurrency level,
     therefore gets a pyproxy of its own: the figures then cover that
     workload, or its most recent borrows when more than 10,000 waited.
+failover, restart
+    ``--failover-clients`` clients (default 16) run small write transactions
+    (BEGIN, two single-row UPDATEs moving one unit between accounts of a
+    ``--accounts``-row table, COMMIT, then a 10 ms pause) on two sandbox
+    servers holding the same table, for ``--failover-before`` seconds
+    (default 2), then the fault, then ``--failover-after`` seconds more
+    (default 6, 4 with ``--quick``). The fault is a simulated failover for
+    ``failover``: the writer gets ``SET GLOBAL read_only=1`` and the other
+    server ``read_only=0`` (the client user has privileges on its database
+    only, so ``read_only`` applies to it); for ``restart`` it is ``kill -9``
+    of the only server and a start on the same port and datadir. Direct
+    clients stand for an application on a cluster endpoint: they connect to
+    an address that names the new writer from the moment it is writable
+    (``--endpoint-delay`` delays that, like a DNS TTL). pyproxy has both
+    servers as ``[[backend.targets]]`` (writer, auto) for ``failover``, the
+    one server for ``restart``, and ``[health] interval = 1``. Clients of
+    both sides behave the same: after an error they roll back and go on,
+    except after a lost connection (2006, 2013, 2055) or 1290 (read-only),
+    when they reconnect, retrying every 50 ms. ``client errors`` counts every
+    failed statement and connect by code; ``reconnects`` the connections
+    opened again. ``first write after the flip/kill`` is when the first
+    transaction begun after the fault committed; ``all clients writing
+    again p50/max`` the same per client, median and slowest;
+    ``clients writing again`` how many did before the end. ``server
+    accepting again`` (restart) is when the restarted server took a root
+    login. ``balance sums intact``: each server's balances still add up.
 """
 
 from __future__ import annotations
@@ -108,6 +135,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 USER = "app"
 DATABASE = "app"
 POINT_SQL = "SELECT v FROM t WHERE id = {}"
+
+#: The fault workloads: writing clients, the balance every account starts with, the pause a
+#: client makes after each commit (so the load does not saturate a small machine), and
+#: pyproxy's [health] interval.
+FAULT_CLIENTS = 16
+FAULT_BALANCE = 1000
+FAULT_PAUSE = 0.01
+FAULT_HEALTH_INTERVAL = 1.0
 
 
 class BenchError(RuntimeError):
@@ -336,6 +371,67 @@ def count_log_events(lines: list[str]) -> tuple[collections.Counter[str], list[s
     return counts, odd
 
 
+#: Errors after which a writing client opens a new connection instead of rolling back: the
+#: connection is gone (2006, 2013, 2055; "0" is the driver's own error on a closed connection),
+#: or its server is read-only (1290: a demoted writer), which is what applications on Aurora
+#: are told to do. Errors that are not MySQL errors at all count as a lost connection too.
+RECONNECT_AFTER = frozenset(("0", "1290", "2006", "2013", "2055"))
+
+
+def reconnects_after(code: str) -> bool:
+    """Whether a writing client drops its connection after an error with this
+    :func:`error_code` (else it rolls back and goes on with the same connection)."""
+    return code in RECONNECT_AFTER or not code.isdigit()
+
+
+def recovery_figures(event_at: float, firsts: list[float | None]) -> dict[str, Any]:
+    """How fast clients were writing again after a fault at ``event_at``.
+
+    ``firsts`` holds, per client, when its first transaction begun after the fault committed
+    (None: it never did before the end). Returns the count of clients, how many wrote again,
+    the first of them and the median and slowest client, in milliseconds after the fault
+    (None when no client wrote again).
+    """
+    delays = sorted((first - event_at) * 1e3 for first in firsts if first is not None)
+    return {
+        "clients": len(firsts), "recovered": len(delays),
+        "first_ms": delays[0] if delays else None,
+        "p50_ms": percentile(delays, 50), "max_ms": delays[-1] if delays else None,
+    }
+
+
+def fault_rows(workload: str, event: str, direct: dict[str, Any] | None,
+               through: dict[str, Any] | None) -> list[tuple[str, str, Any, Any, str]]:
+    """Table rows of a fault workload (failover, restart) for both sides; ``event`` names the
+    fault in the metric names ("flip", "kill")."""
+    def recovered(result: dict[str, Any] | None) -> Any:
+        if result is None:
+            return "FAILED"
+        return f"{result['recovered']}/{result['clients']}"
+
+    rows = [
+        (workload, "transactions committed", get(direct, "committed"),
+         get(through, "committed"), "d"),
+        (workload, "client errors", get(direct, "errors", summarize_errors),
+         get(through, "errors", summarize_errors), "d"),
+        (workload, "reconnects", get(direct, "reconnects"), get(through, "reconnects"), "d"),
+        (workload, f"first write after the {event} ms", get(direct, "first_ms"),
+         get(through, "first_ms"), ".0f"),
+        (workload, "all clients writing again p50 ms", get(direct, "p50_ms"),
+         get(through, "p50_ms"), ".0f"),
+        (workload, "all clients writing again max ms", get(direct, "max_ms"),
+         get(through, "max_ms"), ".0f"),
+        (workload, "clients writing again", recovered(direct), recovered(through), ""),
+    ]
+    if any(result is not None and result.get("back_ms") is not None
+           for result in (direct, through)):
+        rows.append((workload, f"server accepting again after the {event} ms",
+                     get(direct, "back_ms"), get(through, "back_ms"), ".0f"))
+    rows.append((workload, "balance sums intact", get(direct, "sums_intact"),
+                 get(through, "sums_intact"), ""))
+    return rows
+
+
 # --- client drivers (used inside worker processes) -------------------------------------------
 
 
@@ -388,6 +484,14 @@ class Client:
             return self.conn.store_result().fetch_row(0)
         self.cursor.execute(sql)
         return self.cursor.fetchall()
+
+    def execute(self, sql: str) -> None:
+        """Run a statement that returns no rows (BEGIN, UPDATE, COMMIT...)."""
+        if self.driver == "mysqlclient":
+            self.conn.query(sql)
+            self.conn.store_result()
+        else:
+            self.cursor.execute(sql)
 
     def close(self) -> None:
         try:
@@ -578,6 +682,101 @@ def storm_worker(index: int, driver: str, target: dict[str, Any], cycles: list[i
                                    "first_error": first_error, "end": end}))
 
 
+def write_worker(index: int, driver: str, target: dict[str, Any], threads: int, accounts: int,
+                 pause: float, results: Any, go: Any, times: Any, endpoint: Any) -> None:
+    """Clients running small write transactions (move one unit between two accounts) from
+    ``times[0]`` to ``times[2]``, through a fault the parent causes meanwhile.
+
+    Each client connects to ``target`` at the port in ``endpoint`` (a shared value: the
+    parent flips it for direct clients, like a cluster endpoint; it is pyproxy's port
+    otherwise), and reads it again whenever it reconnects. After an error it rolls back, or
+    reconnects (see :func:`reconnects_after`), retrying every 50 ms; every failed statement and
+    connect is counted. ``times[1]`` is set by the parent once the fault has happened: the
+    first transaction begun after it that commits tells when the client was writing again.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    results.put(("ready", index, threads))
+    if not go.wait(READY_TIMEOUT):
+        return
+    start_at, end = times[0], times[2]
+    outcomes: list[dict[str, Any] | None] = [None] * threads
+
+    def connect(errors: collections.Counter[str]) -> Client | None:
+        while time.monotonic() < end:
+            try:
+                return Client(driver, {**target, "port": endpoint.value}, timeout=10.0)
+            except Exception as exc:  # noqa: BLE001 - counted, then retried
+                errors[error_code(exc)] += 1
+                time.sleep(0.05)
+        return None
+
+    def loop(slot: int) -> None:
+        rng = random.Random(index * 1000 + slot)
+        errors: collections.Counter[str] = collections.Counter()
+        first_error = None
+        committed = reconnects = 0
+        first_after = None
+        client = connect(errors)
+        while client is not None and time.monotonic() < end:
+            low, high = sorted(rng.sample(range(1, accounts + 1), 2))
+            amount = rng.choice((-1, 1))
+            began = time.monotonic()
+            try:
+                client.execute("BEGIN")
+                # In id order, so two clients never wait for each other in opposite orders.
+                client.execute(f"UPDATE accounts SET balance = balance - {amount} "
+                               f"WHERE id = {low}")
+                client.execute(f"UPDATE accounts SET balance = balance + {amount} "
+                               f"WHERE id = {high}")
+                client.execute("COMMIT")
+            except Exception as exc:  # noqa: BLE001 - counted, the loop goes on
+                code = error_code(exc)
+                errors[code] += 1
+                first_error = first_error or f"{code} {exc}"
+                if not reconnects_after(code):
+                    try:
+                        client.execute("ROLLBACK")
+                        continue
+                    except Exception as again:  # noqa: BLE001 - the connection is unusable
+                        errors[error_code(again)] += 1
+                client.close()
+                time.sleep(0.05)
+                client = connect(errors)
+                reconnects += 1
+                continue
+            committed += 1
+            fault = times[1]
+            if first_after is None and fault and began >= fault:
+                first_after = time.monotonic()
+            if pause:
+                time.sleep(pause)
+        if client is not None:
+            client.close()
+        outcomes[slot] = {"committed": committed, "reconnects": reconnects,
+                          "first_after": first_after, "errors": errors,
+                          "first_error": first_error}
+
+    _sleep_until(start_at)
+    workers = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(max(0.0, end + 60 - time.monotonic()))
+    clients: list[dict[str, Any]] = []
+    errors: collections.Counter[str] = collections.Counter()
+    first_error = None
+    for outcome in outcomes:
+        if outcome is None:
+            errors["thread hung"] += 1
+            continue
+        errors.update(outcome.pop("errors"))
+        error = outcome.pop("first_error")
+        first_error = first_error or error
+        clients.append(outcome)
+    results.put(("result", index, {"clients": clients, "errors": dict(errors),
+                                   "first_error": first_error}))
+
+
 def idle_worker(index: int, driver: str, target: dict[str, Any], n: int, results: Any,
                 release: Any, hold_timeout: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -654,8 +853,11 @@ class PyProxy:
     """``twistd -n pyproxy`` in front of a sandbox, with its log in ``log_dir``."""
 
     def __init__(self, name: str, server: Any, password: str, pool_size: int, log_level: str,
-                 log_dir: Path) -> None:
+                 log_dir: Path, sections: dict[str, dict[str, Any]] | None = None) -> None:
+        """``sections`` are merged into the config's tables (``backend`` targets, ``health``);
+        a key set to None is left out of the file."""
         self.name = name
+        self.sections = sections or {}
         self.server = server
         self.password = password
         self.pool_size = pool_size
@@ -681,6 +883,8 @@ class PyProxy:
                 "log": {"level": self.log_level, "format": "json"},
                 "users": [{"name": USER, "password": self.password}],
             }
+            for section, values in self.sections.items():
+                config[section] = {**config.get(section, {}), **values}
             self.config_path.write_text(sandbox.dump_toml(config))
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
@@ -859,8 +1063,10 @@ class Bench:
             conn.close()
         return server
 
-    def start_proxy(self, name: str, server: Any, pool_size: int) -> PyProxy:
-        proxy = PyProxy(name, server, self.password, pool_size, self.log_level, self.log_dir)
+    def start_proxy(self, name: str, server: Any, pool_size: int,
+                    sections: dict[str, dict[str, Any]] | None = None) -> PyProxy:
+        proxy = PyProxy(name, server, self.password, pool_size, self.log_level, self.log_dir,
+                        sections)
         proxy.start()
         return proxy
 
@@ -1268,6 +1474,156 @@ class Bench:
         progress(f"{label}: {fmt_value(result['bytes_per_idle_connection'], '.0f')} "
                  "bytes/idle connection")
 
+    # -- (d) failover and restart ---------------------------------------------------------
+
+    def start_group(self) -> Any:
+        """Two sandbox servers for the fault workloads (see :meth:`reset_group`)."""
+        from integration.servers import ServerGroup, ServerUnavailable  # noqa: PLC0415
+        progress("starting two sandboxes for the fault workloads")
+        try:
+            group = ServerGroup.start_sandboxes(
+                2, max_connections=max(200, 4 * self.args.failover_clients))
+        except ServerUnavailable as exc:
+            raise BenchError(str(exc)) from None
+        _servers.extend(group.servers)
+        return group
+
+    def reset_group(self, group: Any) -> None:
+        """Both servers running, the first writable and the second read-only, each with the
+        same fresh accounts table and a user limited to its database (``read_only`` does not
+        stop a user with ALL PRIVILEGES ON *.*)."""
+        group.reset()
+        group.create_user(USER, self.password, database=DATABASE)
+        rows = ", ".join(f"({i}, {FAULT_BALANCE})" for i in range(1, self.args.accounts + 1))
+        for index in range(len(group.servers)):
+            group.admin(index, f"DROP TABLE IF EXISTS {DATABASE}.accounts",
+                        f"CREATE TABLE {DATABASE}.accounts (id INT PRIMARY KEY, "
+                        "balance INT NOT NULL) ENGINE=InnoDB",
+                        f"INSERT INTO {DATABASE}.accounts VALUES {rows}")
+        conn = group[0].connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT VERSION()")
+                self.mariadb_version = cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    def sums_intact(self, group: Any) -> str:
+        """'yes' when every running server's balances still add up to what they started with."""
+        expected = self.args.accounts * FAULT_BALANCE
+        for server in group.servers:
+            conn = server.connect()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"SELECT SUM(balance) FROM {DATABASE}.accounts")
+                    if int(cur.fetchone()[0]) != expected:
+                        return "NO"
+            finally:
+                conn.close()
+        return "yes"
+
+    def cause_fault(self, kind: str, group: Any, proxy: PyProxy | None, times: Any,
+                    endpoint: Any) -> tuple[float, float | None]:
+        """Fail over (server 0 read-only, then server 1 writable, then the direct clients'
+        endpoint to server 1) or kill -9 server 0 and start it again. Sets ``times[1]`` once
+        the old server can no longer commit; returns when the fault began and, for a restart,
+        how long until the server accepted connections again (ms)."""
+        began = time.monotonic()
+        if kind == "failover":
+            demoted, _promoted = group.fail_over(0, 1)
+            times[1] = demoted
+            if proxy is None:
+                delay = self.args.endpoint_delay
+                if delay:
+                    flip = threading.Timer(delay, setattr, (endpoint, "value", group[1].port))
+                    flip.daemon = True
+                    flip.start()
+                else:
+                    endpoint.value = group[1].port
+            return began, None
+        group[0].kill()
+        times[1] = time.monotonic()
+        group[0].start()
+        return began, (time.monotonic() - began) * 1e3
+
+    def run_fault(self, kind: str, group: Any, proxy: PyProxy | None) -> dict[str, Any]:
+        """One side of a fault workload: clients writing, the fault at a fixed moment, and how
+        the clients fared (see the module docstring)."""
+        args = self.args
+        label = f"{kind} {'pyproxy' if proxy else 'direct'}"
+        nprocs = min(args.failover_clients, args.procs)
+        threads = [n for n in split_evenly(args.failover_clients, nprocs) if n]
+        target = self.target(group[0], proxy)
+        endpoint = self.ctx.Value("i", target["port"])
+        go = self.ctx.Event()
+        times = self.ctx.Array("d", 3)
+        jobs = [(self.driver, target, n, args.accounts, FAULT_PAUSE, (go, times, endpoint))
+                for n in threads]
+        progress(f"{label}: {args.failover_clients} writing clients, the {kind} after "
+                 f"{args.failover_before:g}s, then {args.failover_after:g}s more")
+        procs, results = self._spawn(write_worker, jobs)
+        try:
+            self._collect(procs, results, "ready", READY_TIMEOUT, label)
+            times[0] = time.monotonic() + 0.2
+            fault_at = times[0] + args.failover_before
+            times[2] = fault_at + args.failover_after
+            go.set()
+            _sleep_until(fault_at)
+            began, back_ms = self.cause_fault(kind, group, proxy, times, endpoint)
+            outs = self._collect(procs, results, "result", args.failover_after + 90, label)
+        finally:
+            go.set()
+            self._reap(procs)
+        clients = [client for out in outs.values() for client in out["clients"]]
+        errors: collections.Counter[str] = collections.Counter()
+        first_error = None
+        for out in outs.values():
+            errors.update(out["errors"])
+            first_error = first_error or out["first_error"]
+        result = {
+            "committed": sum(client["committed"] for client in clients),
+            "reconnects": sum(client["reconnects"] for client in clients),
+            "errors": dict(errors), "first_error": first_error, "back_ms": back_ms,
+            **recovery_figures(began, [client["first_after"] for client in clients]),
+            "sums_intact": self.sums_intact(group),
+        }
+        if proxy is not None:
+            counts, odd = count_log_events(proxy.new_log_lines())
+            result["pyproxy_events"] = dict(counts)
+            bad = {k: v for k, v in counts.items() if k.startswith(("error:", "critical:"))}
+            if bad or odd:
+                self.problems.append(f"{label}: pyproxy logged {bad or ''} "
+                                     f"{odd[0][:300] if odd else ''}".rstrip())
+        if result["recovered"] < args.failover_clients:
+            self.problems.append(f"{label}: {args.failover_clients - result['recovered']} "
+                                 f"clients were not writing again by the end")
+        if result["sums_intact"] != "yes":
+            self.problems.append(f"{label}: the balances no longer add up")
+        progress(f"{label}: {result['committed']} committed, errors "
+                 f"{summarize_errors(dict(errors))}, first write "
+                 f"{fmt_value(result['first_ms'], '.0f')} ms after the {kind}, all clients "
+                 f"after {fmt_value(result['max_ms'], '.0f')} ms")
+        return result
+
+    def _fault_through_pyproxy(self, kind: str, group: Any) -> dict[str, Any]:
+        sections: dict[str, dict[str, Any]] = {"health": {"interval": FAULT_HEALTH_INTERVAL}}
+        if kind == "failover":
+            sections["backend"] = group.backend(["writer", "auto"])
+        proxy = self.start_proxy(kind, group[0], self.args.pool_size, sections)
+        try:
+            return self.run_fault(kind, group, proxy)
+        finally:
+            proxy.stop()
+
+    def workload_fault(self, kind: str, group: Any) -> None:
+        """``failover`` or ``restart``, directly and then through pyproxy, on fresh tables."""
+        self.reset_group(group)
+        direct = self._attempt(f"{kind} direct", self.run_fault, kind, group, None)
+        self.reset_group(group)
+        through = self._attempt(f"{kind} pyproxy", self._fault_through_pyproxy, kind, group)
+        self.results[kind] = {"direct": direct, "pyproxy": through}
+        self.rows += fault_rows(kind, "flip" if kind == "failover" else "kill", direct, through)
+
     # -- the whole run --------------------------------------------------------------------
 
     def header(self) -> list[str]:
@@ -1307,7 +1663,16 @@ class Bench:
             "storm_clients": a.storm_clients, "storm_concurrency": a.storm_concurrency,
             "storm_server_max_connections": a.storm_server_max_connections,
             "idle_clients": a.idle_clients, "pyproxy_log_level": self.log_level,
+            "failover_clients": a.failover_clients, "failover_before_s": a.failover_before,
+            "failover_after_s": a.failover_after, "accounts": a.accounts,
+            "endpoint_delay_s": a.endpoint_delay,
+            "fault_health_interval_s": FAULT_HEALTH_INTERVAL,
         }
+        faults = ([f"faults:   {a.failover_clients} writing clients, the fault after "
+                   f"{a.failover_before:g}s, then {a.failover_after:g}s; pyproxy health "
+                   f"interval {FAULT_HEALTH_INTERVAL:g}s; direct endpoint flips "
+                   f"{a.endpoint_delay:g}s after a failover"]
+                  if {"failover", "restart"} & set(a.workloads) else [])
         return [
             f"date:     {m['date']}",
             f"machine:  nproc={m['nproc']}, {m['cpu_model']}, {m['memory']} RAM, "
@@ -1320,6 +1685,7 @@ class Bench:
             f"{a.rows} rows, load from up to {a.procs} processes; storm {a.storm_clients} "
             f"clients/{a.storm_concurrency} concurrent vs server max_connections="
             f"{a.storm_server_max_connections}",
+            *faults,
         ]
 
     def run(self) -> int:
@@ -1334,6 +1700,15 @@ class Bench:
             self._attempt("storm", self.workload_storm)
         if "idle" in a.workloads:
             self._attempt("idle", self.workload_idle, main_server)
+        faults = [kind for kind in ("failover", "restart") if kind in a.workloads]
+        if faults:
+            group = self._attempt("fault servers", self.start_group)
+            for kind in faults if group is not None else ():
+                self._attempt(kind, self.workload_fault, kind, group)
+            if group is not None:
+                for server in group.servers:
+                    server.cleanup()
+                    _servers.remove(server)
         lines = self.header()
         print("\n".join(["", "pyproxy benchmark", *lines, ""]))
         print(render_table(self.rows))
@@ -1359,8 +1734,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "pyproxy, and print both with their ratio. See the module docstring.")
     parser.add_argument("--quick", action="store_true",
                         help="3 s per measurement and 1 s warm-up (default 10 s and 2 s)")
-    parser.add_argument("--workloads", nargs="+", choices=("select", "storm", "idle"),
-                        default=["select", "storm", "idle"])
+    parser.add_argument("--workloads", nargs="+",
+                        choices=("select", "storm", "idle", "failover", "restart"),
+                        default=["select", "storm", "idle", "failover", "restart"])
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up, not counted")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")],
@@ -1376,6 +1752,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storm-time-cap", type=float, default=120.0,
                         help="seconds after which storm clients stop starting cycles")
     parser.add_argument("--idle-clients", type=int, default=2000)
+    parser.add_argument("--failover-clients", type=int, default=FAULT_CLIENTS,
+                        help=f"writing clients in the failover and restart workloads "
+                             f"(default {FAULT_CLIENTS})")
+    parser.add_argument("--failover-before", type=float, default=2.0,
+                        help="seconds of writes before the fault (default 2)")
+    parser.add_argument("--failover-after", type=float,
+                        help="seconds of writes after the fault began (default 6, 4 with --quick)")
+    parser.add_argument("--accounts", type=int, default=1000,
+                        help="rows of the accounts table the fault workloads write (default 1000)")
+    parser.add_argument("--endpoint-delay", type=float, default=0.0,
+                        help="seconds after a failover until the direct clients' endpoint "
+                             "names the new writer, like a DNS TTL (default 0: at once)")
     parser.add_argument("--driver", choices=("auto", "mysqlclient", "pymysql"), default="auto")
     parser.add_argument("--log-dir", help="where pyproxy logs go (default: a new temp folder)")
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
@@ -1384,14 +1772,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 10.0
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 2.0
+    if args.failover_after is None:
+        args.failover_after = 4.0 if args.quick else 6.0
     for name in ("duration", "procs", "pool_size", "rows", "storm_clients",
-                 "storm_concurrency", "storm_server_max_connections", "idle_clients"):
+                 "storm_concurrency", "storm_server_max_connections", "idle_clients",
+                 "failover_clients", "failover_before", "failover_after", "accounts"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.warmup < 0 or any(c <= 0 for c in args.clients):
         parser.error("--warmup must be >= 0 and --clients positive")
     if args.duration > 600 or args.storm_time_cap > 600:
         parser.error("--duration and --storm-time-cap are limited to 600 s")
+    if args.failover_before + args.failover_after > 600:
+        parser.error("--failover-before plus --failover-after is limited to 600 s")
+    if args.accounts < 2:
+        parser.error("--accounts must be at least 2")
+    if not 0 <= args.endpoint_delay <= args.failover_after:
+        parser.error("--endpoint-delay must be between 0 and --failover-after")
     return args
 
 

@@ -173,3 +173,52 @@ def test_new_log_lines_leaves_a_partial_line_for_later(tmp_path: Path) -> None:
 def test_pin_stats_option_is_gone() -> None:
     with pytest.raises(SystemExit):
         run.parse_args(["--pin-stats"])
+
+
+def test_reconnects_after_lost_connections_and_read_only_only() -> None:
+    for code in ("1290", "2006", "2013", "2055", "0", "OSError", "AttributeError"):
+        assert run.reconnects_after(code), code
+    for code in ("1213", "1205", "2027", "9001"):
+        assert not run.reconnects_after(code), code
+
+
+def test_recovery_figures() -> None:
+    figures = run.recovery_figures(10.0, [10.5, None, 10.1, 12.0, 10.3])
+    assert figures["clients"] == 5
+    assert figures["recovered"] == 4
+    assert figures["first_ms"] == pytest.approx(100.0)
+    assert figures["p50_ms"] == pytest.approx(300.0)  # nearest rank of 100, 300, 500, 2000
+    assert figures["max_ms"] == pytest.approx(2000.0)
+    assert run.recovery_figures(1.0, [None, None]) == {
+        "clients": 2, "recovered": 0, "first_ms": None, "p50_ms": None, "max_ms": None}
+
+
+def test_fault_rows() -> None:
+    direct = {"committed": 900, "errors": {"1290": 16}, "reconnects": 16, "first_ms": 40.0,
+              "p50_ms": 45.0, "max_ms": 60.0, "clients": 16, "recovered": 16,
+              "back_ms": None, "sums_intact": "yes"}
+    through = {**direct, "errors": {}, "reconnects": 0, "first_ms": 400.0, "recovered": 15}
+    rows = run.fault_rows("failover", "flip", direct, through)
+    by_metric = {metric: (d, p) for _, metric, d, p, _ in rows}
+    assert by_metric["client errors"] == ("16 (1290x16)", 0)
+    assert by_metric["first write after the flip ms"] == (40.0, 400.0)
+    assert by_metric["clients writing again"] == ("16/16", "15/16")
+    assert by_metric["balance sums intact"] == ("yes", "yes")
+    assert not any("accepting again" in metric for metric in by_metric)
+    restart = run.fault_rows("restart", "kill", {**direct, "back_ms": 250.0}, None)
+    by_metric = {metric: (d, p) for _, metric, d, p, _ in restart}
+    assert by_metric["server accepting again after the kill ms"] == (250.0, "FAILED")
+    assert by_metric["clients writing again"] == ("16/16", "FAILED")
+    assert "FAILED" in run.render_table(restart)
+
+
+def test_parse_args_fault_workloads() -> None:
+    args = run.parse_args(["--workloads", "failover", "restart"])
+    assert args.workloads == ["failover", "restart"]
+    assert (args.failover_clients, args.failover_before, args.failover_after) == (16, 2.0, 6.0)
+    assert run.parse_args(["--quick"]).failover_after == 4.0
+    assert "failover" in run.parse_args([]).workloads
+    for bad in (["--failover-clients", "0"], ["--accounts", "1"],
+                ["--endpoint-delay", "9", "--failover-after", "5"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
