@@ -271,6 +271,17 @@ def summarize_errors(errors: dict[str, int]) -> str | int:
     return f"{total} ({parts})"
 
 
+def merge_errors(reports: Any) -> tuple[collections.Counter[str], str | None]:
+    """Errors by code summed over the reports of several load processes, and the first
+    process's first error message (each report has ``errors`` and ``first_error``)."""
+    errors: collections.Counter[str] = collections.Counter()
+    first_error = None
+    for report in reports:
+        errors.update(report["errors"])
+        first_error = first_error or report["first_error"]
+    return errors, first_error
+
+
 def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
     """The newest ``pool_stats`` event of ``pool`` and the newest ``pin_summary`` in
     pyproxy's JSON log lines: ``{"pool": {...} or None, "pins": {reason: count} or None}``."""
@@ -762,17 +773,12 @@ def write_worker(index: int, driver: str, target: dict[str, Any], threads: int, 
         t.start()
     for t in workers:
         t.join(max(0.0, end + 60 - time.monotonic()))
-    clients: list[dict[str, Any]] = []
-    errors: collections.Counter[str] = collections.Counter()
-    first_error = None
-    for outcome in outcomes:
-        if outcome is None:
-            errors["thread hung"] += 1
-            continue
-        errors.update(outcome.pop("errors"))
-        error = outcome.pop("first_error")
-        first_error = first_error or error
-        clients.append(outcome)
+    finished = [outcome for outcome in outcomes if outcome is not None]
+    errors, first_error = merge_errors(finished)
+    if len(finished) < threads:
+        errors["thread hung"] += threads - len(finished)
+    clients = [{key: outcome[key] for key in ("committed", "reconnects", "first_after")}
+               for outcome in finished]
     results.put(("result", index, {"clients": clients, "errors": dict(errors),
                                    "first_error": first_error}))
 
@@ -1439,11 +1445,7 @@ class Bench:
             time.sleep(1.0)
             rss_closed = proc_rss(proxy.pid) if proxy.alive() else None
             opened = sum(r["opened"] for r in ready.values())
-            errors: collections.Counter[str] = collections.Counter()
-            first_error = None
-            for r in ready.values():
-                errors.update(r["errors"])
-                first_error = first_error or r["first_error"]
+            errors, first_error = merge_errors(ready.values())
             result = {
                 "clients": args.idle_clients, "opened": opened, "errors": dict(errors),
                 "first_error": first_error, "rss_before": rss_before, "rss_after": rss_after,
@@ -1575,11 +1577,7 @@ class Bench:
             go.set()
             self._reap(procs)
         clients = [client for out in outs.values() for client in out["clients"]]
-        errors: collections.Counter[str] = collections.Counter()
-        first_error = None
-        for out in outs.values():
-            errors.update(out["errors"])
-            first_error = first_error or out["first_error"]
+        errors, first_error = merge_errors(outs.values())
         result = {
             "committed": sum(client["committed"] for client in clients),
             "reconnects": sum(client["reconnects"] for client in clients),

@@ -18,18 +18,28 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from integration import servers
 
+Server = TypeVar("Server", servers.DbServer, servers.ServerGroup)
+
 
 @pytest.fixture(scope="session")
 def db_server() -> Iterator[servers.DbServer]:
     """The database server shared by the whole test session."""
+    with _started_or_skipped(lambda: servers.open_db_server(os.environ)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _started_or_skipped(start: Callable[[], Server]) -> Iterator[Server]:
+    """What ``start()`` returns, cleaned up on exit; the test is skipped, saying why, when
+    no server can run here."""
     try:
-        server = servers.open_db_server(os.environ)
+        server = start()
     except servers.ServerUnavailable as exc:
         pytest.skip(str(exc))
     try:
@@ -83,14 +93,8 @@ def _proxy_factory(server: Any, directory: Path) -> Iterator[Callable[..., serve
 @pytest.fixture(scope="module")
 def _server_group() -> Iterator[servers.ServerGroup]:
     """Started once per module that asks for it: a server start costs about a second."""
-    try:
-        group = servers.ServerGroup.start_sandboxes(3)
-    except servers.ServerUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
+    with _started_or_skipped(lambda: servers.ServerGroup.start_sandboxes(3)) as group:
         yield group
-    finally:
-        group.cleanup()
 
 
 @pytest.fixture

@@ -315,6 +315,16 @@ def open_db_server(environ: Mapping[str, str]) -> DbServer:
         server = DockerMySQL.from_env(environ.get("PYPROXY_TEST_DOCKER_IMAGE", "mysql:8.0"))
     else:
         server = SandboxServer(max_connections=200)
+    _start_or_clean_up(server)
+    return server
+
+
+def _start_or_clean_up(server: DbServer | ServerGroup) -> None:
+    """``server.start()``; if that fails, ``server.cleanup()`` and raise again.
+
+    Raises:
+        ServerUnavailable: the MariaDB server binaries are not installed.
+    """
     try:
         server.start()
     except ProgramNotFound as exc:
@@ -323,7 +333,6 @@ def open_db_server(environ: Mapping[str, str]) -> DbServer:
     except BaseException:
         server.cleanup()
         raise
-    return server
 
 
 def is_controllable(server: DbServer) -> bool:
@@ -380,14 +389,7 @@ class ServerGroup:
             ServerUnavailable: the MariaDB server binaries are not installed.
         """
         group = cls([SandboxServer(max_connections=max_connections) for _ in range(count)])
-        try:
-            group.reset()
-        except ProgramNotFound as exc:
-            group.cleanup()
-            raise ServerUnavailable(str(exc)) from exc
-        except BaseException:
-            group.cleanup()
-            raise
+        _start_or_clean_up(group)
         return group
 
     @property
@@ -455,6 +457,10 @@ class ServerGroup:
                     create_database_user(conn, name, password, database)
                 finally:
                     conn.close()
+
+    def start(self) -> None:
+        """Start every server: the first writable, the others read-only."""
+        self.reset()
 
     def reset(self, writer: int = 0) -> None:
         """Start every stopped server; make ``writer`` the only writable one.

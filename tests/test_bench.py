@@ -222,3 +222,14 @@ def test_parse_args_fault_workloads() -> None:
                 ["--endpoint-delay", "9", "--failover-after", "5"]):
         with pytest.raises(SystemExit):
             run.parse_args(bad)
+
+
+def test_merge_errors() -> None:
+    errors, first = run.merge_errors([
+        {"errors": {}, "first_error": None},
+        {"errors": {"1290": 2}, "first_error": "1290 read-only"},
+        {"errors": {"1290": 1, "2013": 1}, "first_error": "2013 lost"},
+    ])
+    assert errors == {"1290": 3, "2013": 1}
+    assert first == "1290 read-only"
+    assert run.merge_errors([]) == ({}, None)
