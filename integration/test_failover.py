@@ -1,0 +1,562 @@
+"""Failover between servers (issue 4, item 5): pyproxy with ``[[backend.targets]]``.
+
+Three throwaway servers (``server_group``) stand for a cluster without replication: each holds
+the same initial tables, and a failover is simulated as Aurora shows it to clients, by making
+the writer read-only and another server writable (``SET GLOBAL read_only`` as root). The
+application user is limited to its database, so ``read_only`` applies to it
+(:func:`servers.create_database_user`).
+
+What is checked: write traffic moves to the new writer within a few seconds under a
+bank-transfer load, and no money or committed transfer is lost or doubled on either server;
+idle clients keep their connection and their next statement runs on the new writer; a pinned
+client on the old writer gets 2013 and is disconnected; the read-only listener spreads sessions
+over the readers and follows failovers; a stopped target is marked down and comes back.
+
+Every test is bounded in time, stops by itself and sends traffic to 127.0.0.1 only. The
+figures (recovery times, errors by code) are printed for the README and closing notes.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import pymysql
+import pytest
+
+from integration import servers
+from integration.drivers import log_events
+from pyproxy.sandbox import endpoint_address, free_port
+
+ACCOUNTS = 20
+START_BALANCE = 1000
+
+#: Fast probes, so detection is quick and the tests short.
+HEALTH = {"interval": 1, "connect_timeout": 2, "failure_threshold": 2, "backoff_max": 2}
+
+#: The client lost its connection (2013 from pyproxy or the driver, 2006 from the driver when
+#: the socket was already closed).
+LOST_CONNECTION = frozenset((2013, 2006))
+
+#: What a transaction in flight during a failover may be told: the server is read-only
+#: (1290), the connection was lost, or the server's own deadlock / lock-wait errors.
+IN_FLIGHT_ERRORS = LOST_CONNECTION | {1290, 1213, 1205}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def statement(conn: pymysql.connections.Connection, sql: str, args: Any = None) -> Any:
+    """Run one statement and return the first column of its first row (None without rows)."""
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def server_of(group: servers.ServerGroup, conn: pymysql.connections.Connection) -> int:
+    """The index of the group's server that runs ``conn``'s statements now."""
+    return group.index_of_port(int(statement(conn, "SELECT @@port")))
+
+
+def read_only_port(proxy: servers.ProxyProcess) -> int:
+    """The port of pyproxy's read-only listener (``[proxy] read_only_listen``)."""
+    address = endpoint_address(proxy.config["proxy"]["read_only_listen"])
+    assert address is not None
+    return int(address[1])
+
+
+def read_only_listen() -> dict[str, str]:
+    """A ``[proxy]`` table with a read-only listener on a free port."""
+    return {"read_only_listen": f"tcp:{free_port()}:interface=127.0.0.1"}
+
+
+def events(proxy: servers.ProxyProcess, name: str, **fields: Any) -> list[dict[str, Any]]:
+    """pyproxy's log events ``name`` whose fields have these values."""
+    return [event for event in log_events(proxy, name)
+            if all(event.get(key) == value for key, value in fields.items())]
+
+
+def wait_for_event(proxy: servers.ProxyProcess, name: str, timeout: float, after: int = 0,
+                   **fields: Any) -> tuple[dict[str, Any], float]:
+    """The first event ``name`` with these fields beyond the first ``after`` ones, and the
+    monotonic time it was seen; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = events(proxy, name, **fields)[after:]
+        if found:
+            return found[0], time.monotonic()
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no {name} event with {fields} within {timeout}s; "
+                                 f"events so far: {events(proxy, name)}")
+        time.sleep(0.05)
+
+
+def wait_until(predicate: Any, timeout: float, what: str,
+               diagnose: Callable[[], str] | None = None) -> float:
+    """Poll ``predicate`` until it is true; return the monotonic time it was. Fails the test
+    after ``timeout`` seconds, with what ``diagnose()`` says then."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout}s"
+                                 + (f"\n{diagnose()}" if diagnose else ""))
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def server_activity(server: Any) -> str:
+    """What the application user's threads and InnoDB's transactions on ``server`` are doing,
+    to tell a stalled proxy from a lock wait when load stops moving."""
+    conn = server.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id, command, time, state, info FROM information_schema.processlist"
+                        " WHERE user = %s", (servers.APP_USER,))
+            threads = cur.fetchall()
+            cur.execute("SELECT trx_mysql_thread_id, trx_state, trx_started, trx_query "
+                        "FROM information_schema.innodb_trx")
+            transactions = cur.fetchall()
+    finally:
+        conn.close()
+    return "\n".join([f"server {server.port} threads of {servers.APP_USER}:",
+                      *map(str, threads), "InnoDB transactions:", *map(str, transactions)])
+
+
+def error_code(exc: BaseException) -> int:
+    """The MySQL error code of a driver exception (0 for the driver's own InterfaceError)."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+
+
+# --- the bank --------------------------------------------------------------------------------
+
+
+def setup_bank(group: servers.ServerGroup, count: int) -> None:
+    """The same accounts on the first ``count`` servers, and an empty transfer log each.
+
+    The log records the server's port with every transfer, so a transfer can be traced to the
+    server that committed it.
+    """
+    for index in range(count):
+        group.admin(
+            index,
+            "CREATE DATABASE IF NOT EXISTS app",
+            "DROP TABLE IF EXISTS app.accounts, app.transfers",
+            "CREATE TABLE app.accounts (id INT PRIMARY KEY, balance INT NOT NULL) ENGINE=InnoDB",
+            "CREATE TABLE app.transfers (id VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
+            "dst INT NOT NULL, amount INT NOT NULL, port INT NOT NULL) ENGINE=InnoDB",
+            "INSERT INTO app.accounts VALUES "
+            + ", ".join(f"({i}, {START_BALANCE})" for i in range(ACCOUNTS)),
+        )
+
+
+@attrs.frozen
+class Transfer:
+    """A transfer a client saw committed, on the server whose port it read in the transaction."""
+
+    id: str
+    client: int
+    src: int
+    dst: int
+    amount: int
+    port: int
+    committed_at: float
+
+
+class BankClients:
+    """Threads moving money through pyproxy in transactions until told to stop.
+
+    Each client keeps one PyMySQL connection and pauses between transactions (so it is often
+    idle, holding no backend connection). A transaction reads ``@@port`` after BEGIN, so the
+    client knows which server ran it. On an error the client rolls back and carries on with
+    the same connection; only when that connection is gone does it open a new one (counted in
+    ``reconnects``).
+    """
+
+    def __init__(self, proxy: servers.ProxyProcess, clients: int, pause: float = 0.05) -> None:
+        self.proxy = proxy
+        self.pause = pause
+        self.committed: list[Transfer] = []
+        #: Transfers whose COMMIT lost its connection: they may or may not be stored.
+        self.uncertain: set[str] = set()
+        self.errors: collections.Counter[int] = collections.Counter()
+        self.reconnects = 0
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
+                         for n in range(clients)]
+
+    def __enter__(self) -> BankClients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in self._threads), "a bank client hung"
+
+    def on(self, port: int) -> list[Transfer]:
+        with self._lock:
+            return [transfer for transfer in self.committed if transfer.port == port]
+
+    def first_commits(self, port: int) -> dict[int, float]:
+        """When each client first committed a transfer on the server at ``port``."""
+        first: dict[int, float] = {}
+        for transfer in self.on(port):
+            first.setdefault(transfer.client, transfer.committed_at)
+        return first
+
+    def _connect(self) -> pymysql.connections.Connection | None:
+        while not self.stop.is_set():
+            try:
+                return self.proxy.connect(autocommit=True, read_timeout=30, write_timeout=30)
+            except pymysql.MySQLError as exc:
+                with self._lock:
+                    self.errors[error_code(exc)] += 1
+                time.sleep(0.05)
+        return None
+
+    def _run(self, n: int) -> None:
+        rng = random.Random(n)
+        conn = self._connect()
+        count = 0
+        while conn is not None and not self.stop.is_set():
+            src, dst = rng.sample(range(ACCOUNTS), 2)
+            amount = rng.randint(1, 20)
+            transfer_id = f"{n}-{count}"
+            count += 1
+            committing = False
+            try:
+                conn.begin()
+                port = int(statement(conn, "SELECT @@port"))
+                statement(conn, "UPDATE accounts SET balance = balance - %s WHERE id = %s",
+                          (amount, src))
+                statement(conn, "UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                          (amount, dst))
+                statement(conn, "INSERT INTO transfers VALUES (%s, %s, %s, %s, @@port)",
+                          (transfer_id, src, dst, amount))
+                committing = True
+                conn.commit()
+                with self._lock:
+                    self.committed.append(
+                        Transfer(transfer_id, n, src, dst, amount, port, time.monotonic()))
+            except pymysql.MySQLError as exc:
+                code = error_code(exc)
+                with self._lock:
+                    self.errors[code] += 1
+                    if committing and code in LOST_CONNECTION:
+                        self.uncertain.add(transfer_id)
+                conn = self._after_error(conn)
+            time.sleep(rng.uniform(0, self.pause))
+        if conn is not None:
+            conn.close()
+
+    def _after_error(
+        self, conn: pymysql.connections.Connection
+    ) -> pymysql.connections.Connection | None:
+        """Roll back on the same connection; a new one only if pyproxy closed this one."""
+        try:
+            conn.rollback()
+            return conn
+        except pymysql.MySQLError:
+            pass
+        try:
+            conn.close()
+        except pymysql.MySQLError:
+            pass  # already closed by the driver
+        with self._lock:
+            self.reconnects += 1
+        return self._connect()
+
+
+def check_no_money_lost(group: servers.ServerGroup, count: int, bank: BankClients) -> None:
+    """On each of the first ``count`` servers the balances add up and match that server's own
+    transfer log; every transfer a client saw committed is stored once, on the server the
+    client saw, and nothing is stored that a client did not see committed (except commits
+    whose connection was lost, which may have happened)."""
+    stored: dict[str, int] = {}
+    for index in range(count):
+        conn = group[index].connect(database="app")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT id, balance FROM accounts")
+                balances = dict(cur.fetchall())
+                cur.execute("SELECT id, src, dst, amount, port FROM transfers")
+                log = cur.fetchall()
+        finally:
+            conn.close()
+        assert sum(balances.values()) == ACCOUNTS * START_BALANCE, (index, balances)
+        expected = {account: START_BALANCE for account in range(ACCOUNTS)}
+        for transfer_id, src, dst, amount, port in log:
+            assert port == group[index].port
+            assert transfer_id not in stored, f"transfer {transfer_id} on two servers"
+            stored[transfer_id] = port
+            expected[src] -= amount
+            expected[dst] += amount
+        assert balances == expected, f"server {index}: balances do not match its transfers"
+    for transfer in bank.committed:
+        assert stored.get(transfer.id) == transfer.port, \
+            f"committed transfer {transfer} is stored on {stored.get(transfer.id)}"
+    seen = {transfer.id for transfer in bank.committed}
+    phantom = set(stored) - seen - bank.uncertain
+    assert not phantom, f"stored but never reported committed: {sorted(phantom)[:5]}"
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+def test_application_user_is_subject_to_read_only(server_group: servers.ServerGroup) -> None:
+    """The premise of every test here: the group's users cannot write on a read-only server
+    (a user with READ_ONLY ADMIN or SUPER could, and no failover would be seen)."""
+    server_group.create_user(servers.APP_USER, servers.APP_PASSWORD, database=servers.APP_DATABASE)
+    conn = pymysql.connect(host=server_group[1].host, port=server_group[1].port,
+                           user=servers.APP_USER, password=servers.APP_PASSWORD,
+                           database=servers.APP_DATABASE, autocommit=True)
+    try:
+        with pytest.raises(pymysql.MySQLError) as caught:
+            statement(conn, "CREATE TABLE read_only_probe (id INT)")
+        assert error_code(caught.value) == 1290
+        assert statement(conn, "SELECT @@global.read_only") == 1
+    finally:
+        conn.close()
+
+
+def test_failover_under_bank_transfer_load(
+    server_group: servers.ServerGroup, make_group_proxy: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 4: the writer turns read-only and another server writable while 40 clients move
+    money and 60 sit idle. Write traffic moves to the new writer within a few seconds, idle
+    clients keep their connections and their next statement runs on the new writer, clients in
+    flight get clear errors or succeed, and no money or committed transfer is lost or doubled.
+
+    Server 1 is writable too but has role ``reader``: it must never be elected.
+    """
+    group = server_group
+    setup_bank(group, 3)
+    group.set_read_only(1, False)
+    proxy = make_group_proxy(["writer", "reader", "auto"], health=HEALTH,
+                             pool={"max_connections": 12, "borrow_timeout": 10})
+    idle = [proxy.connect(read_timeout=30) for _ in range(60)]
+    assert {server_of(group, conn) for conn in idle} == {0}
+    with BankClients(proxy, 40) as bank:
+        wait_until(lambda: len(bank.on(group[0].port)) >= 50, 20, "transfers on the writer",
+                   lambda: server_activity(group[0]))
+        flipped = time.monotonic()
+        demoted, promoted = group.fail_over(0, 2)
+        wait_until(lambda: len(bank.first_commits(group[2].port)) == 40, 20,
+                   "every bank client committing on the new writer",
+                   lambda: f"errors so far: {bank.errors}\n{server_activity(group[2])}")
+        time.sleep(1.0)
+    first_commits = bank.first_commits(group[2].port)
+    first, last = min(first_commits.values()), max(first_commits.values())
+    assert not bank.on(group[1].port), "a writable reader was elected writer"
+    assert all(t.port == group[2].port for t in bank.committed if t.committed_at > flipped + 0.5)
+    changed = events(proxy, "writer_changed")
+    assert [(e["previous"], e["target"]) for e in changed] == [
+        (group.address(0), group.address(2))], changed
+    for conn in idle:
+        assert server_of(group, conn) == 2  # the same connection, no error, new writer
+        conn.close()
+    check_no_money_lost(group, 3, bank)
+    unexpected = set(bank.errors) - IN_FLIGHT_ERRORS
+    assert not unexpected, f"errors other than {sorted(IN_FLIGHT_ERRORS)}: {bank.errors}"
+    recovery = first - flipped
+    assert recovery < 5.0, f"first write on the new writer {recovery:.2f}s after the flip"
+    with capsys.disabled():
+        print(f"\n[failover] bank, 40 clients + 60 idle: first transfer committed on the new "
+              f"writer {recovery * 1000:.0f} ms after the flip began "
+              f"({(first - promoted) * 1000:.0f} ms after it was writable; demoting took "
+              f"{(demoted - flipped) * 1000:.0f} ms), all 40 clients writing there after "
+              f"{(last - flipped) * 1000:.0f} ms; {len(bank.committed)} transfers "
+              f"committed ({len(bank.on(group[0].port))} old writer, "
+              f"{len(bank.on(group[2].port))} new), client errors "
+              f"{dict(sorted(bank.errors.items()))}, {len(bank.uncertain)} commits lost "
+              f"their connection, {bank.reconnects} reconnects; 60 idle clients: 0 errors, "
+              "0 reconnects")
+
+
+def test_clients_on_the_old_writer_after_failover(
+    server_group: servers.ServerGroup, make_group_proxy: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With probes only every 30 s, a write refused with 1290 makes pyproxy look at once: the
+    next writes run on the new writer within about a second. An idle unpinned client's next
+    statement runs there without an error; a pinned client whose backend connection is on the
+    old writer gets 2013 and is disconnected, since its session state is gone."""
+    group = server_group
+    setup_bank(group, 2)
+    proxy = make_group_proxy(["writer", "auto"], health={**HEALTH, "interval": 30})
+    pinned = proxy.connect(read_timeout=30)
+    statement(pinned, "SET @kept = 42")  # a user variable pins the session
+    assert server_of(group, pinned) == 0
+    idle = proxy.connect(read_timeout=30)
+    assert server_of(group, idle) == 0
+    writer = proxy.connect(autocommit=True, read_timeout=30)
+    statement(writer, "UPDATE accounts SET balance = balance WHERE id = 1")
+    flipped = time.monotonic()
+    group.fail_over(0, 1)
+    refused: collections.Counter[int] = collections.Counter()
+    while True:
+        try:
+            statement(writer, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+            break
+        except pymysql.MySQLError as exc:
+            refused[error_code(exc)] += 1
+            assert error_code(exc) == 1290, exc
+            assert time.monotonic() - flipped < 10, "writes did not move within 10 s"
+            time.sleep(0.05)
+    moved = time.monotonic() - flipped
+    assert server_of(group, writer) == 1
+    assert moved < 3.0, f"writes moved {moved:.2f}s after the flip with a 30 s interval"
+    assert server_of(group, idle) == 1
+    with pytest.raises(pymysql.MySQLError) as caught:
+        statement(pinned, "SELECT @kept")
+    assert error_code(caught.value) == 2013, caught.value
+    with pytest.raises(pymysql.MySQLError):
+        statement(pinned, "SELECT 1")  # pyproxy closed it
+    for conn in (pinned, idle, writer):
+        try:
+            conn.close()
+        except pymysql.MySQLError:
+            pass  # the pinned one is already closed
+    with capsys.disabled():
+        print(f"\n[failover] health interval 30 s: writes on the new writer "
+              f"{moved * 1000:.0f} ms after the flip, after {sum(refused.values())} refused "
+              f"({dict(refused)}); idle client: no error; pinned client: 2013, disconnected")
+
+
+@pytest.fixture
+def reader_sessions() -> Iterator[list[pymysql.connections.Connection]]:
+    """Connections the test opens through the read-only listener; closed at teardown."""
+    opened: list[pymysql.connections.Connection] = []
+    yield opened
+    for conn in opened:
+        try:
+            conn.close()
+        except pymysql.MySQLError:
+            pass
+
+
+def open_readers(proxy: servers.ProxyProcess, count: int,
+                 opened: list[pymysql.connections.Connection]
+                 ) -> list[pymysql.connections.Connection]:
+    """``count`` sessions through the read-only listener, one after the other."""
+    conns = [proxy.connect(port=read_only_port(proxy), read_timeout=30) for _ in range(count)]
+    opened.extend(conns)
+    return conns
+
+
+def servers_of(group: servers.ServerGroup,
+               conns: list[pymysql.connections.Connection]) -> list[int]:
+    return [server_of(group, conn) for conn in conns]
+
+
+def test_read_only_listener_spreads_sessions_over_readers(
+    server_group: servers.ServerGroup, make_group_proxy: Any,
+    reader_sessions: list[pymysql.connections.Connection],
+) -> None:
+    """Sessions of the read-only listener go round-robin to the readers (never the writer)
+    and stay on theirs; after a failover they run on the readers of the new topology, the
+    demoted writer included, and never on the new writer. SIGUSR1 reports every target."""
+    group = server_group
+    proxy = make_group_proxy(["writer", "auto", "reader"], health=HEALTH,
+                             proxy=read_only_listen())
+    writer = proxy.connect(read_timeout=30)
+    assert server_of(group, writer) == 0
+    sessions = open_readers(proxy, 6, reader_sessions)
+    placed = servers_of(group, sessions)
+    assert sorted(collections.Counter(placed).items()) == [(1, 3), (2, 3)], placed
+    assert servers_of(group, sessions) == placed  # each stays on its reader
+
+    group.fail_over(0, 1)
+    wait_for_event(proxy, "writer_changed", 10, target=group.address(1))
+    assert server_of(group, writer) == 1
+    moved = servers_of(group, sessions)
+    assert set(moved) == {0, 2}, moved
+    assert all(now == 2 for now, was in zip(moved, placed) if was == 2), (placed, moved)
+    fresh = servers_of(group, open_readers(proxy, 4, reader_sessions))
+    assert sorted(collections.Counter(fresh).items()) == [(0, 2), (2, 2)], fresh
+
+    before = len(events(proxy, "target_stats"))
+    proxy.process.send_signal(signal.SIGUSR1)
+    wait_until(lambda: len(events(proxy, "target_stats")) >= before + 3, 10, "target_stats")
+    reported = {event["target"] for event in events(proxy, "target_stats")[before:]}
+    assert reported == {group.address(i) for i in range(3)}
+    writer.close()
+
+
+def test_read_only_listener_uses_the_demoted_writer(
+    server_group: servers.ServerGroup, make_group_proxy: Any,
+    reader_sessions: list[pymysql.connections.Connection],
+) -> None:
+    """With two servers, reader sessions run on the one reader; after a failover that reader
+    is the writer, and the demoted writer, the only reader left, serves them."""
+    group = server_group
+    proxy = make_group_proxy(["writer", "auto"], health=HEALTH, proxy=read_only_listen())
+    sessions = open_readers(proxy, 3, reader_sessions)
+    assert servers_of(group, sessions) == [1, 1, 1]
+    group.fail_over(0, 1)
+    wait_for_event(proxy, "writer_changed", 10, target=group.address(1))
+    assert servers_of(group, sessions) == [0, 0, 0]
+    assert servers_of(group, open_readers(proxy, 2, reader_sessions)) == [0, 0]
+
+
+def test_stopped_target_is_marked_down_and_back_up(
+    server_group: servers.ServerGroup, make_group_proxy: Any,
+    reader_sessions: list[pymysql.connections.Connection], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reader that stops is marked down within about two intervals; idle sessions that used
+    it carry on on the other reader without an error (one statement sent right after the
+    stop included); when it is back it is marked up and gets new sessions again."""
+    group = server_group
+    proxy = make_group_proxy(["writer", "reader", "reader"], health=HEALTH,
+                             proxy=read_only_listen(), pool={"borrow_timeout": 10})
+    sessions = open_readers(proxy, 4, reader_sessions)
+    placed = servers_of(group, sessions)
+    assert sorted(placed) == [1, 1, 2, 2], placed
+    on_stopped = [conn for conn, index in zip(sessions, placed) if index == 2]
+    target = group.address(2)
+
+    stopped = time.monotonic()
+    group[2].stop()
+    during: list[Any] = []
+    early = threading.Thread(target=lambda: during.append(_server_or_error(group,
+                                                                           on_stopped[0])))
+    early.start()
+    _, seen_down = wait_for_event(proxy, "target_state", 10, target=target, state="down")
+    early.join(30)
+    assert during == [1], f"a statement sent right after the stop got {during}"
+    assert servers_of(group, on_stopped) == [1] * len(on_stopped)
+    down_after = seen_down - stopped
+    interval = HEALTH["interval"]
+    assert down_after < 2 * interval + HEALTH["connect_timeout"] + 1.0, down_after
+
+    downs = len(events(proxy, "target_state", target=target))
+    group[2].start()
+    group.set_read_only(2, True)
+    restarted = time.monotonic()
+    event, seen_up = wait_for_event(proxy, "target_state", 15, after=downs, target=target)
+    assert event["state"] in ("up", "read_only"), event
+    fresh = servers_of(group, open_readers(proxy, 4, reader_sessions))
+    assert sorted(fresh) == [1, 1, 2, 2], fresh
+    with capsys.disabled():
+        print(f"\n[failover] reader stopped: marked down after {down_after * 1000:.0f} ms "
+              f"(interval {interval} s, threshold {HEALTH['failure_threshold']}); back "
+              f"{(seen_up - restarted) * 1000:.0f} ms after it answered again; idle reader "
+              "sessions: 0 errors")
+
+
+def _server_or_error(group: servers.ServerGroup, conn: pymysql.connections.Connection
+                     ) -> int | str:
+    """Which server ran a statement, or the error it got (for a thread's result)."""
+    try:
+        return server_of(group, conn)
+    except pymysql.MySQLError as exc:
+        return f"error {error_code(exc)}: {exc}"
