@@ -94,17 +94,23 @@ failover, restart
     an address that names the new writer from the moment it is writable
     (``--endpoint-delay`` delays that, like a DNS TTL). pyproxy has both
     servers as ``[[backend.targets]]`` (writer, auto) for ``failover``, the
-    one server for ``restart``, and ``[health] interval = 1``. Clients of
-    both sides behave the same: after an error they roll back and go on,
-    except after a lost connection (2006, 2013, 2055) or 1290 (read-only),
-    when they reconnect, retrying every 50 ms. ``client errors`` counts every
+    one server for ``restart``, and ``[health] interval = 1``. After an
+    error a client waits 50 ms, then rolls back and goes on with its
+    connection, except after a lost connection (2006, 2013, 2055), when it
+    reconnects (retrying every 50 ms); a direct client also reconnects
+    after 1290 (read-only), since its connection stays on the old writer,
+    while through pyproxy the same connection reaches the new writer once
+    pyproxy has seen the failover. ``client errors`` counts every
     failed statement and connect by code; ``reconnects`` the connections
     opened again. ``first write after the flip/kill`` is when the first
-    transaction begun after the fault committed; ``all clients writing
-    again p50/max`` the same per client, median and slowest;
-    ``clients writing again`` how many did before the end. ``server
-    accepting again`` (restart) is when the restarted server took a root
-    login. ``balance sums intact``: each server's balances still add up.
+    transaction begun after the fault committed, counted from the moment the
+    old writer was read-only (failover) or from the kill (restart); ``all
+    clients writing again p50/max`` the same per client, median and slowest;
+    ``clients writing again`` how many did before the end. ``SET GLOBAL
+    read_only=1 took`` (failover) is how long turning the old writer
+    read-only took (it waits for running writes, the same on both sides);
+    ``server accepting again`` (restart) when the restarted server took a
+    root login. ``balance sums intact``: each server's balances still add up.
 """
 
 from __future__ import annotations
@@ -142,6 +148,8 @@ POINT_SQL = "SELECT v FROM t WHERE id = {}"
 FAULT_CLIENTS = 16
 FAULT_BALANCE = 1000
 FAULT_PAUSE = 0.01
+#: How long a client of the fault workloads waits after an error before it tries again.
+RETRY_PAUSE = 0.05
 FAULT_HEALTH_INTERVAL = 1.0
 
 
@@ -383,16 +391,22 @@ def count_log_events(lines: list[str]) -> tuple[collections.Counter[str], list[s
 
 
 #: Errors after which a writing client opens a new connection instead of rolling back: the
-#: connection is gone (2006, 2013, 2055; "0" is the driver's own error on a closed connection),
-#: or its server is read-only (1290: a demoted writer), which is what applications on Aurora
-#: are told to do. Errors that are not MySQL errors at all count as a lost connection too.
-RECONNECT_AFTER = frozenset(("0", "1290", "2006", "2013", "2055"))
+#: connection is gone (2006, 2013, 2055; "0" is the driver's own error on a closed
+#: connection). Errors that are not MySQL errors at all count as a lost connection too.
+LOST_CONNECTION = frozenset(("0", "2006", "2013", "2055"))
+
+#: The server is read-only (a demoted writer): a direct client must reconnect to reach the
+#: new writer, as applications on Aurora are told to do; through pyproxy the same
+#: connection reaches the new writer once pyproxy has seen the failover.
+ER_OPTION_PREVENTS_STATEMENT = "1290"
 
 
-def reconnects_after(code: str) -> bool:
+def reconnects_after(code: str, direct: bool) -> bool:
     """Whether a writing client drops its connection after an error with this
     :func:`error_code` (else it rolls back and goes on with the same connection)."""
-    return code in RECONNECT_AFTER or not code.isdigit()
+    if direct and code == ER_OPTION_PREVENTS_STATEMENT:
+        return True
+    return code in LOST_CONNECTION or not code.isdigit()
 
 
 def recovery_figures(event_at: float, firsts: list[float | None]) -> dict[str, Any]:
@@ -411,16 +425,17 @@ def recovery_figures(event_at: float, firsts: list[float | None]) -> dict[str, A
     }
 
 
-def fault_rows(workload: str, event: str, direct: dict[str, Any] | None,
+def fault_rows(workload: str, event: str, fault_metric: str, direct: dict[str, Any] | None,
                through: dict[str, Any] | None) -> list[tuple[str, str, Any, Any, str]]:
     """Table rows of a fault workload (failover, restart) for both sides; ``event`` names the
-    fault in the metric names ("flip", "kill")."""
+    moment recovery is measured from ("flip", "kill"), ``fault_metric`` what ``fault_ms``
+    measured."""
     def recovered(result: dict[str, Any] | None) -> Any:
         if result is None:
             return "FAILED"
         return f"{result['recovered']}/{result['clients']}"
 
-    rows = [
+    return [
         (workload, "transactions committed", get(direct, "committed"),
          get(through, "committed"), "d"),
         (workload, "client errors", get(direct, "errors", summarize_errors),
@@ -433,14 +448,17 @@ def fault_rows(workload: str, event: str, direct: dict[str, Any] | None,
         (workload, "all clients writing again max ms", get(direct, "max_ms"),
          get(through, "max_ms"), ".0f"),
         (workload, "clients writing again", recovered(direct), recovered(through), ""),
+        (workload, fault_metric, get(direct, "fault_ms"), get(through, "fault_ms"), ".0f"),
+        (workload, "balance sums intact", get(direct, "sums_intact"),
+         get(through, "sums_intact"), ""),
     ]
-    if any(result is not None and result.get("back_ms") is not None
-           for result in (direct, through)):
-        rows.append((workload, f"server accepting again after the {event} ms",
-                     get(direct, "back_ms"), get(through, "back_ms"), ".0f"))
-    rows.append((workload, "balance sums intact", get(direct, "sums_intact"),
-                 get(through, "sums_intact"), ""))
-    return rows
+
+
+#: Per fault workload: the moment recovery is measured from, and what ``fault_ms`` measures.
+FAULTS = {
+    "failover": ("flip", "SET GLOBAL read_only=1 took ms"),
+    "restart": ("kill", "server accepting again after the kill ms"),
+}
 
 
 # --- client drivers (used inside worker processes) -------------------------------------------
@@ -693,15 +711,17 @@ def storm_worker(index: int, driver: str, target: dict[str, Any], cycles: list[i
                                    "first_error": first_error, "end": end}))
 
 
-def write_worker(index: int, driver: str, target: dict[str, Any], threads: int, accounts: int,
-                 pause: float, results: Any, go: Any, times: Any, endpoint: Any) -> None:
+def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, threads: int,
+                 accounts: int, pause: float, results: Any, go: Any, times: Any,
+                 endpoint: Any) -> None:
     """Clients running small write transactions (move one unit between two accounts) from
     ``times[0]`` to ``times[2]``, through a fault the parent causes meanwhile.
 
     Each client connects to ``target`` at the port in ``endpoint`` (a shared value: the
     parent flips it for direct clients, like a cluster endpoint; it is pyproxy's port
-    otherwise), and reads it again whenever it reconnects. After an error it rolls back, or
-    reconnects (see :func:`reconnects_after`), retrying every 50 ms; every failed statement and
+    otherwise), and reads it again whenever it reconnects. After an error it waits
+    ``RETRY_PAUSE``, then rolls back or reconnects (see :func:`reconnects_after`; ``direct``
+    says which side it is on), retrying as often; every failed statement and
     connect is counted. ``times[1]`` is set by the parent once the fault has happened: the
     first transaction begun after it that commits tells when the client was writing again.
     """
@@ -718,7 +738,7 @@ def write_worker(index: int, driver: str, target: dict[str, Any], threads: int, 
                 return Client(driver, {**target, "port": endpoint.value}, timeout=10.0)
             except Exception as exc:  # noqa: BLE001 - counted, then retried
                 errors[error_code(exc)] += 1
-                time.sleep(0.05)
+                time.sleep(RETRY_PAUSE)
         return None
 
     def loop(slot: int) -> None:
@@ -744,14 +764,14 @@ def write_worker(index: int, driver: str, target: dict[str, Any], threads: int, 
                 code = error_code(exc)
                 errors[code] += 1
                 first_error = first_error or f"{code} {exc}"
-                if not reconnects_after(code):
+                time.sleep(RETRY_PAUSE)
+                if not reconnects_after(code, direct):
                     try:
                         client.execute("ROLLBACK")
                         continue
                     except Exception as again:  # noqa: BLE001 - the connection is unusable
                         errors[error_code(again)] += 1
                 client.close()
-                time.sleep(0.05)
                 client = connect(errors)
                 reconnects += 1
                 continue
@@ -1525,28 +1545,28 @@ class Bench:
         return "yes"
 
     def cause_fault(self, kind: str, group: Any, proxy: PyProxy | None, times: Any,
-                    endpoint: Any) -> tuple[float, float | None]:
+                    endpoint: Any) -> tuple[float, float]:
         """Fail over (server 0 read-only, then server 1 writable, then the direct clients'
         endpoint to server 1) or kill -9 server 0 and start it again. Sets ``times[1]`` once
-        the old server can no longer commit; returns when the fault began and, for a restart,
-        how long until the server accepted connections again (ms)."""
-        began = time.monotonic()
+        the old server can no longer commit. Returns the moment recovery is measured from (the
+        old writer read-only; the kill) and how long the fault itself took in ms (turning
+        read-only, which waits for running writes; until the server accepted logins again)."""
         if kind == "failover":
-            demoted, _promoted = group.fail_over(0, 1)
-            times[1] = demoted
+            flip = group.fail_over(0, 1)
+            times[1] = flip.demoted
             if proxy is None:
                 delay = self.args.endpoint_delay
                 if delay:
-                    flip = threading.Timer(delay, setattr, (endpoint, "value", group[1].port))
-                    flip.daemon = True
-                    flip.start()
+                    timer = threading.Timer(delay, setattr, (endpoint, "value", group[1].port))
+                    timer.daemon = True
+                    timer.start()
                 else:
                     endpoint.value = group[1].port
-            return began, None
+            return flip.demoted, (flip.demoted - flip.began) * 1e3
         group[0].kill()
-        times[1] = time.monotonic()
+        killed = times[1] = time.monotonic()
         group[0].start()
-        return began, (time.monotonic() - began) * 1e3
+        return killed, (time.monotonic() - killed) * 1e3
 
     def run_fault(self, kind: str, group: Any, proxy: PyProxy | None) -> dict[str, Any]:
         """One side of a fault workload: clients writing, the fault at a fixed moment, and how
@@ -1559,8 +1579,8 @@ class Bench:
         endpoint = self.ctx.Value("i", target["port"])
         go = self.ctx.Event()
         times = self.ctx.Array("d", 3)
-        jobs = [(self.driver, target, n, args.accounts, FAULT_PAUSE, (go, times, endpoint))
-                for n in threads]
+        jobs = [(self.driver, target, proxy is None, n, args.accounts, FAULT_PAUSE,
+                 (go, times, endpoint)) for n in threads]
         progress(f"{label}: {args.failover_clients} writing clients, the {kind} after "
                  f"{args.failover_before:g}s, then {args.failover_after:g}s more")
         procs, results = self._spawn(write_worker, jobs)
@@ -1571,7 +1591,7 @@ class Bench:
             times[2] = fault_at + args.failover_after
             go.set()
             _sleep_until(fault_at)
-            began, back_ms = self.cause_fault(kind, group, proxy, times, endpoint)
+            event_at, fault_ms = self.cause_fault(kind, group, proxy, times, endpoint)
             outs = self._collect(procs, results, "result", args.failover_after + 90, label)
         finally:
             go.set()
@@ -1581,8 +1601,8 @@ class Bench:
         result = {
             "committed": sum(client["committed"] for client in clients),
             "reconnects": sum(client["reconnects"] for client in clients),
-            "errors": dict(errors), "first_error": first_error, "back_ms": back_ms,
-            **recovery_figures(began, [client["first_after"] for client in clients]),
+            "errors": dict(errors), "first_error": first_error, "fault_ms": fault_ms,
+            **recovery_figures(event_at, [client["first_after"] for client in clients]),
             "sums_intact": self.sums_intact(group),
         }
         if proxy is not None:
@@ -1620,7 +1640,7 @@ class Bench:
         self.reset_group(group)
         through = self._attempt(f"{kind} pyproxy", self._fault_through_pyproxy, kind, group)
         self.results[kind] = {"direct": direct, "pyproxy": through}
-        self.rows += fault_rows(kind, "flip" if kind == "failover" else "kill", direct, through)
+        self.rows += fault_rows(kind, *FAULTS[kind], direct, through)
 
     # -- the whole run --------------------------------------------------------------------
 

@@ -364,6 +364,21 @@ def create_database_user(
     conn.commit()
 
 
+#: MySQL's ER_LOCK_WAIT_TIMEOUT, also what a metadata lock wait past lock_wait_timeout gets.
+ER_LOCK_WAIT_TIMEOUT = 1205
+
+
+@attrs.frozen
+class Failover:
+    """When a simulated failover began, when the old writer was read-only, when the new one
+    was writable (monotonic clock), and how many tries turning the old one read-only took."""
+
+    began: float
+    demoted: float
+    promoted: float
+    attempts: int
+
+
 @attrs.define(eq=False)
 class ServerGroup:
     """Several throwaway servers standing for one cluster, without replication between them.
@@ -432,16 +447,41 @@ class ServerGroup:
         finally:
             conn.close()
 
-    def set_read_only(self, index: int, read_only: bool) -> None:
-        self.admin(index, f"SET GLOBAL read_only = {1 if read_only else 0}")
+    def set_read_only(self, index: int, read_only: bool, timeout: float = 30.0) -> int:
+        """Set ``read_only`` on server ``index``; return how many attempts it took.
 
-    def fail_over(self, old: int, new: int) -> tuple[float, float]:
+        Turning it on takes the global read lock, which waits for running write statements
+        while blocking new ones. Under a write load that can deadlock with InnoDB row locks
+        (a running UPDATE waits for a row held by a transaction whose next statement waits
+        for the global read lock) until ``innodb_lock_wait_timeout``, 50 s by default. So each
+        attempt waits at most ``lock_wait_timeout`` = 1 s and gives way (error 1205) to let
+        the transactions go on, and the next one comes at once, up to ``timeout`` seconds.
+        """
+        conn = self.servers[index].connect()
+        deadline = time.monotonic() + timeout
+        attempts = 0
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION lock_wait_timeout = 1")
+                while True:
+                    attempts += 1
+                    try:
+                        cur.execute(f"SET GLOBAL read_only = {1 if read_only else 0}")
+                        return attempts
+                    except pymysql.MySQLError as exc:
+                        if exc.args[0] != ER_LOCK_WAIT_TIMEOUT or time.monotonic() > deadline:
+                            raise
+        finally:
+            conn.close()
+
+    def fail_over(self, old: int, new: int) -> Failover:
         """Make server ``old`` read-only, then server ``new`` writable, as an Aurora failover
-        looks to clients; return the monotonic times at which each step was done."""
-        self.set_read_only(old, True)
+        looks to clients; return when each step was done."""
+        began = time.monotonic()
+        attempts = self.set_read_only(old, True)
         demoted = time.monotonic()
         self.set_read_only(new, False)
-        return demoted, time.monotonic()
+        return Failover(began, demoted, time.monotonic(), attempts)
 
     def create_user(
         self, name: str, password: str, plugin: str = "mysql_native_password",
@@ -553,27 +593,34 @@ class ProxyProcess:
         params.update(kwargs)
         return pymysql.connect(**params)
 
+    @property
+    def read_only_port(self) -> int | None:
+        """The port of the read-only listener (``[proxy] read_only_listen``), if there is one."""
+        address = endpoint_address(self.config["proxy"].get("read_only_listen") or "")
+        return None if address is None else int(address[1])
+
     def wait_listening(self, timeout: float = 20.0) -> None:
-        """Wait until the port accepts TCP connections.
+        """Wait until the port, and the read-only listener's when there is one, accept TCP
+        connections.
 
         Raises:
-            ProxyStartError: the process exited or the port stayed closed.
+            ProxyStartError: the process exited or a port stayed closed.
         """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise ProxyStartError(
-                    f"pyproxy exited with code {code} before listening on "
-                    f"{self.host}:{self.port}; tail of {self.log_path}:\n{tail(self.log_path)}"
-                )
-            if _accepts_connections(self.host, self.port):
-                return
-            time.sleep(0.05)
-        raise ProxyStartError(
-            f"pyproxy did not listen on {self.host}:{self.port} within {timeout}s; "
-            f"tail of {self.log_path}:\n{tail(self.log_path)}"
-        )
+        for port in filter(None, (self.port, self.read_only_port)):
+            while not _accepts_connections(self.host, port):
+                code = self.process.poll()
+                if code is not None:
+                    raise ProxyStartError(
+                        f"pyproxy exited with code {code} before listening on "
+                        f"{self.host}:{port}; tail of {self.log_path}:\n{tail(self.log_path)}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise ProxyStartError(
+                        f"pyproxy did not listen on {self.host}:{port} within {timeout}s; "
+                        f"tail of {self.log_path}:\n{tail(self.log_path)}"
+                    )
+                time.sleep(0.05)
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; return the exit code.

@@ -175,11 +175,14 @@ def test_pin_stats_option_is_gone() -> None:
         run.parse_args(["--pin-stats"])
 
 
-def test_reconnects_after_lost_connections_and_read_only_only() -> None:
-    for code in ("1290", "2006", "2013", "2055", "0", "OSError", "AttributeError"):
-        assert run.reconnects_after(code), code
+def test_reconnects_after_lost_connections_and_read_only_when_direct() -> None:
+    for code in ("2006", "2013", "2055", "0", "OSError", "AttributeError"):
+        assert run.reconnects_after(code, direct=True), code
+        assert run.reconnects_after(code, direct=False), code
+    assert run.reconnects_after("1290", direct=True)
+    assert not run.reconnects_after("1290", direct=False)
     for code in ("1213", "1205", "2027", "9001"):
-        assert not run.reconnects_after(code), code
+        assert not run.reconnects_after(code, direct=True), code
 
 
 def test_recovery_figures() -> None:
@@ -196,18 +199,18 @@ def test_recovery_figures() -> None:
 def test_fault_rows() -> None:
     direct = {"committed": 900, "errors": {"1290": 16}, "reconnects": 16, "first_ms": 40.0,
               "p50_ms": 45.0, "max_ms": 60.0, "clients": 16, "recovered": 16,
-              "back_ms": None, "sums_intact": "yes"}
+              "fault_ms": 70.0, "sums_intact": "yes"}
     through = {**direct, "errors": {}, "reconnects": 0, "first_ms": 400.0, "recovered": 15}
-    rows = run.fault_rows("failover", "flip", direct, through)
+    rows = run.fault_rows("failover", *run.FAULTS["failover"], direct, through)
     by_metric = {metric: (d, p) for _, metric, d, p, _ in rows}
     assert by_metric["client errors"] == ("16 (1290x16)", 0)
     assert by_metric["first write after the flip ms"] == (40.0, 400.0)
     assert by_metric["clients writing again"] == ("16/16", "15/16")
+    assert by_metric["SET GLOBAL read_only=1 took ms"] == (70.0, 70.0)
     assert by_metric["balance sums intact"] == ("yes", "yes")
-    assert not any("accepting again" in metric for metric in by_metric)
-    restart = run.fault_rows("restart", "kill", {**direct, "back_ms": 250.0}, None)
+    restart = run.fault_rows("restart", *run.FAULTS["restart"], direct, None)
     by_metric = {metric: (d, p) for _, metric, d, p, _ in restart}
-    assert by_metric["server accepting again after the kill ms"] == (250.0, "FAILED")
+    assert by_metric["server accepting again after the kill ms"] == (70.0, "FAILED")
     assert by_metric["clients writing again"] == ("16/16", "FAILED")
     assert "FAILED" in run.render_table(restart)
 
