@@ -429,6 +429,36 @@ def test_clients_on_the_old_writer_after_failover(
               f"({dict(refused)}); idle client: no error; pinned client: 2013, disconnected")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "pyproxy bug: it tells a client whose backend connection is gone with an error packet "
+    "carrying 2013, a client-side code; libmariadb 3.3 (mysqlclient, the mariadb CLI, C "
+    "clients) takes an error packet carrying one of its own client codes (2001-2061) for a "
+    "broken reply and reports 2027 'Received malformed packet' instead"))
+def test_pinned_libmariadb_client_on_the_old_writer_gets_2013(
+    server_group: servers.ServerGroup, make_group_proxy: Any
+) -> None:
+    """The pinned-client case above for a client on libmariadb (mysqlclient), which most
+    non-Python drivers share: it must be told 2013 (Lost connection), not something else."""
+    mysqldb = pytest.importorskip("MySQLdb")
+    group = server_group
+    proxy = make_group_proxy(["writer", "auto"], health=HEALTH)
+    pinned = mysqldb.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                             password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                             read_timeout=30)
+    try:
+        cur = pinned.cursor()
+        cur.execute("SET @kept = 42")
+        cur.execute("SELECT @@port")
+        assert cur.fetchone()[0] == group[0].port
+        group.fail_over(0, 1)
+        wait_for_event(proxy, "writer_changed", 10, target=group.address(1))
+        with pytest.raises(mysqldb.OperationalError) as caught:
+            cur.execute("SELECT @kept")
+        assert error_code(caught.value) == 2013, caught.value
+    finally:
+        pinned.close()
+
+
 @pytest.fixture
 def reader_sessions() -> Iterator[list[pymysql.connections.Connection]]:
     """Connections the test opens through the read-only listener; closed at teardown."""
