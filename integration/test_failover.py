@@ -9,8 +9,9 @@ application user is limited to its database, so ``read_only`` applies to it
 What is checked: write traffic moves to the new writer within a few seconds under a
 bank-transfer load, and no money or committed transfer is lost or doubled on either server;
 idle clients keep their connection and their next statement runs on the new writer; a pinned
-client on the old writer gets 2013 and is disconnected; the read-only listener spreads sessions
-over the readers and follows failovers; a stopped target is marked down and comes back.
+client on the old writer gets 2013 and is disconnected (a libmariadb client sees 2027 instead:
+a strict xfail names that pyproxy bug); the read-only listener spreads sessions over the
+readers and follows failovers; a stopped target is marked down and comes back.
 
 Every test is bounded in time, stops by itself and sends traffic to 127.0.0.1 only. The
 figures (recovery times, errors by code) are printed for the README and closing notes.
@@ -34,6 +35,8 @@ from integration import servers
 from integration.drivers import log_events
 from pyproxy.sandbox import free_port
 
+#: Enough accounts that lock waits stay short: SET GLOBAL read_only=1 waits for running
+#: writes, and with a few hot rows it does not get through (see ServerGroup.set_read_only).
 ACCOUNTS = 200
 START_BALANCE = 1000
 
