@@ -1737,7 +1737,9 @@ class Bench:
             for problem in self.problems:
                 print(f"  - {problem}")
         else:
-            print("problems seen: none (no client errors, no pyproxy warnings or errors)")
+            print("problems seen: none (no client errors, no pyproxy warnings or errors"
+                  + ("; the fault workloads' errors are expected and counted in the table)"
+                     if {"failover", "restart"} & set(a.workloads) else ")"))
         self.results["problems"] = self.problems
         if a.json:
             Path(a.json).write_text(json.dumps(self.results, indent=2, default=str) + "\n")
