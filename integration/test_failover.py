@@ -527,7 +527,8 @@ def test_read_only_listener_uses_the_demoted_writer(
     reader_sessions: list[pymysql.connections.Connection],
 ) -> None:
     """With two servers, reader sessions run on the one reader; after a failover that reader
-    is the writer, and the demoted writer, the only reader left, serves them."""
+    is the writer, and the demoted writer, the only reader left, serves them. When that one
+    stops too, they run on the writer, without an error."""
     group = server_group
     proxy = make_group_proxy(["writer", "auto"], health=HEALTH, proxy=read_only_listen())
     sessions = open_readers(proxy, 3, reader_sessions)
@@ -536,6 +537,9 @@ def test_read_only_listener_uses_the_demoted_writer(
     wait_for_event(proxy, "writer_changed", 10, target=group.address(1))
     assert servers_of(group, sessions) == [0, 0, 0]
     assert servers_of(group, open_readers(proxy, 2, reader_sessions)) == [0, 0]
+    group[0].stop()
+    wait_for_event(proxy, "target_state", 10, target=group.address(0), state="down")
+    assert servers_of(group, sessions) == [1, 1, 1]
 
 
 def test_stopped_target_is_marked_down_and_back_up(
