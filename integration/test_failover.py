@@ -9,8 +9,8 @@ application user is limited to its database, so ``read_only`` applies to it
 What is checked: write traffic moves to the new writer within a few seconds under a
 bank-transfer load, and no money or committed transfer is lost or doubled on either server;
 idle clients keep their connection and their next statement runs on the new writer; a pinned
-client on the old writer gets 2013 and is disconnected (a libmariadb client sees 2027 instead:
-a strict xfail names that pyproxy bug); the read-only listener spreads sessions over the
+client on the old writer gets 2013 (1927 on libmariadb, which refuses client codes from a
+server) and is disconnected; the read-only listener spreads sessions over the
 readers and follows failovers; a stopped target is marked down and comes back.
 
 Every test is bounded in time, stops by itself and sends traffic to 127.0.0.1 only. The
@@ -432,16 +432,13 @@ def test_clients_on_the_old_writer_after_failover(
               f"({dict(refused)}); idle client: no error; pinned client: 2013, disconnected")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pyproxy bug: it tells a client whose backend connection is gone with an error packet "
-    "carrying 2013, a client-side code; libmariadb 3.3 (mysqlclient, the mariadb CLI, C "
-    "clients) takes an error packet carrying one of its own client codes (2001-2061) for a "
-    "broken reply and reports 2027 'Received malformed packet' instead"))
-def test_pinned_libmariadb_client_on_the_old_writer_gets_2013(
+def test_pinned_libmariadb_client_on_the_old_writer_is_told_clearly(
     server_group: servers.ServerGroup, make_group_proxy: Any
 ) -> None:
     """The pinned-client case above for a client on libmariadb (mysqlclient), which most
-    non-Python drivers share: it must be told 2013 (Lost connection), not something else."""
+    non-Python drivers share. libmariadb takes an error packet carrying one of its own client
+    codes (2001-2061, so 2013 too) for a malformed reply and reports 2027; such a client gets
+    1927 (connection killed) instead, naming 2013 in the message, and is disconnected."""
     mysqldb = pytest.importorskip("MySQLdb")
     group = server_group
     proxy = make_group_proxy(["writer", "auto"], health=HEALTH)
@@ -457,7 +454,11 @@ def test_pinned_libmariadb_client_on_the_old_writer_gets_2013(
         wait_for_event(proxy, "writer_changed", 10, target=group.address(1))
         with pytest.raises(mysqldb.OperationalError) as caught:
             cur.execute("SELECT @kept")
-        assert error_code(caught.value) == 2013, caught.value
+        assert error_code(caught.value) == 1927, caught.value
+        assert "Lost connection" in str(caught.value) and "client error 2013" in str(caught.value)
+        with pytest.raises(mysqldb.OperationalError) as closed:
+            cur.execute("SELECT 1")
+        assert error_code(closed.value) in (2006, 2013), closed.value
     finally:
         pinned.close()
 

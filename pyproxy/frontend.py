@@ -82,6 +82,10 @@ HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
 
 # ER_OPTION_PREVENTS_STATEMENT (--read-only) and ER_READ_ONLY_MODE (innodb_read_only).
 READ_ONLY_ERRORS = frozenset((1290, 1836))
+# Client error codes libmariadb 3.3 keeps for itself (see FrontendProtocol._error).
+CR_FIRST, LIBMARIADB_CR_LAST = 2000, 2061
+ER_CONNECTION_KILLED = (1927, "70100")
+ER_UNKNOWN_ERROR = (1105, "HY000")
 
 
 class FrontendProtocol(protocol.Protocol):
@@ -95,7 +99,7 @@ class FrontendProtocol(protocol.Protocol):
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile", "readonly", "_epoch",
+        "_refused_infile", "readonly", "_epoch", "_libmariadb",
     )
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
@@ -126,6 +130,8 @@ class FrontendProtocol(protocol.Protocol):
         self.readonly = readonly
         # The topology epoch _pool was chosen in.
         self._epoch = -1
+        # The client's library is libmariadb (see _error).
+        self._libmariadb = False
         self._kill_pending = False
         self._throttling = False
         # Prepared statements by the ids pyproxy gave the client; made on first use.
@@ -215,7 +221,7 @@ class FrontendProtocol(protocol.Protocol):
             return
         if seq is None:
             seq = self._command.last_seq + 1 if self._command is not None else 0
-        self.transport.write(frame(make_err(error[0], error[1], message), seq))
+        self.transport.write(frame(self._error(error[0], error[1], message), seq))
         self._closed_reason = message
         self.phase = CLOSED
         self.transport.loseConnection()
@@ -235,6 +241,7 @@ class FrontendProtocol(protocol.Protocol):
         self._rewrite_oks = not self.capabilities & CLIENT.SESSION_TRACK
         self._translate = not self.capabilities & CLIENT.DEPRECATE_EOF
         self.user = response.username
+        self._libmariadb = response.attributes.get("_client_name") == "libmariadb"
         self._pending_login = response
         plugin = response.auth_plugin if self.capabilities & CLIENT.PLUGIN_AUTH else auth.NATIVE
         if plugin not in auth.CLIENT_PLUGINS:
@@ -245,6 +252,20 @@ class FrontendProtocol(protocol.Protocol):
             return
         self._auth_plugin = plugin
         self._check_proof(plugin, response.auth_response, packet.seq + 1)
+
+    def _error(self, code: int, sqlstate: str, message: str) -> bytes:
+        """An ERR packet for this client.
+
+        libmariadb (mysqlclient, the mariadb CLI, C programs) takes a server
+        error carrying one of its own client codes (2000-2061) for a malformed
+        reply and reports 2027 instead; such a client gets 1927 (connection
+        killed, 70100) for a lost backend and 1105 for the rest, with the
+        client code in the message.  Other drivers report 2013 as sent.
+        """
+        if self._libmariadb and CR_FIRST <= code <= LIBMARIADB_CR_LAST:
+            message = f"{message} (client error {code})"
+            code, sqlstate = ER_CONNECTION_KILLED if code == c.CR_SERVER_LOST[0] else ER_UNKNOWN_ERROR
+        return make_err(code, sqlstate, message)
 
     def _auth_switch_reply(self, packet: Packet) -> None:
         self._check_proof(self._auth_plugin, packet.payload, packet.seq + 1)
@@ -571,7 +592,7 @@ class FrontendProtocol(protocol.Protocol):
         self._command = None
 
     def _reply_error(self, error: tuple[int, str], message: str) -> None:
-        self._reply(make_err(error[0], error[1], message))
+        self._reply(self._error(error[0], error[1], message))
 
     def _set_option(self, payload: bytes) -> None:
         if len(payload) < 3 or payload[1] not in (c.MYSQL_OPTION_MULTI_STATEMENTS_ON,
@@ -1043,7 +1064,7 @@ class FrontendProtocol(protocol.Protocol):
             return
         seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
         if seq is not None:
-            self.transport.write(frame(make_err(error.code, error.sqlstate, error.message), seq))
+            self.transport.write(frame(self._error(error.code, error.sqlstate, error.message), seq))
             self._command = None
         else:
             self._reply_error((error.code, error.sqlstate), error.message)

@@ -681,6 +681,22 @@ class RoundTripTests(LoggedIn):
         conn2, server2 = self.backends.open()
         self.assertEqual(server2.received()[0].payload, make_query(SELECT))
 
+    def test_backend_lost_told_to_libmariadb_as_1927(self) -> None:
+        """libmariadb reads a client code (2013) in a server's ERR as a malformed reply
+        (2027), so its clients get 1927 (connection killed) naming 2013 instead."""
+        client = FakeClient(self.proxy)
+        proof = auth.native_proof(b"secret", client.greeting.auth_data)
+        client.send(make_handshake_response41(HandshakeResponse41(
+            CLIENT_CAPS, 1 << 24, 45, "app", proof, None, auth.NATIVE,
+            {"_client_name": "libmariadb", "_client_version": "3.3.20"})), seq=1)
+        client.received()
+        conn, server = self.first_backend(client, SELECT)
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        [err] = client.received()
+        self.assertEqual(err_of(err), (1, 1927, "70100"))
+        self.assertIn(b"(client error 2013)", err.payload)
+        self.assertFalse(client.closed)
+
     def test_backend_lost_between_packets(self) -> None:
         """A backend lost between two packets of a reply: 2013 follows the packets already sent."""
         conn, server = self.first_backend(self.client, SELECT)
