@@ -865,11 +865,11 @@ class FrontendProtocol(protocol.Protocol):
             session.observe_status(tracker.status)
         if tracker.error:
             session.observe_error()
-            if tracker.error in READ_ONLY_ERRORS and not self.readonly and self.backend is not None \
-                    and self.backend.pool is not None:
-                # The server refused a write as read-only: a failover may be
-                # under way, and the probe should see it now, not at its interval.
-                self.proxy.topology.suspect(self.backend.pool.target)
+            if tracker.error in READ_ONLY_ERRORS and not self.readonly:
+                # The writer refused a write as read-only: a failover may be
+                # under way; the probes should see who is writable now, not at
+                # their interval.
+                self.proxy.topology.suspect()
         session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
                                affected=tracker.affected, insert_id=tracker.insert_id)
         if tracker.insert_id and self.backend is not None:

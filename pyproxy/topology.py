@@ -41,7 +41,7 @@ SUSPECT_INTERVAL = 0.2
 # While the writer takes no writes, the others are probed this often (at
 # most), so the one promoted in a failover is found within a fraction of a
 # second of becoming writable.
-HUNT_INTERVAL = 0.5
+HUNT_INTERVAL = 0.2
 
 
 @attrs.define(eq=False)

@@ -965,9 +965,9 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(server.received()[0].payload, bytes((COM_RESET_CONNECTION,)))
 
     def test_read_only_error_probes_now(self) -> None:
-        """A write refused as read-only (1290) makes the writer's probe run at once."""
+        """A write refused as read-only (1290) makes every target's probe run at once."""
         probed = []
-        self.proxy.topology.suspect = probed.append  # type: ignore[method-assign]
+        self.proxy.topology.suspect = lambda *targets: probed.append(targets)  # type: ignore[method-assign]
         client = self.connect()
         client.query("INSERT INTO t VALUES (1)")
         _, server = self.writer_backends.open()
@@ -975,7 +975,7 @@ class RoutingTests(SynchronousTestCase):
         server.send(frame(make_err(1290, "HY000", "The MariaDB server is running with the --read-only "
                                    "option so it cannot execute this statement"), 1))
         self.assertEqual(err_of(client.received()[0])[1], 1290)
-        self.assertEqual(probed, [self.writer])
+        self.assertEqual(probed, [()])  # all of them: who is writable now?
 
     def test_reader_down_moves_sessions_to_another(self) -> None:
         client = self.connect(readonly=True)

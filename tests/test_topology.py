@@ -300,9 +300,10 @@ class TopologyTests(SynchronousTestCase):
         self.assertTrue(topology.hunting)
         self.assertEqual(topology.targets[1].probes, 2)  # asked at once
         self.run_for(1)
-        self.assertEqual(topology.targets[1].probes, 4)  # then twice a second
+        # then every HUNT_INTERVAL (0.2 s; 0.25 s in these 0.125 s steps), not every 10 s
+        self.assertEqual(topology.targets[1].probes, 6)
         self.servers.read_only["b"] = "0"
-        self.run_for(0.5)
+        self.run_for(0.25)
         self.assertEqual(topology.writer.name, "b:2")
         self.assertFalse(topology.hunting)
         probes = topology.targets[1].probes
