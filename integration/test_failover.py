@@ -384,6 +384,50 @@ def test_failover_under_bank_transfer_load(
               "0 reconnects")
 
 
+def test_writer_crash_then_promotion(
+    server_group: servers.ServerGroup, make_group_proxy: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The writer is killed (kill -9) under load and the other server is promoted a moment
+    later, as in an unplanned Aurora failover: the probes mark the writer down, the promoted
+    server becomes the writer, idle clients carry on there without an error or a reconnect,
+    transactions in flight get lost-connection errors, and no committed transfer is lost."""
+    group = server_group
+    setup_bank(group, 2)
+    proxy = make_group_proxy(["writer", "auto"], health=HEALTH,
+                             pool={"max_connections": 12, "borrow_timeout": 20})
+    idle = [proxy.connect(read_timeout=30) for _ in range(40)]
+    assert {server_of(group, conn) for conn in idle} == {0}
+    with BankClients(proxy, 20) as bank:
+        wait_until(lambda: len(bank.on(group[0].port)) >= 100, 20, "transfers on the writer",
+                   lambda: server_activity(group[0]))
+        killed = time.monotonic()
+        group[0].kill()
+        time.sleep(0.5)
+        group.set_read_only(1, False)
+        promoted = time.monotonic()
+        wait_until(lambda: len(bank.first_commits(group[1].port)) == 20, 20,
+                   "every bank client committing on the promoted server",
+                   lambda: f"errors so far: {bank.errors}")
+        time.sleep(0.5)
+    first = min(bank.first_commits(group[1].port).values())
+    changed = events(proxy, "writer_changed")
+    assert [(e["previous"], e["target"]) for e in changed] == [
+        (group.address(0), group.address(1))], changed
+    for conn in idle:
+        assert server_of(group, conn) == 1  # same connection, no error
+        conn.close()
+    group[0].start()  # its data, to check that no committed transfer was lost
+    check_no_money_lost(group, 2, bank)
+    unexpected = set(bank.errors) - IN_FLIGHT_ERRORS
+    assert not unexpected, f"errors other than {sorted(IN_FLIGHT_ERRORS)}: {bank.errors}"
+    with capsys.disabled():
+        print(f"\n[failover] writer killed, other promoted 0.5 s later: first transfer on the "
+              f"new writer {(first - promoted) * 1000:.0f} ms after the promotion "
+              f"({(first - killed) * 1000:.0f} ms after the kill); {len(bank.committed)} "
+              f"transfers committed, client errors {dict(sorted(bank.errors.items()))}, "
+              f"{bank.reconnects} reconnects; 40 idle clients: 0 errors, 0 reconnects")
+
+
 def test_clients_on_the_old_writer_after_failover(
     server_group: servers.ServerGroup, make_group_proxy: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
