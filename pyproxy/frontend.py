@@ -821,9 +821,13 @@ class FrontendProtocol(protocol.Protocol):
                 for pool in self.proxy.pools.values():
                     pool.renew()
             if not tracker.error and session.ends_session(self._sql):
-                # The server closes its end: so does pyproxy, as a server would.
+                # The server closes its end: so does pyproxy, as a server would,
+                # and the connection, about to close, serves nobody else.
                 self._kill_pending = True
                 self._closed_reason = "COMMIT/ROLLBACK RELEASE"
+                conn, self.backend = self.backend, None
+                if conn is not None:
+                    self._pool.discard(conn, "server session ended (RELEASE)")
         if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
             self._prepared(tracker)
         if self.backend is not None:

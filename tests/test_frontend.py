@@ -846,3 +846,16 @@ class LocalFilesTests(LoggedIn):
         self.assertEqual(err_of(err), (1, 4166, "HY000"))  # what MariaDB answers such a client
         self.assertFalse(self.client.closed)
         self.assertEqual(self.pool.idle, [conn])
+
+
+class ReleaseTests(LoggedIn):
+    def test_commit_release_closes_client_and_backend(self) -> None:
+        """COMMIT RELEASE ends the server session: the client is closed, as by a server,
+        and the backend connection, about to be closed by the server, is not lent again."""
+        conn, server = self.first_backend(self.client, "COMMIT RELEASE")
+        server.send(vectors.COMMIT_OK)
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        self.assertTrue(self.client.closed)
+        self.assertTrue(conn.broken)
+        self.assertEqual((self.pool.idle, self.pool.lent), ([], set()))
