@@ -21,7 +21,16 @@ from pyproxy.direct_write import write_now
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
-from pyproxy.session import READS_LAST_INSERT_ID, SCAN_LIMIT, SETS_GLOBAL, ClientSession, initial_state, needs_reset, reconcile
+from pyproxy.session import (
+    READS_LAST_INSERT_ID,
+    SCAN_LIMIT,
+    SETS_GLOBAL,
+    ClientSession,
+    changed_defaults,
+    initial_state,
+    needs_reset,
+    reconcile,
+)
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor, statement_id
@@ -91,7 +100,7 @@ class FrontendProtocol(protocol.Protocol):
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile",
+        "_refused_infile", "_globals_before",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -132,6 +141,9 @@ class FrontendProtocol(protocol.Protocol):
         self.last_active = 0.0
         # The sequence id for the error that replaces a refused LOCAL INFILE, or -1.
         self._refused_infile = -1
+        # Around a SET GLOBAL: pyproxy's own connection to the server and the
+        # global variables read over it just before the statement ran.
+        self._globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -321,9 +333,13 @@ class FrontendProtocol(protocol.Protocol):
         if reply is not None and command not in (COMMAND.COM_PING, COMMAND.COM_SET_OPTION,
                                                  COM_RESET_CONNECTION, COMMAND.COM_CHANGE_USER):
             if command == COMMAND.COM_QUERY:
-                self._sql = payload[1:]
+                sql = self._sql = payload[1:]
                 head = payload[1:2]
                 if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
+                    return
+                if SETS_GLOBAL.match(sql, 0, SCAN_LIMIT) is not None:
+                    self._busy = True
+                    self._read_globals(lambda: self._acquire(self._start))
                     return
             else:
                 self._sql = None
@@ -393,7 +409,10 @@ class FrontendProtocol(protocol.Protocol):
             # What the statement does is read from its text, as for COM_QUERY.
             self._sql = statement.sql
             self._busy = True
-            self._acquire(lambda: self._execute(statement, packet))
+            if statement.sets_global:
+                self._read_globals(lambda: self._acquire(lambda: self._execute(statement, packet)))
+            else:
+                self._acquire(lambda: self._execute(statement, packet))
         elif statement is self._cursor and self.backend is not None:
             # FETCH and RESET of the statement whose cursor is open on the pinned connection.
             self._busy = True
@@ -468,7 +487,9 @@ class FrontendProtocol(protocol.Protocol):
         sql = self._command.payload[1:]
         if self._statements is None:
             self._statements = {}
-        self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns)
+        self._statements[self._preparing] = ClientStatement(
+            self._preparing, sql, params, columns,
+            sets_global=SETS_GLOBAL.match(sql, 0, SCAN_LIMIT) is not None)
         conn = self.backend
         conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
 
@@ -815,11 +836,6 @@ class FrontendProtocol(protocol.Protocol):
             reason = session.observe_query(self._sql, bool(tracker.error))
             if reason is not None:
                 self._log_pin(reason)
-            if not tracker.error and SETS_GLOBAL.match(self._sql, 0, SCAN_LIMIT):
-                # Connections opened before took the old global values as their
-                # session defaults: new clients must not start from those.
-                for pool in self.proxy.pools.values():
-                    pool.renew()
             if not tracker.error and session.ends_session(self._sql):
                 # The server closes its end: so does pyproxy, as a server would,
                 # and the connection, about to close, serves nobody else.
@@ -832,7 +848,150 @@ class FrontendProtocol(protocol.Protocol):
             self._prepared(tracker)
         if self.backend is not None:
             self.backend.state = session.state
+        if self._globals_before is not None or session.reread:
+            self._follow_up()
+            return
         self._finish_command()
+
+    def _follow_up(self) -> None:
+        """What a reply may still need, in pyproxy's own round trips, before the
+        client's next command runs (which waits, as during the reply): reading
+        the globals after a SET GLOBAL, the variables of a SET @@name."""
+        if self.phase == CLOSED:
+            return
+        if self._globals_before is not None:
+            self._compare_globals()
+        elif self.session.reread:
+            self._reread()
+        else:
+            self._finish_command()
+
+    def _reread(self) -> None:
+        """SET @@name = value is not reported by MariaDB's session tracking: the
+        same variables are assigned their own values in a form it reports, so
+        that they are carried (and not left behind for the connection's next
+        borrower).  That changes nothing else in the session, its warnings
+        included.  A pinned session keeps its connection and needs none of it."""
+        session = self.session
+        names, session.reread = session.reread, ()
+        conn = self.backend
+        if self.pinned or conn is None or conn.broken:
+            self._follow_up()
+            return
+
+        def read(payload: bytes) -> None:
+            ok = parse_ok(payload, True)
+            if ok.changes is not None:
+                reason = session.observe_changes(ok.changes, None, self.proxy.ignored_variables)
+                if reason is not None:
+                    self._log_pin(reason)
+            conn.state = session.state
+
+        def failed(failure: Failure) -> None:
+            # The value stays unknown: only this connection has it.
+            self._pin("SET @@variable the server did not report")
+
+        assignments = ", ".join(f"{name} = @@SESSION.{name}" for name in names)
+        conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
+            lambda _: self._follow_up())
+
+    def _read_globals(self, then: Any) -> None:
+        """A SET GLOBAL is about to run: the global values it may change are read
+        first (see _compare_globals), over a connection of pyproxy's own, so
+        that the client's session (its warnings, ROW_COUNT()) is not touched.
+        If that fails the statement still runs, and only the pools are renewed."""
+
+        def opened(conn: BackendConnection) -> Any:
+            return conn.query_rows("SHOW GLOBAL VARIABLES").addCallbacks(
+                lambda rows: (conn, _variables(rows)),
+                lambda failure: (conn.close("global variables unread"), failure)[1])
+
+        def read(result: tuple[BackendConnection, dict[str, str | None]]) -> None:
+            if self.phase == CLOSED:
+                result[0].close("client gone")
+                return
+            self._globals_before = result
+            then()
+
+        def failed(failure: Failure) -> None:
+            self.log.warning("global_variables_unread", error=failure.getErrorMessage())
+            self._globals_before = (None, {})
+            if self.phase != CLOSED:
+                then()
+
+        connect(self.proxy.reactor, self.proxy.target(self.user), 0).addCallback(
+            opened).addCallbacks(read, failed)
+
+    def _compare_globals(self) -> None:
+        """After a SET GLOBAL: every session that began before it keeps the old
+        values of the defaults it changed, as its server session would, while
+        sessions that begin later get the new ones.
+
+        The old values become carried variables of the existing sessions (the
+        ones each did not set itself), and pooled connections, which took the
+        old values as their own defaults, are replaced.  Global-only and
+        read-only session variables are left out.
+        """
+        (conn, before), self._globals_before = self._globals_before, None
+        # The sessions that began before the change, and only those: a client
+        # may log in while the values are read.
+        sessions = [client.session for client in self.proxy.clients.values()
+                    if client.session is not None]
+        # Pooled connections took the old global values as their session
+        # defaults: sessions that begin from now on must not get those.
+        for pool in self.proxy.pools.values():
+            pool.renew()
+        if conn is None:
+            self._follow_up()
+            return
+        log = self.log
+
+        def compared(rows: list[tuple[str | None, ...]]) -> Any:
+            after = _variables(rows)
+            if before.get("autocommit") != after.get("autocommit"):
+                self._new_sessions_autocommit(after.get("autocommit") == "ON")
+            changed = changed_defaults(before, after, self.proxy.ignored_variables)
+            names = list(changed)
+            # Assigning a variable its own value fails for global-only and
+            # read-only ones (1238, 1621) and changes nothing for the others.
+            probes = [conn.execute(make_query(f"SET SESSION {name} = @@SESSION.{name}")) for name in names]
+            return defer.DeferredList(probes, consumeErrors=True).addCallback(
+                lambda results: {name: changed[name] for name, (ok, _) in zip(names, results) if ok})
+
+        def apply(kept: dict[str, str]) -> None:
+            if kept:
+                log.info("session_defaults_kept", variables=sorted(kept), sessions=len(sessions))
+                for session in sessions:
+                    if session.pin_reason is None:  # a pinned one keeps its own connection
+                        session.keep_defaults(kept)
+
+        def failed(failure: Failure) -> None:
+            log.warning("global_variables_unread", error=failure.getErrorMessage())
+
+        def done(_: Any) -> None:
+            conn.close("global variables read")
+            self._follow_up()
+
+        conn.query_rows("SHOW GLOBAL VARIABLES").addCallback(compared).addCallbacks(
+            apply, failed).addBoth(done)
+
+    def _abandon_globals(self) -> None:
+        """A SET GLOBAL whose reply never came (or the client left): whether it ran is
+        unknown, so pooled connections are replaced as if it had."""
+        if self._globals_before is None:
+            return
+        (conn, _), self._globals_before = self._globals_before, None
+        if conn is not None:
+            conn.close("SET GLOBAL did not complete")
+        for pool in self.proxy.pools.values():
+            pool.renew()
+
+    def _new_sessions_autocommit(self, on: bool) -> None:
+        """SET GLOBAL autocommit: what sessions that begin from now on start with."""
+        server = self.proxy.server
+        status = (server.status | c.SERVER_STATUS_AUTOCOMMIT if on
+                  else server.status & ~c.SERVER_STATUS_AUTOCOMMIT)
+        self.proxy.server = attrs.evolve(server, status=status)
 
     def _query_timed_out(self, packet: Packet) -> None:
         self._query_timer = None
@@ -945,6 +1104,7 @@ class FrontendProtocol(protocol.Protocol):
 
     def _command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed)."""
+        self._abandon_globals()
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
             exc = lost_connection(repr(exc))
@@ -976,6 +1136,7 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
+        self._abandon_globals()
         self._cancel_query_timer()
         if self._throttling:
             self._throttling = False
@@ -1075,6 +1236,7 @@ class FrontendProtocol(protocol.Protocol):
         if self._hold_timer is not None and self._hold_timer.active():
             self._hold_timer.cancel()
         self._cancel_query_timer()
+        self._abandon_globals()
         if self._borrowing is not None:
             self._borrowing.cancel()
         conn = self.backend
@@ -1090,6 +1252,11 @@ class FrontendProtocol(protocol.Protocol):
                 pool.give_back(conn)
         if was != HANDSHAKE or self._closed_reason is not None:
             self.log.info("client_closed", reason=self._closed_reason or "client disconnected")
+
+
+def _variables(rows: list[tuple[str | None, ...]]) -> dict[str, str | None]:
+    """SHOW VARIABLES rows as a dict, names in lower case."""
+    return {row[0].lower(): row[1] for row in rows if len(row) >= 2 and row[0] is not None}
 
 
 class FrontendFactory(protocol.Factory):

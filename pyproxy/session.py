@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 
 import attrs
 from pymysql.charset import charset_by_id
@@ -46,6 +47,7 @@ UNCARRIED_VARIABLES = frozenset((
     "timestamp",
 ))
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
+_NAME = re.compile(r"[a-z0-9_]+\Z")
 
 # Statements whose effect the server's tracking does not report, in one
 # pattern so that ordinary statements cost a single search.  Statements are
@@ -53,9 +55,12 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 # calls anywhere.  SET TRANSACTION without SESSION/GLOBAL sets the
 # characteristics of the next transaction only.
 _UNTRACKED = re.compile(
-    rb"(?is)(?:^|;)\s*(?:/\*.*?\*/\s*)*(lock\s+tables?|handler|xa\s+(?:start|begin)|set\s+transaction"
-    rb"|flush\s+tables?\b[^;]*?\bwith\s+read\s+lock)\b"
+    rb"(?is)(?:^|;)\s*(?:/\*.*?\*/\s*)*(?:(lock\s+tables?|handler|xa\s+(?:start|begin)|set\s+transaction"
+    rb"|flush\s+tables?\b[^;]*?\bwith\s+read\s+lock)\b|(set)\b(?=[^;]*@@))"
     rb"|\b(get_lock|found_rows|row_count)\s*\(|\b(sql_calc_found_rows)\b")
+# SET @@name = value, with no GLOBAL/SESSION/LOCAL qualifier: MariaDB's session
+# tracking does not report it (SET @@SESSION.name and SET name are reported).
+_BARE_ASSIGNMENT = re.compile(rb"(?i)@@(?!(?:global|session|local)\.)([a-z_][a-z0-9_]*)\s*:?=")
 _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LOCK TABLES",
                     b"flush": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction",
                     b"found_rows": "FOUND_ROWS() (reads the previous statement)",
@@ -172,6 +177,26 @@ def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
     return commands
 
 
+def changed_defaults(before: Mapping[str, str | None], after: Mapping[str, str | None],
+                     ignore: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The session defaults a SET GLOBAL changed, with their old values.
+
+    ``before`` and ``after`` are the server's global values (``SHOW GLOBAL
+    VARIABLES``) around the statement.  Left out: variables every session
+    carries explicitly anyway (autocommit, the character sets), those that are
+    not carried at all, and NULLs, which a SET cannot restore by value.  Some
+    of the rest are global only; the caller checks which have a session value.
+    """
+    changed = {}
+    for name, old in before.items():
+        if (old is None or after.get(name, old) == old or name in CARRIED_VARIABLES
+                or name in IGNORED_VARIABLES or name in UNCARRIED_VARIABLES or name in ignore
+                or _NAME.match(name) is None):
+            continue
+        changed[name] = old
+    return changed
+
+
 def needs_reset(desired: SessionState, actual: SessionState) -> bool:
     """True when the backend has a schema selected and the client has none."""
     return desired.schema is None and actual.schema is not None
@@ -197,6 +222,9 @@ class ClientSession:
     # What LAST_INSERT_ID() returns in this session: the insert id of its last
     # statement that generated one.
     last_insert_id: int = 0
+    # Variables the last statement assigned without the server reporting them
+    # (SET @@name = value): pyproxy reads them back before the next command.
+    reread: tuple[str, ...] = ()
 
     def keeps_backend(self) -> bool:
         """Whether the backend connection must stay with this client after a reply."""
@@ -209,6 +237,17 @@ class ClientSession:
         self.hold_next = bool(error or warnings or affected)
         if insert_id:
             self.last_insert_id = insert_id
+
+    def keep_defaults(self, defaults: Mapping[str, str]) -> None:
+        """A SET GLOBAL changed what new server sessions start from; this session
+        started before, and keeps the values it started with, as a server
+        session does.  Those it did not set itself become carried values, so
+        that connections opened after the change are brought back to them."""
+        own = dict(self.state.variables)
+        kept = {name: value for name, value in defaults.items() if name not in own}
+        if kept:
+            own.update(kept)
+            self.state = attrs.evolve(self.state, variables=tuple(sorted(own.items())))
 
     def holds_state(self) -> bool:
         """Whether the held connection carries something that dies with it."""
@@ -274,14 +313,18 @@ class ClientSession:
         Named locks, HANDLER, LOCK TABLES, XA and readers of the previous
         statement's results pin the session.  SET TRANSACTION holds the
         connection until the next statement has used the characteristics it
-        set; SQL_CALC_FOUND_ROWS holds it for the FOUND_ROWS() that follows.
+        set; SQL_CALC_FOUND_ROWS holds it for the FOUND_ROWS() that follows;
+        SET @@name = value leaves the names in ``reread``.
         """
         self.pending_characteristics = False
         if failed or _UNTRACKED.search(sql, 0, SCAN_LIMIT) is None:
             return None
         reason = None
         for match in _UNTRACKED.finditer(sql, 0, SCAN_LIMIT):
-            found = (match.group(1) or match.group(2) or match.group(3)).lower()
+            if match.group(2) is not None:
+                self._assigned_bare(sql, match.end(2))
+                continue
+            found = (match.group(1) or match.group(3) or match.group(4)).lower()
             word = re.split(rb"\s", found, maxsplit=1)[0]
             if word == b"set":
                 self.pending_characteristics = True
@@ -291,6 +334,16 @@ class ClientSession:
                 reason = f"{_UNTRACKED_NAMES[word]} used"
                 self.pin(reason)
         return reason
+
+    def _assigned_bare(self, sql: bytes, start: int) -> None:
+        """The variables one SET statement assigns as @@name, which the server
+        does not report: ``reread`` lists them for pyproxy to ask again."""
+        end = sql.find(b";", start, SCAN_LIMIT)
+        names = [name.decode("ascii").lower() for name in
+                 _BARE_ASSIGNMENT.findall(sql, start, end if end >= 0 else SCAN_LIMIT)]
+        names = [name for name in names if name != "autocommit" and name not in self.reread]
+        if names:
+            self.reread = self.reread + tuple(names)
 
     def ends_session(self, sql: bytes) -> bool:
         """Whether a successful statement ended the server session: COMMIT RELEASE,

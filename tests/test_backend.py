@@ -484,3 +484,35 @@ class QueryValueTests(SynchronousTestCase):
         server.send(reply, pieces=3)
         self.assertEqual(self.successResultOf(d), "151")
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_query_rows_reads_every_row_and_null(self) -> None:
+        """query_rows() gives each row's values as text, NULL as None; a classic EOF
+        after the definitions (a connection without DEPRECATE_EOF) is skipped."""
+        reactor = MemoryReactorClock()
+        conn, server = ready_backend(reactor, flavor=CLIENT.LOCAL_FILES)
+        conn.capabilities &= ~CLIENT.DEPRECATE_EOF
+        server.received()
+        d = conn.query_rows("SHOW GLOBAL VARIABLES")
+        definition = b"\x03def\x00\x00\x00\x04Name\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
+        reply = (frame(b"\x02", 1) + frame(definition, 2) + frame(definition, 3)
+                 + frame(b"\xfe\x00\x00\x02\x00", 4)
+                 + frame(b"\x08sql_mode\x04ANSI", 5) + frame(b"\x0cinit_connect\xfb", 6)
+                 + frame(b"\x04port" + b"\xfc\x03\x00" + b"123", 7)
+                 + frame(b"\xfe\x00\x00\x02\x00", 8))
+        server.send(reply, pieces=4)
+        self.assertEqual(self.successResultOf(d), [("sql_mode", "ANSI"), ("init_connect", None),
+                                                   ("port", "123")])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_query_rows_error(self) -> None:
+        """The server's error fails the Deferred with it, and the connection stays usable."""
+        reactor = MemoryReactorClock()
+        conn, server = ready_backend(reactor)
+        server.received()
+        d = conn.query_rows("SHOW NOTHING")
+        server.send(frame(make_err(1064, "42000", "You have an error"), 1))
+        self.assertEqual(self.failureResultOf(d, BackendError).value.code, 1064)
+        self.assertFalse(conn.broken)
+        ping = conn.ping()
+        server.send(vectors.PING_OK)
+        self.assertEqual(self.successResultOf(ping)[:1], b"\x00")

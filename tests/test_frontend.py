@@ -40,7 +40,8 @@ from pyproxy.wire.handshake import (
     parse_auth_switch_request,
     parse_handshake_v10,
 )
-from pyproxy.wire.responses import ERR, make_ok, parse_err, parse_ok
+from pyproxy.wire.buffer import lenenc_bytes
+from pyproxy.wire.responses import ERR, make_err, make_ok, parse_err, parse_ok
 from test_backend import FakeServer, FakeTransport, ready_backend
 
 GREETING = parse_handshake_v10(vectors.GREETING[4:])
@@ -848,6 +849,149 @@ class LocalFilesTests(LoggedIn):
         self.assertEqual(self.pool.idle, [conn])
 
 
+def rows_reply(rows: list[tuple[str, str]]) -> bytes:
+    """A two-column text result set (SHOW VARIABLES), as a DEPRECATE_EOF server sends it."""
+    definition = b"\x03def\x00\x00\x00\x05Value\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
+    packets = [b"\x02", definition, definition]
+    packets += [lenenc_bytes(name.encode()) + lenenc_bytes(value.encode()) for name, value in rows]
+    packets.append(b"\xfe\x00\x00\x02\x00\x00\x00")
+    return b"".join(frame(payload, seq) for seq, payload in enumerate(packets, 1))
+
+
+def ok_tracking(variables: dict[str, str]) -> bytes:
+    """An OK whose session-state block reports ``variables`` (and a state change)."""
+    entries = b"".join(b"\x00" + lenenc_bytes(lenenc_bytes(name.encode()) + lenenc_bytes(value.encode()))
+                       for name, value in variables.items())
+    entries += b"\x02\x01\x31"
+    status = SERVER_STATUS_AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED
+    return frame(b"\x00\x00\x00" + status.to_bytes(2, "little") + b"\x00\x00\x00"
+                 + lenenc_bytes(entries), 1)
+
+
+class GlobalVariablesTests(LoggedIn):
+    """SET GLOBAL changes what new server sessions start from, never existing ones."""
+
+    def side_connection(self) -> tuple[BackendConnection, FakeServer]:
+        """The connection pyproxy opens for itself, logged in."""
+        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
+        wrapper = factory.buildProtocol(None)  # the endpoint's wrapper around the connection
+        server = FakeServer(wrapper)
+        server.login()
+        return wrapper._wrappedProtocol, server
+
+    def test_sessions_keep_their_defaults_across_set_global(self) -> None:
+        """The globals are read over pyproxy's own connection before and after the
+        statement; a session that began before keeps the old value of each session
+        default that changed (global-only ones are refused a session SET and left out),
+        a session that begins after gets the new one, and pooled connections are replaced."""
+        earlier = self.connect()
+        sql = "SET GLOBAL auto_increment_increment = 10, max_connections = 200"
+        self.client.query(sql)
+        side, side_server = self.side_connection()
+        [show] = side_server.received()
+        self.assertEqual(show.payload, make_query("SHOW GLOBAL VARIABLES"))
+        side_server.send(rows_reply([("auto_increment_increment", "1"), ("max_connections", "151")]))
+        conn, server = self.backends.open()
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(sql))
+        server.send(vectors.COMMIT_OK)
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        later = self.connect()  # logs in while pyproxy reads the globals again
+        [show] = side_server.received()
+        self.assertEqual(show.payload, make_query("SHOW GLOBAL VARIABLES"))
+        side_server.send(rows_reply([("auto_increment_increment", "10"), ("max_connections", "200")]))
+        probes = side_server.received()
+        self.assertEqual([p.payload for p in probes], [make_query(
+            f"SET SESSION {name} = @@SESSION.{name}") for name in ("auto_increment_increment",
+                                                                  "max_connections")])
+        side_server.send(vectors.PING_OK + frame(make_err(1238, "HY000", "Variable 'max_connections' "
+                                                           "is a GLOBAL variable"), 1))
+        self.assertTrue(side.broken)  # closed once read
+        for client in (self.client, earlier):
+            self.assertEqual(client.protocol.session.state.variables, (("auto_increment_increment", "1"),))
+        self.assertEqual(later.protocol.session.state.variables, ())
+        self.assertTrue(conn.broken)  # opened with the old defaults: not lent again
+        self.assertEqual(self.pool.idle, [])
+        # The earlier session's next statement runs on a new connection, with its value.
+        earlier.query("SELECT 1")
+        conn2, server2 = self.backends.open()
+        [replay] = server2.received()
+        self.assertEqual(replay.payload, make_query("SET SESSION auto_increment_increment=1"))
+        server2.send(vectors.COMMIT_OK)
+        [select] = server2.received()
+        self.assertEqual(select.payload, make_query("SELECT 1"))
+
+    def test_side_connection_failure_still_runs_the_statement(self) -> None:
+        """If pyproxy cannot read the globals, the statement runs anyway and pooled
+        connections are replaced, as before."""
+        self.client.query("SET GLOBAL sql_mode = ''")
+        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.proxy.reactor.advance(1)  # the endpoint reports the failure on a later turn
+        conn, server = self.backends.open()
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query("SET GLOBAL sql_mode = ''"))
+        server.send(vectors.COMMIT_OK)
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        self.assertTrue(conn.broken)
+        self.assertFalse(self.client.closed)
+
+    def test_failed_set_global_closes_pyproxys_connection(self) -> None:
+        """If the statement never gets its reply, pyproxy's own connection is closed and
+        pooled connections are replaced all the same."""
+        self.client.query("SET GLOBAL sql_mode = ''")
+        side, side_server = self.side_connection()
+        side_server.received()
+        side_server.send(rows_reply([("sql_mode", "STRICT")]))
+        conn, server = self.backends.open()
+        server.received()
+        conn.connectionLost(Failure(ConnectionError("gone")))
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1], 2013)
+        self.assertTrue(side.broken)
+        self.assertEqual(self.pool.generation, 1)
+        self.assertIsNone(self.client.protocol._globals_before)
+
+
+class UnreportedSetTests(LoggedIn):
+    def test_bare_assignment_is_read_back_and_carried(self) -> None:
+        """SET @@sql_mode = ... is not reported by the server: pyproxy assigns the
+        variable its own value in a reported form right after the reply, so it is
+        carried, and the next borrower of the connection gets it reset."""
+        conn, server = self.first_backend(self.client, "SET @@sql_mode = 'ANSI_QUOTES'")
+        server.send(vectors.COMMIT_OK)  # untracked: a plain OK
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        [reread] = server.received()
+        self.assertEqual(reread.payload, make_query("SET SESSION sql_mode = @@SESSION.sql_mode"))
+        self.assertEqual(self.pool.lent, {conn})  # until pyproxy knows
+        server.send(ok_tracking({"sql_mode": "ANSI_QUOTES"}))
+        self.assertEqual(self.client.raw(), b"")
+        self.assertEqual(self.client.protocol.session.state.variables, (("sql_mode", "ANSI_QUOTES"),))
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertFalse(self.client.protocol.pinned)
+        other = self.connect()
+        other.query("SELECT 1")
+        [reset] = server.received()
+        self.assertEqual(reset.payload, make_query("SET SESSION sql_mode=DEFAULT"))
+        server.send(vectors.COMMIT_OK)
+        [select] = server.received()
+        self.assertEqual(select.payload, make_query("SELECT 1"))
+
+    def test_pinned_session_reads_nothing_back(self) -> None:
+        """A pinned session keeps its connection: no read-back is needed."""
+        conn, server = self.first_backend(self.client, "SET @x = 1")
+        server.send(vectors.USER_VARIABLE_OK)
+        self.client.raw()
+        self.client.query("SET @@sql_mode = ''")
+        server.received()
+        server.send(vectors.COMMIT_OK)
+        self.client.raw()
+        self.assertEqual(server.received(), [])
+
+
 class ReleaseTests(LoggedIn):
     def test_commit_release_closes_client_and_backend(self) -> None:
         """COMMIT RELEASE ends the server session: the client is closed, as by a server,
@@ -859,3 +1003,4 @@ class ReleaseTests(LoggedIn):
         self.assertTrue(self.client.closed)
         self.assertTrue(conn.broken)
         self.assertEqual((self.pool.idle, self.pool.lent), ([], set()))
+

@@ -6,7 +6,14 @@ import attrs
 import pytest
 
 import vectors
-from pyproxy.session import ClientSession, SessionState, initial_state, needs_reset, reconcile
+from pyproxy.session import (
+    ClientSession,
+    SessionState,
+    changed_defaults,
+    initial_state,
+    needs_reset,
+    reconcile,
+)
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     MYSQL_OPTION_MULTI_STATEMENTS_OFF,
@@ -356,3 +363,67 @@ def test_results_held_for_the_next_statement_only() -> None:
     assert s.keeps_backend() and not s.holds_state()
     s.observe_result(error=False, warnings=0, affected=0, insert_id=0)
     assert not s.keeps_backend()
+
+
+# -- SET @@name, which the server does not report ------------------------------
+
+@pytest.mark.parametrize(("sql", "names"), [
+    (b"SET @@sql_mode = 'ANSI'", ("sql_mode",)),
+    (b"set @@Auto_Increment_Increment:=5, @@session.time_zone='+01:00', @@max_join_size=10",
+     ("auto_increment_increment", "max_join_size")),
+    (b"SET sql_mode = '', @@time_zone = '+02:00'; SELECT @@version = 1", ("time_zone",)),
+    (b"SELECT 1; SET @@sql_mode = ''", ("sql_mode",)),
+])
+def test_bare_system_variable_assignments_are_read_back(sql: bytes, names: tuple[str, ...]) -> None:
+    """SET @@name = value (no GLOBAL/SESSION/LOCAL) is not reported by MariaDB's
+    tracking: the names are left for pyproxy to read back, in statement order."""
+    s = session()
+    assert s.observe_query(sql, failed=False) is None
+    assert s.reread == names
+    assert s.pin_reason is None
+
+
+@pytest.mark.parametrize("sql", [
+    b"SET @@session.sql_mode = ''", b"SET @@global.sql_mode = ''", b"SET @@LOCAL.sql_mode = ''",
+    b"SET @a = @@sql_mode", b"SELECT @@sql_mode = ''", b"SET autocommit = 0",
+    b"SET @@autocommit = 0",  # the status flags carry autocommit
+])
+def test_reported_or_read_only_forms_need_no_read_back(sql: bytes) -> None:
+    """Forms the server reports, reads of @@name and autocommit leave nothing to read back."""
+    s = session()
+    s.observe_query(sql, failed=False)
+    assert s.reread == ()
+
+
+def test_failed_set_needs_no_read_back() -> None:
+    """A SET that failed assigned nothing."""
+    s = session()
+    s.observe_query(b"SET @@sql_mode = 'NOPE'", failed=True)
+    assert s.reread == ()
+
+
+# -- SET GLOBAL: sessions keep the defaults they started with -------------------
+
+def test_changed_defaults() -> None:
+    """Only session defaults that changed and that a SET can restore are kept: not the
+    carried or uncarried ones, nor NULLs, nor ignored variables."""
+    before = {"auto_increment_increment": "1", "sql_mode": "STRICT", "max_connections": "151",
+              "autocommit": "ON", "character_set_client": "latin1", "insert_id": "0",
+              "session_track_schema": "ON", "init_connect": None, "lc_time_names": "en_US",
+              "weird name": "1"}
+    after = {"auto_increment_increment": "10", "sql_mode": "STRICT", "max_connections": "200",
+             "autocommit": "OFF", "character_set_client": "utf8mb4", "insert_id": "1",
+             "session_track_schema": "OFF", "init_connect": "SET x=1", "lc_time_names": "fr_FR",
+             "weird name": "2"}
+    assert changed_defaults(before, after, frozenset({"lc_time_names"})) == {
+        "auto_increment_increment": "1", "max_connections": "151"}
+
+
+def test_keep_defaults_adds_what_the_session_did_not_set() -> None:
+    """A session keeps the old default of a variable it never set; its own value stays."""
+    s = session(variables=(("sql_mode", "ANSI"),))
+    s.keep_defaults({"sql_mode": "STRICT", "auto_increment_increment": "1"})
+    assert s.state.variables == (("auto_increment_increment", "1"), ("sql_mode", "ANSI"))
+    same = s.state
+    s.keep_defaults({"sql_mode": "X"})
+    assert s.state is same
