@@ -43,11 +43,6 @@ TEST_TIMEOUT = 30.0
 
 MODES = suite.MODES
 
-TRACKING_SHOWS_THROUGH = (
-    "BUG: pyproxy's own session tracking shows through: a pinned session gets "
-    "SESSION_TRACK_STATE_CHANGE entries it never enabled (frontend._observe_oks stops "
-    "filtering once pinned), and a new session sees @@session_track_system_variables='*' and "
-    "tracking of variables the global setting leaves out (backend.TRACKING)")
 EOF_WARNINGS_ZERO = (
     "BUG: the EOF pyproxy inserts after a result set's column definitions for clients "
     "without CLIENT_DEPRECATE_EOF carries warning count 0 (the count is not known before the "
@@ -64,7 +59,6 @@ def _known(reason: str, names: tuple[str, ...], modes: tuple[str, ...] = MODES) 
             KNOWN_BUGS[(mode, name)] = reason
 
 
-_known(TRACKING_SHOWS_THROUGH, ("main.mysqltest_tracking_info",), ("plain",))
 _known(EOF_WARNINGS_ZERO, ("main.type_varchar",), ("ps",))
 
 

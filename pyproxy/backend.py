@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from pyproxy import auth
 from pyproxy.direct_write import write_now
 from pyproxy.logs import get_logger
-from pyproxy.session import ClientSession, SessionState, initial_state
+from pyproxy.session import DEFAULT_TRACKING, ClientSession, SessionState, Tracking, initial_state, tracking
 from pyproxy.statements import BackendStatement, StatementCache
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import Reply, make_query
@@ -62,6 +62,10 @@ BASE_CAPABILITIES = (
 # change it was.  The few statements it would reveal are recognised by text.
 TRACKING = (b"SET SESSION session_track_schema=ON, session_track_state_change=ON, "
             b"session_track_system_variables='*'")
+# Read just before: the tracking a server session starts with, which is what
+# a client of this connection sees (pyproxy filters its OK packets to that).
+TRACKING_DEFAULTS = ("SELECT @@session_track_system_variables, @@session_track_schema, "
+                     "@@session_track_state_change, @@session_track_transaction_info")
 
 _ids = itertools.count(1)
 _ROWS = object()  # marks a query_rows() entry among pending internal commands
@@ -123,6 +127,8 @@ class BackendConnection(protocol.Protocol):
         self.handshake: HandshakeV10 | None = None
         self.capabilities = 0
         self.state: SessionState = SessionState()
+        # The tracking settings a server session starts with (TRACKING_DEFAULTS).
+        self.tracking: Tracking = DEFAULT_TRACKING
         self.tracker = ResponseTracker(False)  # set from the negotiated capabilities
         self.created_at = clock.seconds()
         self.last_used = self.created_at
@@ -239,7 +245,10 @@ class BackendConnection(protocol.Protocol):
     def _prepare_session(self) -> defer.Deferred[Any]:
         """Turns on session-state tracking, which every pooling decision relies on,
         then runs the configured init query.  What the init query sets is the
-        baseline every client starts from, so it is not carried or undone."""
+        baseline every client starts from, so it is not carried or undone.
+        The session's own tracking settings are read first, in the same round
+        trip; a server without some of them keeps the defaults."""
+        self.query_rows(TRACKING_DEFAULTS).addCallbacks(self._learned_tracking, lambda _: None)
         d = self.execute(make_query(TRACKING))
         if self.target.init_query:
             d.addCallback(lambda _: self.execute(make_query(self.target.init_query)))
@@ -250,6 +259,10 @@ class BackendConnection(protocol.Protocol):
 
         d.addCallback(baseline)
         return d
+
+    def _learned_tracking(self, rows: list[tuple[str | None, ...]]) -> None:
+        if rows and len(rows[0]) == 4 and None not in rows[0]:
+            self.tracking = tracking(*rows[0])  # type: ignore[arg-type]
 
     def _became_ready(self) -> None:
         if self._timeout is not None and self._timeout.active():

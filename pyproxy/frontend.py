@@ -22,14 +22,19 @@ from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connec
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
 from pyproxy.session import (
+    OWN_TRACKING,
+    READ_GLOBALS,
     READS_LAST_INSERT_ID,
-    SCAN_LIMIT,
-    SETS_GLOBAL,
+    TRACKING_VARIABLES,
     ClientSession,
     changed_defaults,
     initial_state,
     needs_reset,
     reconcile,
+    scan_statement,
+    statement_needs,
+    tracking,
+    tracking_assignments,
 )
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
@@ -74,11 +79,6 @@ ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
 ER_WRONG_ARGUMENTS = (1210, "HY000")
 ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
 
-# What a server reports to a client that asked for CLIENT_SESSION_TRACK and kept
-# the default tracking settings (MariaDB's and MySQL's defaults agree).
-CLIENT_TRACKED = frozenset(("autocommit", "character_set_client", "character_set_connection",
-                            "character_set_results", "time_zone"))
-
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
@@ -100,7 +100,7 @@ class FrontendProtocol(protocol.Protocol):
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile", "_globals_before",
+        "_refused_infile", "_globals_before", "_found", "_own_tracking",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -144,6 +144,11 @@ class FrontendProtocol(protocol.Protocol):
         # Around a SET GLOBAL: pyproxy's own connection to the server and the
         # global variables read over it just before the statement ran.
         self._globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
+        # What scan_statement() found in the running statement's text.
+        self._found: Any = None
+        # The backend's session_track_* settings are the client's own (a pinned
+        # session): its OK packets reach the client unfiltered.
+        self._own_tracking = False
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -337,9 +342,10 @@ class FrontendProtocol(protocol.Protocol):
                 head = payload[1:2]
                 if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
                     return
-                if SETS_GLOBAL.match(sql, 0, SCAN_LIMIT) is not None:
+                found = self._found = scan_statement(sql)
+                if found is not None:
                     self._busy = True
-                    self._read_globals(lambda: self._acquire(self._start))
+                    self._run_flagged(sql, found, self._start)
                     return
             else:
                 self._sql = None
@@ -407,10 +413,11 @@ class FrontendProtocol(protocol.Protocol):
             if types is not None:
                 statement.types = types
             # What the statement does is read from its text, as for COM_QUERY.
-            self._sql = statement.sql
+            sql = self._sql = statement.sql
             self._busy = True
-            if statement.sets_global:
-                self._read_globals(lambda: self._acquire(lambda: self._execute(statement, packet)))
+            found = self._found = scan_statement(sql)
+            if found is not None:
+                self._run_flagged(sql, found, lambda: self._execute(statement, packet))
             else:
                 self._acquire(lambda: self._execute(statement, packet))
         elif statement is self._cursor and self.backend is not None:
@@ -487,9 +494,7 @@ class FrontendProtocol(protocol.Protocol):
         sql = self._command.payload[1:]
         if self._statements is None:
             self._statements = {}
-        self._statements[self._preparing] = ClientStatement(
-            self._preparing, sql, params, columns,
-            sets_global=SETS_GLOBAL.match(sql, 0, SCAN_LIMIT) is not None)
+        self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns)
         conn = self.backend
         conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
 
@@ -616,6 +621,9 @@ class FrontendProtocol(protocol.Protocol):
                                 "connection holding this session's transaction or state was closed")
                     return
                 self.session.hold_next = False
+            elif self.pinned and not self._own_tracking:
+                self._bring_to_state(lambda: self._restore_tracking(then))
+                return
             else:
                 self._bring_to_state(then)
                 return
@@ -801,9 +809,10 @@ class FrontendProtocol(protocol.Protocol):
                 if self._rewrite_oks:
                     if status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7:
                         strip.append((start, end, frame(strip_session_track(payload), data[start + 3])))
-                elif status & c.SERVER_SESSION_STATE_CHANGED and not self.pinned:
-                    strip.append((start, end, frame(filter_session_track(payload, CLIENT_TRACKED),
-                                                    data[start + 3])))
+                elif status & c.SERVER_SESSION_STATE_CHANGED and not self._own_tracking:
+                    settings = session.tracking or self.backend.tracking
+                    strip.append((start, end, frame(filter_session_track(
+                        payload, settings.variables, settings.kinds), data[start + 3])))
             if strip:
                 edits = sorted(edits + strip)
         if not edits:
@@ -833,7 +842,7 @@ class FrontendProtocol(protocol.Protocol):
         if tracker.untracked_change:
             self._pin("session state changed inside a result set")
         if self._sql is not None:
-            reason = session.observe_query(self._sql, bool(tracker.error))
+            reason = session.observe_query(self._sql, bool(tracker.error), self._found)
             if reason is not None:
                 self._log_pin(reason)
             if not tracker.error and session.ends_session(self._sql):
@@ -895,6 +904,46 @@ class FrontendProtocol(protocol.Protocol):
         conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
             lambda _: self._follow_up())
 
+    def _run_flagged(self, sql: bytes, found: Any, then: Any) -> None:
+        """A statement whose text scan_statement() flagged: what it needs before it
+        runs (statement_needs()), then borrowing as usual."""
+        needs = statement_needs(sql, found)
+        if needs & OWN_TRACKING:
+            attach = lambda: self._acquire(lambda: self._own_tracking_first(then))  # noqa: E731
+        else:
+            attach = lambda: self._acquire(then)  # noqa: E731
+        if needs & READ_GLOBALS:
+            self._read_globals(attach)
+        else:
+            attach()
+
+    def _own_tracking_first(self, then: Any) -> None:
+        """The statement reads or sets session_track_* variables: the session is
+        pinned, and its connection given the client's own tracking settings
+        before the statement runs, so that it sees what a server would show it."""
+        self._pin("session_track_* variables read or set")
+        self._restore_tracking(then)
+
+    def _restore_tracking(self, then: Any) -> None:
+        """A pinned session keeps its connection until it ends, so pyproxy no longer
+        needs to learn from that connection's tracking: it gets the tracking
+        settings the client's own session would have (those the client did not
+        set itself), and from then on the client sees the server's OK packets
+        as they are.  The connection is reset before anyone else uses it."""
+        conn = self.backend
+        session = self.session
+        self._own_tracking = True
+        command = tracking_assignments(session.tracking or conn.tracking, session.own_tracking)
+        if command is None:
+            then()
+            return
+
+        def failed(failure: Failure) -> None:
+            if self.phase != CLOSED:
+                self._command_failed(failure.value)
+
+        conn.execute(command).addCallbacks(lambda _: then() if self.phase != CLOSED else None, failed)
+
     def _read_globals(self, then: Any) -> None:
         """A SET GLOBAL is about to run: the global values it may change are read
         first (see _compare_globals), over a connection of pyproxy's own, so
@@ -946,10 +995,19 @@ class FrontendProtocol(protocol.Protocol):
             return
         log = self.log
 
+        old_tracking = None
+
         def compared(rows: list[tuple[str | None, ...]]) -> Any:
+            nonlocal old_tracking
             after = _variables(rows)
             if before.get("autocommit") != after.get("autocommit"):
                 self._new_sessions_autocommit(after.get("autocommit") == "ON")
+            if any(before.get(name) != after.get(name) for name in TRACKING_VARIABLES):
+                # What the sessions that began before still see (filtering, and
+                # their pinned connections): the old tracking settings.
+                values = [before.get(name) for name in TRACKING_VARIABLES]
+                if None not in values:
+                    old_tracking = tracking(*values)
             changed = changed_defaults(before, after, self.proxy.ignored_variables)
             names = list(changed)
             # Assigning a variable its own value fails for global-only and
@@ -961,9 +1019,11 @@ class FrontendProtocol(protocol.Protocol):
         def apply(kept: dict[str, str]) -> None:
             if kept:
                 log.info("session_defaults_kept", variables=sorted(kept), sessions=len(sessions))
-                for session in sessions:
-                    if session.pin_reason is None:  # a pinned one keeps its own connection
-                        session.keep_defaults(kept)
+            for session in sessions:
+                if session.pin_reason is None:  # a pinned one keeps its own connection
+                    session.keep_defaults(kept)
+                    if old_tracking is not None and session.tracking is None:
+                        session.tracking = old_tracking
 
         def failed(failure: Failure) -> None:
             log.warning("global_variables_unread", error=failure.getErrorMessage())
@@ -1185,6 +1245,7 @@ class FrontendProtocol(protocol.Protocol):
         """Gives back a held backend after resetting it (it may carry pinned state)."""
         conn = self.backend
         self.backend = None
+        self._own_tracking = False
         if conn is None:
             return
         pool = self.proxy.pool(self.user)

@@ -31,8 +31,6 @@ class ClientStatement:
     # COM_STMT_SEND_LONG_DATA payloads waiting for the next execute, with the
     # statement id cut off: they are replayed on the connection that runs it.
     long_data: list[bytes] | None = None
-    # A SET GLOBAL: pyproxy reads the global values around each execute.
-    sets_global: bool = False
 
 
 @attrs.define(eq=False, slots=True)

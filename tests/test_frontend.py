@@ -22,6 +22,7 @@ from pyproxy.config import build
 from pyproxy.frontend import COMMANDS, FrontendFactory, FrontendProtocol
 from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.session import DEFAULT_TRACKING, tracking
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     CLIENT,
@@ -41,7 +42,7 @@ from pyproxy.wire.handshake import (
     parse_handshake_v10,
 )
 from pyproxy.wire.buffer import lenenc_bytes
-from pyproxy.wire.responses import ERR, make_err, make_ok, parse_err, parse_ok
+from pyproxy.wire.responses import ERR, make_err, make_ok, make_ok_tracked, parse_err, parse_ok
 from test_backend import FakeServer, FakeTransport, ready_backend
 
 GREETING = parse_handshake_v10(vectors.GREETING[4:])
@@ -552,16 +553,29 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.pool.idle, [conn])
 
     def test_user_variable_pins(self) -> None:
-        """SET @x=1 pins the client to its backend; the tracked OK reaches it unchanged."""
+        """SET @x=1 pins the client to its backend.  Its OK was tracked with pyproxy's
+        settings, so the client sees what its own (default) settings show: nothing.
+        Before the next command the connection gets the client's own tracking
+        settings; from then on OKs reach the client unchanged."""
         conn, server = self.first_backend(self.client, "SET @x=1")
         server.send(vectors.USER_VARIABLE_OK)
-        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK)
+        self.assertEqual(self.client.raw(), frame(make_ok_tracked(SERVER_STATUS_AUTOCOMMIT), 1))
         self.assertTrue(self.client.protocol.pinned)
         self.assertIs(self.client.protocol.backend, conn)
         self.client.send(b"\x0e")  # a pinned client's ping goes to its backend
+        [restore] = server.received()
+        self.assertEqual(restore.payload, make_query(
+            "SET SESSION session_track_system_variables='autocommit,character_set_client,"
+            "character_set_connection,character_set_results,time_zone', session_track_schema='ON', "
+            "session_track_state_change='OFF', session_track_transaction_info='OFF'"))
+        server.send(vectors.PING_OK)
         self.assertEqual(server.received()[0].payload, b"\x0e")
         server.send(vectors.PING_OK)
         self.assertEqual(self.client.raw(), vectors.PING_OK)
+        self.client.query("SET @y=2")
+        server.received()
+        server.send(vectors.USER_VARIABLE_OK)  # whatever the server now reports is the client's
+        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK)
 
     def test_pinned_client_leaving_resets_backend(self) -> None:
         """When a pinned client leaves, its backend is reset before going back to the pool."""
@@ -573,7 +587,7 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.pool.idle, [])
         server.send(vectors.PING_OK)
         server.received()
-        server.send(vectors.TRACKING_OK)
+        server.send(vectors.SESSION_SETUP)
         self.assertEqual(self.pool.idle, [conn])
 
     def test_carried_schema_replayed_on_new_backend(self) -> None:
@@ -645,16 +659,22 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.pool.idle, [conn])
 
     def test_pipelined_commands_run_in_order(self) -> None:
-        """Commands sent back to back wait their turn; each reply follows its command."""
+        """Commands sent back to back wait their turn; each reply follows its command
+        (after the user variable pins the session, pyproxy first gives its connection
+        the client's own tracking settings)."""
         self.client.protocol.dataReceived(frame(make_query("SET @x=1"), 0) + frame(make_query(SELECT), 0))
         conn, server = self.backends.open()
         [first] = server.received()
         self.assertEqual(first.payload, make_query("SET @x=1"))
         server.send(vectors.USER_VARIABLE_OK)
+        [restore] = server.received()
+        self.assertTrue(restore.payload.startswith(b"\x03SET SESSION session_track_system_variables="))
+        server.send(vectors.PING_OK)
         [second] = server.received()
         self.assertEqual(second.payload, make_query(SELECT))
         server.send(vectors.SELECT_DEOF)
-        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK + vectors.SELECT_DEOF)
+        self.assertEqual(self.client.raw(), frame(make_ok_tracked(SERVER_STATUS_AUTOCOMMIT), 1)
+                         + vectors.SELECT_DEOF)
 
     def test_error_reply_forwarded(self) -> None:
         """The server's ERR reaches the client unchanged; the connection stays for one more
@@ -986,6 +1006,8 @@ class UnreportedSetTests(LoggedIn):
         server.send(vectors.USER_VARIABLE_OK)
         self.client.raw()
         self.client.query("SET @@sql_mode = ''")
+        server.received()  # the client's tracking settings
+        server.send(vectors.PING_OK)
         server.received()
         server.send(vectors.COMMIT_OK)
         self.client.raw()
@@ -1004,3 +1026,90 @@ class ReleaseTests(LoggedIn):
         self.assertTrue(conn.broken)
         self.assertEqual((self.pool.idle, self.pool.lent), ([], set()))
 
+
+
+class ClientTrackingTests(LoggedIn):
+    """A client sees the session tracking its own settings give it, never pyproxy's."""
+
+    def test_client_sees_what_its_settings_show(self) -> None:
+        """Tracking settings are read from each new connection: a server configured to
+        report only character_set_connection shows the client only that."""
+        self.client.query("SET NAMES latin1")
+        conn, server = self.backends.open()
+        conn.tracking = tracking("character_set_connection", "ON", "OFF", "OFF")
+        server.received()
+        server.send(vectors.SET_NAMES_OK)
+        [ok] = self.client.received()
+        self.assertEqual(parse_ok(ok.payload, True).changes.variables,
+                         (("character_set_connection", "latin1"),))
+
+    def test_reading_tracking_settings_pins_first(self) -> None:
+        """A statement that reads (or sets) session_track_* pins the session, and its
+        connection gets the client's settings before the statement runs, so that it
+        reads those rather than pyproxy's."""
+        self.client.query("SELECT @@session_track_system_variables")
+        conn, server = self.backends.open()
+        [restore] = server.received()
+        self.assertTrue(restore.payload.startswith(b"\x03SET SESSION session_track_system_variables="))
+        self.assertTrue(self.client.protocol.pinned)
+        self.assertEqual(self.proxy.pins["session_track_* variables read or set"], 1)
+        server.send(vectors.PING_OK)
+        [select] = server.received()
+        self.assertEqual(select.payload, make_query("SELECT @@session_track_system_variables"))
+
+    def test_tracking_the_client_set_itself_is_kept(self) -> None:
+        """A tracking setting the client changed (inside a procedure, where pyproxy reads
+        no text) is left as the client set it when the connection gets its settings."""
+        conn, server = self.first_backend(self.client, "CALL set_tracking()")
+        server.send(ok_tracking({"session_track_state_change": "ON"}))
+        self.client.raw()
+        self.assertTrue(self.client.protocol.pinned)
+        self.client.query("DO 1")
+        [restore] = server.received()
+        self.assertNotIn(b"session_track_state_change", restore.payload)
+        self.assertIn(b"session_track_schema", restore.payload)
+
+
+
+class GlobalTrackingTests(LoggedIn):
+    side_connection = GlobalVariablesTests.side_connection
+
+    def test_earlier_sessions_keep_their_tracking_settings(self) -> None:
+        """SET GLOBAL session_track_system_variables: sessions that began before keep
+        seeing what the old setting shows; those that begin after see what their
+        connections' (new) settings show.  (The statement names session_track_*, so
+        the session that runs it is pinned with its own settings first.)"""
+        earlier = self.connect()
+        sql = "SET GLOBAL session_track_system_variables = 'time_zone'"
+        self.client.query(sql)
+        side, side_server = self.side_connection()
+        side_server.received()
+        before = DEFAULT_TRACKING.values()
+        side_server.send(rows_reply(list(before.items())))
+        conn, server = self.backends.open()
+        [restore] = server.received()
+        server.send(vectors.PING_OK)
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(sql))
+        server.send(vectors.COMMIT_OK)
+        self.client.raw()
+        later = self.connect()
+        side_server.received()
+        side_server.send(rows_reply(list({**before, "session_track_system_variables": "time_zone"}.items())))
+        self.assertIs(earlier.protocol.session.tracking, DEFAULT_TRACKING)
+        self.assertIsNone(later.protocol.session.tracking)
+        # On a connection opened after the change, the earlier session still sees
+        # the character sets SET NAMES changes; the later one sees nothing of it.
+        for client, shown in ((earlier, 3), (later, 0)):
+            client.query("SET NAMES latin1")
+            if self.backends.waiting:
+                new, new_server = self.backends.open()
+                new.tracking = tracking("time_zone", "ON", "OFF", "OFF")
+            [command] = new_server.received()
+            if command.payload != make_query("SET NAMES latin1"):  # the later one's character set back
+                new_server.send(vectors.PING_OK)
+                [command] = new_server.received()
+            new_server.send(vectors.SET_NAMES_OK)
+            [ok] = client.received()
+            changes = parse_ok(ok.payload, True).changes
+            self.assertEqual(len(changes.variables) if changes else 0, shown)

@@ -7,12 +7,20 @@ import pytest
 
 import vectors
 from pyproxy.session import (
+    DEFAULT_TRACKING,
+    OWN_TRACKING,
+    READ_GLOBALS,
+    TRACKING_VARIABLES,
     ClientSession,
     SessionState,
     changed_defaults,
     initial_state,
     needs_reset,
     reconcile,
+    scan_statement,
+    statement_needs,
+    tracking,
+    tracking_assignments,
 )
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
@@ -21,6 +29,10 @@ from pyproxy.wire.constants import (
     SERVER_SESSION_STATE_CHANGED,
     SERVER_STATUS_AUTOCOMMIT,
     SERVER_STATUS_IN_TRANS,
+    SESSION_TRACK_SCHEMA,
+    SESSION_TRACK_STATE_CHANGE,
+    SESSION_TRACK_TRANSACTION_CHARACTERISTICS,
+    SESSION_TRACK_TRANSACTION_STATE,
 )
 from pyproxy.wire.framing import PacketFramer
 from pyproxy.wire.responses import SessionChanges, parse_ok
@@ -427,3 +439,62 @@ def test_keep_defaults_adds_what_the_session_did_not_set() -> None:
     same = s.state
     s.keep_defaults({"sql_mode": "X"})
     assert s.state is same
+
+
+# -- what a client's tracking settings show -------------------------------------
+
+def test_tracking_settings() -> None:
+    """The settings say which variables and entry types a client sees; equal settings
+    are one shared object, whether the server said ON or 1."""
+    assert DEFAULT_TRACKING.variables == frozenset(
+        {"autocommit", "character_set_client", "character_set_connection", "character_set_results",
+         "time_zone"})
+    assert DEFAULT_TRACKING.kinds == frozenset({SESSION_TRACK_SCHEMA})
+    everything = tracking("*", "0", "1", "CHARACTERISTICS")
+    assert everything.variables is None
+    assert everything.kinds == frozenset({SESSION_TRACK_STATE_CHANGE, SESSION_TRACK_TRANSACTION_STATE,
+                                          SESSION_TRACK_TRANSACTION_CHARACTERISTICS})
+    assert tracking("*", "OFF", "ON", "CHARACTERISTICS") is everything
+    assert tracking("", "ON", "OFF", "OFF").variables == frozenset()
+
+
+def test_tracking_assignments_leave_out_what_the_client_set() -> None:
+    """The SET that gives a connection a client's settings skips those it set itself."""
+    assert tracking_assignments(tracking("time_zone", "1", "0", "STATE"),
+                                frozenset({"session_track_schema"})) == make_query(
+        "SET SESSION session_track_system_variables='time_zone', session_track_state_change='OFF', "
+        "session_track_transaction_info='STATE'")
+    assert tracking_assignments(DEFAULT_TRACKING, frozenset(TRACKING_VARIABLES)) is None
+
+
+def test_client_setting_tracking_is_recorded() -> None:
+    """A tracking variable the client set itself (reported by pyproxy's tracking) pins,
+    and is remembered so that pyproxy never overwrites it."""
+    s = session()
+    changes = SessionChanges(variables=(("session_track_state_change", "ON"),), state_changed=True)
+    assert s.observe_changes(changes, None) == "system variable session_track_state_change changed"
+    assert s.own_tracking == frozenset({"session_track_state_change"})
+
+
+@pytest.mark.parametrize(("sql", "needs"), [
+    (b"SELECT 1", None),
+    (b"SET GLOBAL max_connections = 10", READ_GLOBALS),
+    (b"set @@global.sql_mode = '', @@auto_increment_increment = 2", READ_GLOBALS),
+    (b"SET @x = @@global.max_connections", READ_GLOBALS),  # read, but checking costs little
+    (b"SET @@sql_mode = ''", 0),
+    (b"SET GLOBAL TRANSACTION ISOLATION LEVEL SERIALIZABLE", READ_GLOBALS),
+    (b"SELECT @@session_track_system_variables", OWN_TRACKING),
+    (b"SET @save = @@SESSION.session_track_schema", OWN_TRACKING),
+    (b"SHOW VARIABLES LIKE 'session_track%'", OWN_TRACKING),
+    (b"SET GLOBAL session_track_state_change = ON", READ_GLOBALS | OWN_TRACKING),
+    (b"SELECT GET_LOCK('a', 1)", 0),
+])
+def test_statement_needs(sql: bytes, needs: int | None) -> None:
+    """Statements flagged by one scan say what they need before running: the globals
+    read around a SET GLOBAL, the client's own tracking settings for one that reads or
+    sets session_track_*.  Ordinary statements are not flagged at all."""
+    found = scan_statement(sql)
+    if needs is None:
+        assert found is None
+    else:
+        assert found is not None and statement_needs(sql, found) == needs
