@@ -297,6 +297,7 @@ def test_error_with_autocommit_off_is_uncertain() -> None:
     (b"xa begin 'x'", "XA transaction used"),
     (b"FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK used"),
     (b"/* app */ LOCK TABLES t WRITE", "LOCK TABLES used"),
+    (b" \n\tLock Tables t write", "LOCK TABLES used"),
     (b"SELECT 1; handler t open", "HANDLER used"),
     (b"SELECT ROW_COUNT()", "ROW_COUNT() (reads the previous statement) used"),
     (b"SELECT FOUND_ROWS()", "FOUND_ROWS() (reads the previous statement) used"),
@@ -385,6 +386,7 @@ def test_results_held_for_the_next_statement_only() -> None:
      ("auto_increment_increment", "max_join_size")),
     (b"SET sql_mode = '', @@time_zone = '+02:00'; SELECT @@version = 1", ("time_zone",)),
     (b"SELECT 1; SET @@sql_mode = ''", ("sql_mode",)),
+    (b"\n\t SeT @@SQL_MODE = ''", ("sql_mode",)),
 ])
 def test_bare_system_variable_assignments_are_read_back(sql: bytes, names: tuple[str, ...]) -> None:
     """SET @@name = value (no GLOBAL/SESSION/LOCAL) is not reported by MariaDB's
