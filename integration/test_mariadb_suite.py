@@ -43,16 +43,6 @@ TEST_TIMEOUT = 30.0
 
 MODES = suite.MODES
 
-STALE_SESSION_DEFAULTS = (
-    "BUG: a new client session is served by a pooled backend connection whose session "
-    "variables were copied from the globals when that connection was opened, so after SET "
-    "GLOBAL the client sees the old value where a new server session gets the new one "
-    "(pool.py lends connections as they are; session.py treats their values as the defaults)")
-TRACKING_SHOWS_THROUGH = (
-    "BUG: pyproxy's own session tracking shows through: a pinned session gets "
-    "SESSION_TRACK_STATE_CHANGE entries it never enabled (frontend._observe_oks stops "
-    "filtering once pinned), and a new session sees @@session_track_system_variables='*' and "
-    "tracking of variables the global setting leaves out (backend.TRACKING)")
 EOF_WARNINGS_ZERO = (
     "BUG: the EOF pyproxy inserts after a result set's column definitions for clients "
     "without CLIENT_DEPRECATE_EOF carries warning count 0 (the count is not known before the "
@@ -69,8 +59,6 @@ def _known(reason: str, names: tuple[str, ...], modes: tuple[str, ...] = MODES) 
             KNOWN_BUGS[(mode, name)] = reason
 
 
-_known(STALE_SESSION_DEFAULTS, ("sys_vars.auto_increment_increment_func",))
-_known(TRACKING_SHOWS_THROUGH, ("main.mysqltest_tracking_info",), ("plain",))
 _known(EOF_WARNINGS_ZERO, ("main.type_varchar",), ("ps",))
 
 

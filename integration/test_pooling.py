@@ -317,6 +317,28 @@ def test_session_variables_carried_without_pinning(make_proxy) -> None:
     assert "session_pinned" not in proxy.log_text()
 
 
+def test_unreported_set_is_carried_not_leaked(make_proxy) -> None:
+    """MariaDB's session tracking does not report SET @@name = value: through one pooled
+    connection shared by two clients, the client that ran it keeps its values and the
+    other never sees them, and nobody is pinned."""
+    proxy = make_proxy(pool={"max_connections": 1})
+    setter, other = proxy.connect(autocommit=True), proxy.connect(autocommit=True)
+    try:
+        with setter.cursor() as mine, other.cursor() as theirs:
+            theirs.execute("SELECT @@sql_mode, @@auto_increment_increment")
+            defaults = theirs.fetchone()
+            mine.execute("SET @@sql_mode = 'ANSI_QUOTES', @@auto_increment_increment = 7")
+            for _ in range(3):
+                theirs.execute("SELECT @@sql_mode, @@auto_increment_increment")
+                assert theirs.fetchone() == defaults
+                mine.execute("SELECT @@sql_mode, @@auto_increment_increment")
+                assert mine.fetchone() == ("ANSI_QUOTES", 7)
+    finally:
+        setter.close()
+        other.close()
+    assert "session_pinned" not in proxy.log_text()
+
+
 def test_last_insert_id_is_carried_to_a_later_statement(make_proxy) -> None:
     """LAST_INSERT_ID() asked statements later, after another client inserted on the same
     backend connection, still gives this client's own value, without pinning."""

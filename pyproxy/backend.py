@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from pyproxy import auth
 from pyproxy.direct_write import write_now
 from pyproxy.logs import get_logger
-from pyproxy.session import ClientSession, SessionState, initial_state
+from pyproxy.session import DEFAULT_TRACKING, ClientSession, SessionState, Tracking, initial_state, tracking
 from pyproxy.statements import BackendStatement, StatementCache
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import Reply, make_query
@@ -62,9 +62,13 @@ BASE_CAPABILITIES = (
 # change it was.  The few statements it would reveal are recognised by text.
 TRACKING = (b"SET SESSION session_track_schema=ON, session_track_state_change=ON, "
             b"session_track_system_variables='*'")
+# Read just before: the tracking a server session starts with, which is what
+# a client of this connection sees (pyproxy filters its OK packets to that).
+TRACKING_DEFAULTS = ("SELECT @@session_track_system_variables, @@session_track_schema, "
+                     "@@session_track_state_change, @@session_track_transaction_info")
 
 _ids = itertools.count(1)
-_VALUE = object()  # marks a query_value() entry among pending internal commands
+_ROWS = object()  # marks a query_rows() entry among pending internal commands
 
 
 class BackendError(Exception):
@@ -123,6 +127,8 @@ class BackendConnection(protocol.Protocol):
         self.handshake: HandshakeV10 | None = None
         self.capabilities = 0
         self.state: SessionState = SessionState()
+        # The tracking settings a server session starts with (TRACKING_DEFAULTS).
+        self.tracking: Tracking = DEFAULT_TRACKING
         self.tracker = ResponseTracker(False)  # set from the negotiated capabilities
         self.created_at = clock.seconds()
         self.last_used = self.created_at
@@ -242,7 +248,10 @@ class BackendConnection(protocol.Protocol):
     def _prepare_session(self) -> defer.Deferred[Any]:
         """Turns on session-state tracking, which every pooling decision relies on,
         then runs the configured init query.  What the init query sets is the
-        baseline every client starts from, so it is not carried or undone."""
+        baseline every client starts from, so it is not carried or undone.
+        The session's own tracking settings are read first, in the same round
+        trip; a server without some of them keeps the defaults."""
+        self.query_rows(TRACKING_DEFAULTS).addCallbacks(self._learned_tracking, lambda _: None)
         d = self.execute(make_query(TRACKING))
         if self.target.init_query:
             d.addCallback(lambda _: self.execute(make_query(self.target.init_query)))
@@ -253,6 +262,10 @@ class BackendConnection(protocol.Protocol):
 
         d.addCallback(baseline)
         return d
+
+    def _learned_tracking(self, rows: list[tuple[str | None, ...]]) -> None:
+        if rows and len(rows[0]) == 4 and None not in rows[0]:
+            self.tracking = tracking(*rows[0])  # type: ignore[arg-type]
 
     def _became_ready(self) -> None:
         if self._timeout is not None and self._timeout.active():
@@ -308,29 +321,37 @@ class BackendConnection(protocol.Protocol):
             self.transport.write(b"".join(frame(bytes((COMMAND.COM_STMT_CLOSE,)) + i.to_bytes(4, "little"), 0)
                                           for i in ids))
 
-    def query_value(self, sql: str) -> defer.Deferred[str | None]:
-        """Runs a query pyproxy needs one value from (``SELECT @@max_connections``);
-        fires with the first column of the first row, as text."""
+    def query_rows(self, sql: str) -> defer.Deferred[list[tuple[str | None, ...]]]:
+        """Runs a query pyproxy needs a few values from (``SELECT @@max_connections``,
+        ``SHOW GLOBAL VARIABLES``); fires with its rows, each value as text (None
+        for NULL).  Used rarely, never per client statement."""
         if self.broken or self.transport is None:
             return defer.fail(lost_connection("connection closed"))
-        d: defer.Deferred[str | None] = defer.Deferred()
-        self._pending.append([d, -1, _VALUE])
+        d: defer.Deferred[list[tuple[str | None, ...]]] = defer.Deferred()
+        self._pending.append([d, -1, _ROWS, []])
         self._mode = "internal"
         self._arm_deadline()
         self.transport.write(frame(make_query(sql), 0))
         return d
 
-    def _value_packet(self, entry: list[Any], payload: bytes) -> None:
-        """One packet of a query_value() reply: column count, definitions, rows, end."""
+    def query_value(self, sql: str) -> defer.Deferred[str | None]:
+        """The first column of the first row of ``sql`` (None if no row, or NULL)."""
+        return self.query_rows(sql).addCallback(lambda rows: rows[0][0] if rows else None)
+
+    def _rows_packet(self, entry: list[Any], payload: bytes) -> None:
+        """One packet of a query_rows() reply: column count, definitions, rows, end."""
         d, left = entry[0], entry[1]
         if left == -1:
             if payload[:1] == b"\xff":
                 self._internal_done()
                 d.errback(BackendError.from_err(parse_err(payload)))
                 return
-            columns = payload[0]
+            if payload[:1] == b"\x00":
+                self._internal_done()  # a statement without a result set
+                d.callback(entry[3])
+                return
+            columns = Reader(payload).lenenc_int()
             entry[1] = columns + (0 if self.capabilities & CLIENT.DEPRECATE_EOF else 1)
-            entry.append(None)  # the value, once a row arrives
             return
         if left > 0:
             entry[1] = left - 1  # a definition, or the EOF after them
@@ -341,14 +362,22 @@ class BackendConnection(protocol.Protocol):
         elif payload[:1] == b"\xff":
             self._internal_done()
             d.errback(BackendError.from_err(parse_err(payload)))
-        elif entry[3] is None and payload[:1] != b"\xfb":
-            entry[3] = Reader(payload).lenenc_bytes().decode("utf-8", "replace")
+        else:
+            row = Reader(payload)
+            values = []
+            while row.remaining():
+                if payload[row.pos] == 0xFB:
+                    row.u8()
+                    values.append(None)
+                else:
+                    values.append(row.lenenc_bytes().decode("utf-8", "replace"))
+            entry[3].append(tuple(values))
 
     def _internal_packet(self, payload: bytes) -> None:
         entry = self._pending[0]
         d, left, sql = entry[0], entry[1], entry[2]
-        if sql is _VALUE:
-            self._value_packet(entry, payload)
+        if sql is _ROWS:
+            self._rows_packet(entry, payload)
             return
         if left > 0:
             # A definition packet of an internal COM_STMT_PREPARE.

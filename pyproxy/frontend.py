@@ -21,7 +21,21 @@ from pyproxy.direct_write import write_now
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
-from pyproxy.session import READS_LAST_INSERT_ID, SCAN_LIMIT, SETS_GLOBAL, ClientSession, initial_state, needs_reset, reconcile
+from pyproxy.session import (
+    OWN_TRACKING,
+    READ_GLOBALS,
+    READS_LAST_INSERT_ID,
+    TRACKING_VARIABLES,
+    ClientSession,
+    changed_defaults,
+    initial_state,
+    needs_reset,
+    reconcile,
+    scan_statement,
+    statement_needs,
+    tracking,
+    tracking_assignments,
+)
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor, statement_id
@@ -65,11 +79,6 @@ ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
 ER_WRONG_ARGUMENTS = (1210, "HY000")
 ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
 
-# What a server reports to a client that asked for CLIENT_SESSION_TRACK and kept
-# the default tracking settings (MariaDB's and MySQL's defaults agree).
-CLIENT_TRACKED = frozenset(("autocommit", "character_set_client", "character_set_connection",
-                            "character_set_results", "time_zone"))
-
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
@@ -99,7 +108,8 @@ class FrontendProtocol(protocol.Protocol):
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile", "readonly", "_epoch", "_libmariadb",
+        "_refused_infile", "readonly", "_epoch", "_libmariadb", "_globals_before", "_found",
+        "_own_tracking",
     )
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
@@ -146,6 +156,14 @@ class FrontendProtocol(protocol.Protocol):
         self.last_active = 0.0
         # The sequence id for the error that replaces a refused LOCAL INFILE, or -1.
         self._refused_infile = -1
+        # Around a SET GLOBAL: pyproxy's own connection to the server and the
+        # global variables read over it just before the statement ran.
+        self._globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
+        # What scan_statement() found in the running statement's text.
+        self._found: Any = None
+        # The backend's session_track_* settings are the client's own (a pinned
+        # session): its OK packets reach the client unfiltered.
+        self._own_tracking = False
         self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
@@ -350,9 +368,14 @@ class FrontendProtocol(protocol.Protocol):
         if reply is not None and command not in (COMMAND.COM_PING, COMMAND.COM_SET_OPTION,
                                                  COM_RESET_CONNECTION, COMMAND.COM_CHANGE_USER):
             if command == COMMAND.COM_QUERY:
-                self._sql = payload[1:]
+                sql = self._sql = payload[1:]
                 head = payload[1:2]
                 if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
+                    return
+                found = self._found = scan_statement(sql)
+                if found is not None:
+                    self._busy = True
+                    self._run_flagged(sql, found, self._start)
                     return
             else:
                 self._sql = None
@@ -420,9 +443,13 @@ class FrontendProtocol(protocol.Protocol):
             if types is not None:
                 statement.types = types
             # What the statement does is read from its text, as for COM_QUERY.
-            self._sql = statement.sql
+            sql = self._sql = statement.sql
             self._busy = True
-            self._acquire(lambda: self._execute(statement, packet))
+            found = self._found = scan_statement(sql)
+            if found is not None:
+                self._run_flagged(sql, found, lambda: self._execute(statement, packet))
+            else:
+                self._acquire(lambda: self._execute(statement, packet))
         elif statement is self._cursor and self.backend is not None:
             # FETCH and RESET of the statement whose cursor is open on the pinned connection.
             self._busy = True
@@ -627,7 +654,10 @@ class FrontendProtocol(protocol.Protocol):
                     return
                 self.session.hold_next = False
             elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
-                self._bring_to_state(then)
+                if self.pinned and not self._own_tracking:
+                    self._bring_to_state(lambda: self._restore_tracking(then))
+                else:
+                    self._bring_to_state(then)
                 return
             elif self.pinned:
                 self._busy = False  # nothing was sent: the connection can be reset and reused
@@ -841,9 +871,10 @@ class FrontendProtocol(protocol.Protocol):
                 if self._rewrite_oks:
                     if status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7:
                         strip.append((start, end, frame(strip_session_track(payload), data[start + 3])))
-                elif status & c.SERVER_SESSION_STATE_CHANGED and not self.pinned:
-                    strip.append((start, end, frame(filter_session_track(payload, CLIENT_TRACKED),
-                                                    data[start + 3])))
+                elif status & c.SERVER_SESSION_STATE_CHANGED and not self._own_tracking:
+                    settings = session.tracking or self.backend.tracking
+                    strip.append((start, end, frame(filter_session_track(
+                        payload, settings.variables, settings.kinds), data[start + 3])))
             if strip:
                 edits = sorted(edits + strip)
         if not edits:
@@ -878,23 +909,227 @@ class FrontendProtocol(protocol.Protocol):
         if tracker.untracked_change:
             self._pin("session state changed inside a result set")
         if self._sql is not None:
-            reason = session.observe_query(self._sql, bool(tracker.error))
+            reason = session.observe_query(self._sql, bool(tracker.error), self._found)
             if reason is not None:
                 self._log_pin(reason)
-            if not tracker.error and SETS_GLOBAL.match(self._sql, 0, SCAN_LIMIT):
-                # Connections opened before took the old global values as their
-                # session defaults: new clients must not start from those.
-                for pool in self.proxy.pools.values():
-                    pool.renew()
             if not tracker.error and session.ends_session(self._sql):
-                # The server closes its end: so does pyproxy, as a server would.
+                # The server closes its end: so does pyproxy, as a server would,
+                # and the connection, about to close, serves nobody else.
                 self._kill_pending = True
                 self._closed_reason = "COMMIT/ROLLBACK RELEASE"
+                conn, self.backend = self.backend, None
+                if conn is not None:
+                    _discard(conn, "server session ended (RELEASE)")
         if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
             self._prepared(tracker)
         if self.backend is not None:
             self.backend.state = session.state
+        if self._globals_before is not None or session.reread:
+            self._follow_up()
+            return
         self._finish_command()
+
+    def _follow_up(self) -> None:
+        """What a reply may still need, in pyproxy's own round trips, before the
+        client's next command runs (which waits, as during the reply): reading
+        the globals after a SET GLOBAL, the variables of a SET @@name."""
+        if self.phase == CLOSED:
+            return
+        if self._globals_before is not None:
+            self._compare_globals()
+        elif self.session.reread:
+            self._reread()
+        else:
+            self._finish_command()
+
+    def _reread(self) -> None:
+        """SET @@name = value is not reported by MariaDB's session tracking: the
+        same variables are assigned their own values in a form it reports, so
+        that they are carried (and not left behind for the connection's next
+        borrower).  That changes nothing else in the session, its warnings
+        included.  A pinned session keeps its connection and needs none of it."""
+        session = self.session
+        names, session.reread = session.reread, ()
+        conn = self.backend
+        if self.pinned or conn is None or conn.broken:
+            self._follow_up()
+            return
+
+        def read(payload: bytes) -> None:
+            ok = parse_ok(payload, True)
+            if ok.changes is not None:
+                reason = session.observe_changes(ok.changes, None, self.proxy.ignored_variables)
+                if reason is not None:
+                    self._log_pin(reason)
+            conn.state = session.state
+
+        def failed(failure: Failure) -> None:
+            # The value stays unknown: only this connection has it.
+            self._pin("SET @@variable the server did not report")
+
+        assignments = ", ".join(f"{name} = @@SESSION.{name}" for name in names)
+        conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
+            lambda _: self._follow_up())
+
+    def _run_flagged(self, sql: bytes, found: Any, then: Any) -> None:
+        """A statement whose text scan_statement() flagged: what it needs before it
+        runs (statement_needs()), then borrowing as usual."""
+        needs = statement_needs(sql, found)
+        if needs & OWN_TRACKING:
+            attach = lambda: self._acquire(lambda: self._own_tracking_first(then))  # noqa: E731
+        else:
+            attach = lambda: self._acquire(then)  # noqa: E731
+        if needs & READ_GLOBALS:
+            self._read_globals(attach)
+        else:
+            attach()
+
+    def _own_tracking_first(self, then: Any) -> None:
+        """The statement reads or sets session_track_* variables: the session is
+        pinned, and its connection given the client's own tracking settings
+        before the statement runs, so that it sees what a server would show it."""
+        self._pin("session_track_* variables read or set")
+        self._restore_tracking(then)
+
+    def _restore_tracking(self, then: Any) -> None:
+        """A pinned session keeps its connection until it ends, so pyproxy no longer
+        needs to learn from that connection's tracking: it gets the tracking
+        settings the client's own session would have (those the client did not
+        set itself), and from then on the client sees the server's OK packets
+        as they are.  The connection is reset before anyone else uses it."""
+        conn = self.backend
+        session = self.session
+        self._own_tracking = True
+        command = tracking_assignments(session.tracking or conn.tracking, session.own_tracking)
+        if command is None:
+            then()
+            return
+
+        def failed(failure: Failure) -> None:
+            if self.phase != CLOSED:
+                self._command_failed(failure.value)
+
+        conn.execute(command).addCallbacks(lambda _: then() if self.phase != CLOSED else None, failed)
+
+    def _read_globals(self, then: Any) -> None:
+        """A SET GLOBAL is about to run: the global values it may change are read
+        first (see _compare_globals), over a connection of pyproxy's own, so
+        that the client's session (its warnings, ROW_COUNT()) is not touched.
+        If that fails the statement still runs, and only the pools are renewed."""
+
+        def opened(conn: BackendConnection) -> Any:
+            return conn.query_rows("SHOW GLOBAL VARIABLES").addCallbacks(
+                lambda rows: (conn, _variables(rows)),
+                lambda failure: (conn.close("global variables unread"), failure)[1])
+
+        def read(result: tuple[BackendConnection, dict[str, str | None]]) -> None:
+            if self.phase == CLOSED:
+                result[0].close("client gone")
+                return
+            self._globals_before = result
+            then()
+
+        def failed(failure: Failure) -> None:
+            self.log.warning("global_variables_unread", error=failure.getErrorMessage())
+            self._globals_before = (None, {})
+            if self.phase != CLOSED:
+                then()
+
+        # The server the statement will run on: the held connection's, else the
+        # one this client's route leads to now.
+        held = self.backend
+        pool = held.pool if held is not None and held.pool is not None else \
+            self.proxy.route(self.user, self.readonly, self._pool)
+        connect(self.proxy.reactor, self.proxy.target(self.user, pool.target.config), 0).addCallback(
+            opened).addCallbacks(read, failed)
+
+    def _compare_globals(self) -> None:
+        """After a SET GLOBAL: every session that began before it keeps the old
+        values of the defaults it changed, as its server session would, while
+        sessions that begin later get the new ones.
+
+        The old values become carried variables of the existing sessions (the
+        ones each did not set itself), and pooled connections, which took the
+        old values as their own defaults, are replaced.  Global-only and
+        read-only session variables are left out.
+        """
+        (conn, before), self._globals_before = self._globals_before, None
+        # The sessions that began before the change, and only those: a client
+        # may log in while the values are read.
+        sessions = [client.session for client in self.proxy.clients.values()
+                    if client.session is not None]
+        # Pooled connections took the old global values as their session
+        # defaults: sessions that begin from now on must not get those.
+        self._renew_pools(conn)
+        if conn is None:
+            self._follow_up()
+            return
+        log = self.log
+
+        old_tracking = None
+
+        def compared(rows: list[tuple[str | None, ...]]) -> Any:
+            nonlocal old_tracking
+            after = _variables(rows)
+            if before.get("autocommit") != after.get("autocommit"):
+                self._new_sessions_autocommit(after.get("autocommit") == "ON")
+            if any(before.get(name) != after.get(name) for name in TRACKING_VARIABLES):
+                # What the sessions that began before still see (filtering, and
+                # their pinned connections): the old tracking settings.
+                values = [before.get(name) for name in TRACKING_VARIABLES]
+                if None not in values:
+                    old_tracking = tracking(*values)
+            changed = changed_defaults(before, after, self.proxy.ignored_variables)
+            names = list(changed)
+            # Assigning a variable its own value fails for global-only and
+            # read-only ones (1238, 1621) and changes nothing for the others.
+            probes = [conn.execute(make_query(f"SET SESSION {name} = @@SESSION.{name}")) for name in names]
+            return defer.DeferredList(probes, consumeErrors=True).addCallback(
+                lambda results: {name: changed[name] for name, (ok, _) in zip(names, results) if ok})
+
+        def apply(kept: dict[str, str]) -> None:
+            if kept:
+                log.info("session_defaults_kept", variables=sorted(kept), sessions=len(sessions))
+            for session in sessions:
+                if session.pin_reason is None:  # a pinned one keeps its own connection
+                    session.keep_defaults(kept)
+                    if old_tracking is not None and session.tracking is None:
+                        session.tracking = old_tracking
+
+        def failed(failure: Failure) -> None:
+            log.warning("global_variables_unread", error=failure.getErrorMessage())
+
+        def done(_: Any) -> None:
+            conn.close("global variables read")
+            self._follow_up()
+
+        conn.query_rows("SHOW GLOBAL VARIABLES").addCallback(compared).addCallbacks(
+            apply, failed).addBoth(done)
+
+    def _abandon_globals(self) -> None:
+        """A SET GLOBAL whose reply never came (or the client left): whether it ran is
+        unknown, so pooled connections are replaced as if it had."""
+        if self._globals_before is None:
+            return
+        (conn, _), self._globals_before = self._globals_before, None
+        if conn is not None:
+            conn.close("SET GLOBAL did not complete")
+        self._renew_pools(conn)
+
+    def _renew_pools(self, conn: BackendConnection | None) -> None:
+        """Replaces the pooled connections to the server ``conn`` (pyproxy's own
+        connection beside the SET GLOBAL) went to; all of them when unknown."""
+        server = f"{conn.target.host}:{conn.target.port}" if conn is not None else None
+        for pool in self.proxy.pools.values():
+            if server is None or pool.target is None or pool.target.name == server:
+                pool.renew()
+
+    def _new_sessions_autocommit(self, on: bool) -> None:
+        """SET GLOBAL autocommit: what sessions that begin from now on start with."""
+        server = self.proxy.server
+        status = (server.status | c.SERVER_STATUS_AUTOCOMMIT if on
+                  else server.status & ~c.SERVER_STATUS_AUTOCOMMIT)
+        self.proxy.server = attrs.evolve(server, status=status)
 
     def _query_timed_out(self, packet: Packet) -> None:
         self._query_timer = None
@@ -1008,6 +1243,7 @@ class FrontendProtocol(protocol.Protocol):
 
     def _command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed)."""
+        self._abandon_globals()
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
             exc = lost_connection(repr(exc))
@@ -1039,6 +1275,7 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
+        self._abandon_globals()
         self._cancel_query_timer()
         if self._throttling:
             self._throttling = False
@@ -1089,6 +1326,7 @@ class FrontendProtocol(protocol.Protocol):
         """Gives back a held backend after resetting it (it may carry pinned state)."""
         conn = self.backend
         self.backend = None
+        self._own_tracking = False
         if conn is None:
             return
 
@@ -1139,6 +1377,7 @@ class FrontendProtocol(protocol.Protocol):
         if self._hold_timer is not None and self._hold_timer.active():
             self._hold_timer.cancel()
         self._cancel_query_timer()
+        self._abandon_globals()
         if self._borrowing is not None:
             self._borrowing.cancel()
         conn = self.backend
@@ -1167,6 +1406,11 @@ def _discard(conn: BackendConnection, reason: str) -> None:
         conn.pool.discard(conn, reason)
     else:
         conn.close(reason)
+
+
+def _variables(rows: list[tuple[str | None, ...]]) -> dict[str, str | None]:
+    """SHOW VARIABLES rows as a dict, names in lower case."""
+    return {row[0].lower(): row[1] for row in rows if len(row) >= 2 and row[0] is not None}
 
 
 class FrontendFactory(protocol.Factory):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 
 import attrs
 from pymysql.charset import charset_by_id
@@ -24,6 +25,10 @@ from pyproxy.wire.constants import (
     MYSQL_OPTION_MULTI_STATEMENTS_ON,
     SERVER_STATUS_AUTOCOMMIT,
     SERVER_STATUS_IN_TRANS,
+    SESSION_TRACK_SCHEMA,
+    SESSION_TRACK_STATE_CHANGE,
+    SESSION_TRACK_TRANSACTION_CHARACTERISTICS,
+    SESSION_TRACK_TRANSACTION_STATE,
 )
 from pyproxy.wire.responses import SessionChanges
 
@@ -46,6 +51,7 @@ UNCARRIED_VARIABLES = frozenset((
     "timestamp",
 ))
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
+_NAME = re.compile(r"[a-z0-9_]+\Z")
 
 # Statements whose effect the server's tracking does not report, in one
 # pattern so that ordinary statements cost a single search.  Statements are
@@ -53,9 +59,17 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 # calls anywhere.  SET TRANSACTION without SESSION/GLOBAL sets the
 # characteristics of the next transaction only.
 _UNTRACKED = re.compile(
-    rb"(?is)(?:^|;)\s*(?:/\*.*?\*/\s*)*(lock\s+tables?|handler|xa\s+(?:start|begin)|set\s+transaction"
-    rb"|flush\s+tables?\b[^;]*?\bwith\s+read\s+lock)\b"
-    rb"|\b(get_lock|found_rows|row_count)\s*\(|\b(sql_calc_found_rows)\b")
+    rb"(?is)(?:^|;)\s*(?:/\*.*?\*/\s*)*(?:(lock\s+tables?|handler|xa\s+(?:start|begin)|set\s+transaction"
+    rb"|flush\s+tables?\b[^;]*?\bwith\s+read\s+lock)\b|(set)\b(?=[^;]*(?:@@|\bglobal\b)))"
+    rb"|\b(get_lock|found_rows|row_count)\s*\(|\b(sql_calc_found_rows)\b|\b(session_track)")
+# Cheap checks that every statement _UNTRACKED finds passes (on lower case).
+_MAYBE_START = re.compile(rb"\s*(?:/\*|set\b|lock|handler|xa\b|flush)")
+_MAYBE_ANYWHERE = re.compile(rb";|get_lock|found_rows|row_count|session_track")
+# SET @@name = value, with no GLOBAL/SESSION/LOCAL qualifier: MariaDB's session
+# tracking does not report it (SET @@SESSION.name and SET name are reported).
+_BARE_ASSIGNMENT = re.compile(rb"(?i)@@(?!(?:global|session|local)\.)([a-z_][a-z0-9_]*)\s*:?=")
+# Within a SET statement: an assignment to a global value.
+_GLOBAL_ASSIGNMENT = re.compile(rb"(?i)@@global\.|\bglobal\s+\w")
 _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LOCK TABLES",
                     b"flush": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction",
                     b"found_rows": "FOUND_ROWS() (reads the previous statement)",
@@ -65,8 +79,9 @@ _UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LO
 SCAN_LIMIT = 65536
 # LAST_INSERT_ID() is carried: the value is replayed with SET last_insert_id.
 READS_LAST_INSERT_ID = re.compile(rb"(?i)last_insert_id|identity")
-# SET GLOBAL changes the defaults new server sessions start from.
-SETS_GLOBAL = re.compile(rb"(?is)^\s*set\b.*?(?:@@global\.|\bglobal\s+\w)")
+# What a statement needs before it runs (statement_needs()).
+READ_GLOBALS = 1  # a SET GLOBAL: the defaults of new server sessions change
+OWN_TRACKING = 2  # it reads or sets session_track_*: it must see the client's own
 # COMMIT RELEASE / ROLLBACK RELEASE end the server session, and so the client's.
 _RELEASE = re.compile(rb"(?is)^\s*(?:commit|rollback)\b(?:\s+work)?(?:\s+and\s+(?:no\s+)?chain)?\s+release\b")
 _COLLATE = re.compile(rb"(?i)\bcollate\s*=?\s*['\"`]?(\w+)")
@@ -91,6 +106,63 @@ class SessionState:
     # order, values as the server reports them: sql_mode, time_zone, the
     # isolation level, foreign_key_checks, wait_timeout...
     variables: tuple[tuple[str, str], ...] = ()
+
+
+TRACKING_VARIABLES = ("session_track_system_variables", "session_track_schema",
+                      "session_track_state_change", "session_track_transaction_info")
+_TRACKING_KINDS = {"STATE": frozenset((SESSION_TRACK_TRANSACTION_STATE,)),
+                   "CHARACTERISTICS": frozenset((SESSION_TRACK_TRANSACTION_STATE,
+                                                 SESSION_TRACK_TRANSACTION_CHARACTERISTICS))}
+
+
+@attrs.frozen(slots=True)
+class Tracking:
+    """The session-state tracking settings a client's session has, which decide
+    what the server reports to it; pyproxy's backend connections track more
+    (see pyproxy.backend.TRACKING).  Values are as the server shows them.
+    Made with tracking(), which shares equal values."""
+
+    system_variables: str = "autocommit,character_set_client,character_set_connection,character_set_results,time_zone"
+    schema: str = "ON"
+    state_change: str = "OFF"
+    transaction_info: str = "OFF"
+    # The system variables reported (None: every one) and the other entry types.
+    variables: frozenset[str] | None = attrs.field(init=False, eq=False, repr=False)
+    kinds: frozenset[int] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        names = self.system_variables.strip()
+        variables = None if names == "*" else frozenset(
+            name.strip().lower() for name in names.split(",") if name.strip())
+        kinds = set(_TRACKING_KINDS.get(self.transaction_info.upper(), ()))
+        if self.schema.upper() in ("ON", "1"):
+            kinds.add(SESSION_TRACK_SCHEMA)
+        if self.state_change.upper() in ("ON", "1"):
+            kinds.add(SESSION_TRACK_STATE_CHANGE)
+        object.__setattr__(self, "variables", variables)
+        object.__setattr__(self, "kinds", frozenset(kinds))
+
+    def values(self) -> dict[str, str]:
+        return dict(zip(TRACKING_VARIABLES, (self.system_variables, self.schema,
+                                             self.state_change, self.transaction_info)))
+
+
+def _on_off(value: str) -> str:
+    return {"1": "ON", "0": "OFF"}.get(value, value)
+
+
+def tracking(system_variables: str, schema: str, state_change: str, transaction_info: str) -> Tracking:
+    """A Tracking, shared by every connection and session with the same settings
+    (booleans as ON/OFF whether the server said 1 or ON)."""
+    return _shared_tracking(system_variables, _on_off(schema), _on_off(state_change), transaction_info)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_tracking(system_variables: str, schema: str, state_change: str, transaction_info: str) -> Tracking:
+    return Tracking(system_variables, schema, state_change, transaction_info)
+
+
+DEFAULT_TRACKING = tracking(*Tracking().values().values())
 
 
 @functools.lru_cache(maxsize=256)
@@ -172,6 +244,69 @@ def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
     return commands
 
 
+def scan_statement(sql: bytes) -> re.Match[bytes] | None:
+    """The first thing in ``sql`` that session tracking does not tell (see
+    ClientSession.observe_query and statement_needs()), or None.
+
+    This runs for every statement.  _UNTRACKED, case-insensitive with many
+    branches, costs microseconds per statement; ordinary statements are let
+    through by a check on a lower-case copy of the head (a few words, a
+    statement start), several times cheaper, and only the others are searched.
+    """
+    head = sql[:SCAN_LIMIT].lower()
+    if _MAYBE_START.match(head) is None and _MAYBE_ANYWHERE.search(head) is None:
+        return None
+    return _UNTRACKED.search(sql, 0, SCAN_LIMIT)
+
+
+def _statement_end(sql: bytes, start: int) -> int:
+    end = sql.find(b";", start, SCAN_LIMIT)
+    return end if end >= 0 else min(len(sql), SCAN_LIMIT)
+
+
+def statement_needs(sql: bytes, found: re.Match[bytes]) -> int:
+    """What a statement that scan_statement() flagged needs before it runs:
+    READ_GLOBALS for a SET GLOBAL, OWN_TRACKING when it reads or sets the
+    session_track_* variables."""
+    needs = 0
+    for match in _UNTRACKED.finditer(sql, found.start(), SCAN_LIMIT):
+        if match.group(2) is not None:
+            if _GLOBAL_ASSIGNMENT.search(sql, match.end(2), _statement_end(sql, match.end(2))):
+                needs |= READ_GLOBALS
+        elif match.group(5) is not None:
+            needs |= OWN_TRACKING
+    return needs
+
+
+def tracking_assignments(settings: Tracking, keep: frozenset[str]) -> bytes | None:
+    """The SET that gives a connection the tracking ``settings``, but for the
+    variables in ``keep`` (which the client set itself); None if nothing is left."""
+    values = [(name, value) for name, value in settings.values().items() if name not in keep]
+    if not values:
+        return None
+    return make_query("SET SESSION " + ", ".join(f"{name}={_literal(value)}" for name, value in values))
+
+
+def changed_defaults(before: Mapping[str, str | None], after: Mapping[str, str | None],
+                     ignore: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The session defaults a SET GLOBAL changed, with their old values.
+
+    ``before`` and ``after`` are the server's global values (``SHOW GLOBAL
+    VARIABLES``) around the statement.  Left out: variables every session
+    carries explicitly anyway (autocommit, the character sets), those that are
+    not carried at all, and NULLs, which a SET cannot restore by value.  Some
+    of the rest are global only; the caller checks which have a session value.
+    """
+    changed = {}
+    for name, old in before.items():
+        if (old is None or after.get(name, old) == old or name in CARRIED_VARIABLES
+                or name in IGNORED_VARIABLES or name in UNCARRIED_VARIABLES or name in ignore
+                or _NAME.match(name) is None):
+            continue
+        changed[name] = old
+    return changed
+
+
 def needs_reset(desired: SessionState, actual: SessionState) -> bool:
     """True when the backend has a schema selected and the client has none."""
     return desired.schema is None and actual.schema is not None
@@ -197,6 +332,14 @@ class ClientSession:
     # What LAST_INSERT_ID() returns in this session: the insert id of its last
     # statement that generated one.
     last_insert_id: int = 0
+    # Variables the last statement assigned without the server reporting them
+    # (SET @@name = value): pyproxy reads them back before the next command.
+    reread: tuple[str, ...] = ()
+    # The session's tracking settings when they differ from its connection's
+    # (a SET GLOBAL changed them after the session began), else None.
+    tracking: Tracking | None = None
+    # The session_track_* variables the client set itself.
+    own_tracking: frozenset[str] = frozenset()
 
     def keeps_backend(self) -> bool:
         """Whether the backend connection must stay with this client after a reply."""
@@ -209,6 +352,17 @@ class ClientSession:
         self.hold_next = bool(error or warnings or affected)
         if insert_id:
             self.last_insert_id = insert_id
+
+    def keep_defaults(self, defaults: Mapping[str, str]) -> None:
+        """A SET GLOBAL changed what new server sessions start from; this session
+        started before, and keeps the values it started with, as a server
+        session does.  Those it did not set itself become carried values, so
+        that connections opened after the change are brought back to them."""
+        own = dict(self.state.variables)
+        kept = {name: value for name, value in defaults.items() if name not in own}
+        if kept:
+            own.update(kept)
+            self.state = attrs.evolve(self.state, variables=tuple(sorted(own.items())))
 
     def holds_state(self) -> bool:
         """Whether the held connection carries something that dies with it."""
@@ -242,6 +396,8 @@ class ClientSession:
             elif name in IGNORED_VARIABLES or name in ignore:
                 continue
             elif name in UNCARRIED_VARIABLES:
+                if name in TRACKING_VARIABLES:
+                    self.own_tracking = self.own_tracking | {name}
                 if reason is None:
                     reason = f"system variable {name} changed"
             else:
@@ -268,21 +424,31 @@ class ClientSession:
             self.pin(reason)
         return reason
 
-    def observe_query(self, sql: bytes, failed: bool) -> str | None:
+    def observe_query(self, sql: bytes, failed: bool,
+                      found: re.Match[bytes] | None | bool = True) -> str | None:
         """Reads what tracking does not report from the statement text.
 
         Named locks, HANDLER, LOCK TABLES, XA and readers of the previous
         statement's results pin the session.  SET TRANSACTION holds the
         connection until the next statement has used the characteristics it
-        set; SQL_CALC_FOUND_ROWS holds it for the FOUND_ROWS() that follows.
+        set; SQL_CALC_FOUND_ROWS holds it for the FOUND_ROWS() that follows;
+        SET @@name = value leaves the names in ``reread``.  ``found``: what
+        scan_statement() gave for ``sql`` before it ran (True: scan it now).
         """
         self.pending_characteristics = False
-        if failed or _UNTRACKED.search(sql, 0, SCAN_LIMIT) is None:
+        if found is True:
+            found = scan_statement(sql)
+        if failed or found is None or found is False:
             return None
         reason = None
-        for match in _UNTRACKED.finditer(sql, 0, SCAN_LIMIT):
-            found = (match.group(1) or match.group(2) or match.group(3)).lower()
-            word = re.split(rb"\s", found, maxsplit=1)[0]
+        for match in _UNTRACKED.finditer(sql, found.start(), SCAN_LIMIT):
+            if match.group(2) is not None:
+                self._assigned_bare(sql, match.end(2))
+                continue
+            if match.group(5) is not None:
+                continue  # handled before the statement ran (statement_needs)
+            found_text = (match.group(1) or match.group(3) or match.group(4)).lower()
+            word = re.split(rb"\s", found_text, maxsplit=1)[0]
             if word == b"set":
                 self.pending_characteristics = True
             elif word == b"sql_calc_found_rows":
@@ -291,6 +457,15 @@ class ClientSession:
                 reason = f"{_UNTRACKED_NAMES[word]} used"
                 self.pin(reason)
         return reason
+
+    def _assigned_bare(self, sql: bytes, start: int) -> None:
+        """The variables one SET statement assigns as @@name, which the server
+        does not report: ``reread`` lists them for pyproxy to ask again."""
+        names = [name.decode("ascii").lower() for name in
+                 _BARE_ASSIGNMENT.findall(sql, start, _statement_end(sql, start))]
+        names = [name for name in names if name != "autocommit" and name not in self.reread]
+        if names:
+            self.reread = self.reread + tuple(names)
 
     def ends_session(self, sql: bytes) -> bool:
         """Whether a successful statement ended the server session: COMMIT RELEASE,

@@ -14,12 +14,13 @@ from pyproxy import auth
 from pyproxy.backend import (
     BASE_CAPABILITIES,
     TRACKING,
+    TRACKING_DEFAULTS,
     BackendConnection,
     BackendError,
     Target,
     connect,
 )
-from pyproxy.session import initial_state
+from pyproxy.session import DEFAULT_TRACKING, Tracking, initial_state
 from pyproxy.wire.commands import Reply, make_query
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, frame
@@ -72,9 +73,10 @@ class FakeServer:
         [response] = self.received()
         assert response.seq == 1
         self.send(vectors.LOGIN_OK)
-        [tracking] = self.received()
+        [defaults, tracking] = self.received()
+        assert defaults.payload == make_query(TRACKING_DEFAULTS)
         assert tracking.payload == make_query(TRACKING)
-        self.send(vectors.TRACKING_OK)
+        self.send(vectors.SESSION_SETUP)
 
 
 def ready_backend(reactor: Any, flavor: int = DEOF_FLAVOR,
@@ -150,23 +152,52 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(response.database, "app")
         server.send(vectors.LOGIN_OK)
         server.received()
-        server.send(vectors.TRACKING_OK)
+        server.send(vectors.SESSION_SETUP)
         self.assertEqual(self.successResultOf(conn.ready).state.schema, "app")
 
     def test_tracking_set_then_ready(self) -> None:
-        """After the login OK it turns tracking on (seq 0), and is ready only once that succeeds."""
+        """After the login OK it reads the session's own tracking settings and turns
+        pyproxy's tracking on, in one round trip (seq 0 each), and is ready only once
+        that succeeds."""
         conn = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
         server = FakeServer(conn)
         server.send(vectors.GREETING)
         server.received()
         server.send(vectors.LOGIN_OK)
-        [tracking] = server.received()
+        [defaults, tracking] = server.received()
+        self.assertEqual((defaults.seq, defaults.payload), (0, make_query(TRACKING_DEFAULTS)))
         self.assertEqual((tracking.seq, tracking.payload), (0, make_query(TRACKING)))
         self.assertNoResult(conn.ready)
-        server.send(vectors.TRACKING_OK, pieces=7)
+        server.send(vectors.SESSION_SETUP, pieces=7)
         self.assertIs(self.successResultOf(conn.ready), conn)
         self.assertEqual(conn.state, initial_state(45, None, True, True))
+        self.assertEqual(conn.tracking, DEFAULT_TRACKING)
         self.assertFalse(conn.broken)
+
+    def test_tracking_settings_learned(self) -> None:
+        """The tracking a session starts with is read from the server (here, as an
+        administrator configured it); a server that cannot say keeps the defaults."""
+        conn = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
+        server = FakeServer(conn)
+        server.send(vectors.GREETING)
+        server.received()
+        server.send(vectors.LOGIN_OK)
+        server.received()
+        definition = b"\x03def\x00\x00\x00\x01a\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
+        row = b"".join(bytes((len(v),)) + v for v in (b"time_zone", b"1", b"1", b"STATE"))
+        reply = (frame(b"\x04", 1) + b"".join(frame(definition, seq) for seq in range(2, 6))
+                 + frame(row, 6) + frame(b"\xfe\x00\x00\x02\x00\x00\x00", 7))
+        server.send(reply + vectors.TRACKING_OK)
+        self.assertEqual(self.successResultOf(conn.ready).tracking,
+                         Tracking("time_zone", "ON", "ON", "STATE"))
+        old = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
+        server = FakeServer(old)
+        server.send(vectors.GREETING)
+        server.received()
+        server.send(vectors.LOGIN_OK)
+        server.received()
+        server.send(frame(make_err(1193, "HY000", "Unknown system variable"), 1) + vectors.TRACKING_OK)
+        self.assertIs(self.successResultOf(old.ready).tracking, DEFAULT_TRACKING)
 
     def test_login_split_at_every_byte(self) -> None:
         """The whole login works whatever the server's packets are cut into."""
@@ -177,7 +208,7 @@ class LoginTests(SynchronousTestCase):
             server.received()
             server.send(vectors.LOGIN_OK, pieces)
             server.received()
-            server.send(vectors.TRACKING_OK, pieces)
+            server.send(vectors.SESSION_SETUP, pieces)
             self.successResultOf(conn.ready)
 
     def test_server_error_at_greeting(self) -> None:
@@ -204,7 +235,7 @@ class LoginTests(SynchronousTestCase):
         server = FakeServer(conn)
         server.send(vectors.GREETING)
         server.send(vectors.LOGIN_OK)
-        server.send(vectors.ERR_NO_TABLE)
+        server.send(vectors.TRACKING_DEFAULTS_ROWS + vectors.ERR_NO_TABLE)
         self.assertEqual(self.failureResultOf(conn.ready, BackendError).value.code, 1146)
         self.assertTrue(conn.broken)
 
@@ -222,7 +253,7 @@ class LoginTests(SynchronousTestCase):
         server.send(frame(b"\x01\x03", 4))  # fast auth success
         server.send(frame(make_ok(2), 5))
         server.received()
-        server.send(vectors.TRACKING_OK)
+        server.send(vectors.SESSION_SETUP)
         self.successResultOf(conn.ready)
 
     def test_clear_password_refused(self) -> None:
@@ -364,9 +395,9 @@ class CommandTests(SynchronousTestCase):
         [packet] = self.server.received()
         self.assertEqual(packet.payload, bytes((COM_RESET_CONNECTION,)))
         self.server.send(vectors.PING_OK)
-        [tracking] = self.server.received()
+        [defaults, tracking] = self.server.received()
         self.assertEqual(tracking.payload, make_query(TRACKING))
-        self.server.send(vectors.TRACKING_OK)
+        self.server.send(vectors.SESSION_SETUP)
         self.assertIs(self.successResultOf(d), self.conn)
         self.assertEqual(self.conn.state, initial_state(45, "app", True, True))
 
@@ -378,9 +409,9 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual((packet.seq, request.username, request.database), (0, "app", None))
         self.assertTrue(auth.verify_native(b"secret", NONCE, request.auth_response))
         self.server.send(frame(make_ok(2), 1))
-        [tracking] = self.server.received()
+        [defaults, tracking] = self.server.received()
         self.assertEqual(tracking.payload, make_query(TRACKING))
-        self.server.send(vectors.TRACKING_OK)
+        self.server.send(vectors.SESSION_SETUP)
         self.assertIs(self.successResultOf(d), self.conn)
         self.assertIsNone(self.conn.state.schema)
 
@@ -416,7 +447,7 @@ class ConnectTests(SynchronousTestCase):
         self.protocol.dataReceived(vectors.GREETING)
         self.protocol.dataReceived(vectors.LOGIN_OK)
         self.assertNoResult(self.d)
-        self.protocol.dataReceived(vectors.TRACKING_OK)
+        self.protocol.dataReceived(vectors.SESSION_SETUP)
         conn = self.successResultOf(self.d)
         self.assertIsInstance(conn, BackendConnection)
         self.assertEqual(conn.flavor, DEOF_FLAVOR)
@@ -484,3 +515,35 @@ class QueryValueTests(SynchronousTestCase):
         server.send(reply, pieces=3)
         self.assertEqual(self.successResultOf(d), "151")
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_query_rows_reads_every_row_and_null(self) -> None:
+        """query_rows() gives each row's values as text, NULL as None; a classic EOF
+        after the definitions (a connection without DEPRECATE_EOF) is skipped."""
+        reactor = MemoryReactorClock()
+        conn, server = ready_backend(reactor, flavor=CLIENT.LOCAL_FILES)
+        conn.capabilities &= ~CLIENT.DEPRECATE_EOF
+        server.received()
+        d = conn.query_rows("SHOW GLOBAL VARIABLES")
+        definition = b"\x03def\x00\x00\x00\x04Name\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
+        reply = (frame(b"\x02", 1) + frame(definition, 2) + frame(definition, 3)
+                 + frame(b"\xfe\x00\x00\x02\x00", 4)
+                 + frame(b"\x08sql_mode\x04ANSI", 5) + frame(b"\x0cinit_connect\xfb", 6)
+                 + frame(b"\x04port" + b"\xfc\x03\x00" + b"123", 7)
+                 + frame(b"\xfe\x00\x00\x02\x00", 8))
+        server.send(reply, pieces=4)
+        self.assertEqual(self.successResultOf(d), [("sql_mode", "ANSI"), ("init_connect", None),
+                                                   ("port", "123")])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_query_rows_error(self) -> None:
+        """The server's error fails the Deferred with it, and the connection stays usable."""
+        reactor = MemoryReactorClock()
+        conn, server = ready_backend(reactor)
+        server.received()
+        d = conn.query_rows("SHOW NOTHING")
+        server.send(frame(make_err(1064, "42000", "You have an error"), 1))
+        self.assertEqual(self.failureResultOf(d, BackendError).value.code, 1064)
+        self.assertFalse(conn.broken)
+        ping = conn.ping()
+        server.send(vectors.PING_OK)
+        self.assertEqual(self.successResultOf(ping)[:1], b"\x00")

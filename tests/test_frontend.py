@@ -22,6 +22,7 @@ from pyproxy.config import build
 from pyproxy.frontend import COMMANDS, FrontendFactory, FrontendProtocol
 from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.session import DEFAULT_TRACKING, tracking
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     CLIENT,
@@ -40,7 +41,8 @@ from pyproxy.wire.handshake import (
     parse_auth_switch_request,
     parse_handshake_v10,
 )
-from pyproxy.wire.responses import ERR, make_err, make_ok, parse_err, parse_ok
+from pyproxy.wire.buffer import lenenc_bytes
+from pyproxy.wire.responses import ERR, make_err, make_ok, make_ok_tracked, parse_err, parse_ok
 from test_backend import FakeServer, FakeTransport, ready_backend
 
 GREETING = parse_handshake_v10(vectors.GREETING[4:])
@@ -553,16 +555,29 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.pool.idle, [conn])
 
     def test_user_variable_pins(self) -> None:
-        """SET @x=1 pins the client to its backend; the tracked OK reaches it unchanged."""
+        """SET @x=1 pins the client to its backend.  Its OK was tracked with pyproxy's
+        settings, so the client sees what its own (default) settings show: nothing.
+        Before the next command the connection gets the client's own tracking
+        settings; from then on OKs reach the client unchanged."""
         conn, server = self.first_backend(self.client, "SET @x=1")
         server.send(vectors.USER_VARIABLE_OK)
-        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK)
+        self.assertEqual(self.client.raw(), frame(make_ok_tracked(SERVER_STATUS_AUTOCOMMIT), 1))
         self.assertTrue(self.client.protocol.pinned)
         self.assertIs(self.client.protocol.backend, conn)
         self.client.send(b"\x0e")  # a pinned client's ping goes to its backend
+        [restore] = server.received()
+        self.assertEqual(restore.payload, make_query(
+            "SET SESSION session_track_system_variables='autocommit,character_set_client,"
+            "character_set_connection,character_set_results,time_zone', session_track_schema='ON', "
+            "session_track_state_change='OFF', session_track_transaction_info='OFF'"))
+        server.send(vectors.PING_OK)
         self.assertEqual(server.received()[0].payload, b"\x0e")
         server.send(vectors.PING_OK)
         self.assertEqual(self.client.raw(), vectors.PING_OK)
+        self.client.query("SET @y=2")
+        server.received()
+        server.send(vectors.USER_VARIABLE_OK)  # whatever the server now reports is the client's
+        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK)
 
     def test_pinned_client_leaving_resets_backend(self) -> None:
         """When a pinned client leaves, its backend is reset before going back to the pool."""
@@ -574,7 +589,7 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.pool.idle, [])
         server.send(vectors.PING_OK)
         server.received()
-        server.send(vectors.TRACKING_OK)
+        server.send(vectors.SESSION_SETUP)
         self.assertEqual(self.pool.idle, [conn])
 
     def test_carried_schema_replayed_on_new_backend(self) -> None:
@@ -646,16 +661,22 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.pool.idle, [conn])
 
     def test_pipelined_commands_run_in_order(self) -> None:
-        """Commands sent back to back wait their turn; each reply follows its command."""
+        """Commands sent back to back wait their turn; each reply follows its command
+        (after the user variable pins the session, pyproxy first gives its connection
+        the client's own tracking settings)."""
         self.client.protocol.dataReceived(frame(make_query("SET @x=1"), 0) + frame(make_query(SELECT), 0))
         conn, server = self.backends.open()
         [first] = server.received()
         self.assertEqual(first.payload, make_query("SET @x=1"))
         server.send(vectors.USER_VARIABLE_OK)
+        [restore] = server.received()
+        self.assertTrue(restore.payload.startswith(b"\x03SET SESSION session_track_system_variables="))
+        server.send(vectors.PING_OK)
         [second] = server.received()
         self.assertEqual(second.payload, make_query(SELECT))
         server.send(vectors.SELECT_DEOF)
-        self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK + vectors.SELECT_DEOF)
+        self.assertEqual(self.client.raw(), frame(make_ok_tracked(SERVER_STATUS_AUTOCOMMIT), 1)
+                         + vectors.SELECT_DEOF)
 
     def test_error_reply_forwarded(self) -> None:
         """The server's ERR reaches the client unchanged; the connection stays for one more
@@ -999,3 +1020,249 @@ class RoutingTests(SynchronousTestCase):
         conn, _ = self.select(client, self.reader_backends)
         self.assertIs(conn.pool.target, self.reader)
         self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+
+
+def rows_reply(rows: list[tuple[str, str]]) -> bytes:
+    """A two-column text result set (SHOW VARIABLES), as a DEPRECATE_EOF server sends it."""
+    definition = b"\x03def\x00\x00\x00\x05Value\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
+    packets = [b"\x02", definition, definition]
+    packets += [lenenc_bytes(name.encode()) + lenenc_bytes(value.encode()) for name, value in rows]
+    packets.append(b"\xfe\x00\x00\x02\x00\x00\x00")
+    return b"".join(frame(payload, seq) for seq, payload in enumerate(packets, 1))
+
+
+def ok_tracking(variables: dict[str, str]) -> bytes:
+    """An OK whose session-state block reports ``variables`` (and a state change)."""
+    entries = b"".join(b"\x00" + lenenc_bytes(lenenc_bytes(name.encode()) + lenenc_bytes(value.encode()))
+                       for name, value in variables.items())
+    entries += b"\x02\x01\x31"
+    status = SERVER_STATUS_AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED
+    return frame(b"\x00\x00\x00" + status.to_bytes(2, "little") + b"\x00\x00\x00"
+                 + lenenc_bytes(entries), 1)
+
+
+class GlobalVariablesTests(LoggedIn):
+    """SET GLOBAL changes what new server sessions start from, never existing ones."""
+
+    def side_connection(self) -> tuple[BackendConnection, FakeServer]:
+        """The connection pyproxy opens for itself, logged in."""
+        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
+        wrapper = factory.buildProtocol(None)  # the endpoint's wrapper around the connection
+        server = FakeServer(wrapper)
+        server.login()
+        return wrapper._wrappedProtocol, server
+
+    def test_sessions_keep_their_defaults_across_set_global(self) -> None:
+        """The globals are read over pyproxy's own connection before and after the
+        statement; a session that began before keeps the old value of each session
+        default that changed (global-only ones are refused a session SET and left out),
+        a session that begins after gets the new one, and pooled connections are replaced."""
+        earlier = self.connect()
+        sql = "SET GLOBAL auto_increment_increment = 10, max_connections = 200"
+        self.client.query(sql)
+        side, side_server = self.side_connection()
+        [show] = side_server.received()
+        self.assertEqual(show.payload, make_query("SHOW GLOBAL VARIABLES"))
+        side_server.send(rows_reply([("auto_increment_increment", "1"), ("max_connections", "151")]))
+        conn, server = self.backends.open()
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(sql))
+        server.send(vectors.COMMIT_OK)
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        later = self.connect()  # logs in while pyproxy reads the globals again
+        [show] = side_server.received()
+        self.assertEqual(show.payload, make_query("SHOW GLOBAL VARIABLES"))
+        side_server.send(rows_reply([("auto_increment_increment", "10"), ("max_connections", "200")]))
+        probes = side_server.received()
+        self.assertEqual([p.payload for p in probes], [make_query(
+            f"SET SESSION {name} = @@SESSION.{name}") for name in ("auto_increment_increment",
+                                                                  "max_connections")])
+        side_server.send(vectors.PING_OK + frame(make_err(1238, "HY000", "Variable 'max_connections' "
+                                                           "is a GLOBAL variable"), 1))
+        self.assertTrue(side.broken)  # closed once read
+        for client in (self.client, earlier):
+            self.assertEqual(client.protocol.session.state.variables, (("auto_increment_increment", "1"),))
+        self.assertEqual(later.protocol.session.state.variables, ())
+        self.assertTrue(conn.broken)  # opened with the old defaults: not lent again
+        self.assertEqual(self.pool.idle, [])
+        # The earlier session's next statement runs on a new connection, with its value.
+        earlier.query("SELECT 1")
+        conn2, server2 = self.backends.open()
+        [replay] = server2.received()
+        self.assertEqual(replay.payload, make_query("SET SESSION auto_increment_increment=1"))
+        server2.send(vectors.COMMIT_OK)
+        [select] = server2.received()
+        self.assertEqual(select.payload, make_query("SELECT 1"))
+
+    def test_side_connection_failure_still_runs_the_statement(self) -> None:
+        """If pyproxy cannot read the globals, the statement runs anyway and pooled
+        connections are replaced, as before."""
+        self.client.query("SET GLOBAL sql_mode = ''")
+        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.proxy.reactor.advance(1)  # the endpoint reports the failure on a later turn
+        conn, server = self.backends.open()
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query("SET GLOBAL sql_mode = ''"))
+        server.send(vectors.COMMIT_OK)
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        self.assertTrue(conn.broken)
+        self.assertFalse(self.client.closed)
+
+    def test_failed_set_global_closes_pyproxys_connection(self) -> None:
+        """If the statement never gets its reply, pyproxy's own connection is closed and
+        pooled connections are replaced all the same."""
+        self.client.query("SET GLOBAL sql_mode = ''")
+        side, side_server = self.side_connection()
+        side_server.received()
+        side_server.send(rows_reply([("sql_mode", "STRICT")]))
+        conn, server = self.backends.open()
+        server.received()
+        conn.connectionLost(Failure(ConnectionError("gone")))
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1], 2013)
+        self.assertTrue(side.broken)
+        self.assertEqual(self.pool.generation, 1)
+        self.assertIsNone(self.client.protocol._globals_before)
+
+
+class UnreportedSetTests(LoggedIn):
+    def test_bare_assignment_is_read_back_and_carried(self) -> None:
+        """SET @@sql_mode = ... is not reported by the server: pyproxy assigns the
+        variable its own value in a reported form right after the reply, so it is
+        carried, and the next borrower of the connection gets it reset."""
+        conn, server = self.first_backend(self.client, "SET @@sql_mode = 'ANSI_QUOTES'")
+        server.send(vectors.COMMIT_OK)  # untracked: a plain OK
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        [reread] = server.received()
+        self.assertEqual(reread.payload, make_query("SET SESSION sql_mode = @@SESSION.sql_mode"))
+        self.assertEqual(self.pool.lent, {conn})  # until pyproxy knows
+        server.send(ok_tracking({"sql_mode": "ANSI_QUOTES"}))
+        self.assertEqual(self.client.raw(), b"")
+        self.assertEqual(self.client.protocol.session.state.variables, (("sql_mode", "ANSI_QUOTES"),))
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertFalse(self.client.protocol.pinned)
+        other = self.connect()
+        other.query("SELECT 1")
+        [reset] = server.received()
+        self.assertEqual(reset.payload, make_query("SET SESSION sql_mode=DEFAULT"))
+        server.send(vectors.COMMIT_OK)
+        [select] = server.received()
+        self.assertEqual(select.payload, make_query("SELECT 1"))
+
+    def test_pinned_session_reads_nothing_back(self) -> None:
+        """A pinned session keeps its connection: no read-back is needed."""
+        conn, server = self.first_backend(self.client, "SET @x = 1")
+        server.send(vectors.USER_VARIABLE_OK)
+        self.client.raw()
+        self.client.query("SET @@sql_mode = ''")
+        server.received()  # the client's tracking settings
+        server.send(vectors.PING_OK)
+        server.received()
+        server.send(vectors.COMMIT_OK)
+        self.client.raw()
+        self.assertEqual(server.received(), [])
+
+
+class ReleaseTests(LoggedIn):
+    def test_commit_release_closes_client_and_backend(self) -> None:
+        """COMMIT RELEASE ends the server session: the client is closed, as by a server,
+        and the backend connection, about to be closed by the server, is not lent again."""
+        conn, server = self.first_backend(self.client, "COMMIT RELEASE")
+        server.send(vectors.COMMIT_OK)
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        self.assertTrue(self.client.closed)
+        self.assertTrue(conn.broken)
+        self.assertEqual((self.pool.idle, self.pool.lent), ([], set()))
+
+
+
+class ClientTrackingTests(LoggedIn):
+    """A client sees the session tracking its own settings give it, never pyproxy's."""
+
+    def test_client_sees_what_its_settings_show(self) -> None:
+        """Tracking settings are read from each new connection: a server configured to
+        report only character_set_connection shows the client only that."""
+        self.client.query("SET NAMES latin1")
+        conn, server = self.backends.open()
+        conn.tracking = tracking("character_set_connection", "ON", "OFF", "OFF")
+        server.received()
+        server.send(vectors.SET_NAMES_OK)
+        [ok] = self.client.received()
+        self.assertEqual(parse_ok(ok.payload, True).changes.variables,
+                         (("character_set_connection", "latin1"),))
+
+    def test_reading_tracking_settings_pins_first(self) -> None:
+        """A statement that reads (or sets) session_track_* pins the session, and its
+        connection gets the client's settings before the statement runs, so that it
+        reads those rather than pyproxy's."""
+        self.client.query("SELECT @@session_track_system_variables")
+        conn, server = self.backends.open()
+        [restore] = server.received()
+        self.assertTrue(restore.payload.startswith(b"\x03SET SESSION session_track_system_variables="))
+        self.assertTrue(self.client.protocol.pinned)
+        self.assertEqual(self.proxy.pins["session_track_* variables read or set"], 1)
+        server.send(vectors.PING_OK)
+        [select] = server.received()
+        self.assertEqual(select.payload, make_query("SELECT @@session_track_system_variables"))
+
+    def test_tracking_the_client_set_itself_is_kept(self) -> None:
+        """A tracking setting the client changed (inside a procedure, where pyproxy reads
+        no text) is left as the client set it when the connection gets its settings."""
+        conn, server = self.first_backend(self.client, "CALL set_tracking()")
+        server.send(ok_tracking({"session_track_state_change": "ON"}))
+        self.client.raw()
+        self.assertTrue(self.client.protocol.pinned)
+        self.client.query("DO 1")
+        [restore] = server.received()
+        self.assertNotIn(b"session_track_state_change", restore.payload)
+        self.assertIn(b"session_track_schema", restore.payload)
+
+
+
+class GlobalTrackingTests(LoggedIn):
+    side_connection = GlobalVariablesTests.side_connection
+
+    def test_earlier_sessions_keep_their_tracking_settings(self) -> None:
+        """SET GLOBAL session_track_system_variables: sessions that began before keep
+        seeing what the old setting shows; those that begin after see what their
+        connections' (new) settings show.  (The statement names session_track_*, so
+        the session that runs it is pinned with its own settings first.)"""
+        earlier = self.connect()
+        sql = "SET GLOBAL session_track_system_variables = 'time_zone'"
+        self.client.query(sql)
+        side, side_server = self.side_connection()
+        side_server.received()
+        before = DEFAULT_TRACKING.values()
+        side_server.send(rows_reply(list(before.items())))
+        conn, server = self.backends.open()
+        [restore] = server.received()
+        server.send(vectors.PING_OK)
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(sql))
+        server.send(vectors.COMMIT_OK)
+        self.client.raw()
+        later = self.connect()
+        side_server.received()
+        side_server.send(rows_reply(list({**before, "session_track_system_variables": "time_zone"}.items())))
+        self.assertIs(earlier.protocol.session.tracking, DEFAULT_TRACKING)
+        self.assertIsNone(later.protocol.session.tracking)
+        # On a connection opened after the change, the earlier session still sees
+        # the character sets SET NAMES changes; the later one sees nothing of it.
+        for client, shown in ((earlier, 3), (later, 0)):
+            client.query("SET NAMES latin1")
+            if self.backends.waiting:
+                new, new_server = self.backends.open()
+                new.tracking = tracking("time_zone", "ON", "OFF", "OFF")
+            [command] = new_server.received()
+            if command.payload != make_query("SET NAMES latin1"):  # the later one's character set back
+                new_server.send(vectors.PING_OK)
+                [command] = new_server.received()
+            new_server.send(vectors.SET_NAMES_OK)
+            [ok] = client.received()
+            changes = parse_ok(ok.payload, True).changes
+            self.assertEqual(len(changes.variables) if changes else 0, shown)

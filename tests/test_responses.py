@@ -11,6 +11,8 @@ from pyproxy.wire.constants import (
     SERVER_SESSION_STATE_CHANGED,
     SERVER_STATUS_AUTOCOMMIT,
     SERVER_STATUS_IN_TRANS,
+    SESSION_TRACK_SCHEMA,
+    SESSION_TRACK_STATE_CHANGE,
 )
 from pyproxy.wire.framing import PacketFramer
 from pyproxy.wire.responses import (
@@ -18,6 +20,7 @@ from pyproxy.wire.responses import (
     OK,
     SessionChanges,
     eof_status,
+    filter_session_track,
     make_eof,
     make_err,
     make_ok,
@@ -197,3 +200,25 @@ def test_truncated_session_block_raises() -> None:
     """An entry longer than its block is a malformed packet (a ValueError)."""
     with pytest.raises(ValueError):
         parse_session_changes(b"\x01\x09\x03app")
+
+
+def test_filter_session_track_keeps_what_the_client_tracks() -> None:
+    """Only the listed variables and entry types stay; the flag stays with them."""
+    ok = only(vectors.SET_NAMES_OK)  # three character-set variables and a state change
+    kept = parse_ok(filter_session_track(ok, frozenset({"character_set_connection"}), frozenset()), True)
+    assert kept.changes is not None
+    assert kept.changes.variables == (("character_set_connection", "latin1"),)
+    assert not kept.changes.state_changed
+    everything = parse_ok(filter_session_track(ok, None, frozenset({SESSION_TRACK_STATE_CHANGE})), True)
+    assert everything.changes == parse_ok(ok, True).changes
+
+
+def test_filter_session_track_drops_the_flag_when_nothing_is_left() -> None:
+    """An OK whose every entry is filtered out says no state changed, as the server would."""
+    ok = only(vectors.USE_OK)  # schema and state change
+    bare = filter_session_track(ok, None, frozenset())
+    parsed = parse_ok(bare, True)
+    assert parsed.changes is None and not parsed.status & SERVER_SESSION_STATE_CHANGED
+    assert bare == make_ok_tracked(parsed.status)
+    schema = parse_ok(filter_session_track(ok, None, frozenset({SESSION_TRACK_SCHEMA})), True)
+    assert schema.changes == SessionChanges(schema="mysql")

@@ -6,7 +6,22 @@ import attrs
 import pytest
 
 import vectors
-from pyproxy.session import ClientSession, SessionState, initial_state, needs_reset, reconcile
+from pyproxy.session import (
+    DEFAULT_TRACKING,
+    OWN_TRACKING,
+    READ_GLOBALS,
+    TRACKING_VARIABLES,
+    ClientSession,
+    SessionState,
+    changed_defaults,
+    initial_state,
+    needs_reset,
+    reconcile,
+    scan_statement,
+    statement_needs,
+    tracking,
+    tracking_assignments,
+)
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     MYSQL_OPTION_MULTI_STATEMENTS_OFF,
@@ -14,6 +29,10 @@ from pyproxy.wire.constants import (
     SERVER_SESSION_STATE_CHANGED,
     SERVER_STATUS_AUTOCOMMIT,
     SERVER_STATUS_IN_TRANS,
+    SESSION_TRACK_SCHEMA,
+    SESSION_TRACK_STATE_CHANGE,
+    SESSION_TRACK_TRANSACTION_CHARACTERISTICS,
+    SESSION_TRACK_TRANSACTION_STATE,
 )
 from pyproxy.wire.framing import PacketFramer
 from pyproxy.wire.responses import SessionChanges, parse_ok
@@ -278,6 +297,7 @@ def test_error_with_autocommit_off_is_uncertain() -> None:
     (b"xa begin 'x'", "XA transaction used"),
     (b"FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK used"),
     (b"/* app */ LOCK TABLES t WRITE", "LOCK TABLES used"),
+    (b" \n\tLock Tables t write", "LOCK TABLES used"),
     (b"SELECT 1; handler t open", "HANDLER used"),
     (b"SELECT ROW_COUNT()", "ROW_COUNT() (reads the previous statement) used"),
     (b"SELECT FOUND_ROWS()", "FOUND_ROWS() (reads the previous statement) used"),
@@ -356,3 +376,127 @@ def test_results_held_for_the_next_statement_only() -> None:
     assert s.keeps_backend() and not s.holds_state()
     s.observe_result(error=False, warnings=0, affected=0, insert_id=0)
     assert not s.keeps_backend()
+
+
+# -- SET @@name, which the server does not report ------------------------------
+
+@pytest.mark.parametrize(("sql", "names"), [
+    (b"SET @@sql_mode = 'ANSI'", ("sql_mode",)),
+    (b"set @@Auto_Increment_Increment:=5, @@session.time_zone='+01:00', @@max_join_size=10",
+     ("auto_increment_increment", "max_join_size")),
+    (b"SET sql_mode = '', @@time_zone = '+02:00'; SELECT @@version = 1", ("time_zone",)),
+    (b"SELECT 1; SET @@sql_mode = ''", ("sql_mode",)),
+    (b"\n\t SeT @@SQL_MODE = ''", ("sql_mode",)),
+])
+def test_bare_system_variable_assignments_are_read_back(sql: bytes, names: tuple[str, ...]) -> None:
+    """SET @@name = value (no GLOBAL/SESSION/LOCAL) is not reported by MariaDB's
+    tracking: the names are left for pyproxy to read back, in statement order."""
+    s = session()
+    assert s.observe_query(sql, failed=False) is None
+    assert s.reread == names
+    assert s.pin_reason is None
+
+
+@pytest.mark.parametrize("sql", [
+    b"SET @@session.sql_mode = ''", b"SET @@global.sql_mode = ''", b"SET @@LOCAL.sql_mode = ''",
+    b"SET @a = @@sql_mode", b"SELECT @@sql_mode = ''", b"SET autocommit = 0",
+    b"SET @@autocommit = 0",  # the status flags carry autocommit
+])
+def test_reported_or_read_only_forms_need_no_read_back(sql: bytes) -> None:
+    """Forms the server reports, reads of @@name and autocommit leave nothing to read back."""
+    s = session()
+    s.observe_query(sql, failed=False)
+    assert s.reread == ()
+
+
+def test_failed_set_needs_no_read_back() -> None:
+    """A SET that failed assigned nothing."""
+    s = session()
+    s.observe_query(b"SET @@sql_mode = 'NOPE'", failed=True)
+    assert s.reread == ()
+
+
+# -- SET GLOBAL: sessions keep the defaults they started with -------------------
+
+def test_changed_defaults() -> None:
+    """Only session defaults that changed and that a SET can restore are kept: not the
+    carried or uncarried ones, nor NULLs, nor ignored variables."""
+    before = {"auto_increment_increment": "1", "sql_mode": "STRICT", "max_connections": "151",
+              "autocommit": "ON", "character_set_client": "latin1", "insert_id": "0",
+              "session_track_schema": "ON", "init_connect": None, "lc_time_names": "en_US",
+              "weird name": "1"}
+    after = {"auto_increment_increment": "10", "sql_mode": "STRICT", "max_connections": "200",
+             "autocommit": "OFF", "character_set_client": "utf8mb4", "insert_id": "1",
+             "session_track_schema": "OFF", "init_connect": "SET x=1", "lc_time_names": "fr_FR",
+             "weird name": "2"}
+    assert changed_defaults(before, after, frozenset({"lc_time_names"})) == {
+        "auto_increment_increment": "1", "max_connections": "151"}
+
+
+def test_keep_defaults_adds_what_the_session_did_not_set() -> None:
+    """A session keeps the old default of a variable it never set; its own value stays."""
+    s = session(variables=(("sql_mode", "ANSI"),))
+    s.keep_defaults({"sql_mode": "STRICT", "auto_increment_increment": "1"})
+    assert s.state.variables == (("auto_increment_increment", "1"), ("sql_mode", "ANSI"))
+    same = s.state
+    s.keep_defaults({"sql_mode": "X"})
+    assert s.state is same
+
+
+# -- what a client's tracking settings show -------------------------------------
+
+def test_tracking_settings() -> None:
+    """The settings say which variables and entry types a client sees; equal settings
+    are one shared object, whether the server said ON or 1."""
+    assert DEFAULT_TRACKING.variables == frozenset(
+        {"autocommit", "character_set_client", "character_set_connection", "character_set_results",
+         "time_zone"})
+    assert DEFAULT_TRACKING.kinds == frozenset({SESSION_TRACK_SCHEMA})
+    everything = tracking("*", "0", "1", "CHARACTERISTICS")
+    assert everything.variables is None
+    assert everything.kinds == frozenset({SESSION_TRACK_STATE_CHANGE, SESSION_TRACK_TRANSACTION_STATE,
+                                          SESSION_TRACK_TRANSACTION_CHARACTERISTICS})
+    assert tracking("*", "OFF", "ON", "CHARACTERISTICS") is everything
+    assert tracking("", "ON", "OFF", "OFF").variables == frozenset()
+
+
+def test_tracking_assignments_leave_out_what_the_client_set() -> None:
+    """The SET that gives a connection a client's settings skips those it set itself."""
+    assert tracking_assignments(tracking("time_zone", "1", "0", "STATE"),
+                                frozenset({"session_track_schema"})) == make_query(
+        "SET SESSION session_track_system_variables='time_zone', session_track_state_change='OFF', "
+        "session_track_transaction_info='STATE'")
+    assert tracking_assignments(DEFAULT_TRACKING, frozenset(TRACKING_VARIABLES)) is None
+
+
+def test_client_setting_tracking_is_recorded() -> None:
+    """A tracking variable the client set itself (reported by pyproxy's tracking) pins,
+    and is remembered so that pyproxy never overwrites it."""
+    s = session()
+    changes = SessionChanges(variables=(("session_track_state_change", "ON"),), state_changed=True)
+    assert s.observe_changes(changes, None) == "system variable session_track_state_change changed"
+    assert s.own_tracking == frozenset({"session_track_state_change"})
+
+
+@pytest.mark.parametrize(("sql", "needs"), [
+    (b"SELECT 1", None),
+    (b"SET GLOBAL max_connections = 10", READ_GLOBALS),
+    (b"set @@global.sql_mode = '', @@auto_increment_increment = 2", READ_GLOBALS),
+    (b"SET @x = @@global.max_connections", READ_GLOBALS),  # read, but checking costs little
+    (b"SET @@sql_mode = ''", 0),
+    (b"SET GLOBAL TRANSACTION ISOLATION LEVEL SERIALIZABLE", READ_GLOBALS),
+    (b"SELECT @@session_track_system_variables", OWN_TRACKING),
+    (b"SET @save = @@SESSION.session_track_schema", OWN_TRACKING),
+    (b"SHOW VARIABLES LIKE 'session_track%'", OWN_TRACKING),
+    (b"SET GLOBAL session_track_state_change = ON", READ_GLOBALS | OWN_TRACKING),
+    (b"SELECT GET_LOCK('a', 1)", 0),
+])
+def test_statement_needs(sql: bytes, needs: int | None) -> None:
+    """Statements flagged by one scan say what they need before running: the globals
+    read around a SET GLOBAL, the client's own tracking settings for one that reads or
+    sets session_track_*.  Ordinary statements are not flagged at all."""
+    found = scan_statement(sql)
+    if needs is None:
+        assert found is None
+    else:
+        assert found is not None and statement_needs(sql, found) == needs

@@ -121,10 +121,12 @@ def strip_session_track(payload: bytes) -> bytes:
                    warnings=ok.warnings, info=ok.info, header=payload[0])
 
 
-def filter_session_track(payload: bytes, keep_variable: frozenset[str]) -> bytes:
-    """An OK for a client with CLIENT_SESSION_TRACK, showing only what a server
-    with default tracking settings would: the schema and the listed system
-    variables.  pyproxy's own tracking (every variable, state changes) is its
+def filter_session_track(payload: bytes, variables: frozenset[str] | None,
+                         kinds: frozenset[int]) -> bytes:
+    """An OK for a client with CLIENT_SESSION_TRACK, showing only what the client's
+    own tracking settings would: the system variables named in ``variables``
+    (every one if None) and the entries of the types in ``kinds`` (schema,
+    state change, transaction state...).  pyproxy's own tracking is its
     business, not the client's.
     """
     r = Reader(payload, 1)
@@ -139,12 +141,14 @@ def filter_session_track(payload: bytes, keep_variable: frozenset[str]) -> bytes
         while block.remaining():
             kind = block.u8()
             data = block.lenenc_bytes()
-            if kind == SESSION_TRACK_SCHEMA:
-                kept.append(bytes((kind,)) + lenenc_bytes(data))
-            elif kind == SESSION_TRACK_SYSTEM_VARIABLES:
-                name = Reader(data).lenenc_bytes().decode("utf-8", "replace").lower()
-                if name in keep_variable:
-                    kept.append(bytes((kind,)) + lenenc_bytes(data))
+            if kind == SESSION_TRACK_SYSTEM_VARIABLES:
+                if variables is not None:
+                    name = Reader(data).lenenc_bytes().decode("utf-8", "replace").lower()
+                    if name not in variables:
+                        continue
+            elif kind not in kinds:
+                continue
+            kept.append(bytes((kind,)) + lenenc_bytes(data))
     head = b"".join((payload[:1], lenenc_int(affected), lenenc_int(insert_id)))
     if not kept:
         return b"".join((head, u16(status & ~SERVER_SESSION_STATE_CHANGED), u16(warnings),
