@@ -185,14 +185,17 @@ def test_server_kills_pyproxy_connections(make_proxy, db_server, capsys) -> None
               f"{len(bank.errors)} client errors ({sorted(set(bank.errors))}), {IDLE_CLIENTS} idle clients: 0 errors")
 
 
-def wait_for_state(proxy: servers.ProxyProcess, state: str, timeout: float) -> bool:
-    """Waits for a target_state event into ``state`` in pyproxy's log."""
+def wait_for_state(proxy: servers.ProxyProcess, state: str, timeout: float,
+                   previous: str | None = None) -> bool:
+    """Waits for a target_state event into ``state`` (from ``previous``, if given)
+    in pyproxy's log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in proxy.log_text().splitlines():
-            if '"target_state"' in line and json.loads(line).get("state") == state \
-                    and json.loads(line).get("previous") != "unknown":
-                return True
+            if '"target_state"' in line:
+                event = json.loads(line)
+                if event.get("state") == state and previous in (None, event.get("previous")):
+                    return True
         time.sleep(0.1)
     return False
 
@@ -219,6 +222,7 @@ def test_stalled_server(make_proxy, db_server) -> None:
         client = proxy.connect(read_timeout=30)
         with client.cursor() as cur:
             cur.execute("SELECT 1")
+        assert wait_for_state(proxy, "up", 10, previous="unknown")  # the first probe answered
         relay.stall()
         time.sleep(2.0)  # the health checker's pings go unanswered: connections are dropped
         started = time.monotonic()
@@ -230,9 +234,9 @@ def test_stalled_server(make_proxy, db_server) -> None:
                 assert exc.args[0] in (9001, 2013), exc
         assert time.monotonic() - started < 10
         # The probes (1 s deadline, two failures in a row) mark the server down.
-        assert wait_for_state(proxy, "down", 10), proxy.log_text()[-3000:]
+        assert wait_for_state(proxy, "down", 10, previous="up"), proxy.log_text()[-3000:]
         relay.resume()
-        assert wait_for_state(proxy, "up", 10), proxy.log_text()[-3000:]
+        assert wait_for_state(proxy, "up", 10, previous="down"), proxy.log_text()[-3000:]
         client = proxy.connect(read_timeout=30)
         with client.cursor() as cur:
             cur.execute("SELECT 3")

@@ -91,6 +91,13 @@ HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
 
 # ER_OPTION_PREVENTS_STATEMENT (--read-only) and ER_READ_ONLY_MODE (innodb_read_only).
 READ_ONLY_ERRORS = frozenset((1290, 1836))
+# ROLLBACK [WORK] [AND [NO] CHAIN] [[NO] RELEASE], not ROLLBACK TO SAVEPOINT.
+_ROLLBACK = re.compile(rb"(?is)\s*rollback(?:\s+work)?(?!\s*to\b)(?:\s+and\s+(?:no\s+)?chain)?"
+                       rb"(?:\s+(?:no\s+)?release)?\s*;?\s*$")
+# Commands that change no data and so may run after a lost transaction.
+_HARMLESS = frozenset((COMMAND.COM_PING, COMMAND.COM_QUIT, COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET,
+                       COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_SET_OPTION,
+                       COMMAND.COM_STATISTICS, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
 # Client error codes libmariadb 3.3 keeps for itself (see FrontendProtocol._error).
 CR_FIRST, LIBMARIADB_CR_LAST = 2000, 2061
 ER_CONNECTION_KILLED = (1927, "70100")
@@ -109,7 +116,7 @@ class FrontendProtocol(protocol.Protocol):
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
         "_refused_infile", "readonly", "_epoch", "_libmariadb", "_globals_before", "_found",
-        "_own_tracking",
+        "_own_tracking", "_lost_transaction",
     )
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
@@ -142,6 +149,9 @@ class FrontendProtocol(protocol.Protocol):
         self._epoch = -1
         # The client's library is libmariadb (see _error).
         self._libmariadb = False
+        # Its transaction died with a backend connection: until the client
+        # says ROLLBACK, nothing else runs (see _transaction_lost).
+        self._lost_transaction = False
         self._kill_pending = False
         self._throttling = False
         # Prepared statements by the ids pyproxy gave the client; made on first use.
@@ -361,6 +371,8 @@ class FrontendProtocol(protocol.Protocol):
         command = payload[0]
         self._command = packet
         self.last_active = self.proxy.reactor.seconds()
+        if self._lost_transaction and command not in _HARMLESS and self._refused_after_loss(payload):
+            return
         reply = REPLIES.get(command)
         if command in STATEMENT_COMMANDS:
             self._statement_command(packet, command)
@@ -646,12 +658,22 @@ class FrontendProtocol(protocol.Protocol):
         if held is not None:
             if held.broken:
                 self.backend = None
-                if self.session.holds_state() or self.pinned:
-                    # The connection this session was holding died while the
-                    # client was idle: its transaction or state is gone with it.
+                if self.pinned:
+                    # The connection this session was pinned to died while the
+                    # client was idle: its state is gone with it.
                     self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend "
-                                "connection holding this session's transaction or state was closed")
+                                "connection holding this session's state was closed")
                     return
+                if self.session.holds_state():
+                    self._transaction_lost()
+                    if self._sql is None or not _ROLLBACK.match(self._sql):
+                        self._command_failed(BackendError(
+                            *c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
+                            "holding this session's transaction was closed; the transaction was "
+                            "rolled back"))
+                        return
+                    # ROLLBACK is what the client should say now: it runs.
+                    self._lost_transaction = False
                 self.session.hold_next = False
             elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
                 if self.pinned and not self._own_tracking:
@@ -1291,14 +1313,18 @@ class FrontendProtocol(protocol.Protocol):
                          in_transaction=session.in_transaction)
         tracker = conn.tracker if conn is not None else None
         mid_reply = self._forwarded and (tracker is None or tracker.mid_packet() or conn.has_partial_packet())
-        if self.pinned or session.holds_state() or mid_reply or self._infile:
+        if self.pinned or mid_reply or self._infile:
             # During LOCAL INFILE the client is still sending the file: its
-            # next packets must never be taken for commands.
-            # The session's state, or an open transaction, died with the
-            # connection: the client must not carry on as if nothing happened.
+            # next packets must never be taken for commands.  A pinned
+            # session's state died with the connection: the client must not
+            # carry on as if nothing happened.
             seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
             self._fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
             return
+        if session.holds_state():
+            self._transaction_lost()
+            error = BackendError(error.code, error.sqlstate,
+                                 error.message + "; the transaction was rolled back")
         seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
         if seq is not None:
             self.transport.write(frame(self._error(error.code, error.sqlstate, error.message), seq))
@@ -1310,6 +1336,29 @@ class FrontendProtocol(protocol.Protocol):
         self._sql = None
         self._next()
 
+    def _transaction_lost(self) -> None:
+        """The server rolled back this session's transaction as its connection died.
+
+        The client is told and keeps its session; but until it says ROLLBACK
+        nothing else runs, so a client that missed the error cannot COMMIT
+        the rest of its transaction as if the lost part had been applied.
+        """
+        session = self.session
+        session.in_transaction = session.uncertain = session.pending_characteristics = False
+        self._lost_transaction = True
+        self.log.info("transaction_lost")
+
+    def _refused_after_loss(self, payload: bytes) -> bool:
+        """After a lost transaction: lets a ROLLBACK through (ending the refusal)
+        and refuses anything else that could change data."""
+        if payload[0] == COMMAND.COM_QUERY and _ROLLBACK.match(payload, 1):
+            self._lost_transaction = False
+            return False
+        self._reply_error(c.ER_PROXY_TRANSACTION_LOST,
+                          "pyproxy: this session's transaction was rolled back when its backend "
+                          "connection was lost; send ROLLBACK before anything else")
+        return True
+
     def _reset_connection(self) -> None:
         """COM_RESET_CONNECTION: the session starts over (schema kept, as a server
         does); a backend held for this client is reset before anyone else gets it."""
@@ -1318,6 +1367,7 @@ class FrontendProtocol(protocol.Protocol):
                                                    self.proxy.server.autocommit, state.multi_statements))
         self._statements = None  # the server closes them on reset
         self._cursor = None
+        self._lost_transaction = False
         self._detach_backend()
         self.pinned = False
         self._reply(self._ok_payload())
@@ -1348,6 +1398,7 @@ class FrontendProtocol(protocol.Protocol):
         self.pinned = False
         self._statements = None
         self._cursor = None
+        self._lost_transaction = False
         old_user = self.user
         self.user = request.username
         self._pending_login = HandshakeResponse41(self.capabilities, 0, request.charset or 45,

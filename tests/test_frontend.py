@@ -785,6 +785,74 @@ class SharingTests(LoggedIn):
         self.assertEqual(other.raw(), vectors.SELECT_DEOF)
         self.assertEqual(self.pool.idle, [conn])
 
+    def in_transaction(self) -> tuple[BackendConnection, FakeServer]:
+        conn, server = self.first_backend(self.client, "BEGIN")
+        server.send(vectors.BEGIN_OK)
+        self.client.raw()
+        return conn, server
+
+    def refused_until_rollback(self) -> None:
+        """After a lost transaction: statements get 9002 until ROLLBACK, which runs."""
+        for sql in ("UPDATE t SET v = 1", "COMMIT"):
+            self.client.query(sql)
+            self.assertEqual(err_of(self.client.received()[0]), (1, 9002, "40000"))
+        self.client.send(bytes((COMMAND.COM_STMT_EXECUTE,)) + b"\x01\x00\x00\x00\x00\x01\x00\x00\x00")
+        self.assertEqual(err_of(self.client.received()[0])[1], 9002)
+        self.assertEqual(self.backends.waiting, [])
+        self.client.query("ROLLBACK")
+        conn, server = self.backends.open()
+        self.assertEqual(server.received()[0].payload, make_query("ROLLBACK"))
+        server.send(vectors.COMMIT_OK)
+        self.assertEqual(self.client.raw(), vectors.COMMIT_OK)
+        self.client.query(SELECT)
+        self.assertEqual(server.received()[0].payload, make_query(SELECT))
+        self.assertFalse(self.client.closed)
+
+    def test_transaction_lost_mid_statement(self) -> None:
+        """The backend dies under a statement of an open transaction: 2013 saying the
+        transaction was rolled back; the session goes on, but only after a ROLLBACK."""
+        conn, server = self.in_transaction()
+        self.client.query("UPDATE t SET v = 2")
+        server.received()
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 2013, "HY000"))
+        self.assertIn(b"the transaction was rolled back", err.payload)
+        self.assertFalse(self.client.closed)
+        self.refused_until_rollback()
+
+    def test_transaction_lost_while_idle(self) -> None:
+        """The backend holding an idle client's transaction dies: its COMMIT gets 2013
+        (never an OK for a transaction the server rolled back)."""
+        conn, server = self.in_transaction()
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.client.query("COMMIT")
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1:], (2013, "HY000"))
+        self.assertIn(b"the transaction was rolled back", err.payload)
+        self.assertFalse(self.client.closed)
+        self.refused_until_rollback()
+
+    def test_rollback_after_idle_loss_just_runs(self) -> None:
+        conn, server = self.in_transaction()
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.client.query("rollback work")
+        conn2, server2 = self.backends.open()
+        self.assertEqual(server2.received()[0].payload, make_query("rollback work"))
+        server2.send(vectors.COMMIT_OK)
+        self.assertEqual(self.client.raw(), vectors.COMMIT_OK)
+
+    def test_reset_connection_ends_the_refusal(self) -> None:
+        conn, server = self.in_transaction()
+        self.client.query("UPDATE t SET v = 2")
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.client.received()
+        self.client.send(bytes((COM_RESET_CONNECTION,)))
+        self.assertEqual(self.client.received()[0].payload[0], 0)
+        self.client.query(SELECT)
+        self.backends.open()
+        self.assertEqual(self.client.received(), [])  # sent on, not refused
+
     def test_borrow_timeout_error(self) -> None:
         """A client that waits longer than borrow_timeout gets error 9001 (HY000) and stays connected."""
         conn, server = self.first_backend(self.client, "BEGIN")
@@ -1266,3 +1334,14 @@ class GlobalTrackingTests(LoggedIn):
             [ok] = client.received()
             changes = parse_ok(ok.payload, True).changes
             self.assertEqual(len(changes.variables) if changes else 0, shown)
+
+
+def test_rollback_pattern() -> None:
+    """What ends the refusal after a lost transaction: a ROLLBACK of the whole transaction."""
+    from pyproxy.frontend import _ROLLBACK
+    for sql in (b"ROLLBACK", b"rollback;", b" Rollback Work ", b"ROLLBACK AND NO CHAIN NO RELEASE",
+                b"rollback and chain", b"ROLLBACK RELEASE"):
+        assert _ROLLBACK.match(sql), sql
+    for sql in (b"ROLLBACK TO SAVEPOINT a", b"rollback to a", b"ROLLBACK WORK TO a", b"COMMIT",
+                b"ROLLBACK; DELETE FROM t", b"rollbacks"):
+        assert not _ROLLBACK.match(sql), sql

@@ -45,3 +45,6 @@ CR_CONN_HOST_ERROR = (2003, "HY000")
 CR_SERVER_LOST = (2013, "HY000")
 # pyproxy's own: no backend connection could be borrowed in time.
 ER_PROXY_BORROW_TIMEOUT = (9001, "HY000")
+# pyproxy's own: a transaction lost with its backend connection must be
+# rolled back by the client before anything else runs (class 40: rollback).
+ER_PROXY_TRANSACTION_LOST = (9002, "40000")
