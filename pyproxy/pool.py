@@ -25,8 +25,10 @@ from pyproxy.wire import constants as c
 # Errors that mean "the server is not there right now": a borrower waits and
 # the open is retried.  Others (a wrong password, an unknown database) fail it.
 TRANSIENT = frozenset((2003, 2013, 1040, 1053, 1927, 4031))
+# A refused connect costs the server nothing, and every retry delay is time
+# a client waits after the server is back: short and capped low.
 RETRY_FIRST = 0.1
-RETRY_MAX = 0.5
+RETRY_MAX = 0.25
 
 
 class BorrowTimeout(BackendError):
