@@ -27,8 +27,8 @@ from pyproxy.wire import constants as c
 TRANSIENT = frozenset((2003, 2013, 1040, 1053, 1927, 4031))
 # A refused connect costs the server nothing, and every retry delay is time
 # a client waits after the server is back: short and capped low.
-RETRY_FIRST = 0.1
-RETRY_MAX = 0.25
+RETRY_FIRST = 0.05
+RETRY_MAX = 0.1
 
 
 class BorrowTimeout(BackendError):

@@ -37,11 +37,11 @@ ER_CON_COUNT_ERROR = 1040
 
 # A suspicion (a client saw 1290, a connection died) probes at once, but a
 # storm of them probes a target at most this often.
-SUSPECT_INTERVAL = 0.2
+SUSPECT_INTERVAL = 0.1
 # While the writer takes no writes, the others are probed this often (at
 # most), so the one promoted in a failover is found within a fraction of a
 # second of becoming writable.
-HUNT_INTERVAL = 0.2
+HUNT_INTERVAL = 0.1
 
 
 @attrs.define(eq=False)

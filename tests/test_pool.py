@@ -302,12 +302,12 @@ class PoolTests(SynchronousTestCase):
         self.connector.fail(0, BackendError(2003, "HY000", "Can't connect"))
         self.assertNoResult(d)
         self.assertEqual(self.connector.pending(), [])
-        self.clock.advance(0.1)
+        self.clock.advance(0.05)  # RETRY_FIRST
         self.assertEqual(self.connector.pending(), [0])
         self.connector.fail(0, BackendError(2003, "HY000", "Can't connect"))
-        self.clock.advance(0.1)
-        self.assertEqual(self.connector.pending(), [])
-        self.clock.advance(0.1)
+        self.clock.advance(0.05)
+        self.assertEqual(self.connector.pending(), [])  # twice as long: 0.1 s
+        self.clock.advance(0.05)
         conn = self.connector.succeed()
         self.assertIs(self.successResultOf(d), conn)
         self.check_size()

@@ -300,8 +300,8 @@ class TopologyTests(SynchronousTestCase):
         self.assertTrue(topology.hunting)
         self.assertEqual(topology.targets[1].probes, 2)  # asked at once
         self.run_for(1)
-        # then every HUNT_INTERVAL (0.2 s; 0.25 s in these 0.125 s steps), not every 10 s
-        self.assertEqual(topology.targets[1].probes, 6)
+        # then every HUNT_INTERVAL (0.1 s; 0.125 s in these steps), not every 10 s
+        self.assertEqual(topology.targets[1].probes, 10)
         self.servers.read_only["b"] = "0"
         self.run_for(0.25)
         self.assertEqual(topology.writer.name, "b:2")
