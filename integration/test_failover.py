@@ -639,3 +639,34 @@ def _server_or_error(group: servers.ServerGroup, conn: pymysql.connections.Conne
         return server_of(group, conn)
     except pymysql.MySQLError as exc:
         return f"error {error_code(exc)}: {exc}"
+
+
+def test_sighup_reloads_the_targets(
+    server_group: servers.ServerGroup, make_group_proxy: Any
+) -> None:
+    """SIGHUP with a second server added to [[backend.targets]]: it is probed at once and,
+    when the first turns read-only, becomes the writer; an idle client connected before the
+    reload sees no error and no reconnect, and its next statement runs on the new writer."""
+    from pyproxy.sandbox import dump_toml  # noqa: PLC0415 - only this test writes configs
+
+    group = server_group
+    proxy = make_group_proxy(["writer"], health=HEALTH)
+    idle = proxy.connect(read_timeout=30)
+    assert server_of(group, idle) == 0
+    config = dict(proxy.config)
+    config["backend"] = {**config["backend"], **group.backend(["writer", "auto"])}
+    config["backend"] = {k: v for k, v in config["backend"].items() if v is not None}
+    proxy.config_path.write_text(dump_toml(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_for_event(proxy, "target_state", 10, target=group.address(1), state="read_only")
+    assert server_of(group, idle) == 0
+    group.fail_over(0, 1)
+    wait_for_event(proxy, "writer_changed", 10, target=group.address(1))
+    assert server_of(group, idle) == 1  # the same connection, no error
+    # And back: the reload removes the first server; the writer stays where it is.
+    config["backend"]["targets"] = config["backend"]["targets"][1:]
+    proxy.config_path.write_text(dump_toml(config))
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_for_event(proxy, "reloaded", 10)
+    assert server_of(group, idle) == 1
+    idle.close()
