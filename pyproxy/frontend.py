@@ -94,6 +94,11 @@ READ_ONLY_ERRORS = frozenset((1290, 1836))
 # ROLLBACK [WORK] [AND [NO] CHAIN] [[NO] RELEASE], not ROLLBACK TO SAVEPOINT.
 _ROLLBACK = re.compile(rb"(?is)\s*rollback(?:\s+work)?(?!\s*to\b)(?:\s+and\s+(?:no\s+)?chain)?"
                        rb"(?:\s+(?:no\s+)?release)?\s*;?\s*$")
+# Statements that never commit a transaction, explicitly or implicitly: when
+# one dies with its connection, the server certainly rolled the transaction
+# back.  (COMMIT, DDL, CALL and the rest may have committed before dying.)
+_NEVER_COMMITS = re.compile(rb"(?is)(?:\s|/\*.*?\*/)*(?:select|insert|update|delete|replace|with|do|"
+                            rb"values|table|savepoint|show|describe|desc|explain|handler|help)\b")
 # Commands that change no data and so may run after a lost transaction.
 _HARMLESS = frozenset((COMMAND.COM_PING, COMMAND.COM_QUIT, COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET,
                        COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_SET_OPTION,
@@ -664,16 +669,21 @@ class FrontendProtocol(protocol.Protocol):
                     self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend "
                                 "connection holding this session's state was closed")
                     return
-                if self.session.holds_state():
-                    self._transaction_lost()
-                    if self._sql is None or not _ROLLBACK.match(self._sql):
+                session = self.session
+                if session.holds_state():
+                    rollback = self._sql is not None and _ROLLBACK.match(self._sql) is not None
+                    what = ("the transaction was rolled back" if session.in_transaction
+                            else "the transaction settings it held (SET TRANSACTION) were lost")
+                    if session.in_transaction and not rollback:
+                        self._transaction_lost()
+                    else:
+                        session.in_transaction = session.uncertain = session.pending_characteristics = False
+                    if not rollback:
+                        # Never run on another connection as if nothing had happened.
                         self._command_failed(BackendError(
                             *c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
-                            "holding this session's transaction was closed; the transaction was "
-                            "rolled back"))
+                            f"holding this session's transaction was closed; {what}"))
                         return
-                    # ROLLBACK is what the client should say now: it runs.
-                    self._lost_transaction = False
                 self.session.hold_next = False
             elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
                 if self.pinned and not self._own_tracking:
@@ -1322,9 +1332,20 @@ class FrontendProtocol(protocol.Protocol):
             self._fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
             return
         if session.holds_state():
-            self._transaction_lost()
-            error = BackendError(error.code, error.sqlstate,
-                                 error.message + "; the transaction was rolled back")
+            sql = self._sql
+            if sql is not None and _ROLLBACK.match(sql):
+                outcome = "the transaction was rolled back"
+            elif session.in_transaction and sql is not None and _NEVER_COMMITS.match(sql):
+                outcome = "the transaction was rolled back"
+                self._transaction_lost()
+            elif session.in_transaction:
+                # COMMIT, DDL, CALL...: the server may have committed before
+                # the connection died, as a direct client would be left to wonder.
+                outcome = "whether the transaction was committed is unknown"
+            else:
+                outcome = "the transaction settings it held (SET TRANSACTION) were lost"
+            session.in_transaction = session.uncertain = session.pending_characteristics = False
+            error = BackendError(error.code, error.sqlstate, f"{error.message}; {outcome}")
         seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
         if seq is not None:
             self.transport.write(frame(self._error(error.code, error.sqlstate, error.message), seq))
@@ -1351,7 +1372,15 @@ class FrontendProtocol(protocol.Protocol):
     def _refused_after_loss(self, payload: bytes) -> bool:
         """After a lost transaction: lets a ROLLBACK through (ending the refusal)
         and refuses anything else that could change data."""
-        if payload[0] == COMMAND.COM_QUERY and _ROLLBACK.match(payload, 1):
+        command = payload[0]
+        if command == COMMAND.COM_QUERY:
+            sql: bytes | None = payload[1:]
+        elif command == COMMAND.COM_STMT_EXECUTE and len(payload) >= 5 and self._statements:
+            statement = self._statements.get(statement_id(payload))
+            sql = statement.sql if statement is not None else None
+        else:
+            sql = None
+        if sql is not None and _ROLLBACK.match(sql):
             self._lost_transaction = False
             return False
         self._reply_error(c.ER_PROXY_TRANSACTION_LOST,

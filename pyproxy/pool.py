@@ -311,7 +311,7 @@ class Pool:
             if self.first_use is not None:
                 # Something to learn from the server before anyone borrows.
                 hook, self.first_use = self.first_use, None
-                hook(conn).addBoth(lambda _: conn.broken and self._grow() or self._place(conn))
+                hook(conn).addBoth(lambda _: self._grow() if conn.broken else self._place(conn))
                 return
             self._place(conn)
 
@@ -382,6 +382,11 @@ class Pool:
             waiter.pool = other
         other.waiters = deque(sorted((*other.waiters, *waiters), key=lambda waiter: waiter.since))
         other._schedule_expiry()
+        # Idle connections there serve the line first, oldest waiter first, so
+        # no newcomer's try_borrow takes them ahead of it.
+        idle, other.idle = other.idle, []
+        for conn in idle:
+            other._place(conn)
         other._grow()
 
     def renew(self) -> None:

@@ -34,6 +34,9 @@ READ_ONLY_SQL = "SELECT @@global.read_only OR @@global.innodb_read_only"
 READ_ONLY_ONLY_SQL = "SELECT @@global.read_only"
 ER_UNKNOWN_SYSTEM_VARIABLE = 1193
 ER_CON_COUNT_ERROR = 1040
+# The probe's own account is refused (wrong [health] user or password, no
+# grant, host blocked): a configuration problem, not a server going down.
+PROBE_LOGIN_REFUSED = frozenset((1044, 1045, 1129, 1130, 1226, 1251, 1698))
 
 # A suspicion (a client saw 1290, a connection died) probes at once, but a
 # storm of them probes a target at most this often.
@@ -157,7 +160,11 @@ class Topology:
 
     def _tell(self, event: str, target: TargetHealth, previous: TargetHealth | None) -> None:
         for listener in list(self.listeners):
-            listener(event, target, previous)
+            try:
+                listener(event, target, previous)
+            except Exception as exc:  # noqa: BLE001 - the probes must go on whatever a listener does
+                self.log.error("topology_listener_failed", change=event, target=target.name,
+                               error=repr(exc))
 
     def _set(self, target: TargetHealth, state: str) -> None:
         if target.state == state:
@@ -171,7 +178,9 @@ class Topology:
         self._tell("state", target, None)
         self._elect()
         if target is self.writer and self.hunting:
-            self.suspect()  # who takes over? ask the others now
+            for other in self.targets:  # who takes over? ask the others now
+                if other is not target:
+                    self.suspect(other)
 
     # -- probing --------------------------------------------------------------
 
@@ -208,8 +217,10 @@ class Topology:
         read-only error, a lost connection): probe it, or all, now."""
         now = self.clock.seconds()
         for each in (self.targets if target is None else (target,)):
-            if not each.probing and now - each.last_probe >= SUSPECT_INTERVAL:
-                self._schedule(each, 0)
+            if not each.probing:
+                # Probed a moment ago: again once SUSPECT_INTERVAL has passed,
+                # not at the next interval.
+                self._schedule(each, max(0.0, SUSPECT_INTERVAL - (now - each.last_probe)))
 
     def probe(self, target: TargetHealth) -> None:
         """Asks the server whether it is read-only, on the monitor connection
@@ -262,9 +273,11 @@ class Topology:
         target.probing = False
         target.failures = 0
         target.last_error = ""
-        if not target.retired and self.running:
-            self._set(target, UP if value in ("0", None) else READ_ONLY)
-        self._schedule(target, min(self.interval, HUNT_INTERVAL) if self.hunting else self.interval)
+        try:
+            if not target.retired and self.running:
+                self._set(target, UP if value in ("0", None) else READ_ONLY)
+        finally:
+            self._schedule(target, min(self.interval, HUNT_INTERVAL) if self.hunting else self.interval)
 
     def _failed(self, failure: Failure, target: TargetHealth) -> None:
         target.probing = False
@@ -274,21 +287,30 @@ class Topology:
             target.monitor = None
         if target.retired or not self.running:
             return
-        if failure.check(BackendError) and failure.value.code == ER_CON_COUNT_ERROR:
-            # Too many connections: the server answers, it is only full.  Its
-            # state stands; the pools' own waits and retries deal with the rest.
-            self.log.info("probe_inconclusive", target=target.name, error=failure.getErrorMessage())
+        code = failure.value.code if failure.check(BackendError) else 0
+        if code == ER_CON_COUNT_ERROR or code in PROBE_LOGIN_REFUSED:
+            # Too many connections: the server answers, it is only full.  A
+            # refused probe login: pyproxy's configuration is wrong, not the
+            # server.  Either way its state stands (the pools' own opens say
+            # whether clients can use it).
+            log = self.log.info if code == ER_CON_COUNT_ERROR else self.log.error
+            log("probe_inconclusive", target=target.name, error=failure.getErrorMessage())
             self._schedule(target, self.interval)
             return
         target.failures += 1
         target.last_error = failure.getErrorMessage()
-        self.log.info("probe_failed", target=target.name, failures=target.failures, error=target.last_error)
-        if target.failures >= self.failure_threshold:
-            self._set(target, DOWN)
         # Capped exponential backoff: a second opinion soon, then less often
-        # while the server stays away.
+        # while the server stays away (the exponent capped too: an outage of
+        # days must not overflow it).
         first = min(1.0, self.interval)
-        self._schedule(target, min(self.backoff_max, first * 2 ** (target.failures - 1)))
+        delay = min(self.backoff_max, first * 2 ** min(target.failures - 1, 16))
+        try:
+            self.log.info("probe_failed", target=target.name, failures=target.failures,
+                          error=target.last_error)
+            if target.failures >= self.failure_threshold:
+                self._set(target, DOWN)
+        finally:
+            self._schedule(target, delay)
 
     # -- configuration --------------------------------------------------------
 
@@ -298,6 +320,7 @@ class Topology:
 
         A server that stays keeps its state; one that is new is probed at once.
         """
+        shorter = interval < self.interval
         self.interval, self.failure_threshold, self.backoff_max = interval, failure_threshold, backoff_max
         by_name = {target.name: target for target in self.targets}
         kept: list[TargetHealth] = []
@@ -315,16 +338,24 @@ class Topology:
         for target in kept:
             if target.probes == 0 and target.timer is None:
                 self._schedule(target, 0)
+            elif shorter and target.state != DOWN:
+                self._schedule(target, interval)  # not at the old, longer interval
         self.epoch += 1
         if self.writer.retired or self.writer.role == "reader":
             previous = self.writer
+            # Known writable first, then role writer before auto.
             candidates = sorted((t for t in kept if t.role != "reader" and t.state in (UP, UNKNOWN)),
-                                key=lambda t: t.role != "writer")
+                                key=lambda t: (t.state != UP, t.role != "writer"))
             self.writer = candidates[0] if candidates else self._first_writer()
             if self.writer is not previous:
                 self.log.warning("writer_changed", previous=previous.name, target=self.writer.name,
                                  previous_state="removed" if previous.retired else previous.state)
                 self._tell("writer", self.writer, previous)
+        # A role changed (a reader made auto, say) may make another target the
+        # one to take writes now.
+        self._elect()
+        if self.hunting:
+            self.suspect()
         return removed
 
     def stats(self) -> list[dict[str, Any]]:

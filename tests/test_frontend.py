@@ -21,6 +21,7 @@ from pyproxy.backend import BackendConnection, BackendError
 from pyproxy.config import build
 from pyproxy.frontend import COMMANDS, FrontendFactory, FrontendProtocol
 from pyproxy.pool import Pool
+from pyproxy.statements import ClientStatement
 from pyproxy.proxy import Proxy, ServerInfo
 from pyproxy.session import DEFAULT_TRACKING, tracking
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
@@ -841,6 +842,55 @@ class SharingTests(LoggedIn):
         self.assertEqual(server2.received()[0].payload, make_query("rollback work"))
         server2.send(vectors.COMMIT_OK)
         self.assertEqual(self.client.raw(), vectors.COMMIT_OK)
+
+    def test_commit_lost_in_flight_is_of_unknown_outcome(self) -> None:
+        """COMMIT sent, connection gone before its OK: the server may have committed.
+        The client is told the outcome is unknown and is not asked for a ROLLBACK."""
+        for sql in ("COMMIT", "CREATE TABLE x (a INT)"):  # DDL commits implicitly
+            conn, server = self.in_transaction()
+            self.client.query(sql)
+            server.received()
+            conn.connectionLost(Failure(ConnectionError("reset")))
+            [err] = self.client.received()
+            self.assertEqual(err_of(err)[1], 2013)
+            self.assertIn(b"whether the transaction was committed is unknown", err.payload)
+            self.assertFalse(self.client.protocol._lost_transaction)
+
+    def test_rollback_lost_in_flight_needs_no_second_rollback(self) -> None:
+        conn, server = self.in_transaction()
+        self.client.query("ROLLBACK")
+        server.received()
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.assertIn(b"the transaction was rolled back", self.client.received()[0].payload)
+        self.client.query(SELECT)
+        self.backends.open()
+        self.assertEqual(self.client.received(), [])  # sent on, not refused
+
+    def test_set_transaction_lost_fails_the_next_statement_only(self) -> None:
+        """SET TRANSACTION in autocommit mode, then the held connection dies: the next
+        statement is refused (it would run without the isolation level asked for), the
+        one after runs."""
+        conn, server = self.first_backend(self.client, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        server.send(vectors.SET_TRANSACTION_OK)
+        self.client.raw()
+        self.assertIs(self.client.protocol.backend, conn)
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.client.query(SELECT)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1], 2013)
+        self.assertIn(b"SET TRANSACTION", err.payload)
+        self.client.query(SELECT)
+        self.backends.open()
+        self.assertEqual(self.client.received(), [])
+
+    def test_prepared_rollback_ends_the_refusal(self) -> None:
+        conn, server = self.in_transaction()
+        self.client.protocol._statements = {7: ClientStatement(7, b"ROLLBACK", 0, 0)}
+        self.client.query("UPDATE t SET v = 2")
+        conn.connectionLost(Failure(ConnectionError("reset")))
+        self.client.received()
+        self.client.send(bytes((COMMAND.COM_STMT_EXECUTE,)) + (7).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00")
+        self.assertFalse(self.client.protocol._lost_transaction)
 
     def test_reset_connection_ends_the_refusal(self) -> None:
         conn, server = self.in_transaction()

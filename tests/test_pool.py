@@ -527,3 +527,16 @@ class HandOverTests(SynchronousTestCase):
         self.assertEqual(self.new_server.pending(), [0])
         late = self.old_server.succeed()
         self.assertEqual(self.old.idle, [late])
+
+    def test_moved_waiter_takes_an_idle_connection_there(self) -> None:
+        """The new writer's pool has idle connections (read-only traffic left them): the
+        moved waiter gets one at once, before any newcomer, and nothing is opened."""
+        self.new = Pool("app", self.new_server, self.clock, max_size=2, borrow_timeout=10)
+        d = self.new.borrow(0)
+        idle = self.new_server.succeed()
+        self.new.give_back(self.successResultOf(d))
+        waiting = self.old.borrow(0)
+        self.old.hand_over(self.new)
+        self.assertIs(self.successResultOf(waiting), idle)
+        self.assertIsNone(idle.closed)
+        self.assertEqual(self.new_server.pending(), [])

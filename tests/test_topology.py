@@ -322,3 +322,82 @@ class TopologyTests(SynchronousTestCase):
             monitor = self.servers.monitors["a"][-1]
             monitor.queries[-1][1].errback(BackendError(1040, "08004", "Too many connections"))
         self.assertEqual((topology.targets[0].state, topology.targets[0].failures), (UP, 0))
+
+    def test_reload_that_makes_a_writable_reader_auto_elects_it(self) -> None:
+        """The writer is down and a writable server is listed as reader; a reload making
+        it auto elects it at once, though no state changed."""
+        self.servers.read_only["c"] = "0"
+        topology = self.topology(A, C)
+        topology.start()
+        self.servers.reachable["a"] = False
+        self.servers.monitors["a"][0].die()
+        self.run_for(15)
+        self.assertEqual((topology.targets[0].state, topology.writer.name), (DOWN, "a:1"))
+        topology.reconfigure([A, TargetConfig("c", 3, "auto")], interval=10, failure_threshold=2,
+                             backoff_max=8)
+        self.assertEqual(topology.writer.name, "c:3")
+
+    def test_reload_prefers_a_known_writable_target_to_an_unprobed_one(self) -> None:
+        self.servers.read_only["b"] = "0"
+        self.servers.reachable["x"] = False
+        self.servers.monitors["x"] = []
+        topology = self.topology(A, B)
+        topology.start()
+        topology.reconfigure([TargetConfig("x", 9, "writer"), B], interval=10, failure_threshold=2,
+                             backoff_max=8)
+        self.assertEqual(topology.writer.name, "b:2")
+
+    def test_suspicion_just_after_a_probe_is_kept(self) -> None:
+        """A 1290 seen 50 ms after the last probe: probed again once SUSPECT_INTERVAL has
+        passed, not at the next interval."""
+        topology = self.topology(A, B)
+        topology.start()
+        self.clock.advance(0.05)
+        self.servers.read_only.update(a="1", b="0")
+        topology.suspect()
+        self.run_for(0.25)
+        self.assertEqual(topology.writer.name, "b:2")
+
+    def test_outage_of_hours_keeps_probing(self) -> None:
+        """The backoff's exponent is capped: after thousands of failed probes the target
+        is still probed, and found up when it is back."""
+        topology = self.topology(A, C, backoff_max=10)
+        topology.start()
+        self.servers.reachable["c"] = False
+        self.servers.monitors["c"][0].die()
+        reader = topology.targets[1]
+        reader.failures = 5000  # as after about 14 hours at backoff_max
+        for _ in range(30):
+            self.clock.advance(1)
+        self.assertEqual(reader.state, DOWN)
+        self.servers.reachable["c"] = True
+        for _ in range(11):
+            self.clock.advance(1)
+        self.assertEqual(reader.state, READ_ONLY)
+
+    def test_refused_probe_login_is_no_outage(self) -> None:
+        """A wrong [health] user or password says nothing about the servers: their state
+        stands and the error is logged."""
+        topology = self.topology(A, C)
+        self.servers.reachable["c"] = True
+        topology._connect = lambda target: defer.fail(  # type: ignore[method-assign]
+            BackendError(1045, "28000", "Access denied for user 'mon'"))
+        topology.start()
+        self.run_for(30)
+        self.assertEqual({t.state for t in topology.targets}, {UNKNOWN})
+
+    def test_listener_failure_does_not_stop_probes(self) -> None:
+        topology = self.topology(A)
+        topology.listeners.append(lambda *args: 1 / 0)
+        topology.start()
+        self.servers.reachable["a"] = False
+        self.run_for(12)
+        self.assertEqual(topology.targets[0].state, DOWN)
+        self.assertIsNotNone(topology.targets[0].timer)
+
+    def test_shorter_interval_on_reload_applies_now(self) -> None:
+        topology = self.topology(A, interval=600)
+        topology.start()
+        topology.reconfigure([A], interval=5, failure_threshold=2, backoff_max=8)
+        self.run_for(5)
+        self.assertEqual(topology.targets[0].probes, 2)
