@@ -44,6 +44,10 @@ from pyproxy.wire.responses import ERR, parse_err, parse_ok
 # LOCAL, parsing) and cannot be translated packet by packet.  Connections
 # are pooled per combination; most applications use one.
 FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE
+# A flavor bit of pyproxy's own, never sent: the connection is opened without
+# CLIENT_DEPRECATE_EOF.  Clients without it that use the binary protocol get
+# such connections (see FrontendProtocol._statement_command).
+CLASSIC_EOF = 1 << 32
 
 # CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the
 # session-tracking data a classic EOF cannot, and clients without it get the
@@ -197,6 +201,8 @@ class BackendConnection(protocol.Protocol):
             self._plugin = hs.auth_plugin if hs.auth_plugin in (auth.NATIVE, auth.CACHING_SHA2,
                                                                  auth.ED25519) else auth.NATIVE
             wanted = BASE_CAPABILITIES | (self.flavor & FLAVOR_BITS)
+            if self.flavor & CLASSIC_EOF:
+                wanted &= ~CLIENT.DEPRECATE_EOF
             if self.target.database:
                 wanted |= CLIENT.CONNECT_WITH_DB
             self.capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)

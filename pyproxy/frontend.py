@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from pyproxy import auth
 from pyproxy.direct_write import write_now
-from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
+from pyproxy.backend import CLASSIC_EOF, FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
 from pyproxy.session import (
@@ -381,6 +381,13 @@ class FrontendProtocol(protocol.Protocol):
         payload = packet.payload
         self._sql = None
         if command == COMMAND.COM_STMT_PREPARE:
+            if self._translate:
+                # A client without CLIENT_DEPRECATE_EOF reads the warning count of
+                # COM_STMT_EXECUTE from the EOF after the column definitions
+                # (libmariadb's mysql_stmt_execute() does), which a connection
+                # with DEPRECATE_EOF never sends: from now on this client uses
+                # connections without it, whose replies need no translation.
+                self.flavor |= CLASSIC_EOF
             self._busy = True
             self._acquire(self._start)
             return

@@ -76,7 +76,9 @@ class FakeServer:
         [defaults, tracking] = self.received()
         assert defaults.payload == make_query(TRACKING_DEFAULTS)
         assert tracking.payload == make_query(TRACKING)
-        self.send(vectors.SESSION_SETUP)
+        conn = getattr(self.conn, "_wrappedProtocol", self.conn)  # behind an endpoint's wrapper
+        deof = conn.capabilities & CLIENT.DEPRECATE_EOF
+        self.send(vectors.SESSION_SETUP if deof else vectors.SESSION_SETUP_EOF)
 
 
 def ready_backend(reactor: Any, flavor: int = DEOF_FLAVOR,
