@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +14,7 @@ import mysql.connector
 import pytest
 
 from integration import servers
+from integration.drivers import log_events
 
 
 def connector(proxy: servers.ProxyProcess, **kw):
@@ -154,3 +157,82 @@ def test_call_with_multiple_results_over_execute(make_proxy, db_server) -> None:
     direct = run(db_server.port)
     assert direct.splitlines()[0] == '[[{"a":5}],[{"b":6,"c":"y"}]]'
     assert run(proxy.port) == direct
+
+
+CURSOR_TYPE_READ_ONLY = 1
+LAST_ROW_SENT = 0x80
+
+
+def _stats(proxy: servers.ProxyProcess) -> tuple[dict, dict]:
+    """pyproxy's SIGUSR1 report: (pool_stats, pin_summary)."""
+    before = len(log_events(proxy, "pin_summary"))
+    proxy.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while len(log_events(proxy, "pin_summary")) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log_events(proxy, "pool_stats")[-1], log_events(proxy, "pin_summary")[-1]
+
+
+def test_cursor_holds_its_connection_only_while_open(make_proxy) -> None:
+    """A cursor (COM_STMT_EXECUTE with CURSOR_TYPE_READ_ONLY, read with COM_STMT_FETCH,
+    here through mysql-connector-python's command API) holds its backend connection
+    while it is open and not a moment longer.  With a pool of one connection another
+    client times out waiting while a cursor is open, and runs as soon as the cursor
+    ends, though its client stays connected: after the fetch that reports the last row,
+    after COM_STMT_RESET and after COM_STMT_CLOSE.  No session is pinned."""
+    proxy = make_proxy(pool={"max_connections": 1, "borrow_timeout": 1})
+    setup = connector(proxy)
+    cur = setup.cursor()
+    cur.execute("CREATE TABLE IF NOT EXISTS ps_cursor (id INT PRIMARY KEY)")
+    cur.execute("DELETE FROM ps_cursor")
+    cur.execute("INSERT INTO ps_cursor VALUES (1), (2), (3), (4), (5)")
+    setup.close()
+    holder, other = connector(proxy), connector(proxy)
+
+    def other_runs() -> bool:
+        try:
+            probe = other.cursor()
+            probe.execute("SELECT 1")
+            probe.fetchall()
+            return True
+        except mysql.connector.Error as exc:
+            assert exc.errno == 9001, exc  # pyproxy: no backend connection became free
+            return False
+
+    def open_cursor() -> tuple[int, list]:
+        statement = holder.cmd_stmt_prepare(b"SELECT id FROM ps_cursor ORDER BY id")["statement_id"]
+        _, columns, eof = holder.cmd_stmt_execute(statement, flags=CURSOR_TYPE_READ_ONLY)
+        assert eof["status_flag"] & 0x40  # SERVER_STATUS_CURSOR_EXISTS: the server kept a cursor
+        assert not other_runs()
+        return statement, columns
+
+    statement, columns = open_cursor()
+    fetched: list = []
+    while True:
+        holder.cmd_stmt_fetch(statement, 2)
+        rows, eof = holder.get_rows(binary=True, columns=columns)
+        fetched += [row[0] for row in rows]
+        if eof["status_flag"] & LAST_ROW_SENT:
+            break
+        assert not other_runs()
+    assert fetched == [1, 2, 3, 4, 5]
+    assert other_runs()
+    holder.cmd_stmt_close(statement)
+
+    statement, columns = open_cursor()
+    holder.cmd_stmt_fetch(statement, 1)
+    assert [row[0] for row in holder.get_rows(binary=True, columns=columns)[0]] == [1]
+    holder.cmd_stmt_reset(statement)
+    assert other_runs()
+    holder.cmd_stmt_close(statement)
+
+    statement, _ = open_cursor()
+    holder.cmd_stmt_close(statement)
+    assert other_runs()
+
+    pool_stats, pin_summary = _stats(proxy)
+    assert pin_summary["pins"] == {}
+    assert pool_stats["lent"] == 0
+    holder.close()
+    other.close()
+    assert pins(proxy) == []

@@ -99,7 +99,7 @@ class FrontendProtocol(protocol.Protocol):
         "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
-        "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
+        "_hold_timer", "_closed_reason", "_query_timer", "last_active",
         "_refused_infile", "_globals_before", "_found", "_own_tracking",
     )
 
@@ -133,8 +133,9 @@ class FrontendProtocol(protocol.Protocol):
         self._statements: dict[int, ClientStatement] | None = None
         self._next_statement = 1
         self._preparing = 0
-        self._cursor: ClientStatement | None = None
-        self._cursor_backend_id = 0
+        # The statement of the running command that opens, reads or closes a
+        # cursor, and the backend statement it runs on.
+        self._cursor: tuple[ClientStatement, BackendStatement] | None = None
         self._hold_timer: Any = None
         self._closed_reason: str | None = None
         self._query_timer: Any = None
@@ -406,6 +407,11 @@ class FrontendProtocol(protocol.Protocol):
         if command == COMMAND.COM_STMT_CLOSE:
             del self._statements[number]
             self._command = None
+            if statement.cursor is not None:
+                # Closing the backend's copy (no reply) closes its cursor too.
+                self.backend.close_statements([statement.cursor.id])
+                self._cursor_closed(statement, cache=False)
+                self._release_if_clean()
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
             if statement.long_data is None:
                 statement.long_data = []
@@ -427,10 +433,11 @@ class FrontendProtocol(protocol.Protocol):
                 self._run_flagged(sql, found, lambda: self._execute(statement, packet))
             else:
                 self._acquire(lambda: self._execute(statement, packet))
-        elif statement is self._cursor and self.backend is not None:
-            # FETCH and RESET of the statement whose cursor is open on the pinned connection.
+        elif statement.cursor is not None:
+            # FETCH and RESET of a statement whose cursor is open on the held connection.
             self._busy = True
-            self._run_rewritten(packet, self._cursor_backend_id)
+            self._cursor = (statement, statement.cursor)
+            self._run_rewritten(packet, statement.cursor.id)
         elif command == COMMAND.COM_STMT_RESET:
             statement.long_data = None
             self._reply(self._ok_payload())
@@ -440,7 +447,9 @@ class FrontendProtocol(protocol.Protocol):
 
     def _execute(self, statement: ClientStatement, packet: Packet) -> None:
         conn = self.backend
-        cached = conn.statements.get(statement.sql)
+        # A statement with an open cursor runs where the cursor is (which this
+        # execute closes, as on a server).
+        cached = statement.cursor or conn.statements.get(statement.sql)
         if cached is not None:
             self._execute_on(statement, packet, cached)
             return
@@ -482,13 +491,45 @@ class FrontendProtocol(protocol.Protocol):
             conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
         statement.long_data = None
         payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
-        if opens_cursor(payload):
-            # The cursor lives on this connection until the client closes it.
-            self._cursor = statement
-            self._cursor_backend_id = prepared.id
-            self._pin("cursor opened by COM_STMT_EXECUTE")
+        if statement.cursor is not None or opens_cursor(payload):
+            # Whether a cursor is open after this is read from the reply.
+            self._cursor = (statement, prepared)
         self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
         self._start()
+
+    def _cursor_reply(self, command: int, tracker: ResponseTracker) -> None:
+        """Whether the statement has a cursor open after its EXECUTE, FETCH or RESET.
+
+        A cursor holds the connection it is on, not the session: it is closed by
+        the fetch that reports SERVER_STATUS_LAST_ROW_SENT (the server closes it
+        then), by COM_STMT_RESET or COM_STMT_CLOSE of its statement and by a new
+        execute of it, and the connection goes back when nothing else holds it.
+        """
+        statement, prepared = self._cursor
+        self._cursor = None
+        status = tracker.status if tracker.status >= 0 else 0
+        if command == COMMAND.COM_STMT_EXECUTE:
+            is_open = not tracker.error and bool(status & c.SERVER_STATUS_CURSOR_EXISTS)
+        elif command == COMMAND.COM_STMT_FETCH:
+            is_open = (not status & c.SERVER_STATUS_LAST_ROW_SENT
+                       and tracker.error != ER_STMT_HAS_NO_OPEN_CURSOR[0])
+        else:  # COM_STMT_RESET
+            is_open = bool(tracker.error)
+        if is_open and statement.cursor is None:
+            statement.cursor = prepared
+            self.session.cursors += 1
+            self.backend.statements.detach(statement.sql, prepared)
+        elif not is_open and statement.cursor is not None:
+            self._cursor_closed(statement)
+
+    def _cursor_closed(self, statement: ClientStatement, cache: bool = True) -> None:
+        """The statement's cursor is gone.  With ``cache``, its backend statement is
+        cached again for any execute on this connection."""
+        prepared, statement.cursor = statement.cursor, None
+        self.session.cursors -= 1
+        conn = self.backend
+        if cache and conn is not None and not conn.broken:
+            conn.close_statements(conn.statements.add(statement.sql, prepared))
 
     def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
         payload = packet.payload[:1] + backend_id.to_bytes(4, "little") + packet.payload[5:]
@@ -862,6 +903,8 @@ class FrontendProtocol(protocol.Protocol):
                     self._pool.discard(conn, "server session ended (RELEASE)")
         if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
             self._prepared(tracker)
+        if self._cursor is not None:
+            self._cursor_reply(command, tracker)
         if self.backend is not None:
             self.backend.state = session.state
         if self._globals_before is not None or session.reread:
@@ -1172,6 +1215,7 @@ class FrontendProtocol(protocol.Protocol):
     def _command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed)."""
         self._abandon_globals()
+        self._cursor = None
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
             exc = lost_connection(repr(exc))
@@ -1204,6 +1248,7 @@ class FrontendProtocol(protocol.Protocol):
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
         self._abandon_globals()
+        self._cursor = None
         self._cancel_query_timer()
         if self._throttling:
             self._throttling = False
@@ -1243,7 +1288,6 @@ class FrontendProtocol(protocol.Protocol):
         self.session = ClientSession(initial_state(self._login_charset, state.schema,
                                                    self.proxy.server.autocommit, state.multi_statements))
         self._statements = None  # the server closes them on reset
-        self._cursor = None
         self._detach_backend()
         self.pinned = False
         self._reply(self._ok_payload())
@@ -1274,7 +1318,6 @@ class FrontendProtocol(protocol.Protocol):
         self._detach_backend()
         self.pinned = False
         self._statements = None
-        self._cursor = None
         old_user = self.user
         self.user = request.username
         self._pending_login = HandshakeResponse41(self.capabilities, 0, request.charset or 45,

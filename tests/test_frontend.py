@@ -1113,3 +1113,109 @@ class GlobalTrackingTests(LoggedIn):
             [ok] = client.received()
             changes = parse_ok(ok.payload, True).changes
             self.assertEqual(len(changes.variables) if changes else 0, shown)
+
+
+CURSOR_EXECUTE = (b"\x17\x01\x00\x00\x00\x01\x01\x00\x00\x00\x00\x01\x08\x00\x08\x00"
+                  + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"))
+FETCH = b"\x1c\x01\x00\x00\x00\x01\x00\x00\x00"
+# The last fetch: the server reports SERVER_STATUS_LAST_ROW_SENT (0x80) and closes the cursor.
+LAST_FETCH_DEOF = vectors.FETCH_DEOF[:-4] + b"\x82\x00\x00\x00"
+
+
+class CursorTests(LoggedIn):
+    """A cursor holds its connection until it is closed; it never pins the session."""
+
+    def open_cursor(self) -> tuple[BackendConnection, FakeServer]:
+        self.client.send(b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
+        conn, server = self.backends.open()
+        server.received()
+        server.send(vectors.PREPARE_DEOF)
+        self.client.raw()
+        self.client.send(CURSOR_EXECUTE)
+        [execute] = server.received()
+        self.assertEqual(execute.payload, CURSOR_EXECUTE)
+        server.send(vectors.CURSOR_EXECUTE_DEOF)
+        self.assertEqual(self.client.raw(), vectors.CURSOR_EXECUTE_DEOF)
+        self.assertEqual(self.pool.lent, {conn})
+        self.assertFalse(self.client.protocol.pinned)
+        self.assertEqual(self.proxy.pins, {})
+        return conn, server
+
+    def test_last_row_sent_closes_the_cursor(self) -> None:
+        """Fetches run on the cursor's connection; the one that reports the last row
+        sent ends the cursor, and the connection goes back, its statement cached."""
+        conn, server = self.open_cursor()
+        self.client.send(FETCH)
+        [fetch] = server.received()
+        self.assertEqual(fetch.payload, FETCH)
+        server.send(vectors.FETCH_DEOF)
+        self.client.raw()
+        self.assertEqual(self.pool.lent, {conn})
+        self.client.send(FETCH)
+        server.received()
+        server.send(LAST_FETCH_DEOF)
+        self.assertEqual(self.client.raw(), LAST_FETCH_DEOF)
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertEqual(self.client.protocol.session.cursors, 0)
+        self.assertIsNotNone(conn.statements.get(b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"))
+        self.assertFalse(self.client.protocol.pinned)
+
+    def test_close_closes_the_cursor(self) -> None:
+        """COM_STMT_CLOSE of the statement closes the backend's copy (and its cursor)
+        and gives the connection back at once."""
+        conn, server = self.open_cursor()
+        self.client.send(b"\x19\x01\x00\x00\x00")
+        [close] = server.received()
+        self.assertEqual(close.payload, b"\x19\x01\x00\x00\x00")
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertEqual(len(conn.statements), 0)
+        self.assertEqual(self.client.raw(), b"")  # COM_STMT_CLOSE has no reply
+
+    def test_reset_closes_the_cursor(self) -> None:
+        """COM_STMT_RESET goes to the cursor's connection; after its OK the connection goes back."""
+        conn, server = self.open_cursor()
+        self.client.send(b"\x1a\x01\x00\x00\x00")
+        [reset] = server.received()
+        self.assertEqual(reset.payload, b"\x1a\x01\x00\x00\x00")
+        self.assertEqual(self.pool.lent, {conn})
+        server.send(vectors.PING_OK)
+        self.assertEqual(self.client.raw(), vectors.PING_OK)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_new_execute_closes_the_cursor(self) -> None:
+        """A new execute of the statement (without a cursor) runs where the cursor was,
+        which closes it; the connection then goes back."""
+        conn, server = self.open_cursor()
+        self.client.send(EXECUTE_UNBOUND)
+        [execute] = server.received()
+        self.assertEqual(execute.payload, EXECUTE_UNBOUND)
+        server.send(vectors.EXECUTE_DEOF)
+        self.client.raw()
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertEqual(self.client.protocol.session.cursors, 0)
+
+    def test_same_sql_is_prepared_apart_from_an_open_cursor(self) -> None:
+        """A second statement with the same SQL does not reuse (and so close) the backend
+        statement that holds the open cursor: it is prepared again on the connection."""
+        conn, server = self.open_cursor()
+        sql = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
+        self.client.send(b"\x16" + sql)
+        server.received()
+        server.send(vectors.PREPARE_DEOF.replace(b"\x00\x01\x00\x00\x00", b"\x00\x02\x00\x00\x00", 1))
+        self.client.raw()
+        second = b"\x17\x02" + EXECUTE_BOUND[2:]
+        self.client.send(second)
+        [execute] = server.received()
+        self.assertEqual(execute.payload[1:5], (2).to_bytes(4, "little"))
+        server.send(vectors.EXECUTE_DEOF)
+        self.client.raw()
+        self.assertEqual(self.pool.lent, {conn})  # the cursor is still open
+        self.assertEqual(self.client.protocol.session.cursors, 1)
+
+    def test_client_leaving_with_an_open_cursor_resets_the_connection(self) -> None:
+        """A client that leaves with a cursor open: the connection is reset before it
+        is lent again."""
+        conn, server = self.open_cursor()
+        self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
+        [reset] = server.received()
+        self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
