@@ -236,3 +236,71 @@ def test_cursor_holds_its_connection_only_while_open(make_proxy) -> None:
     holder.close()
     other.close()
     assert pins(proxy) == []
+
+
+STATEMENT_LIMIT = 8
+
+
+def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
+    """max_prepared_stmt_count (set to 8 here) counts every session's statements.
+
+    When sessions of others hold all 8, a client's prepare gets the server's own error
+    1461 through pyproxy as it does directly, and succeeds once they are gone.  Then 4
+    clients sharing 2 backend connections each keep 24 prepared statements open, three
+    times what the server allows, and every prepare and execute succeeds with the right
+    result: pyproxy closes cached statements to make room and prepares them again when
+    they are needed."""
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.max_prepared_stmt_count")
+        saved = cur.fetchone()[0]
+    proxy = make_proxy(pool={"max_connections": 2, "borrow_timeout": 60})
+    try:
+        with root.cursor() as cur:
+            cur.execute(f"SET GLOBAL max_prepared_stmt_count = {STATEMENT_LIMIT}")
+            for number in range(STATEMENT_LIMIT):
+                cur.execute(f"PREPARE full_{number} FROM 'SELECT {number}'")
+        codes = []
+        for port in (db_server.port, proxy.port):
+            conn = mysql.connector.connect(host="127.0.0.1", port=port, user="app",
+                                           password="app_pw", database="app", use_pure=True)
+            try:
+                conn.cursor(prepared=True).execute("SELECT ? + 1", (1,))
+            except mysql.connector.Error as exc:
+                codes.append(exc.errno)
+            conn.close()
+        assert codes == [1461, 1461]
+        with root.cursor() as cur:
+            for number in range(STATEMENT_LIMIT):
+                cur.execute(f"DEALLOCATE PREPARE full_{number}")
+        failures: list[str] = []
+
+        def client(i: int) -> None:
+            conn = connector(proxy)
+            try:
+                cursors = []
+                for k in range(3 * STATEMENT_LIMIT):
+                    cursor = conn.cursor(prepared=True)
+                    cursor.execute(f"SELECT ? + {k}, {i}", (100,))
+                    if cursor.fetchall() != [(100 + k, i)]:
+                        failures.append(f"client {i}, statement {k}: first execute")
+                    cursors.append(cursor)
+                for _ in range(2):
+                    for k, cursor in enumerate(cursors):
+                        cursor.execute(f"SELECT ? + {k}, {i}", (k,))
+                        if cursor.fetchall() != [(2 * k, i)]:
+                            failures.append(f"client {i}, statement {k}")
+            except mysql.connector.Error as exc:
+                failures.append(f"client {i}: {exc}")
+            finally:
+                conn.close()
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(client, i) for i in range(4)]:
+                future.result(timeout=120)
+        assert failures == [], failures[:10]
+        assert pins(proxy) == []
+    finally:
+        with root.cursor() as cur:
+            cur.execute(f"SET GLOBAL max_prepared_stmt_count = {saved}")
+        root.close()

@@ -454,24 +454,46 @@ class FrontendProtocol(protocol.Protocol):
             self._execute_on(statement, packet, cached)
             return
 
+        def prepare() -> None:
+            conn.prepare(statement.sql).addCallbacks(
+                lambda prepared: self._execute_on(statement, packet, prepared), failed)
+
         def failed(failure: Failure) -> None:
             exc = failure.value
             if (isinstance(exc, BackendError) and exc.code == ER_MAX_PREPARED_STMT_COUNT_REACHED
-                    and len(conn.statements) and not conn.broken):
-                # The server-wide statement limit: give back half of this
-                # connection's cached statements and try once more.
-                conn.close_statements(conn.statements.shrink(len(conn.statements) // 2))
-                conn.prepare(statement.sql).addCallbacks(
-                    lambda prepared: self._execute_on(statement, packet, prepared), failed_again)
+                    and self._make_room(prepare)):
                 return
-            failed_again(failure)
+            if self.phase != CLOSED:
+                self._command_failed(exc)
 
-        def failed_again(failure: Failure) -> None:
+        prepare()
+
+    def _make_room(self, again: Any) -> bool:
+        """The server's max_prepared_stmt_count is reached (error 1461) while this
+        connection still caches statements: the half of them used longest ago is
+        closed, the server's limit is read (so that every connection caches at
+        most its share of it from now on), and ``again`` tries once more; as long
+        as the limit is still reached, that goes on until the cache is empty.
+        Returns False when the connection caches nothing: the error is then the
+        client's, as it would be directly."""
+        conn = self.backend
+        if conn is None or conn.broken or not len(conn.statements):
+            return False
+        self._cancel_query_timer()
+        conn.close_statements(conn.statements.shrink(len(conn.statements) // 2))
+
+        def learned(value: str | None) -> None:
+            if value is not None and value.isdigit():
+                self.proxy.statement_limit_learned(int(value))
+            if self.phase != CLOSED:
+                again()
+
+        def failed(failure: Failure) -> None:
             if self.phase != CLOSED:
                 self._command_failed(failure.value)
 
-        conn.prepare(statement.sql).addCallbacks(
-            lambda prepared: self._execute_on(statement, packet, prepared), failed)
+        conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count").addCallbacks(learned, failed)
+        return True
 
     def _execute_on(self, statement: ClientStatement, packet: Packet, prepared: BackendStatement) -> None:
         if self.phase == CLOSED:
@@ -776,13 +798,17 @@ class FrontendProtocol(protocol.Protocol):
         if tracker.infile_at >= 0 and not self.capabilities & CLIENT.LOCAL_FILES:
             self._refuse_infile(data, tracker)
             return
-        if tracker.prepare_ok_at >= 0:
-            # The client sees pyproxy's statement id, not this connection's.
-            at = tracker.prepare_ok_at + 5
-            tracker.prepare_ok_at = -1
-            self._preparing = self._next_statement
-            self._next_statement += 1
-            data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
+        if tracker.prepare_at >= 0:
+            at = tracker.prepare_at
+            tracker.prepare_at = -1
+            if data[at + 4] != 0xFF:
+                # The client sees pyproxy's statement id, not this connection's.
+                at += 5
+                self._preparing = self._next_statement
+                self._next_statement += 1
+                data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
+            elif tracker.error == ER_MAX_PREPARED_STMT_COUNT_REACHED and self._make_room(self._start):
+                return  # the ERR is the whole reply: the client sees only the retried one
         oks = tracker.oks
         if tracker.edits or oks and (tracker.changed or self._rewrite_oks
                                      and len(oks) > len(tracker.terminators)):
@@ -1052,6 +1078,9 @@ class FrontendProtocol(protocol.Protocol):
             after = _variables(rows)
             if before.get("autocommit") != after.get("autocommit"):
                 self._new_sessions_autocommit(after.get("autocommit") == "ON")
+            limit = after.get("max_prepared_stmt_count")
+            if limit != before.get("max_prepared_stmt_count") and limit is not None and limit.isdigit():
+                self.proxy.statement_limit_learned(int(limit))
             if any(before.get(name) != after.get(name) for name in TRACKING_VARIABLES):
                 # What the sessions that began before still see (filtering, and
                 # their pinned connections): the old tracking settings.

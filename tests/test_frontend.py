@@ -23,6 +23,7 @@ from pyproxy.frontend import COMMANDS, FrontendFactory, FrontendProtocol
 from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
 from pyproxy.session import DEFAULT_TRACKING, tracking
+from pyproxy.statements import BackendStatement
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     CLIENT,
@@ -1219,3 +1220,95 @@ class CursorTests(LoggedIn):
         self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
         [reset] = server.received()
         self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
+
+
+ERR_TOO_MANY_STATEMENTS = frame(make_err(1461, "42000", "Can't create more than "
+                                         "max_prepared_stmt_count statements (current value: 4)"), 1)
+
+
+def value_reply(value: bytes) -> bytes:
+    """A one-column, one-row text result (SELECT @@...), DEPRECATE_EOF form."""
+    definition = b"\x03def\x00\x00\x00\x01v\x00\x0c\x3f\x00\x0a\x00\x00\x00\x08\x80\x00\x00\x00\x00"
+    return (frame(b"\x01", 1) + frame(definition, 2) + frame(lenenc_bytes(value), 3)
+            + frame(b"\xfe\x00\x00\x02\x00\x00\x00", 4))
+
+
+class StatementLimitTests(LoggedIn):
+    """max_prepared_stmt_count reached (1461) while pyproxy caches statements."""
+
+    def held_connection(self) -> tuple[BackendConnection, FakeServer]:
+        conn, server = self.first_backend(self.client, "DO 1")
+        server.send(vectors.PING_OK)
+        self.client.raw()
+        for number in range(1, 5):
+            conn.statements.add(f"SELECT {number}".encode(), BackendStatement(100 + number, 0, 1))
+        return conn, server
+
+    def test_client_prepare_retried_after_making_room(self) -> None:
+        """A client's prepare refused for the server-wide limit is not the client's
+        error while pyproxy holds cached statements: half of them are closed, the limit
+        is read (each connection now caches its share of it) and the prepare is sent
+        again; the client sees only the reply to that."""
+        conn, server = self.held_connection()
+        prepare = b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
+        self.client.send(prepare)
+        [first] = server.received()
+        self.assertEqual(first.payload, prepare)
+        server.send(ERR_TOO_MANY_STATEMENTS)
+        self.assertEqual(self.client.raw(), b"")
+        close_1, close_2, query = server.received()
+        self.assertEqual([close_1.payload, close_2.payload], [b"\x19" + (101).to_bytes(4, "little"),
+                                                             b"\x19" + (102).to_bytes(4, "little")])
+        self.assertEqual(query.payload, make_query("SELECT @@GLOBAL.max_prepared_stmt_count"))
+        server.send(value_reply(b"8"))
+        self.assertEqual(self.proxy.server_max_prepared_stmts, 8)
+        # 8 shared by up to 4 connections (2 per user): 2 each from now on.
+        self.assertEqual(conn.statements.capacity, 2)
+        [again] = server.received()
+        self.assertEqual(again.payload, prepare)
+        server.send(vectors.PREPARE_DEOF)
+        [ok, *_] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        [close_3] = server.received()  # the cache keeps its share: the new one and one more
+        self.assertEqual(close_3.payload, b"\x19" + (103).to_bytes(4, "little"))
+        self.assertEqual(len(conn.statements), 2)
+
+    def test_server_error_when_nothing_is_cached(self) -> None:
+        """With nothing of pyproxy's to close, the limit is reached by others: the
+        client gets the server's error, as it would directly."""
+        conn, server = self.first_backend(self.client, "DO 1")
+        server.send(vectors.PING_OK)
+        self.client.raw()
+        self.client.send(b"\x16SELECT 1")
+        server.received()
+        server.send(ERR_TOO_MANY_STATEMENTS)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 1461, "42000"))
+        self.assertEqual(server.received(), [])
+
+    def test_execute_prepares_again_after_making_room(self) -> None:
+        """An execute that needs its statement prepared on this connection gets the
+        same treatment: the prepare is repeated, halving the cache, until it fits."""
+        sql = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
+        self.client.send(b"\x16" + sql)
+        conn, server = self.backends.open()
+        server.received()
+        server.send(vectors.PREPARE_DEOF)
+        self.client.raw()
+        conn.statements.clear()  # as if closed to make room meanwhile
+        for number in range(1, 3):
+            conn.statements.add(f"SELECT {number}".encode(), BackendStatement(100 + number, 0, 1))
+        self.client.send(EXECUTE_BOUND)
+        for cached in (2, 1):
+            [prepare] = server.received()
+            self.assertEqual(prepare.payload, b"\x16" + sql)
+            server.send(ERR_TOO_MANY_STATEMENTS)
+            *closes, query = server.received()
+            self.assertEqual(len(closes), cached - cached // 2)
+            server.send(value_reply(b"16382"))
+        [prepare] = server.received()
+        server.send(vectors.PREPARE_DEOF)
+        [execute] = server.received()
+        self.assertEqual(execute.payload[0], 0x17)
+        server.send(vectors.EXECUTE_DEOF)
+        self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
