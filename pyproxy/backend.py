@@ -540,18 +540,36 @@ class BackendConnection(protocol.Protocol):
 
     # -- end of life --------------------------------------------------------
 
-    def close(self, reason: str) -> None:
-        """Closes for good; the pool has already forgotten this connection."""
-        if not self.broken:
+    def close(self, reason: str) -> bool:
+        """Closes for good; the pool has already forgotten this connection.
+
+        Returns True when connectionLost (and ``on_lost``) will follow once the
+        server has closed its end: after COM_QUIT pyproxy closes only its
+        sending side and waits for the server (connect_timeout at most), for
+        until then the server still counts the connection against its limits.
+        """
+        was_broken = self.broken
+        if not was_broken:
             self.log.info("backend_closed", reason=reason)
         self.broken = True
-        if self.transport is not None:
-            if self._mode not in ("auth",):
-                try:
-                    self.transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
-                except Exception:  # noqa: BLE001 - closing anyway
-                    pass
-            self.transport.loseConnection()
+        transport = self.transport
+        if transport is None:
+            return False
+        if self._mode not in ("auth", "closed"):
+            try:
+                transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if was_broken or half_close is None or self._mode == "closed":
+            transport.loseConnection()
+            return False
+        self._mode = "closed"  # whatever the server still sends is dropped with the connection
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = self.clock.callLater(self.target.connect_timeout, transport.abortConnection)
+        half_close()
+        return True
 
     def _fail(self, error: Exception | Failure) -> None:
         exc = error.value if isinstance(error, Failure) else error

@@ -417,6 +417,35 @@ class CommandTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(d), self.conn)
         self.assertIsNone(self.conn.state.schema)
 
+    def test_close_waits_for_the_server(self) -> None:
+        """On a TCP transport close() sends COM_QUIT and closes only pyproxy's side;
+        the connection is lost (and the pool told) when the server closes its end, or
+        aborted after connect_timeout."""
+        class HalfClosing(FakeTransport):
+            half_closed = False
+
+            def loseWriteConnection(self) -> None:
+                self.half_closed = True
+
+        reactor = MemoryReactorClock()
+        conn = BackendConnection(TARGET, DEOF_FLAVOR, reactor)
+        server = FakeServer(conn)
+        transport = HalfClosing()
+        conn.makeConnection(transport)
+        server.transport = transport
+        server.login()
+        lost: list[BackendConnection] = []
+        conn.on_lost = lost.append
+        self.assertTrue(conn.close("replaced"))
+        [quit_] = server.received()
+        self.assertEqual(quit_.payload, bytes((COMMAND.COM_QUIT,)))
+        self.assertTrue(transport.half_closed and not transport.disconnecting)
+        reactor.advance(TARGET.connect_timeout)
+        self.assertTrue(transport.disconnecting)  # aborted: the server never closed
+        conn.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(lost, [conn])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
     def test_close_says_goodbye(self) -> None:
         """close() sends COM_QUIT and drops the transport."""
         self.conn.close("shutdown")
