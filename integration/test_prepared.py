@@ -7,8 +7,9 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mysql.connector
 import pytest
@@ -24,6 +25,13 @@ def connector(proxy: servers.ProxyProcess, **kw):
 
 def pins(proxy: servers.ProxyProcess) -> list[str]:
     return [line for line in proxy.log_text().splitlines() if "session_pinned" in line]
+
+
+def run_clients(client: Callable[[int], None], clients: int, workers: int) -> None:
+    """``client(i)`` for every i below ``clients``, ``workers`` at a time."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(client, i) for i in range(clients)]:
+            future.result(timeout=120)
 
 
 def test_prepared_cursors_share_a_small_pool(make_proxy) -> None:
@@ -54,9 +62,7 @@ def test_prepared_cursors_share_a_small_pool(make_proxy) -> None:
         finally:
             conn.close()
 
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        for future in [pool.submit(client, i) for i in range(36)]:
-            future.result(timeout=120)
+    run_clients(client, 36, 12)
     assert failures == []
     assert pins(proxy) == []
 
@@ -295,9 +301,7 @@ def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
             finally:
                 conn.close()
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for future in [pool.submit(client, i) for i in range(4)]:
-                future.result(timeout=120)
+        run_clients(client, 4, 4)
         assert failures == [], failures[:10]
         assert pins(proxy) == []
     finally:

@@ -984,10 +984,13 @@ class FrontendProtocol(protocol.Protocol):
         """A statement whose text scan_statement() flagged: what it needs before it
         runs (statement_needs()), then borrowing as usual."""
         needs = statement_needs(sql, found)
-        if needs & OWN_TRACKING:
-            attach = lambda: self._acquire(lambda: self._own_tracking_first(then))  # noqa: E731
-        else:
-            attach = lambda: self._acquire(then)  # noqa: E731
+
+        def attach() -> None:
+            if needs & OWN_TRACKING:
+                self._acquire(lambda: self._own_tracking_first(then))
+            else:
+                self._acquire(then)
+
         if needs & READ_GLOBALS:
             self._read_globals(attach)
         else:
@@ -1027,9 +1030,12 @@ class FrontendProtocol(protocol.Protocol):
         If that fails the statement still runs, and only the pools are renewed."""
 
         def opened(conn: BackendConnection) -> Any:
+            def unread(failure: Failure) -> Failure:
+                conn.close("global variables unread")
+                return failure
+
             return conn.query_rows("SHOW GLOBAL VARIABLES").addCallbacks(
-                lambda rows: (conn, _variables(rows)),
-                lambda failure: (conn.close("global variables unread"), failure)[1])
+                lambda rows: (conn, _variables(rows)), unread)
 
         def read(result: tuple[BackendConnection, dict[str, str | None]]) -> None:
             if self.phase == CLOSED:

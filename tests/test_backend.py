@@ -179,12 +179,16 @@ class LoginTests(SynchronousTestCase):
     def test_tracking_settings_learned(self) -> None:
         """The tracking a session starts with is read from the server (here, as an
         administrator configured it); a server that cannot say keeps the defaults."""
-        conn = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
-        server = FakeServer(conn)
-        server.send(vectors.GREETING)
-        server.received()
-        server.send(vectors.LOGIN_OK)
-        server.received()
+        def logged_in() -> tuple[BackendConnection, FakeServer]:
+            conn = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
+            server = FakeServer(conn)
+            server.send(vectors.GREETING)
+            server.received()
+            server.send(vectors.LOGIN_OK)
+            server.received()  # the tracking SELECT and SET
+            return conn, server
+
+        conn, server = logged_in()
         definition = b"\x03def\x00\x00\x00\x01a\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
         row = b"".join(bytes((len(v),)) + v for v in (b"time_zone", b"1", b"1", b"STATE"))
         reply = (frame(b"\x04", 1) + b"".join(frame(definition, seq) for seq in range(2, 6))
@@ -192,12 +196,7 @@ class LoginTests(SynchronousTestCase):
         server.send(reply + vectors.TRACKING_OK)
         self.assertEqual(self.successResultOf(conn.ready).tracking,
                          Tracking("time_zone", "ON", "ON", "STATE"))
-        old = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
-        server = FakeServer(old)
-        server.send(vectors.GREETING)
-        server.received()
-        server.send(vectors.LOGIN_OK)
-        server.received()
+        old, server = logged_in()
         server.send(frame(make_err(1193, "HY000", "Unknown system variable"), 1) + vectors.TRACKING_OK)
         self.assertIs(self.successResultOf(old.ready).tracking, DEFAULT_TRACKING)
 

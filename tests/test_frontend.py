@@ -56,6 +56,8 @@ CLIENT_CAPS = (
 )
 PEER = "192.168.1.1"  # StringTransport's peer address
 SELECT = "SELECT id, name FROM app.t ORDER BY id"
+# The statement vectors.PREPARE_DEOF answers.
+PREPARED_SQL = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
 
 
 class Backends:
@@ -311,6 +313,15 @@ class LoggedIn(SynchronousTestCase):
         assert ok.payload[0] == 0
         return client
 
+    def prepared(self) -> tuple[BackendConnection, FakeServer]:
+        """The client prepares PREPARED_SQL (statement 1) on a new backend connection."""
+        self.client.send(b"\x16" + PREPARED_SQL)
+        conn, server = self.backends.open()
+        server.received()
+        server.send(vectors.PREPARE_DEOF)
+        self.client.raw()
+        return conn, server
+
     def first_backend(self, client: FakeClient, sql: str) -> tuple[BackendConnection, FakeServer]:
         """Sends ``sql``; opens the backend it waits for and checks the command arrives as sent."""
         client.query(sql)
@@ -468,12 +479,8 @@ class RoundTripTests(LoggedIn):
         """When the connection that prepared a statement is busy, EXECUTE runs on another
         one: pyproxy prepares the statement there first, rewrites the statement id, and
         adds the parameter types the client sent only with its first execute."""
-        sql = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
-        self.client.send(b"\x16" + sql)
-        conn, server = self.backends.open()
-        server.received()
-        server.send(vectors.PREPARE_DEOF)
-        self.client.raw()
+        sql = PREPARED_SQL
+        conn, server = self.prepared()
         self.client.send(EXECUTE_BOUND)
         server.received()
         server.send(vectors.EXECUTE_DEOF)
@@ -870,6 +877,16 @@ class LocalFilesTests(LoggedIn):
         self.assertEqual(self.pool.idle, [conn])
 
 
+def expect_statements(server: FakeServer, *sql: str) -> None:
+    """The server receives ``sql`` one statement after the other: pyproxy sends each
+    of its own (reconciling SETs) only after the OK to the one before."""
+    for number, statement in enumerate(sql):
+        [command] = server.received()
+        assert command.payload == make_query(statement), (command.payload, statement)
+        if number < len(sql) - 1:
+            server.send(vectors.COMMIT_OK)
+
+
 def rows_reply(rows: list[tuple[str, str]]) -> bytes:
     """A two-column text result set (SHOW VARIABLES), as a DEPRECATE_EOF server sends it."""
     definition = b"\x03def\x00\x00\x00\x05Value\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
@@ -937,11 +954,7 @@ class GlobalVariablesTests(LoggedIn):
         # The earlier session's next statement runs on a new connection, with its value.
         earlier.query("SELECT 1")
         conn2, server2 = self.backends.open()
-        [replay] = server2.received()
-        self.assertEqual(replay.payload, make_query("SET SESSION auto_increment_increment=1"))
-        server2.send(vectors.COMMIT_OK)
-        [select] = server2.received()
-        self.assertEqual(select.payload, make_query("SELECT 1"))
+        expect_statements(server2, "SET SESSION auto_increment_increment=1", "SELECT 1")
 
     def test_side_connection_failure_still_runs_the_statement(self) -> None:
         """If pyproxy cannot read the globals, the statement runs anyway and pooled
@@ -995,11 +1008,7 @@ class UnreportedSetTests(LoggedIn):
         self.assertFalse(self.client.protocol.pinned)
         other = self.connect()
         other.query("SELECT 1")
-        [reset] = server.received()
-        self.assertEqual(reset.payload, make_query("SET SESSION sql_mode=DEFAULT"))
-        server.send(vectors.COMMIT_OK)
-        [select] = server.received()
-        self.assertEqual(select.payload, make_query("SELECT 1"))
+        expect_statements(server, "SET SESSION sql_mode=DEFAULT", "SELECT 1")
 
     def test_pinned_session_reads_nothing_back(self) -> None:
         """A pinned session keeps its connection: no read-back is needed."""
@@ -1126,15 +1135,15 @@ LAST_FETCH_DEOF = vectors.FETCH_DEOF[:-4] + b"\x82\x00\x00\x00"
 class CursorTests(LoggedIn):
     """A cursor holds its connection until it is closed; it never pins the session."""
 
+    def sent_on(self, server: FakeServer, command: bytes) -> None:
+        """The client's command reaches the server as sent."""
+        self.client.send(command)
+        [sent] = server.received()
+        self.assertEqual(sent.payload, command)
+
     def open_cursor(self) -> tuple[BackendConnection, FakeServer]:
-        self.client.send(b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
-        conn, server = self.backends.open()
-        server.received()
-        server.send(vectors.PREPARE_DEOF)
-        self.client.raw()
-        self.client.send(CURSOR_EXECUTE)
-        [execute] = server.received()
-        self.assertEqual(execute.payload, CURSOR_EXECUTE)
+        conn, server = self.prepared()
+        self.sent_on(server, CURSOR_EXECUTE)
         server.send(vectors.CURSOR_EXECUTE_DEOF)
         self.assertEqual(self.client.raw(), vectors.CURSOR_EXECUTE_DEOF)
         self.assertEqual(self.pool.lent, {conn})
@@ -1146,28 +1155,23 @@ class CursorTests(LoggedIn):
         """Fetches run on the cursor's connection; the one that reports the last row
         sent ends the cursor, and the connection goes back, its statement cached."""
         conn, server = self.open_cursor()
-        self.client.send(FETCH)
-        [fetch] = server.received()
-        self.assertEqual(fetch.payload, FETCH)
+        self.sent_on(server, FETCH)
         server.send(vectors.FETCH_DEOF)
         self.client.raw()
         self.assertEqual(self.pool.lent, {conn})
-        self.client.send(FETCH)
-        server.received()
+        self.sent_on(server, FETCH)
         server.send(LAST_FETCH_DEOF)
         self.assertEqual(self.client.raw(), LAST_FETCH_DEOF)
         self.assertEqual(self.pool.idle, [conn])
         self.assertEqual(self.client.protocol.session.cursors, 0)
-        self.assertIsNotNone(conn.statements.get(b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"))
+        self.assertIsNotNone(conn.statements.get(PREPARED_SQL))
         self.assertFalse(self.client.protocol.pinned)
 
     def test_close_closes_the_cursor(self) -> None:
         """COM_STMT_CLOSE of the statement closes the backend's copy (and its cursor)
         and gives the connection back at once."""
         conn, server = self.open_cursor()
-        self.client.send(b"\x19\x01\x00\x00\x00")
-        [close] = server.received()
-        self.assertEqual(close.payload, b"\x19\x01\x00\x00\x00")
+        self.sent_on(server, b"\x19\x01\x00\x00\x00")
         self.assertEqual(self.pool.idle, [conn])
         self.assertEqual(len(conn.statements), 0)
         self.assertEqual(self.client.raw(), b"")  # COM_STMT_CLOSE has no reply
@@ -1175,9 +1179,7 @@ class CursorTests(LoggedIn):
     def test_reset_closes_the_cursor(self) -> None:
         """COM_STMT_RESET goes to the cursor's connection; after its OK the connection goes back."""
         conn, server = self.open_cursor()
-        self.client.send(b"\x1a\x01\x00\x00\x00")
-        [reset] = server.received()
-        self.assertEqual(reset.payload, b"\x1a\x01\x00\x00\x00")
+        self.sent_on(server, b"\x1a\x01\x00\x00\x00")
         self.assertEqual(self.pool.lent, {conn})
         server.send(vectors.PING_OK)
         self.assertEqual(self.client.raw(), vectors.PING_OK)
@@ -1187,9 +1189,7 @@ class CursorTests(LoggedIn):
         """A new execute of the statement (without a cursor) runs where the cursor was,
         which closes it; the connection then goes back."""
         conn, server = self.open_cursor()
-        self.client.send(EXECUTE_UNBOUND)
-        [execute] = server.received()
-        self.assertEqual(execute.payload, EXECUTE_UNBOUND)
+        self.sent_on(server, EXECUTE_UNBOUND)
         server.send(vectors.EXECUTE_DEOF)
         self.client.raw()
         self.assertEqual(self.pool.idle, [conn])
@@ -1199,7 +1199,7 @@ class CursorTests(LoggedIn):
         """A second statement with the same SQL does not reuse (and so close) the backend
         statement that holds the open cursor: it is prepared again on the connection."""
         conn, server = self.open_cursor()
-        sql = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
+        sql = PREPARED_SQL
         self.client.send(b"\x16" + sql)
         server.received()
         server.send(vectors.PREPARE_DEOF.replace(b"\x00\x01\x00\x00\x00", b"\x00\x02\x00\x00\x00", 1))
@@ -1289,12 +1289,8 @@ class StatementLimitTests(LoggedIn):
     def test_execute_prepares_again_after_making_room(self) -> None:
         """An execute that needs its statement prepared on this connection gets the
         same treatment: the prepare is repeated, halving the cache, until it fits."""
-        sql = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
-        self.client.send(b"\x16" + sql)
-        conn, server = self.backends.open()
-        server.received()
-        server.send(vectors.PREPARE_DEOF)
-        self.client.raw()
+        sql = PREPARED_SQL
+        conn, server = self.prepared()
         conn.statements.clear()  # as if closed to make room meanwhile
         for number in range(1, 3):
             conn.statements.add(f"SELECT {number}".encode(), BackendStatement(100 + number, 0, 1))
