@@ -244,27 +244,31 @@ def test_cursor_holds_its_connection_only_while_open(make_proxy) -> None:
     assert pins(proxy) == []
 
 
-STATEMENT_LIMIT = 8
+#: Statements the server allows beyond those other sessions (other tests' proxies) hold.
+STATEMENT_ROOM = 8
 
 
 def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
-    """max_prepared_stmt_count (set to 8 here) counts every session's statements.
+    """max_prepared_stmt_count counts every session's statements (here it leaves room
+    for 8 more than the server holds when the test starts).
 
-    When sessions of others hold all 8, a client's prepare gets the server's own error
-    1461 through pyproxy as it does directly, and succeeds once they are gone.  Then 4
-    clients sharing 2 backend connections each keep 24 prepared statements open, three
-    times what the server allows, and every prepare and execute succeeds with the right
-    result: pyproxy closes cached statements to make room and prepares them again when
-    they are needed."""
+    When sessions of others hold all of them, a client's prepare gets the server's own
+    error 1461 through pyproxy as it does directly, and succeeds once they are gone.
+    Then 4 clients sharing 2 backend connections each keep 24 prepared statements open,
+    three times what the server allows, and every prepare and execute succeeds with the
+    right result: pyproxy closes cached statements to make room and prepares them again
+    when they are needed."""
     root = db_server.connect()
     with root.cursor() as cur:
         cur.execute("SELECT @@GLOBAL.max_prepared_stmt_count")
         saved = cur.fetchone()[0]
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")
+        in_use = int(cur.fetchone()[1])
     proxy = make_proxy(pool={"max_connections": 2, "borrow_timeout": 60})
     try:
         with root.cursor() as cur:
-            cur.execute(f"SET GLOBAL max_prepared_stmt_count = {STATEMENT_LIMIT}")
-            for number in range(STATEMENT_LIMIT):
+            cur.execute(f"SET GLOBAL max_prepared_stmt_count = {in_use + STATEMENT_ROOM}")
+            for number in range(STATEMENT_ROOM):
                 cur.execute(f"PREPARE full_{number} FROM 'SELECT {number}'")
         codes = []
         for port in (db_server.port, proxy.port):
@@ -277,7 +281,7 @@ def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
             conn.close()
         assert codes == [1461, 1461]
         with root.cursor() as cur:
-            for number in range(STATEMENT_LIMIT):
+            for number in range(STATEMENT_ROOM):
                 cur.execute(f"DEALLOCATE PREPARE full_{number}")
         failures: list[str] = []
 
@@ -285,7 +289,7 @@ def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
             conn = connector(proxy)
             try:
                 cursors = []
-                for k in range(3 * STATEMENT_LIMIT):
+                for k in range(3 * STATEMENT_ROOM):
                     cursor = conn.cursor(prepared=True)
                     cursor.execute(f"SELECT ? + {k}, {i}", (100,))
                     if cursor.fetchall() != [(100 + k, i)]:

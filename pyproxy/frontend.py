@@ -469,30 +469,53 @@ class FrontendProtocol(protocol.Protocol):
         prepare()
 
     def _make_room(self, again: Any) -> bool:
-        """The server's max_prepared_stmt_count is reached (error 1461) while this
-        connection still caches statements: the half of them used longest ago is
-        closed, the server's limit is read (so that every connection caches at
-        most its share of it from now on), and ``again`` tries once more; as long
-        as the limit is still reached, that goes on until the cache is empty.
-        Returns False when the connection caches nothing: the error is then the
-        client's, as it would be directly."""
+        """The server's max_prepared_stmt_count is reached (error 1461) while pyproxy
+        caches statements: the half used longest ago of this connection's cache is
+        closed (of the fullest other connection's in the pool, if this one's is
+        empty), and ``again`` tries once more; as long as the limit is still
+        reached, that goes on until nothing is cached.  The server's limit and
+        the statements it holds are read too, so that every connection caches at
+        most its share of the room other sessions leave.  Returns False when
+        nothing is cached: the error is then the client's, as it would be
+        directly."""
         conn = self.backend
-        if conn is None or conn.broken or not len(conn.statements):
+        if conn is None or conn.broken:
             return False
+        pool = self._pool
+        fullest = conn
+        if not len(conn.statements):
+            others = [other for other in (*pool.idle, *pool.lent) if len(other.statements) and not other.broken]
+            if not others:
+                return False
+            fullest = max(others, key=lambda other: len(other.statements))
         self._cancel_query_timer()
-        conn.close_statements(conn.statements.shrink(len(conn.statements) // 2))
+        fullest.close_statements(fullest.statements.shrink(len(fullest.statements) // 2))
+        waits = [conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count"),
+                 conn.query_rows("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")]
+        if fullest in pool.idle:
+            # Closed over another connection: its ping answered means the server
+            # has closed them before the statement is tried again.
+            pool.begin_check(fullest)
+            waits.append(fullest.ping().addCallbacks(
+                lambda _: pool.end_check(fullest),
+                lambda failure: pool.discard(fullest, f"ping failed: {failure.getErrorMessage()}")))
 
-        def learned(value: str | None) -> None:
-            if value is not None and value.isdigit():
-                self.proxy.statement_limit_learned(int(value))
+        def learned(results: list[Any]) -> None:
+            limit, rows = results[0], results[1]
+            in_use = rows[0][1] if rows and len(rows[0]) >= 2 else None
+            if limit is not None and limit.isdigit():
+                self.proxy.statement_limit_learned(
+                    int(limit), int(in_use) if in_use is not None and in_use.isdigit() else None)
             if self.phase != CLOSED:
                 again()
 
         def failed(failure: Failure) -> None:
+            if isinstance(failure.value, defer.FirstError):
+                failure = failure.value.subFailure
             if self.phase != CLOSED:
                 self._command_failed(failure.value)
 
-        conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count").addCallbacks(learned, failed)
+        defer.gatherResults(waits, consumeErrors=True).addCallbacks(learned, failed)
         return True
 
     def _execute_on(self, statement: ClientStatement, packet: Packet, prepared: BackendStatement) -> None:

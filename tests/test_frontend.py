@@ -1256,13 +1256,15 @@ class StatementLimitTests(LoggedIn):
         self.assertEqual(first.payload, prepare)
         server.send(ERR_TOO_MANY_STATEMENTS)
         self.assertEqual(self.client.raw(), b"")
-        close_1, close_2, query = server.received()
+        close_1, close_2, limit, in_use = server.received()
         self.assertEqual([close_1.payload, close_2.payload], [b"\x19" + (101).to_bytes(4, "little"),
                                                              b"\x19" + (102).to_bytes(4, "little")])
-        self.assertEqual(query.payload, make_query("SELECT @@GLOBAL.max_prepared_stmt_count"))
-        server.send(value_reply(b"8"))
-        self.assertEqual(self.proxy.server_max_prepared_stmts, 8)
-        # 8 shared by up to 4 connections (2 per user): 2 each from now on.
+        self.assertEqual(limit.payload, make_query("SELECT @@GLOBAL.max_prepared_stmt_count"))
+        self.assertEqual(in_use.payload, make_query("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'"))
+        server.send(value_reply(b"12") + rows_reply([("Prepared_stmt_count", "6")]))
+        # 6 prepared, 2 of them pyproxy's: the others leave room for 8, shared by up
+        # to 4 connections (2 per user), 2 each from now on.
+        self.assertEqual(self.proxy.statement_room, 8)
         self.assertEqual(conn.statements.capacity, 2)
         [again] = server.received()
         self.assertEqual(again.payload, prepare)
@@ -1272,6 +1274,39 @@ class StatementLimitTests(LoggedIn):
         [close_3] = server.received()  # the cache keeps its share: the new one and one more
         self.assertEqual(close_3.payload, b"\x19" + (103).to_bytes(4, "little"))
         self.assertEqual(len(conn.statements), 2)
+
+    def test_room_made_on_an_idle_connection(self) -> None:
+        """With nothing cached on its own connection, the statements are closed on the
+        fullest other one, idle here: it is taken aside until its ping answers, so the
+        server has closed them before the prepare is tried again."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        server.send(vectors.BEGIN_OK)  # this client holds its connection
+        self.client.raw()
+        other = self.connect()
+        other.query("DO 1")
+        idle, idle_server = self.backends.open()
+        idle_server.received()
+        idle_server.send(vectors.PING_OK)
+        other.raw()
+        for number in range(1, 5):
+            idle.statements.add(f"SELECT {number}".encode(), BackendStatement(100 + number, 0, 1))
+        prepare = b"\x16" + PREPARED_SQL
+        self.client.send(prepare)
+        server.received()
+        server.send(ERR_TOO_MANY_STATEMENTS)
+        *closes, ping = idle_server.received()
+        self.assertEqual([c.payload[:1] for c in closes], [b"\x19", b"\x19"])
+        self.assertEqual(ping.payload, b"\x0e")
+        self.assertEqual(self.pool.checking, {idle})
+        server.received()
+        server.send(value_reply(b"16382") + rows_reply([("Prepared_stmt_count", "16382")]))
+        self.assertEqual(server.received(), [])  # not before the idle connection answers
+        idle_server.send(vectors.PING_OK)
+        self.assertEqual(self.pool.idle, [idle])
+        [again] = server.received()
+        self.assertEqual(again.payload, prepare)
+        server.send(vectors.PREPARE_DEOF)
+        self.assertEqual(self.client.received()[0].payload[0], 0)
 
     def test_server_error_when_nothing_is_cached(self) -> None:
         """With nothing of pyproxy's to close, the limit is reached by others: the
@@ -1299,9 +1334,9 @@ class StatementLimitTests(LoggedIn):
             [prepare] = server.received()
             self.assertEqual(prepare.payload, b"\x16" + sql)
             server.send(ERR_TOO_MANY_STATEMENTS)
-            *closes, query = server.received()
+            *closes, _, _ = server.received()
             self.assertEqual(len(closes), cached - cached // 2)
-            server.send(value_reply(b"16382"))
+            server.send(value_reply(b"16382") + rows_reply([("Prepared_stmt_count", "2")]))
         [prepare] = server.received()
         server.send(vectors.PREPARE_DEOF)
         [execute] = server.received()
