@@ -4,13 +4,10 @@ The tests in ``integration/mariadb_tests/tests.txt`` (session and user variables
 tables, transactions, prepared statements, character sets) run with the ``mariadb-test``
 client from Debian's ``mariadb-test`` package, in plain and in ``--ps-protocol`` mode, against
 two sandbox servers set up as ``mariadb-test-run.pl`` would: one directly, the other through a
-pyproxy.  Both runs go at the same time and take about 90 s on 2 cores, 30 s of which is
-``main.lock`` hanging through pyproxy in ``--ps-protocol`` mode (a known bug).
+pyproxy.  Both runs go at the same time and take about 90 s on 2 cores.
 
 Every listed test must pass directly, and through pyproxy exactly the same tests must pass
-(passing means the output equals the test's ``.result`` file), except those in
-:data:`KNOWN_BUGS`: each of those is an ``xfail(strict=True)`` test of its own, which fails
-(XPASS) once the bug is fixed, so that the entry gets removed.
+(passing means the output equals the test's ``.result`` file).
 
 Run just this::
 
@@ -42,24 +39,6 @@ from pyproxy.sandbox import ProgramNotFound
 TEST_TIMEOUT = 30.0
 
 MODES = suite.MODES
-
-EOF_WARNINGS_ZERO = (
-    "BUG: the EOF pyproxy inserts after a result set's column definitions for clients "
-    "without CLIENT_DEPRECATE_EOF carries warning count 0 (the count is not known before the "
-    "rows; wire/response_tracker.py _insert_eof), so mysql_warning_count() right after "
-    "COM_STMT_EXECUTE says 0 and the client skips the warnings the statement raised")
-
-#: (mode, test) -> the pyproxy bug that makes it fail through pyproxy only.
-KNOWN_BUGS: dict[tuple[str, str], str] = {}
-
-
-def _known(reason: str, names: tuple[str, ...], modes: tuple[str, ...] = MODES) -> None:
-    for mode in modes:
-        for name in names:
-            KNOWN_BUGS[(mode, name)] = reason
-
-
-_known(EOF_WARNINGS_ZERO, ("main.type_varchar",), ("ps",))
 
 
 @attrs.define(eq=False)
@@ -118,7 +97,7 @@ def runs(suite_env: SuiteEnv) -> Runs:
         (suite_env.proxy_target(), suite_env.proxied.vardir),
         tests_by_mode, workdir=suite_env.workdir, timeout=TEST_TIMEOUT)
     log = suite_env.proxy.log_text()
-    # Its pooled connections may hold locks a known bug left behind (main.lock): let the
+    # Its pooled connections may hold locks a failed test left behind: let the
     # server go before the tests below use it.
     suite_env.proxy.stop()
     return Runs(tests_by_mode, direct, proxied, log)
@@ -152,28 +131,14 @@ def test_same_results_through_pyproxy(runs: Runs, mode: str) -> None:
     names = runs.tests_by_mode[mode]
     passed_direct = {name for name in names if runs.direct[mode][name].passed}
     passed_proxied = {name for name in names if runs.proxied[mode][name].passed}
-    known = {name for (bug_mode, name) in KNOWN_BUGS if bug_mode == mode}
-    lost = [runs.proxied[mode][name] for name in names
-            if name in passed_direct - passed_proxied - known]
+    lost = [runs.proxied[mode][name] for name in names if name in passed_direct - passed_proxied]
     gained = sorted(passed_proxied - passed_direct)
     assert not lost and not gained, (
         f"[{mode}] {len(passed_direct)} tests pass directly, {len(passed_proxied)} through "
-        f"pyproxy ({len(known)} known pyproxy bugs excepted)\n"
+        f"pyproxy\n"
         + (f"pass only through pyproxy: {', '.join(gained)}\n" if gained else "")
         + "\n".join(outcome.describe(60) for outcome in lost)
         + "\npyproxy log (warnings, errors):\n" + _proxy_log_excerpt(runs.proxy_log))
-
-
-@pytest.mark.parametrize(("mode", "name"), [
-    pytest.param(mode, name, id=f"{mode}-{name}",
-                 marks=pytest.mark.xfail(strict=True, reason=reason))
-    for (mode, name), reason in KNOWN_BUGS.items()
-])
-def test_known_pyproxy_bug(runs: Runs, mode: str, name: str) -> None:
-    """Passes directly, fails through pyproxy; XPASS (a failure) once the bug is fixed."""
-    assert name in runs.tests_by_mode[mode], f"{name} [{mode}] is not in tests.txt"
-    outcome = runs.proxied[mode][name]
-    assert outcome.passed, outcome.describe(60)
 
 
 def _run_own_test(target: suite.Target, server: suite.SuiteServer,

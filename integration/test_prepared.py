@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
 import subprocess
-from pathlib import Path
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mysql.connector
 import pytest
 
 from integration import servers
+from integration.drivers import log_events
 
 
 def connector(proxy: servers.ProxyProcess, **kw):
@@ -21,6 +25,13 @@ def connector(proxy: servers.ProxyProcess, **kw):
 
 def pins(proxy: servers.ProxyProcess) -> list[str]:
     return [line for line in proxy.log_text().splitlines() if "session_pinned" in line]
+
+
+def run_clients(client: Callable[[int], None], clients: int, workers: int) -> None:
+    """``client(i)`` for every i below ``clients``, ``workers`` at a time."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(client, i) for i in range(clients)]:
+            future.result(timeout=120)
 
 
 def test_prepared_cursors_share_a_small_pool(make_proxy) -> None:
@@ -51,9 +62,7 @@ def test_prepared_cursors_share_a_small_pool(make_proxy) -> None:
         finally:
             conn.close()
 
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        for future in [pool.submit(client, i) for i in range(36)]:
-            future.result(timeout=120)
+    run_clients(client, 36, 12)
     assert failures == []
     assert pins(proxy) == []
 
@@ -154,3 +163,152 @@ def test_call_with_multiple_results_over_execute(make_proxy, db_server) -> None:
     direct = run(db_server.port)
     assert direct.splitlines()[0] == '[[{"a":5}],[{"b":6,"c":"y"}]]'
     assert run(proxy.port) == direct
+
+
+CURSOR_TYPE_READ_ONLY = 1
+LAST_ROW_SENT = 0x80
+
+
+def _stats(proxy: servers.ProxyProcess) -> tuple[dict, dict]:
+    """pyproxy's SIGUSR1 report: (pool_stats, pin_summary)."""
+    before = len(log_events(proxy, "pin_summary"))
+    proxy.process.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while len(log_events(proxy, "pin_summary")) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log_events(proxy, "pool_stats")[-1], log_events(proxy, "pin_summary")[-1]
+
+
+def test_cursor_holds_its_connection_only_while_open(make_proxy) -> None:
+    """A cursor (COM_STMT_EXECUTE with CURSOR_TYPE_READ_ONLY, read with COM_STMT_FETCH,
+    here through mysql-connector-python's command API) holds its backend connection
+    while it is open and not a moment longer.  With a pool of one connection another
+    client times out waiting while a cursor is open, and runs as soon as the cursor
+    ends, though its client stays connected: after the fetch that reports the last row,
+    after COM_STMT_RESET and after COM_STMT_CLOSE.  No session is pinned."""
+    proxy = make_proxy(pool={"max_connections": 1, "borrow_timeout": 1})
+    setup = connector(proxy)
+    cur = setup.cursor()
+    cur.execute("CREATE TABLE IF NOT EXISTS ps_cursor (id INT PRIMARY KEY)")
+    cur.execute("DELETE FROM ps_cursor")
+    cur.execute("INSERT INTO ps_cursor VALUES (1), (2), (3), (4), (5)")
+    setup.close()
+    holder, other = connector(proxy), connector(proxy)
+
+    def other_runs() -> bool:
+        try:
+            probe = other.cursor()
+            probe.execute("SELECT 1")
+            probe.fetchall()
+            return True
+        except mysql.connector.Error as exc:
+            assert exc.errno == 9001, exc  # pyproxy: no backend connection became free
+            return False
+
+    def open_cursor() -> tuple[int, list]:
+        statement = holder.cmd_stmt_prepare(b"SELECT id FROM ps_cursor ORDER BY id")["statement_id"]
+        _, columns, eof = holder.cmd_stmt_execute(statement, flags=CURSOR_TYPE_READ_ONLY)
+        assert eof["status_flag"] & 0x40  # SERVER_STATUS_CURSOR_EXISTS: the server kept a cursor
+        assert not other_runs()
+        return statement, columns
+
+    statement, columns = open_cursor()
+    fetched: list = []
+    while True:
+        holder.cmd_stmt_fetch(statement, 2)
+        rows, eof = holder.get_rows(binary=True, columns=columns)
+        fetched += [row[0] for row in rows]
+        if eof["status_flag"] & LAST_ROW_SENT:
+            break
+        assert not other_runs()
+    assert fetched == [1, 2, 3, 4, 5]
+    assert other_runs()
+    holder.cmd_stmt_close(statement)
+
+    statement, columns = open_cursor()
+    holder.cmd_stmt_fetch(statement, 1)
+    assert [row[0] for row in holder.get_rows(binary=True, columns=columns)[0]] == [1]
+    holder.cmd_stmt_reset(statement)
+    assert other_runs()
+    holder.cmd_stmt_close(statement)
+
+    statement, _ = open_cursor()
+    holder.cmd_stmt_close(statement)
+    assert other_runs()
+
+    pool_stats, pin_summary = _stats(proxy)
+    assert pin_summary["pins"] == {}
+    assert pool_stats["lent"] == 0
+    holder.close()
+    other.close()
+    assert pins(proxy) == []
+
+
+#: Statements the server allows beyond those other sessions (other tests' proxies) hold.
+STATEMENT_ROOM = 8
+
+
+def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
+    """max_prepared_stmt_count counts every session's statements (here it leaves room
+    for 8 more than the server holds when the test starts).
+
+    When sessions of others hold all of them, a client's prepare gets the server's own
+    error 1461 through pyproxy as it does directly, and succeeds once they are gone.
+    Then 4 clients sharing 2 backend connections each keep 24 prepared statements open,
+    three times what the server allows, and every prepare and execute succeeds with the
+    right result: pyproxy closes cached statements to make room and prepares them again
+    when they are needed."""
+    root = db_server.connect()
+    with root.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.max_prepared_stmt_count")
+        saved = cur.fetchone()[0]
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")
+        in_use = int(cur.fetchone()[1])
+    proxy = make_proxy(pool={"max_connections": 2, "borrow_timeout": 60})
+    try:
+        with root.cursor() as cur:
+            cur.execute(f"SET GLOBAL max_prepared_stmt_count = {in_use + STATEMENT_ROOM}")
+            for number in range(STATEMENT_ROOM):
+                cur.execute(f"PREPARE full_{number} FROM 'SELECT {number}'")
+        codes = []
+        for port in (db_server.port, proxy.port):
+            conn = mysql.connector.connect(host="127.0.0.1", port=port, user="app",
+                                           password="app_pw", database="app", use_pure=True)
+            try:
+                conn.cursor(prepared=True).execute("SELECT ? + 1", (1,))
+            except mysql.connector.Error as exc:
+                codes.append(exc.errno)
+            conn.close()
+        assert codes == [1461, 1461]
+        with root.cursor() as cur:
+            for number in range(STATEMENT_ROOM):
+                cur.execute(f"DEALLOCATE PREPARE full_{number}")
+        failures: list[str] = []
+
+        def client(i: int) -> None:
+            conn = connector(proxy)
+            try:
+                cursors = []
+                for k in range(3 * STATEMENT_ROOM):
+                    cursor = conn.cursor(prepared=True)
+                    cursor.execute(f"SELECT ? + {k}, {i}", (100,))
+                    if cursor.fetchall() != [(100 + k, i)]:
+                        failures.append(f"client {i}, statement {k}: first execute")
+                    cursors.append(cursor)
+                for _ in range(2):
+                    for k, cursor in enumerate(cursors):
+                        cursor.execute(f"SELECT ? + {k}, {i}", (k,))
+                        if cursor.fetchall() != [(2 * k, i)]:
+                            failures.append(f"client {i}, statement {k}")
+            except mysql.connector.Error as exc:
+                failures.append(f"client {i}: {exc}")
+            finally:
+                conn.close()
+
+        run_clients(client, 4, 4)
+        assert failures == [], failures[:10]
+        assert pins(proxy) == []
+    finally:
+        with root.cursor() as cur:
+            cur.execute(f"SET GLOBAL max_prepared_stmt_count = {saved}")
+        root.close()

@@ -44,6 +44,10 @@ from pyproxy.wire.responses import ERR, parse_err, parse_ok
 # LOCAL, parsing) and cannot be translated packet by packet.  Connections
 # are pooled per combination; most applications use one.
 FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE
+# A flavor bit of pyproxy's own, never sent: the connection is opened without
+# CLIENT_DEPRECATE_EOF.  Clients without it that use the binary protocol get
+# such connections (see FrontendProtocol._statement_command).
+CLASSIC_EOF = 1 << 32
 
 # CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the
 # session-tracking data a classic EOF cannot, and clients without it get the
@@ -200,6 +204,8 @@ class BackendConnection(protocol.Protocol):
             self._plugin = hs.auth_plugin if hs.auth_plugin in (auth.NATIVE, auth.CACHING_SHA2,
                                                                  auth.ED25519) else auth.NATIVE
             wanted = BASE_CAPABILITIES | (self.flavor & FLAVOR_BITS)
+            if self.flavor & CLASSIC_EOF:
+                wanted &= ~CLIENT.DEPRECATE_EOF
             if self.target.database:
                 wanted |= CLIENT.CONNECT_WITH_DB
             self.capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)
@@ -537,18 +543,36 @@ class BackendConnection(protocol.Protocol):
 
     # -- end of life --------------------------------------------------------
 
-    def close(self, reason: str) -> None:
-        """Closes for good; the pool has already forgotten this connection."""
-        if not self.broken:
+    def close(self, reason: str) -> bool:
+        """Closes for good; the pool has already forgotten this connection.
+
+        Returns True when connectionLost (and ``on_lost``) will follow once the
+        server has closed its end: after COM_QUIT pyproxy closes only its
+        sending side and waits for the server (connect_timeout at most), for
+        until then the server still counts the connection against its limits.
+        """
+        was_broken = self.broken
+        if not was_broken:
             self.log.info("backend_closed", reason=reason)
         self.broken = True
-        if self.transport is not None:
-            if self._mode not in ("auth",):
-                try:
-                    self.transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
-                except Exception:  # noqa: BLE001 - closing anyway
-                    pass
-            self.transport.loseConnection()
+        transport = self.transport
+        if transport is None:
+            return False
+        if self._mode not in ("auth", "closed"):
+            try:
+                transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if was_broken or half_close is None or self._mode == "closed":
+            transport.loseConnection()
+            return False
+        self._mode = "closed"  # whatever the server still sends is dropped with the connection
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = self.clock.callLater(self.target.connect_timeout, transport.abortConnection)
+        half_close()
+        return True
 
     def _fail(self, error: Exception | Failure) -> None:
         exc = error.value if isinstance(error, Failure) else error

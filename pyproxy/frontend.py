@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from pyproxy import auth
 from pyproxy.direct_write import write_now
-from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
+from pyproxy.backend import CLASSIC_EOF, FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
 from pyproxy.session import (
@@ -119,9 +119,9 @@ class FrontendProtocol(protocol.Protocol):
         "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
         "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
-        "_cursor_backend_id", "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile", "readonly", "_epoch", "_libmariadb", "_globals_before", "_found",
-        "_own_tracking", "_lost_transaction",
+        "_hold_timer", "_closed_reason", "_query_timer", "last_active",
+        "_refused_infile", "_globals_before", "_found", "_own_tracking",
+        "readonly", "_epoch", "_libmariadb", "_lost_transaction",
     )
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
@@ -163,8 +163,9 @@ class FrontendProtocol(protocol.Protocol):
         self._statements: dict[int, ClientStatement] | None = None
         self._next_statement = 1
         self._preparing = 0
-        self._cursor: ClientStatement | None = None
-        self._cursor_backend_id = 0
+        # The statement of the running command that opens, reads or closes a
+        # cursor, and the backend statement it runs on.
+        self._cursor: tuple[ClientStatement, BackendStatement] | None = None
         self._hold_timer: Any = None
         self._closed_reason: str | None = None
         self._query_timer: Any = None
@@ -428,6 +429,13 @@ class FrontendProtocol(protocol.Protocol):
         payload = packet.payload
         self._sql = None
         if command == COMMAND.COM_STMT_PREPARE:
+            if self._translate:
+                # A client without CLIENT_DEPRECATE_EOF reads the warning count of
+                # COM_STMT_EXECUTE from the EOF after the column definitions
+                # (libmariadb's mysql_stmt_execute() does), which a connection
+                # with DEPRECATE_EOF never sends: from now on this client uses
+                # connections without it, whose replies need no translation.
+                self.flavor |= CLASSIC_EOF
             self._busy = True
             self._acquire(self._start)
             return
@@ -446,6 +454,11 @@ class FrontendProtocol(protocol.Protocol):
         if command == COMMAND.COM_STMT_CLOSE:
             del self._statements[number]
             self._command = None
+            if statement.cursor is not None:
+                # Closing the backend's copy (no reply) closes its cursor too.
+                self.backend.close_statements([statement.cursor.id])
+                self._cursor_closed(statement, cache=False)
+                self._release_if_clean()
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
             if statement.long_data is None:
                 statement.long_data = []
@@ -467,10 +480,11 @@ class FrontendProtocol(protocol.Protocol):
                 self._run_flagged(sql, found, lambda: self._execute(statement, packet))
             else:
                 self._acquire(lambda: self._execute(statement, packet))
-        elif statement is self._cursor and self.backend is not None:
-            # FETCH and RESET of the statement whose cursor is open on the pinned connection.
+        elif statement.cursor is not None:
+            # FETCH and RESET of a statement whose cursor is open on the held connection.
             self._busy = True
-            self._run_rewritten(packet, self._cursor_backend_id)
+            self._cursor = (statement, statement.cursor)
+            self._run_rewritten(packet, statement.cursor.id)
         elif command == COMMAND.COM_STMT_RESET:
             statement.long_data = None
             self._reply(self._ok_payload())
@@ -480,29 +494,76 @@ class FrontendProtocol(protocol.Protocol):
 
     def _execute(self, statement: ClientStatement, packet: Packet) -> None:
         conn = self.backend
-        cached = conn.statements.get(statement.sql)
+        # A statement with an open cursor runs where the cursor is (which this
+        # execute closes, as on a server).
+        cached = statement.cursor or conn.statements.get(statement.sql)
         if cached is not None:
             self._execute_on(statement, packet, cached)
             return
 
+        def prepare() -> None:
+            conn.prepare(statement.sql).addCallbacks(
+                lambda prepared: self._execute_on(statement, packet, prepared), failed)
+
         def failed(failure: Failure) -> None:
             exc = failure.value
             if (isinstance(exc, BackendError) and exc.code == ER_MAX_PREPARED_STMT_COUNT_REACHED
-                    and len(conn.statements) and not conn.broken):
-                # The server-wide statement limit: give back half of this
-                # connection's cached statements and try once more.
-                conn.close_statements(conn.statements.shrink(len(conn.statements) // 2))
-                conn.prepare(statement.sql).addCallbacks(
-                    lambda prepared: self._execute_on(statement, packet, prepared), failed_again)
+                    and self._make_room(prepare)):
                 return
-            failed_again(failure)
+            if self.phase != CLOSED:
+                self._command_failed(exc)
 
-        def failed_again(failure: Failure) -> None:
+        prepare()
+
+    def _make_room(self, again: Any) -> bool:
+        """The server's max_prepared_stmt_count is reached (error 1461) while pyproxy
+        caches statements: the half used longest ago of this connection's cache is
+        closed (of the fullest other connection's in the pool, if this one's is
+        empty), and ``again`` tries once more; as long as the limit is still
+        reached, that goes on until nothing is cached.  The server's limit and
+        the statements it holds are read too, so that every connection caches at
+        most its share of the room other sessions leave.  Returns False when
+        nothing is cached: the error is then the client's, as it would be
+        directly."""
+        conn = self.backend
+        if conn is None or conn.broken:
+            return False
+        pool = conn.pool or self._pool
+        fullest = conn
+        if not len(conn.statements):
+            others = [other for other in (*pool.idle, *pool.lent) if len(other.statements) and not other.broken]
+            if not others:
+                return False
+            fullest = max(others, key=lambda other: len(other.statements))
+        self._cancel_query_timer()
+        fullest.close_statements(fullest.statements.shrink(len(fullest.statements) // 2))
+        waits = [conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count"),
+                 conn.query_rows("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")]
+        if fullest in pool.idle:
+            # Closed over another connection: its ping answered means the server
+            # has closed them before the statement is tried again.
+            pool.begin_check(fullest)
+            waits.append(fullest.ping().addCallbacks(
+                lambda _: pool.end_check(fullest),
+                lambda failure: pool.discard(fullest, f"ping failed: {failure.getErrorMessage()}")))
+
+        def learned(results: list[Any]) -> None:
+            limit, rows = results[0], results[1]
+            in_use = rows[0][1] if rows and len(rows[0]) >= 2 else None
+            if limit is not None and limit.isdigit():
+                self.proxy.statement_limit_learned(
+                    int(limit), int(in_use) if in_use is not None and in_use.isdigit() else None)
+            if self.phase != CLOSED:
+                again()
+
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, defer.FirstError):
+                failure = failure.value.subFailure
             if self.phase != CLOSED:
                 self._command_failed(failure.value)
 
-        conn.prepare(statement.sql).addCallbacks(
-            lambda prepared: self._execute_on(statement, packet, prepared), failed)
+        defer.gatherResults(waits, consumeErrors=True).addCallbacks(learned, failed)
+        return True
 
     def _execute_on(self, statement: ClientStatement, packet: Packet, prepared: BackendStatement) -> None:
         if self.phase == CLOSED:
@@ -522,13 +583,45 @@ class FrontendProtocol(protocol.Protocol):
             conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
         statement.long_data = None
         payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
-        if opens_cursor(payload):
-            # The cursor lives on this connection until the client closes it.
-            self._cursor = statement
-            self._cursor_backend_id = prepared.id
-            self._pin("cursor opened by COM_STMT_EXECUTE")
+        if statement.cursor is not None or opens_cursor(payload):
+            # Whether a cursor is open after this is read from the reply.
+            self._cursor = (statement, prepared)
         self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
         self._start()
+
+    def _cursor_reply(self, command: int, tracker: ResponseTracker) -> None:
+        """Whether the statement has a cursor open after its EXECUTE, FETCH or RESET.
+
+        A cursor holds the connection it is on, not the session: it is closed by
+        the fetch that reports SERVER_STATUS_LAST_ROW_SENT (the server closes it
+        then), by COM_STMT_RESET or COM_STMT_CLOSE of its statement and by a new
+        execute of it, and the connection goes back when nothing else holds it.
+        """
+        statement, prepared = self._cursor
+        self._cursor = None
+        status = tracker.status if tracker.status >= 0 else 0
+        if command == COMMAND.COM_STMT_EXECUTE:
+            is_open = not tracker.error and bool(status & c.SERVER_STATUS_CURSOR_EXISTS)
+        elif command == COMMAND.COM_STMT_FETCH:
+            is_open = (not status & c.SERVER_STATUS_LAST_ROW_SENT
+                       and tracker.error != ER_STMT_HAS_NO_OPEN_CURSOR[0])
+        else:  # COM_STMT_RESET
+            is_open = bool(tracker.error)
+        if is_open and statement.cursor is None:
+            statement.cursor = prepared
+            self.session.cursors += 1
+            self.backend.statements.detach(statement.sql, prepared)
+        elif not is_open and statement.cursor is not None:
+            self._cursor_closed(statement)
+
+    def _cursor_closed(self, statement: ClientStatement, cache: bool = True) -> None:
+        """The statement's cursor is gone.  With ``cache``, its backend statement is
+        cached again for any execute on this connection."""
+        prepared, statement.cursor = statement.cursor, None
+        self.session.cursors -= 1
+        conn = self.backend
+        if cache and conn is not None and not conn.broken:
+            conn.close_statements(conn.statements.add(statement.sql, prepared))
 
     def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
         payload = packet.payload[:1] + backend_id.to_bytes(4, "little") + packet.payload[5:]
@@ -822,13 +915,17 @@ class FrontendProtocol(protocol.Protocol):
         if tracker.infile_at >= 0 and not self.capabilities & CLIENT.LOCAL_FILES:
             self._refuse_infile(data, tracker)
             return
-        if tracker.prepare_ok_at >= 0:
-            # The client sees pyproxy's statement id, not this connection's.
-            at = tracker.prepare_ok_at + 5
-            tracker.prepare_ok_at = -1
-            self._preparing = self._next_statement
-            self._next_statement += 1
-            data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
+        if tracker.prepare_at >= 0:
+            at = tracker.prepare_at
+            tracker.prepare_at = -1
+            if data[at + 4] != 0xFF:
+                # The client sees pyproxy's statement id, not this connection's.
+                at += 5
+                self._preparing = self._next_statement
+                self._next_statement += 1
+                data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
+            elif tracker.error == ER_MAX_PREPARED_STMT_COUNT_REACHED and self._make_room(self._start):
+                return  # the ERR is the whole reply: the client sees only the retried one
         oks = tracker.oks
         if tracker.edits or oks and (tracker.changed or self._rewrite_oks
                                      and len(oks) > len(tracker.terminators)):
@@ -954,6 +1051,8 @@ class FrontendProtocol(protocol.Protocol):
                     _discard(conn, "server session ended (RELEASE)")
         if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
             self._prepared(tracker)
+        if self._cursor is not None:
+            self._cursor_reply(command, tracker)
         if self.backend is not None:
             self.backend.state = session.state
         if self._globals_before is not None or session.reread:
@@ -1007,10 +1106,13 @@ class FrontendProtocol(protocol.Protocol):
         """A statement whose text scan_statement() flagged: what it needs before it
         runs (statement_needs()), then borrowing as usual."""
         needs = statement_needs(sql, found)
-        if needs & OWN_TRACKING:
-            attach = lambda: self._acquire(lambda: self._own_tracking_first(then))  # noqa: E731
-        else:
-            attach = lambda: self._acquire(then)  # noqa: E731
+
+        def attach() -> None:
+            if needs & OWN_TRACKING:
+                self._acquire(lambda: self._own_tracking_first(then))
+            else:
+                self._acquire(then)
+
         if needs & READ_GLOBALS:
             self._read_globals(attach)
         else:
@@ -1050,9 +1152,12 @@ class FrontendProtocol(protocol.Protocol):
         If that fails the statement still runs, and only the pools are renewed."""
 
         def opened(conn: BackendConnection) -> Any:
+            def unread(failure: Failure) -> Failure:
+                conn.close("global variables unread")
+                return failure
+
             return conn.query_rows("SHOW GLOBAL VARIABLES").addCallbacks(
-                lambda rows: (conn, _variables(rows)),
-                lambda failure: (conn.close("global variables unread"), failure)[1])
+                lambda rows: (conn, _variables(rows)), unread)
 
         def read(result: tuple[BackendConnection, dict[str, str | None]]) -> None:
             if self.phase == CLOSED:
@@ -1105,6 +1210,9 @@ class FrontendProtocol(protocol.Protocol):
             after = _variables(rows)
             if before.get("autocommit") != after.get("autocommit"):
                 self._new_sessions_autocommit(after.get("autocommit") == "ON")
+            limit = after.get("max_prepared_stmt_count")
+            if limit != before.get("max_prepared_stmt_count") and limit is not None and limit.isdigit():
+                self.proxy.statement_limit_learned(int(limit))
             if any(before.get(name) != after.get(name) for name in TRACKING_VARIABLES):
                 # What the sessions that began before still see (filtering, and
                 # their pinned connections): the old tracking settings.
@@ -1276,6 +1384,7 @@ class FrontendProtocol(protocol.Protocol):
     def _command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed)."""
         self._abandon_globals()
+        self._cursor = None
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
             exc = lost_connection(repr(exc))
@@ -1308,6 +1417,7 @@ class FrontendProtocol(protocol.Protocol):
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
         self._abandon_globals()
+        self._cursor = None
         self._cancel_query_timer()
         if self._throttling:
             self._throttling = False
@@ -1395,7 +1505,6 @@ class FrontendProtocol(protocol.Protocol):
         self.session = ClientSession(initial_state(self._login_charset, state.schema,
                                                    self.proxy.server.autocommit, state.multi_statements))
         self._statements = None  # the server closes them on reset
-        self._cursor = None
         self._lost_transaction = False
         self._detach_backend()
         self.pinned = False
@@ -1426,7 +1535,6 @@ class FrontendProtocol(protocol.Protocol):
         self._detach_backend()
         self.pinned = False
         self._statements = None
-        self._cursor = None
         self._lost_transaction = False
         old_user = self.user
         self.user = request.username

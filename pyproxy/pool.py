@@ -74,6 +74,8 @@ class Pool:
         self.idle: list[BackendConnection] = []
         self.lent: set[BackendConnection] = set()
         self.checking: set[BackendConnection] = set()
+        # Closed by the pool, and not yet by the server, which still counts them.
+        self.closing: set[BackendConnection] = set()
         self.connecting = 0
         self.waiters: deque[Waiter] = deque()
         self._to_place: deque[BackendConnection] = deque()
@@ -106,7 +108,15 @@ class Pool:
         self.wait_times: deque[float] = deque(maxlen=10000)
 
     def size(self) -> int:
-        return len(self.idle) + len(self.lent) + len(self.checking) + self.connecting
+        return len(self.idle) + len(self.lent) + len(self.checking) + len(self.closing) + self.connecting
+
+    def _retire(self, conn: BackendConnection, reason: str) -> None:
+        """Closes a connection the pool has let go of.  It still counts against
+        max_size until the server has closed it too, so that a replacement never
+        makes the server see more connections than max_size."""
+        self.closing.add(conn)
+        if not conn.close(reason):
+            self.closing.discard(conn)
 
     # -- lending --------------------------------------------------------------
 
@@ -147,7 +157,7 @@ class Pool:
             return
         self.lent.discard(conn)
         if conn.broken or self.closed:
-            conn.close("pool closed" if self.closed else "broken")
+            self._retire(conn, "pool closed" if self.closed else "broken")
             self._grow()
             return
         conn.last_used = self.clock.seconds()
@@ -156,7 +166,7 @@ class Pool:
     def discard(self, conn: BackendConnection, reason: str) -> None:
         """Closes a connection that must not serve anyone again."""
         self._forget(conn)
-        conn.close(reason)
+        self._retire(conn, reason)
         self._grow()
 
     def begin_check(self, conn: BackendConnection) -> None:
@@ -170,7 +180,7 @@ class Pool:
             return
         self.checking.discard(conn)
         if self.closed or conn.broken:
-            conn.close("pool closed" if self.closed else "broken")
+            self._retire(conn, "pool closed" if self.closed else "broken")
             return
         self._place(conn)
 
@@ -200,7 +210,7 @@ class Pool:
 
     def _place_one(self, conn: BackendConnection) -> None:
         if self.paused or conn.generation != self.generation:
-            conn.close("pool paused" if self.paused else "configuration changed")
+            self._retire(conn, "pool paused" if self.paused else "configuration changed")
             self._grow()
             return
         waiters = self.waiters
@@ -215,7 +225,7 @@ class Pool:
                 # FIFO across flavors: the oldest waiter needs another kind of
                 # connection and nothing is being opened for it, so this one
                 # makes room rather than serving a younger waiter again.
-                conn.close("replaced by a connection for another client flavor")
+                self._retire(conn, "replaced by a connection for another client flavor")
                 self._grow()
                 return
             for waiter in waiters:
@@ -224,7 +234,7 @@ class Pool:
                     self._lend_to(waiter, conn)
                     return
             if full:
-                conn.close("replaced by a connection for another client flavor")
+                self._retire(conn, "replaced by a connection for another client flavor")
                 self._grow()
                 return
         self.idle.append(conn)
@@ -283,7 +293,9 @@ class Pool:
             if self.size() >= self.max_size:
                 if not self.idle:
                     return
-                self.idle.pop(0).close("replaced by a connection for another client flavor")
+                self._retire(self.idle.pop(0), "replaced by a connection for another client flavor")
+                if self.size() >= self.max_size:
+                    return  # opened once the server has let that one go (_lost)
             self.open(waiter.flavor)
 
     def open(self, flavor: int) -> defer.Deferred[Any]:
@@ -348,9 +360,11 @@ class Pool:
         self._grow()
 
     def _lost(self, conn: BackendConnection) -> None:
-        """A connection died on its own (server restart, KILL, network)."""
+        """A connection died on its own (server restart, KILL, network), or one the
+        pool closed is closed by the server too."""
         was_idle = conn in self.idle or conn in self.checking
         self._forget(conn)
+        self.closing.discard(conn)
         if was_idle:
             self.log.info("backend_replaced", backend_id=conn.id, reason="lost while idle")
         self._grow()
@@ -360,7 +374,7 @@ class Pool:
         lent ones when they come back, so the server can be worked on."""
         self.paused = True
         for conn in self.idle + list(self.checking):
-            conn.close("pool paused")
+            self._retire(conn, "pool paused")
         self.idle.clear()
         self.checking.clear()
 
@@ -393,7 +407,7 @@ class Pool:
         """The target or the account changed: no connection opened before is reused."""
         self.generation += 1
         for conn in self.idle:
-            conn.close("configuration changed")
+            self._retire(conn, "configuration changed")
         self.idle.clear()
         self._grow()
 
@@ -411,8 +425,8 @@ class Pool:
         return {
             "pool": self.user, "target": self.target.name if self.target is not None else None,
             "paused": self.paused, "max_size": self.max_size,
-            "idle": len(self.idle), "lent": len(self.lent),
-            "checking": len(self.checking), "connecting": self.connecting, "waiting": len(self.waiters),
+            "idle": len(self.idle), "lent": len(self.lent), "checking": len(self.checking),
+            "closing": len(self.closing), "connecting": self.connecting, "waiting": len(self.waiters),
             "borrows": self.borrows, "waits": self.waits, "timeouts": self.timeouts,
             "opened": self.opened, "open_failures": self.open_failures,
             "borrow_wait_p50_ms": round(percentile(0.5) * 1000, 3),

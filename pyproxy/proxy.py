@@ -56,6 +56,10 @@ class Proxy:
     known_schemas: set[str] = attrs.field(factory=set)
     # The server's max_connections, once read (max_connections_percent).
     server_max_connections: int | None = None
+    # How many statements pyproxy's connections may keep prepared on the server:
+    # max_prepared_stmt_count less what other sessions hold, once read (when
+    # the limit was reached).
+    statement_room: int | None = None
     # PAUSE in effect (SIGUSR2 toggles it).
     paused: bool = False
     # Shutting down: clients are closed as soon as they hold no transaction.
@@ -100,12 +104,35 @@ class Proxy:
 
     def statement_cache(self) -> int:
         """Statements cached per backend connection: as configured, or what keeps
-        every pool's connections together under the server's default
-        max_prepared_stmt_count (16382), at most 256."""
+        every pool's connections together under the server's
+        max_prepared_stmt_count (its default, 16382, until the limit was reached
+        and read: then the room other sessions leave), at most 256."""
         if self.config.pool.statement_cache:
             return self.config.pool.statement_cache
         connections = self.config.pool.max_connections * max(1, len(self.config.users))
-        return max(8, min(256, 16382 // connections))
+        if self.statement_room is None:
+            return max(8, min(256, 16382 // connections))
+        return max(1, min(256, self.statement_room // connections))
+
+    def statement_limit_learned(self, limit: int, in_use: int | None = None) -> None:
+        """The server's max_prepared_stmt_count, and the statements prepared on it
+        (``in_use``, when known), read when the limit was reached.  With an
+        automatic statement_cache every connection, open or to come, caches at
+        most its share of the room the other sessions leave, and caches over
+        that are cut down now (a statement a client needs again is prepared
+        again)."""
+        connections = [conn for pool in self.pools.values()
+                       for conn in (*pool.idle, *pool.lent, *pool.checking)]
+        others = 0
+        if in_use is not None:
+            others = max(0, in_use - sum(len(conn.statements) for conn in connections))
+        self.statement_room = max(0, limit - others)
+        if self.config.pool.statement_cache:
+            return
+        capacity = self.statement_cache()
+        for conn in connections:
+            conn.statements.capacity = capacity
+            conn.close_statements(conn.statements.shrink(capacity))
 
     def pool(self, user: str, server: TargetHealth | None = None) -> Pool:
         """``user``'s connections to ``server`` (the writer by default)."""

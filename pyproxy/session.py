@@ -340,6 +340,9 @@ class ClientSession:
     tracking: Tracking | None = None
     # The session_track_* variables the client set itself.
     own_tracking: frozenset[str] = frozenset()
+    # Cursors open (COM_STMT_EXECUTE with a cursor flag): each lives on the
+    # held connection until it is closed.
+    cursors: int = 0
 
     def keeps_backend(self) -> bool:
         """Whether the backend connection must stay with this client after a reply."""
@@ -367,7 +370,7 @@ class ClientSession:
     def holds_state(self) -> bool:
         """Whether the held connection carries something that dies with it."""
         return bool(self.pin_reason or self.in_transaction or self.pending_characteristics
-                    or self.uncertain)
+                    or self.uncertain or self.cursors)
 
     def observe_status(self, status: int) -> None:
         """The final OK/EOF of a reply is the truth about transactions and autocommit."""

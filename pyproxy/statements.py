@@ -31,6 +31,10 @@ class ClientStatement:
     # COM_STMT_SEND_LONG_DATA payloads waiting for the next execute, with the
     # statement id cut off: they are replayed on the connection that runs it.
     long_data: list[bytes] | None = None
+    # The backend statement whose cursor this statement has open on the
+    # connection its session holds; taken out of that connection's cache
+    # while open, so that no other execute reuses (and closes) it.
+    cursor: BackendStatement | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -74,6 +78,12 @@ class StatementCache:
             _, evicted = self._by_sql.popitem(last=False)
             stale.append(evicted.id)
         return stale
+
+    def detach(self, sql: bytes, statement: BackendStatement) -> None:
+        """Takes ``statement`` out of the cache (it holds an open cursor); add()
+        puts it back."""
+        if self._by_sql.get(sql) is statement:
+            del self._by_sql[sql]
 
     def shrink(self, keep: int) -> list[int]:
         """Evicts least recently used statements down to ``keep``; returns their ids."""

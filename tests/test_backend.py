@@ -76,7 +76,9 @@ class FakeServer:
         [defaults, tracking] = self.received()
         assert defaults.payload == make_query(TRACKING_DEFAULTS)
         assert tracking.payload == make_query(TRACKING)
-        self.send(vectors.SESSION_SETUP)
+        conn = getattr(self.conn, "_wrappedProtocol", self.conn)  # behind an endpoint's wrapper
+        deof = conn.capabilities & CLIENT.DEPRECATE_EOF
+        self.send(vectors.SESSION_SETUP if deof else vectors.SESSION_SETUP_EOF)
 
 
 def ready_backend(reactor: Any, flavor: int = DEOF_FLAVOR,
@@ -177,12 +179,16 @@ class LoginTests(SynchronousTestCase):
     def test_tracking_settings_learned(self) -> None:
         """The tracking a session starts with is read from the server (here, as an
         administrator configured it); a server that cannot say keeps the defaults."""
-        conn = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
-        server = FakeServer(conn)
-        server.send(vectors.GREETING)
-        server.received()
-        server.send(vectors.LOGIN_OK)
-        server.received()
+        def logged_in() -> tuple[BackendConnection, FakeServer]:
+            conn = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
+            server = FakeServer(conn)
+            server.send(vectors.GREETING)
+            server.received()
+            server.send(vectors.LOGIN_OK)
+            server.received()  # the tracking SELECT and SET
+            return conn, server
+
+        conn, server = logged_in()
         definition = b"\x03def\x00\x00\x00\x01a\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
         row = b"".join(bytes((len(v),)) + v for v in (b"time_zone", b"1", b"1", b"STATE"))
         reply = (frame(b"\x04", 1) + b"".join(frame(definition, seq) for seq in range(2, 6))
@@ -190,12 +196,7 @@ class LoginTests(SynchronousTestCase):
         server.send(reply + vectors.TRACKING_OK)
         self.assertEqual(self.successResultOf(conn.ready).tracking,
                          Tracking("time_zone", "ON", "ON", "STATE"))
-        old = BackendConnection(TARGET, DEOF_FLAVOR, self.clock)
-        server = FakeServer(old)
-        server.send(vectors.GREETING)
-        server.received()
-        server.send(vectors.LOGIN_OK)
-        server.received()
+        old, server = logged_in()
         server.send(frame(make_err(1193, "HY000", "Unknown system variable"), 1) + vectors.TRACKING_OK)
         self.assertIs(self.successResultOf(old.ready).tracking, DEFAULT_TRACKING)
 
@@ -414,6 +415,35 @@ class CommandTests(SynchronousTestCase):
         self.server.send(vectors.SESSION_SETUP)
         self.assertIs(self.successResultOf(d), self.conn)
         self.assertIsNone(self.conn.state.schema)
+
+    def test_close_waits_for_the_server(self) -> None:
+        """On a TCP transport close() sends COM_QUIT and closes only pyproxy's side;
+        the connection is lost (and the pool told) when the server closes its end, or
+        aborted after connect_timeout."""
+        class HalfClosing(FakeTransport):
+            half_closed = False
+
+            def loseWriteConnection(self) -> None:
+                self.half_closed = True
+
+        reactor = MemoryReactorClock()
+        conn = BackendConnection(TARGET, DEOF_FLAVOR, reactor)
+        server = FakeServer(conn)
+        transport = HalfClosing()
+        conn.makeConnection(transport)
+        server.transport = transport
+        server.login()
+        lost: list[BackendConnection] = []
+        conn.on_lost = lost.append
+        self.assertTrue(conn.close("replaced"))
+        [quit_] = server.received()
+        self.assertEqual(quit_.payload, bytes((COMMAND.COM_QUIT,)))
+        self.assertTrue(transport.half_closed and not transport.disconnecting)
+        reactor.advance(TARGET.connect_timeout)
+        self.assertTrue(transport.disconnecting)  # aborted: the server never closed
+        conn.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(lost, [conn])
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_close_says_goodbye(self) -> None:
         """close() sends COM_QUIT and drops the transport."""

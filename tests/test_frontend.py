@@ -24,6 +24,7 @@ from pyproxy.pool import Pool
 from pyproxy.statements import ClientStatement
 from pyproxy.proxy import Proxy, ServerInfo
 from pyproxy.session import DEFAULT_TRACKING, tracking
+from pyproxy.statements import BackendStatement
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     CLIENT,
@@ -56,6 +57,8 @@ CLIENT_CAPS = (
 )
 PEER = "192.168.1.1"  # StringTransport's peer address
 SELECT = "SELECT id, name FROM app.t ORDER BY id"
+# The statement vectors.PREPARE_DEOF answers.
+PREPARED_SQL = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
 
 
 class Backends:
@@ -313,6 +316,15 @@ class LoggedIn(SynchronousTestCase):
         assert ok.payload[0] == 0
         return client
 
+    def prepared(self) -> tuple[BackendConnection, FakeServer]:
+        """The client prepares PREPARED_SQL (statement 1) on a new backend connection."""
+        self.client.send(b"\x16" + PREPARED_SQL)
+        conn, server = self.backends.open()
+        server.received()
+        server.send(vectors.PREPARE_DEOF)
+        self.client.raw()
+        return conn, server
+
     def first_backend(self, client: FakeClient, sql: str) -> tuple[BackendConnection, FakeServer]:
         """Sends ``sql``; opens the backend it waits for and checks the command arrives as sent."""
         client.query(sql)
@@ -413,9 +425,6 @@ class CommandTests(LoggedIn):
         self.assertIsNone(self.client.protocol.session.pin_reason)  # type: ignore[union-attr]
 
 
-
-
-
 EXECUTE_BOUND = (b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x08\x00\x08\x00"
                  + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"))
 EXECUTE_UNBOUND = (b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00"
@@ -470,12 +479,8 @@ class RoundTripTests(LoggedIn):
         """When the connection that prepared a statement is busy, EXECUTE runs on another
         one: pyproxy prepares the statement there first, rewrites the statement id, and
         adds the parameter types the client sent only with its first execute."""
-        sql = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
-        self.client.send(b"\x16" + sql)
-        conn, server = self.backends.open()
-        server.received()
-        server.send(vectors.PREPARE_DEOF)
-        self.client.raw()
+        sql = PREPARED_SQL
+        conn, server = self.prepared()
         self.client.send(EXECUTE_BOUND)
         server.received()
         server.send(vectors.EXECUTE_DEOF)
@@ -1140,6 +1145,16 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
 
 
+def expect_statements(server: FakeServer, *sql: str) -> None:
+    """The server receives ``sql`` one statement after the other: pyproxy sends each
+    of its own (reconciling SETs) only after the OK to the one before."""
+    for number, statement in enumerate(sql):
+        [command] = server.received()
+        assert command.payload == make_query(statement), (command.payload, statement)
+        if number < len(sql) - 1:
+            server.send(vectors.COMMIT_OK)
+
+
 def rows_reply(rows: list[tuple[str, str]]) -> bytes:
     """A two-column text result set (SHOW VARIABLES), as a DEPRECATE_EOF server sends it."""
     definition = b"\x03def\x00\x00\x00\x05Value\x00\x0c\x08\x00\x40\x00\x00\x00\xfd\x01\x00\x00\x00\x00"
@@ -1207,11 +1222,7 @@ class GlobalVariablesTests(LoggedIn):
         # The earlier session's next statement runs on a new connection, with its value.
         earlier.query("SELECT 1")
         conn2, server2 = self.backends.open()
-        [replay] = server2.received()
-        self.assertEqual(replay.payload, make_query("SET SESSION auto_increment_increment=1"))
-        server2.send(vectors.COMMIT_OK)
-        [select] = server2.received()
-        self.assertEqual(select.payload, make_query("SELECT 1"))
+        expect_statements(server2, "SET SESSION auto_increment_increment=1", "SELECT 1")
 
     def test_side_connection_failure_still_runs_the_statement(self) -> None:
         """If pyproxy cannot read the globals, the statement runs anyway and pooled
@@ -1265,11 +1276,7 @@ class UnreportedSetTests(LoggedIn):
         self.assertFalse(self.client.protocol.pinned)
         other = self.connect()
         other.query("SELECT 1")
-        [reset] = server.received()
-        self.assertEqual(reset.payload, make_query("SET SESSION sql_mode=DEFAULT"))
-        server.send(vectors.COMMIT_OK)
-        [select] = server.received()
-        self.assertEqual(select.payload, make_query("SELECT 1"))
+        expect_statements(server, "SET SESSION sql_mode=DEFAULT", "SELECT 1")
 
     def test_pinned_session_reads_nothing_back(self) -> None:
         """A pinned session keeps its connection: no read-back is needed."""
@@ -1296,7 +1303,6 @@ class ReleaseTests(LoggedIn):
         self.assertTrue(self.client.closed)
         self.assertTrue(conn.broken)
         self.assertEqual((self.pool.idle, self.pool.lent), ([], set()))
-
 
 
 class ClientTrackingTests(LoggedIn):
@@ -1339,7 +1345,6 @@ class ClientTrackingTests(LoggedIn):
         [restore] = server.received()
         self.assertNotIn(b"session_track_state_change", restore.payload)
         self.assertIn(b"session_track_schema", restore.payload)
-
 
 
 class GlobalTrackingTests(LoggedIn):
@@ -1395,3 +1400,223 @@ def test_rollback_pattern() -> None:
     for sql in (b"ROLLBACK TO SAVEPOINT a", b"rollback to a", b"ROLLBACK WORK TO a", b"COMMIT",
                 b"ROLLBACK; DELETE FROM t", b"rollbacks"):
         assert not _ROLLBACK.match(sql), sql
+
+
+CURSOR_EXECUTE = (b"\x17\x01\x00\x00\x00\x01\x01\x00\x00\x00\x00\x01\x08\x00\x08\x00"
+                  + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"))
+FETCH = b"\x1c\x01\x00\x00\x00\x01\x00\x00\x00"
+# The last fetch: the server reports SERVER_STATUS_LAST_ROW_SENT (0x80) and closes the cursor.
+LAST_FETCH_DEOF = vectors.FETCH_DEOF[:-4] + b"\x82\x00\x00\x00"
+
+
+class CursorTests(LoggedIn):
+    """A cursor holds its connection until it is closed; it never pins the session."""
+
+    def sent_on(self, server: FakeServer, command: bytes) -> None:
+        """The client's command reaches the server as sent."""
+        self.client.send(command)
+        [sent] = server.received()
+        self.assertEqual(sent.payload, command)
+
+    def open_cursor(self) -> tuple[BackendConnection, FakeServer]:
+        conn, server = self.prepared()
+        self.sent_on(server, CURSOR_EXECUTE)
+        server.send(vectors.CURSOR_EXECUTE_DEOF)
+        self.assertEqual(self.client.raw(), vectors.CURSOR_EXECUTE_DEOF)
+        self.assertEqual(self.pool.lent, {conn})
+        self.assertFalse(self.client.protocol.pinned)
+        self.assertEqual(self.proxy.pins, {})
+        return conn, server
+
+    def test_last_row_sent_closes_the_cursor(self) -> None:
+        """Fetches run on the cursor's connection; the one that reports the last row
+        sent ends the cursor, and the connection goes back, its statement cached."""
+        conn, server = self.open_cursor()
+        self.sent_on(server, FETCH)
+        server.send(vectors.FETCH_DEOF)
+        self.client.raw()
+        self.assertEqual(self.pool.lent, {conn})
+        self.sent_on(server, FETCH)
+        server.send(LAST_FETCH_DEOF)
+        self.assertEqual(self.client.raw(), LAST_FETCH_DEOF)
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertEqual(self.client.protocol.session.cursors, 0)
+        self.assertIsNotNone(conn.statements.get(PREPARED_SQL))
+        self.assertFalse(self.client.protocol.pinned)
+
+    def test_close_closes_the_cursor(self) -> None:
+        """COM_STMT_CLOSE of the statement closes the backend's copy (and its cursor)
+        and gives the connection back at once."""
+        conn, server = self.open_cursor()
+        self.sent_on(server, b"\x19\x01\x00\x00\x00")
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertEqual(len(conn.statements), 0)
+        self.assertEqual(self.client.raw(), b"")  # COM_STMT_CLOSE has no reply
+
+    def test_reset_closes_the_cursor(self) -> None:
+        """COM_STMT_RESET goes to the cursor's connection; after its OK the connection goes back."""
+        conn, server = self.open_cursor()
+        self.sent_on(server, b"\x1a\x01\x00\x00\x00")
+        self.assertEqual(self.pool.lent, {conn})
+        server.send(vectors.PING_OK)
+        self.assertEqual(self.client.raw(), vectors.PING_OK)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_new_execute_closes_the_cursor(self) -> None:
+        """A new execute of the statement (without a cursor) runs where the cursor was,
+        which closes it; the connection then goes back."""
+        conn, server = self.open_cursor()
+        self.sent_on(server, EXECUTE_UNBOUND)
+        server.send(vectors.EXECUTE_DEOF)
+        self.client.raw()
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertEqual(self.client.protocol.session.cursors, 0)
+
+    def test_same_sql_is_prepared_apart_from_an_open_cursor(self) -> None:
+        """A second statement with the same SQL does not reuse (and so close) the backend
+        statement that holds the open cursor: it is prepared again on the connection."""
+        conn, server = self.open_cursor()
+        sql = PREPARED_SQL
+        self.client.send(b"\x16" + sql)
+        server.received()
+        server.send(vectors.PREPARE_DEOF.replace(b"\x00\x01\x00\x00\x00", b"\x00\x02\x00\x00\x00", 1))
+        self.client.raw()
+        second = b"\x17\x02" + EXECUTE_BOUND[2:]
+        self.client.send(second)
+        [execute] = server.received()
+        self.assertEqual(execute.payload[1:5], (2).to_bytes(4, "little"))
+        server.send(vectors.EXECUTE_DEOF)
+        self.client.raw()
+        self.assertEqual(self.pool.lent, {conn})  # the cursor is still open
+        self.assertEqual(self.client.protocol.session.cursors, 1)
+
+    def test_client_leaving_with_an_open_cursor_resets_the_connection(self) -> None:
+        """A client that leaves with a cursor open: the connection is reset before it
+        is lent again."""
+        conn, server = self.open_cursor()
+        self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
+        [reset] = server.received()
+        self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
+
+
+ERR_TOO_MANY_STATEMENTS = frame(make_err(1461, "42000", "Can't create more than "
+                                         "max_prepared_stmt_count statements (current value: 4)"), 1)
+
+
+def value_reply(value: bytes) -> bytes:
+    """A one-column, one-row text result (SELECT @@...), DEPRECATE_EOF form."""
+    definition = b"\x03def\x00\x00\x00\x01v\x00\x0c\x3f\x00\x0a\x00\x00\x00\x08\x80\x00\x00\x00\x00"
+    return (frame(b"\x01", 1) + frame(definition, 2) + frame(lenenc_bytes(value), 3)
+            + frame(b"\xfe\x00\x00\x02\x00\x00\x00", 4))
+
+
+class StatementLimitTests(LoggedIn):
+    """max_prepared_stmt_count reached (1461) while pyproxy caches statements."""
+
+    def held_connection(self) -> tuple[BackendConnection, FakeServer]:
+        conn, server = self.first_backend(self.client, "DO 1")
+        server.send(vectors.PING_OK)
+        self.client.raw()
+        for number in range(1, 5):
+            conn.statements.add(f"SELECT {number}".encode(), BackendStatement(100 + number, 0, 1))
+        return conn, server
+
+    def test_client_prepare_retried_after_making_room(self) -> None:
+        """A client's prepare refused for the server-wide limit is not the client's
+        error while pyproxy holds cached statements: half of them are closed, the limit
+        is read (each connection now caches its share of it) and the prepare is sent
+        again; the client sees only the reply to that."""
+        conn, server = self.held_connection()
+        prepare = b"\x16SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
+        self.client.send(prepare)
+        [first] = server.received()
+        self.assertEqual(first.payload, prepare)
+        server.send(ERR_TOO_MANY_STATEMENTS)
+        self.assertEqual(self.client.raw(), b"")
+        close_1, close_2, limit, in_use = server.received()
+        self.assertEqual([close_1.payload, close_2.payload], [b"\x19" + (101).to_bytes(4, "little"),
+                                                             b"\x19" + (102).to_bytes(4, "little")])
+        self.assertEqual(limit.payload, make_query("SELECT @@GLOBAL.max_prepared_stmt_count"))
+        self.assertEqual(in_use.payload, make_query("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'"))
+        server.send(value_reply(b"12") + rows_reply([("Prepared_stmt_count", "6")]))
+        # 6 prepared, 2 of them pyproxy's: the others leave room for 8, shared by up
+        # to 4 connections (2 per user), 2 each from now on.
+        self.assertEqual(self.proxy.statement_room, 8)
+        self.assertEqual(conn.statements.capacity, 2)
+        [again] = server.received()
+        self.assertEqual(again.payload, prepare)
+        server.send(vectors.PREPARE_DEOF)
+        [ok, *_] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
+        [close_3] = server.received()  # the cache keeps its share: the new one and one more
+        self.assertEqual(close_3.payload, b"\x19" + (103).to_bytes(4, "little"))
+        self.assertEqual(len(conn.statements), 2)
+
+    def test_room_made_on_an_idle_connection(self) -> None:
+        """With nothing cached on its own connection, the statements are closed on the
+        fullest other one, idle here: it is taken aside until its ping answers, so the
+        server has closed them before the prepare is tried again."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        server.send(vectors.BEGIN_OK)  # this client holds its connection
+        self.client.raw()
+        other = self.connect()
+        other.query("DO 1")
+        idle, idle_server = self.backends.open()
+        idle_server.received()
+        idle_server.send(vectors.PING_OK)
+        other.raw()
+        for number in range(1, 5):
+            idle.statements.add(f"SELECT {number}".encode(), BackendStatement(100 + number, 0, 1))
+        prepare = b"\x16" + PREPARED_SQL
+        self.client.send(prepare)
+        server.received()
+        server.send(ERR_TOO_MANY_STATEMENTS)
+        *closes, ping = idle_server.received()
+        self.assertEqual([c.payload[:1] for c in closes], [b"\x19", b"\x19"])
+        self.assertEqual(ping.payload, b"\x0e")
+        self.assertEqual(self.pool.checking, {idle})
+        server.received()
+        server.send(value_reply(b"16382") + rows_reply([("Prepared_stmt_count", "16382")]))
+        self.assertEqual(server.received(), [])  # not before the idle connection answers
+        idle_server.send(vectors.PING_OK)
+        self.assertEqual(self.pool.idle, [idle])
+        [again] = server.received()
+        self.assertEqual(again.payload, prepare)
+        server.send(vectors.PREPARE_DEOF)
+        self.assertEqual(self.client.received()[0].payload[0], 0)
+
+    def test_server_error_when_nothing_is_cached(self) -> None:
+        """With nothing of pyproxy's to close, the limit is reached by others: the
+        client gets the server's error, as it would directly."""
+        conn, server = self.first_backend(self.client, "DO 1")
+        server.send(vectors.PING_OK)
+        self.client.raw()
+        self.client.send(b"\x16SELECT 1")
+        server.received()
+        server.send(ERR_TOO_MANY_STATEMENTS)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 1461, "42000"))
+        self.assertEqual(server.received(), [])
+
+    def test_execute_prepares_again_after_making_room(self) -> None:
+        """An execute that needs its statement prepared on this connection gets the
+        same treatment: the prepare is repeated, halving the cache, until it fits."""
+        sql = PREPARED_SQL
+        conn, server = self.prepared()
+        conn.statements.clear()  # as if closed to make room meanwhile
+        for number in range(1, 3):
+            conn.statements.add(f"SELECT {number}".encode(), BackendStatement(100 + number, 0, 1))
+        self.client.send(EXECUTE_BOUND)
+        for cached in (2, 1):
+            [prepare] = server.received()
+            self.assertEqual(prepare.payload, b"\x16" + sql)
+            server.send(ERR_TOO_MANY_STATEMENTS)
+            *closes, _, _ = server.received()
+            self.assertEqual(len(closes), cached - cached // 2)
+            server.send(value_reply(b"16382") + rows_reply([("Prepared_stmt_count", "2")]))
+        [prepare] = server.received()
+        server.send(vectors.PREPARE_DEOF)
+        [execute] = server.received()
+        self.assertEqual(execute.payload[0], 0x17)
+        server.send(vectors.EXECUTE_DEOF)
+        self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)

@@ -243,6 +243,26 @@ class PoolTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(waiter), new)
         self.assertEqual(new.flavor, 8)
 
+    def test_replacement_waits_until_the_server_lets_go(self) -> None:
+        """A connection closed to make room still counts until the server has closed
+        it too: the replacement opens only then, so the server never sees more than
+        max_size connections."""
+        self.make_pool(1)
+        d = self.pool.borrow(0)
+        old = self.connector.succeed()
+        old.on_lost = self.pool._lost
+        old.close = lambda reason: setattr(old, "closed", reason) or True  # type: ignore[method-assign]
+        self.pool.give_back(self.successResultOf(d))
+        waiter = self.pool.borrow(8)
+        self.assertEqual(old.closed, "replaced by a connection for another client flavor")
+        self.assertEqual((self.connector.pending(), self.pool.size()), ([], 1))
+        self.assertEqual(self.pool.stats()["closing"], 1)
+        old.lose()  # the server closed its end
+        self.assertEqual(self.connector.pending(), [8])
+        new = self.connector.succeed()
+        self.assertIs(self.successResultOf(waiter), new)
+        self.assertEqual(self.pool.size(), 1)
+
     def test_opened_connection_for_other_flavor_waiter(self) -> None:
         """A freshly opened connection goes to the oldest waiter of its own flavor."""
         a = self.pool.borrow(1)

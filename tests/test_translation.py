@@ -78,14 +78,17 @@ class TranslationTests(LoggedIn):
                    vectors.FIELD_LIST_EOF)
 
     def test_prepare_execute_cursor_fetch(self) -> None:
-        """A prepare reply gets EOFs after parameters and columns; a binary result, a cursor
-        (no EOF added: the server ends its definitions itself) and a fetch are translated."""
+        """On a connection with DEPRECATE_EOF that the client holds (a session pinned
+        before it first prepared, when it used those), a prepare reply gets EOFs after
+        parameters and columns; a binary result, a cursor (no EOF added: the server
+        ends its definitions itself) and a fetch are translated."""
+        self.backend_for(make_query("SET @x = 1")).send(vectors.USER_VARIABLE_OK)
+        self.client.raw()
         prepare = (bytes((COMMAND.COM_STMT_PREPARE,))
                    + b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
         server = self.backend_for(prepare)
         server.send(vectors.PREPARE_DEOF)
         self.assertEqual(packets(self.client.raw()), packets(vectors.PREPARE_EOF))
-        self.assertFalse(self.client.protocol.pinned)
         statement = (1).to_bytes(4, "little")
         params = b"\x00\x01" + b"\x08\x00" * 2 + (7).to_bytes(8, "little") + (1).to_bytes(8, "little")
         commands = {
@@ -97,3 +100,41 @@ class TranslationTests(LoggedIn):
         for name, command in commands.items():
             deof, classic = getattr(vectors, name + "_DEOF"), getattr(vectors, name + "_EOF")
             self.check(command, deof, classic)
+
+
+class BinaryProtocolTests(LoggedIn):
+    caps = CLASSIC_CAPS
+
+    def test_prepared_statements_use_connections_without_deprecate_eof(self) -> None:
+        """Once a client without CLIENT_DEPRECATE_EOF prepares a statement it borrows
+        connections opened without it too, and gets the server's replies unchanged:
+        libmariadb takes mysql_stmt_execute()'s warning count from the EOF after the
+        column definitions, which only such a connection sends with the right count.
+        Its text queries before that shared connections with DEPRECATE_EOF."""
+        self.client.query("DO 1")
+        modern, modern_server = self.backends.open()
+        self.assertTrue(modern.capabilities & CLIENT.DEPRECATE_EOF)
+        modern_server.received()
+        modern_server.send(vectors.PING_OK)
+        self.client.raw()
+        self.client.send(bytes((COMMAND.COM_STMT_PREPARE,)) + b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
+        self.assertEqual(self.pool.idle, [modern])  # not of the kind this client needs now
+        classic, server = self.backends.open()
+        self.assertFalse(classic.capabilities & CLIENT.DEPRECATE_EOF)
+        self.assertEqual(self.pool.lent, {classic})
+        server.received()
+        server.send(vectors.PREPARE_EOF)
+        self.assertEqual(self.client.raw(), vectors.PREPARE_EOF)
+        statement = (1).to_bytes(4, "little")
+        params = b"\x00\x01" + b"\x08\x00" * 2 + (7).to_bytes(8, "little") + (1).to_bytes(8, "little")
+        execute = bytes((COMMAND.COM_STMT_EXECUTE,)) + statement + b"\x00\x01\x00\x00\x00" + params
+        # The server's EOF after the definitions says a note was raised while planning.
+        reply = bytearray(vectors.EXECUTE_EOF)
+        at = [i for i in range(len(reply) - 8) if reply[i + 4] == 0xFE and reply[i] == 5][0]
+        reply[at + 5] = 1
+        self.client.send(execute)
+        [sent] = server.received()
+        self.assertEqual(sent.payload, execute)
+        server.send(bytes(reply))
+        self.assertEqual(self.client.raw(), bytes(reply))
+        self.assertEqual(self.pool.idle, [modern, classic])

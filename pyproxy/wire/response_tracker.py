@@ -66,7 +66,7 @@ class ResponseTracker:
 
     __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
                  "warnings", "affected", "insert_id", "translate", "terminators", "edits",
-                 "changed", "_metadata_status", "prepare_ok_at", "infile_at",
+                 "changed", "_metadata_status", "prepare_at", "infile_at",
                  "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns",
                  "_shift", "_cursor")
 
@@ -91,8 +91,9 @@ class ResponseTracker:
         self._cursor = False
         self.untracked_change = False
         self.prepared: tuple[int, int, int] | None = None
-        # Offset of the prepare-OK packet in the buffer last scanned, -1 if not there.
-        self.prepare_ok_at = -1
+        # Offset in the buffer last scanned of the first packet of a prepare reply
+        # (its prepare-OK, or the ERR that is the whole reply), -1 if not there.
+        self.prepare_at = -1
         # Offset of a LOCAL INFILE request in the buffer last scanned, -1 if none.
         self.infile_at = -1
         self._left = 0
@@ -118,7 +119,7 @@ class ResponseTracker:
         ends with the terminator itself.
         """
         self._reply = reply
-        self.prepare_ok_at = self.infile_at = -1
+        self.prepare_at = self.infile_at = -1
         self._metadata_status = metadata_status & ~SERVER_SESSION_STATE_CHANGED
         self.translate = translate and self.deprecate_eof
         self._cursor = cursor
@@ -305,6 +306,8 @@ class ResponseTracker:
         if first == 0xFF:
             self.error = buf[start + 1] | (buf[start + 2] << 8) if end - start >= 3 else 1
             self.state = DONE
+            if self._reply == Reply.PREPARE:
+                self.prepare_at = start - 4
             return
         if state == FIRST and 0 < first < 0xFB and end - start == 1:
             # The common case: a result set with fewer than 251 columns.
@@ -316,7 +319,7 @@ class ResponseTracker:
             if state == FIRST:
                 if first == 0x00:
                     if self._reply == Reply.PREPARE:
-                        self.prepare_ok_at = start - 4
+                        self.prepare_at = start - 4
                         self._prepare_ok(payload)
                         return
                     self.oks.append((start - 4, end))
