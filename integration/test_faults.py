@@ -247,3 +247,60 @@ def test_stalled_server(make_proxy, db_server) -> None:
         proxy.stop()
     finally:
         relay.close()
+
+
+def _admin_kill(db_server, thread: int) -> None:
+    root = db_server.connect()
+    try:
+        with root.cursor() as cur:
+            cur.execute(f"KILL {int(thread)}")
+    finally:
+        root.close()
+
+
+def test_lost_transaction_is_rolled_back_and_must_be_acknowledged(make_proxy, db_server) -> None:
+    """A transaction's backend connection killed, while the client waits between statements
+    and while a statement runs: the client keeps its connection, is told the transaction was
+    rolled back, gets 9002 for anything but ROLLBACK (so its COMMIT cannot succeed), and
+    after ROLLBACK carries on; the server holds none of the transaction's writes."""
+    proxy = make_proxy()
+    setup_bank(db_server)
+    client = proxy.connect(read_timeout=30)
+    try:
+        for mid_statement in (False, True):
+            with client.cursor() as cur:
+                client.begin()
+                cur.execute("UPDATE accounts SET balance = balance - 100 WHERE id = 0")
+                cur.execute("SELECT CONNECTION_ID()")
+                thread = cur.fetchone()[0]
+                if mid_statement:
+                    killer = threading.Timer(0.5, _admin_kill, (db_server, thread))
+                    killer.start()
+                    try:
+                        cur.execute("SELECT SLEEP(10)")
+                        raise AssertionError("the statement outlived its connection")
+                    except pymysql.MySQLError as exc:
+                        lost = exc
+                    killer.join()
+                else:
+                    _admin_kill(db_server, thread)
+                    time.sleep(0.3)
+                    try:
+                        cur.execute("UPDATE accounts SET balance = balance + 100 WHERE id = 1")
+                        raise AssertionError("a statement ran in a transaction that is gone")
+                    except pymysql.MySQLError as exc:
+                        lost = exc
+                assert lost.args[0] == 2013, lost
+                assert "the transaction was rolled back" in lost.args[1], lost
+                for sql in ("UPDATE accounts SET balance = balance + 100 WHERE id = 1", "COMMIT"):
+                    try:
+                        cur.execute(sql)
+                        raise AssertionError(f"{sql} ran after a lost transaction")
+                    except pymysql.MySQLError as exc:
+                        assert exc.args[0] == 9002, exc
+                client.rollback()
+                cur.execute("SELECT SUM(balance), MIN(balance) FROM accounts")
+                total, lowest = cur.fetchone()
+                assert (int(total), lowest) == (ACCOUNTS * START_BALANCE, START_BALANCE)
+    finally:
+        client.close()
