@@ -814,7 +814,7 @@ class FrontendProtocol(protocol.Protocol):
             self.backend = conn
             self._bring_to_state(then)
             return
-        d = self._borrowing = pool.borrow(self.flavor)
+        d = self._borrowing = pool.borrow(self.flavor, self.readonly)
 
         def borrowed(conn: BackendConnection) -> None:
             self._borrowing = None

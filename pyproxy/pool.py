@@ -47,6 +47,8 @@ class Waiter:
     since: float = 0.0
     # The pool whose line it stands in; changes when a failover moves the line.
     pool: Pool | None = None
+    # A read-only listener's session: a reader would do as well.
+    readonly: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.deferred = defer.Deferred(self._cancelled)
@@ -136,15 +138,16 @@ class Pool:
                 return conn
         return None
 
-    def borrow(self, flavor: int) -> defer.Deferred[BackendConnection]:
+    def borrow(self, flavor: int, readonly: bool = False) -> defer.Deferred[BackendConnection]:
         """Fires with a connection now lent to the caller, or fails with BorrowTimeout
-        or the error that kept a new connection from opening."""
+        or the error that kept a new connection from opening.  ``readonly``: the
+        borrower came through the read-only listener (see hand_over)."""
         if self.closed:
             return defer.fail(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
         conn = self.try_borrow(flavor)
         if conn is not None:
             return defer.succeed(conn)
-        waiter = Waiter(flavor, since=self.clock.seconds(), pool=self)
+        waiter = Waiter(flavor, since=self.clock.seconds(), pool=self, readonly=readonly)
         self.waiters.append(waiter)
         self._schedule_expiry()
         self.waits += 1
@@ -382,12 +385,19 @@ class Pool:
         self.paused = False
         self._grow()
 
-    def hand_over(self, other: Pool) -> None:
-        """Moves this pool's waiters into another pool's line (the writer moved, a
-        reader went down), merged by arrival so FIFO and deadlines still hold."""
+    def hand_over(self, other: Pool, readonly_only: bool = False) -> None:
+        """Moves this pool's waiters (or only the read-only listener's) into another
+        pool's line (the writer moved, a reader went down or came back), merged
+        by arrival so FIFO and deadlines still hold."""
         if other is self or not self.waiters:
             return
-        waiters, self.waiters = self.waiters, deque()
+        if readonly_only:
+            waiters = deque(waiter for waiter in self.waiters if waiter.readonly)
+            if not waiters:
+                return
+            self.waiters = deque(waiter for waiter in self.waiters if not waiter.readonly)
+        else:
+            waiters, self.waiters = self.waiters, deque()
         for pool in (self, other):
             if pool._expiry is not None and pool._expiry.active():
                 pool._expiry.cancel()
@@ -395,6 +405,7 @@ class Pool:
         for waiter in waiters:
             waiter.pool = other
         other.waiters = deque(sorted((*other.waiters, *waiters), key=lambda waiter: waiter.since))
+        self._schedule_expiry()  # for those that stay, if any
         other._schedule_expiry()
         # Idle connections there serve the line first, oldest waiter first, so
         # no newcomer's try_borrow takes them ahead of it.

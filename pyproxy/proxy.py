@@ -176,13 +176,20 @@ class Proxy:
 
     def _topology_changed(self, event: str, server: TargetHealth, previous: TargetHealth | None) -> None:
         """A server went down: its idle connections are closed and its waiting
-        readers sent elsewhere.  The writer moved: writer traffic waiting for
+        readers sent elsewhere.  A reader came up: read-only sessions waiting
+        on the writer move to it.  The writer moved: writer traffic waiting for
         the old one moves to the new one."""
         if event == "state" and server.state == DOWN:
             for pool in self._pools_of(server):
                 pool.renew()
                 if server is not self.topology.writer:
                     pool.hand_over(self.route(pool.user, True, None))
+        elif event == "state" and server.usable and server is not self.topology.writer:
+            # A reader (back) up: read-only sessions left waiting on the writer
+            # (there was no reader) need not wait for it any more.
+            for pool in self._pools_of(self.topology.writer):
+                if any(waiter.readonly for waiter in pool.waiters):
+                    pool.hand_over(self.route(pool.user, True, None), readonly_only=True)
         elif event == "writer" and previous is not None:
             for pool in self._pools_of(previous):
                 pool.hand_over(self.pool(pool.user, server))

@@ -113,3 +113,20 @@ class ProxyTopologyTests(SynchronousTestCase):
         self.proxy.config = configure(health={"user": "mon", "password": "mpw"})
         login = self.proxy._monitor_login(self.r.config)
         self.assertEqual((login.user, login.password), ("mon", "mpw"))
+
+    def test_reader_back_takes_read_only_waiters_from_a_down_writer(self) -> None:
+        """With no reader, read-only sessions wait on the writer; when the writer is down
+        and a reader comes back, those (and only those) move to it."""
+        self.proxy.topology._set(self.r, "down")
+        self.proxy.topology._set(self.s, "down")
+        self.proxy.topology._set(self.w, "down")
+        writer = self.pool(self.w)
+        reads = writer.borrow(0, readonly=True)
+        writes = writer.borrow(0)
+        self.proxy.topology._set(self.s, "read_only")
+        self.assertEqual([waiter.deferred for waiter in writer.waiters], [writes])
+        conn = self.connectors["s:3"].succeed()
+        self.assertIs(self.successResultOf(reads), conn)
+        self.assertNoResult(writes)
+        self.reactor.advance(5)
+        self.failureResultOf(writes)  # its own deadline still ran on the writer's pool
