@@ -56,7 +56,8 @@ class TargetHealth:
     # Failed probes in a row; decides DOWN and the backoff while down.
     failures: int = 0
     last_error: str = ""
-    # When the state last changed (reactor seconds).
+    # When the state last changed (reactor seconds): target_stats says for how
+    # long a server has been down.
     since: float = 0.0
     probes: int = 0
     last_probe: float = float("-inf")
@@ -359,4 +360,6 @@ class Topology:
         return removed
 
     def stats(self) -> list[dict[str, Any]]:
-        return [dict(target.stats(), writer=target is self.writer) for target in self.targets]
+        now = self.clock.seconds()
+        return [dict(target.stats(), writer=target is self.writer,
+                     state_seconds=round(now - target.since, 1)) for target in self.targets]

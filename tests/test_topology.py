@@ -401,3 +401,15 @@ class TopologyTests(SynchronousTestCase):
         topology.reconfigure([A], interval=5, failure_threshold=2, backoff_max=8)
         self.run_for(5)
         self.assertEqual(topology.targets[0].probes, 2)
+
+    def test_stats_say_how_long_a_server_has_been_down(self) -> None:
+        topology = self.topology(A, C)
+        topology.start()
+        self.servers.reachable["c"] = False
+        self.servers.monitors["c"][0].die()
+        self.run_for(31)
+        writer, reader = topology.stats()
+        self.assertEqual((writer["state"], writer["writer"]), (UP, True))
+        self.assertEqual((reader["state"], reader["writer"]), (DOWN, False))
+        # Down since its second failed probe, about a second after the monitor died.
+        self.assertTrue(29.5 <= reader["state_seconds"] <= 30.0, reader)
