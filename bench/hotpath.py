@@ -60,6 +60,7 @@ def build_setup(classic: bool) -> tuple[Any, Any, bytes]:
     greeting = parse_handshake_v10(GREETING[4:])
     proxy = Proxy(config, reactor, ServerInfo(greeting.server_version, greeting.capabilities, 45,
                                               SERVER_STATUS_AUTOCOMMIT))
+    proxy.catalog("app").load([])  # read once per user in a real run; no stored code here
     target = Target("db", 3306, "app", PASSWORD.decode())
     conn = BackendConnection(target, 0, reactor)
     backend_transport = Transport()

@@ -61,11 +61,14 @@ BASE_CAPABILITIES = (
     | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF | CLIENT.LOCAL_FILES
 )
 
-# Transaction-info tracking stays off: it would flag every statement that
-# touches a transaction as a state change, and a classic EOF cannot say which
-# change it was.  The few statements it would reveal are recognised by text.
+# Transaction-info tracking reports what the statement text can hide: LOCK
+# TABLES in effect (an "L" in the transaction state) and the characteristics
+# a SET TRANSACTION leaves for the next transaction, wherever they were set
+# (an executable comment, EXECUTE IMMEDIATE, a stored procedure).  A
+# classic EOF ending a result set inside a transaction then says only that
+# something changed (see FrontendProtocol._reply_done).
 TRACKING = (b"SET SESSION session_track_schema=ON, session_track_state_change=ON, "
-            b"session_track_system_variables='*'")
+            b"session_track_system_variables='*', session_track_transaction_info='CHARACTERISTICS'")
 # Read just before: the tracking a server session starts with, which is what
 # a client of this connection sees (pyproxy filters its OK packets to that).
 TRACKING_DEFAULTS = ("SELECT @@session_track_system_variables, @@session_track_schema, "
@@ -149,14 +152,22 @@ class BackendConnection(protocol.Protocol):
         self._seq = 0
         self._sink: ReplySink | None = None
         self._carry = b""
+        # The reply of a command of pyproxy's own sent ahead of the relayed one
+        # is still to come (see relay()).
+        self._swallow = False
         # Commands pyproxy sent itself, oldest first: (Deferred, packets of the
         # reply still to come after the first; -1 while the first is awaited).
         self._pending: list[list[Any]] = []
         self.statements = StatementCache(target.statement_cache)
         self._pending_result: Any = None
         self._deadline: Any = None
-        # LAST_INSERT_ID() of this server session, as far as pyproxy knows.
-        self.last_insert_id = 0
+        # LAST_INSERT_ID() of this server session, as far as pyproxy knows; None
+        # when a client's statement may have changed it (read back before the
+        # connection serves another client).
+        self.last_insert_id: int | None = 0
+        # The client session (a pyproxy.session.ClientSession) whose warnings
+        # and errors the server session holds, for SHOW WARNINGS; None if none.
+        self.diagnostics: Any = None
         # The pool generation (configuration) this connection was opened for.
         self.generation = 0
         self._timeout: Any = None
@@ -446,6 +457,7 @@ class BackendConnection(protocol.Protocol):
         def after_reset(_: bytes) -> defer.Deferred[bytes]:
             self.statements.clear()
             self.last_insert_id = 0
+            self.diagnostics = None
             # The reset keeps the schema and the COM_SET_OPTION setting.
             self.state = initial_state(self.target.charset, self.state.schema,
                                        self._server_autocommit(), self.state.multi_statements)
@@ -462,6 +474,7 @@ class BackendConnection(protocol.Protocol):
         self.ready = defer.Deferred()
         self.statements.clear()
         self.last_insert_id = 0
+        self.diagnostics = None
         self._mode = "auth"
         self._seq = 0
         nonce = self.handshake.auth_data if self.handshake else self._nonce
@@ -482,15 +495,19 @@ class BackendConnection(protocol.Protocol):
     # -- relaying a client's command ----------------------------------------
 
     def relay(self, raw: bytes, reply: Reply, sink: ReplySink, *, translate: bool = False,
-              cursor: bool = False, metadata_status: int = 0) -> None:
+              cursor: bool = False, metadata_status: int = 0, swallow: bool = False) -> None:
         """Forwards a client's command as received; the reply streams to ``sink``.
 
         ``translate``: the client did not negotiate CLIENT_DEPRECATE_EOF (see
-        ResponseTracker.start).
+        ResponseTracker.start).  ``swallow``: ``raw`` begins with a command of
+        pyproxy's own whose one-packet reply (an OK) comes first and is not the
+        client's; an ERR there fails the connection, since the client's command
+        has already gone out behind it.
         """
         if reply == Reply.NONE:
             self.transport.write(raw)  # type: ignore[union-attr]
             return
+        self._swallow = swallow
         self._sink = sink
         self._mode = "relay"
         self.tracker.start(reply, translate=translate, cursor=cursor, metadata_status=metadata_status)
@@ -511,6 +528,19 @@ class BackendConnection(protocol.Protocol):
         if self._carry:
             data = self._carry + data
             self._carry = b""
+        if self._swallow:
+            size = len(data)
+            end = 4 + (data[0] | (data[1] << 8) | (data[2] << 16)) if size >= 4 else 5
+            if size < end:
+                self._carry = data
+                return
+            self._swallow = False
+            if data[4:5] == b"\xff":
+                self._fail(lost_connection(f"pyproxy's own SET failed: {parse_err(data[4:end]).message}"))
+                return
+            data = data[end:]
+            if not data:
+                return
         tracker = self.tracker
         tracker.oks.clear()
         tracker.changed = False

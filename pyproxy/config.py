@@ -160,6 +160,10 @@ class SessionConfig:
     # warnings, an error or affected rows, for a SHOW WARNINGS or ROW_COUNT()
     # that follows; an idle client gives it back after that.
     hold_for_next_statement: float = attrs.field(default=1.0, validator=_positive((int, float)))
+    # Seconds between reads of the stored routines, triggers and views a
+    # statement can run unseen (pyproxy.routines), for changes made other than
+    # through pyproxy; 0 reads them only at start and after such DDL.
+    routine_refresh: float = attrs.field(default=60.0, validator=_non_negative_number)
 
 
 @attrs.frozen

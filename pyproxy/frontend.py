@@ -21,18 +21,16 @@ from pyproxy.direct_write import write_now
 from pyproxy.backend import CLASSIC_EOF, FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
 from pyproxy.proxy import Proxy
+from pyproxy import sqltext
+from pyproxy.routines import RoutineCatalog, Verdict, combine
 from pyproxy.session import (
-    OWN_TRACKING,
-    READ_GLOBALS,
-    READS_LAST_INSERT_ID,
     TRACKING_VARIABLES,
     ClientSession,
     changed_defaults,
     initial_state,
+    last_insert_id_assignment,
     needs_reset,
     reconcile,
-    scan_statement,
-    statement_needs,
     tracking,
     tracking_assignments,
 )
@@ -103,6 +101,13 @@ _NEVER_COMMITS = re.compile(rb"(?is)(?:\s|/\*.*?\*/)*(?:select|insert|update|del
 _HARMLESS = frozenset((COMMAND.COM_PING, COMMAND.COM_QUIT, COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET,
                        COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_SET_OPTION,
                        COMMAND.COM_STATISTICS, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
+# Statements that may set LAST_INSERT_ID() without an OK saying so.
+_MAY_SET_INSERT_ID = sqltext.INSERT_ID | sqltext.CALLS | sqltext.DYNAMIC
+# Statements that may insert rows, and so set LAST_INSERT_ID() (a cheap check,
+# made only when the connection's value is not the client's).
+_INSERTS = re.compile(rb"(?i)insert|replace|load")
+# Statements whose "session state changed" may be more than variables say.
+_HIDDEN = sqltext.USER_VARIABLE | sqltext.TEMPORARY | sqltext.SQL_PREPARE | sqltext.DYNAMIC | sqltext.CALLS
 # Client error codes libmariadb 3.3 keeps for itself (see FrontendProtocol._error).
 CR_FIRST, LIBMARIADB_CR_LAST = 2000, 2061
 ER_CONNECTION_KILLED = (1927, "70100")
@@ -121,7 +126,7 @@ class FrontendProtocol(protocol.Protocol):
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_hold_timer", "_closed_reason", "_query_timer", "last_active",
         "_refused_infile", "_globals_before", "_found", "_own_tracking",
-        "readonly", "_epoch", "_libmariadb", "_lost_transaction",
+        "readonly", "_epoch", "_libmariadb", "_lost_transaction", "_catalog", "_code", "_prefix",
     )
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
@@ -175,8 +180,15 @@ class FrontendProtocol(protocol.Protocol):
         # Around a SET GLOBAL: pyproxy's own connection to the server and the
         # global variables read over it just before the statement ran.
         self._globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
-        # What scan_statement() found in the running statement's text.
-        self._found: Any = None
+        # What sqltext.scan() found in the running statement's text.
+        self._found: sqltext.Found | None = None
+        # The user's catalog of stored code (pyproxy.routines), and what the
+        # stored code the running statement names can do (None: it names none).
+        self._catalog: RoutineCatalog | None = None
+        self._code: Verdict | None = None
+        # pyproxy's own SET to send ahead of the running command in the same
+        # write, and the LAST_INSERT_ID() it gives the connection (see _bring_to_state).
+        self._prefix: tuple[bytes, int] | None = None
         # The backend's session_track_* settings are the client's own (a pinned
         # session): its OK packets reach the client unfiltered.
         self._own_tracking = False
@@ -323,7 +335,8 @@ class FrontendProtocol(protocol.Protocol):
         self._login_charset = response.charset
         self.session = ClientSession(initial_state(response.charset, database,
                                                    self.proxy.server.autocommit, multi))
-        if response.database and not self.proxy.schema_known(response.database):
+        self._catalog = self.proxy.catalog(self.user)
+        if response.database and not self.proxy.schema_known(self.user, response.database):
             self._verify_schema(response.database, seq)
             return
         self._logged_in(seq)
@@ -342,7 +355,7 @@ class FrontendProtocol(protocol.Protocol):
         self._timeout = None
         self.phase = COMMANDS
         if self.session is not None and self.session.state.schema:
-            self.proxy.known_schemas.add(self.session.state.schema)
+            self.proxy.schema_used(self.user, self.session.state.schema)
         self.transport.write(frame(self._ok_payload(), seq))
         self.log.info("client_connected", peer=str(self.transport.getPeer()))
         self._command = None
@@ -379,6 +392,9 @@ class FrontendProtocol(protocol.Protocol):
         self.last_active = self.proxy.reactor.seconds()
         if self._lost_transaction and command not in _HARMLESS and self._refused_after_loss(payload):
             return
+        if (command == COMMAND.COM_QUERY or command == COMMAND.COM_STMT_EXECUTE) and self._catalog.stale:
+            self._await_catalog(packet)
+            return
         reply = REPLIES.get(command)
         if command in STATEMENT_COMMANDS:
             self._statement_command(packet, command)
@@ -390,13 +406,16 @@ class FrontendProtocol(protocol.Protocol):
                 head = payload[1:2]
                 if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
                     return
-                found = self._found = scan_statement(sql)
-                if found is not None:
+                found = self._found = sqltext.scan(sql)
+                code = self._code = (self._stored_code(sql, found) if self._catalog.watch is not None
+                                     or found is not None and found.calls else None)
+                if found is not None or code is not None:
                     self._busy = True
-                    self._run_flagged(sql, found, self._start)
+                    self._run_flagged(self._start)
                     return
             else:
                 self._sql = None
+                self._found = self._code = None
             self._busy = True
             self._acquire(self._start)
             return
@@ -428,6 +447,7 @@ class FrontendProtocol(protocol.Protocol):
         connection the client borrows, prepared there when first needed."""
         payload = packet.payload
         self._sql = None
+        self._found = self._code = None
         if command == COMMAND.COM_STMT_PREPARE:
             if self._translate:
                 # A client without CLIENT_DEPRECATE_EOF reads the warning count of
@@ -472,12 +492,15 @@ class FrontendProtocol(protocol.Protocol):
                 return
             if types is not None:
                 statement.types = types
-            # What the statement does is read from its text, as for COM_QUERY.
+            # What the statement does is read from its text (once, at prepare),
+            # as for COM_QUERY.
             sql = self._sql = statement.sql
             self._busy = True
-            found = self._found = scan_statement(sql)
-            if found is not None:
-                self._run_flagged(sql, found, lambda: self._execute(statement, packet))
+            found = self._found = statement.found
+            code = self._code = (self._stored_code(sql, found) if self._catalog.watch is not None
+                                 or found is not None and found.calls else None)
+            if found is not None or code is not None:
+                self._run_flagged(lambda: self._execute(statement, packet))
             else:
                 self._acquire(lambda: self._execute(statement, packet))
         elif statement.cursor is not None:
@@ -634,7 +657,8 @@ class FrontendProtocol(protocol.Protocol):
         sql = self._command.payload[1:]
         if self._statements is None:
             self._statements = {}
-        self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns)
+        self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns,
+                                                            found=sqltext.scan(sql))
         conn = self.backend
         conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
 
@@ -841,31 +865,47 @@ class FrontendProtocol(protocol.Protocol):
         return not target.usable if self.readonly else target is not self.proxy.topology.writer
 
     def _bring_to_state(self, then: Any) -> None:
+        """Makes the attached connection the client's own: its carried state, its
+        LAST_INSERT_ID() before a statement that may read or set it, and no
+        diagnostics area (warnings, errors) left by another client."""
         conn = self.backend
-        desired = self.session.state
-        actual = conn.state
-        last_insert_id = self.session.last_insert_id
-        replay_insert_id = (last_insert_id != conn.last_insert_id and self._sql is not None
-                            and READS_LAST_INSERT_ID.search(self._sql) is not None)
-        if (desired is actual or desired == actual) and not replay_insert_id:
+        session = self.session
+        desired = session.state
+        if ((desired is conn.state or desired == conn.state)
+                and (conn.diagnostics is None or conn.diagnostics is session)
+                and (conn.last_insert_id == session.last_insert_id or conn.last_insert_id is None
+                     or not self._touches_insert_id())):
             then()
             return
-        if needs_reset(desired, actual):
-            d = conn.change_user()
-        else:
-            d = defer.succeed(conn)
+        if (desired == conn.state and self._command is not None and self._command.payload
+                and REPLIES.get(self._command.payload[0]) not in (None, Reply.NONE)):
+            # Only pyproxy's own hygiene: one SET sent ahead of the command in
+            # the same write, its OK taken out of the reply (see _start).
+            value = self._insert_id_to_set(conn)
+            clear = conn.diagnostics is not None and conn.diagnostics is not session
+            self._prefix = (frame(make_query("SET SESSION " + last_insert_id_assignment(value, clear)), 0),
+                            value)
+            then()
+            return
+        d = conn.change_user() if needs_reset(desired, conn.state) else defer.succeed(conn)
+        value = -1
 
         def apply(_: Any) -> defer.Deferred[Any]:
-            commands = reconcile(desired, conn.state)
-            if replay_insert_id:
-                # The statement reads LAST_INSERT_ID() on a connection where
-                # another session's value may stand.
-                commands.append(make_query(f"SET SESSION last_insert_id = {last_insert_id}"))
-                conn.last_insert_id = last_insert_id
+            nonlocal value
+            extra = []
+            clear = conn.diagnostics is not None and conn.diagnostics is not session
+            if clear or (conn.last_insert_id is not None and conn.last_insert_id != session.last_insert_id
+                         and self._touches_insert_id()):
+                value = self._insert_id_to_set(conn)
+                extra.append(last_insert_id_assignment(value, clear))
+            commands = reconcile(desired, conn.state, extra)
             return defer.gatherResults([conn.execute(cmd) for cmd in commands], consumeErrors=True)
 
         def applied(_: Any) -> None:
             conn.state = desired
+            if value >= 0:
+                conn.last_insert_id = value
+                conn.diagnostics = None
             if self.phase != CLOSED:
                 then()
 
@@ -878,6 +918,29 @@ class FrontendProtocol(protocol.Protocol):
         d.addCallback(apply)
         d.addCallbacks(applied, failed)
 
+    def _insert_id_to_set(self, conn: BackendConnection) -> int:
+        """The LAST_INSERT_ID() a connection should have for this client's
+        statement: the client's own where the statement may read or set it
+        (or the connection's is unknown), else the connection's as it is."""
+        known = conn.last_insert_id
+        if known is None or (known != self.session.last_insert_id and self._touches_insert_id()):
+            return self.session.last_insert_id
+        return known
+
+    def _touches_insert_id(self) -> bool:
+        """Whether the running statement may read or set LAST_INSERT_ID(): its text
+        names it or inserts rows, or stored code it runs reads it (or cannot be
+        read).  The server's value must then be the client's before it runs,
+        so that after it the value is the client's whether it changed or not."""
+        found = self._found
+        if found is not None and found.flags & _MAY_SET_INSERT_ID:
+            return True
+        code = self._code
+        if code is not None and code.insert_id:
+            return True
+        sql = self._sql
+        return sql is not None and _INSERTS.search(sql, 0, sqltext.SCAN_LIMIT) is not None
+
     def _start(self) -> None:
         packet = self._command
         payload = packet.payload
@@ -887,12 +950,20 @@ class FrontendProtocol(protocol.Protocol):
         timeout = self.proxy.config.proxy.query_timeout
         if timeout and reply != Reply.NONE:
             self._query_timer = self.proxy.reactor.callLater(timeout, self._query_timed_out, packet)
+        prefix = self._prefix
+        if prefix is not None:
+            self._prefix = None
+            conn.last_insert_id = prefix[1]
+            conn.diagnostics = None
+            raw = prefix[0] + packet.raw
+        else:
+            raw = packet.raw
         if self._translate and conn.tracker.deprecate_eof:
             cursor = reply == Reply.EXECUTE and opens_cursor(payload)
-            conn.relay(packet.raw, reply, self, translate=True, cursor=cursor,
-                       metadata_status=self._status())
+            conn.relay(raw, reply, self, translate=True, cursor=cursor, metadata_status=self._status(),
+                       swallow=prefix is not None)
         else:
-            conn.relay(packet.raw, reply, self)
+            conn.relay(raw, reply, self, swallow=prefix is not None)
         if reply == Reply.NONE:
             self._finish_command()
 
@@ -991,8 +1062,15 @@ class FrontendProtocol(protocol.Protocol):
                 if status & c.SERVER_SESSION_STATE_CHANGED:
                     ok = parse_ok(payload, True)
                     if ok.changes is not None:
-                        reason = session.observe_changes(ok.changes, self._sql,
-                                                         self.proxy.ignored_variables)
+                        found = self._found
+                        ignore = self.proxy.ignored_variables
+                        if found is not None and found.scoped:
+                            # SET STATEMENT ... FOR: the values last only as
+                            # long as the statement.
+                            ignore = ignore | frozenset(found.scoped)
+                        code = self._code
+                        reason = session.observe_changes(ok.changes, self._sql, ignore, found,
+                                                         code.unclean if code is not None else None)
                         if reason is not None:
                             self._log_pin(reason)
                 if start in terminators:
@@ -1032,15 +1110,35 @@ class FrontendProtocol(protocol.Protocol):
                 self.proxy.topology.suspect()
         session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
                                affected=tracker.affected, insert_id=tracker.insert_id)
-        if tracker.insert_id and self.backend is not None:
-            self.backend.last_insert_id = tracker.insert_id
+        found = self._found
+        code = self._code
+        conn = self.backend
+        if conn is not None:
+            if tracker.warned or tracker.error:
+                # SHOW WARNINGS / SHOW ERRORS now show this client's messages.
+                conn.diagnostics = session
+            if tracker.saw_insert_id or found is not None and found.flags & _MAY_SET_INSERT_ID:
+                # An OK's insert id is LAST_INSERT_ID() only if it was generated
+                # (an explicit id is reported too), and stored code may set it
+                # unseen: the server says which before anyone else gets this one.
+                conn.last_insert_id = None
         command = self._command.payload[0] if self._command is not None else 0
-        if tracker.untracked_change:
+        if code is not None and code.unclean is not None:
+            # Even if it failed: what ran before the error stays.
+            self._pin(f"stored code that may leave state behind ({code.unclean})")
+        if tracker.untracked_change and (not tracker.status & c.SERVER_STATUS_IN_TRANS
+                                         or found is not None and found.flags & _HIDDEN):
+            # A classic EOF says only that something changed: inside a
+            # transaction that is the transaction state, unless the statement
+            # could have set a user variable or the like.
             self._pin("session state changed inside a result set")
         if self._sql is not None:
-            reason = session.observe_query(self._sql, bool(tracker.error), self._found)
+            reason = session.observe_query(self._sql, bool(tracker.error), found)
             if reason is not None:
                 self._log_pin(reason)
+            if found is not None and found.flags & sqltext.ROUTINES_CHANGED and (
+                    not tracker.error or found.flags & sqltext.MULTI):
+                self.proxy.routines_changed()
             if not tracker.error and session.ends_session(self._sql):
                 # The server closes its end: so does pyproxy, as a server would,
                 # and the connection, about to close, serves nobody else.
@@ -1102,21 +1200,49 @@ class FrontendProtocol(protocol.Protocol):
         conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
             lambda _: self._follow_up())
 
-    def _run_flagged(self, sql: bytes, found: Any, then: Any) -> None:
-        """A statement whose text scan_statement() flagged: what it needs before it
-        runs (statement_needs()), then borrowing as usual."""
-        needs = statement_needs(sql, found)
+    def _run_flagged(self, then: Any) -> None:
+        """A statement whose text sqltext.scan() flagged, or that names stored code:
+        what it needs before it runs, then borrowing as usual."""
+        found = self._found
+        flags = found.flags if found is not None else 0
 
         def attach() -> None:
-            if needs & OWN_TRACKING:
+            if flags & sqltext.OWN_TRACKING:
                 self._acquire(lambda: self._own_tracking_first(then))
             else:
                 self._acquire(then)
 
-        if needs & READ_GLOBALS:
+        if flags & sqltext.READ_GLOBALS:
             self._read_globals(attach)
         else:
             attach()
+
+    def _stored_code(self, sql: bytes, found: sqltext.Found | None) -> Verdict | None:
+        """What the stored code ``sql`` can run does, by the user's catalog: the
+        procedures it CALLs, and the functions, trigger tables and views it names."""
+        catalog = self._catalog
+        code = catalog.check(sql)
+        if found is not None and found.calls:
+            schema = self.session.state.schema
+            for name in found.calls:
+                code = combine(code, catalog.procedure(name, schema))
+        return code
+
+    def _await_catalog(self, packet: Packet) -> None:
+        """The user's catalog of stored code is stale (never read, or a statement
+        changed such code): it is read before this statement runs, so that
+        what the statement may leave behind is judged by the code as it is now."""
+        self._busy = True
+
+        def loaded(_: Any) -> None:
+            if self.phase != COMMANDS:
+                return
+            self._busy = False
+            self._dispatch(packet)
+            if not self._busy:
+                self._next()
+
+        self.proxy.load_catalog(self.user).addBoth(loaded)
 
     def _own_tracking_first(self, then: Any) -> None:
         """The statement reads or sets session_track_* variables: the session is
@@ -1304,6 +1430,7 @@ class FrontendProtocol(protocol.Protocol):
             self._hold_timer = None
         self._command = None
         self._sql = None
+        self._found = self._code = None
         self._busy = False
         if self._kill_pending:
             self.phase = CLOSED
@@ -1345,8 +1472,39 @@ class FrontendProtocol(protocol.Protocol):
                     self.proxy.config.session.hold_for_next_statement, self._hold_expired)
             return
         self.backend = None
+        if conn.last_insert_id is None and not conn.broken:
+            self._resolve_insert_id(conn)
+            return
         # Its own pool: a failover may have moved this client's wait to another.
         conn.pool.give_back(conn)
+
+    def _resolve_insert_id(self, conn: BackendConnection) -> None:
+        """Before another client can get ``conn``, reads back what LAST_INSERT_ID()
+        is now, which this client's statements left there: an OK's insert id
+        does not say (an explicitly inserted id is reported too, and stored
+        code may set it unseen).  The client's next command waits for it, as
+        it needs the value wherever it runs."""
+        session = self.session
+        self._busy = True
+
+        def read(value: str | None) -> None:
+            number = int(value) if value is not None and value.isdigit() else 0
+            conn.last_insert_id = session.last_insert_id = number
+            _give_back(conn)
+
+        def failed(failure: Failure) -> None:
+            _discard(conn, f"LAST_INSERT_ID() unread: {failure.getErrorMessage()}")
+
+        def done(_: Any) -> None:
+            if self.phase != COMMANDS:
+                return
+            self._busy = False
+            if self.proxy.draining:
+                self.drain()
+            else:
+                self._next()
+
+        conn.query_value("SELECT LAST_INSERT_ID()").addCallbacks(read, failed).addBoth(done)
 
     def _hold_expired(self) -> None:
         """The client did not follow up in time: the results it could have read back
@@ -1385,6 +1543,7 @@ class FrontendProtocol(protocol.Protocol):
         """A command could not run (no backend, or reconciling it failed)."""
         self._abandon_globals()
         self._cursor = None
+        self._prefix = None
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
             exc = lost_connection(repr(exc))
@@ -1524,6 +1683,7 @@ class FrontendProtocol(protocol.Protocol):
         def reset_failed(failure: Failure) -> None:
             _discard(conn, f"reset failed: {failure.getErrorMessage()}")
 
+        self.proxy.resets += 1
         conn.reset().addCallbacks(reset_done, reset_failed)
 
     def _change_user(self, packet: Packet) -> None:

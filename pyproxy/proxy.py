@@ -8,9 +8,14 @@ from typing import Any
 
 import attrs
 
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+
 from pyproxy.backend import Target, connect
 from pyproxy.config import Config, TargetConfig
+from pyproxy.logs import get_logger
 from pyproxy.pool import Pool
+from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
 from pyproxy.topology import DOWN, Topology, TargetHealth
 from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
 
@@ -52,8 +57,14 @@ class Proxy:
     client_ids: Any = attrs.field(factory=lambda: itertools.count(1))
     # Connected clients by the connection id they were greeted with.
     clients: dict[int, Any] = attrs.field(factory=dict)
-    # Schemas known to exist, so a client naming one at login needs no round trip.
-    known_schemas: set[str] = attrs.field(factory=set)
+    # Schemas each user is known to be able to use, so a client naming one at
+    # login needs no round trip.
+    known_schemas: dict[str, set[str]] = attrs.field(factory=dict)
+    # The stored code each user's statements can run unseen, by user.
+    catalogs: dict[str, RoutineCatalog] = attrs.field(factory=dict)
+    # Backend connections reset (COM_RESET_CONNECTION) before another client
+    # got them: the price of pinned sessions and unprovable statements.
+    resets: int = 0
     # The server's max_connections, once read (max_connections_percent).
     server_max_connections: int | None = None
     # How many statements pyproxy's connections may keep prepared on the server:
@@ -68,6 +79,7 @@ class Proxy:
     pins: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
+    _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.ignored_variables = frozenset(self.config.session.ignore_variables)
@@ -253,12 +265,86 @@ class Proxy:
                 pool.renew()
         return changed
 
-    def schema_known(self, schema: str) -> bool:
-        """Whether a schema is known to exist: one a backend connection has
-        selected, or the configured default (checked at every backend login)."""
-        return schema in self.known_schemas or schema == self.config.backend.database
+    def schema_known(self, user: str, schema: str) -> bool:
+        """Whether ``user`` is known to be able to use a schema: one a backend
+        connection of that user has selected, or the configured default (checked
+        at every backend login).  Another user's schemas prove nothing."""
+        return schema in self.known_schemas.get(user, ()) or schema == self.config.backend.database
+
+    def schema_used(self, user: str, schema: str) -> None:
+        self.known_schemas.setdefault(user, set()).add(schema)
+
+    def catalog(self, user: str) -> RoutineCatalog:
+        """``user``'s catalog of stored code (pyproxy.routines); stale until read."""
+        catalog = self.catalogs.get(user)
+        if catalog is None:
+            catalog = self.catalogs[user] = RoutineCatalog()
+        return catalog
+
+    def start(self) -> None:
+        """Starts what runs on its own: the probes, and the periodic read of the
+        catalogs of stored code."""
+        self.topology.start()
+        refresh = self.config.session.routine_refresh
+        if refresh:
+            self._catalog_refresh = LoopingCall(self._refresh_catalogs)
+            self._catalog_refresh.clock = self.reactor
+            self._catalog_refresh.start(refresh, now=False)
+
+    def load_catalog(self, user: str) -> defer.Deferred[RoutineCatalog]:
+        """Reads ``user``'s catalog over a connection of pyproxy's own, as that
+        user (what a body says is only visible to accounts allowed to see it).
+        One read at a time per user; callers during a read share it.  A failed
+        read leaves a catalog in which every CALL is of unknown code."""
+        catalog = self.catalog(user)
+        if catalog.loading is not None:
+            waiter: defer.Deferred[RoutineCatalog] = defer.Deferred()
+            catalog.loading.append(waiter)
+            return waiter
+        catalog.loading = []
+        log = get_logger(user=user, component="routines")
+
+        def read(conn: Any) -> Any:
+            reads = defer.gatherResults([conn.query_rows(query) for query in ROUTINE_QUERIES],
+                                        consumeErrors=True)
+            return reads.addBoth(lambda result: (conn.close("routines read"), result)[1])
+
+        def loaded(results: list[list[tuple[str | None, ...]]]) -> None:
+            catalog.load(row for rows in results for row in rows)
+            log.debug("routines_read", watched=sorted(catalog.watched), procedures=len(catalog.procedures))
+
+        def failed(failure: Any) -> None:
+            if isinstance(failure.value, defer.FirstError):
+                failure = failure.value.subFailure
+            log.warning("routines_unread", error=failure.getErrorMessage())
+            catalog.failed = True
+            catalog.stale = False
+
+        def done(_: Any) -> RoutineCatalog:
+            waiters, catalog.loading = catalog.loading, None
+            for waiter in waiters:
+                waiter.callback(catalog)
+            return catalog
+
+        d = connect(self.reactor, attrs.evolve(self.target(user), database=None), 0)
+        return d.addCallback(read).addCallbacks(loaded, failed).addBoth(done)
+
+    def routines_changed(self) -> None:
+        """A statement created, altered or dropped stored code: every user's
+        catalog is read again before that user's next statement."""
+        for catalog in self.catalogs.values():
+            catalog.stale = True
+
+    def _refresh_catalogs(self) -> None:
+        """Changes made other than through pyproxy: catalogs are read again in
+        the background, the old one serving until the new one is in."""
+        for user, catalog in list(self.catalogs.items()):
+            if catalog.loading is None and not catalog.stale and self.config.user(user) is not None:
+                self.load_catalog(user)
 
     def close(self) -> None:
+        if self._catalog_refresh is not None and self._catalog_refresh.running:
+            self._catalog_refresh.stop()
         self.topology.stop()
         for pool in self.pools.values():
             pool.close()

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 from pymysql.charset import charset_by_id
 
+from pyproxy import sqltext
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     MYSQL_OPTION_MULTI_STATEMENTS_OFF,
@@ -52,41 +53,15 @@ UNCARRIED_VARIABLES = frozenset((
 ))
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 _NAME = re.compile(r"[a-z0-9_]+\Z")
-
-# Statements whose effect the server's tracking does not report, in one
-# pattern so that ordinary statements cost a single search.  Statements are
-# recognised at the start of a statement (after ';' and comments), function
-# calls anywhere.  SET TRANSACTION without SESSION/GLOBAL sets the
-# characteristics of the next transaction only.
-_UNTRACKED = re.compile(
-    rb"(?is)(?:^|;)\s*(?:/\*.*?\*/\s*)*(?:(lock\s+tables?|handler|xa\s+(?:start|begin)|set\s+transaction"
-    rb"|flush\s+tables?\b[^;]*?\bwith\s+read\s+lock)\b|(set)\b(?=[^;]*(?:@@|\bglobal\b)))"
-    rb"|\b(get_lock|found_rows|row_count)\s*\(|\b(sql_calc_found_rows)\b|\b(session_track)")
-# Cheap checks that every statement _UNTRACKED finds passes (on lower case).
-_MAYBE_START = re.compile(rb"\s*(?:/\*|set\b|lock|handler|xa\b|flush)")
-_MAYBE_ANYWHERE = re.compile(rb";|get_lock|found_rows|row_count|session_track")
-# SET @@name = value, with no GLOBAL/SESSION/LOCAL qualifier: MariaDB's session
-# tracking does not report it (SET @@SESSION.name and SET name are reported).
-_BARE_ASSIGNMENT = re.compile(rb"(?i)@@(?!(?:global|session|local)\.)([a-z_][a-z0-9_]*)\s*:?=")
-# Within a SET statement: an assignment to a global value.
-_GLOBAL_ASSIGNMENT = re.compile(rb"(?i)@@global\.|\bglobal\s+\w")
-_UNTRACKED_NAMES = {b"get_lock": "GET_LOCK", b"handler": "HANDLER", b"lock": "LOCK TABLES",
-                    b"flush": "FLUSH TABLES WITH READ LOCK", b"xa": "XA transaction",
-                    b"found_rows": "FOUND_ROWS() (reads the previous statement)",
-                    b"row_count": "ROW_COUNT() (reads the previous statement)"}
-# Statement text scanned for the above: bulk INSERTs run to megabytes, and a
-# regular expression over all of it would stall every other client.
-SCAN_LIMIT = 65536
-# LAST_INSERT_ID() is carried: the value is replayed with SET last_insert_id.
-READS_LAST_INSERT_ID = re.compile(rb"(?i)last_insert_id|identity")
-# What a statement needs before it runs (statement_needs()).
-READ_GLOBALS = 1  # a SET GLOBAL: the defaults of new server sessions change
-OWN_TRACKING = 2  # it reads or sets session_track_*: it must see the client's own
 # COMMIT RELEASE / ROLLBACK RELEASE end the server session, and so the client's.
 _RELEASE = re.compile(rb"(?is)^\s*(?:commit|rollback)\b(?:\s+work)?(?:\s+and\s+(?:no\s+)?chain)?\s+release\b")
 _COLLATE = re.compile(rb"(?i)\bcollate\s*=?\s*['\"`]?(\w+)")
-# A user variable: '@name' but not '@@name'.
-_USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
+# What the statement's text says can explain a "session state changed" report
+# that no variable or schema change in the same OK accounts for.
+_STATE_HINTS = ((sqltext.USER_VARIABLE, "user variable set"),
+                (sqltext.TEMPORARY, "temporary table created"),
+                (sqltext.SQL_PREPARE, "SQL prepared statement created"))
+_HIDDEN = sqltext.USER_VARIABLE | sqltext.TEMPORARY | sqltext.SQL_PREPARE | sqltext.DYNAMIC
 
 
 @attrs.frozen(slots=True)
@@ -196,15 +171,16 @@ def _with_variable(variables: tuple[tuple[str, str], ...], name: str,
     return tuple(sorted(changed.items()))
 
 
-def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
+def reconcile(desired: SessionState, actual: SessionState, extra: Sequence[str] = ()) -> list[bytes]:
     """Command payloads that bring a backend connection from ``actual`` to ``desired``.
 
-    One combined SET for the variables, COM_INIT_DB for the schema and
-    COM_SET_OPTION for multi-statements: at most three round trips, usually
-    none.  A connection whose schema must be *unset* cannot be reconciled
-    this way (MySQL has no "USE nothing"); the caller resets it first.
+    One combined SET for the variables (with the ``extra`` assignments),
+    COM_INIT_DB for the schema and COM_SET_OPTION for multi-statements: at
+    most three round trips, usually none.  A connection whose schema must be
+    *unset* cannot be reconciled this way (MySQL has no "USE nothing"); the
+    caller resets it first.
     """
-    if desired == actual:
+    if desired == actual and not extra:
         return []
     commands = []
     if desired.multi_statements != actual.multi_statements:
@@ -239,43 +215,23 @@ def reconcile(desired: SessionState, actual: SessionState) -> list[bytes]:
             if name not in want:
                 # Back to what a new session gets: the global value.
                 assignments.append(f"{name}=DEFAULT")
+    assignments.extend(extra)
     if assignments:
         commands.append(make_query("SET SESSION " + ", ".join(assignments)))
     return commands
 
 
-def scan_statement(sql: bytes) -> re.Match[bytes] | None:
-    """The first thing in ``sql`` that session tracking does not tell (see
-    ClientSession.observe_query and statement_needs()), or None.
+def last_insert_id_assignment(value: int, clear_diagnostics: bool) -> str:
+    """The assignment that gives a connection a client's LAST_INSERT_ID().
 
-    This runs for every statement.  _UNTRACKED, case-insensitive with many
-    branches, costs microseconds per statement; ordinary statements are let
-    through by a check on a lower-case copy of the head (a few words, a
-    statement start), several times cheaper, and only the others are searched.
+    With ``clear_diagnostics`` it also empties the connection's diagnostics
+    area, which holds another client's warnings and errors: MariaDB clears it
+    only for a statement that uses a table, and a derived table is the
+    cheapest one that needs no privilege.
     """
-    head = sql[:SCAN_LIMIT].lower()
-    if _MAYBE_START.match(head) is None and _MAYBE_ANYWHERE.search(head) is None:
-        return None
-    return _UNTRACKED.search(sql, 0, SCAN_LIMIT)
-
-
-def _statement_end(sql: bytes, start: int) -> int:
-    end = sql.find(b";", start, SCAN_LIMIT)
-    return end if end >= 0 else min(len(sql), SCAN_LIMIT)
-
-
-def statement_needs(sql: bytes, found: re.Match[bytes]) -> int:
-    """What a statement that scan_statement() flagged needs before it runs:
-    READ_GLOBALS for a SET GLOBAL, OWN_TRACKING when it reads or sets the
-    session_track_* variables."""
-    needs = 0
-    for match in _UNTRACKED.finditer(sql, found.start(), SCAN_LIMIT):
-        if match.group(2) is not None:
-            if _GLOBAL_ASSIGNMENT.search(sql, match.end(2), _statement_end(sql, match.end(2))):
-                needs |= READ_GLOBALS
-        elif match.group(5) is not None:
-            needs |= OWN_TRACKING
-    return needs
+    if clear_diagnostics:
+        return f"last_insert_id=(SELECT {int(value)} FROM (SELECT 1) AS pyproxy_clear)"
+    return f"last_insert_id={int(value)}"
 
 
 def tracking_assignments(settings: Tracking, keep: frozenset[str]) -> bytes | None:
@@ -385,8 +341,15 @@ class ClientSession:
             self.uncertain = True
 
     def observe_changes(self, changes: SessionChanges, sql: bytes | None,
-                        ignore: frozenset[str] = frozenset()) -> str | None:
-        """Applies one OK packet's tracked changes; returns a pin reason, if any."""
+                        ignore: frozenset[str] = frozenset(), found: sqltext.Found | None = None,
+                        hidden: str | None = None) -> str | None:
+        """Applies one OK packet's tracked changes; returns a pin reason, if any.
+
+        ``found``: what the statement's text shows (pyproxy.sqltext), which can
+        say what a "state changed" report with nothing else in it was.
+        ``hidden``: the statement ran stored code that may change state the
+        server does not name (pyproxy.routines), so no report is explained.
+        """
         updates: dict[str, object] = {}
         reason = None
         variables = self.state.variables
@@ -415,60 +378,55 @@ class ClientSession:
             updates["schema"] = changes.schema or None
         if updates:
             self.state = attrs.evolve(self.state, **updates)
+        if changes.transaction_characteristics is not None:
+            # What the next (or the running) transaction will be, as SET
+            # TRANSACTION statements; "" once a transaction has used them.
+            self.pending_characteristics = bool(changes.transaction_characteristics)
+        state = changes.transaction_state
+        if reason is None and state is not None and state[7:8] == "L":
+            reason = "LOCK TABLES used"
         if changes.state_changed and reason is None:
-            explained = bool(changes.variables or changes.schema is not None
-                             or changes.transaction_state is not None
-                             or changes.transaction_characteristics is not None)
-            if not explained:
-                reason = "session state changed (user variable, temporary table or prepared statement)"
-            elif sql is not None and _USER_VARIABLE.search(sql):
-                reason = "user variable set"
+            if found is None and sql is not None:
+                found = sqltext.scan(sql)
+            flags = found.flags if found is not None else 0
+            # A variable or schema change raises the flag too; anything else
+            # that did (or might have, next to them) is named from the text.
+            if not (changes.variables or changes.schema is not None) or flags & _HIDDEN or hidden:
+                reason = next((what for flag, what in _STATE_HINTS if flags & flag), None)
+                if reason is None:
+                    reason = ("session state changed by stored code (user variable or temporary table)"
+                              if hidden or flags & (sqltext.CALLS | sqltext.DYNAMIC) else
+                              "session state changed (user variable, temporary table or prepared "
+                              "statement) by code the statement text does not show")
         if reason is not None:
             self.pin(reason)
         return reason
 
-    def observe_query(self, sql: bytes, failed: bool,
-                      found: re.Match[bytes] | None | bool = True) -> str | None:
-        """Reads what tracking does not report from the statement text.
-
-        Named locks, HANDLER, LOCK TABLES, XA and readers of the previous
-        statement's results pin the session.  SET TRANSACTION holds the
-        connection until the next statement has used the characteristics it
-        set; SQL_CALC_FOUND_ROWS holds it for the FOUND_ROWS() that follows;
-        SET @@name = value leaves the names in ``reread``.  ``found``: what
-        scan_statement() gave for ``sql`` before it ran (True: scan it now).
-        """
-        self.pending_characteristics = False
-        if found is True:
-            found = scan_statement(sql)
-        if failed or found is None or found is False:
+    def observe_query(self, sql: bytes, failed: bool, found: sqltext.Found | None) -> str | None:
+        """Reads what the server's reports leave out from the statement text
+        (pyproxy.sqltext): named locks, HANDLER, XA, readers of the previous
+        statement's results and unprovable statements pin the session;
+        SQL_CALC_FOUND_ROWS holds the connection for the FOUND_ROWS() that
+        follows; SET @@name and SET STATEMENT leave the names in ``reread``.
+        ``found``: what sqltext.scan() gave for ``sql`` before it ran."""
+        if found is None:
             return None
-        reason = None
-        for match in _UNTRACKED.finditer(sql, found.start(), SCAN_LIMIT):
-            if match.group(2) is not None:
-                self._assigned_bare(sql, match.end(2))
-                continue
-            if match.group(5) is not None:
-                continue  # handled before the statement ran (statement_needs)
-            found_text = (match.group(1) or match.group(3) or match.group(4)).lower()
-            word = re.split(rb"\s", found_text, maxsplit=1)[0]
-            if word == b"set":
-                self.pending_characteristics = True
-            elif word == b"sql_calc_found_rows":
-                self.hold_next = True
-            elif reason is None:
-                reason = f"{_UNTRACKED_NAMES[word]} used"
-                self.pin(reason)
-        return reason
-
-    def _assigned_bare(self, sql: bytes, start: int) -> None:
-        """The variables one SET statement assigns as @@name, which the server
-        does not report: ``reread`` lists them for pyproxy to ask again."""
-        names = [name.decode("ascii").lower() for name in
-                 _BARE_ASSIGNMENT.findall(sql, start, _statement_end(sql, start))]
-        names = [name for name in names if name != "autocommit" and name not in self.reread]
+        if failed and not found.flags & sqltext.MULTI:
+            # A failed statement took no lock and assigned nothing.  (Of several,
+            # those before the one that failed ran.)
+            return None
+        names = found.reread
+        if found.scoped and found.flags & sqltext.MULTI:
+            # Other statements may have set the same variables for good: the
+            # server says what they are now.
+            names = names + tuple(name for name in found.scoped if name not in UNCARRIED_VARIABLES)
         if names:
-            self.reread = self.reread + tuple(names)
+            self.reread = self.reread + tuple(name for name in names if name not in self.reread)
+        if found.flags & sqltext.HOLD_NEXT:
+            self.hold_next = True
+        if found.pin is not None:
+            self.pin(found.pin)
+        return found.pin
 
     def ends_session(self, sql: bytes) -> bool:
         """Whether a successful statement ended the server session: COMMIT RELEASE,

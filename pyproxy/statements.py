@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import attrs
 
+from pyproxy.sqltext import Found
 from pyproxy.wire.buffer import MalformedPacket
 
 
@@ -35,6 +36,8 @@ class ClientStatement:
     # connection its session holds; taken out of that connection's cache
     # while open, so that no other execute reuses (and closes) it.
     cursor: BackendStatement | None = None
+    # What sqltext.scan() found in ``sql``, read once at prepare.
+    found: Found | None = None
 
 
 @attrs.define(eq=False, slots=True)

@@ -189,7 +189,7 @@ class ProxyService(service.Service):
                       read_only=self.config.proxy.read_only_listen or None,
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
-        self.proxy.topology.start()
+        self.proxy.start()
         if self.config.pool.min_idle:
             for account in self.config.users:
                 self.proxy.pool(account.name)

@@ -6,10 +6,9 @@ import attrs
 import pytest
 
 import vectors
+from pyproxy import sqltext
 from pyproxy.session import (
     DEFAULT_TRACKING,
-    OWN_TRACKING,
-    READ_GLOBALS,
     TRACKING_VARIABLES,
     ClientSession,
     SessionState,
@@ -17,8 +16,6 @@ from pyproxy.session import (
     initial_state,
     needs_reset,
     reconcile,
-    scan_statement,
-    statement_needs,
     tracking,
     tracking_assignments,
 )
@@ -49,6 +46,11 @@ def changes_of(stream: bytes) -> SessionChanges:
 
 def session(**state: object) -> ClientSession:
     return ClientSession(attrs.evolve(FRESH, **state))
+
+
+def query(s: ClientSession, sql: bytes, failed: bool = False) -> str | None:
+    """What observe_query() makes of ``sql``, scanned as pyproxy scans it before it runs."""
+    return s.observe_query(sql, failed, sqltext.scan(sql))
 
 
 # -- initial state and reconcile ---------------------------------------------
@@ -206,7 +208,7 @@ def test_temporary_table_pins_without_explanation() -> None:
     """CREATE TEMPORARY TABLE (captured) reports only 'state changed', and that pins."""
     s = session()
     reason = s.observe_changes(changes_of(vectors.TEMP_TABLE_OK), b"CREATE TEMPORARY TABLE tmp1 (a INT)")
-    assert reason == "session state changed (user variable, temporary table or prepared statement)"
+    assert reason == "temporary table created"
     assert s.keeps_backend()
 
 
@@ -305,7 +307,7 @@ def test_error_with_autocommit_off_is_uncertain() -> None:
 def test_untracked_statements_pin(sql: bytes, reason: str) -> None:
     """Statements whose effect tracking does not report pin the session, by name."""
     s = session()
-    assert s.observe_query(sql, failed=False) == reason
+    assert query(s, sql, failed=False) == reason
     assert s.pin_reason == reason
     assert s.keeps_backend()
 
@@ -319,26 +321,68 @@ def test_untracked_statements_pin(sql: bytes, reason: str) -> None:
 def test_ordinary_statements_do_not_pin(sql: bytes) -> None:
     """Look-alike statements pin nothing."""
     s = session()
-    assert s.observe_query(sql, failed=False) is None
+    assert query(s, sql, failed=False) is None
     assert not s.keeps_backend()
 
 
 def test_failed_statement_does_not_pin() -> None:
-    """A GET_LOCK that failed took no lock."""
+    """A GET_LOCK that failed took no lock; one before a failing statement of the
+    same multi-statement ran and did."""
     s = session()
-    assert s.observe_query(b"SELECT GET_LOCK('a', 0)", failed=True) is None
+    assert query(s, b"SELECT GET_LOCK('a', 0)", failed=True) is None
     assert s.pin_reason is None
+    assert query(session(), b"SELECT GET_LOCK('a', 0); SELECT nope", failed=True) == "GET_LOCK used"
 
 
-def test_set_transaction_holds_until_next_statement() -> None:
-    """SET TRANSACTION (captured: nothing tracked) holds the connection for the next statement only."""
+def test_set_transaction_holds_until_a_transaction_uses_it() -> None:
+    """SET TRANSACTION (reported as the next transaction's characteristics) holds the
+    connection until the server reports them used, whatever statement set them."""
     s = session()
-    assert changes_of_none(vectors.SET_TRANSACTION_OK)
-    assert s.observe_query(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", failed=False) is None
-    assert s.pending_characteristics and s.keeps_backend()
-    s.observe_query(b"SELECT 1", failed=False)
+    assert changes_of_none(vectors.SET_TRANSACTION_OK)  # without pyproxy's tracking, nothing
+    pending = SessionChanges(transaction_characteristics="SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;")
+    assert s.observe_changes(pending, b"CALL p()") is None
+    assert s.pending_characteristics and s.keeps_backend() and s.holds_state()
+    assert query(s, b"SELECT 1") is None
+    assert s.pending_characteristics  # a statement without tables uses no transaction
+    s.observe_changes(SessionChanges(transaction_characteristics=""), b"SELECT * FROM t")
     assert not s.keeps_backend()
     assert s.pin_reason is None
+
+
+def test_lock_tables_reported_by_the_server_pins() -> None:
+    """LOCK TABLES however written (an executable comment, EXECUTE IMMEDIATE, a
+    procedure) shows as an L in the reported transaction state."""
+    s = session()
+    assert s.observe_changes(SessionChanges(transaction_state="________"), b"UNLOCK TABLES") is None
+    assert s.observe_changes(SessionChanges(transaction_state="_______L"), b"CALL p()") == "LOCK TABLES used"
+    assert s.pin_reason == "LOCK TABLES used"
+
+
+@pytest.mark.parametrize(("sql", "reason"), [
+    (b"SET @x = 1", "user variable set"),
+    (b"CREATE TEMPORARY TABLE t (a INT)", "temporary table created"),
+    (b"PREPARE s FROM 'SELECT 1'", "SQL prepared statement created"),
+    (b"INSERT INTO t VALUES (1)", "session state changed (user variable, temporary table or prepared "
+                                  "statement) by code the statement text does not show"),
+    (b"CALL p()", "session state changed by stored code (user variable or temporary table)"),
+])
+def test_unexplained_state_change_names_its_cause(sql: bytes, reason: str) -> None:
+    """A "state changed" report with no variable or schema in it pins, with the cause the
+    statement text shows (a trigger behind an INSERT shows none)."""
+    s = session()
+    assert s.observe_changes(SessionChanges(state_changed=True), sql, found=sqltext.scan(sql)) == reason
+
+
+def test_state_change_beside_a_variable_is_explained_only_by_plain_statements() -> None:
+    """A variable change raises the flag too; next to a user variable, or from stored code
+    that may set one, the session still pins."""
+    changes = SessionChanges(variables=(("sql_mode", "ANSI"),), state_changed=True)
+    s = session()
+    assert s.observe_changes(changes, b"SET sql_mode = 'ANSI'") is None
+    sql = b"SET sql_mode = 'ANSI', @x = 1"
+    assert session().observe_changes(changes, sql, found=sqltext.scan(sql)) == "user variable set"
+    assert session().observe_changes(changes, b"CALL p()", found=sqltext.scan(b"CALL p()"),
+                                     hidden="user variables in app.p") is not None
 
 
 def changes_of_none(stream: bytes) -> bool:
@@ -358,12 +402,15 @@ def test_keeps_backend_reasons() -> None:
     assert s.keeps_backend()
 
 
-def test_only_the_head_of_a_huge_statement_is_scanned() -> None:
-    """A multi-megabyte INSERT is scanned for untracked statements only in its first
-    64 KiB, so one client's bulk load cannot stall the others."""
+def test_huge_statements_are_searched_cheaply_and_unprovable_ones_pin() -> None:
+    """A multi-megabyte INSERT is read with the full patterns only in its first 64 KiB;
+    the rest is searched for needles, and one that has any pins (a GET_LOCK there would
+    otherwise leave a lock on the connection), while plain bulk data does not."""
+    rows = b"INSERT INTO t VALUES " + b"(1)," * 300000
     s = session()
-    sql = b"INSERT INTO t VALUES " + b"(1)," * 300000 + b"(GET_LOCK('x', 1))"
-    assert s.observe_query(sql, failed=False) is None
+    assert query(s, rows + b"(2)") is None
+    reason = query(s, rows + b"(GET_LOCK('x', 1))")
+    assert reason is not None and "longer than 64 KiB" in reason
 
 
 def test_results_held_for_the_next_statement_only() -> None:
@@ -392,7 +439,7 @@ def test_bare_system_variable_assignments_are_read_back(sql: bytes, names: tuple
     """SET @@name = value (no GLOBAL/SESSION/LOCAL) is not reported by MariaDB's
     tracking: the names are left for pyproxy to read back, in statement order."""
     s = session()
-    assert s.observe_query(sql, failed=False) is None
+    assert query(s, sql, failed=False) is None
     assert s.reread == names
     assert s.pin_reason is None
 
@@ -405,14 +452,14 @@ def test_bare_system_variable_assignments_are_read_back(sql: bytes, names: tuple
 def test_reported_or_read_only_forms_need_no_read_back(sql: bytes) -> None:
     """Forms the server reports, reads of @@name and autocommit leave nothing to read back."""
     s = session()
-    s.observe_query(sql, failed=False)
+    query(s, sql, failed=False)
     assert s.reread == ()
 
 
 def test_failed_set_needs_no_read_back() -> None:
     """A SET that failed assigned nothing."""
     s = session()
-    s.observe_query(b"SET @@sql_mode = 'NOPE'", failed=True)
+    query(s, b"SET @@sql_mode = 'NOPE'", failed=True)
     assert s.reread == ()
 
 
@@ -476,27 +523,3 @@ def test_client_setting_tracking_is_recorded() -> None:
     changes = SessionChanges(variables=(("session_track_state_change", "ON"),), state_changed=True)
     assert s.observe_changes(changes, None) == "system variable session_track_state_change changed"
     assert s.own_tracking == frozenset({"session_track_state_change"})
-
-
-@pytest.mark.parametrize(("sql", "needs"), [
-    (b"SELECT 1", None),
-    (b"SET GLOBAL max_connections = 10", READ_GLOBALS),
-    (b"set @@global.sql_mode = '', @@auto_increment_increment = 2", READ_GLOBALS),
-    (b"SET @x = @@global.max_connections", READ_GLOBALS),  # read, but checking costs little
-    (b"SET @@sql_mode = ''", 0),
-    (b"SET GLOBAL TRANSACTION ISOLATION LEVEL SERIALIZABLE", READ_GLOBALS),
-    (b"SELECT @@session_track_system_variables", OWN_TRACKING),
-    (b"SET @save = @@SESSION.session_track_schema", OWN_TRACKING),
-    (b"SHOW VARIABLES LIKE 'session_track%'", OWN_TRACKING),
-    (b"SET GLOBAL session_track_state_change = ON", READ_GLOBALS | OWN_TRACKING),
-    (b"SELECT GET_LOCK('a', 1)", 0),
-])
-def test_statement_needs(sql: bytes, needs: int | None) -> None:
-    """Statements flagged by one scan say what they need before running: the globals
-    read around a SET GLOBAL, the client's own tracking settings for one that reads or
-    sets session_track_*.  Ordinary statements are not flagged at all."""
-    found = scan_statement(sql)
-    if needs is None:
-        assert found is None
-    else:
-        assert found is not None and statement_needs(sql, found) == needs

@@ -21,6 +21,11 @@ The schema held ``app.t (id INT PRIMARY KEY, name VARCHAR(20))`` with rows
 2. ERR_MID_ROWS_*: with a third row (3, 'three') in app.t.
 3. CURSOR_EXECUTE_* to SET_TRANSACTION_OK: cursors, collations, SET TRANSACTION.
 4. BAD_HANDSHAKE_ERR, UNKNOWN_COMMAND_ERR: the server's own protocol errors.
+5. The *_TRACKED_OK constants and INSERT_ID_OK to CLEAR_DIAGNOSTICS_OK: on the
+   connection with DEPRECATE_EOF, after
+   pyproxy's own tracking SET (pyproxy.backend.TRACKING, which adds
+   ``session_track_transaction_info='CHARACTERISTICS'``), one after the other
+   on tables ``t1.t`` and ``t1.ai (id INT AUTO_INCREMENT PRIMARY KEY, v INT)``.
 
 Replies marked ``_EOF`` come from the connection without CLIENT_DEPRECATE_EOF,
 ``_DEOF`` from the one with it; where both connections got identical bytes
@@ -270,3 +275,31 @@ BAD_HANDSHAKE_ERR = bytes.fromhex("16000002ff13042330385330314261642068616e64736
 
 # Command byte 0x99 after login: ERR 1047 08S01 "Unknown command", seq 1; the connection stays open.
 UNKNOWN_COMMAND_ERR = bytes.fromhex("18000001ff1704233038533031556e6b6e6f776e20636f6d6d616e64")
+
+# Run 5: transaction information tracked.
+# SET TRANSACTION ISOLATION LEVEL SERIALIZABLE: the next transaction's characteristics.
+SET_TRANSACTION_TRACKED_OK = bytes.fromhex(
+    "39000001000000024000000030042e2d534554205452414e53414354494f4e2049534f4c4154494f4e204c4556454c2053"
+    "455249414c495a41424c453b")
+# BEGIN: transaction state "T_______", and the characteristics it runs with.
+BEGIN_TRACKED_OK = bytes.fromhex(
+    "5700000100000003400000004e050908545f5f5f5f5f5f5f044140534554205452414e53414354494f4e2049534f4c41"
+    "54494f4e204c4556454c2053455249414c495a41424c453b205354415254205452414e53414354494f4e3b")
+# COMMIT: state "________", characteristics "" (used up).
+COMMIT_TRACKED_OK = bytes.fromhex("1700000100000002400000000e0509085f5f5f5f5f5f5f5f040100")
+# LOCK TABLES t WRITE: state "_______L".
+LOCK_TABLES_TRACKED_OK = bytes.fromhex("1400000100000002400000000b0509085f5f5f5f5f5f5f4c")
+# UNLOCK TABLES: state "________".
+UNLOCK_TABLES_TRACKED_OK = bytes.fromhex("1400000100000002400000000b0509085f5f5f5f5f5f5f5f")
+# INSERT INTO ai (v) VALUES (1): one row, insert id 1.
+INSERT_ID_OK = bytes.fromhex("0700000100010102000000")
+# SELECT LAST_INSERT_ID(): one row, "1".
+LAST_INSERT_ID_ROWS = bytes.fromhex(
+    "01000001012600000203646566000000104c4153545f494e534552545f49442829000c3f001500000008a10000000002"
+    "000003013107000004fe000002000000")
+# SELECT CAST('x' AS INT) AS n: one row, "0", and one warning in the terminator.
+WARNING_SELECT_DEOF = bytes.fromhex(
+    "01000001011700000203646566000000016e000c3f000200000003810000000002000003013007000004fe000002000100")
+# SET SESSION last_insert_id=(SELECT 0 FROM (SELECT 1) AS pyproxy_clear): the variable reported.
+CLEAR_DIAGNOSTICS_OK = bytes.fromhex(
+    "1f00000100000002400000001600110e6c6173745f696e736572745f69640130020131")

@@ -65,8 +65,8 @@ class ResponseTracker:
     """
 
     __slots__ = ("deprecate_eof", "state", "status", "error", "oks", "untracked_change", "seq",
-                 "warnings", "affected", "insert_id", "translate", "terminators", "edits",
-                 "changed", "_metadata_status", "prepare_at", "infile_at",
+                 "warnings", "affected", "insert_id", "warned", "saw_insert_id", "translate",
+                 "terminators", "edits", "changed", "_metadata_status", "prepare_at", "infile_at",
                  "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns",
                  "_shift", "_cursor")
 
@@ -79,6 +79,10 @@ class ResponseTracker:
         self.warnings = 0
         self.affected = 0
         self.insert_id = 0
+        # Whether any packet of the reply carried warnings (or notes), and any
+        # OK an insert id: what the statement left in the server session.
+        self.warned = False
+        self.saw_insert_id = False
         self.oks: list[tuple[int, int]] = []
         # Whether any OK in the last scan carried SERVER_SESSION_STATE_CHANGED.
         self.changed = False
@@ -122,6 +126,9 @@ class ResponseTracker:
         self.prepare_at = self.infile_at = -1
         self._metadata_status = metadata_status & ~SERVER_SESSION_STATE_CHANGED
         self.translate = translate and self.deprecate_eof
+        # What the last reply's translation left must not edit this one.
+        self.terminators.clear()
+        self.edits.clear()
         self._cursor = cursor
         self._shift = 0
         self.state = _START[reply]
@@ -130,6 +137,8 @@ class ResponseTracker:
         self.warnings = 0
         self.affected = 0
         self.insert_id = 0
+        self.warned = False
+        self.saw_insert_id = False
         self.untracked_change = False
         self.prepared = None
         self._skip = 0
@@ -275,6 +284,8 @@ class ResponseTracker:
         payload = buf[start:end]
         if self.deprecate_eof and end - start >= 7:
             _, _, status, self.warnings = ok_counters(payload)
+            if self.warnings:
+                self.warned = True
             self.oks.append((start - 4, end))
             if status & SERVER_SESSION_STATE_CHANGED:
                 self.changed = True
@@ -285,6 +296,8 @@ class ResponseTracker:
         else:
             status = eof_status(payload)
             self.warnings = payload[1] | (payload[2] << 8) if len(payload) >= 3 else 0
+            if self.warnings:
+                self.warned = True
             if status & SERVER_SESSION_STATE_CHANGED:
                 # A classic EOF says state changed but cannot say what.
                 self.untracked_change = True
@@ -326,6 +339,10 @@ class ResponseTracker:
                     # The counters of the last statement, which LAST_INSERT_ID(),
                     # ROW_COUNT() and SHOW WARNINGS read back later.
                     self.affected, self.insert_id, status, self.warnings = ok_counters(payload)
+                    if self.warnings:
+                        self.warned = True
+                    if self.insert_id:
+                        self.saw_insert_id = True
                     if status & SERVER_SESSION_STATE_CHANGED:
                         self.changed = True
                     self._set_status(status)
@@ -376,6 +393,7 @@ class ResponseTracker:
         if r.remaining() >= 3:
             r.u8()
             self.warnings = r.u16()
+            self.warned = self.warnings > 0
         self.prepared = (statement, columns, params)
         self._pcolumns = columns
         if params:
