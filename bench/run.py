@@ -120,11 +120,9 @@ import atexit
 import collections
 import datetime
 import json
-import math
 import multiprocessing
 import os
 import platform
-import queue
 import random
 import resource
 import signal
@@ -138,6 +136,18 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    # bench/ is not installed: it, pyproxy and integration/ come from this checkout.
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench import processes  # noqa: E402
+from bench.clients import Client, driver_version, error_code, pick_driver  # noqa: E402
+from bench.errors import BenchError  # noqa: E402
+from bench.measure import (ThreadsConnectedMonitor, machine_cpu, percentile,  # noqa: E402
+                           proc_cpu, proc_rss, recovery_figures, rusage_cpu, server_statements)
+from bench.processes import (READY_TIMEOUT, collect, merge_errors, raise_nofile,  # noqa: E402
+                             reap, sleep_until, spawn, split_evenly)
+
 USER = "app"
 DATABASE = "app"
 POINT_SQL = "SELECT v FROM t WHERE id = {}"
@@ -153,59 +163,7 @@ RETRY_PAUSE = 0.05
 FAULT_HEALTH_INTERVAL = 1.0
 
 
-class BenchError(RuntimeError):
-    """Something keeps the benchmark from running; the message says what."""
-
-
 # --- pure helpers (unit-tested in tests/test_bench.py) ---------------------------------------
-
-
-def percentile(sorted_values: Any, pct: float) -> float | None:
-    """Nearest-rank percentile of an already sorted sequence; None when it is empty."""
-    n = len(sorted_values)
-    if n == 0:
-        return None
-    rank = max(1, math.ceil(pct / 100.0 * n))
-    return float(sorted_values[min(rank, n) - 1])
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """Split ``total`` into ``parts`` non-negative integers that differ by at most one."""
-    if parts <= 0:
-        raise ValueError("parts must be positive")
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def parse_proc_stat_cpu(text: str, clk_tck: int) -> float:
-    """utime + stime in seconds from the text of ``/proc/<pid>/stat``.
-
-    The command name (field 2) is in parentheses and may contain spaces, so the
-    fields are counted from the last ``)``: utime and stime are fields 14 and 15.
-    """
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / clk_tck
-
-
-def parse_vmrss(text: str) -> int:
-    """VmRSS in bytes from the text of ``/proc/<pid>/status``."""
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            value, unit = line.split()[1:3]
-            if unit.lower() != "kb":
-                raise ValueError(f"unexpected VmRSS unit {unit!r}")
-            return int(value) * 1024
-    raise ValueError("no VmRSS line (process gone, or a kernel thread)")
-
-
-def parse_machine_cpu(text: str) -> tuple[int, int]:
-    """(busy, total) jiffies summed over all CPUs from the first line of ``/proc/stat``."""
-    values = [int(v) for v in text.splitlines()[0].split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is
-    # already counted in user/nice.
-    total = sum(values[:8])
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return total - idle, total
 
 
 def ratio(proxy: float | None, direct: float | None) -> float | None:
@@ -277,17 +235,6 @@ def summarize_errors(errors: dict[str, int]) -> str | int:
     parts = ", ".join(f"{code}x{count}" for code, count in
                       sorted(errors.items(), key=lambda kv: -kv[1]))
     return f"{total} ({parts})"
-
-
-def merge_errors(reports: Any) -> tuple[collections.Counter[str], str | None]:
-    """Errors by code summed over the reports of several load processes, and the first
-    process's first error message (each report has ``errors`` and ``first_error``)."""
-    errors: collections.Counter[str] = collections.Counter()
-    first_error = None
-    for report in reports:
-        errors.update(report["errors"])
-        first_error = first_error or report["first_error"]
-    return errors, first_error
 
 
 def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
@@ -409,22 +356,6 @@ def reconnects_after(code: str, direct: bool) -> bool:
     return code in LOST_CONNECTION or not code.isdigit()
 
 
-def recovery_figures(event_at: float, firsts: list[float | None]) -> dict[str, Any]:
-    """How fast clients were writing again after a fault at ``event_at``.
-
-    ``firsts`` holds, per client, when its first transaction begun after the fault committed
-    (None: it never did before the end). Returns the count of clients, how many wrote again,
-    the first of them and the median and slowest client, in milliseconds after the fault
-    (None when no client wrote again).
-    """
-    delays = sorted((first - event_at) * 1e3 for first in firsts if first is not None)
-    return {
-        "clients": len(firsts), "recovered": len(delays),
-        "first_ms": delays[0] if delays else None,
-        "p50_ms": percentile(delays, 50), "max_ms": delays[-1] if delays else None,
-    }
-
-
 def fault_rows(workload: str, event: str, fault_metric: str, direct: dict[str, Any] | None,
                through: dict[str, Any] | None) -> list[tuple[str, str, Any, Any, str]]:
     """Table rows of a fault workload (failover, restart) for both sides; ``event`` names the
@@ -461,117 +392,17 @@ FAULTS = {
 }
 
 
-# --- client drivers (used inside worker processes) -------------------------------------------
-
-
-def pick_driver(name: str) -> str:
-    if name in ("auto", "mysqlclient"):
-        try:
-            import MySQLdb  # noqa: F401, PLC0415
-            return "mysqlclient"
-        except ImportError:
-            if name == "mysqlclient":
-                raise BenchError("--driver mysqlclient: MySQLdb is not importable "
-                                 "(pip install mysqlclient)") from None
-    import pymysql  # noqa: F401, PLC0415
-    return "pymysql"
-
-
-def driver_version(name: str) -> str:
-    if name == "mysqlclient":
-        import MySQLdb  # noqa: PLC0415
-        import MySQLdb._mysql  # noqa: PLC0415
-        return (f"mysqlclient {'.'.join(map(str, MySQLdb.version_info[:3]))} "
-                f"(libmariadb/libmysqlclient {MySQLdb._mysql.get_client_info()})")
-    import pymysql  # noqa: PLC0415
-    return f"PyMySQL {pymysql.__version__}"
-
-
-class Client:
-    """One connection with the smallest per-query overhead the driver allows."""
-
-    def __init__(self, driver: str, target: dict[str, Any], timeout: float = 30.0) -> None:
-        self.driver = driver
-        if driver == "mysqlclient":
-            import MySQLdb  # noqa: PLC0415
-            self.conn = MySQLdb.connect(
-                host=target["host"], port=target["port"], user=target["user"],
-                password=target["password"], database=target["database"], autocommit=True,
-                connect_timeout=int(timeout), read_timeout=int(timeout),
-                write_timeout=int(timeout))
-        else:
-            import pymysql  # noqa: PLC0415
-            self.conn = pymysql.connect(
-                host=target["host"], port=target["port"], user=target["user"],
-                password=target["password"], database=target["database"], autocommit=True,
-                connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
-            self.cursor = self.conn.cursor()
-
-    def query(self, sql: str) -> Any:
-        if self.driver == "mysqlclient":
-            self.conn.query(sql)
-            return self.conn.store_result().fetch_row(0)
-        self.cursor.execute(sql)
-        return self.cursor.fetchall()
-
-    def execute(self, sql: str) -> None:
-        """Run a statement that returns no rows (BEGIN, UPDATE, COMMIT...)."""
-        if self.driver == "mysqlclient":
-            self.conn.query(sql)
-            self.conn.store_result()
-        else:
-            self.cursor.execute(sql)
-
-    def close(self) -> None:
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do
-            pass
-
-
-def error_code(exc: BaseException) -> str:
-    """'1040' for a MySQL error with a numeric code, else the exception's type name."""
-    args = getattr(exc, "args", ())
-    if args and isinstance(args[0], int):
-        return str(args[0])
-    return type(exc).__name__
-
-
-def _rusage_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _sleep_until(deadline: float) -> None:
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(left, 0.5))
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
-
 # --- worker processes --------------------------------------------------------------------------
 # Protocol: a worker opens its connections, puts ("ready", index, n) on the queue, waits for the
 # ``go`` event, reads the window from ``times`` (monotonic clock, shared by all processes on
 # Linux), runs, and puts ("result", index, {...}). Any failure before "ready" is reported as
 # ("error", index, message). Every wait is bounded.
 
-READY_TIMEOUT = 120.0
-
 
 def select_worker(index: int, driver: str, target: dict[str, Any], threads: int, rows: int,
                   results: Any, go: Any, times: Any) -> None:
     try:
-        _raise_nofile()
+        raise_nofile()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         clients = [Client(driver, target) for _ in range(threads)]
     except Exception as exc:  # noqa: BLE001 - reported to the parent
@@ -621,10 +452,10 @@ def select_worker(index: int, driver: str, target: dict[str, Any], threads: int,
                for i, c in enumerate(clients)]
     for t in workers:
         t.start()
-    _sleep_until(warm_end)
-    cpu0 = _rusage_cpu()
-    _sleep_until(end)
-    cpu1 = _rusage_cpu()
+    sleep_until(warm_end)
+    cpu0 = rusage_cpu()
+    sleep_until(end)
+    cpu1 = rusage_cpu()
     for t in workers:
         t.join(max(0.0, end + 60 - time.monotonic()))
     latencies = array("d")
@@ -687,7 +518,7 @@ def storm_worker(index: int, driver: str, target: dict[str, Any], cycles: list[i
         outcomes[slot] = {"latencies": latencies, "errors": errors, "first_error": first_error,
                           "end": time.monotonic()}
 
-    _sleep_until(start_at)
+    sleep_until(start_at)
     workers = [threading.Thread(target=loop, args=(i, n), daemon=True)
                for i, n in enumerate(cycles)]
     for t in workers:
@@ -787,7 +618,7 @@ def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, 
                           "first_after": first_after, "errors": errors,
                           "first_error": first_error}
 
-    _sleep_until(start_at)
+    sleep_until(start_at)
     workers = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
     for t in workers:
         t.start()
@@ -806,7 +637,7 @@ def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, 
 def idle_worker(index: int, driver: str, target: dict[str, Any], n: int, results: Any,
                 release: Any, hold_timeout: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _raise_nofile()
+    raise_nofile()
     clients: list[Client] = []
     errors: collections.Counter[str] = collections.Counter()
     first_error = None
@@ -826,21 +657,12 @@ def idle_worker(index: int, driver: str, target: dict[str, Any], n: int, results
 
 # --- process management in the parent ------------------------------------------------------
 
-_children: list[Any] = []          # multiprocessing.Process objects
 _pyproxies: list[PyProxy] = []
 _servers: list[Any] = []           # SandboxServer objects
 
 
 def _cleanup_everything() -> None:
-    for proc in list(_children):
-        if proc.is_alive():
-            proc.terminate()
-    for proc in list(_children):
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-    _children.clear()
+    processes.stop_all()
     for proxy in list(_pyproxies):
         proxy.stop()
     for server in list(_servers):
@@ -858,21 +680,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        return parse_proc_stat_cpu(f.read(), os.sysconf("SC_CLK_TCK"))
-
-
-def proc_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return parse_vmrss(f.read())
-
-
-def machine_cpu() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        return parse_machine_cpu(f.read())
 
 
 class PyProxy:
@@ -996,54 +803,6 @@ class PyProxy:
         return process.returncode
 
 
-class ThreadsConnectedMonitor:
-    """Polls Threads_connected from a root connection over the unix socket; keeps the max."""
-
-    def __init__(self, server: Any, interval: float = 0.01, cap: float = 600.0) -> None:
-        self.conn = server.connect()
-        self.interval = interval
-        self.cap = cap
-        self.max = 0
-        self.samples = 0
-        self.error: str | None = None
-        self._lock = threading.Lock()  # one PyMySQL connection, used from two threads
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> int:
-        with self._lock, self.conn.cursor() as cur:
-            cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
-            return int(cur.fetchone()[1]) - 1  # not counting this connection
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.cap
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                self.max = max(self.max, self.sample())
-                self.samples += 1
-            except Exception as exc:  # noqa: BLE001
-                self.error = f"{error_code(exc)} {exc}"
-                return
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> ThreadsConnectedMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        with self._lock:
-            self.conn.close()
-
-
-def server_statements(conn: Any) -> int:
-    """The server's Questions counter (statements sent by all clients), read over ``conn``."""
-    with conn.cursor() as cur:
-        cur.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
-        return int(cur.fetchone()[1])
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -1099,52 +858,6 @@ class Bench:
     def target(self, server: Any, proxy: PyProxy | None) -> dict[str, Any]:
         return {"host": "127.0.0.1", "port": proxy.port if proxy else server.port, "user": USER,
                 "password": self.password, "database": DATABASE}
-
-    def _spawn(self, func: Any, jobs: list[tuple[Any, ...]]) -> tuple[list[Any], Any]:
-        results = self.ctx.Queue()
-        procs = []
-        for index, job in enumerate(jobs):
-            proc = self.ctx.Process(target=func, args=(index, *job[:-1], results, *job[-1]),
-                                    daemon=True)
-            procs.append(proc)
-        for proc in procs:
-            proc.start()
-            _children.append(proc)
-        return procs, results
-
-    def _collect(self, procs: list[Any], results: Any, kind: str, timeout: float,
-                 what: str) -> dict[int, Any]:
-        """Wait for one ``kind`` message per process; an "error" message or a timeout aborts."""
-        got: dict[int, Any] = {}
-        deadline = time.monotonic() + timeout
-        while len(got) < len(procs):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"{what}: {len(procs) - len(got)} of {len(procs)} load "
-                                 f"processes did not report '{kind}' within {timeout:g}s")
-            try:
-                message, index, payload = results.get(timeout=min(left, 1.0))
-            except queue.Empty:
-                dead = [i for i, p in enumerate(procs) if i not in got and not p.is_alive()]
-                if dead:
-                    raise BenchError(f"{what}: load process {dead[0]} exited with code "
-                                     f"{procs[dead[0]].exitcode} before reporting '{kind}'"
-                                     ) from None
-                continue
-            if message == "error":
-                raise BenchError(f"{what}: {payload}")
-            if message == kind:
-                got[index] = payload
-        return got
-
-    def _reap(self, procs: list[Any]) -> None:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-            if proc in _children:
-                _children.remove(proc)
 
     def _workload_lines(self, proxy: PyProxy, timeout: float = 10.0) -> list[str]:
         """SIGUSR1 to pyproxy, then its log lines since the last review, up to the
@@ -1211,28 +924,28 @@ class Bench:
         go = self.ctx.Event()
         times = self.ctx.Array("d", 2)
         jobs = [(*job[:-1], (go, times)) for job in jobs]
-        procs, results = self._spawn(select_worker, jobs)
+        procs, results = spawn(self.ctx, select_worker, jobs)
         root = server.connect()
         try:
-            self._collect(procs, results, "ready", READY_TIMEOUT, label)
+            collect(procs, results, "ready", READY_TIMEOUT, label)
             now = time.monotonic()
             times[0] = now + args.warmup
             times[1] = now + args.warmup + args.duration
             go.set()
-            _sleep_until(times[0])
+            sleep_until(times[0])
             pids = {"pyproxy": proxy.pid if proxy else None, "mariadbd": server._process.pid}
             cpu0 = {k: proc_cpu(p) for k, p in pids.items() if p}
             m0 = machine_cpu()
             q0 = server_statements(root)
-            _sleep_until(times[1])
+            sleep_until(times[1])
             cpu1 = {k: proc_cpu(p) for k, p in pids.items() if p}
             m1 = machine_cpu()
             q1 = server_statements(root)
-            outs = self._collect(procs, results, "result", 90.0, label)
+            outs = collect(procs, results, "result", 90.0, label)
         finally:
             go.set()
             root.close()
-            self._reap(procs)
+            reap(procs)
         latencies = array("d")
         errors: collections.Counter[str] = collections.Counter()
         count = 0
@@ -1339,20 +1052,20 @@ class Bench:
         go = self.ctx.Event()
         times = self.ctx.Array("d", 1)
         jobs = [(*job[:-1], (go, times)) for job in jobs]
-        procs, results = self._spawn(storm_worker, jobs)
+        procs, results = spawn(self.ctx, storm_worker, jobs)
         pids = {"pyproxy": proxy.pid if proxy else None, "mariadbd": server._process.pid}
         try:
-            self._collect(procs, results, "ready", READY_TIMEOUT, label)
+            collect(procs, results, "ready", READY_TIMEOUT, label)
             with ThreadsConnectedMonitor(server, cap=args.storm_time_cap + 120) as monitor:
                 baseline = monitor.sample()
                 times[0] = time.monotonic() + 0.2
                 cpu0 = {k: proc_cpu(p) for k, p in pids.items() if p}
                 go.set()
-                outs = self._collect(procs, results, "result", args.storm_time_cap + 90, label)
+                outs = collect(procs, results, "result", args.storm_time_cap + 90, label)
                 cpu1 = {k: proc_cpu(p) for k, p in pids.items() if p}
         finally:
             go.set()
-            self._reap(procs)
+            reap(procs)
         latencies = array("d")
         errors: collections.Counter[str] = collections.Counter()
         first_error = None
@@ -1450,18 +1163,18 @@ class Bench:
             release = self.ctx.Event()
             jobs = [(self.driver, self.target(server, proxy), n, (release, 600.0))
                     for n in counts]
-            procs, results = self._spawn(idle_worker, jobs)
+            procs, results = spawn(self.ctx, idle_worker, jobs)
             try:
-                ready = self._collect(procs, results, "ready", 300.0, label)
+                ready = collect(procs, results, "ready", 300.0, label)
                 time.sleep(1.0)
                 rss_after = proc_rss(proxy.pid)
                 with ThreadsConnectedMonitor(server) as monitor:
                     backend_conns = monitor.sample()
                 release.set()
-                self._collect(procs, results, "result", 60.0, label)
+                collect(procs, results, "result", 60.0, label)
             finally:
                 release.set()
-                self._reap(procs)
+                reap(procs)
             time.sleep(1.0)
             rss_closed = proc_rss(proxy.pid) if proxy.alive() else None
             opened = sum(r["opened"] for r in ready.values())
@@ -1583,19 +1296,19 @@ class Bench:
                  (go, times, endpoint)) for n in threads]
         progress(f"{label}: {args.failover_clients} writing clients, the {kind} after "
                  f"{args.failover_before:g}s, then {args.failover_after:g}s more")
-        procs, results = self._spawn(write_worker, jobs)
+        procs, results = spawn(self.ctx, write_worker, jobs)
         try:
-            self._collect(procs, results, "ready", READY_TIMEOUT, label)
+            collect(procs, results, "ready", READY_TIMEOUT, label)
             times[0] = time.monotonic() + 0.2
             fault_at = times[0] + args.failover_before
             times[2] = fault_at + args.failover_after
             go.set()
-            _sleep_until(fault_at)
+            sleep_until(fault_at)
             event_at, fault_ms = self.cause_fault(kind, group, proxy, times, endpoint)
-            outs = self._collect(procs, results, "result", args.failover_after + 90, label)
+            outs = collect(procs, results, "result", args.failover_after + 90, label)
         finally:
             go.set()
-            self._reap(procs)
+            reap(procs)
         clients = [client for out in outs.values() for client in out["clients"]]
         errors, first_error = merge_errors(outs.values())
         result = {
@@ -1817,13 +1530,11 @@ def main(argv: list[str] | None = None) -> int:
     if sys.platform != "linux":
         print("bench/run.py needs Linux (/proc)", file=sys.stderr)
         return 2
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     import logging  # noqa: PLC0415
 
     import structlog  # noqa: PLC0415
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    _raise_nofile()
+    raise_nofile()
     need = args.idle_clients + 200
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if "idle" in args.workloads and soft != resource.RLIM_INFINITY and soft < need:

@@ -1,54 +1,56 @@
-"""The pure helpers of bench/run.py (no server, no processes)."""
+"""The pure helpers of the benchmark in bench/ (no server, no processes)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-_spec = importlib.util.spec_from_file_location("bench_run", _PATH)
-assert _spec is not None and _spec.loader is not None
-run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run)
+# bench/ is a folder of the checkout, not an installed package; bench/run.py imports it the
+# same way.
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:
+    sys.path.append(str(_REPO))
+
+from bench import measure, processes, run  # noqa: E402
 
 
 def test_percentile_nearest_rank() -> None:
     values = list(range(1, 101))
-    assert run.percentile(values, 50) == 50
-    assert run.percentile(values, 99) == 99
-    assert run.percentile(values, 100) == 100
-    assert run.percentile([7], 99) == 7
-    assert run.percentile([], 50) is None
+    assert measure.percentile(values, 50) == 50
+    assert measure.percentile(values, 99) == 99
+    assert measure.percentile(values, 100) == 100
+    assert measure.percentile([7], 99) == 7
+    assert measure.percentile([], 50) is None
 
 
 def test_split_evenly() -> None:
-    assert run.split_evenly(500, 100) == [5] * 100
-    assert run.split_evenly(10, 4) == [3, 3, 2, 2]
-    assert run.split_evenly(2, 4) == [1, 1, 0, 0]
-    assert sum(run.split_evenly(2000, 3)) == 2000
+    assert processes.split_evenly(500, 100) == [5] * 100
+    assert processes.split_evenly(10, 4) == [3, 3, 2, 2]
+    assert processes.split_evenly(2, 4) == [1, 1, 0, 0]
+    assert sum(processes.split_evenly(2000, 3)) == 2000
     with pytest.raises(ValueError):
-        run.split_evenly(1, 0)
+        processes.split_evenly(1, 0)
 
 
 def test_parse_proc_stat_cpu_handles_spaces_in_the_name() -> None:
     # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
     text = "1234 (python3 -c x) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0"
-    assert run.parse_proc_stat_cpu(text, 100) == pytest.approx(3.0)
+    assert measure.parse_proc_stat_cpu(text, 100) == pytest.approx(3.0)
 
 
 def test_parse_vmrss() -> None:
     text = "Name:\tpython3\nVmPeak:\t  100 kB\nVmRSS:\t   46080 kB\nThreads:\t1\n"
-    assert run.parse_vmrss(text) == 46080 * 1024
+    assert measure.parse_vmrss(text) == 46080 * 1024
     with pytest.raises(ValueError):
-        run.parse_vmrss("Name:\tkthreadd\n")
+        measure.parse_vmrss("Name:\tkthreadd\n")
 
 
 def test_parse_machine_cpu() -> None:
     text = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n"
-    assert run.parse_machine_cpu(text) == (150, 1000)
+    assert measure.parse_machine_cpu(text) == (150, 1000)
 
 
 def test_summarize_errors() -> None:
@@ -186,13 +188,13 @@ def test_reconnects_after_lost_connections_and_read_only_when_direct() -> None:
 
 
 def test_recovery_figures() -> None:
-    figures = run.recovery_figures(10.0, [10.5, None, 10.1, 12.0, 10.3])
+    figures = measure.recovery_figures(10.0, [10.5, None, 10.1, 12.0, 10.3])
     assert figures["clients"] == 5
     assert figures["recovered"] == 4
     assert figures["first_ms"] == pytest.approx(100.0)
     assert figures["p50_ms"] == pytest.approx(300.0)  # nearest rank of 100, 300, 500, 2000
     assert figures["max_ms"] == pytest.approx(2000.0)
-    assert run.recovery_figures(1.0, [None, None]) == {
+    assert measure.recovery_figures(1.0, [None, None]) == {
         "clients": 2, "recovered": 0, "first_ms": None, "p50_ms": None, "max_ms": None}
 
 
@@ -228,11 +230,12 @@ def test_parse_args_fault_workloads() -> None:
 
 
 def test_merge_errors() -> None:
-    errors, first = run.merge_errors([
+    errors, first = processes.merge_errors([
         {"errors": {}, "first_error": None},
         {"errors": {"1290": 2}, "first_error": "1290 read-only"},
         {"errors": {"1290": 1, "2013": 1}, "first_error": "2013 lost"},
     ])
     assert errors == {"1290": 3, "2013": 1}
     assert first == "1290 read-only"
-    assert run.merge_errors([]) == ({}, None)
+    assert processes.merge_errors([]) == ({}, None)
+
