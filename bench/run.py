@@ -140,17 +140,18 @@ if str(REPO_ROOT) not in sys.path:
     # bench/ is not installed: it, pyproxy and integration/ come from this checkout.
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench import processes  # noqa: E402
+from bench import processes, targets  # noqa: E402
 from bench.clients import Client, driver_version, error_code, pick_driver  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 from bench.measure import (ThreadsConnectedMonitor, machine_cpu, percentile,  # noqa: E402
                            proc_cpu, proc_rss, recovery_figures, rusage_cpu, server_statements)
 from bench.processes import (READY_TIMEOUT, collect, merge_errors, raise_nofile,  # noqa: E402
                              reap, sleep_until, spawn, split_evenly)
-
-USER = "app"
-DATABASE = "app"
-POINT_SQL = "SELECT v FROM t WHERE id = {}"
+from bench.pyproxy_log import count_log_events, review  # noqa: E402
+from bench.report import (FAULTS, fault_rows, fmt_value, idle_rows, progress,  # noqa: E402
+                          render_table, select_rows, storm_rows, summarize_errors)
+from bench.targets import (DATABASE, POINT_SQL, USER, PyProxy, start_sandbox,  # noqa: E402
+                           stop_server, target_for)
 
 #: The fault workloads: writing clients, the balance every account starts with, the pause a
 #: client makes after each commit (so the load does not saturate a small machine), and
@@ -164,177 +165,6 @@ FAULT_HEALTH_INTERVAL = 1.0
 
 
 # --- pure helpers (unit-tested in tests/test_bench.py) ---------------------------------------
-
-
-def ratio(proxy: float | None, direct: float | None) -> float | None:
-    if proxy is None or direct is None or direct == 0:
-        return None
-    return proxy / direct
-
-
-def get(result: dict[str, Any] | None, key: str, convert: Any = None) -> Any:
-    """result[key] (converted), or "FAILED" when the measurement did not complete."""
-    if result is None:
-        return "FAILED"
-    value = result.get(key)
-    return convert(value) if convert is not None and value is not None else value
-
-
-def fmt_value(value: Any, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    return format(value, spec)
-
-
-def render_table(rows: list[tuple[str, str, Any, Any, str]]) -> str:
-    """Align (workload, metric, direct, pyproxy, format) rows, with a proxy/direct ratio column.
-
-    ``direct`` and ``pyproxy`` are numbers, strings or None; the ratio is shown only when both
-    are numbers.
-    """
-    header = ("workload", "metric", "direct", "pyproxy", "ratio")
-    lines: list[tuple[str, ...]] = []
-    previous = None
-    for workload, metric, direct, proxy, spec in rows:
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                      for v in (direct, proxy))
-        r = ratio(proxy, direct) if numeric else None
-        lines.append((
-            workload if workload != previous else "",
-            metric,
-            fmt_value(direct, spec),
-            fmt_value(proxy, spec),
-            "-" if r is None else f"{r:.2f}",
-        ))
-        previous = workload
-    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) if lines else len(header[i])
-              for i in range(5)]
-
-    def join(cells: tuple[str, ...]) -> str:
-        return "  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
-                         for i, cell in enumerate(cells)).rstrip()
-
-    out = [join(header), "  ".join("-" * w for w in widths)]
-    previous_group = None
-    for (workload, *_), line in zip(rows, lines):
-        group = workload.split()[0]
-        if previous_group is not None and group != previous_group:
-            out.append("")
-        previous_group = group
-        out.append(join(line))
-    return "\n".join(out)
-
-
-def summarize_errors(errors: dict[str, int]) -> str | int:
-    """0 when there are none, else 'total (code x count, ...)'."""
-    total = sum(errors.values())
-    if not total:
-        return 0
-    parts = ", ".join(f"{code}x{count}" for code, count in
-                      sorted(errors.items(), key=lambda kv: -kv[1]))
-    return f"{total} ({parts})"
-
-
-def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
-    """The newest ``pool_stats`` event of ``pool`` and the newest ``pin_summary`` in
-    pyproxy's JSON log lines: ``{"pool": {...} or None, "pins": {reason: count} or None}``."""
-    found: dict[str, Any] = {"pool": None, "pins": None}
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "pool_stats" and event.get("pool") == pool:
-            found["pool"] = event
-        elif event.get("event") == "pin_summary":
-            found["pins"] = dict(event.get("pins") or {})
-    return found
-
-
-def stats_delta(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-    """One workload's pool figures from two :func:`newest_stats` snapshots.
-
-    Counters (borrows, waits, timeouts, opened, pins per reason) are cumulative in pyproxy, so
-    the previous snapshot is subtracted (``previous`` None: since start). The wait percentiles
-    are pyproxy's own, over its recent waits, and are taken as they are.
-    """
-    pool = current.get("pool") or {}
-    before = (previous or {}).get("pool") or {}
-    out: dict[str, Any] = {}
-    for key in ("borrows", "waits", "timeouts", "opened"):
-        out[key] = pool[key] - before.get(key, 0) if key in pool else None
-    for key, name in (("borrow_wait_p50_ms", "wait_p50_ms"), ("borrow_wait_p99_ms", "wait_p99_ms"),
-                      ("borrow_wait_max_ms", "wait_max_ms")):
-        out[name] = pool.get(key)
-    pins = current.get("pins")
-    if pins is None:
-        out["pins"] = None
-    else:
-        old = (previous or {}).get("pins") or {}
-        out["pins"] = {reason: n - old.get(reason, 0) for reason, n in sorted(pins.items())
-                       if n - old.get(reason, 0) > 0}
-    return out
-
-
-def pin_share(pinned: int, sessions: int, reasons: dict[str, int] | None = None) -> str:
-    """'0.0% of 1234', with the reasons when sessions were pinned; 'no logins' without any."""
-    if not sessions:
-        return "no logins"
-    text = f"{100.0 * pinned / sessions:.1f}% of {sessions}"
-    if reasons:
-        text += " (" + ", ".join(f"{reason} x{n}" for reason, n in
-                                 sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
-    return text
-
-
-def borrows_text(borrows: int | None, waits: int | None) -> str | None:
-    if borrows is None:
-        return None
-    return f"{borrows} ({waits if waits is not None else '?'} waited)"
-
-
-def pyproxy_rows(workload: str, result: dict[str, Any] | None
-                 ) -> list[tuple[str, str, Any, Any, str]]:
-    """Table rows for the pin share and pool figures of ``result["pyproxy_log"]`` (pyproxy column
-    only); "FAILED" when the measurement did not complete."""
-    review = None if result is None else result.get("pyproxy_log") or {}
-
-    def value(key: str) -> Any:
-        return "FAILED" if review is None else review.get(key)
-
-    borrows = ("FAILED" if review is None
-               else borrows_text(review.get("borrows"), review.get("waits")))
-    return [
-        (workload, "pinned share", None, value("pinned_share"), ""),
-        (workload, "pyproxy borrows (waited)", None, borrows, ""),
-        (workload, "borrow wait p50 ms (recent)", None, value("wait_p50_ms"), ".3f"),
-        (workload, "borrow wait p99 ms (recent)", None, value("wait_p99_ms"), ".3f"),
-    ]
-
-
-def count_log_events(lines: list[str]) -> tuple[collections.Counter[str], list[str]]:
-    """Count pyproxy's JSON log events by 'level:event'; return odd lines (tracebacks) too."""
-    counts: collections.Counter[str] = collections.Counter()
-    odd: list[str] = []
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                odd.append(line)
-                continue
-            counts[f"{event.get('level', '?')}:{event.get('event', '?')}"] += 1
-        elif "Traceback" in line or "Error" in line or "Unhandled" in line:
-            odd.append(line)
-    return counts, odd
 
 
 #: Errors after which a writing client opens a new connection instead of rolling back: the
@@ -354,42 +184,6 @@ def reconnects_after(code: str, direct: bool) -> bool:
     if direct and code == ER_OPTION_PREVENTS_STATEMENT:
         return True
     return code in LOST_CONNECTION or not code.isdigit()
-
-
-def fault_rows(workload: str, event: str, fault_metric: str, direct: dict[str, Any] | None,
-               through: dict[str, Any] | None) -> list[tuple[str, str, Any, Any, str]]:
-    """Table rows of a fault workload (failover, restart) for both sides; ``event`` names the
-    moment recovery is measured from ("flip", "kill"), ``fault_metric`` what ``fault_ms``
-    measured."""
-    def recovered(result: dict[str, Any] | None) -> Any:
-        if result is None:
-            return "FAILED"
-        return f"{result['recovered']}/{result['clients']}"
-
-    return [
-        (workload, "transactions committed", get(direct, "committed"),
-         get(through, "committed"), "d"),
-        (workload, "client errors", get(direct, "errors", summarize_errors),
-         get(through, "errors", summarize_errors), "d"),
-        (workload, "reconnects", get(direct, "reconnects"), get(through, "reconnects"), "d"),
-        (workload, f"first write after the {event} ms", get(direct, "first_ms"),
-         get(through, "first_ms"), ".0f"),
-        (workload, "all clients writing again p50 ms", get(direct, "p50_ms"),
-         get(through, "p50_ms"), ".0f"),
-        (workload, "all clients writing again max ms", get(direct, "max_ms"),
-         get(through, "max_ms"), ".0f"),
-        (workload, "clients writing again", recovered(direct), recovered(through), ""),
-        (workload, fault_metric, get(direct, "fault_ms"), get(through, "fault_ms"), ".0f"),
-        (workload, "balance sums intact", get(direct, "sums_intact"),
-         get(through, "sums_intact"), ""),
-    ]
-
-
-#: Per fault workload: the moment recovery is measured from, and what ``fault_ms`` measures.
-FAULTS = {
-    "failover": ("flip", "SET GLOBAL read_only=1 took ms"),
-    "restart": ("kill", "server accepting again after the kill ms"),
-}
 
 
 # --- worker processes --------------------------------------------------------------------------
@@ -657,150 +451,15 @@ def idle_worker(index: int, driver: str, target: dict[str, Any], n: int, results
 
 # --- process management in the parent ------------------------------------------------------
 
-_pyproxies: list[PyProxy] = []
-_servers: list[Any] = []           # SandboxServer objects
-
 
 def _cleanup_everything() -> None:
     processes.stop_all()
-    for proxy in list(_pyproxies):
-        proxy.stop()
-    for server in list(_servers):
-        try:
-            server.cleanup()
-        except Exception as exc:  # noqa: BLE001 - go on cleaning the others
-            print(f"warning: could not clean up sandbox: {exc}", file=sys.stderr)
-    _servers.clear()
+    targets.stop_all()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     print(f"\n{signal.Signals(signum).name} received; cleaning up", file=sys.stderr)
     raise SystemExit(128 + signum)
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class PyProxy:
-    """``twistd -n pyproxy`` in front of a sandbox, with its log in ``log_dir``."""
-
-    def __init__(self, name: str, server: Any, password: str, pool_size: int, log_level: str,
-                 log_dir: Path, sections: dict[str, dict[str, Any]] | None = None) -> None:
-        """``sections`` are merged into the config's tables (``backend`` targets, ``health``);
-        a key set to None is left out of the file."""
-        self.name = name
-        self.sections = sections or {}
-        self.server = server
-        self.password = password
-        self.pool_size = pool_size
-        self.log_level = log_level
-        self.config_path = log_dir / f"{name}.toml"
-        self.log_path = log_dir / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self._log_offset = 0
-        # The newest pool_stats/pin_summary read from the log (see newest_stats).
-        self.last_stats: dict[str, Any] | None = None
-
-    def start(self) -> None:
-        from pyproxy import sandbox  # noqa: PLC0415
-        last = ""
-        for _attempt in range(3):  # a free port can be taken before twistd binds it
-            self.port = sandbox.free_port()
-            config = {
-                "proxy": {"listen": f"tcp:{self.port}:interface=127.0.0.1"},
-                "backend": {"host": self.server.host, "port": self.server.port,
-                            "database": DATABASE},
-                "pool": {"max_connections": self.pool_size},
-                "log": {"level": self.log_level, "format": "json"},
-                "users": [{"name": USER, "password": self.password}],
-            }
-            for section, values in self.sections.items():
-                config[section] = {**config.get(section, {}), **values}
-            self.config_path.write_text(sandbox.dump_toml(config))
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    sandbox.twistd_command(self.config_path), env=sandbox.child_env(),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-            _pyproxies.append(self)
-            try:
-                self._wait_ready()
-                self._log_offset = self.log_path.stat().st_size
-                return
-            except BenchError as exc:
-                last = str(exc)
-                self.stop()
-                if "cannot listen" not in last:
-                    break
-        raise BenchError(last)
-
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        import pymysql  # noqa: PLC0415
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        error: Exception | None = None
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise BenchError(f"pyproxy ({self.name}) exited with code {code} at start; "
-                                 f"tail of {self.log_path}:\n{self.tail()}")
-            try:
-                conn = pymysql.connect(host="127.0.0.1", port=self.port, user=USER,
-                                       password=self.password, database=DATABASE,
-                                       autocommit=True, connect_timeout=2, read_timeout=5)
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-                conn.close()
-                return
-            except pymysql.err.MySQLError as exc:
-                error = exc
-                time.sleep(0.1)
-        raise BenchError(f"pyproxy ({self.name}) did not accept logins within {timeout:g}s "
-                         f"(last error: {error}); tail of {self.log_path}:\n{self.tail()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"<cannot read {self.log_path}: {exc}>"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def new_log_lines(self) -> list[str]:
-        """Log lines written since the previous call (or since start)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._log_offset)
-                data = f.read()
-        except OSError:
-            return []
-        # A line still being written is left for the next call.
-        data = data[:data.rfind(b"\n") + 1]
-        self._log_offset += len(data)
-        return data.decode(errors="replace").splitlines()
-
-    def stop(self) -> int | None:
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        if self in _pyproxies:
-            _pyproxies.remove(self)
-        return process.returncode
 
 
 class Bench:
@@ -821,31 +480,9 @@ class Bench:
     # -- set-up ----------------------------------------------------------------------------
 
     def start_server(self, max_connections: int) -> Any:
-        from pyproxy import sandbox  # noqa: PLC0415
-        server = sandbox.SandboxServer(max_connections=max_connections)
-        _servers.append(server)
-        try:
-            server.start()
-        except sandbox.ProgramNotFound as exc:
-            raise BenchError(str(exc)) from None
-        server.create_user(USER, self.password, database=DATABASE)
-        conn = server.connect(database=DATABASE)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT VERSION()")
-                self.mariadb_version = cur.fetchone()[0]
-                cur.execute("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(64) NOT NULL)"
-                            " ENGINE=InnoDB")
-                rng = random.Random(1)
-                batch = 1000
-                for first in range(1, self.args.rows + 1, batch):
-                    values = [(i, "%032x" % rng.getrandbits(128))
-                              for i in range(first, min(first + batch, self.args.rows + 1))]
-                    cur.executemany("INSERT INTO t (id, v) VALUES (%s, %s)", values)
-                cur.execute("ANALYZE TABLE t")
-                cur.fetchall()
-        finally:
-            conn.close()
+        """A sandbox with the point-select table (see :func:`bench.targets.start_sandbox`)."""
+        server, self.mariadb_version = start_sandbox(max_connections, self.password,
+                                                     self.args.rows)
         return server
 
     def start_proxy(self, name: str, server: Any, pool_size: int,
@@ -856,59 +493,8 @@ class Bench:
         return proxy
 
     def target(self, server: Any, proxy: PyProxy | None) -> dict[str, Any]:
-        return {"host": "127.0.0.1", "port": proxy.port if proxy else server.port, "user": USER,
-                "password": self.password, "database": DATABASE}
-
-    def _workload_lines(self, proxy: PyProxy, timeout: float = 10.0) -> list[str]:
-        """SIGUSR1 to pyproxy, then its log lines since the last review, up to the
-        ``pin_summary`` the signal produced (at most ``timeout`` seconds)."""
-        lines: list[str] = []
-        if not proxy.alive():
-            return proxy.new_log_lines()
-        os.kill(proxy.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
-        while True:
-            lines += proxy.new_log_lines()
-            if any('"pin_summary"' in line for line in lines) or time.monotonic() >= deadline:
-                return lines
-            time.sleep(0.05)
-
-    def _log_review(self, proxy: PyProxy | None, label: str) -> dict[str, Any]:
-        """Pin share and pool figures of the workload just run, from pyproxy's log (see the
-        module docstring); warnings and errors in the log are noted as problems."""
-        if proxy is None:
-            return {}
-        lines = self._workload_lines(proxy)
-        counts, odd = count_log_events(lines)
-        snapshot = newest_stats(lines, USER)
-        if snapshot["pins"] is None:
-            self.problems.append(f"{label}: pyproxy logged no pin_summary after SIGUSR1")
-        delta = stats_delta(snapshot, proxy.last_stats)
-        if snapshot["pool"] is not None and snapshot["pins"] is not None:
-            proxy.last_stats = snapshot
-        sessions = counts.get("info:client_connected", 0)
-        pinned = counts.get("info:session_pinned", 0)
-        if delta["timeouts"]:
-            self.problems.append(f"{label}: {delta['timeouts']} borrows timed out in pyproxy")
-        if delta["pins"] is not None and sum(delta["pins"].values()) != pinned:
-            self.problems.append(f"{label}: {pinned} session_pinned events but pin_summary "
-                                 f"grew by {delta['pins']}")
-        review = {
-            "sessions": sessions, "pinned": pinned, "pin_reasons": delta["pins"],
-            "pinned_share": pin_share(pinned, sessions, delta["pins"]),
-            **{k: v for k, v in delta.items() if k != "pins"},
-        }
-        bad = {k: v for k, v in counts.items() if not k.startswith(("info:", "debug:"))}
-        if bad:
-            self.problems.append(f"{label}: pyproxy logged "
-                                 + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items())))
-        if odd:
-            self.problems.append(f"{label}: pyproxy log has {len(odd)} other error lines, "
-                                 f"first: {odd[0][:300]}")
-        if not proxy.alive():
-            self.problems.append(f"{label}: pyproxy exited with code {proxy.process.returncode}"
-                                 f"; tail of {proxy.log_path}:\n{proxy.tail()}")
-        return review
+        """Where the clients connect: ``proxy`` when there is one, else ``server``."""
+        return target_for(server, proxy, self.password)
 
     # -- (a) point selects ----------------------------------------------------------------
 
@@ -978,7 +564,7 @@ class Bench:
             # Minus our own SHOW STATUS; queries that straddle the window edges blur this a bit.
             "server_statements_per_query": (q1 - q0 - 1) / count if count else None,
         }
-        result["pyproxy_log"] = self._log_review(proxy, label)
+        result["pyproxy_log"] = review(proxy, label, self.problems)
         if errors:
             self.problems.append(f"{label}: {summarize_errors(dict(errors))}; first: "
                                  f"{first_error}")
@@ -1012,26 +598,7 @@ class Bench:
             through = self._attempt(f"select c={clients} pyproxy",
                                     self._select_through_pyproxy, server, clients)
             self.results["select"][str(clients)] = {"direct": direct, "pyproxy": through}
-            w = f"select c={clients}"
-            self.rows += [
-                (w, "qps", get(direct, "qps"), get(through, "qps"), ".0f"),
-                (w, "p50 latency ms", get(direct, "p50_ms"), get(through, "p50_ms"), ".3f"),
-                (w, "p99 latency ms", get(direct, "p99_ms"), get(through, "p99_ms"), ".3f"),
-                (w, "errors", get(direct, "errors", summarize_errors),
-                 get(through, "errors", summarize_errors), "d"),
-                (w, "pyproxy CPU us/query", None, get(through, "pyproxy_cpu_us_per_query"),
-                 ".1f"),
-                (w, "pyproxy CPU % of a core", None, get(through, "pyproxy_cpu_pct"), ".0f"),
-                (w, "mariadbd CPU us/query", get(direct, "mariadbd_cpu_us_per_query"),
-                 get(through, "mariadbd_cpu_us_per_query"), ".1f"),
-                (w, "loadgen CPU us/query", get(direct, "loadgen_cpu_us_per_query"),
-                 get(through, "loadgen_cpu_us_per_query"), ".1f"),
-                (w, "server statements/query", get(direct, "server_statements_per_query"),
-                 get(through, "server_statements_per_query"), ".2f"),
-                (w, "machine CPU busy %", get(direct, "machine_busy_pct"),
-                 get(through, "machine_busy_pct"), ".0f"),
-                *pyproxy_rows(w, through),
-            ]
+            self.rows += select_rows(f"select c={clients}", direct, through)
 
     # -- (b) connection storm -------------------------------------------------------------
 
@@ -1097,7 +664,7 @@ class Bench:
             "mariadbd_cpu_us_per_cycle": (cpu1["mariadbd"] - cpu0["mariadbd"]) / ok * 1e6
             if ok else None,
         }
-        result["pyproxy_log"] = self._log_review(proxy, label)
+        result["pyproxy_log"] = review(proxy, label, self.problems)
         if monitor.error:
             self.problems.append(f"{label}: Threads_connected poller failed: {monitor.error}")
         if proxy and errors:
@@ -1120,27 +687,9 @@ class Bench:
         finally:
             if proxy is not None:
                 proxy.stop()
-            server.cleanup()
-            _servers.remove(server)
+            stop_server(server)
         self.results["storm"] = {"direct": direct, "pyproxy": through}
-        w = "storm"
-        self.rows += [
-            (w, "cycles/s (successful)", get(direct, "cycles_per_s"),
-             get(through, "cycles_per_s"), ".0f"),
-            (w, "succeeded", get(direct, "succeeded"), get(through, "succeeded"), "d"),
-            (w, "errors", get(direct, "errors", summarize_errors),
-             get(through, "errors", summarize_errors), "d"),
-            (w, "p50 cycle ms", get(direct, "p50_ms"), get(through, "p50_ms"), ".1f"),
-            (w, "p99 cycle ms", get(direct, "p99_ms"), get(through, "p99_ms"), ".1f"),
-            (w, "max cycle ms", get(direct, "max_ms"), get(through, "max_ms"), ".1f"),
-            (w, "wall s", get(direct, "wall_s"), get(through, "wall_s"), ".2f"),
-            (w, "max server conns", get(direct, "max_server_connections"),
-             get(through, "max_server_connections"), "d"),
-            (w, "pyproxy CPU us/cycle", None, get(through, "pyproxy_cpu_us_per_cycle"), ".0f"),
-            (w, "mariadbd CPU us/cycle", get(direct, "mariadbd_cpu_us_per_cycle"),
-             get(through, "mariadbd_cpu_us_per_cycle"), ".0f"),
-            *pyproxy_rows(w, through),
-        ]
+        self.rows += storm_rows("storm", direct, through)
 
     # -- (c) idle clients -----------------------------------------------------------------
 
@@ -1186,42 +735,18 @@ class Bench:
                 "bytes_per_idle_connection": (rss_after - rss_before) / opened if opened else None,
                 "server_connections": backend_conns,
             }
-            result["pyproxy_log"] = self._log_review(proxy, label)
+            result["pyproxy_log"] = review(proxy, label, self.problems)
         finally:
             proxy.stop()
         if errors:
             self.problems.append(f"{label}: {summarize_errors(dict(errors))} logins failed; "
                                  f"first: {first_error}")
         self.results["idle"] = {"pyproxy": result}
-        mib = 1024 * 1024
-        w = f"idle {args.idle_clients} clients"
-        self.rows += [
-            (w, "logged in", None, opened, "d"),
-            (w, "login errors", None, summarize_errors(dict(errors)), "d"),
-            (w, "pyproxy RSS before MiB", None, rss_before / mib, ".1f"),
-            (w, "pyproxy RSS after MiB", None, rss_after / mib, ".1f"),
-            (w, "bytes/idle conn", None, result["bytes_per_idle_connection"], ".0f"),
-            (w, "pyproxy RSS after close MiB", None,
-             rss_closed / mib if rss_closed else None, ".1f"),
-            (w, "server conns (backend)", None, backend_conns, "d"),
-            *pyproxy_rows(w, result),
-        ]
+        self.rows += idle_rows(f"idle {args.idle_clients} clients", result)
         progress(f"{label}: {fmt_value(result['bytes_per_idle_connection'], '.0f')} "
                  "bytes/idle connection")
 
     # -- (d) failover and restart ---------------------------------------------------------
-
-    def start_group(self) -> Any:
-        """Two sandbox servers for the fault workloads (see :meth:`reset_group`)."""
-        from integration.servers import ServerGroup, ServerUnavailable  # noqa: PLC0415
-        progress("starting two sandboxes for the fault workloads")
-        try:
-            group = ServerGroup.start_sandboxes(
-                2, max_connections=max(200, 4 * self.args.failover_clients))
-        except ServerUnavailable as exc:
-            raise BenchError(str(exc)) from None
-        _servers.extend(group.servers)
-        return group
 
     def reset_group(self, group: Any) -> None:
         """Both servers running, the first writable and the second read-only, each with the
@@ -1433,13 +958,12 @@ class Bench:
             self._attempt("idle", self.workload_idle, main_server)
         faults = [kind for kind in ("failover", "restart") if kind in a.workloads]
         if faults:
-            group = self._attempt("fault servers", self.start_group)
+            group = self._attempt("fault servers", targets.start_group, a.failover_clients)
             for kind in faults if group is not None else ():
                 self._attempt(kind, self.workload_fault, kind, group)
             if group is not None:
                 for server in group.servers:
-                    server.cleanup()
-                    _servers.remove(server)
+                    targets.stop_server(server)
         lines = self.header()
         print("\n".join(["", "pyproxy benchmark", *lines, ""]))
         print(render_table(self.rows))
