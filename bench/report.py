@@ -1,5 +1,6 @@
-"""What the benchmark prints: progress lines on stderr while it runs, and the table of every
-workload's figures, directly and through pyproxy with their ratio.
+"""What the benchmark prints: progress lines on stderr while it runs; then on stdout the header
+(machine, versions, settings), one table of every workload's figures, directly and through
+pyproxy with their ratio, and the problems seen; and the same results as JSON on request.
 
 Each workload's rows are built here from its results, so the table's labels and formats are all
 in one place. The formatting helpers are pure and unit-tested in tests/test_bench.py.
@@ -7,9 +8,22 @@ in one place. The formatting helpers are pure and unit-tested in tests/test_benc
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import platform
+import subprocess
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.clients import driver_version
+
+if TYPE_CHECKING:
+    from bench.harness import Bench
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: One line of the table: workload, metric, direct figure, pyproxy figure, format of both.
 Row = tuple[str, str, Any, Any, str]
@@ -227,3 +241,87 @@ def idle_rows(workload: str, result: dict[str, Any]) -> list[Row]:
         *pyproxy_rows(w, result),
     ]
 
+
+def header(bench: Bench, fault_health_interval: float) -> list[str]:
+    """The lines above the table; the machine and the settings go in ``bench.results`` too."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always",
+                                 "--dirty"], capture_output=True, text=True, timeout=10,
+                                check=False).stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        commit = "?"
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    a = bench.args
+    bench.results["machine"] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "memory": mem,
+        "kernel": platform.release(), "python": platform.python_version(),
+        "mariadb": bench.mariadb_version, "driver": driver_version(bench.driver),
+        "pyproxy_commit": commit,
+    }
+    m = bench.results["machine"]
+    bench.results["settings"] = {
+        "duration_s": a.duration, "warmup_s": a.warmup, "pool_size": a.pool_size,
+        "rows": a.rows, "clients": a.clients, "procs": a.procs,
+        "storm_clients": a.storm_clients, "storm_concurrency": a.storm_concurrency,
+        "storm_server_max_connections": a.storm_server_max_connections,
+        "idle_clients": a.idle_clients, "pyproxy_log_level": bench.log_level,
+        "failover_clients": a.failover_clients, "failover_before_s": a.failover_before,
+        "failover_after_s": a.failover_after, "accounts": a.accounts,
+        "endpoint_delay_s": a.endpoint_delay,
+        "fault_health_interval_s": fault_health_interval,
+    }
+    faults = ([f"faults:   {a.failover_clients} writing clients, the fault after "
+               f"{a.failover_before:g}s, then {a.failover_after:g}s; pyproxy health "
+               f"interval {fault_health_interval:g}s; direct endpoint flips "
+               f"{a.endpoint_delay:g}s after a failover"]
+              if {"failover", "restart"} & set(a.workloads) else [])
+    return [
+        f"date:     {m['date']}",
+        f"machine:  nproc={m['nproc']}, {m['cpu_model']}, {m['memory']} RAM, "
+        f"Linux {m['kernel']}",
+        f"server:   MariaDB {m['mariadb']} (sandbox)",
+        f"clients:  {m['driver']}, Python {m['python']}",
+        f"pyproxy:  {m['pyproxy_commit']}, pool max_connections={a.pool_size}, "
+        f"log level {bench.log_level}",
+        f"settings: {a.duration:g}s per measurement after {a.warmup:g}s warm-up, "
+        f"{a.rows} rows, load from up to {a.procs} processes; storm {a.storm_clients} "
+        f"clients/{a.storm_concurrency} concurrent vs server max_connections="
+        f"{a.storm_server_max_connections}",
+        *faults,
+    ]
+
+
+def print_report(bench: Bench, header_lines: list[str]) -> None:
+    """The header, the table and the problems seen on stdout; the results as JSON with --json."""
+    a = bench.args
+    print("\n".join(["", "pyproxy benchmark", *header_lines, ""]))
+    print(render_table(bench.rows))
+    print()
+    print(f"pyproxy logs and configs: {bench.log_dir}")
+    if bench.problems:
+        print("problems seen:")
+        for problem in bench.problems:
+            print(f"  - {problem}")
+    else:
+        print("problems seen: none (no client errors, no pyproxy warnings or errors"
+              + ("; the fault workloads' errors are expected and counted in the table)"
+                 if {"failover", "restart"} & set(a.workloads) else ")"))
+    bench.results["problems"] = bench.problems
+    if a.json:
+        Path(a.json).write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
+        print(f"JSON written to {a.json}")

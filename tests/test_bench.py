@@ -15,6 +15,7 @@ if str(_REPO) not in sys.path:
     sys.path.append(str(_REPO))
 
 from bench import measure, processes, pyproxy_log, report, run, targets  # noqa: E402
+from bench.workloads import faults  # noqa: E402
 
 
 def test_percentile_nearest_rank() -> None:
@@ -179,12 +180,12 @@ def test_pin_stats_option_is_gone() -> None:
 
 def test_reconnects_after_lost_connections_and_read_only_when_direct() -> None:
     for code in ("2006", "2013", "2055", "0", "OSError", "AttributeError"):
-        assert run.reconnects_after(code, direct=True), code
-        assert run.reconnects_after(code, direct=False), code
-    assert run.reconnects_after("1290", direct=True)
-    assert not run.reconnects_after("1290", direct=False)
+        assert faults.reconnects_after(code, direct=True), code
+        assert faults.reconnects_after(code, direct=False), code
+    assert faults.reconnects_after("1290", direct=True)
+    assert not faults.reconnects_after("1290", direct=False)
     for code in ("1213", "1205", "2027", "9001"):
-        assert not run.reconnects_after(code, direct=True), code
+        assert not faults.reconnects_after(code, direct=True), code
 
 
 def test_recovery_figures() -> None:
