@@ -14,6 +14,7 @@ import collections
 import queue
 import resource
 import time
+from array import array
 from typing import Any
 
 from bench.errors import BenchError
@@ -128,3 +129,13 @@ def merge_errors(reports: Any) -> tuple[collections.Counter[str], str | None]:
         first_error = first_error or report["first_error"]
     return errors, first_error
 
+
+def merge_latencies(reports: Any) -> array[float]:
+    """The latencies of several load processes' reports in one array (each report has
+    ``latencies``, the bytes of an ``array("d")``, as sent over the queue)."""
+    latencies = array("d")
+    for report in reports:
+        chunk = array("d")
+        chunk.frombytes(report["latencies"])
+        latencies.extend(chunk)
+    return latencies

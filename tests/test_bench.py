@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from array import array
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,15 @@ def test_merge_errors() -> None:
     assert errors == {"1290": 3, "2013": 1}
     assert first == "1290 read-only"
     assert processes.merge_errors([]) == ({}, None)
+
+
+def test_merge_latencies() -> None:
+    """The load processes send their latencies as bytes; they come back as one array."""
+    first, second = array("d", [0.5, 0.25]), array("d", [1.0])
+    merged = processes.merge_latencies([{"latencies": first.tobytes()},
+                                        {"latencies": second.tobytes()}])
+    assert list(merged) == [0.5, 0.25, 1.0]
+    assert list(processes.merge_latencies([])) == []
 
 
 def test_select_and_storm_rows_say_failed_for_a_side_that_did_not_run() -> None:

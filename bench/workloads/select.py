@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from bench.clients import Client, error_code
 from bench.measure import machine_cpu, percentile, proc_cpu, rusage_cpu, server_statements
-from bench.processes import (READY_TIMEOUT, collect, raise_nofile, reap, sleep_until, spawn,
-                             split_evenly)
+from bench.processes import (READY_TIMEOUT, collect, merge_errors, merge_latencies,
+                             raise_nofile, reap, sleep_until, spawn, split_evenly)
 from bench.pyproxy_log import review
 from bench.report import fmt_value, progress, select_rows, summarize_errors
 from bench.targets import POINT_SQL, PyProxy
@@ -142,20 +142,10 @@ def run_select(bench: Bench, server: Any, proxy: PyProxy | None, clients: int) -
         go.set()
         root.close()
         reap(procs)
-    latencies = array("d")
-    errors: collections.Counter[str] = collections.Counter()
-    count = 0
-    loadgen_cpu = 0.0
-    first_error = None
-    for out in outs.values():
-        chunk = array("d")
-        chunk.frombytes(out["latencies"])
-        latencies.extend(chunk)
-        errors.update(out["errors"])
-        count += out["count"]
-        loadgen_cpu += out["cpu"]
-        first_error = first_error or out["first_error"]
-    ordered = sorted(latencies)
+    errors, first_error = merge_errors(outs.values())
+    count = sum(out["count"] for out in outs.values())
+    loadgen_cpu = sum((out["cpu"] for out in outs.values()), 0.0)
+    ordered = sorted(merge_latencies(outs.values()))
     per_query = (lambda seconds: seconds / count * 1e6 if count else None)
     busy = (m1[0] - m0[0]) / (m1[1] - m0[1]) * 100 if m1[1] > m0[1] else None
     result = {

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from bench.clients import Client, error_code
 from bench.measure import ThreadsConnectedMonitor, percentile, proc_cpu
-from bench.processes import READY_TIMEOUT, collect, reap, sleep_until, spawn, split_evenly
+from bench.processes import (READY_TIMEOUT, collect, merge_errors, merge_latencies, reap,
+                             sleep_until, spawn, split_evenly)
 from bench.pyproxy_log import review
 from bench.report import progress, storm_rows, summarize_errors
 from bench.targets import POINT_SQL, PyProxy, stop_server
@@ -129,19 +130,10 @@ def run_storm(bench: Bench, server: Any, proxy: PyProxy | None) -> dict[str, Any
     finally:
         go.set()
         reap(procs)
-    latencies = array("d")
-    errors: collections.Counter[str] = collections.Counter()
-    first_error = None
-    end = times[0]
-    for out in outs.values():
-        chunk = array("d")
-        chunk.frombytes(out["latencies"])
-        latencies.extend(chunk)
-        errors.update(out["errors"])
-        first_error = first_error or out["first_error"]
-        end = max(end, out["end"])
+    errors, first_error = merge_errors(outs.values())
+    end = max([times[0], *(out["end"] for out in outs.values())])
     wall = end - times[0]
-    ordered = sorted(latencies)
+    ordered = sorted(merge_latencies(outs.values()))
     ok = len(ordered)
     result = {
         "clients": args.storm_clients, "concurrency": concurrency,
