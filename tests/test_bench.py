@@ -1,59 +1,63 @@
-"""The pure helpers of bench/run.py (no server, no processes)."""
+"""The pure helpers of the benchmark in bench/ (no server, no processes)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
+from array import array
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-_spec = importlib.util.spec_from_file_location("bench_run", _PATH)
-assert _spec is not None and _spec.loader is not None
-run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run)
+# bench/ is a folder of the checkout, not an installed package; bench/run.py imports it the
+# same way.
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:
+    sys.path.append(str(_REPO))
+
+from bench import measure, processes, pyproxy_log, report, run, targets  # noqa: E402
+from bench.workloads import faults  # noqa: E402
 
 
 def test_percentile_nearest_rank() -> None:
     values = list(range(1, 101))
-    assert run.percentile(values, 50) == 50
-    assert run.percentile(values, 99) == 99
-    assert run.percentile(values, 100) == 100
-    assert run.percentile([7], 99) == 7
-    assert run.percentile([], 50) is None
+    assert measure.percentile(values, 50) == 50
+    assert measure.percentile(values, 99) == 99
+    assert measure.percentile(values, 100) == 100
+    assert measure.percentile([7], 99) == 7
+    assert measure.percentile([], 50) is None
 
 
 def test_split_evenly() -> None:
-    assert run.split_evenly(500, 100) == [5] * 100
-    assert run.split_evenly(10, 4) == [3, 3, 2, 2]
-    assert run.split_evenly(2, 4) == [1, 1, 0, 0]
-    assert sum(run.split_evenly(2000, 3)) == 2000
+    assert processes.split_evenly(500, 100) == [5] * 100
+    assert processes.split_evenly(10, 4) == [3, 3, 2, 2]
+    assert processes.split_evenly(2, 4) == [1, 1, 0, 0]
+    assert sum(processes.split_evenly(2000, 3)) == 2000
     with pytest.raises(ValueError):
-        run.split_evenly(1, 0)
+        processes.split_evenly(1, 0)
 
 
 def test_parse_proc_stat_cpu_handles_spaces_in_the_name() -> None:
     # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
     text = "1234 (python3 -c x) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0"
-    assert run.parse_proc_stat_cpu(text, 100) == pytest.approx(3.0)
+    assert measure.parse_proc_stat_cpu(text, 100) == pytest.approx(3.0)
 
 
 def test_parse_vmrss() -> None:
     text = "Name:\tpython3\nVmPeak:\t  100 kB\nVmRSS:\t   46080 kB\nThreads:\t1\n"
-    assert run.parse_vmrss(text) == 46080 * 1024
+    assert measure.parse_vmrss(text) == 46080 * 1024
     with pytest.raises(ValueError):
-        run.parse_vmrss("Name:\tkthreadd\n")
+        measure.parse_vmrss("Name:\tkthreadd\n")
 
 
 def test_parse_machine_cpu() -> None:
     text = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n"
-    assert run.parse_machine_cpu(text) == (150, 1000)
+    assert measure.parse_machine_cpu(text) == (150, 1000)
 
 
 def test_summarize_errors() -> None:
-    assert run.summarize_errors({}) == 0
-    assert run.summarize_errors({"1040": 3, "2013": 1}) == "4 (1040x3, 2013x1)"
+    assert report.summarize_errors({}) == 0
+    assert report.summarize_errors({"1040": 3, "2013": 1}) == "4 (1040x3, 2013x1)"
 
 
 def test_count_log_events() -> None:
@@ -65,13 +69,13 @@ def test_count_log_events() -> None:
         "2026-01-01T00:00:00+0000 [-] FrontendFactory starting on 1",
         "",
     ]
-    counts, odd = run.count_log_events(lines)
+    counts, odd = pyproxy_log.count_log_events(lines)
     assert counts == {"warning:borrow_timeout": 2, "info:client_connected": 1}
     assert odd == ["2026-01-01T00:00:00+0000 [-] Unhandled Error"]
 
 
 def test_render_table_aligns_and_computes_ratios() -> None:
-    table = run.render_table([
+    table = report.render_table([
         ("select c=1", "qps", 1000.0, 500.0, ".0f"),
         ("select c=1", "errors", 0, "3 (1040x3)", "d"),
         ("select c=1", "pyproxy CPU us/query", None, 12.5, ".1f"),
@@ -110,10 +114,10 @@ def test_newest_stats_takes_the_last_events_of_the_pool() -> None:
         _event(event="pool_stats", pool="app", borrows=30, waits=5),
         _event(event="pin_summary", pins={"user variable": 1}, clients=3),
     ]
-    found = run.newest_stats(lines, "app")
+    found = pyproxy_log.newest_stats(lines, "app")
     assert found["pool"]["borrows"] == 30
     assert found["pins"] == {"user variable": 1}
-    assert run.newest_stats(["{}", "x"], "app") == {"pool": None, "pins": None}
+    assert pyproxy_log.newest_stats(["{}", "x"], "app") == {"pool": None, "pins": None}
 
 
 def test_stats_delta_subtracts_counters_and_keeps_percentiles() -> None:
@@ -125,43 +129,43 @@ def test_stats_delta_subtracts_counters_and_keeps_percentiles() -> None:
 
     first = snapshot(100, 10, 1.5, {"temporary table": 1})
     second = snapshot(350, 60, 2.5, {"temporary table": 1, "GET_LOCK": 2})
-    assert run.stats_delta(first, None) == {
+    assert pyproxy_log.stats_delta(first, None) == {
         "borrows": 100, "waits": 10, "timeouts": 0, "opened": 4, "wait_p50_ms": 0.0,
         "wait_p99_ms": 1.5, "wait_max_ms": 9.5, "pins": {"temporary table": 1}}
-    delta = run.stats_delta(second, first)
+    delta = pyproxy_log.stats_delta(second, first)
     assert (delta["borrows"], delta["waits"], delta["opened"]) == (250, 50, 0)
     assert delta["wait_p99_ms"] == 2.5
     assert delta["pins"] == {"GET_LOCK": 2}
     # No pool_stats (no pool yet) and no pin_summary: nothing is made up.
-    empty = run.stats_delta({"pool": None, "pins": None}, first)
+    empty = pyproxy_log.stats_delta({"pool": None, "pins": None}, first)
     assert empty["borrows"] is None and empty["wait_p99_ms"] is None and empty["pins"] is None
 
 
 def test_pin_share_and_borrows_text() -> None:
-    assert run.pin_share(0, 0) == "no logins"
-    assert run.pin_share(0, 1234, {}) == "0.0% of 1234"
-    assert run.pin_share(3, 200, {"user variable": 1, "GET_LOCK": 2}) == \
+    assert report.pin_share(0, 0) == "no logins"
+    assert report.pin_share(0, 1234, {}) == "0.0% of 1234"
+    assert report.pin_share(3, 200, {"user variable": 1, "GET_LOCK": 2}) == \
         "1.5% of 200 (GET_LOCK x2, user variable x1)"
-    assert run.borrows_text(250, 50) == "250 (50 waited)"
-    assert run.borrows_text(None, None) is None
+    assert report.borrows_text(250, 50) == "250 (50 waited)"
+    assert report.borrows_text(None, None) is None
 
 
 def test_pyproxy_rows() -> None:
     result = {"pyproxy_log": {"pinned_share": "0.0% of 16", "borrows": 250, "waits": 50,
                               "wait_p50_ms": 0.0, "wait_p99_ms": 2.5}}
-    rows = run.pyproxy_rows("select c=16", result)
+    rows = report.pyproxy_rows("select c=16", result)
     assert [row[1] for row in rows] == ["pinned share", "pyproxy borrows (waited)",
                                         "borrow wait p50 ms (recent)",
                                         "borrow wait p99 ms (recent)"]
     assert [row[3] for row in rows] == ["0.0% of 16", "250 (50 waited)", 0.0, 2.5]
     assert all(row[2] is None for row in rows)  # no direct figure
-    assert {row[3] for row in run.pyproxy_rows("storm", None)} == {"FAILED"}
+    assert {row[3] for row in report.pyproxy_rows("storm", None)} == {"FAILED"}
     # The table renders them (strings as they are, numbers with their format).
-    assert "250 (50 waited)" in run.render_table(rows)
+    assert "250 (50 waited)" in report.render_table(rows)
 
 
 def test_new_log_lines_leaves_a_partial_line_for_later(tmp_path: Path) -> None:
-    proxy = run.PyProxy("p", None, "pw", 1, "info", tmp_path)
+    proxy = targets.PyProxy("p", None, "pw", 1, "info", tmp_path)
     proxy.log_path.write_bytes(b'{"event": "a"}\n{"event": "b')
     assert proxy.new_log_lines() == ['{"event": "a"}']
     with open(proxy.log_path, "ab") as f:
@@ -177,22 +181,22 @@ def test_pin_stats_option_is_gone() -> None:
 
 def test_reconnects_after_lost_connections_and_read_only_when_direct() -> None:
     for code in ("2006", "2013", "2055", "0", "OSError", "AttributeError"):
-        assert run.reconnects_after(code, direct=True), code
-        assert run.reconnects_after(code, direct=False), code
-    assert run.reconnects_after("1290", direct=True)
-    assert not run.reconnects_after("1290", direct=False)
+        assert faults.reconnects_after(code, direct=True), code
+        assert faults.reconnects_after(code, direct=False), code
+    assert faults.reconnects_after("1290", direct=True)
+    assert not faults.reconnects_after("1290", direct=False)
     for code in ("1213", "1205", "2027", "9001"):
-        assert not run.reconnects_after(code, direct=True), code
+        assert not faults.reconnects_after(code, direct=True), code
 
 
 def test_recovery_figures() -> None:
-    figures = run.recovery_figures(10.0, [10.5, None, 10.1, 12.0, 10.3])
+    figures = measure.recovery_figures(10.0, [10.5, None, 10.1, 12.0, 10.3])
     assert figures["clients"] == 5
     assert figures["recovered"] == 4
     assert figures["first_ms"] == pytest.approx(100.0)
     assert figures["p50_ms"] == pytest.approx(300.0)  # nearest rank of 100, 300, 500, 2000
     assert figures["max_ms"] == pytest.approx(2000.0)
-    assert run.recovery_figures(1.0, [None, None]) == {
+    assert measure.recovery_figures(1.0, [None, None]) == {
         "clients": 2, "recovered": 0, "first_ms": None, "p50_ms": None, "max_ms": None}
 
 
@@ -201,18 +205,18 @@ def test_fault_rows() -> None:
               "p50_ms": 45.0, "max_ms": 60.0, "clients": 16, "recovered": 16,
               "fault_ms": 70.0, "sums_intact": "yes"}
     through = {**direct, "errors": {}, "reconnects": 0, "first_ms": 400.0, "recovered": 15}
-    rows = run.fault_rows("failover", *run.FAULTS["failover"], direct, through)
+    rows = report.fault_rows("failover", *report.FAULTS["failover"], direct, through)
     by_metric = {metric: (d, p) for _, metric, d, p, _ in rows}
     assert by_metric["client errors"] == ("16 (1290x16)", 0)
     assert by_metric["first write after the flip ms"] == (40.0, 400.0)
     assert by_metric["clients writing again"] == ("16/16", "15/16")
     assert by_metric["SET GLOBAL read_only=1 took ms"] == (70.0, 70.0)
     assert by_metric["balance sums intact"] == ("yes", "yes")
-    restart = run.fault_rows("restart", *run.FAULTS["restart"], direct, None)
+    restart = report.fault_rows("restart", *report.FAULTS["restart"], direct, None)
     by_metric = {metric: (d, p) for _, metric, d, p, _ in restart}
     assert by_metric["server accepting again after the kill ms"] == (70.0, "FAILED")
     assert by_metric["clients writing again"] == ("16/16", "FAILED")
-    assert "FAILED" in run.render_table(restart)
+    assert "FAILED" in report.render_table(restart)
 
 
 def test_parse_args_fault_workloads() -> None:
@@ -228,11 +232,55 @@ def test_parse_args_fault_workloads() -> None:
 
 
 def test_merge_errors() -> None:
-    errors, first = run.merge_errors([
+    errors, first = processes.merge_errors([
         {"errors": {}, "first_error": None},
         {"errors": {"1290": 2}, "first_error": "1290 read-only"},
         {"errors": {"1290": 1, "2013": 1}, "first_error": "2013 lost"},
     ])
     assert errors == {"1290": 3, "2013": 1}
     assert first == "1290 read-only"
-    assert run.merge_errors([]) == ({}, None)
+    assert processes.merge_errors([]) == ({}, None)
+
+
+def test_merge_latencies() -> None:
+    """The load processes send their latencies as bytes; they come back as one array."""
+    first, second = array("d", [0.5, 0.25]), array("d", [1.0])
+    merged = processes.merge_latencies([{"latencies": first.tobytes()},
+                                        {"latencies": second.tobytes()}])
+    assert list(merged) == [0.5, 0.25, 1.0]
+    assert list(processes.merge_latencies([])) == []
+
+
+def test_select_and_storm_rows_say_failed_for_a_side_that_did_not_run() -> None:
+    """A side that failed shows FAILED in every row of its column, the other side its figures,
+    and the pyproxy-only rows stay empty on the direct side."""
+    direct = {"qps": 1000.0, "p50_ms": 0.2, "p99_ms": 0.4, "errors": {}, "cycles_per_s": 90.0,
+              "succeeded": 300, "wall_s": 1.5, "max_server_connections": 40}
+    for rows in (report.select_rows("select c=16", direct, None),
+                 report.storm_rows("storm", direct, None)):
+        by_metric = {metric: (d, p) for _, metric, d, p, _ in rows}
+        assert {p for _, p in by_metric.values()} == {"FAILED"}
+        assert by_metric["errors"] == (0, "FAILED")
+        assert by_metric["pinned share"] == (None, "FAILED")
+        assert "FAILED" in report.render_table(rows)
+    select = {row[1]: row[2] for row in report.select_rows("select c=16", direct, None)}
+    assert (select["qps"], select["p99 latency ms"]) == (1000.0, 0.4)
+    storm = {row[1]: row[2] for row in report.storm_rows("storm", direct, None)}
+    assert (storm["succeeded"], storm["max server conns"]) == (300, 40)
+
+
+def test_idle_rows() -> None:
+    """Memory in MiB, pyproxy's column only; no figure after close when pyproxy had exited."""
+    mib = 1024 * 1024
+    result = {"opened": 2000, "errors": {"1040": 2}, "rss_before": 40 * mib,
+              "rss_after": 45 * mib, "rss_after_close": None,
+              "bytes_per_idle_connection": 2621.44, "server_connections": 5,
+              "pyproxy_log": {"pinned_share": "0.0% of 2004", "borrows": 10, "waits": 0}}
+    rows = report.idle_rows("idle 2000 clients", result)
+    by_metric = {metric: (d, p) for _, metric, d, p, _ in rows}
+    assert all(d is None for d, _ in by_metric.values())
+    assert by_metric["login errors"] == (None, "2 (1040x2)")
+    assert by_metric["pyproxy RSS after MiB"] == (None, 45.0)
+    assert by_metric["pyproxy RSS after close MiB"] == (None, None)
+    assert by_metric["server conns (backend)"] == (None, 5)
+    assert by_metric["pyproxy borrows (waited)"] == (None, "10 (0 waited)")
