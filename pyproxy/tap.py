@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+import pyproxy
 from pyproxy import config as configuration
 from pyproxy import logs
 from pyproxy.frontend import FrontendFactory
@@ -54,6 +55,11 @@ class Options(usage.Options):
     optFlags = [
         ["no-backend-check", None, "Start even if the backend does not answer now."],
     ]
+
+    def opt_version(self) -> None:
+        """Display pyproxy's version and exit (``twistd --version`` shows Twisted's)."""
+        print(f"pyproxy {pyproxy.__version__}")
+        raise SystemExit(0)
 
     def overrides(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
