@@ -69,7 +69,7 @@ pinned share, borrows, borrow wait
     pyproxy gets SIGUSR1 and logs one ``pool_stats`` event per pool and one
     ``pin_summary``; the newest ones are read from its log. ``pinned share``
     is the ``session_pinned`` events of the workload over its
-    ``client_connected`` events, with the pin reasons (from the difference
+    client connections accepted (``client_stats``), with the pin reasons (from the difference
     of two ``pin_summary`` events) when there are any. ``borrows (waited)``
     is how many times a client borrowed a backend connection during the
     workload and how many of those borrows had to wait (counters are
@@ -291,9 +291,10 @@ def merge_errors(reports: Any) -> tuple[collections.Counter[str], str | None]:
 
 
 def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
-    """The newest ``pool_stats`` event of ``pool`` and the newest ``pin_summary`` in
-    pyproxy's JSON log lines: ``{"pool": {...} or None, "pins": {reason: count} or None}``."""
-    found: dict[str, Any] = {"pool": None, "pins": None}
+    """The newest ``pool_stats`` event of ``pool``, the newest ``pin_summary`` and the newest
+    ``client_stats`` in pyproxy's JSON log lines: ``{"pool": {...} or None, "pins": {reason:
+    count} or None, "clients": {...} or None}``."""
+    found: dict[str, Any] = {"pool": None, "pins": None, "clients": None}
     for line in lines:
         line = line.strip()
         if not line.startswith("{"):
@@ -306,7 +307,18 @@ def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
             found["pool"] = event
         elif event.get("event") == "pin_summary":
             found["pins"] = dict(event.get("pins") or {})
+        elif event.get("event") == "client_stats":
+            found["clients"] = event
     return found
+
+
+def sessions_delta(current: dict[str, Any], previous: dict[str, Any] | None) -> int | None:
+    """Client connections pyproxy accepted between two :func:`newest_stats` snapshots
+    (its ``client_stats`` counter is cumulative); None without a ``client_stats``."""
+    accepted = (current.get("clients") or {}).get("accepted")
+    if accepted is None:
+        return None
+    return int(accepted) - int(((previous or {}).get("clients") or {}).get("accepted", 0))
 
 
 def stats_delta(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -1171,9 +1183,12 @@ class Bench:
         if snapshot["pins"] is None:
             self.problems.append(f"{label}: pyproxy logged no pin_summary after SIGUSR1")
         delta = stats_delta(snapshot, proxy.last_stats)
+        # Logins are logged at debug level only: the accepted connections stand for them.
+        sessions = sessions_delta(snapshot, proxy.last_stats)
+        if sessions is None:
+            sessions = counts.get("info:client_connected", 0) + counts.get("debug:client_connected", 0)
         if snapshot["pool"] is not None and snapshot["pins"] is not None:
             proxy.last_stats = snapshot
-        sessions = counts.get("info:client_connected", 0)
         pinned = counts.get("info:session_pinned", 0)
         if delta["timeouts"]:
             self.problems.append(f"{label}: {delta['timeouts']} borrows timed out in pyproxy")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
 
 import pymysql
 import pytest
+
+import pyproxy
+from integration import drivers
 
 
 def app_threads(db_server) -> int:
@@ -104,3 +108,33 @@ def test_sighup_reload_adds_a_user_without_dropping_clients(make_proxy, db_serve
     with client.cursor() as cur:
         cur.execute("SELECT 2")
     client.close()
+
+
+def test_client_connections_logged_at_debug_and_counted(make_proxy) -> None:
+    """Each client connect and close is a debug line (the peer as host:port, not a repr) and
+    a count in SIGUSR1's client_stats, by close reason; startup logs pyproxy's version."""
+    proxy = make_proxy()
+    for _ in range(3):
+        proxy.connect().close()
+    with pytest.raises(pymysql.MySQLError):
+        proxy.connect(password="not-the-password")
+    deadline = time.monotonic() + 10
+    stats: dict = {}
+    while time.monotonic() < deadline:
+        proxy.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.2)
+        found = drivers.log_events(proxy, "client_stats")
+        stats = found[-1] if found else {}
+        if stats.get("closed", {}).get("COM_QUIT") == 3:
+            break
+    closed = stats.get("closed", {})
+    assert closed.get("COM_QUIT") == 3 and closed.get("Access denied for user") == 1, stats
+    # wait_listening's TCP probes are accepted connections too, closed before a login.
+    assert stats["accepted"] == sum(closed.values()) + stats["open"], stats
+    connected = drivers.log_events(proxy, "client_connected")
+    assert len(connected) == 3 and {event["level"] for event in connected} == {"debug"}
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", event["peer"]) for event in connected), connected
+    assert {event["level"] for event in drivers.log_events(proxy, "client_closed")} == {"debug"}
+    listening = drivers.log_events(proxy, "listening")
+    assert listening[0]["version"] == pyproxy.__version__
+    assert listening[0]["address"] == f"{proxy.host}:{proxy.port}"
