@@ -29,14 +29,14 @@ MySQLdb = pytest.importorskip("MySQLdb")
 
 pytestmark = pytest.mark.usefixtures("bounded")
 
-ED_USER = "ed_app"
+ED_USER = servers.own_name("ed_app")
 ED_PASSWORD = "ed-Secret-ÿ-7f3a91"  # non-ASCII on purpose: pyproxy signs its UTF-8 bytes
 #: PyMySQL encodes str passwords as latin-1; pyproxy and the server use UTF-8.
 ED_PASSWORD_BYTES = ED_PASSWORD.encode()
-SECOND_USER = "app_two"
+SECOND_USER = servers.own_name("app_two")
 SECOND_PASSWORD = "second-pw-5d2c80"
-EMPTY_USER = "app_nopw"
-SHA2_USER = "sha2_app"
+EMPTY_USER = servers.own_name("app_nopw")
+SHA2_USER = servers.own_name("sha2_app")
 SHA2_PASSWORD = "sha2-pw-0b7e44"
 
 MakeProxy = Callable[..., servers.ProxyProcess]

@@ -8,6 +8,8 @@ import time
 import pymysql
 import pytest
 
+from integration import servers
+
 
 def test_kill_query_stops_the_other_sessions_statement(make_proxy) -> None:
     """KILL QUERY <id> with the id the victim's driver reports stops its running statement;
@@ -102,9 +104,11 @@ def test_kill_takes_the_greeting_id_not_connection_id(make_proxy) -> None:
 
 def test_kill_needs_the_same_user(make_proxy) -> None:
     """A client cannot kill another user's session through pyproxy (1095)."""
-    proxy = make_proxy(users=[{"name": "other", "password": "other_pw", "database": "app"}])
+    other = servers.own_name("other")
+    proxy = make_proxy(users=[{"name": other, "password": "other_pw",
+                               "database": servers.APP_DATABASE}])
     victim = proxy.connect()
-    intruder = proxy.connect(user="other", password="other_pw")
+    intruder = proxy.connect(user=other, password="other_pw")
     with intruder.cursor() as cur:
         with pytest.raises(pymysql.MySQLError) as info:
             cur.execute(f"KILL {victim.thread_id()}")

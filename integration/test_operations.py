@@ -11,14 +11,15 @@ import pymysql
 import pytest
 
 import pyproxy
-from integration import drivers
+from integration import drivers, servers
 
 
 def app_threads(db_server) -> int:
     root = db_server.connect()
     try:
         with root.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'app'")
+            cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE user = %s",
+                        (servers.APP_USER,))
             return int(cur.fetchone()[0])
     finally:
         root.close()
@@ -51,7 +52,7 @@ def test_sigterm_lets_open_transactions_finish(make_proxy, db_server) -> None:
     assert proxy.process.wait(timeout=10) in (0, -signal.SIGTERM)
     root = db_server.connect()
     with root.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM app.drain_t")
+        cur.execute(f"SELECT COUNT(*) FROM {servers.APP_DATABASE}.drain_t")
         assert cur.fetchone()[0] == 2
     root.close()
 
@@ -89,16 +90,17 @@ def test_sighup_reload_adds_a_user_without_dropping_clients(make_proxy, db_serve
     connected keep working; a broken file is refused and the old config stays."""
     proxy = make_proxy()
     client = proxy.connect()
-    db_server.create_user("late", "late_pw", database="app")
+    late = servers.own_name("late")
+    db_server.create_user(late, "late_pw", database=servers.APP_DATABASE)
     text = proxy.config_path.read_text()
-    proxy.config_path.write_text(text + '\n[[users]]\nname = "late"\npassword = "late_pw"\n')
+    proxy.config_path.write_text(text + f'\n[[users]]\nname = "{late}"\npassword = "late_pw"\n')
     proxy.process.send_signal(signal.SIGHUP)
     time.sleep(0.5)
-    late = proxy.connect(user="late", password="late_pw")
-    with late.cursor() as cur:
+    late_client = proxy.connect(user=late, password="late_pw")
+    with late_client.cursor() as cur:
         cur.execute("SELECT CURRENT_USER()")
-        assert cur.fetchone()[0].startswith("late@")
-    late.close()
+        assert cur.fetchone()[0].startswith(f"{late}@")
+    late_client.close()
     with client.cursor() as cur:
         cur.execute("SELECT 1")
     proxy.config_path.write_text(text + "\n[pool]\nmax_connections = 'many'\n")
