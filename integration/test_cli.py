@@ -70,12 +70,16 @@ def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> s
     return line
 
 
-def test_help_documents_config() -> None:
-    # twistd_command always puts "--config FILE" first; help is asked for with just "--help".
+def run_plugin_option(option: str) -> subprocess.CompletedProcess[str]:
+    """``twistd pyproxy OPTION`` alone (twistd_command always puts "--config FILE" first)."""
     cmd = twistd_command("unused.toml")
-    cmd = cmd[:cmd.index("pyproxy") + 1] + ["--help"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=EXIT_TIMEOUT,
-                            env=launcher_env(), stdin=subprocess.DEVNULL, check=False)
+    cmd = cmd[:cmd.index("pyproxy") + 1] + [option]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=EXIT_TIMEOUT,
+                          env=launcher_env(), stdin=subprocess.DEVNULL, check=False)
+
+
+def test_help_documents_config() -> None:
+    result = run_plugin_option("--help")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     help_text = result.stdout
@@ -89,10 +93,7 @@ def test_help_documents_config() -> None:
 
 def test_version() -> None:
     """``twistd --version`` is Twisted's; ``twistd pyproxy --version`` is pyproxy's."""
-    cmd = twistd_command("unused.toml")
-    cmd = cmd[:cmd.index("pyproxy") + 1] + ["--version"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=EXIT_TIMEOUT,
-                            env=launcher_env(), stdin=subprocess.DEVNULL, check=False)
+    result = run_plugin_option("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"pyproxy {pyproxy.__version__}"
 

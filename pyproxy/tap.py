@@ -288,9 +288,10 @@ class ProxyService(service.Service):
         super().startService()
         if self.port is None:
             self.listen()
-        self.log.info("listening", version=pyproxy.__version__, address=logs.format_address(self.port.getHost()),
-                      read_only=(logs.format_address(self.read_only_port.getHost())
-                                 if self.read_only_port is not None else None),
+        read_only = self.read_only_port
+        self.log.info("listening", version=pyproxy.__version__,
+                      address=logs.format_address(self.port.getHost()),
+                      read_only=logs.format_address(read_only.getHost()) if read_only is not None else None,
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
         self.proxy.topology.start()
