@@ -20,9 +20,10 @@ from bench.targets import USER, PyProxy
 
 
 def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
-    """The newest ``pool_stats`` event of ``pool`` and the newest ``pin_summary`` in
-    pyproxy's JSON log lines: ``{"pool": {...} or None, "pins": {reason: count} or None}``."""
-    found: dict[str, Any] = {"pool": None, "pins": None}
+    """The newest ``pool_stats`` event of ``pool``, the newest ``pin_summary`` and the newest
+    ``client_stats`` in pyproxy's JSON log lines: ``{"pool": {...} or None, "pins": {reason:
+    count} or None, "clients": {...} or None}``."""
+    found: dict[str, Any] = {"pool": None, "pins": None, "clients": None}
     for line in lines:
         line = line.strip()
         if not line.startswith("{"):
@@ -35,7 +36,18 @@ def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
             found["pool"] = event
         elif event.get("event") == "pin_summary":
             found["pins"] = dict(event.get("pins") or {})
+        elif event.get("event") == "client_stats":
+            found["clients"] = event
     return found
+
+
+def sessions_delta(current: dict[str, Any], previous: dict[str, Any] | None) -> int | None:
+    """Client connections pyproxy accepted between two :func:`newest_stats` snapshots
+    (its ``client_stats`` counter is cumulative); None without a ``client_stats``."""
+    accepted = (current.get("clients") or {}).get("accepted")
+    if accepted is None:
+        return None
+    return int(accepted) - int(((previous or {}).get("clients") or {}).get("accepted", 0))
 
 
 def stats_delta(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -109,9 +121,12 @@ def review(proxy: PyProxy | None, label: str, problems: list[str]) -> dict[str, 
     if snapshot["pins"] is None:
         problems.append(f"{label}: pyproxy logged no pin_summary after SIGUSR1")
     delta = stats_delta(snapshot, proxy.last_stats)
+    # Logins are logged at debug level only: the accepted connections stand for them.
+    sessions = sessions_delta(snapshot, proxy.last_stats)
+    if sessions is None:
+        sessions = counts.get("info:client_connected", 0) + counts.get("debug:client_connected", 0)
     if snapshot["pool"] is not None and snapshot["pins"] is not None:
         proxy.last_stats = snapshot
-    sessions = counts.get("info:client_connected", 0)
     pinned = counts.get("info:session_pinned", 0)
     if delta["timeouts"]:
         problems.append(f"{label}: {delta['timeouts']} borrows timed out in pyproxy")

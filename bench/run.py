@@ -69,7 +69,7 @@ pinned share, borrows, borrow wait
     pyproxy gets SIGUSR1 and logs one ``pool_stats`` event per pool and one
     ``pin_summary``; the newest ones are read from its log. ``pinned share``
     is the ``session_pinned`` events of the workload over its
-    ``client_connected`` events, with the pin reasons (from the difference
+    client connections accepted (``client_stats``), with the pin reasons (from the difference
     of two ``pin_summary`` events) when there are any. ``borrows (waited)``
     is how many times a client borrowed a backend connection during the
     workload and how many of those borrows had to wait (counters are

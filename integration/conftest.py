@@ -37,11 +37,13 @@ def db_server() -> Iterator[servers.DbServer]:
 @contextlib.contextmanager
 def _started_or_skipped(start: Callable[[], Server]) -> Iterator[Server]:
     """What ``start()`` returns, cleaned up on exit; the test is skipped, saying why, when
-    no server can run here."""
+    no server can run here, and fails when the server asked for explicitly cannot."""
     try:
         server = start()
     except servers.ServerUnavailable as exc:
         pytest.skip(str(exc))
+    except servers.RequestedServerMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
     try:
         yield server
     finally:
@@ -63,8 +65,9 @@ def make_proxy(
 ) -> Iterator[Callable[..., servers.ProxyProcess]]:
     """Factory: ``make_proxy(pool={"max_connections": 20}, users=[...], args=[...])``.
 
-    Each call writes a config (user ``app``/``app_pw``, database ``app``, plus ``users``) into
-    its own folder under ``tmp_path``, starts pyproxy on a free port and waits until it listens.
+    Each call writes a config (user ``servers.APP_USER`` with its database ``APP_DATABASE``,
+    both ``app_<run id>``, plus ``users``) into its own folder under ``tmp_path``, starts
+    pyproxy on a free port and waits until it listens.
     See :func:`servers.start_proxy` for the arguments.
     """
     with _proxy_factory(db_server, tmp_path) as make:

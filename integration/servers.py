@@ -6,12 +6,19 @@ by environment variables:
 ``PYPROXY_TEST_MYSQL=host:port:user:password``
     Use an existing server. The user needs ``ALL PRIVILEGES ON *.* ... WITH GRANT OPTION`` (as
     root has), since tests create users; the password may contain colons. Tests that stop or
-    kill the server are skipped.
+    kill the server are skipped. Every account and database the tests create there is named
+    with :func:`own_name` (this run's suffix), one that exists already is never replaced, and
+    all are dropped when the run ends.
 ``PYPROXY_TEST_DOCKER=1``
     Run ``mysql:8.0`` (or ``PYPROXY_TEST_DOCKER_IMAGE``) in Docker, published on a free
-    127.0.0.1 port. If no Docker engine answers, the integration tests are skipped, saying why.
+    127.0.0.1 port.
 neither (the default)
-    A :class:`pyproxy.sandbox.SandboxServer`: a throwaway local mariadbd.
+    A :class:`pyproxy.sandbox.SandboxServer`: a throwaway local mariadbd. Without the MariaDB
+    binaries the integration tests are skipped, saying why.
+
+A provider asked for explicitly (either variable) that cannot run (no Docker engine, a server
+that does not answer) fails every test that needs it (:class:`RequestedServerMissing`): a run
+meant to test against MySQL 8.0 must not pass by skipping everything.
 
 Every provider offers the same small interface: ``host``, ``port``, ``flavor`` ("mariadb" or
 "mysql"), ``connect(**kw)`` (an autocommit admin connection), ``create_user(name, password,
@@ -53,13 +60,24 @@ from pyproxy.sandbox import (
     twistd_command,
 )
 
+#: This test run's suffix for every account and database it creates: on an existing server
+#: (PYPROXY_TEST_MYSQL) a name of the run's own never replaces anyone else's, and the
+#: provider drops what the run created when it ends.
+RUN_ID = secrets.token_hex(3)
+
+
+def own_name(base: str) -> str:
+    """``base`` with this run's suffix, for an account or database the tests create."""
+    return f"{base}_{RUN_ID}"
+
+
 #: The user every proxy config gets, created on the server with its own database.
-APP_USER = "app"
+APP_USER = own_name("app")
 APP_PASSWORD = "app_pw"
-APP_DATABASE = "app"
+APP_DATABASE = own_name("app")
 # pyproxy's target probes log in as this account, so that tests counting the
 # app account's server threads count only pooled connections.
-MONITOR_USER = "pyproxy_monitor"
+MONITOR_USER = own_name("pyproxy_monitor")
 MONITOR_PASSWORD = "monitor_pw"
 
 #: Keys of a ``users`` entry that describe the server-side account, not the pyproxy config.
@@ -68,6 +86,16 @@ _SERVER_ONLY_USER_KEYS = ("plugin", "database", "create")
 
 class ServerUnavailable(Exception):
     """No database server can be provided here; the message says why (used as skip reason)."""
+
+
+class ForeignObject(RuntimeError):
+    """An account or database the tests would create exists on an existing server, and this
+    run did not create it: the tests never change what is not theirs."""
+
+
+class RequestedServerMissing(Exception):
+    """The provider the environment asks for explicitly (PYPROXY_TEST_MYSQL,
+    PYPROXY_TEST_DOCKER=1) cannot run: an error for the tests, never a skip."""
 
 
 class DbServer(Protocol):
@@ -105,13 +133,20 @@ def _detect_flavor(conn: pymysql.connections.Connection) -> str:
 @attrs.define(eq=False)
 class ExistingServer:
     """A server someone else runs (``PYPROXY_TEST_MYSQL``); it is never stopped or changed
-    beyond the users and databases the tests create."""
+    beyond the users and databases the tests create, which :meth:`cleanup` removes.
+
+    Tests name what they create with :func:`own_name`; an account or database that exists
+    already and that this run did not create is never replaced or used
+    (:class:`ForeignObject`)."""
 
     host: str
     port: int
     user: str
     password: str
     _flavor: str | None = attrs.field(default=None, init=False)
+    # What this run created, for cleanup().
+    _users: set[str] = attrs.field(factory=set, init=False)
+    _databases: set[str] = attrs.field(factory=set, init=False)
 
     @classmethod
     def from_spec(cls, spec: str) -> ExistingServer:
@@ -145,11 +180,48 @@ class ExistingServer:
         self, name: str, password: str, plugin: str = "mysql_native_password",
         database: str | None = None,
     ) -> None:
+        """Create (or, if this run made it, replace) ``name`` and ``database``.
+
+        Raises:
+            ForeignObject: an account or database of that name exists and is not this run's.
+        """
         conn = self.connect()
         try:
+            if name not in self._users:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT COUNT(*) FROM mysql.user WHERE User = %s", (name,))
+                    if cur.fetchone()[0]:
+                        raise ForeignObject(f"account {name!r} exists on the PYPROXY_TEST_MYSQL "
+                                            "server and this test run did not create it")
+                self._users.add(name)  # before creating: cleanup() removes a half-made one
+            if database:
+                self._claim_database(conn, database)
             create_user_on(conn, name, password, plugin=plugin, database=database)
         finally:
             conn.close()
+
+    def claim_database(self, name: str) -> None:
+        """Record that the tests create database ``name``, so cleanup() drops it.
+
+        Raises:
+            ForeignObject: it exists already and is not this run's.
+        """
+        conn = self.connect()
+        try:
+            self._claim_database(conn, name)
+        finally:
+            conn.close()
+
+    def _claim_database(self, conn: pymysql.connections.Connection, name: str) -> None:
+        if name in self._databases:
+            return
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                        (name,))
+            if cur.fetchone()[0]:
+                raise ForeignObject(f"database {name!r} exists on the PYPROXY_TEST_MYSQL server "
+                                    "and this test run did not create it")
+        self._databases.add(name)
 
     def start(self) -> None:
         """Check that the server answers."""
@@ -172,7 +244,33 @@ class ExistingServer:
         )
 
     def cleanup(self) -> None:
-        """Nothing to remove: the server stays as it was found (plus test users)."""
+        """Drop the accounts and databases this run created: the server is left as found."""
+        if not self._users and not self._databases:
+            return
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                for name in sorted(self._users):
+                    for host in ("%", "localhost"):
+                        cur.execute("DROP USER IF EXISTS %s@%s", (name, host))
+                for database in sorted(self._databases):
+                    cur.execute(f"DROP DATABASE IF EXISTS {_quote_identifier(database)}")
+        finally:
+            conn.close()
+        self._users.clear()
+        self._databases.clear()
+
+
+def claim_database(server: Any, name: str) -> None:
+    """Say that a test creates database ``name`` on ``server`` itself (not through
+    ``create_user``): on an existing server it must be the run's own, and is dropped at the
+    end; the throwaway servers need nothing.
+
+    Raises:
+        ForeignObject: on an existing server, ``name`` exists and is not this run's.
+    """
+    if isinstance(server, ExistingServer):
+        server.claim_database(name)
 
 
 @attrs.define(eq=False)
@@ -305,17 +403,24 @@ def open_db_server(environ: Mapping[str, str]) -> DbServer:
     """Start the provider the environment asks for (see the module docstring).
 
     Raises:
-        ServerUnavailable: the chosen provider cannot run here.
+        ServerUnavailable: no sandbox can run here (the default provider).
+        RequestedServerMissing: the provider asked for explicitly cannot run.
     """
     spec = environ.get("PYPROXY_TEST_MYSQL")
+    if not spec and environ.get("PYPROXY_TEST_DOCKER") != "1":
+        sandbox = SandboxServer(max_connections=200)
+        _start_or_clean_up(sandbox)
+        return sandbox
+    asked = "PYPROXY_TEST_MYSQL" if spec else "PYPROXY_TEST_DOCKER=1"
     server: DbServer
-    if spec:
-        server = ExistingServer.from_spec(spec)
-    elif environ.get("PYPROXY_TEST_DOCKER") == "1":
-        server = DockerMySQL.from_env(environ.get("PYPROXY_TEST_DOCKER_IMAGE", "mysql:8.0"))
-    else:
-        server = SandboxServer(max_connections=200)
-    _start_or_clean_up(server)
+    try:
+        if spec:
+            server = ExistingServer.from_spec(spec)
+        else:
+            server = DockerMySQL.from_env(environ.get("PYPROXY_TEST_DOCKER_IMAGE", "mysql:8.0"))
+        _start_or_clean_up(server)
+    except ServerUnavailable as exc:
+        raise RequestedServerMissing(f"{asked} asks for a server that cannot run: {exc}") from exc
     return server
 
 

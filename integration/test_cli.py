@@ -17,6 +17,7 @@ from typing import Any
 import pymysql
 import pytest
 
+import pyproxy
 from integration import drivers, servers
 from integration.drivers import bounded  # noqa: F401  (fixture)
 from pyproxy.sandbox import child_env, dump_toml, free_port, twistd_command
@@ -41,6 +42,14 @@ def base_config(db_server: servers.DbServer, port: int | None = None) -> dict[st
     return servers.proxy_config(db_server, f"tcp:{port or free_port()}:interface=127.0.0.1")
 
 
+def config_with_accounts(db_server: servers.DbServer, port: int | None = None) -> dict[str, Any]:
+    """``base_config`` whose accounts exist on the server, for tests that get past
+    start-up's login check."""
+    db_server.create_user(servers.APP_USER, servers.APP_PASSWORD, database=servers.APP_DATABASE)
+    db_server.create_user(servers.MONITOR_USER, servers.MONITOR_PASSWORD)
+    return base_config(db_server, port)
+
+
 def run_to_exit(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Runs ``twistd --nodaemon pyproxy --config FILE ARGS`` until it exits (it must)."""
     return subprocess.run(twistd_command(config_path, (), args), capture_output=True, text=True,
@@ -61,12 +70,16 @@ def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> s
     return line
 
 
-def test_help_documents_config() -> None:
-    # twistd_command always puts "--config FILE" first; help is asked for with just "--help".
+def run_plugin_option(option: str) -> subprocess.CompletedProcess[str]:
+    """``twistd pyproxy OPTION`` alone (twistd_command always puts "--config FILE" first)."""
     cmd = twistd_command("unused.toml")
-    cmd = cmd[:cmd.index("pyproxy") + 1] + ["--help"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=EXIT_TIMEOUT,
-                            env=launcher_env(), stdin=subprocess.DEVNULL, check=False)
+    cmd = cmd[:cmd.index("pyproxy") + 1] + [option]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=EXIT_TIMEOUT,
+                          env=launcher_env(), stdin=subprocess.DEVNULL, check=False)
+
+
+def test_help_documents_config() -> None:
+    result = run_plugin_option("--help")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     help_text = result.stdout
@@ -76,6 +89,13 @@ def test_help_documents_config() -> None:
                    "--max-connections=", "--log-level=", "--no-backend-check"):
         assert option in help_text, option
     assert "PYPROXY_" in help_text  # says where else settings come from
+
+
+def test_version() -> None:
+    """``twistd --version`` is Twisted's; ``twistd pyproxy --version`` is pyproxy's."""
+    result = run_plugin_option("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"pyproxy {pyproxy.__version__}"
 
 
 @pytest.mark.parametrize(("section", "key", "named"), [
@@ -102,6 +122,63 @@ def test_bad_config_value_names_the_key(db_server: servers.DbServer, tmp_path: P
     assert_refused(result, "pool.max_connections", "-3")
 
 
+@pytest.mark.parametrize("listen", ["bogus:1", "tcp:notaport"])
+def test_bad_listen_endpoint_names_the_key(db_server: servers.DbServer, tmp_path: Path,
+                                           listen: str) -> None:
+    config = base_config(db_server)
+    config["proxy"]["listen"] = listen
+    assert_refused(run_to_exit(write_config(tmp_path, config)), "proxy.listen", listen)
+    # The same through the command line, which overrides the file.
+    result = run_to_exit(write_config(tmp_path, base_config(db_server)), "--listen", listen)
+    assert_refused(result, "proxy.listen", listen)
+
+
+def test_read_only_listener_on_the_listen_port(db_server: servers.DbServer, tmp_path: Path) -> None:
+    port = free_port()
+    config = config_with_accounts(db_server, port)
+    config["proxy"]["read_only_listen"] = f"tcp:{port}:interface=127.0.0.1"
+    line = assert_refused(run_to_exit(write_config(tmp_path, config)), "proxy.read_only_listen",
+                          str(port), "in use")
+    assert "proxy.listen is on that port" in line, line
+
+
+def test_misspelled_environment_variable(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """A PYPROXY_<SECTION>_ variable that names no key is refused like a misspelled file key;
+    the test suite's own PYPROXY_TEST_* variables are not configuration."""
+    path = write_config(tmp_path, base_config(db_server))
+    env = {**launcher_env(), "PYPROXY_POOL_MAX_CONECTIONS": "5", "PYPROXY_TEST_ANYTHING": "x"}
+    result = subprocess.run(twistd_command(path), capture_output=True, text=True,
+                            timeout=EXIT_TIMEOUT, env=env, cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, check=False)
+    assert_refused(result, "PYPROXY_POOL_MAX_CONECTIONS")
+
+
+def test_wrong_backend_password(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """A password the server refuses stops start-up with the server's own error, instead
+    of probes that say only probe_inconclusive while every client fails."""
+    config = config_with_accounts(db_server)
+    config["users"][0]["password"] = "not-" + servers.APP_PASSWORD
+    line = assert_refused(run_to_exit(write_config(tmp_path, config)),
+                          f"user '{servers.APP_USER}'", "1045")
+    assert "not-" + servers.APP_PASSWORD not in line
+    config = base_config(db_server)
+    config["health"]["password"] = "wrong"
+    assert_refused(run_to_exit(write_config(tmp_path, config)),
+                   f"[health] user '{servers.MONITOR_USER}'", "1045")
+
+
+@pytest.mark.parametrize("value", [918273645, 6.02214076, True, ["hunter2-list"],
+                                   {"inner": "hunter2-table"}])
+def test_bad_password_is_never_echoed(db_server: servers.DbServer, tmp_path: Path,
+                                      value: object) -> None:
+    config = base_config(db_server)
+    config["users"][0]["password"] = value
+    result = run_to_exit(write_config(tmp_path, config))
+    line = assert_refused(result, "users[0].password")
+    for needle in ("918273645", "6.02214076", "True", "true", "hunter2"):
+        assert needle not in result.stdout + result.stderr, line
+
+
 def test_listening_port_taken_by_another_pyproxy(make_proxy: Any, tmp_path: Path) -> None:
     running = make_proxy()
     result = run_to_exit(write_config(tmp_path, running.config))
@@ -118,7 +195,7 @@ def test_listening_port_taken_command_line_override(db_server: servers.DbServer,
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run_to_exit(write_config(tmp_path, base_config(db_server)),
+        result = run_to_exit(write_config(tmp_path, config_with_accounts(db_server)),
                              "--listen", f"tcp:{port}:interface=127.0.0.1")
     assert_refused(result, str(port), "in use")
 

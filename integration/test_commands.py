@@ -7,11 +7,14 @@ import pymysql
 import pytest
 from pymysql.constants import COMMAND
 
+from integration import servers
+
 
 def test_statistics_field_list_ping(make_proxy) -> None:
     """COM_STATISTICS (mysqlclient's stat()), COM_FIELD_LIST and COM_PING answer as the server does."""
     proxy = make_proxy()
-    conn = MySQLdb.connect(host=proxy.host, port=proxy.port, user="app", passwd="app_pw", db="app")
+    conn = MySQLdb.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                           passwd=servers.APP_PASSWORD, db=servers.APP_DATABASE)
     assert conn.stat().startswith("Uptime:")
     conn.ping()
     conn.close()
@@ -40,7 +43,7 @@ def test_init_db_is_carried_across_backends(make_proxy) -> None:
         other.begin()
         with other.cursor() as cur:
             cur.execute("SELECT DATABASE()")
-            assert cur.fetchone()[0] == "app"
+            assert cur.fetchone()[0] == servers.APP_DATABASE
     for other in others:
         other.commit()
         other.close()
@@ -82,8 +85,9 @@ def test_load_data_local_refused_like_a_server_would(make_proxy, db_server, tmp_
             assert cur.fetchone()[0] == 1
         return info.value.args[0]
 
-    direct = pymysql.connect(host=db_server.host, port=db_server.port, user="app", password="app_pw",
-                             database="app", ssl_disabled=True)
+    direct = pymysql.connect(host=db_server.host, port=db_server.port, user=servers.APP_USER,
+                             password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                             ssl_disabled=True)
     expected = attempt(direct)
     direct.close()
     through = proxy.connect()

@@ -160,7 +160,7 @@ def test_wrong_password(proxy: servers.ProxyProcess) -> None:
     result = drivers.run_cli(proxy, "SELECT 1", password=drivers.WRONG_PASSWORD)
     stderr = result.stderr.decode(errors="replace").strip()
     assert result.returncode == 1
-    assert stderr.startswith("ERROR 1045 (28000): Access denied for user 'app'@"), stderr
+    assert stderr.startswith(f"ERROR 1045 (28000): Access denied for user '{drivers.APP_USER}'@"), stderr
     assert result.stdout == b""
     assert drivers.cli_rows(drivers.run_cli(proxy, "SELECT 1")) == [["1"]]
 

@@ -159,12 +159,12 @@ def test_wrong_password(proxy: servers.ProxyProcess, monkeypatch: pytest.MonkeyP
     code, message = info.value.args
     assert packets and packets[-1][3:4] == b"#"
     drivers.assert_access_denied(code, message, packets[-1][4:9].decode())
-    assert "'app'@" in message and "using password: YES" in message
+    assert f"'{drivers.APP_USER}'@" in message and "using password: YES" in message
     monkeypatch.undo()
     # The proxy still serves correct logins.
     conn = connect(proxy)
     try:
-        assert scalar(conn, "SELECT CURRENT_USER()").startswith("app@")
+        assert scalar(conn, "SELECT CURRENT_USER()").startswith(f"{drivers.APP_USER}@")
     finally:
         conn.close()
 

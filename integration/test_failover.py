@@ -139,15 +139,16 @@ def setup_bank(group: servers.ServerGroup, count: int) -> None:
     The log records the server's port with every transfer, so a transfer can be traced to the
     server that committed it.
     """
+    db = servers.APP_DATABASE
     for index in range(count):
         group.admin(
             index,
-            "CREATE DATABASE IF NOT EXISTS app",
-            "DROP TABLE IF EXISTS app.accounts, app.transfers",
-            "CREATE TABLE app.accounts (id INT PRIMARY KEY, balance INT NOT NULL) ENGINE=InnoDB",
-            "CREATE TABLE app.transfers (id VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
+            f"CREATE DATABASE IF NOT EXISTS {db}",
+            f"DROP TABLE IF EXISTS {db}.accounts, {db}.transfers",
+            f"CREATE TABLE {db}.accounts (id INT PRIMARY KEY, balance INT NOT NULL) ENGINE=InnoDB",
+            f"CREATE TABLE {db}.transfers (id VARCHAR(40) PRIMARY KEY, src INT NOT NULL, "
             "dst INT NOT NULL, amount INT NOT NULL, port INT NOT NULL) ENGINE=InnoDB",
-            "INSERT INTO app.accounts VALUES "
+            f"INSERT INTO {db}.accounts VALUES "
             + ", ".join(f"({i}, {START_BALANCE})" for i in range(ACCOUNTS)),
         )
 
@@ -283,7 +284,7 @@ def check_no_money_lost(group: servers.ServerGroup, count: int, bank: BankClient
     whose connection was lost, which may have happened)."""
     stored: dict[str, int] = {}
     for index in range(count):
-        conn = group[index].connect(database="app")
+        conn = group[index].connect(database=servers.APP_DATABASE)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT id, balance FROM accounts")

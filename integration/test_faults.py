@@ -30,28 +30,28 @@ BANK_CLIENTS = 40
 
 
 def setup_bank(db_server) -> None:
-    root = db_server.connect()
+    root = db_server.connect(database=servers.APP_DATABASE)
     with root.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS app.accounts (id INT PRIMARY KEY, balance INT NOT NULL) "
+        cur.execute("CREATE TABLE IF NOT EXISTS accounts (id INT PRIMARY KEY, balance INT NOT NULL) "
                     "ENGINE=InnoDB")
-        cur.execute("CREATE TABLE IF NOT EXISTS app.transfers (id VARCHAR(40) PRIMARY KEY, "
+        cur.execute("CREATE TABLE IF NOT EXISTS transfers (id VARCHAR(40) PRIMARY KEY, "
                     "src INT, dst INT, amount INT) ENGINE=InnoDB")
-        cur.execute("DELETE FROM app.accounts")
-        cur.execute("DELETE FROM app.transfers")
-        cur.executemany("INSERT INTO app.accounts VALUES (%s, %s)",
+        cur.execute("DELETE FROM accounts")
+        cur.execute("DELETE FROM transfers")
+        cur.executemany("INSERT INTO accounts VALUES (%s, %s)",
                         [(i, START_BALANCE) for i in range(ACCOUNTS)])
     root.close()
 
 
 def check_bank(db_server, committed: set[str]) -> None:
     """The sum is unchanged, and every transfer a client saw committed is there, once."""
-    root = db_server.connect()
+    root = db_server.connect(database=servers.APP_DATABASE)
     with root.cursor() as cur:
-        cur.execute("SELECT SUM(balance) FROM app.accounts")
+        cur.execute("SELECT SUM(balance) FROM accounts")
         assert int(cur.fetchone()[0]) == ACCOUNTS * START_BALANCE
-        cur.execute("SELECT id FROM app.transfers")
+        cur.execute("SELECT id FROM transfers")
         stored = {row[0] for row in cur.fetchall()}
-        cur.execute("SELECT COALESCE(SUM(amount), 0) FROM app.transfers")
+        cur.execute("SELECT COALESCE(SUM(amount), 0) FROM transfers")
     root.close()
     assert committed <= stored, sorted(committed - stored)[:5]
 
@@ -166,7 +166,8 @@ def test_server_kills_pyproxy_connections(make_proxy, db_server, capsys) -> None
             time.sleep(1.0)
             root = db_server.connect()
             with root.cursor() as cur:
-                cur.execute("SELECT id FROM information_schema.processlist WHERE user = 'app'")
+                cur.execute("SELECT id FROM information_schema.processlist WHERE user = %s",
+                            (servers.APP_USER,))
                 for (thread,) in cur.fetchall():
                     try:
                         cur.execute(f"KILL {int(thread)}")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 
+from integration import servers
+
 
 
 def app_threads(db_server) -> set[int]:
     root = db_server.connect()
     try:
         with root.cursor() as cur:
-            cur.execute("SELECT id FROM information_schema.processlist WHERE user = 'app'")
+            cur.execute("SELECT id FROM information_schema.processlist WHERE user = %s",
+                        (servers.APP_USER,))
             return {row[0] for row in cur.fetchall()}
     finally:
         root.close()

@@ -8,6 +8,8 @@ import time
 import pymysql
 import pytest
 
+from integration import servers
+
 
 def test_kill_query_stops_the_other_sessions_statement(make_proxy) -> None:
     """KILL QUERY <id> with the id the victim's driver reports stops its running statement;
@@ -77,11 +79,36 @@ def test_kill_unknown_id_never_reaches_the_server(make_proxy, db_server) -> None
     other.close()
 
 
+def test_kill_takes_the_greeting_id_not_connection_id(make_proxy) -> None:
+    """As README says: KILL names the id of pyproxy's greeting (the driver's thread_id());
+    CONNECTION_ID() is the backend connection's, which KILL through pyproxy does not know."""
+    proxy = make_proxy()
+    victim = proxy.connect()
+    killer = proxy.connect()
+    with victim.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        server_id = cur.fetchone()[0]
+    # A fresh pyproxy numbers its clients 1, 2, ...; the shared server is far past that.
+    assert server_id not in (victim.thread_id(), killer.thread_id())
+    with killer.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as info:
+            cur.execute(f"KILL {server_id}")
+        assert info.value.args[0] == 1094
+        cur.execute(f"KILL {victim.thread_id()}")
+    time.sleep(0.2)
+    with pytest.raises(pymysql.MySQLError):
+        with victim.cursor() as cur:
+            cur.execute("SELECT 1")
+    killer.close()
+
+
 def test_kill_needs_the_same_user(make_proxy) -> None:
     """A client cannot kill another user's session through pyproxy (1095)."""
-    proxy = make_proxy(users=[{"name": "other", "password": "other_pw", "database": "app"}])
+    other = servers.own_name("other")
+    proxy = make_proxy(users=[{"name": other, "password": "other_pw",
+                               "database": servers.APP_DATABASE}])
     victim = proxy.connect()
-    intruder = proxy.connect(user="other", password="other_pw")
+    intruder = proxy.connect(user=other, password="other_pw")
     with intruder.cursor() as cur:
         with pytest.raises(pymysql.MySQLError) as info:
             cur.execute(f"KILL {victim.thread_id()}")

@@ -7,6 +7,8 @@ import time
 import pymysql
 import pytest
 
+from integration import servers
+
 
 def test_client_past_the_cap_gets_1040(make_proxy) -> None:
     """With max_client_connections reached, the next client gets 1040 Too many connections."""
@@ -42,7 +44,7 @@ def test_idle_client_is_disconnected_and_its_transaction_rolled_back(make_proxy,
             cur.execute("SELECT 1")
     root = db_server.connect()
     with root.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM app.idle_tx")
+        cur.execute(f"SELECT COUNT(*) FROM {servers.APP_DATABASE}.idle_tx")
         assert cur.fetchone()[0] == 0
     root.close()
     assert "idle_client_timeout" in proxy.log_text()

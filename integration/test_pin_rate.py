@@ -67,7 +67,7 @@ MAX_ITERATIONS = 20_000
 POLL_INTERVAL = 0.05
 SQL_MODE = ("STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
             "NO_ENGINE_SUBSTITUTION")
-SYSBENCH_DB = "pinrate_sb"
+SYSBENCH_DB = servers.own_name("pinrate_sb")
 SYSBENCH_COMMON = ["--mysql-host=127.0.0.1", f"--mysql-user={APP_USER}",
                    f"--mysql-password={APP_PASSWORD}", f"--mysql-db={SYSBENCH_DB}",
                    "--tables=2", "--table-size=1000"]
@@ -355,6 +355,7 @@ def sysbench_prepare(db_server: servers.DbServer) -> str | None:
     """Create sysbench's tables directly on the server; None, or why sysbench is skipped."""
     if shutil.which("sysbench") is None:
         return "skipped: sysbench is not installed"
+    servers.claim_database(db_server, SYSBENCH_DB)
     admin_query(db_server, f"CREATE DATABASE IF NOT EXISTS {SYSBENCH_DB}")
     base = ["sysbench", "oltp_read_write", f"--mysql-port={db_server.port}", *SYSBENCH_COMMON]
     subprocess.run([*base, "cleanup"], capture_output=True, timeout=60, check=False)
@@ -463,10 +464,11 @@ def test_mixed_workload_pins_nothing_and_stays_within_the_pool(make_proxy, db_se
 
     pinned = log_events(proxy, "session_pinned")
     reasons = collections.Counter(str(event.get("reason")) for event in pinned)
-    client_sessions = len(log_events(proxy, "client_connected"))
+    # Logins are logged at debug level only; SIGUSR1's client_stats counts the connections.
+    client_sessions = log_events(proxy, "client_stats")[-1]["accepted"]
     outcomes = {outcome.name: outcome.summary() for outcome, _ in workloads}
     summary = {
-        "client_sessions_logged": client_sessions,
+        "client_sessions_accepted": client_sessions,
         "client_sessions_opened": sum(o.sessions for o, _ in workloads),
         "pinned_sessions": len(pinned),
         "pin_reasons": dict(reasons),

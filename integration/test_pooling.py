@@ -27,7 +27,8 @@ def small_server() -> Iterator[SandboxServer]:
 
 def app_connections(root: pymysql.connections.Connection) -> int:
     with root.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE user = 'app'")
+        cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE user = %s",
+                    (servers.APP_USER,))
         return int(cur.fetchone()[0])
 
 
@@ -56,8 +57,10 @@ def test_connection_storm(small_server: SandboxServer, tmp_path: Path) -> None:
         def client(i: int) -> None:
             try:
                 start.wait(timeout=60)
-                conn = pymysql.connect(host=proxy.host, port=proxy.port, user="app", password="app_pw",
-                                       database="app", connect_timeout=60, read_timeout=60,
+                conn = pymysql.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                                       password=servers.APP_PASSWORD,
+                                       database=servers.APP_DATABASE, connect_timeout=60,
+                                       read_timeout=60,
                                        ssl_disabled=True)
                 with conn.cursor() as cur:
                     cur.execute("SELECT %s + 1", (i,))
@@ -100,7 +103,8 @@ def test_no_session_state_leaks(make_proxy, db_server) -> None:
         default_mode, default_zone = cur.fetchone()
         cur.execute("SELECT @@GLOBAL.tx_isolation")
         default_isolation = cur.fetchone()[0]
-        cur.execute("CREATE TABLE IF NOT EXISTS app.leak_ids (id INT AUTO_INCREMENT PRIMARY KEY, "
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {servers.APP_DATABASE}.leak_ids "
+                    "(id INT AUTO_INCREMENT PRIMARY KEY, "
                     "owner INT)")
     root.close()
     isolations = ["READ-COMMITTED", "SERIALIZABLE", "READ-UNCOMMITTED"]
@@ -141,7 +145,7 @@ def test_no_session_state_leaks(make_proxy, db_server) -> None:
                 cur.execute("SET SESSION sql_mode = %s, time_zone = %s", (mode, zone))
                 cur.execute(f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation.replace('-', ' ')}")
                 cur.execute(f"SET NAMES {charset}")
-                cur.execute("INSERT INTO app.leak_ids (owner) VALUES (%s)", (i,))
+                cur.execute("INSERT INTO leak_ids (owner) VALUES (%s)", (i,))
                 own_id = cur.lastrowid
                 for _ in range(3):
                     time.sleep(random.random() / 200)
@@ -251,7 +255,7 @@ def test_transaction_on_killed_backend_is_never_reported_committed(make_proxy, d
             cur.execute("INSERT INTO lost_tx VALUES (2)")
             conn.commit()
     with root.cursor() as cur:
-        cur.execute("SELECT COUNT(*) FROM app.lost_tx")
+        cur.execute(f"SELECT COUNT(*) FROM {servers.APP_DATABASE}.lost_tx")
         assert cur.fetchone()[0] == 0
     root.close()
 

@@ -19,8 +19,9 @@ from integration.drivers import log_events
 
 
 def connector(proxy: servers.ProxyProcess, **kw):
-    return mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app_pw",
-                                   database="app", use_pure=True, autocommit=True, **kw)
+    return mysql.connector.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                                   password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                                   use_pure=True, autocommit=True, **kw)
 
 
 def pins(proxy: servers.ProxyProcess) -> list[str]:
@@ -91,8 +92,9 @@ def test_metadata_follows_the_table(make_proxy, db_server) -> None:
         widths.append(len(rows[0]))
         return widths
 
-    direct = mysql.connector.connect(host=db_server.host, port=db_server.port, user="app",
-                                     password="app_pw", database="app", use_pure=True, autocommit=True)
+    direct = mysql.connector.connect(host=db_server.host, port=db_server.port,
+                                     user=servers.APP_USER, password=servers.APP_PASSWORD,
+                                     database=servers.APP_DATABASE, use_pure=True, autocommit=True)
     expected = run(direct)
     direct.close()
     through = connector(proxy)
@@ -123,8 +125,9 @@ def test_sysbench_with_prepared_statements(make_proxy, db_server) -> None:
     through pyproxy without a fatal error, with no pinned session, on 3 backend
     connections for 8 threads."""
     proxy = make_proxy(pool={"max_connections": 3, "borrow_timeout": 60})
-    common = ["--mysql-host=127.0.0.1", "--mysql-user=app", "--mysql-password=app_pw",
-              "--mysql-db=app", "--tables=2", "--table-size=500"]
+    common = ["--mysql-host=127.0.0.1", f"--mysql-user={servers.APP_USER}",
+              f"--mysql-password={servers.APP_PASSWORD}", f"--mysql-db={servers.APP_DATABASE}",
+              "--tables=2", "--table-size=500"]
     subprocess.run(["sysbench", "oltp_read_write", f"--mysql-port={db_server.port}", *common, "cleanup"],
                    capture_output=True, timeout=60)
     prepared = subprocess.run(["sysbench", "oltp_read_write", f"--mysql-port={db_server.port}",
@@ -148,14 +151,15 @@ def test_call_with_multiple_results_over_execute(make_proxy, db_server) -> None:
     proxy = make_proxy()
     root = db_server.connect()
     with root.cursor() as cur:
-        cur.execute("DROP PROCEDURE IF EXISTS app.ps_two_results")
-        cur.execute("CREATE PROCEDURE app.ps_two_results(IN x INT) "
+        cur.execute(f"DROP PROCEDURE IF EXISTS {servers.APP_DATABASE}.ps_two_results")
+        cur.execute(f"CREATE PROCEDURE {servers.APP_DATABASE}.ps_two_results(IN x INT) "
                     "BEGIN SELECT x AS a; SELECT x + 1 AS b, 'y' AS c; END")
     root.close()
     script = Path(__file__).parent / "node" / "call_multi.js"
 
     def run(port: int) -> str:
-        done = subprocess.run(["node", str(script), "127.0.0.1", str(port)], capture_output=True,
+        done = subprocess.run(["node", str(script), "127.0.0.1", str(port), servers.APP_USER,
+                               servers.APP_PASSWORD, servers.APP_DATABASE], capture_output=True,
                               text=True, timeout=30, cwd=script.parent)
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -272,8 +276,9 @@ def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
                 cur.execute(f"PREPARE full_{number} FROM 'SELECT {number}'")
         codes = []
         for port in (db_server.port, proxy.port):
-            conn = mysql.connector.connect(host="127.0.0.1", port=port, user="app",
-                                           password="app_pw", database="app", use_pure=True)
+            conn = mysql.connector.connect(host="127.0.0.1", port=port, user=servers.APP_USER,
+                                           password=servers.APP_PASSWORD,
+                                           database=servers.APP_DATABASE, use_pure=True)
             try:
                 conn.cursor(prepared=True).execute("SELECT ? + 1", (1,))
             except mysql.connector.Error as exc:

@@ -27,6 +27,9 @@ from integration.sqlalchemy_suite import suite
 
 #: Seconds one run of the suite may take (it needs about 20 s on a 2-core machine).
 RUN_TIMEOUT = 240.0
+#: The suite's account and database, with this run's suffix.
+USER = servers.own_name(suite.USER)
+DATABASE = servers.own_name(suite.DATABASE)
 #: Share of the tests the direct run must pass, so that two equally broken runs (a bad
 #: set-up, an unreachable server) cannot count as agreement.
 MIN_DIRECT_PASS_RATE = 0.8
@@ -58,11 +61,11 @@ def test_dialect_suite_same_through_pyproxy(
     pytest.importorskip("sqlalchemy")
     pytest.importorskip("pymysql")
     source = _source(tmp_path)
-    db_server.create_user(suite.USER, suite.PASSWORD)
+    db_server.create_user(USER, suite.PASSWORD)
     try:
         _compare_runs(db_server, make_proxy, source, tmp_path)
     finally:
-        suite.reset_schemas(db_server, suite.DATABASE, create=False)
+        suite.reset_schemas(db_server, DATABASE, create=False)
 
 
 def _compare_runs(
@@ -71,10 +74,10 @@ def _compare_runs(
     source: Path,
     tmp_path: Path,
 ) -> None:
-    suite.reset_schemas(db_server, suite.DATABASE)
+    suite.reset_schemas(db_server, DATABASE)
     direct = suite.run_suite(
         source,
-        suite.dburi(db_server.host, db_server.port, suite.USER, suite.PASSWORD, suite.DATABASE),
+        suite.dburi(db_server.host, db_server.port, USER, suite.PASSWORD, DATABASE),
         tmp_path, "direct", RUN_TIMEOUT,
     )
     _check_ran(direct)
@@ -87,13 +90,13 @@ def _compare_runs(
 
     # Same account, same grants (all privileges), already created above.
     proxy = make_proxy(
-        users=[{"name": suite.USER, "password": suite.PASSWORD, "create": False}],
+        users=[{"name": USER, "password": suite.PASSWORD, "create": False}],
         pool={"max_connections": 20, "borrow_timeout": 60},
     )
-    suite.reset_schemas(db_server, suite.DATABASE)
+    suite.reset_schemas(db_server, DATABASE)
     proxied = suite.run_suite(
         source,
-        suite.dburi(proxy.host, proxy.port, suite.USER, suite.PASSWORD, suite.DATABASE),
+        suite.dburi(proxy.host, proxy.port, USER, suite.PASSWORD, DATABASE),
         tmp_path, "via-pyproxy", RUN_TIMEOUT,
     )
     log_summary = suite.proxy_log_summary(proxy.log_text())

@@ -12,43 +12,85 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from twisted.internet import endpoints
+
+from pyproxy.logs import names_a_secret
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong kind; the
-    message names the key."""
+    message names the key, and never shows a secret's value."""
+
+
+def _kind(value: object) -> str:
+    """What a value is, in TOML's words, for messages that must not show it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _bad(attribute: attrs.Attribute, requirement: str, value: object) -> ConfigError:
+    """A validator's complaint.  The value of a key that names a secret is
+    described by its kind only, so that no error message, and so no
+    ``reload_failed`` log line, ever carries a password, whatever its type."""
+    if names_a_secret(attribute.name):
+        return ConfigError(f"{requirement}, got {_kind(value)} (a secret: its value is not shown)")
+    return ConfigError(f"{requirement}, got {value!r}")
 
 
 def _positive(kind: type) -> Any:
     def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:  # type: ignore[operator]
-            raise ConfigError(f"must be a positive number, got {value!r}")
+            raise _bad(attribute, "must be a positive number", value)
     return check
 
 
 def _non_negative_int(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"must be zero or a positive integer, got {value!r}")
+        raise _bad(attribute, "must be zero or a positive integer", value)
 
 
 def _non_negative_number(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"must be zero or a positive number, got {value!r}")
+        raise _bad(attribute, "must be zero or a positive number", value)
 
 
 def _string(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, str):
-        raise ConfigError(f"must be a string, got {value!r}")
+        raise _bad(attribute, "must be a string", value)
 
 
 def _port(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise ConfigError(f"must be a TCP port number, got {value!r}")
+        raise _bad(attribute, "must be a TCP port number", value)
+
+
+def _endpoint(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    """A Twisted server endpoint string, parsed (not bound) now so that a bad
+    one is reported by key rather than as a traceback when pyproxy listens;
+    "" turns read_only_listen off."""
+    _string(instance, attribute, value)
+    if value == "" and attribute.name == "read_only_listen":
+        return
+    try:
+        # Parsing only stores the reactor, so none is needed (or installed) yet.
+        endpoints.serverFromString(None, value)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - parsers raise ValueError, ImportError, KeyError...
+        raise ConfigError(f"must be a Twisted endpoint such as tcp:3306 or "
+                          f"tcp:6033:interface=127.0.0.1, got {value!r} ({exc})") from None
 
 
 @attrs.frozen
 class ProxyConfig:
-    listen: str = attrs.field(default="tcp:3306", validator=_string)
+    listen: str = attrs.field(default="tcp:3306", validator=_endpoint)
     # Largest packet accepted from a client (bytes); larger ones get error 1153.
     max_packet_size: int = attrs.field(default=1 << 30, validator=_positive(int))
     # Seconds a client may take to log in.
@@ -71,7 +113,7 @@ class ProxyConfig:
     drain_timeout: float = attrs.field(default=30.0, validator=_non_negative_number)
     # A second listener whose sessions go to reader targets (round-robin);
     # "" leaves it off.
-    read_only_listen: str = attrs.field(default="", validator=_string)
+    read_only_listen: str = attrs.field(default="", validator=_endpoint)
 
 
 ROLES = ("writer", "reader", "auto")
@@ -206,9 +248,13 @@ ENV_PREFIX = "PYPROXY_"
 
 
 def _coerce_env(cls: type, key: str, text: str) -> object:
-    """Environment values are strings; give them the type the default has."""
+    """Environment values are strings; give them the type the default has.
+    A list is written comma-separated (PYPROXY_SESSION_IGNORE_VARIABLES=a,b);
+    backend.targets keeps its own "host:port:role,..." form."""
     field = attrs.fields_dict(cls)[key]
     default = field.default
+    if isinstance(default, tuple) and not (cls is BackendConfig and key == "targets"):
+        return [item.strip() for item in text.split(",") if item.strip()]
     if isinstance(default, bool):
         return text.lower() in ("1", "true", "yes", "on")
     if isinstance(default, int) and not isinstance(default, bool):
@@ -224,18 +270,36 @@ def _coerce_env(cls: type, key: str, text: str) -> object:
     return text
 
 
+USERS_VARIABLE = f"{ENV_PREFIX}USERS"
+# The names that are configuration: PYPROXY_<SECTION>_... for the sections
+# above, and PYPROXY_USER... (PYPROXY_USERS and its misspellings).  Any other
+# PYPROXY_ name (the test suite's PYPROXY_TEST_*, say) is not pyproxy's to judge.
+CONFIG_PREFIXES = (*(f"{ENV_PREFIX}{section.upper()}_" for section in SECTIONS), f"{ENV_PREFIX}USER")
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
     """PYPROXY_<SECTION>_<KEY> for every key, e.g. PYPROXY_POOL_MAX_CONNECTIONS;
-    PYPROXY_USERS="name:password,name2:password2" replaces the user list."""
+    PYPROXY_USERS="name:password,name2:password2" replaces the user list.
+
+    Raises:
+        ConfigError: a variable in the configuration's namespace (CONFIG_PREFIXES)
+            names no key, as a misspelled key in the file would.
+    """
     out: dict[str, dict[str, object]] = {}
+    known = {USERS_VARIABLE}
     for section, cls in SECTIONS.items():
         for key in attrs.fields_dict(cls):
             name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            known.add(name)
             if name in environ:
                 out.setdefault(section, {})[key] = _coerce_env(cls, key, environ[name])
-    if f"{ENV_PREFIX}USERS" in environ:
+    for name in sorted(environ):
+        if name.startswith(CONFIG_PREFIXES) and name not in known:
+            raise ConfigError(f"unknown environment variable {name}: no such key "
+                              f"(PYPROXY_<SECTION>_<KEY>, or {USERS_VARIABLE})")
+    if USERS_VARIABLE in environ:
         users = []
-        for item in environ[f"{ENV_PREFIX}USERS"].split(","):
+        for item in environ[USERS_VARIABLE].split(","):
             if item.strip():
                 name, _, password = item.strip().partition(":")
                 users.append({"name": name, "password": password})
@@ -244,10 +308,13 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
 
 
 def _describe(exc: ValueError) -> str:
-    """attrs' own validators put the allowed values in args[0] and the rest after it."""
+    """attrs' own validators put the message in args[0], then the attribute, the
+    allowed values and the value."""
     if isinstance(exc, ConfigError) or len(exc.args) < 4:
         return str(exc)
-    return f"must be one of {', '.join(map(str, exc.args[2]))}, got {exc.args[3]!r}"
+    attribute, allowed, value = exc.args[1:4]
+    got = (_kind(value) if names_a_secret(getattr(attribute, "name", "")) else repr(value))
+    return f"must be one of {', '.join(map(str, allowed))}, got {got}"
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

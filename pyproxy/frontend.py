@@ -357,7 +357,7 @@ class FrontendProtocol(protocol.Protocol):
         if self.session is not None and self.session.state.schema:
             self.proxy.schema_used(self.user, self.session.state.schema)
         self.transport.write(frame(self._ok_payload(), seq))
-        self.log.info("client_connected", peer=str(self.transport.getPeer()))
+        self.proxy.client_connected(self.log, self.transport.getPeer())
         self._command = None
         self._busy = False
         self._release_if_clean()
@@ -1738,8 +1738,8 @@ class FrontendProtocol(protocol.Protocol):
                 self._detach_backend()
             else:
                 _give_back(conn)
-        if was != HANDSHAKE or self._closed_reason is not None:
-            self.log.info("client_closed", reason=self._closed_reason or "client disconnected")
+        self.proxy.client_closed(self.log, self._closed_reason or (
+            "client disconnected" if was != HANDSHAKE else "client left before logging in"))
 
 
 def _give_back(conn: BackendConnection) -> None:

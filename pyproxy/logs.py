@@ -10,15 +10,38 @@ import structlog
 
 SECRET_KEYS = frozenset(("password", "passwd", "pwd", "token", "secret", "auth_response",
                          "proof", "scramble", "nonce"))
+# Any name containing one of these holds a secret too: password_hash,
+# health_password, api_token...
+SECRET_WORDS = ("password", "passwd", "secret", "token")
 REDACTED = "[redacted]"
+
+
+def names_a_secret(name: str) -> bool:
+    """Whether a field or configuration key holds a secret, judged by its name alone so
+    that no value of it, of whatever type, is ever shown."""
+    lowered = name.lower()
+    return lowered in SECRET_KEYS or any(word in lowered for word in SECRET_WORDS)
 
 
 def drop_secrets(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """Replaces any field whose name says it holds a secret, however it got there."""
     for key in list(event):
-        if key.lower() in SECRET_KEYS:
+        if names_a_secret(key):
             event[key] = REDACTED
     return event
+
+
+def format_address(address: Any) -> str:
+    """``127.0.0.1:38292``, ``[::1]:38292`` or a UNIX socket's path, for log lines,
+    rather than the repr of Twisted's address objects."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if hasattr(address, "name"):  # a UNIX socket; a client's end usually has no name
+        name = address.name
+        name = name.decode(errors="replace") if isinstance(name, bytes) else name
+        return f"unix:{name}" if name else "unix"
+    return str(address)
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
 from typing import Any
 
 import attrs
@@ -13,7 +14,7 @@ from twisted.internet.task import LoopingCall
 
 from pyproxy.backend import Target, connect
 from pyproxy.config import Config, TargetConfig
-from pyproxy.logs import get_logger
+from pyproxy.logs import format_address, get_logger
 from pyproxy.pool import Pool
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
 from pyproxy.topology import DOWN, Topology, TargetHealth
@@ -77,6 +78,10 @@ class Proxy:
     draining: bool = False
     # Pinned sessions so far, by reason.
     pins: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # Client connections accepted so far, and closed by reason (SIGUSR1's
+    # client_stats): at Lambda rates each one is logged only at debug level.
+    connections_accepted: int = 0
+    connections_closed: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
     _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
@@ -88,6 +93,21 @@ class Proxy:
                                  interval=health.interval, failure_threshold=health.failure_threshold,
                                  backoff_max=health.backoff_max)
         self.topology.listeners.append(self._topology_changed)
+
+    def client_connected(self, log: Any, peer: Any) -> None:
+        """A client logged in: logged at debug level (the connection was counted
+        when accepted)."""
+        log.debug("client_connected", peer=format_address(peer))
+
+    def client_closed(self, log: Any, reason: str) -> None:
+        """A client connection ended: logged at debug level and counted by the
+        fixed part of its reason (see close_reason_kind)."""
+        log.debug("client_closed", reason=reason)
+        self.connections_closed[close_reason_kind(reason)] += 1
+
+    def client_stats(self) -> dict[str, Any]:
+        return {"accepted": self.connections_accepted, "open": len(self.clients),
+                "closed": dict(self.connections_closed)}
 
     @property
     def capabilities(self) -> int:
@@ -103,16 +123,11 @@ class Proxy:
                       statement_cache=self.statement_cache(), init_query=backend.init_query)
 
     def _monitor_login(self, server: TargetConfig) -> Target:
-        """Probes log in as [health] user, else as the first configured user, with
-        no schema (one that is missing must not make a server look down)."""
-        health = self.config.health
-        if health.user:
-            name, password = health.user, health.password
-        else:
-            account = self.config.users[0] if self.config.users else None
-            name, password = (account.name, account.password) if account else ("", "")
+        """Probes log in with no schema (one that is missing must not make a
+        server look down)."""
+        name, password = probe_account(self.config)
         return Target(server.host, server.port, name, password, None, self.config.backend.charset,
-                      health.connect_timeout, statement_cache=0)
+                      self.config.health.connect_timeout, statement_cache=0)
 
     def statement_cache(self) -> int:
         """Statements cached per backend connection: as configured, or what keeps
@@ -348,6 +363,26 @@ class Proxy:
         self.topology.stop()
         for pool in self.pools.values():
             pool.close()
+
+
+_REASON_END = re.compile(r"""['"`(:;\d]""")
+
+
+def close_reason_kind(reason: str) -> str:
+    """A close reason up to its first quote, parenthesis, colon, semicolon or
+    digit ("Access denied for user 'x'@'h' ..." counts as "Access denied for
+    user"), so that user names, hosts and numbers never make new counters."""
+    return _REASON_END.split(reason, maxsplit=1)[0].strip() or "other"
+
+
+def probe_account(config: Config) -> tuple[str, str]:
+    """The name and password probes log in with: [health] user, else the first
+    configured user."""
+    health = config.health
+    if health.user:
+        return health.user, health.password
+    account = config.users[0] if config.users else None
+    return (account.name, account.password) if account else ("", "")
 
 
 def _logins(config: Config) -> Any:

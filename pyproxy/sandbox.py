@@ -525,10 +525,11 @@ def twistd_command(
 
 
 def child_env() -> dict[str, str]:
-    """Return os.environ, with this source checkout on PYTHONPATH when pyproxy is not installed.
+    """Return os.environ, with this source checkout first on PYTHONPATH when run from one.
 
-    ``twistd`` finds the plugin in ``twisted/plugins/`` next to the ``pyproxy`` package only if
-    that directory is on sys.path.
+    A child ``twistd`` then runs this checkout's pyproxy and finds its plugin in
+    ``twisted/plugins/`` here, even when another copy of pyproxy is installed (a second
+    worktree, say) or none is.
     """
     env = dict(os.environ)
     root = Path(__file__).resolve().parent.parent

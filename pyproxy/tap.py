@@ -11,24 +11,28 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import attrs
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.internet.task import LoopingCall
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock, LoopingCall
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+import pyproxy
 from pyproxy import config as configuration
 from pyproxy import logs
+from pyproxy.backend import BackendConnection, BackendError, Target
 from pyproxy.frontend import FrontendFactory
 from pyproxy.health import HealthChecker
-from pyproxy.proxy import Proxy, ServerInfo
-from pyproxy.wire.framing import PacketFramer
-from pyproxy.wire.handshake import parse_handshake_v10
-from pyproxy.wire.responses import parse_err
+from pyproxy.proxy import Proxy, ServerInfo, probe_account
+from pyproxy.wire.constants import COMMAND, CR_SERVER_LOST
+from pyproxy.wire.framing import frame
+from pyproxy.wire.handshake import HandshakeV10
 
 
 class StartupError(Exception):
@@ -55,6 +59,11 @@ class Options(usage.Options):
         ["no-backend-check", None, "Start even if the backend does not answer now."],
     ]
 
+    def opt_version(self) -> None:
+        """Display pyproxy's version and exit (``twistd --version`` shows Twisted's)."""
+        print(f"pyproxy {pyproxy.__version__}")
+        raise SystemExit(0)
+
     def overrides(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
         pairs = {
@@ -79,50 +88,133 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self["parsed"] = configuration.load(self["config"], os.environ, self.overrides())
+            self["parsed"] = config = configuration.load(self["config"], os.environ, self.overrides())
+            logs.configure(config.log.level, config.log.format)
             if not self["no-backend-check"]:
-                self["server"] = probe_backend(self["parsed"])
+                self["server"] = probe_backend(config)
         except (configuration.ConfigError, StartupError) as exc:
             sys.stderr.write(f"pyproxy: {exc}\n")
             raise SystemExit(2) from None
 
 
+class LoginRefused(StartupError):
+    """The server answers but refuses one of pyproxy's accounts: the configuration
+    is wrong, and another server would not make it right."""
+
+
 def probe_backend(config: configuration.Config) -> ServerInfo:
-    """Reads a server's greeting once, so clients can be greeted as that server
-    would: the first target that answers, writers and auto targets first."""
+    """Logs in to the first target that answers (writers and auto targets first)
+    as every configured user and as the probe account, so that a wrong
+    password or a missing grant stops start-up with one line instead of
+    failing every client later (the probes would only say
+    ``probe_inconclusive``).  Its greeting tells how to greet clients."""
     servers = sorted(config.backend.servers(), key=lambda server: server.role == "reader")
     problems = []
     for server in servers:
         try:
-            return _greeting(server, config.backend.connect_timeout)
+            greeting = None
+            for account, target in _startup_logins(config, server):
+                greeting = _login(target, account)
+            assert greeting is not None  # load() requires a user
+            return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset,
+                              greeting.status)
+        except LoginRefused:
+            raise
         except StartupError as exc:
             problems.append(str(exc))
     raise StartupError("; ".join(problems))
 
 
-def _greeting(backend: configuration.TargetConfig, timeout: float) -> ServerInfo:
+def _startup_logins(config: configuration.Config,
+                    server: configuration.TargetConfig) -> list[tuple[str, Target]]:
+    """The logins pyproxy will make to ``server``: each user's pooled ones (with
+    the default schema and init_query), then the probes' when [health] names
+    an account of its own."""
+    backend = config.backend
+    logins = [(f"user {user.name!r}", Target(server.host, server.port, user.name, user.password,
+                                             backend.database, backend.charset, backend.connect_timeout,
+                                             statement_cache=0, init_query=backend.init_query))
+              for user in config.users]
+    if config.health.user:
+        name, password = probe_account(config)
+        logins.append((f"[health] user {name!r}",
+                       Target(server.host, server.port, name, password, None, backend.charset,
+                              config.health.connect_timeout, statement_cache=0)))
+    return logins
+
+
+class _BlockingTransport:
+    """Lets a BackendConnection run over a blocking socket before the reactor runs,
+    so that the start-up check logs in with the very code pooled connections use
+    (every auth plugin, the schema, session tracking, init_query)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+    def loseConnection(self) -> None:
+        """The caller closes the socket once the login has an outcome."""
+
+    abortConnection = loseConnection
+
+
+def _login(target: Target, account: str) -> HandshakeV10:
+    """Logs in as ``target`` says, within its connect_timeout, and quits; returns
+    the server's greeting.
+
+    Raises:
+        LoginRefused: the server refused this account (wrong password, no such
+            user or schema, a failing init_query).
+        StartupError: the server cannot be reached or is not a MySQL server.
+    """
+    where = f"backend {target.host}:{target.port}"
+    deadline = time.monotonic() + target.connect_timeout
+    outcome: list[Any] = []
+    conn = BackendConnection(target, 0, Clock())
+    conn.ready.addBoth(outcome.append)
     try:
-        with socket.create_connection((backend.host, backend.port), timeout=timeout) as sock:
-            framer = PacketFramer()
-            packets: list[Any] = []
-            while not packets:
+        with socket.create_connection((target.host, target.port), timeout=target.connect_timeout) as sock:
+            conn.makeConnection(_BlockingTransport(sock))  # type: ignore[arg-type]
+            while not outcome:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
                 data = sock.recv(65536)
                 if not data:
-                    raise StartupError(f"backend {backend.host}:{backend.port} closed the connection "
-                                       "before greeting")
-                packets = framer.feed(data)
+                    raise StartupError(f"{where} closed the connection "
+                                       + ("before greeting" if conn.handshake is None else "during login"))
+                conn.dataReceived(data)
+            if not isinstance(outcome[0], Failure):
+                sock.sendall(frame(bytes((COMMAND.COM_QUIT,)), 0))
+    except TimeoutError:
+        raise StartupError(f"{where} did not complete a login within {target.connect_timeout:g}s") from None
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise StartupError(f"cannot reach backend {backend.host}:{backend.port}: {reason}") from None
-    payload = packets[0].payload
-    if payload[:1] == b"\xff":
-        err = parse_err(payload)
-        raise StartupError(f"backend {backend.host}:{backend.port} refused: ({err.code}) {err.message}")
-    try:
-        greeting = parse_handshake_v10(payload)
-    except ValueError as exc:
-        raise StartupError(f"backend {backend.host}:{backend.port} is not a MySQL server: {exc}") from None
-    return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset, greeting.status)
+        raise StartupError(f"cannot reach {where}: {reason}") from None
+    if isinstance(outcome[0], Failure):
+        error = outcome[0].value
+        if conn.handshake is None:
+            if isinstance(error, BackendError) and error.code != CR_SERVER_LOST[0]:
+                raise StartupError(f"{where} refused: ({error.code}) {error.message}")
+            raise StartupError(f"{where} is not a MySQL server: {outcome[0].getErrorMessage()}")
+        raise LoginRefused(f"{where} refused the login of {account}: {outcome[0].getErrorMessage()}")
+    assert conn.handshake is not None
+    return conn.handshake
+
+
+class CountingFactory(FrontendFactory):
+    """Counts every connection accepted, on the Proxy, for SIGUSR1's
+    ``client_stats`` (each is logged only at debug level)."""
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.proxy.connections_accepted += 1
+        return super().buildProtocol(addr)
 
 
 def listen_description(proxy: configuration.ProxyConfig) -> str:
@@ -162,31 +254,44 @@ class ProxyService(service.Service):
         ``listen()`` returns; the port starts accepting once the reactor runs.
         """
         proxy = self.config.proxy
-        self.port = self._bind(proxy.listen, FrontendFactory(self.proxy))
+        self.port = self._bind("listen", CountingFactory(self.proxy))
         if proxy.read_only_listen:
             try:
-                self.read_only_port = self._bind(proxy.read_only_listen, FrontendFactory(self.proxy, True))
+                self.read_only_port = self._bind("read_only_listen", CountingFactory(self.proxy, True))
             except StartupError:
                 if self.port is not None:
                     self.port.stopListening()
                 raise
 
-    def _bind(self, description: str, factory: FrontendFactory) -> Any:
-        endpoint = endpoints.serverFromString(
-            self.reactor, listen_description(attrs.evolve(self.config.proxy, listen=description)))
+    def _bind(self, key: str, factory: FrontendFactory) -> Any:
+        """Listens on [proxy] ``key``; a failure is one line naming the key (and
+        the other listener, when that one holds the port)."""
+        description = getattr(self.config.proxy, key)
+        where = f"proxy.{key}: cannot listen on {description}"
+        try:
+            endpoint = endpoints.serverFromString(
+                self.reactor, listen_description(attrs.evolve(self.config.proxy, listen=description)))
+        except Exception as exc:  # noqa: BLE001 - the config check parsed it already; say it anyway
+            raise StartupError(f"{where}: {exc}") from None
         result: list[Any] = []
         endpoint.listen(factory).addBoth(result.append)
         if result and isinstance(result[0], Failure):
-            raise StartupError(f"cannot listen on {description}: {result[0].getErrorMessage()}")
+            failed = result[0]
+            clash = ""
+            if failed.check(CannotListenError) and self.port is not None \
+                    and getattr(self.port.getHost(), "port", None) == failed.value.port:
+                clash = " (proxy.listen is on that port)"
+            raise StartupError(f"{where}: {failed.getErrorMessage()}{clash}")
         return result[0] if result else None
 
     def startService(self) -> None:
         super().startService()
         if self.port is None:
             self.listen()
-        address = self.port.getHost()
-        self.log.info("listening", address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
-                      read_only=self.config.proxy.read_only_listen or None,
+        read_only = self.read_only_port
+        self.log.info("listening", version=pyproxy.__version__,
+                      address=logs.format_address(self.port.getHost()),
+                      read_only=logs.format_address(read_only.getHost()) if read_only is not None else None,
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
         self.proxy.start()
@@ -246,6 +351,7 @@ class ProxyService(service.Service):
             self.log.info("target_stats", **target)
         for pool in self.proxy.pools.values():
             self.log.info("pool_stats", **pool.stats())
+        self.log.info("client_stats", **self.proxy.client_stats())
         self.log.info("pin_summary", pins=dict(self.proxy.pins), clients=len(self.proxy.clients))
 
     def stopService(self) -> Any:

@@ -56,9 +56,12 @@ class TargetHealth:
     # Failed probes in a row; decides DOWN and the backoff while down.
     failures: int = 0
     last_error: str = ""
-    # When the state last changed (reactor seconds): target_stats says for how
-    # long a server has been down.
-    since: float = 0.0
+    # When the state began (reactor seconds): target_stats says for how long a
+    # server has been down.  The first state, unknown, begins when pyproxy takes
+    # the target on (at start, or when a reload adds it), so state_seconds then
+    # counts from there; None (a null state_seconds) only for a target made
+    # without a clock, never the time since the epoch.
+    since: float | None = None
     probes: int = 0
     last_probe: float = float("-inf")
     # No longer configured (SIGHUP removed it): never chosen again.
@@ -106,7 +109,7 @@ class Topology:
         self.failure_threshold = failure_threshold
         self.backoff_max = backoff_max
         self._connect = connector or (lambda target: connect(clock, target, 0))
-        self.targets: list[TargetHealth] = [TargetHealth(config) for config in targets]
+        self.targets: list[TargetHealth] = [TargetHealth(config, since=clock.seconds()) for config in targets]
         self.writer = self._first_writer()
         self.listeners: list[Listener] = []
         # Bumped whenever a state or the writer changes: clients holding on to
@@ -295,7 +298,10 @@ class Topology:
             # server.  Either way its state stands (the pools' own opens say
             # whether clients can use it).
             log = self.log.info if code == ER_CON_COUNT_ERROR else self.log.error
-            log("probe_inconclusive", target=target.name, error=failure.getErrorMessage())
+            # Kept for target_stats, which otherwise shows a state that stays
+            # unknown without saying why.
+            target.last_error = failure.getErrorMessage()
+            log("probe_inconclusive", target=target.name, error=target.last_error)
             self._schedule(target, self.interval)
             return
         target.failures += 1
@@ -328,7 +334,7 @@ class Topology:
         for config in configs:
             target = by_name.pop(config.name, None)
             if target is None:
-                target = TargetHealth(config)
+                target = TargetHealth(config, since=self.clock.seconds())
             target.config = config
             kept.append(target)
         self.targets = kept
@@ -362,4 +368,5 @@ class Topology:
     def stats(self) -> list[dict[str, Any]]:
         now = self.clock.seconds()
         return [dict(target.stats(), writer=target is self.writer,
-                     state_seconds=round(now - target.since, 1)) for target in self.targets]
+                     state_seconds=None if target.since is None else round(now - target.since, 1))
+                for target in self.targets]

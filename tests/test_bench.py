@@ -117,7 +117,19 @@ def test_newest_stats_takes_the_last_events_of_the_pool() -> None:
     found = pyproxy_log.newest_stats(lines, "app")
     assert found["pool"]["borrows"] == 30
     assert found["pins"] == {"user variable": 1}
-    assert pyproxy_log.newest_stats(["{}", "x"], "app") == {"pool": None, "pins": None}
+    assert pyproxy_log.newest_stats(["{}", "x"], "app") == {"pool": None, "pins": None, "clients": None}
+
+
+def test_sessions_delta_counts_accepted_connections_of_the_workload() -> None:
+    """Logins are logged at debug level only, so the sessions of a workload come from the
+    cumulative ``client_stats`` counter."""
+    lines = [_event(event="client_stats", accepted=40, open=0, closed={"COM_QUIT": 40}),
+             _event(event="client_stats", accepted=140, open=2, closed={"COM_QUIT": 138})]
+    first = pyproxy_log.newest_stats(lines[:1], "app")
+    second = pyproxy_log.newest_stats(lines, "app")
+    assert pyproxy_log.sessions_delta(first, None) == 40
+    assert pyproxy_log.sessions_delta(second, first) == 100
+    assert pyproxy_log.sessions_delta({"clients": None}, first) is None
 
 
 def test_stats_delta_subtracts_counters_and_keeps_percentiles() -> None:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
-from pyproxy.config import Config, ConfigError, build, env_overrides, load
+from pyproxy.config import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    TargetConfig,
+    UserConfig,
+    build,
+    env_overrides,
+    load,
+)
 
 USERS = [{"name": "app", "password": "secret"}]
 
@@ -76,6 +88,10 @@ def test_password_not_in_repr() -> None:
     ({"backend": {"host": "a", "targets": [{"host": "b"}]}}, "exclude each other"),
     ({"health": {"failure_threshold": 0}}, "health.failure_threshold: must be a positive number"),
     ({"proxy": {"read_only_listen": 3307}}, "proxy.read_only_listen: must be a string"),
+    ({"proxy": {"listen": "bogus:1"}}, "proxy.listen: must be a Twisted endpoint"),
+    ({"proxy": {"listen": "tcp:notaport"}}, "proxy.listen: must be a Twisted endpoint"),
+    ({"proxy": {"listen": ""}}, "proxy.listen: must be a Twisted endpoint"),
+    ({"proxy": {"read_only_listen": "tcp:"}}, "proxy.read_only_listen: must be a Twisted endpoint"),
 ])
 def test_bad_values_name_their_key(data: dict, message: str) -> None:
     """Each bad value is reported as one ConfigError naming the key at fault."""
@@ -193,3 +209,82 @@ def test_session_ignore_variables() -> None:
     assert config.session.ignore_variables == ("insert_id", "rand_seed1")
     with pytest.raises(ConfigError, match=r"session\.ignore_variables: must be a list of names"):
         build({"session": {"ignore_variables": "insert_id"}})
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "pyproxy.example.toml"
+
+
+def test_example_file_lists_every_key_with_its_default() -> None:
+    """pyproxy.example.toml has each key of each section, written with the loader's default
+    (and its type), so a new key without an entry there, or a changed default, fails here."""
+    text = EXAMPLE.read_text()
+    data = tomllib.loads(text)
+    config = load(str(EXAMPLE), {})
+    assert set(data) == {*SECTIONS, "users"}
+    for section, cls in SECTIONS.items():
+        fields = attrs.fields_dict(cls)
+        written = data[section]
+        expected = set(fields) - ({"targets"} if section == "backend" else set())
+        assert set(written) == expected, section
+        assert getattr(config, section) == cls(), section
+        for key in expected:
+            default = fields[key].default
+            # "" stands for None (no default schema), [] for an empty tuple.
+            kind = {type(None): str, tuple: list}.get(type(default), type(default))
+            assert type(written[key]) is kind, f"{section}.{key}"
+    assert [(user.name, user.password) for user in config.users] == [("app", "change-me")]
+    assert set(data["users"][0]) == set(attrs.fields_dict(UserConfig))
+
+
+def test_example_file_shows_a_backend_target_with_every_key() -> None:
+    """The commented-out [[backend.targets]] entry parses, once uncommented, with every key
+    of a target and the defaults of all but host."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# [[backend.targets]]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    (target,) = tomllib.loads("\n".join(block))["backend"]["targets"]
+    assert set(target) == set(attrs.fields_dict(TargetConfig))
+    assert TargetConfig(**target) == TargetConfig(target["host"])
+
+
+def test_env_list_keys_are_comma_separated() -> None:
+    """A list key's environment form: names separated by commas, blanks ignored."""
+    config = load(None, {"PYPROXY_USERS": "app:pw",
+                         "PYPROXY_SESSION_IGNORE_VARIABLES": "SQL_Notes, foreign_key_checks,"})
+    assert config.session.ignore_variables == ("sql_notes", "foreign_key_checks")
+    assert load(None, {"PYPROXY_USERS": "app:pw",
+                       "PYPROXY_SESSION_IGNORE_VARIABLES": ""}).session.ignore_variables == ()
+
+
+@pytest.mark.parametrize("name", ["PYPROXY_POOL_MAX_CONECTIONS", "PYPROXY_PROXY_LISTN",
+                                  "PYPROXY_LOG_", "PYPROXY_USER", "PYPROXY_USERS_EXTRA"])
+def test_env_unknown_configuration_variable(name: str) -> None:
+    """A name in the configuration's namespace that is no key is refused, naming it."""
+    with pytest.raises(ConfigError, match=f"unknown environment variable {name}:"):
+        load(None, {"PYPROXY_USERS": "app:pw", name: "1"})
+
+
+def test_env_names_outside_the_configuration_are_left_alone() -> None:
+    """The test suite chooses its servers with PYPROXY_TEST_*; pyproxy does not judge them."""
+    config = load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_TEST_MYSQL": "h:1:u:p",
+                         "PYPROXY_TEST_DOCKER": "1", "PYPROXY_SQLA_SDIST": "x"})
+    assert config == load(None, {"PYPROXY_USERS": "app:pw"})
+
+
+@pytest.mark.parametrize("value", [918273645, 6.02214076, True, ["hunter2"], {"inner": "hunter2"}])
+@pytest.mark.parametrize("data", [
+    lambda v: {"users": [{"name": "app", "password": v}]},
+    lambda v: {"health": {"password": v}, "users": USERS},
+])
+def test_secret_values_are_never_shown(data: Any, value: object) -> None:
+    """A password of any wrong type is refused by key, with its kind but not its value."""
+    with pytest.raises(ConfigError) as info:
+        build(data(value))
+    message = str(info.value)
+    assert "password" in message and "not shown" in message
+    for needle in ("918273645", "6.02214076", "True", "true", "hunter2"):
+        assert needle not in message

@@ -402,6 +402,23 @@ class TopologyTests(SynchronousTestCase):
         self.run_for(5)
         self.assertEqual(topology.targets[0].probes, 2)
 
+    def test_a_target_never_probed_counts_its_state_from_when_pyproxy_took_it_on(self) -> None:
+        """A probe whose login is refused (a wrong password) leaves the state unknown; the
+        stats then say since when pyproxy has known the target, and why, never the time
+        since the epoch that the reactor's clock counts from."""
+        self.clock.advance(1_700_000_000)  # a real reactor's seconds() is time since the epoch
+        refused = BackendError(1045, "28000", "Access denied for user 'mon'@'localhost'")
+        self.servers = lambda target: defer.fail(refused)  # type: ignore[assignment]
+        topology = self.topology(A)
+        topology.start()
+        self.run_for(7)
+        topology.reconfigure([A, B], interval=10, failure_threshold=2, backoff_max=8)
+        self.run_for(3)
+        first, added = topology.stats()
+        self.assertEqual((first["state"], first["state_seconds"]), (UNKNOWN, 10.0))
+        self.assertIn("Access denied", first["last_error"])
+        self.assertEqual((added["state"], added["state_seconds"]), (UNKNOWN, 3.0))
+
     def test_stats_say_how_long_a_server_has_been_down(self) -> None:
         topology = self.topology(A, C)
         topology.start()

@@ -207,9 +207,15 @@ def reset_schemas(server: DbServer, database: str, create: bool = True) -> None:
     """Drop and (unless ``create`` is false) create ``database`` and the suite's extra schemas.
 
     ``server.connect()`` is an autocommit admin connection. Only these three names are
-    touched, but on an existing server (``PYPROXY_TEST_MYSQL``) a ``test_schema`` of someone
-    else's would be lost.
+    touched; on an existing server (``PYPROXY_TEST_MYSQL``) each must be the test run's own
+    (a ``test_schema`` of someone else's stops the run with ForeignObject, and is not lost),
+    and is dropped when the run ends.
     """
+    # Imported here: the module's library half needs nothing from the project.
+    from integration import servers  # noqa: PLC0415
+
+    for name in (database, *EXTRA_SCHEMAS):
+        servers.claim_database(server, name)
     conn = server.connect()
     try:
         with conn.cursor() as cur:
@@ -390,6 +396,8 @@ def proxy_log_summary(log_text: str) -> str:
 
 # --- command line ----------------------------------------------------------------------------
 
+#: Base names of the suite's account and database; each run adds its own suffix
+#: (integration.servers.own_name), as for every account the tests create.
 USER = "sqla_suite"
 PASSWORD = "sqla_suite_pw"
 DATABASE = "sqla_test"
@@ -410,26 +418,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here: the module's library half needs nothing from the project.
     from integration import servers  # noqa: PLC0415
 
+    user, database = servers.own_name(USER), servers.own_name(DATABASE)
     workdir = Path(tempfile.mkdtemp(prefix="pyproxy-sqla-suite-"))
     source = obtain_source(workdir / "src")
     server = servers.open_db_server(os.environ)
     proxy = None
     runs: list[SuiteRun] = []
     try:
-        server.create_user(USER, PASSWORD)
+        server.create_user(user, PASSWORD)
         if args.only in ("direct", "both"):
-            reset_schemas(server, DATABASE)
-            uri = dburi(server.host, server.port, USER, PASSWORD, DATABASE, args.driver)
+            reset_schemas(server, database)
+            uri = dburi(server.host, server.port, user, PASSWORD, database, args.driver)
             runs.append(run_suite(source, uri, workdir, "direct", args.timeout, args.pytest_args))
             print(f"direct: {runs[-1].summary()}  (log {runs[-1].log_path})")
         if args.only in ("proxy", "both"):
             proxy = servers.start_proxy(
                 server, workdir / "proxy",
-                users=[{"name": USER, "password": PASSWORD, "create": False}],
+                users=[{"name": user, "password": PASSWORD, "create": False}],
                 pool={"max_connections": args.pool_size, "borrow_timeout": 60},
             )
-            reset_schemas(server, DATABASE)
-            uri = dburi(proxy.host, proxy.port, USER, PASSWORD, DATABASE, args.driver)
+            reset_schemas(server, database)
+            uri = dburi(proxy.host, proxy.port, user, PASSWORD, database, args.driver)
             runs.append(run_suite(source, uri, workdir, "via-pyproxy", args.timeout,
                                   args.pytest_args))
             print(f"via pyproxy: {runs[-1].summary()}  (log {runs[-1].log_path})")

@@ -1,0 +1,121 @@
+"""README's launch command after README's install: ``twistd pyproxy`` found from any directory.
+
+Twisted finds ``twistd`` plugins only in ``twisted/plugins`` directories on ``sys.path``, so
+how pyproxy is installed decides whether ``twistd pyproxy`` exists at all.  These tests run the
+real ``twistd`` console script from a directory outside the clone, with no PYTHONPATH (the
+sandbox and the other integration tests set one, which would hide the problem):
+
+* against the installed pyproxy (what ``scripts/install-deps`` made: an editable install), as
+  README's "Running it for real" has a user do;
+* against this checkout installed into throwaway virtual environments, once regular and once
+  editable, so both install modes are proven whatever this machine has installed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: What an install needs from the checkout (setup.cfg's packages and metadata).
+INSTALLED_FROM = ("setup.cfg", "pyproject.toml", "README.rst", "pyproxy", "twisted")
+TIMEOUT = 120
+
+
+def twistd_script() -> Path:
+    """The ``twistd`` console script Twisted's install made for this interpreter."""
+    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(directory, "twistd")
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("twistd")
+    assert found, "no twistd console script: is Twisted installed (scripts/install-deps)?"
+    return Path(found)
+
+
+def outside_env() -> dict[str, str]:
+    """The environment of a user's shell: no PYTHONPATH, no PYPROXY_* settings."""
+    return {k: v for k, v in os.environ.items()
+            if k != "PYTHONPATH" and not k.startswith("PYPROXY_")}
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, env=outside_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+
+
+def assert_pyproxy_help(result: subprocess.CompletedProcess[str]) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Unknown command" not in output, output
+    assert "Usage: twistd [options] pyproxy [options]" in result.stdout, output
+    assert "--config=" in result.stdout, output
+
+
+def test_installed_twistd_knows_pyproxy(tmp_path: Path) -> None:
+    """``twistd pyproxy --help`` and ``--version`` from a directory outside the clone."""
+    assert not tmp_path.resolve().is_relative_to(ROOT)
+    assert_pyproxy_help(run([str(twistd_script()), "pyproxy", "--help"], tmp_path))
+    version = run([str(twistd_script()), "pyproxy", "--version"], tmp_path)
+    assert version.returncode == 0, version.stdout + version.stderr
+    assert version.stdout.strip() == f"pyproxy {importlib.metadata.version('pyproxy')}", version.stdout
+
+
+#: Run in the throwaway environment: where the plugin module and pyproxy were imported from.
+WHERE_FROM = """
+import sys
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+import twisted.plugins
+makers = [p for p in getPlugins(IServiceMaker, twisted.plugins) if p.tapname == "pyproxy"]
+assert makers, "getPlugins() found no pyproxy"
+import pyproxy
+print(sys.modules["twisted.plugins.pyproxy_plugin"].__file__)
+print(pyproxy.__file__)
+"""
+
+
+@pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
+def test_fresh_install_gives_twistd_pyproxy(tmp_path: Path, editable: bool) -> None:
+    """``pip install [-e] .`` of this checkout, then ``twistd pyproxy --help`` from elsewhere.
+
+    The venv sees the machine's packages (Twisted and the rest), but pyproxy and its plugin
+    must come from this install: the copy of the checkout, or the venv's own site-packages.
+    """
+    source = tmp_path / "pyproxy-src"
+    source.mkdir()
+    for name in INSTALLED_FROM:
+        item = ROOT / name
+        if item.is_dir():
+            shutil.copytree(item, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "dropin.cache"))
+        else:
+            shutil.copy2(item, source / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(venv)], check=True, timeout=TIMEOUT)
+    python = venv / "bin" / "python"
+    # No index and no build isolation: the machine's setuptools and wheel build it offline.
+    install = [str(python), "-m", "pip", "install", "--no-index", "--no-deps",
+               "--no-build-isolation", "--disable-pip-version-check", "-q",
+               *(["-e"] if editable else []), str(source)]
+    installed = run(install, tmp_path)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    assert_pyproxy_help(run([str(python), str(twistd_script()), "pyproxy", "--help"], elsewhere))
+
+    found = run([str(python), "-c", WHERE_FROM], elsewhere)
+    assert found.returncode == 0, found.stdout + found.stderr
+    plugin_file, package_file = map(Path, found.stdout.split())
+    home = source if editable else venv
+    assert plugin_file.is_relative_to(home), (plugin_file, home)
+    assert package_file.is_relative_to(home), (package_file, home)

@@ -1,0 +1,89 @@
+"""pyproxy.tap: what a failed reload logs, and what SIGUSR1 reports about clients."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from twisted.internet.task import Clock
+
+from pyproxy import config as configuration
+from pyproxy import logs
+from pyproxy.proxy import ServerInfo
+from pyproxy.tap import ProxyService
+
+GOOD = '[health]\nuser = "monitor"\npassword = "monitor-pw"\n\n[[users]]\nname = "app"\npassword = "app-pw"\n'
+
+#: Bad secrets of every TOML type, and text that must then appear nowhere.
+BAD_SECRETS = [
+    ("918273645", ["918273645"]),
+    ("6.02214076", ["6.02214076"]),
+    ("true", ["true", "True"]),
+    ('["hunter2-list"]', ["hunter2"]),
+    ('{ inner = "hunter2-table" }', ["hunter2"]),
+    ("1979-05-27T07:32:00", ["1979"]),
+]
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """pyproxy's JSON log lines, captured."""
+    stream = io.StringIO()
+    logs.configure("debug", "json", stream)
+    yield stream
+    structlog.reset_defaults()
+
+
+def service(path: Path) -> ProxyService:
+    return ProxyService(configuration.load(str(path), {}), ServerInfo("10.11.0", 0xFFFFFFFF, 45, 2),
+                        reactor=Clock(), reload=lambda: configuration.load(str(path), {}))
+
+
+@pytest.mark.parametrize(("value", "needles"), BAD_SECRETS)
+@pytest.mark.parametrize("where", ["users", "health"])
+def test_reload_failed_never_logs_a_secret(tmp_path: Path, log_stream: io.StringIO, where: str,
+                                           value: str, needles: list[str]) -> None:
+    """A password of the wrong type is refused, by key, in the error and in the
+    ``reload_failed`` line, without its value, whatever its type."""
+    path = tmp_path / "pyproxy.toml"
+    path.write_text(GOOD)
+    running = service(path)
+    bad = GOOD.replace('password = "app-pw"' if where == "users" else 'password = "monitor-pw"',
+                       f"password = {value}")
+    path.write_text(bad)
+    with pytest.raises(configuration.ConfigError) as info:
+        configuration.load(str(path), {})
+    running.reload()
+    failed = [json.loads(line) for line in log_stream.getvalue().splitlines()
+              if '"reload_failed"' in line]
+    assert len(failed) == 1, log_stream.getvalue()
+    key = "users[0].password" if where == "users" else "health.password"
+    assert key in str(info.value) and key in failed[0]["error"]
+    for needle in needles:
+        assert needle not in str(info.value)
+        assert needle not in log_stream.getvalue()
+    assert running.config.user("app").password == "app-pw"  # the running config stays
+
+
+def test_sigusr1_reports_client_counts(tmp_path: Path, log_stream: io.StringIO) -> None:
+    path = tmp_path / "pyproxy.toml"
+    path.write_text(GOOD)
+    running = service(path)
+    proxy = running.proxy
+    proxy.connections_accepted = 3
+    log = logs.get_logger(client_id=1)
+    proxy.client_closed(log, "COM_QUIT")
+    proxy.client_closed(log, "Access denied for user 'app'@'10.0.0.7' (using password: YES)")
+    proxy.client_closed(log, "Access denied for user 'other'@'10.0.0.8' (using password: NO)")
+    running.log_stats()
+    events = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    closed = [e for e in events if e["event"] == "client_closed"]
+    assert [e["level"] for e in closed] == ["debug"] * 3
+    stats = [e for e in events if e["event"] == "client_stats"]
+    assert len(stats) == 1 and stats[0]["level"] == "info"
+    assert (stats[0]["accepted"], stats[0]["open"]) == (3, 0)
+    assert stats[0]["closed"] == {"COM_QUIT": 1, "Access denied for user": 2}
