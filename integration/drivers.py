@@ -337,6 +337,19 @@ def run_node(proxy: servers.ProxyProcess, scenario: str, timeout: float = 60,
 # string as ``{"buffer_length", "sha256"}``; the ``check_*`` functions compare them.
 
 
+def unusable(probe: Sequence[str], packages: str) -> str | None:
+    """Why a driver cannot run here (a skip reason), or None: ``probe`` is a command that
+    exits 0 when the driver loads; ``packages`` are what scripts/install-deps installs."""
+    hint = f"(scripts/install-deps installs {packages})"
+    if shutil.which(probe[0]) is None:
+        return f"{probe[0]} is not installed {hint}"
+    result = subprocess.run(list(probe), capture_output=True, timeout=60, check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).decode(errors="replace").strip()
+        return f"{' '.join(probe)} failed {hint}: {output[-300:]}"
+    return None
+
+
 def address(server: servers.DbServer | servers.ProxyProcess, user: str = APP_USER,
             password: str = APP_PASSWORD, database: str = APP_DATABASE) -> dict[str, Any]:
     """The connection part of a scenario config: pyproxy, or the server itself to compare."""
@@ -558,3 +571,79 @@ def check_wrong_password(out: dict[str, Any], sqlstate: bool = True) -> None:
     assert out["_exit_code"] == 1, out
     err = out["error"]
     assert_access_denied(err["errno"], err["message"], err["sqlState"] if sqlstate else None)
+
+
+def same_as_direct(run: Callable[..., dict[str, Any]], proxy: servers.ProxyProcess,
+                   db_server: servers.DbServer, scenario: str, table: str,
+                   **params: Any) -> dict[str, Any]:
+    """Runs ``scenario`` directly against the server and through pyproxy, each in its own
+    table; asserts the two saw the same and returns what the pyproxy run saw."""
+    direct = succeeded(run(db_server, scenario, table=f"{table}_d", **params))
+    proxied = succeeded(run(proxy, scenario, table=f"{table}_p", **params), proxy)
+    assert proxied == direct
+    return proxied
+
+
+class ScenarioTests:
+    """The shared scenarios as tests, for a driver run by a scenario program.
+
+    A driver module subclasses this as ``TestScenarios``, names it (``name``: the table
+    prefix) and gives :meth:`run`; the other attributes say what the driver does not show.
+    A subclass marks a case xfail by overriding its method and calling this one.
+    """
+
+    name = ""
+    #: The driver reports a multi-statement's update counts, not only its result sets.
+    multi_counts = True
+    #: The driver shows how many parameters the server announced for a prepared statement.
+    param_count = True
+    #: The driver passes on the SQLSTATE of a failed login.
+    sqlstate = True
+
+    def run(self, target: servers.DbServer | servers.ProxyProcess, scenario: str,
+            **params: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def table(self, what: str) -> str:
+        return unique_table(f"{self.name}_{what}")
+
+    def test_plain_queries(self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "plain", **plain_params(self.table("plain")))
+        check_plain(succeeded(out, proxy))
+
+    def test_commit_and_rollback_seen_from_second_connection(
+            self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "transaction", table=self.table("tx"))
+        assert succeeded(out, proxy) == TRANSACTION_EXPECTED
+
+    def test_multi_statements(self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "multi", **multi_params(self.table("multi")))
+        check_multi(succeeded(out, proxy), counts=self.multi_counts)
+
+    def test_load_data_local_infile(self, proxy: servers.ProxyProcess, tmp_path: Path,
+                                    db_server: servers.DbServer) -> None:
+        table = self.table("infile")
+        params, rows, total = infile_params(tmp_path, table)
+        out = self.run(proxy, "infile", **params)
+        check_infile(succeeded(out, proxy), db_server, table, rows, total)
+
+    def test_blob_larger_than_16_mib(self, proxy: servers.ProxyProcess,
+                                     db_server: servers.DbServer, tmp_path: Path) -> None:
+        """``options_file`` raises max_allowed_packet for drivers on libmariadb, which read
+        it from an option file's [client] group; the others ask the server or need none."""
+        table = self.table("blob")
+        options = tmp_path / "client.cnf"
+        options.write_text(f"[client]\nmax_allowed_packet={MAX_ALLOWED_PACKET}\n")
+        out = self.run(proxy, "blob", table=table, size=BLOB_SIZE, options_file=str(options))
+        check_blob(succeeded(out, proxy), db_server, table)
+
+    def test_prepared_statements(self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "prepared", **prepared_params(self.table("prep")))
+        check_prepared(succeeded(out, proxy), proxy, param_count=self.param_count)
+
+    def test_wrong_password(self, proxy: servers.ProxyProcess) -> None:
+        """1045, then pyproxy still serves the right password."""
+        out = self.run(proxy, "wrong_password", wrong_password=WRONG_PASSWORD)
+        check_wrong_password(out, sqlstate=self.sqlstate)
+        out = self.run(proxy, "transaction", table=self.table("after_denied"))
+        assert succeeded(out, proxy) == TRANSACTION_EXPECTED

@@ -94,58 +94,29 @@ def run(target: servers.DbServer | servers.ProxyProcess, scenario: str,
 
 
 @pytest.mark.usefixtures("bounded")
-class TestScenarios:
-    def test_plain_queries(self, proxy: servers.ProxyProcess) -> None:
-        out = run(proxy, "plain", **drivers.plain_params(drivers.unique_table("go_plain")))
-        drivers.check_plain(drivers.succeeded(out, proxy))
+class TestScenarios(drivers.ScenarioTests):
+    """database/sql shows only the results with rows of a multi-statement, and
+    go-sql-driver 1.5's MySQLError has no SQLSTATE."""
 
-    def test_commit_and_rollback_seen_from_second_connection(
-            self, proxy: servers.ProxyProcess) -> None:
-        out = run(proxy, "transaction", table=drivers.unique_table("go_tx"))
-        assert drivers.succeeded(out, proxy) == drivers.TRANSACTION_EXPECTED
+    name = "go"
+    multi_counts = False
+    sqlstate = False
 
-    def test_multi_statements(self, proxy: servers.ProxyProcess) -> None:
-        """``multiStatements=true``; database/sql shows only the results with rows."""
-        out = run(proxy, "multi", **drivers.multi_params(drivers.unique_table("go_multi")))
-        drivers.check_multi(drivers.succeeded(out, proxy), counts=False)
-
-    def test_load_data_local_infile(self, proxy: servers.ProxyProcess, tmp_path: Path,
-                                    db_server: servers.DbServer) -> None:
-        table = drivers.unique_table("go_infile")
-        params, rows, total = drivers.infile_params(tmp_path, table)
-        out = run(proxy, "infile", **params)
-        drivers.check_infile(drivers.succeeded(out, proxy), db_server, table, rows, total)
-
-    def test_blob_larger_than_16_mib(self, proxy: servers.ProxyProcess,
-                                     db_server: servers.DbServer) -> None:
-        table = drivers.unique_table("go_blob")
-        out = run(proxy, "blob", table=table, size=drivers.BLOB_SIZE)
-        drivers.check_blob(drivers.succeeded(out, proxy), db_server, table)
-
-    def test_prepared_statements(self, proxy: servers.ProxyProcess) -> None:
-        out = run(proxy, "prepared", **drivers.prepared_params(drivers.unique_table("go_prep")))
-        drivers.check_prepared(drivers.succeeded(out, proxy), proxy)
-
-    def test_wrong_password(self, proxy: servers.ProxyProcess) -> None:
-        """1045 and the message; go-sql-driver 1.5's MySQLError has no SQLSTATE."""
-        drivers.check_wrong_password(run(proxy, "wrong_password",
-                                         wrong_password=drivers.WRONG_PASSWORD), sqlstate=False)
-        out = run(proxy, "transaction", table=drivers.unique_table("go_after_denied"))
-        assert drivers.succeeded(out, proxy) == drivers.TRANSACTION_EXPECTED
+    def run(self, target: servers.DbServer | servers.ProxyProcess, scenario: str,
+            **params: Any) -> dict[str, Any]:
+        return run(target, scenario, **params)
 
     def test_batch_same_as_direct(self, proxy: servers.ProxyProcess,
                                   db_server: servers.DbServer) -> None:
         """database/sql has no batch API: a prepared INSERT per row in a transaction, a
         multi-row INSERT with interpolated parameters, several statements in one Exec, a
         duplicate key inside a transaction.  Same observations as directly."""
-        table = drivers.unique_table("go_batch")
-        direct = drivers.succeeded(run(db_server, "batch", table=f"{table}_d", rows=50))
-        proxied = drivers.succeeded(run(proxy, "batch", table=f"{table}_p", rows=50), proxy)
-        assert proxied == direct
-        assert proxied["prepared_affected"] == proxied["multi_row_affected"] == 50
-        assert proxied["duplicate_error"] == 1062
+        out = drivers.same_as_direct(run, proxy, db_server, "batch", self.table("batch"),
+                                     rows=50)
+        assert out["prepared_affected"] == out["multi_row_affected"] == 50
+        assert out["duplicate_error"] == 1062
         qty = [(i * 7919) % 1000 for i in range(1, 101)]
-        assert proxied["count_sum"] == [[100, str(sum(qty) + 3 - qty[-1]), "0"]]
+        assert out["count_sum"] == [[100, str(sum(qty) + 3 - qty[-1]), "0"]]
 
 
 # --- the driver's own suite -----------------------------------------------------------------

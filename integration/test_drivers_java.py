@@ -54,46 +54,15 @@ def run(target: servers.DbServer | servers.ProxyProcess, scenario: str,
     return drivers.run_program(program(), scenario, drivers.address(target), **params)
 
 
-def test_plain_queries(proxy: servers.ProxyProcess) -> None:
-    out = run(proxy, "plain", **drivers.plain_params(drivers.unique_table("java_plain")))
-    drivers.check_plain(drivers.succeeded(out, proxy))
+class TestScenarios(drivers.ScenarioTests):
+    """Statement for the text protocol, a PreparedStatement with useServerPrepStmts for the
+    binary one; allowMultiQueries, allowLocalInfile."""
 
+    name = "java"
 
-def test_commit_and_rollback_seen_from_second_connection(proxy: servers.ProxyProcess) -> None:
-    out = run(proxy, "transaction", table=drivers.unique_table("java_tx"))
-    assert drivers.succeeded(out, proxy) == drivers.TRANSACTION_EXPECTED
-
-
-def test_multi_statements(proxy: servers.ProxyProcess) -> None:
-    """``allowMultiQueries``: one COM_QUERY, every update count and result set in order."""
-    out = run(proxy, "multi", **drivers.multi_params(drivers.unique_table("java_multi")))
-    drivers.check_multi(drivers.succeeded(out, proxy))
-
-
-def test_load_data_local_infile(proxy: servers.ProxyProcess, tmp_path: Path,
-                                db_server: servers.DbServer) -> None:
-    table = drivers.unique_table("java_infile")
-    params, rows, total = drivers.infile_params(tmp_path, table)
-    out = run(proxy, "infile", **params)
-    drivers.check_infile(drivers.succeeded(out, proxy), db_server, table, rows, total)
-
-
-def test_blob_larger_than_16_mib(proxy: servers.ProxyProcess, db_server: servers.DbServer) -> None:
-    table = drivers.unique_table("java_blob")
-    out = run(proxy, "blob", table=table, size=drivers.BLOB_SIZE)
-    drivers.check_blob(drivers.succeeded(out, proxy), db_server, table)
-
-
-def test_prepared_statements(proxy: servers.ProxyProcess) -> None:
-    out = run(proxy, "prepared", **drivers.prepared_params(drivers.unique_table("java_prep")))
-    drivers.check_prepared(drivers.succeeded(out, proxy), proxy)
-
-
-def test_wrong_password(proxy: servers.ProxyProcess) -> None:
-    drivers.check_wrong_password(run(proxy, "wrong_password",
-                                     wrong_password=drivers.WRONG_PASSWORD))
-    out = run(proxy, "transaction", table=drivers.unique_table("java_after_denied"))
-    assert drivers.succeeded(out, proxy) == drivers.TRANSACTION_EXPECTED
+    def run(self, target: servers.DbServer | servers.ProxyProcess, scenario: str,
+            **params: Any) -> dict[str, Any]:
+        return run(target, scenario, **params)
 
 
 # --- JDBC batches ------------------------------------------------------------------------------
