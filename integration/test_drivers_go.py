@@ -25,11 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 
 from integration import drivers, servers
 from integration.drivers import bounded  # noqa: F401  (fixture)
+from integration.sqlalchemy_suite import suite
 
 DRIVER_DIR = Path("/usr/share/gocode/src/github.com/go-sql-driver/mysql")
 GOPATH = "/usr/share/gocode"
@@ -122,43 +122,32 @@ class TestScenarios(drivers.ScenarioTests):
 # --- the driver's own suite -----------------------------------------------------------------
 
 
-@attrs.frozen
-class SuiteRun:
-    """One run of the driver's suite: each test's (and subtest's) outcome."""
-
-    name: str
-    returncode: int
-    seconds: float
-    log_path: Path
-    results: dict[str, str]
-
-    def counts(self) -> collections.Counter[str]:
-        return collections.Counter(self.results.values())
-
-    def summary(self) -> str:
-        counts = self.counts()
-        parts = [f"{n} {status}" for status, n in sorted(counts.items())]
-        return f"{', '.join(parts) or 'no tests'} in {self.seconds:.1f}s (exit {self.returncode})"
-
-    def output(self, test: str, lines: int = 15) -> str:
-        """The test's own output lines, for a mismatch report."""
-        found = []
-        for event in _events(self.log_path):
-            if event.get("Test") == test and event.get("Action") == "output":
-                found.append(event.get("Output", "").rstrip("\n"))
-        return "\n".join(found[-lines:])
+#: test2json's actions, as the SQLAlchemy suite's comparison names outcomes.
+_STATUSES = {"pass": "passed", "fail": "failed", "skip": "skipped"}
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
+def read_results(log_path: Path) -> dict[str, suite.Outcome]:
+    """Each test's (and subtest's) outcome and output from ``go tool test2json`` events; a
+    test that started and never ended (a timeout, a crash) is an error."""
+    statuses: dict[str, str] = {}
+    outputs: dict[str, list[str]] = collections.defaultdict(list)
+    for line in log_path.read_text(errors="replace").splitlines():
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+        test = event.get("Test") if isinstance(event, dict) else None
+        if not test:
+            continue
+        action = event.get("Action")
+        if action == "output":
+            outputs[test].append(event.get("Output", ""))
+        elif action == "run":
+            statuses.setdefault(test, "error")
+        elif action in _STATUSES:
+            statuses[test] = _STATUSES[action]
+    return {test: suite.Outcome(status, "".join(outputs[test]))
+            for test, status in statuses.items()}
 
 
 @functools.cache
@@ -179,39 +168,40 @@ def suite_binary() -> Path:
                                 build) / "mysql.test"
 
 
-def start_suite(name: str, host: str, port: int, database: str,
-                work: Path) -> Callable[[], SuiteRun]:
-    """Starts the suite against ``host:port``; returns a function that waits for the run to
-    end and reads its outcomes (``go tool test2json`` events in ``work/NAME.jsonl``)."""
-    log_path = work / f"{name}.jsonl"
-    env = go_env(MYSQL_TEST_USER=SUITE_USER, MYSQL_TEST_PASS=SUITE_PASSWORD,
-                 MYSQL_TEST_PROT="tcp", MYSQL_TEST_ADDR=f"{host}:{port}",
-                 MYSQL_TEST_DBNAME=database)
-    cmd = ["go", "tool", "test2json", "-t", "-p", "github.com/go-sql-driver/mysql",
-           str(suite_binary()), "-test.v", "-test.count=1", f"-test.timeout={SUITE_TIMEOUT}s"]
-    started = time.monotonic()
-    log = open(log_path, "wb")  # noqa: SIM115 - closed by wait()
-    process = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=subprocess.STDOUT)
+class SuiteProcess:
+    """The suite running against ``host:port``, its ``go tool test2json`` events going to
+    ``work/NAME.jsonl``."""
 
-    def wait() -> SuiteRun:
+    def __init__(self, name: str, host: str, port: int, database: str, work: Path) -> None:
+        self.name = name
+        self.target = f"{host}:{port}/{database}"
+        self.log_path = work / f"{name}.jsonl"
+        env = go_env(MYSQL_TEST_USER=SUITE_USER, MYSQL_TEST_PASS=SUITE_PASSWORD,
+                     MYSQL_TEST_PROT="tcp", MYSQL_TEST_ADDR=f"{host}:{port}",
+                     MYSQL_TEST_DBNAME=database)
+        cmd = ["go", "tool", "test2json", "-t", "-p", "github.com/go-sql-driver/mysql",
+               str(suite_binary()), "-test.v", "-test.count=1",
+               f"-test.timeout={SUITE_TIMEOUT}s"]
+        self.started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self) -> suite.SuiteRun:
+        """Waits for the run to end (killed past SUITE_TIMEOUT + 30 s); its outcomes."""
         try:
-            returncode = process.wait(SUITE_TIMEOUT + 30)
+            returncode = self.process.wait(SUITE_TIMEOUT + 30)
         except subprocess.TimeoutExpired:
-            process.kill()
-            returncode = process.wait()
-        finally:
-            log.close()
-        results: dict[str, str] = {}
-        for event in _events(log_path):
-            test, action = event.get("Test"), event.get("Action")
-            if test and action == "run":
-                results.setdefault(test, "unfinished")
-            elif test and action in ("pass", "fail", "skip"):
-                results[test] = action
-        return SuiteRun(name, returncode, time.monotonic() - started, log_path, results)
+            self.stop()
+            returncode = self.process.returncode
+        return suite.SuiteRun(self.name, self.target, returncode,
+                              time.monotonic() - self.started, self.log_path, self.log_path,
+                              read_results(self.log_path))
 
-    return wait
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def test_driver_suite_same_through_pyproxy(
@@ -226,29 +216,28 @@ def test_driver_suite_same_through_pyproxy(
     for database in databases.values():
         drivers.admin_query(db_server, f"DROP DATABASE IF EXISTS {database}")
         drivers.admin_query(db_server, f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    running: list[SuiteProcess] = []
     try:
         # Both at once, each in its own database: the suite mostly sleeps.
-        waiting = [start_suite("direct", db_server.host, db_server.port, databases["direct"],
-                               tmp_path),
-                   start_suite("pyproxy", proxy.host, proxy.port, databases["pyproxy"],
-                               tmp_path)]
-        direct, proxied = (wait() for wait in waiting)
+        for name, target in (("direct", db_server), ("pyproxy", proxy)):
+            running.append(SuiteProcess(name, target.host, target.port, databases[name],
+                                        tmp_path))
+        direct, proxied = (process.wait() for process in running)
     finally:
+        for process in running:
+            process.stop()
         for database in databases.values():
             drivers.admin_query(db_server, f"DROP DATABASE IF EXISTS {database}")
-    not_passed = {test: status for test, status in direct.results.items() if status != "pass"}
+    failing = {test: outcome.status for test, outcome in direct.results.items()
+               if outcome.status != "passed"}
     print(f"go-sql-driver suite directly: {direct.summary()}\n"
           f"go-sql-driver suite through pyproxy: {proxied.summary()}\n"
-          f"not passing directly: {not_passed}")
+          f"not passing directly: {failing}")
     counts = direct.counts()
-    assert counts["pass"] >= 100 and counts["pass"] >= MIN_DIRECT_PASS_RATE * len(direct.results), (
-        f"the direct run is no baseline: {direct.summary()}; see {direct.log_path}")
+    assert counts["passed"] >= 100 and counts["passed"] >= MIN_DIRECT_PASS_RATE * len(
+        direct.results), f"the direct run is no baseline: {direct.summary()}; see {direct.log_path}"
     assert '"client_connected"' in proxy.log_text(), "the suite never connected through pyproxy"
-    differences = [test for test in sorted(direct.results.keys() | proxied.results.keys())
-                   if direct.results.get(test) != proxied.results.get(test)]
-    report = [f"{test}: directly {direct.results.get(test, 'not run')}, through pyproxy "
-              f"{proxied.results.get(test, 'not run')}\n  directly:\n{direct.output(test)}\n"
-              f"  through pyproxy:\n{proxied.output(test)}" for test in differences[:20]]
-    assert not differences, (f"{len(differences)} test(s) differ; directly {direct.summary()}, "
-                             f"through pyproxy {proxied.summary()}; pyproxy log "
-                             f"{proxy.log_path}\n" + "\n".join(report))
+    differences = suite.compare(direct, proxied)
+    assert not differences, (
+        suite.mismatch_report(direct, proxied, differences, "go-sql-driver's suite")
+        + f"\npyproxy log {proxy.log_path}")
