@@ -5,7 +5,9 @@ Every driver module runs the same scenarios against a pyproxy started in front o
 from a second connection, multi-statements, LOAD DATA LOCAL INFILE, a BLOB larger than one
 16 MiB protocol packet, server-side prepared statements and a wrong password.  This module holds
 what those modules share: the proxy fixture plumbing, the sample data and its expected values,
-and small runners for the ``mariadb`` command-line client and the Node scripts.
+a runner for the ``mariadb`` command-line client, and for the drivers driven by a program of
+their own language (Node, Java, Go, PHP, Ruby: ``integration/<language>/``) the program
+runner, a build cache, each scenario's parameters and checks, and :class:`ScenarioTests`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import pytest
 
 from integration import servers
+from integration.sqlalchemy_suite import suite
 from pyproxy.sandbox import child_env
 
 APP_USER = servers.APP_USER
@@ -395,20 +398,15 @@ def drivers_log_tail(proxy: servers.ProxyProcess) -> str:
     return log_tail(proxy)
 
 
-def cache_root() -> Path:
-    """Where builds of the scenario programs are kept between test runs."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pyproxy-tests"
-
-
 def cached_build(name: str, inputs: Sequence[Path], tools: str,
                  build: Callable[[Path], None]) -> Path:
     """The folder ``build(folder)`` filled, made once per content of ``inputs`` and ``tools``
-    (the compiler's and library's versions) and kept under :func:`cache_root`."""
+    (the compiler's and library's versions) and kept in the tests' cache folder
+    (``~/.cache/pyproxy-tests``, shared with the SQLAlchemy suite's download)."""
     digest = hashlib.sha256(tools.encode())
     for path in inputs:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    target = cache_root() / f"{name}-{digest.hexdigest()[:16]}"
+    target = suite.cache_dir() / f"{name}-{digest.hexdigest()[:16]}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

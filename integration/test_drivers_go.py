@@ -56,7 +56,7 @@ pytestmark = [
 
 def go_env(**more: str) -> dict[str, str]:
     """Offline, with a build cache of our own; GOPATH mode unless ``more`` says otherwise."""
-    cache = drivers.cache_root()
+    cache = suite.cache_dir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO")}
     env.update({"GO111MODULE": "off", "GOPATH": GOPATH, "GOFLAGS": "", "GOPROXY": "off",
                 "GOTOOLCHAIN": "local", "GOTELEMETRY": "off",
