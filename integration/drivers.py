@@ -361,8 +361,7 @@ def address(server: servers.DbServer | servers.ProxyProcess, user: str = APP_USE
 
 
 def run_program(cmd: Sequence[str], scenario: str, config: dict[str, Any],
-                cwd: Path | None = None, timeout: float = 60,
-                env: dict[str, str] | None = None, **params: Any) -> dict[str, Any]:
+                cwd: Path | None = None, timeout: float = 60, **params: Any) -> dict[str, Any]:
     """Runs ``CMD SCENARIO CONFIG_JSON`` and returns the JSON object its stdout ends with,
     plus ``_exit_code`` and ``_stderr``.
 
@@ -370,8 +369,7 @@ def run_program(cmd: Sequence[str], scenario: str, config: dict[str, Any],
     to read its arguments.
     """
     result = subprocess.run([*cmd, scenario, json.dumps({**config, **params})], cwd=cwd,
-                            capture_output=True, timeout=timeout, check=False,
-                            env=env if env is not None else child_env())
+                            capture_output=True, timeout=timeout, check=False, env=child_env())
     stdout = result.stdout.decode("utf-8", "replace").strip()
     stderr = result.stderr.decode("utf-8", "replace").strip()
     try:
@@ -390,12 +388,8 @@ def run_program(cmd: Sequence[str], scenario: str, config: dict[str, Any],
 def succeeded(out: dict[str, Any], proxy: servers.ProxyProcess | None = None) -> dict[str, Any]:
     """``out`` without its ``_`` keys, once sure the scenario ran to the end."""
     assert "error" not in out and out["_exit_code"] == 0, (
-        out, drivers_log_tail(proxy) if proxy is not None else "")
+        out, log_tail(proxy) if proxy is not None else "")
     return {k: v for k, v in out.items() if not k.startswith("_")}
-
-
-def drivers_log_tail(proxy: servers.ProxyProcess) -> str:
-    return log_tail(proxy)
 
 
 def cached_build(name: str, inputs: Sequence[Path], tools: str,
@@ -470,11 +464,10 @@ def plain_params(table: str) -> dict[str, Any]:
             "by_name": f"SELECT id, name FROM {table} WHERE name = ?", "emoji": EMOJI_TEXT}
 
 
-def check_plain(out: dict[str, Any], binary: bool = True) -> None:
-    """``*_query`` came through the text protocol, ``*_execute`` and ``by_name`` (unless the
-    driver has no ``binary`` protocol) through server-side prepared statements."""
-    hows = ("query", "execute") if binary else ("query",)
-    for how in hows:
+def check_plain(out: dict[str, Any]) -> None:
+    """``*_query`` came through the text protocol, ``*_execute`` and ``by_name`` through
+    server-side prepared statements."""
+    for how in ("query", "execute"):
         assert from_json_rows(out[f"literal_{how}"], [LITERAL_EXPECTED]) == [LITERAL_EXPECTED], how
         assert from_json_rows(out[f"table_{how}"], SAMPLE_ROWS) == SAMPLE_ROWS, how
     assert out["by_name"] == [[2, EMOJI_TEXT]]
@@ -521,17 +514,16 @@ def check_infile(out: dict[str, Any], db_server: servers.DbServer, table: str, r
     assert admin_scalar(db_server, f"SELECT COUNT(*) FROM {table}") == rows
 
 
-def check_blob(out: dict[str, Any], db_server: servers.DbServer, table: str,
-               hows: Sequence[str] = ("query", "execute")) -> None:
+def check_blob(out: dict[str, Any], db_server: servers.DbServer, table: str) -> None:
     """Rows 1 (written through the text protocol) and 2 (binary) hold the program's random
-    BLOB_SIZE bytes, and each read back whole every way in ``hows``."""
+    BLOB_SIZE bytes, and each read back whole through both protocols."""
     assert out["length"] == BLOB_SIZE
     for row_id in (1, 2):
         stored = admin_query(
             db_server, f"SELECT LENGTH(data), SHA2(data, 256) FROM {table} WHERE id = %s",
             (row_id,))[0]
         assert stored == (BLOB_SIZE, out["sha256"]), f"row {row_id} stored wrongly"
-        for how in hows:
+        for how in ("query", "execute"):
             assert out[f"{how}_{row_id}_length"] == BLOB_SIZE, (how, row_id)
             assert out[f"{how}_{row_id}_equal"] is True, (how, row_id)
     assert out["after"] == 1

@@ -37,7 +37,8 @@ SCENARIO = Path(__file__).resolve().parent / "go" / "scenario.go"
 #: Test files of the package left out of the suite, and why.
 EXCLUDED_TEST_FILES = {"connector_test.go": "dials 1.1.1.1:1234 (a public address)"}
 #: Bounds on the suite: Go's own -test.timeout (a panic with every goroutine's stack), then
-#: the process's.  One run takes about 40 s on 2 cores, mostly sleeps in the tests.
+#: the process's.  One run takes about 40 s alone on 2 cores (mostly sleeps in the tests), a
+#: minute when both run at once.
 SUITE_TIMEOUT = 240
 #: Share of the tests the direct run must pass, so that two equally broken runs (a bad set-up,
 #: an unreachable server) cannot count as agreement.
