@@ -60,6 +60,13 @@ class TestScenarios(drivers.ScenarioTests):
         return drivers.run_program(COMMAND, scenario,
                                    {**drivers.address(target), "api": self.api}, **params)
 
+    @pytest.mark.xfail(strict=True, reason=drivers.INFILE_EXECUTE_REASON)
+    def test_load_data_local_infile_prepared(self, proxy: servers.ProxyProcess, tmp_path: Path,
+                                             db_server: servers.DbServer) -> None:
+        """The LOAD DATA statement prepared on the server (COM_STMT_PREPARE), then executed:
+        the server's LOCAL INFILE request comes in the reply to COM_STMT_EXECUTE."""
+        self.load_data(proxy, tmp_path, db_server, prepared=True)
+
     @pytest.mark.xfail(strict=True, reason=INFO_LENGTH_REASON)
     def test_multi_statements(self, proxy: servers.ProxyProcess) -> None:
         """mysqli::multi_query() (which turns multi-statements on with COM_SET_OPTION),

@@ -29,6 +29,13 @@ class TestScenarios(drivers.ScenarioTests):
         return drivers.run_program(["ruby", str(SCRIPT)], scenario, drivers.address(target),
                                    **params)
 
+    @pytest.mark.xfail(strict=True, reason=drivers.INFILE_EXECUTE_REASON)
+    def test_load_data_local_infile_prepared(self, proxy: servers.ProxyProcess, tmp_path: Path,
+                                             db_server: servers.DbServer) -> None:
+        """The LOAD DATA statement prepared on the server (COM_STMT_PREPARE), then executed:
+        the server's LOCAL INFILE request comes in the reply to COM_STMT_EXECUTE."""
+        self.load_data(proxy, tmp_path, db_server, prepared=True)
+
     def test_batch_same_as_direct(self, proxy: servers.ProxyProcess,
                                   db_server: servers.DbServer) -> None:
         """mysql2 has no batch call: a prepared INSERT per row in a transaction, several

@@ -323,10 +323,11 @@ $scenarios = [
         return ['results' => $db->multi($c['sql']), 'after' => $db->query($c['after'])];
     },
 
+    // LOAD DATA LOCAL INFILE in a COM_QUERY, or with "prepared" as a prepared statement.
     'infile' => function (array $c): array {
-        $db = connect(['infile' => true]);
+        $db = connect(['infile' => true, 'binary' => !empty($c['prepared'])]);
         $db->exec($c['ddl']);
-        $affected = $db->exec($c['load']);
+        $affected = empty($c['prepared']) ? $db->exec($c['load']) : $db->prepare($c['load'])->run();
         return ['affectedRows' => $affected,
                 'count_sum' => $db->query("SELECT COUNT(*), SUM(qty) FROM {$c['table']}")[0]];
     },

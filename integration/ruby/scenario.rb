@@ -113,11 +113,19 @@ SCENARIOS = {
     { 'results' => multi(client, c['sql']), 'after' => query(client, c['after']) }
   end,
 
+  # LOAD DATA LOCAL INFILE in a COM_QUERY, or with "prepared" as a prepared statement.
   'infile' => lambda do |c|
     client = connect(local_infile: true)
     client.query(c['ddl'])
-    client.query(c['load'])
-    { 'affectedRows' => client.affected_rows,
+    if c['prepared']
+      stmt = client.prepare(c['load'])
+      stmt.execute
+      affected = stmt.affected_rows
+    else
+      client.query(c['load'])
+      affected = client.affected_rows
+    end
+    { 'affectedRows' => affected,
       'count_sum' => query(client, "SELECT COUNT(*), SUM(qty) FROM #{c['table']}").first }
   end,
 
