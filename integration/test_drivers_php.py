@@ -18,8 +18,6 @@ from integration import drivers, servers
 from integration.drivers import bounded  # noqa: F401  (fixture)
 
 SCRIPT = Path(__file__).resolve().parent / "php" / "scenario.php"
-
-
 MISSING = drivers.unusable(
     ["php", "-r", "exit(extension_loaded('mysqli') && extension_loaded('pdo_mysql') ? 0 : 1);"],
     "php-cli and php-mysql")
