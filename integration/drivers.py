@@ -5,7 +5,9 @@ Every driver module runs the same scenarios against a pyproxy started in front o
 from a second connection, multi-statements, LOAD DATA LOCAL INFILE, a BLOB larger than one
 16 MiB protocol packet, server-side prepared statements and a wrong password.  This module holds
 what those modules share: the proxy fixture plumbing, the sample data and its expected values,
-and small runners for the ``mariadb`` command-line client and the Node scripts.
+a runner for the ``mariadb`` command-line client, and for the drivers driven by a program of
+their own language (Node, Java, Go, PHP, Ruby: ``integration/<language>/``) the program
+runner, a build cache, each scenario's parameters and checks, and :class:`ScenarioTests`.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from integration import servers
+from integration.sqlalchemy_suite import suite
 from pyproxy.sandbox import child_env
 
 APP_USER = servers.APP_USER
@@ -316,19 +320,56 @@ def have_mysql2() -> bool:
 
 def run_node(proxy: servers.ProxyProcess, scenario: str, timeout: float = 60,
              **params: Any) -> dict[str, Any]:
-    """Runs ``integration/node/scenario.js SCENARIO PARAMS_JSON`` and returns its JSON output.
-
-    The script prints one JSON object: the scenario's observations, or ``{"error": {...}}``
-    with mysql2's ``code``, ``errno``, ``sqlState`` and ``message`` when something threw.
-    """
+    """Runs ``integration/node/scenario.js SCENARIO PARAMS_JSON`` and returns its JSON output
+    (see :func:`run_program`); errors carry mysql2's ``code``, ``errno``, ``sqlState`` and
+    ``message``."""
     node = node_program()
     assert node is not None
-    config = {"host": proxy.host, "port": proxy.port, "user": APP_USER, "password": APP_PASSWORD,
-              "database": APP_DATABASE}
-    config.update(params)
-    result = subprocess.run([node, str(NODE_SCRIPT), scenario, json.dumps(config)],
-                            cwd=NODE_DIR, capture_output=True, timeout=timeout, check=False,
-                            env=child_env())
+    return run_program([node, str(NODE_SCRIPT)], scenario, address(proxy), cwd=NODE_DIR,
+                       timeout=timeout, **params)
+
+
+# --- scenario programs: one process per scenario, JSON in, JSON out ----------------------------
+#
+# The Node, Java, Go, PHP and Ruby drivers are driven by a program per language
+# (integration/<language>/), called as ``PROGRAM SCENARIO CONFIG_JSON``.  The config holds
+# ``host``, ``port``, ``user``, ``password``, ``database`` and the scenario's parameters (the
+# ``*_params`` functions below); the program prints one JSON object on its last stdout line,
+# or ``{"error": {"errno", "sqlState", "message"}}`` and exits 1 when the driver threw.
+# Values come back JSON-safe: DECIMAL as its text, DATETIME as "YYYY-MM-DD HH:MM:SS", a byte
+# string as ``{"buffer_length", "sha256"}``; the ``check_*`` functions compare them.
+
+
+def unusable(probe: Sequence[str], packages: str) -> str | None:
+    """Why a driver cannot run here (a skip reason), or None: ``probe`` is a command that
+    exits 0 when the driver loads; ``packages`` are what scripts/install-deps installs."""
+    hint = f"(scripts/install-deps installs {packages})"
+    if shutil.which(probe[0]) is None:
+        return f"{probe[0]} is not installed {hint}"
+    result = subprocess.run(list(probe), capture_output=True, timeout=60, check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).decode(errors="replace").strip()
+        return f"{' '.join(probe)} failed {hint}: {output[-300:]}"
+    return None
+
+
+def address(server: servers.DbServer | servers.ProxyProcess, user: str = APP_USER,
+            password: str = APP_PASSWORD, database: str = APP_DATABASE) -> dict[str, Any]:
+    """The connection part of a scenario config: pyproxy, or the server itself to compare."""
+    return {"host": server.host, "port": server.port, "user": user, "password": password,
+            "database": database}
+
+
+def run_program(cmd: Sequence[str], scenario: str, config: dict[str, Any],
+                cwd: Path | None = None, timeout: float = 60, **params: Any) -> dict[str, Any]:
+    """Runs ``CMD SCENARIO CONFIG_JSON`` and returns the JSON object its stdout ends with,
+    plus ``_exit_code`` and ``_stderr``.
+
+    The config is ASCII-only JSON (non-ASCII escaped), so no program depends on the locale
+    to read its arguments.
+    """
+    result = subprocess.run([*cmd, scenario, json.dumps({**config, **params})], cwd=cwd,
+                            capture_output=True, timeout=timeout, check=False, env=child_env())
     stdout = result.stdout.decode("utf-8", "replace").strip()
     stderr = result.stderr.decode("utf-8", "replace").strip()
     try:
@@ -336,8 +377,277 @@ def run_node(proxy: servers.ProxyProcess, scenario: str, timeout: float = 60,
     except ValueError:
         out = None
     if not isinstance(out, dict):
-        raise AssertionError(f"node {scenario} exited {result.returncode} without JSON; "
-                             f"stdout: {stdout[-2000:]!r}; stderr: {stderr[-2000:]!r}")
+        raise AssertionError(f"{Path(cmd[-1]).name} {scenario} exited {result.returncode} "
+                             f"without JSON; stdout: {stdout[-2000:]!r}; "
+                             f"stderr: {stderr[-2000:]!r}")
     out["_exit_code"] = result.returncode
     out["_stderr"] = stderr
     return out
+
+
+def succeeded(out: dict[str, Any], proxy: servers.ProxyProcess | None = None) -> dict[str, Any]:
+    """``out`` without its ``_`` keys, once sure the scenario ran to the end."""
+    assert "error" not in out and out["_exit_code"] == 0, (
+        out, log_tail(proxy) if proxy is not None else "")
+    return {k: v for k, v in out.items() if not k.startswith("_")}
+
+
+def cached_build(name: str, inputs: Sequence[Path], tools: str,
+                 build: Callable[[Path], None]) -> Path:
+    """The folder ``build(folder)`` filled, made once per content of ``inputs`` and ``tools``
+    (the compiler's and library's versions) and kept in the tests' cache folder
+    (``~/.cache/pyproxy-tests``, shared with the SQLAlchemy suite's download)."""
+    digest = hashlib.sha256(tools.encode())
+    for path in inputs:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    target = suite.cache_dir() / f"{name}-{digest.hexdigest()[:16]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-building-", dir=target.parent))
+    try:
+        build(work)
+        try:
+            work.rename(target)  # atomic: a concurrent run sees all or nothing
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def run_build(cmd: Sequence[str], timeout: float = 300, **kwargs: Any) -> None:
+    """Runs a compiler; its output is the assertion message when it fails."""
+    result = subprocess.run(list(cmd), capture_output=True, timeout=timeout, check=False,
+                            **kwargs)
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))} exited {result.returncode}:\n"
+        + (result.stdout + result.stderr).decode(errors="replace")[-4000:])
+
+
+def as_json(value: Any) -> Any:
+    """The JSON form a scenario program gives ``value``: DECIMAL and DATETIME as text."""
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=" ")
+    return value
+
+
+def json_rows(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    return [[as_json(v) for v in row] for row in rows]
+
+
+def from_json_rows(rows: Sequence[Sequence[Any]],
+                   like: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """``rows`` as a program printed them, read back as Python values of the types ``like``
+    (the expected rows) has: DECIMAL by value (Ruby prints 0.0000 as 0.0), DATETIME parsed.
+    Other values stay as they are: an integer printed as a string still differs."""
+    def read(value: Any, model: Any) -> Any:
+        if isinstance(value, str) and isinstance(model, decimal.Decimal):
+            return decimal.Decimal(value)
+        if isinstance(value, str) and isinstance(model, datetime.datetime):
+            return datetime.datetime.fromisoformat(value)
+        return value
+
+    assert len(rows) == len(like), (rows, like)
+    return [tuple(read(v, m) for v, m in zip(row, model, strict=True))
+            for row, model in zip(rows, like, strict=True)]
+
+
+def plain_params(table: str) -> dict[str, Any]:
+    """Literal types, then the sample table written with parameters and read back."""
+    return {"literal_sql": LITERAL_SELECT, "ddl": SAMPLE_DDL.format(table=table),
+            "insert": sample_insert(table, "?"), "rows": json_rows(SAMPLE_ROWS),
+            "select": SAMPLE_SELECT.format(table=table),
+            "by_name": f"SELECT id, name FROM {table} WHERE name = ?", "emoji": EMOJI_TEXT}
+
+
+def check_plain(out: dict[str, Any]) -> None:
+    """``*_query`` came through the text protocol, ``*_execute`` and ``by_name`` through
+    server-side prepared statements."""
+    for how in ("query", "execute"):
+        assert from_json_rows(out[f"literal_{how}"], [LITERAL_EXPECTED]) == [LITERAL_EXPECTED], how
+        assert from_json_rows(out[f"table_{how}"], SAMPLE_ROWS) == SAMPLE_ROWS, how
+    assert out["by_name"] == [[2, EMOJI_TEXT]]
+
+
+#: What the ``transaction`` scenario sees: a writer commits one row and rolls back another,
+#: a second connection counts the rows as it goes.
+TRANSACTION_EXPECTED = {
+    "reader_during_commit_tx": 0,
+    "reader_after_commit": 1,
+    "writer_inside_rollback_tx": 2,
+    "reader_during_rollback_tx": 1,
+    "writer_after_rollback": 1,
+    "reader_rows": [[1, "committed"]],
+}
+
+
+def multi_params(table: str) -> dict[str, Any]:
+    return {"sql": multi_statement_sql(table),
+            "after": f"SELECT GROUP_CONCAT(v ORDER BY id) FROM {table}"}
+
+
+def check_multi(out: dict[str, Any], counts: bool = True) -> None:
+    """Every result of :func:`multi_statement_sql` in order: ``{"rows": [...]}`` or
+    ``{"affectedRows": n}``; without ``counts`` the driver reports only the result sets."""
+    got = [tuple(map(tuple, r["rows"])) if "rows" in r else r["affectedRows"]
+           for r in out["results"]]
+    expected = [r for r in MULTI_STATEMENT_RESULTS if counts or not isinstance(r, int)]
+    assert got == expected
+    assert out["after"] == [["a,c"]]
+
+
+def infile_params(directory: Path, table: str) -> tuple[dict[str, Any], int, int]:
+    """The ``infile`` scenario's parameters, the file's row count and SUM(qty)."""
+    path, rows, total = write_infile(directory)
+    return ({"table": table, "file": str(path), "ddl": INFILE_DDL.format(table=table),
+             "load": load_data_sql(path, table)}, rows, total)
+
+
+def check_infile(out: dict[str, Any], db_server: servers.DbServer, table: str, rows: int,
+                 total: int) -> None:
+    assert out["affectedRows"] == rows
+    assert [int(v) for v in out["count_sum"]] == [rows, total]
+    assert admin_scalar(db_server, f"SELECT COUNT(*) FROM {table}") == rows
+
+
+def check_blob(out: dict[str, Any], db_server: servers.DbServer, table: str) -> None:
+    """Rows 1 (written through the text protocol) and 2 (binary) hold the program's random
+    BLOB_SIZE bytes, and each read back whole through both protocols."""
+    assert out["length"] == BLOB_SIZE
+    for row_id in (1, 2):
+        stored = admin_query(
+            db_server, f"SELECT LENGTH(data), SHA2(data, 256) FROM {table} WHERE id = %s",
+            (row_id,))[0]
+        assert stored == (BLOB_SIZE, out["sha256"]), f"row {row_id} stored wrongly"
+        for how in ("query", "execute"):
+            assert out[f"{how}_{row_id}_length"] == BLOB_SIZE, (how, row_id)
+            assert out[f"{how}_{row_id}_equal"] is True, (how, row_id)
+    assert out["after"] == 1
+
+
+def prepared_params(table: str) -> dict[str, Any]:
+    return {"table": table, "ddl": SAMPLE_DDL.format(table=table),
+            "insert": sample_insert(table, "?"), "rows": json_rows(SAMPLE_ROWS),
+            "select_from": (f"SELECT id, name, amount, created, note, score FROM {table} "
+                            "WHERE id >= ? ORDER BY id"),
+            "emoji": EMOJI_TEXT}
+
+
+def check_prepared(out: dict[str, Any], proxy: servers.ProxyProcess,
+                   param_count: bool = True) -> None:
+    """Executions of one statement with another client served in between, parameter
+    metadata (unless the driver does not show it), NULL and utf8mb4 parameters; no session
+    pinned for them."""
+    assert [e["low"] for e in out["executions"]] == [1, 3, 2]
+    for execution in out["executions"]:
+        expected = [r for r in SAMPLE_ROWS if r[0] >= execution["low"]]
+        assert from_json_rows(execution["rows"], expected) == expected, execution["low"]
+        assert execution["other_count"] == len(SAMPLE_ROWS)
+    assert out["param_count"] == (3 if param_count else None)
+    assert out["explicit"] == [[None, EMOJI_TEXT, 7], ["x", "y", 8]]
+    assert out["after"] == 2
+    pins = log_events(proxy, "session_pinned")
+    assert not any("prepared" in str(p.get("reason")) or "cursor" in str(p.get("reason"))
+                   for p in pins), log_tail(proxy)
+
+
+def check_wrong_password(out: dict[str, Any], sqlstate: bool = True) -> None:
+    """1045 with its message, and SQLSTATE 28000 unless the driver does not pass on the
+    server's (``sqlstate`` false)."""
+    assert out["_exit_code"] == 1, out
+    err = out["error"]
+    assert_access_denied(err["errno"], err["message"], err["sqlState"] if sqlstate else None)
+
+
+#: Why LOAD DATA LOCAL INFILE as a prepared statement fails through pyproxy.
+INFILE_EXECUTE_REASON = (
+    "ResponseTracker._whole (pyproxy/wire/response_tracker.py) takes a first packet 0xFB for "
+    "a LOCAL INFILE request only in the reply to a COM_QUERY (Reply.RESULT); in the reply to "
+    "COM_STMT_EXECUTE it reads it as a column count, Reader.lenenc_int raises 'protocol "
+    "violation: 0xfb does not start a length-encoded integer' and the client loses its "
+    "connection (2013).  Directly the server asks for the file and the driver sends it")
+
+
+def same_as_direct(run: Callable[..., dict[str, Any]], proxy: servers.ProxyProcess,
+                   db_server: servers.DbServer, scenario: str, table: str,
+                   **params: Any) -> dict[str, Any]:
+    """Runs ``scenario`` directly against the server and through pyproxy, each in its own
+    table; asserts the two saw the same and returns what the pyproxy run saw."""
+    direct = succeeded(run(db_server, scenario, table=f"{table}_d", **params))
+    proxied = succeeded(run(proxy, scenario, table=f"{table}_p", **params), proxy)
+    assert proxied == direct
+    return proxied
+
+
+class ScenarioTests:
+    """The shared scenarios as tests, for a driver run by a scenario program.
+
+    A driver module subclasses this as ``TestScenarios``, names it (``name``: the table
+    prefix) and gives :meth:`run`; the other attributes say what the driver does not show.
+    A subclass marks a case xfail by overriding its method and calling this one.
+    """
+
+    name = ""
+    #: The driver reports a multi-statement's update counts, not only its result sets.
+    multi_counts = True
+    #: The driver shows how many parameters the server announced for a prepared statement.
+    param_count = True
+    #: The driver passes on the SQLSTATE of a failed login.
+    sqlstate = True
+
+    def run(self, target: servers.DbServer | servers.ProxyProcess, scenario: str,
+            **params: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def table(self, what: str) -> str:
+        return unique_table(f"{self.name}_{what}")
+
+    def test_plain_queries(self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "plain", **plain_params(self.table("plain")))
+        check_plain(succeeded(out, proxy))
+
+    def test_commit_and_rollback_seen_from_second_connection(
+            self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "transaction", table=self.table("tx"))
+        assert succeeded(out, proxy) == TRANSACTION_EXPECTED
+
+    def test_multi_statements(self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "multi", **multi_params(self.table("multi")))
+        check_multi(succeeded(out, proxy), counts=self.multi_counts)
+
+    def test_load_data_local_infile(self, proxy: servers.ProxyProcess, tmp_path: Path,
+                                    db_server: servers.DbServer) -> None:
+        self.load_data(proxy, tmp_path, db_server)
+
+    def load_data(self, proxy: servers.ProxyProcess, directory: Path,
+                  db_server: servers.DbServer, **more: Any) -> None:
+        """The ``infile`` scenario; ``more`` parameters say how (``prepared=True``)."""
+        table = self.table("infile")
+        params, rows, total = infile_params(directory, table)
+        out = self.run(proxy, "infile", **params, **more)
+        check_infile(succeeded(out, proxy), db_server, table, rows, total)
+
+    def test_blob_larger_than_16_mib(self, proxy: servers.ProxyProcess,
+                                     db_server: servers.DbServer, tmp_path: Path) -> None:
+        """``options_file`` raises max_allowed_packet for drivers on libmariadb, which read
+        it from an option file's [client] group; the others ask the server or need none."""
+        table = self.table("blob")
+        options = tmp_path / "client.cnf"
+        options.write_text(f"[client]\nmax_allowed_packet={MAX_ALLOWED_PACKET}\n")
+        out = self.run(proxy, "blob", table=table, size=BLOB_SIZE, options_file=str(options))
+        check_blob(succeeded(out, proxy), db_server, table)
+
+    def test_prepared_statements(self, proxy: servers.ProxyProcess) -> None:
+        out = self.run(proxy, "prepared", **prepared_params(self.table("prep")))
+        check_prepared(succeeded(out, proxy), proxy, param_count=self.param_count)
+
+    def test_wrong_password(self, proxy: servers.ProxyProcess) -> None:
+        """1045, then pyproxy still serves the right password."""
+        out = self.run(proxy, "wrong_password", wrong_password=WRONG_PASSWORD)
+        check_wrong_password(out, sqlstate=self.sqlstate)
+        out = self.run(proxy, "transaction", table=self.table("after_denied"))
+        assert succeeded(out, proxy) == TRANSACTION_EXPECTED

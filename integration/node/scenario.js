@@ -52,7 +52,7 @@ function plain(value) {
 // What a multi-statement/any query() result looks like, per result set.
 function describe(result) {
   if (Array.isArray(result)) return { rows: plain(result) };
-  return { affectedRows: result.affectedRows, serverStatus: result.serverStatus };
+  return { affectedRows: result.affectedRows };
 }
 
 const LITERAL_SQL = config.literal_sql;
@@ -112,7 +112,7 @@ const scenarios = {
   async multi() {
     const conn = await connect({ multipleStatements: true });
     try {
-      const [results] = await conn.query(config.sql);
+      const [results] = await conn.query({ sql: config.sql, rowsAsArray: true });
       const [after] = await conn.query({ sql: config.after, rowsAsArray: true });
       return { results: results.map(describe), after: plain(after) };
     } finally {

@@ -361,12 +361,13 @@ def compare(first: SuiteRun, second: SuiteRun, detailed: int = 25, listed: int =
     return lines
 
 
-def mismatch_report(first: SuiteRun, second: SuiteRun, differences: Iterable[str]) -> str:
-    """Return the assertion message for runs whose results differ."""
+def mismatch_report(first: SuiteRun, second: SuiteRun, differences: Iterable[str],
+                    what: str = "the dialect suite") -> str:
+    """Return the assertion message for runs of ``what`` whose results differ."""
     differences = list(differences)
     count = sum(1 for line in differences if not line.startswith((" ", "...")))
     return "\n".join([
-        f"the dialect suite's results differ for {count} test(s)",
+        f"{what}'s results differ for {count} test(s)",
         f"  {first.name}: {first.summary()} (exit {first.returncode}, log {first.log_path})",
         f"  {second.name}: {second.summary()} (exit {second.returncode}, log {second.log_path})",
         *differences,
