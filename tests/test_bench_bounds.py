@@ -179,6 +179,9 @@ def test_summarize_senders_groups_clients_by_outcome() -> None:
         "2 x closed (ERR 1153) after 512.0 KiB to 3.0 MiB sent, 0.2 s")
     assert bounds.summarize_senders([opened]) == "open after 64.0 MiB sent, 2.5 s"
     assert bounds.summarize_senders([opened, *closed]).startswith("2 x closed")
+    refused = bounds.SenderOutcome("refused: ERR 1040")
+    assert bounds.summarize_senders([opened, refused]) == (
+        "open after 64.0 MiB sent, 2.5 s, refused: ERR 1040")
 
 
 def test_tcp_receive_queue_finds_the_connection() -> None:
