@@ -763,7 +763,7 @@ def _peer_closed(sock: socket.socket) -> str | None:
 def scenario_long_data(ctx: Context, result: Result) -> None:
     a = ctx.args
     chunk = a.long_data_kib * 1024
-    result.sent = (f"{a.long_data_chunks} x {mib(chunk)} SEND_LONG_DATA, then execute")
+    result.sent = f"{a.long_data_chunks} x {mib(chunk)} SEND_LONG_DATA, then execute"
     client = ctx.client()
     try:
         prepared = prepare(client, "SELECT ?")

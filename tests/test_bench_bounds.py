@@ -93,6 +93,7 @@ def test_statement_commands_read_back_with_pyproxy_parsers() -> None:
 
 
 def test_expected_row_is_a_length_encoded_string() -> None:
+    """The row the pipeline checks each reply against, long enough for a 3-byte length."""
     assert bounds.expected_row(3) == b"\x03xxx"
     assert bounds.expected_row(30000) == lenenc_int(30000) + b"x" * 30000
 
@@ -199,6 +200,8 @@ def test_tcp_receive_queue_finds_the_connection() -> None:
 
 
 def test_config_setting_reads_section_key_and_typed_value() -> None:
+    """--set values become the TOML types pyproxy's config expects; a key without its
+    section is refused."""
     assert bounds.config_setting("proxy.max_packet_size=4096") == ("proxy", "max_packet_size", 4096)
     assert bounds.config_setting("session.hold_for_next_statement=0.5")[2] == 0.5
     assert bounds.config_setting("log.level=debug")[2] == "debug"
