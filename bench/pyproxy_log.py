@@ -23,7 +23,7 @@ def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
     """The newest ``pool_stats`` event of ``pool``, the newest ``pin_summary`` and the newest
     ``client_stats`` in pyproxy's JSON log lines: ``{"pool": {...} or None, "pins": {reason:
     count} or None, "clients": {...} or None}``."""
-    found: dict[str, Any] = {"pool": None, "pins": None, "clients": None}
+    found: dict[str, Any] = {"pool": None, "pins": None, "clients": None, "resets": None}
     for line in lines:
         line = line.strip()
         if not line.startswith("{"):
@@ -36,6 +36,7 @@ def newest_stats(lines: list[str], pool: str) -> dict[str, Any]:
             found["pool"] = event
         elif event.get("event") == "pin_summary":
             found["pins"] = dict(event.get("pins") or {})
+            found["resets"] = event.get("resets")
         elif event.get("event") == "client_stats":
             found["clients"] = event
     return found
@@ -65,6 +66,8 @@ def stats_delta(current: dict[str, Any], previous: dict[str, Any] | None) -> dic
     for key, name in (("borrow_wait_p50_ms", "wait_p50_ms"), ("borrow_wait_p99_ms", "wait_p99_ms"),
                       ("borrow_wait_max_ms", "wait_max_ms")):
         out[name] = pool.get(key)
+    resets = current.get("resets")
+    out["resets"] = None if resets is None else resets - ((previous or {}).get("resets") or 0)
     pins = current.get("pins")
     if pins is None:
         out["pins"] = None
@@ -133,9 +136,13 @@ def review(proxy: PyProxy | None, label: str, problems: list[str]) -> dict[str, 
     if delta["pins"] is not None and sum(delta["pins"].values()) != pinned:
         problems.append(f"{label}: {pinned} session_pinned events but pin_summary "
                         f"grew by {delta['pins']}")
+    borrows, resets = delta["borrows"], delta["resets"]
     figures = {
         "sessions": sessions, "pinned": pinned, "pin_reasons": delta["pins"],
         "pinned_share": pin_share(pinned, sessions, delta["pins"]),
+        # Connections reset before another client got them, per 1,000 borrows
+        # (a borrow is one transaction, or one statement in autocommit).
+        "resets_per_1000": (1000.0 * resets / borrows) if resets is not None and borrows else None,
         **{k: v for k, v in delta.items() if k != "pins"},
     }
     bad = {k: v for k, v in counts.items() if not k.startswith(("info:", "debug:"))}

@@ -130,6 +130,7 @@ def pyproxy_rows(workload: str, result: dict[str, Any] | None) -> list[Row]:
     return [
         (workload, "pinned share", None, value("pinned_share"), ""),
         (workload, "pyproxy borrows (waited)", None, borrows, ""),
+        (workload, "resets per 1,000 borrows", None, value("resets_per_1000"), ".2f"),
         (workload, "borrow wait p50 ms (recent)", None, value("wait_p50_ms"), ".3f"),
         (workload, "borrow wait p99 ms (recent)", None, value("wait_p99_ms"), ".3f"),
     ]

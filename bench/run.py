@@ -74,6 +74,9 @@ pinned share, borrows, borrow wait
     is how many times a client borrowed a backend connection during the
     workload and how many of those borrows had to wait (counters are
     cumulative in pyproxy, so the previous snapshot is subtracted).
+    ``resets per 1,000 borrows``: backend connections pyproxy reset
+    (COM_RESET_CONNECTION) before another client got them, from
+    ``pin_summary``'s ``resets``, per 1,000 borrows of the workload.
     ``borrow wait p50/p99 ms (recent)`` are pyproxy's own percentiles over
     the borrows it served at once since it started (as 0 ms) and its last
     10,000 waits. Every workload, and every ``select`` concurrency level,

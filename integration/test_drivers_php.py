@@ -30,17 +30,6 @@ pytestmark = [
 #: mysqli refuses LOCAL INFILE unless php.ini allows it; PDO asks per connection.
 COMMAND = ["php", "-d", "mysqli.allow_local_infile=1", str(SCRIPT)]
 
-INFO_LENGTH_REASON = (
-    "pyproxy strips the session-state block from an OK that is not the last of a reply "
-    "(FrontendProtocol._observe_oks in pyproxy/frontend.py, for a client without "
-    "CLIENT_SESSION_TRACK, which mysqlnd never asks for) with strip_session_track() and "
-    "make_ok() in pyproxy/wire/responses.py, and make_ok() writes the info text ('Records: 2  "
-    "Duplicates: 0  Warnings: 0') with no length before it.  MariaDB writes it length-encoded "
-    "to such a client too (b'&Records: 2 ...' directly), and mysqlnd reads a length: 'R' (82) "
-    "runs past the 45-byte packet ('RSET_HEADER packet additional data length is past 45 bytes "
-    "the packet size'), and the client loses its connection (2006)")
-
-
 class TestScenarios(drivers.ScenarioTests):
     """Every scenario through mysqli and through PDO.  mysqlnd reports SQLSTATE HY000 for a
     failed login (directly too), and PDOStatement does not show a parameter count."""
@@ -65,13 +54,12 @@ class TestScenarios(drivers.ScenarioTests):
         the server's LOCAL INFILE request comes in the reply to COM_STMT_EXECUTE."""
         self.load_data(proxy, tmp_path, db_server, prepared=True)
 
-    @pytest.mark.xfail(strict=True, reason=INFO_LENGTH_REASON)
     def test_multi_statements(self, proxy: servers.ProxyProcess) -> None:
         """mysqli::multi_query() (which turns multi-statements on with COM_SET_OPTION),
-        PDO::query() with PDO::MYSQL_ATTR_MULTI_STATEMENTS."""
+        PDO::query() with PDO::MYSQL_ATTR_MULTI_STATEMENTS.  (mysqlnd reads an OK's info
+        as length-encoded, as servers write it to every client.)"""
         super().test_multi_statements(proxy)
 
-    @pytest.mark.xfail(strict=True, reason=INFO_LENGTH_REASON)
     def test_batch_same_as_direct(self, proxy: servers.ProxyProcess,
                                   db_server: servers.DbServer) -> None:
         """Neither API has a batch call: a prepared INSERT per row in a transaction, several

@@ -23,20 +23,22 @@ from pymysql.constants import CLIENT
 from integration import servers
 from integration.drivers import log_events
 
+DB = servers.APP_DATABASE
+
 BORROW_TIMEOUT = 1.5
 HOLD = 0.2
 
 PROCEDURES = (
-    "CREATE OR REPLACE TABLE app.iso_t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB",
-    "CREATE OR REPLACE PROCEDURE app.iso_lock() BEGIN DO GET_LOCK('iso_lk', 0); END",
-    "CREATE OR REPLACE PROCEDURE app.iso_dirty() BEGIN SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; END",
-    "CREATE OR REPLACE PROCEDURE app.iso_dirty_bare() BEGIN SET @@tx_isolation = 'READ-UNCOMMITTED'; END",
-    "CREATE OR REPLACE PROCEDURE app.iso_rows() BEGIN DECLARE n INT; SELECT COUNT(*) INTO n FROM app.iso_t; "
-    "UPDATE app.iso_t SET v = v WHERE id < 0; END",
-    "CREATE OR REPLACE PROCEDURE app.iso_last_id() BEGIN SELECT LAST_INSERT_ID(); END",
-    "CREATE OR REPLACE PROCEDURE app.iso_warn() BEGIN DECLARE x INT; SET x = CAST('secret-abc' AS INT); END",
-    "CREATE OR REPLACE FUNCTION app.iso_flock() RETURNS INT RETURN GET_LOCK('iso_lk', 0)",
-    "CREATE OR REPLACE FUNCTION app.iso_plain(a INT) RETURNS INT RETURN a + 1",
+    f"CREATE OR REPLACE TABLE {DB}.iso_t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB",
+    f"CREATE OR REPLACE PROCEDURE {DB}.iso_lock() BEGIN DO GET_LOCK('iso_lk', 0); END",
+    f"CREATE OR REPLACE PROCEDURE {DB}.iso_dirty() BEGIN SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; END",
+    f"CREATE OR REPLACE PROCEDURE {DB}.iso_dirty_bare() BEGIN SET @@tx_isolation = 'READ-UNCOMMITTED'; END",
+    f"CREATE OR REPLACE PROCEDURE {DB}.iso_rows() BEGIN DECLARE n INT; SELECT COUNT(*) INTO n FROM {DB}.iso_t; "
+    f"UPDATE {DB}.iso_t SET v = v WHERE id < 0; END",
+    f"CREATE OR REPLACE PROCEDURE {DB}.iso_last_id() BEGIN SELECT LAST_INSERT_ID(); END",
+    f"CREATE OR REPLACE PROCEDURE {DB}.iso_warn() BEGIN DECLARE x INT; SET x = CAST('secret-abc' AS INT); END",
+    f"CREATE OR REPLACE FUNCTION {DB}.iso_flock() RETURNS INT RETURN GET_LOCK('iso_lk', 0)",
+    f"CREATE OR REPLACE FUNCTION {DB}.iso_plain(a INT) RETURNS INT RETURN a + 1",
 )
 
 
@@ -98,7 +100,7 @@ def tables_unlocked(proxy: servers.ProxyProcess) -> bool:
     """B can read a table A never locked (LOCK TABLES would give 1100 for any other)."""
     b = connect(proxy)
     try:
-        scalar(b, "SELECT COUNT(*) FROM app.iso_other_probe")
+        scalar(b, f"SELECT COUNT(*) FROM {DB}.iso_other_probe")
         return True
     except pymysql.err.OperationalError as exc:
         if exc.args[0] in (1099, 1100):
@@ -112,7 +114,7 @@ def tables_unlocked(proxy: servers.ProxyProcess) -> bool:
 def probe_table(db_server: servers.DbServer) -> None:
     root = db_server.connect()
     with root.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS app.iso_other_probe (a INT)")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {DB}.iso_other_probe (a INT)")
     root.close()
 
 
@@ -120,9 +122,9 @@ def a_leaves(proxy: servers.ProxyProcess, run: Callable[[Any], Any], *, connecto
              **connect_args: Any) -> Any:
     """Client A runs ``run`` and stays connected; returns A (the caller closes it)."""
     if connector:
-        a = mysql.connector.connect(host=proxy.host, port=proxy.port, user="app", password="app_pw",
-                                    database="app", ssl_disabled=True, use_pure=True, autocommit=True,
-                                    **connect_args)
+        a = mysql.connector.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                                    password=servers.APP_PASSWORD, database=DB, ssl_disabled=True,
+                                    use_pure=True, autocommit=True, **connect_args)
     else:
         a = connect(proxy, **connect_args)
     run(a)
@@ -139,9 +141,9 @@ LONG = "'" + "x" * 70000 + "'"
     "SELECT /*!GET_LOCK*/ ('iso_lk', 0)",
     "/*!40101 SELECT GET_LOCK('iso_lk', 0) */",
     "EXECUTE IMMEDIATE 'SELECT GET_LOCK(''iso_lk'', 0)'",
-    "CALL app.iso_lock()",
+    f"CALL {DB}.iso_lock()",
     "CALL iso_lock",
-    "SELECT app.iso_flock()",
+    f"SELECT {DB}.iso_flock()",
     "SELECT iso_flock ()",
     pytest.param(f"SELECT {LONG} AS pad, GET_LOCK('iso_lk', 0)", id="past-the-scanned-length"),
     "SELECT 1; SELECT GET_LOCK('iso_lk', 0)",
@@ -185,11 +187,11 @@ def test_named_lock_in_a_prepared_statement(pool_of_one: servers.ProxyProcess) -
 
 
 @pytest.mark.parametrize("sql", [
-    "/*!40000 LOCK TABLES app.iso_t WRITE */",
-    "/*M!100000 LOCK TABLES app.iso_t READ */",
-    "EXECUTE IMMEDIATE 'LOCK TABLES app.iso_t WRITE'",
-    "LOCK /* c */ TABLES app.iso_t WRITE",
-    "LOCK TABLE app.iso_t AS x READ",
+    f"/*!40000 LOCK TABLES {DB}.iso_t WRITE */",
+    f"/*M!100000 LOCK TABLES {DB}.iso_t READ */",
+    f"EXECUTE IMMEDIATE 'LOCK TABLES {DB}.iso_t WRITE'",
+    f"LOCK /* c */ TABLES {DB}.iso_t WRITE",
+    f"LOCK TABLE {DB}.iso_t AS x READ",
 ])
 def test_table_locks_never_reach_the_next_client(pool_of_one: servers.ProxyProcess, probe_table: None,
                                                   sql: str) -> None:
@@ -204,8 +206,8 @@ def test_table_locks_never_reach_the_next_client(pool_of_one: servers.ProxyProce
 
 
 @pytest.mark.parametrize("sql", [
-    "CALL app.iso_dirty()",
-    "CALL app.iso_dirty_bare()",
+    f"CALL {DB}.iso_dirty()",
+    f"CALL {DB}.iso_dirty_bare()",
     "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; SELECT 1",
     "/*!40101 SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED */",
     "EXECUTE IMMEDIATE 'SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED'",
@@ -225,13 +227,13 @@ def test_transaction_characteristics_stay_with_their_client(
     writer = db_server.connect(autocommit=False)
     try:
         with writer.cursor() as cur:
-            cur.execute("INSERT INTO app.iso_t (v) VALUES ('dirty')")
+            cur.execute(f"INSERT INTO {DB}.iso_t (v) VALUES ('dirty')")
         # While A is connected its transaction settings hold the connection.
         assert waits_for_the_connection(pool_of_one)
         a.close()
         b = connect(pool_of_one)
         try:
-            assert scalar(b, "SELECT COUNT(*) FROM app.iso_t WHERE v = 'dirty'") == 0
+            assert scalar(b, f"SELECT COUNT(*) FROM {DB}.iso_t WHERE v = 'dirty'") == 0
         finally:
             b.close()
     finally:
@@ -241,8 +243,8 @@ def test_transaction_characteristics_stay_with_their_client(
             a.close()
 
 
-@pytest.mark.parametrize("run", ["SELECT CAST('secret-abc' AS INT)", "CALL app.iso_warn()",
-                                 "SELECT no_such_column FROM app.iso_t", "prepared"])
+@pytest.mark.parametrize("run", ["SELECT CAST('secret-abc' AS INT)", f"CALL {DB}.iso_warn()",
+                                 f"SELECT no_such_column FROM {DB}.iso_t", "prepared"])
 def test_diagnostics_area_is_cleared_for_the_next_client(pool_of_one: servers.ProxyProcess,
                                                           run: str) -> None:
     """A's warnings and errors, given up with the connection after hold_for_next_statement,
@@ -288,23 +290,23 @@ def test_last_insert_id_is_each_clients_own(pool_of_one: servers.ProxyProcess) -
     a, b = connect(pool_of_one), connect(pool_of_one)
     try:
         with a.cursor() as cur:
-            cur.execute("INSERT INTO app.iso_t (v) VALUES ('a')")
+            cur.execute(f"INSERT INTO {DB}.iso_t (v) VALUES ('a')")
             a_id = cur.lastrowid
         time.sleep(HOLD * 2)
         with b.cursor() as cur:
-            cur.execute("INSERT INTO app.iso_t (v) VALUES ('b')")
+            cur.execute(f"INSERT INTO {DB}.iso_t (v) VALUES ('b')")
             b_id = cur.lastrowid
         time.sleep(HOLD * 2)
         assert a_id != b_id
-        assert scalar(a, "CALL app.iso_last_id()") == a_id
-        assert scalar(b, "CALL app.iso_last_id()") == b_id
+        assert scalar(a, f"CALL {DB}.iso_last_id()") == a_id
+        assert scalar(b, f"CALL {DB}.iso_last_id()") == b_id
         assert scalar(a, "SELECT @@identity") == a_id
         assert scalar(b, "SELECT LAST_INSERT_ID()") == b_id
         with a.cursor() as cur:
-            cur.execute("INSERT INTO app.iso_t (id, v) VALUES (%s, 'explicit')", (a_id + 100000,))
+            cur.execute(f"INSERT INTO {DB}.iso_t (id, v) VALUES (%s, 'explicit')", (a_id + 100000,))
         time.sleep(HOLD * 2)
         assert scalar(b, "SELECT 1") == 1
-        assert scalar(a, "CALL app.iso_last_id()") == a_id
+        assert scalar(a, f"CALL {DB}.iso_last_id()") == a_id
         assert scalar(a, "SELECT LAST_INSERT_ID()") == a_id
     finally:
         a.close()
@@ -316,12 +318,12 @@ def test_new_client_sees_no_insert_id(pool_of_one: servers.ProxyProcess) -> None
     a = connect(pool_of_one)
     try:
         with a.cursor() as cur:
-            cur.execute("INSERT INTO app.iso_t (v) VALUES ('a')")
+            cur.execute(f"INSERT INTO {DB}.iso_t (v) VALUES ('a')")
     finally:
         a.close()
     b = connect(pool_of_one)
     try:
-        assert scalar(b, "CALL app.iso_last_id()") == 0
+        assert scalar(b, f"CALL {DB}.iso_last_id()") == 0
     finally:
         b.close()
 
@@ -371,8 +373,8 @@ def test_clean_procedure_and_function_do_not_pin(pool_of_one: servers.ProxyProce
     before = len(log_events(pool_of_one, "session_pinned"))
     a = connect(pool_of_one)
     try:
-        scalar(a, "CALL app.iso_rows()")
-        assert scalar(a, "SELECT app.iso_plain(41)") == 42
+        scalar(a, f"CALL {DB}.iso_rows()")
+        assert scalar(a, f"SELECT {DB}.iso_plain(41)") == 42
         time.sleep(HOLD * 2)
         assert not waits_for_the_connection(pool_of_one)
     finally:
@@ -384,8 +386,8 @@ def test_routine_created_through_pyproxy_is_read_at_once(pool_of_one: servers.Pr
     """A procedure created through pyproxy that takes a named lock is known at its first CALL."""
     a = connect(pool_of_one)
     try:
-        scalar(a, "CREATE OR REPLACE PROCEDURE app.iso_new() BEGIN DO GET_LOCK('iso_lk', 0); END")
-        scalar(a, "CALL app.iso_new()")
+        scalar(a, f"CREATE OR REPLACE PROCEDURE {DB}.iso_new() BEGIN DO GET_LOCK('iso_lk', 0); END")
+        scalar(a, f"CALL {DB}.iso_new()")
         time.sleep(HOLD * 2)
         assert waits_for_the_connection(pool_of_one)
     finally:
@@ -397,7 +399,8 @@ def test_schema_of_another_user_is_refused_at_login(pool_of_one: servers.ProxyPr
                                                     db_server: servers.DbServer) -> None:
     """A schema only another user may use is not taken as known for this one: a login
     naming it fails with 1044 at once, as on a server, not at the first statement."""
-    users = [{"name": f"iso_user{i}", "password": f"iso_pw{i}", "database": f"iso_db{i}"} for i in (1, 2)]
+    users = [{"name": servers.own_name(f"iso_user{i}"), "password": f"iso_pw{i}",
+              "database": servers.own_name(f"iso_db{i}")} for i in (1, 2)]
     proxy = servers.start_proxy(db_server, pool_of_one.config_path.parent.parent / "schemas", users=users,
                                 backend={"database": ""})
     root = db_server.connect()
@@ -407,11 +410,12 @@ def test_schema_of_another_user_is_refused_at_login(pool_of_one: servers.ProxyPr
                 for host in ("%", "localhost"):
                     cur.execute("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", (user["name"], host))
                     cur.execute(f"GRANT ALL ON {user['database']}.* TO %s@%s", (user["name"], host))
-        connect(proxy, "iso_user1", "iso_pw1", "iso_db1").close()
+        one, two = users
+        connect(proxy, one["name"], one["password"], one["database"]).close()
         with pytest.raises(pymysql.err.OperationalError) as error:
-            connect(proxy, "iso_user2", "iso_pw2", "iso_db1")
+            connect(proxy, two["name"], two["password"], one["database"])
         assert error.value.args[0] == 1044
-        connect(proxy, "iso_user2", "iso_pw2", "iso_db2").close()
+        connect(proxy, two["name"], two["password"], two["database"]).close()
     finally:
         with root.cursor() as cur:
             for user in users:
@@ -433,7 +437,7 @@ def test_threads_interleaving_on_one_connection(pool_of_one: servers.ProxyProces
             scalar(conn, "SET time_zone = %s", (zone,))
             for _ in range(50):
                 with conn.cursor() as cur:
-                    cur.execute("INSERT INTO app.iso_t (v) VALUES (%s)", (mode[:20],))
+                    cur.execute(f"INSERT INTO {DB}.iso_t (v) VALUES (%s)", (mode[:20],))
                     mine = cur.lastrowid
                     cur.execute("SELECT @@SESSION.sql_mode, @@time_zone, LAST_INSERT_ID()")
                     row = cur.fetchone()
@@ -449,3 +453,22 @@ def test_threads_interleaving_on_one_connection(pool_of_one: servers.ProxyProces
     for thread in threads:
         thread.join(timeout=60)
     assert failures == []
+
+
+def test_savepoint_before_any_transaction_stays_with_its_client(pool_of_one: servers.ProxyProcess) -> None:
+    """With autocommit off, a SAVEPOINT before any statement that starts the transaction
+    is kept by the server although no transaction is reported (SQLAlchemy's
+    begin_nested() does this): the client keeps its connection, past
+    hold_for_next_statement, until it commits or rolls back."""
+    a = pool_of_one.connect(autocommit=False)
+    try:
+        scalar(a, "SAVEPOINT sp1")
+        assert scalar(a, "SELECT CAST('x' AS SIGNED)") == 0  # a warning; no table, no transaction
+        time.sleep(HOLD * 2)
+        assert waits_for_the_connection(pool_of_one)
+        scalar(a, "RELEASE SAVEPOINT sp1")
+        a.rollback()
+        time.sleep(HOLD * 2)
+        assert not waits_for_the_connection(pool_of_one)
+    finally:
+        a.close()

@@ -483,6 +483,13 @@ def test_mixed_workload_pins_nothing_and_stays_within_the_pool(make_proxy, db_se
         "pool_stats": pool_stats[-1:] and {k: v for k, v in pool_stats[-1].items()
                                            if k not in ("timestamp", "logger")},
         "pin_summary": pin_summary[-1].get("pins") if pin_summary else None,
+        # Connections reset before another client got them (pinned sessions'), per
+        # 1,000 borrows (transactions, or statements in autocommit).
+        "resets": pin_summary[-1].get("resets") if pin_summary else None,
+        "resets_per_1000_borrows": (
+            round(1000 * pin_summary[-1].get("resets", 0) / max(1, sum(
+                event.get("borrows", 0) for event in pool_stats if event)), 3)
+            if pin_summary else None),
         "workloads": outcomes,
         "harness_failures": failures,
         "pyproxy_warnings": collections.Counter(
@@ -499,5 +506,6 @@ def test_mixed_workload_pins_nothing_and_stays_within_the_pool(make_proxy, db_se
     assert all(o.operations > 0 for o, _ in workloads if not o.note.startswith("skipped")), report
     assert not pinned, f"{len(pinned)} pinned sessions: {dict(reasons)}\n{report}"
     assert summary["pin_summary"] == {}, report
+    assert summary["resets"] == 0, report
     assert 0 < poller.peak <= POOL_SIZE, report
     assert client_sessions > 50 and summary["client_sessions_opened"] > 50, report

@@ -258,10 +258,12 @@ def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
 
     When sessions of others hold all of them, a client's prepare gets the server's own
     error 1461 through pyproxy as it does directly, and succeeds once they are gone.
-    Then 4 clients sharing 2 backend connections each keep 24 prepared statements open,
-    three times what the server allows, and every prepare and execute succeeds with the
-    right result: pyproxy closes cached statements to make room and prepares them again
-    when they are needed."""
+    Then 4 clients sharing 2 backend connections each keep 8 prepared statements open,
+    together four times what the server allows, and every prepare and execute succeeds
+    with the right result: pyproxy closes cached statements to make room and prepares them
+    again when they are needed.  One client alone may keep no more than the server
+    allows a session (it would cost pyproxy memory without bound): its 9th prepare gets
+    the server's 1461."""
     root = db_server.connect()
     with root.cursor() as cur:
         cur.execute("SELECT @@GLOBAL.max_prepared_stmt_count")
@@ -294,7 +296,7 @@ def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
             conn = connector(proxy)
             try:
                 cursors = []
-                for k in range(3 * STATEMENT_ROOM):
+                for k in range(STATEMENT_ROOM):
                     cursor = conn.cursor(prepared=True)
                     cursor.execute(f"SELECT ? + {k}, {i}", (100,))
                     if cursor.fetchall() != [(100 + k, i)]:
@@ -305,6 +307,12 @@ def test_more_statements_than_the_server_allows(make_proxy, db_server) -> None:
                         cursor.execute(f"SELECT ? + {k}, {i}", (k,))
                         if cursor.fetchall() != [(2 * k, i)]:
                             failures.append(f"client {i}, statement {k}")
+                try:
+                    conn.cursor(prepared=True).execute("SELECT ? + 1000", (1,))
+                    failures.append(f"client {i}: a prepare past the server's limit succeeded")
+                except mysql.connector.Error as exc:
+                    if exc.errno != 1461:
+                        failures.append(f"client {i}: {exc}")
             except mysql.connector.Error as exc:
                 failures.append(f"client {i}: {exc}")
             finally:

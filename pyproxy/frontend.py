@@ -76,12 +76,17 @@ STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECU
 ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
 ER_WRONG_ARGUMENTS = (1210, "HY000")
 ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
+ER_MAX_PREPARED_STATEMENTS = (1461, "42000")
 
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
 # Commands a client may send ahead of their replies before pyproxy stops reading it.
 QUEUE_LIMIT = 64
+# The largest packet a client may send before it has logged in (a login with
+# connection attributes takes a few hundred bytes).
+LOGIN_PACKET_LIMIT = 8192
+ER_LONG_DATA = (1105, "HY000")
 
 # Phases of the connection.
 HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
@@ -103,6 +108,8 @@ _HARMLESS = frozenset((COMMAND.COM_PING, COMMAND.COM_QUIT, COMMAND.COM_STMT_CLOS
                        COMMAND.COM_STATISTICS, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
 # Statements that may set LAST_INSERT_ID() without an OK saying so.
 _MAY_SET_INSERT_ID = sqltext.INSERT_ID | sqltext.CALLS | sqltext.DYNAMIC
+# COMMIT or ROLLBACK (not ROLLBACK TO SAVEPOINT): what ends savepoints.
+_ENDS_TRANSACTION = re.compile(rb"(?is)\s*(?:commit|rollback)\b(?!(?:\s+work)?\s+to\b)")
 # Statements that may insert rows, and so set LAST_INSERT_ID() (a cheap check,
 # made only when the connection's value is not the client's).
 _INSERTS = re.compile(rb"(?i)insert|replace|load")
@@ -122,7 +129,7 @@ class FrontendProtocol(protocol.Protocol):
         "transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
         "capabilities", "flavor", "session", "backend", "pinned", "_pending_login", "_busy",
         "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
-        "_pool", "_kill_pending", "_throttling", "_timeout", "_forwarded", "_login_charset",
+        "_pool", "_kill_pending", "_backlog", "_paused_backend", "_timeout", "_forwarded", "_login_charset",
         "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
         "_hold_timer", "_closed_reason", "_query_timer", "last_active",
         "_refused_infile", "_globals_before", "_found", "_own_tracking",
@@ -135,7 +142,9 @@ class FrontendProtocol(protocol.Protocol):
         self.proxy = proxy
         self.id = next(proxy.client_ids)
         self.phase = HANDSHAKE
-        self.framer = PacketFramer(proxy.config.proxy.max_packet_size)
+        # Until the client has logged in it may send only small packets: an
+        # unauthenticated peer must not make pyproxy hold megabytes.
+        self.framer = PacketFramer(min(LOGIN_PACKET_LIMIT, proxy.config.proxy.max_packet_size))
         self.nonce = auth.new_nonce()
         self.user = ""
         self.capabilities = 0
@@ -163,7 +172,12 @@ class FrontendProtocol(protocol.Protocol):
         # says ROLLBACK, nothing else runs (see _transaction_lost).
         self._lost_transaction = False
         self._kill_pending = False
-        self._throttling = False
+        # The client's unsent replies passed its transport's buffer size: no
+        # further command runs and no further reply data is read for it until
+        # they drain (pauseProducing / resumeProducing).
+        self._backlog = False
+        # The backend connection whose reading was paused for that.
+        self._paused_backend: BackendConnection | None = None
         # Prepared statements by the ids pyproxy gave the client; made on first use.
         self._statements: dict[int, ClientStatement] | None = None
         self._next_statement = 1
@@ -218,6 +232,10 @@ class FrontendProtocol(protocol.Protocol):
             self.transport.loseConnection()
             return
         self.proxy.clients[self.id] = self
+        # pyproxy is the producer of everything this client is sent: its
+        # transport says when the unsent bytes pass its buffer size, and when
+        # they have drained.
+        self.transport.registerProducer(self, True)
         server = self.proxy.server
         self.transport.write(frame(make_handshake_v10(HandshakeV10(
             server.version, self.id & 0xFFFFFFFF, self.nonce, self.proxy.capabilities,
@@ -235,8 +253,9 @@ class FrontendProtocol(protocol.Protocol):
         try:
             packets = self.framer.feed(data)
         except PacketTooLarge as exc:
-            self._fatal(c.ER_NET_PACKET_TOO_LARGE, "Got a packet bigger than 'max_allowed_packet' bytes",
-                        exc.seq + 1)
+            message = ("Got a packet bigger than 'max_allowed_packet' bytes" if self.phase == COMMANDS else
+                       f"Got a login packet bigger than {LOGIN_PACKET_LIMIT} bytes")
+            self._fatal(c.ER_NET_PACKET_TOO_LARGE, message, exc.seq + 1)
             return
         except PacketsOutOfOrder as exc:
             self._fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
@@ -245,7 +264,7 @@ class FrontendProtocol(protocol.Protocol):
             if self.phase == COMMANDS:
                 if self._infile:
                     self._infile_packet(packet)
-                elif self._busy:
+                elif self._busy or self._backlog:
                     if self._queue is None:
                         self._queue = deque()
                     self._queue.append(packet)
@@ -354,6 +373,7 @@ class FrontendProtocol(protocol.Protocol):
             self._timeout.cancel()
         self._timeout = None
         self.phase = COMMANDS
+        self.framer.max_packet_size = self.proxy.config.proxy.max_packet_size
         if self.session is not None and self.session.state.schema:
             self.proxy.schema_used(self.user, self.session.state.schema)
         self.transport.write(frame(self._ok_payload(), seq))
@@ -449,6 +469,13 @@ class FrontendProtocol(protocol.Protocol):
         self._sql = None
         self._found = self._code = None
         if command == COMMAND.COM_STMT_PREPARE:
+            limit = self.proxy.max_prepared_statements
+            if self._statements is not None and len(self._statements) >= limit:
+                # The server's own limit, per client: pyproxy keeps what each
+                # client prepared, and nothing else would bound it.
+                self._reply_error(ER_MAX_PREPARED_STATEMENTS, f"Can't create more than max_prepared_stmt_count "
+                                  f"statements (current value: {limit})")
+                return
             if self._translate:
                 # A client without CLIENT_DEPRECATE_EOF reads the warning count of
                 # COM_STMT_EXECUTE from the EOF after the column definitions
@@ -480,11 +507,17 @@ class FrontendProtocol(protocol.Protocol):
                 self._cursor_closed(statement, cache=False)
                 self._release_if_clean()
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
-            if statement.long_data is None:
-                statement.long_data = []
-            statement.long_data.append(payload[5:])
-            self._command = None
+            self._command = None  # no reply, as from a server
+            statement.add_long_data(payload[5:], self.proxy.max_allowed_packet)
         elif command == COMMAND.COM_STMT_EXECUTE:
+            if statement.long_data_too_long:
+                # What the server answers when a parameter's long data passed
+                # max_allowed_packet; the execute does not run, and the data is gone.
+                statement.long_data = None
+                statement.long_data_too_long = False
+                self._reply_error(ER_LONG_DATA, "Parameter of prepared statement which is set through "
+                                  "mysql_send_long_data() is longer than 'max_allowed_packet' bytes")
+                return
             try:
                 types = execute_types(payload, statement.params)
             except ValueError:
@@ -510,6 +543,7 @@ class FrontendProtocol(protocol.Protocol):
             self._run_rewritten(packet, statement.cursor.id)
         elif command == COMMAND.COM_STMT_RESET:
             statement.long_data = None
+            statement.long_data_too_long = False
             self._reply(self._ok_payload())
         else:
             self._reply_error(ER_STMT_HAS_NO_OPEN_CURSOR,
@@ -794,7 +828,7 @@ class FrontendProtocol(protocol.Protocol):
                     if session.in_transaction and not rollback:
                         self._transaction_lost()
                     else:
-                        session.in_transaction = session.uncertain = session.pending_characteristics = False
+                        session.lose_transaction()
                     if not rollback:
                         # Never run on another connection as if nothing had happened.
                         self._command_failed(BackendError(
@@ -1005,8 +1039,7 @@ class FrontendProtocol(protocol.Protocol):
             data = bytes(data)
         if data:
             self._forwarded = True
-            if not write_now(self.transport, data) and not self._throttling:
-                self._throttle()
+            write_now(self.transport, data)
         state = tracker.state
         if state == DONE:
             self._reply_done(tracker)
@@ -1029,20 +1062,39 @@ class FrontendProtocol(protocol.Protocol):
         conn.relay_more(frame(b"", (tracker.seq - tracker.shift + 1) & 0xFF))
         conn.infile_sent()
 
-    def _throttle(self) -> None:
-        """The client reads slower than the server sends: from now until the end of
-        this reply, Twisted pauses reading from the backend whenever the bytes
-        waiting for the client pass the transport's buffer size."""
+    def pauseProducing(self) -> None:
+        """The client reads slower than its replies come (its transport holds more
+        than its buffer size unsent): until they drain, the backend connection
+        relaying to it is not read, and no further command of the client runs,
+        whether it is queued already or still in its socket."""
+        self._backlog = True
         conn = self.backend
-        if conn is None or conn.transport is None or self.transport.producer is not None:
-            return
-        self._throttling = True
-        self.transport.registerProducer(conn.transport, True)
+        if conn is not None and self._busy and conn.transport is not None and self._paused_backend is None:
+            self._paused_backend = conn
+            conn.transport.pauseProducing()
+        self.transport.pauseProducing()
 
-    def _end_throttle(self) -> None:
-        self._throttling = False
-        self.transport.unregisterProducer()
-        conn = self.backend
+    def resumeProducing(self) -> None:
+        """The client's unsent replies have drained."""
+        self._backlog = False
+        if self.transport.disconnecting:
+            # Closing: with a paused producer registered, the transport would
+            # wait for it instead of closing once the buffer is empty.
+            self.transport.unregisterProducer()
+            return
+        self._resume_backend()
+        if not self._queue or len(self._queue) < QUEUE_LIMIT:
+            self.transport.resumeProducing()
+        if not self._busy and self.phase == COMMANDS:
+            self._next()
+
+    def stopProducing(self) -> None:
+        """The transport is gone; connectionLost does the rest."""
+
+    def _resume_backend(self) -> None:
+        """Reading from the backend connection paused for a slow client resumes
+        (its reply goes on, or it is about to serve someone else)."""
+        conn, self._paused_backend = self._paused_backend, None
         if conn is not None and conn.transport is not None:
             conn.transport.resumeProducing()
 
@@ -1139,6 +1191,10 @@ class FrontendProtocol(protocol.Protocol):
             if found is not None and found.flags & sqltext.ROUTINES_CHANGED and (
                     not tracker.error or found.flags & sqltext.MULTI):
                 self.proxy.routines_changed()
+            if found is not None and found.flags & sqltext.SAVEPOINT and not tracker.error:
+                session.observe_savepoint()
+            elif session.savepoint and _ENDS_TRANSACTION.match(self._sql):
+                session.savepoint = False
             if not tracker.error and session.ends_session(self._sql):
                 # The server closes its end: so does pyproxy, as a server would,
                 # and the connection, about to close, serves nobody else.
@@ -1422,8 +1478,8 @@ class FrontendProtocol(protocol.Protocol):
 
     def _finish_command(self) -> None:
         self._cancel_query_timer()
-        if self._throttling:
-            self._end_throttle()
+        if self._paused_backend is not None:
+            self._resume_backend()
         if self._hold_timer is not None:
             if self._hold_timer.active():
                 self._hold_timer.cancel()
@@ -1456,9 +1512,9 @@ class FrontendProtocol(protocol.Protocol):
         if not queue:
             return
         paused = len(queue) >= QUEUE_LIMIT
-        while queue and not self._busy and not self._infile and self.phase == COMMANDS:
+        while queue and not self._busy and not self._infile and not self._backlog and self.phase == COMMANDS:
             self._dispatch(queue.popleft())
-        if paused and len(queue) < QUEUE_LIMIT and self.phase == COMMANDS:
+        if paused and len(queue) < QUEUE_LIMIT and not self._backlog and self.phase == COMMANDS:
             self.transport.resumeProducing()
 
     def _release_if_clean(self) -> None:
@@ -1578,9 +1634,7 @@ class FrontendProtocol(protocol.Protocol):
         self._abandon_globals()
         self._cursor = None
         self._cancel_query_timer()
-        if self._throttling:
-            self._throttling = False
-            self.transport.unregisterProducer()
+        self._resume_backend()
         conn = self.backend
         self.backend = None
         if conn is not None:
@@ -1613,7 +1667,7 @@ class FrontendProtocol(protocol.Protocol):
                 outcome = "whether the transaction was committed is unknown"
             else:
                 outcome = "the transaction settings it held (SET TRANSACTION) were lost"
-            session.in_transaction = session.uncertain = session.pending_characteristics = False
+            session.lose_transaction()
             error = BackendError(error.code, error.sqlstate, f"{error.message}; {outcome}")
         seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
         if seq is not None:
@@ -1634,7 +1688,7 @@ class FrontendProtocol(protocol.Protocol):
         the rest of its transaction as if the lost part had been applied.
         """
         session = self.session
-        session.in_transaction = session.uncertain = session.pending_characteristics = False
+        session.lose_transaction()
         self._lost_transaction = True
         self.log.info("transaction_lost")
 
@@ -1719,6 +1773,7 @@ class FrontendProtocol(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was = self.phase
         self.phase = CLOSED
+        self._resume_backend()
         self.proxy.clients.pop(self.id, None)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()

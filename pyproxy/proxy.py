@@ -66,6 +66,12 @@ class Proxy:
     # Backend connections reset (COM_RESET_CONNECTION) before another client
     # got them: the price of pinned sessions and unprovable statements.
     resets: int = 0
+    # The server's max_allowed_packet and max_prepared_stmt_count, read from
+    # the first connection pyproxy opens: the bounds on what one client may
+    # make pyproxy keep (long data per parameter, prepared statements).
+    max_allowed_packet: int = 16 << 20
+    max_prepared_statements: int = 16382
+    limits_read: bool = False
     # The server's max_connections, once read (max_connections_percent).
     server_max_connections: int | None = None
     # How many statements pyproxy's connections may keep prepared on the server:
@@ -150,6 +156,7 @@ class Proxy:
         again)."""
         connections = [conn for pool in self.pools.values()
                        for conn in (*pool.idle, *pool.lent, *pool.checking)]
+        self.max_prepared_statements = limit
         others = 0
         if in_use is not None:
             others = max(0, in_use - sum(len(conn.statements) for conn in connections))
@@ -192,6 +199,9 @@ class Proxy:
         def opened(conn: Any) -> Any:
             if server.state == DOWN:
                 self.topology.suspect(server)  # back: let the probe say so now
+            if not self.limits_read:
+                return conn.query_rows(_LIMITS).addCallbacks(
+                    lambda rows: self._limits_learned(rows), lambda _: None).addCallback(lambda _: conn)
             return conn
 
         def failed(failure: Any) -> Any:
@@ -220,6 +230,11 @@ class Proxy:
         elif event == "writer" and previous is not None:
             for pool in self._pools_of(previous):
                 pool.hand_over(self.pool(pool.user, server))
+
+    def _limits_learned(self, rows: list[tuple[str | None, ...]]) -> None:
+        if rows and len(rows[0]) == 2 and all(value is not None and value.isdigit() for value in rows[0]):
+            self.max_allowed_packet, self.max_prepared_statements = (int(value) for value in rows[0])
+            self.limits_read = True
 
     def _pools_of(self, server: TargetHealth) -> list[Pool]:
         return [pool for pool in self.pools.values() if pool.target is server]
@@ -383,6 +398,9 @@ def probe_account(config: Config) -> tuple[str, str]:
         return health.user, health.password
     account = config.users[0] if config.users else None
     return (account.name, account.password) if account else ("", "")
+
+
+_LIMITS = "SELECT @@max_allowed_packet, @@max_prepared_stmt_count"
 
 
 def _logins(config: Config) -> Any:

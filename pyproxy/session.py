@@ -299,6 +299,10 @@ class ClientSession:
     # Cursors open (COM_STMT_EXECUTE with a cursor flag): each lives on the
     # held connection until it is closed.
     cursors: int = 0
+    # A SAVEPOINT with autocommit off before any statement started the
+    # transaction: the server keeps it but reports no transaction (no
+    # IN_TRANS), so only this says the session's state is on its connection.
+    savepoint: bool = False
 
     def keeps_backend(self) -> bool:
         """Whether the backend connection must stay with this client after a reply."""
@@ -326,13 +330,29 @@ class ClientSession:
     def holds_state(self) -> bool:
         """Whether the held connection carries something that dies with it."""
         return bool(self.pin_reason or self.in_transaction or self.pending_characteristics
-                    or self.uncertain or self.cursors)
+                    or self.uncertain or self.cursors or self.savepoint)
+
+    def observe_savepoint(self) -> None:
+        """A SAVEPOINT succeeded.  With autocommit on and no transaction it is
+        gone at once; with autocommit off it stays, even before the server
+        reports a transaction, until COMMIT or ROLLBACK."""
+        if not self.state.autocommit and not self.in_transaction:
+            self.savepoint = True
+
+    def lose_transaction(self) -> None:
+        """The connection holding the session's transaction is gone, and with it
+        what the transaction held (savepoints, the next one's characteristics)."""
+        self.in_transaction = self.uncertain = self.pending_characteristics = self.savepoint = False
 
     def observe_status(self, status: int) -> None:
         """The final OK/EOF of a reply is the truth about transactions and autocommit."""
         self.in_transaction = bool(status & SERVER_STATUS_IN_TRANS)
         self.uncertain = False
         autocommit = bool(status & SERVER_STATUS_AUTOCOMMIT)
+        if self.in_transaction or autocommit:
+            # The transaction (whose end clears savepoints) is reported now, or
+            # autocommit ended it.
+            self.savepoint = False
         if autocommit != self.state.autocommit:
             self.state = attrs.evolve(self.state, autocommit=autocommit)
 

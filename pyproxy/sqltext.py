@@ -41,6 +41,7 @@ TEMPORARY = 128         # names TEMPORARY (a temporary table)
 SQL_PREPARE = 256       # PREPARE / EXECUTE / DEALLOCATE of SQL prepared statements
 DYNAMIC = 512           # runs SQL text pyproxy cannot read (EXECUTE IMMEDIATE)
 MULTI = 1024            # more than one statement (a failure may follow others that ran)
+SAVEPOINT = 2048        # SAVEPOINT: held by the session even where no transaction is reported
 
 # Between words: white space, comments, and the delimiters of executable
 # comments, whose content is code.  Possessive, one character or comment a
@@ -51,11 +52,13 @@ _START = rb"(?:^|;)" + SEP
 _NAME = rb"(?:`(?:[^`]|``)+`|[\w$]+)"
 _QUALIFIED = _NAME + rb"(?:" + SEP + rb"\." + SEP + _NAME + rb")?"
 
-# Every statement a full scan would flag contains one of these (lower case).
-_NEEDLES = re.compile(
-    rb"^\s*set\b|;|/\*|--|#|lock|handler|\bxa\b|found_rows|row_count|session_track|call|execute|"
-    rb"last_insert_id|identity|release|procedure|function|trigger|view|database|schema|package|"
-    rb"flush|temporary|prepare|deallocate|@")
+# Every statement a full scan would flag passes one of these two checks, on a
+# lower-case copy: statements are recognised at the start (after white space or
+# a comment) or after a ';', function calls and variables anywhere.  Both are
+# small, so an ordinary statement costs two quick regular-expression calls.
+_MAYBE_START = re.compile(rb"\s*(?:/\*|--|#|set\b|lock|handler|xa\b|flush|call|execute|prepare|deallocate|"
+                          rb"create|alter|drop|savepoint)")
+_MAYBE_ANYWHERE = re.compile(rb";|get_lock|found_rows|row_count|session_track|last_insert_id|identity|@")
 # Beyond SCAN_LIMIT: what can follow the head of a statement (a second statement
 # after ';', a function call, a user variable, a comment).
 _TAIL_NEEDLES = (b";", b"get_lock", b"found_rows", b"row_count", b"last_insert_id", b"identity",
@@ -68,6 +71,7 @@ _XA = re.compile(_START + rb"xa" + SEP + rb"(?:start|begin)\b", re.I | re.S)
 _FLUSH_LOCK = re.compile(_START + rb"flush\b[^;]*?(?:\bread" + SEP + rb"lock\b|\bfor" + SEP + rb"export\b)",
                          re.I | re.S)
 _SET = re.compile(_START + rb"set\b", re.I | re.S)
+_SAVEPOINT = re.compile(_START + rb"savepoint\b", re.I | re.S)
 _SET_STATEMENT = re.compile(SEP + rb"statement\b", re.I | re.S)
 _CALL = re.compile(_START + rb"call" + SEP + rb"(" + _QUALIFIED + rb")", re.I | re.S)
 _EXECUTE_IMMEDIATE = re.compile(_START + rb"execute" + SEP + rb"immediate\b", re.I | re.S)
@@ -117,7 +121,7 @@ def scan(sql: bytes) -> Found | None:
     """What ``sql`` needs that the server's reports do not give, or None for an
     ordinary statement (the common case, decided by the needle check alone)."""
     head = sql[:SCAN_LIMIT].lower()
-    if _NEEDLES.search(head) is None:
+    if _MAYBE_START.match(head) is None and _MAYBE_ANYWHERE.search(head) is None:
         tail_flagged = len(sql) > SCAN_LIMIT and _tail_flagged(sql)
         return Found(pin=_TOO_LONG) if tail_flagged else None
     text = sql[:SCAN_LIMIT]
@@ -152,6 +156,8 @@ def scan(sql: bytes) -> Found | None:
         flags |= ROUTINES_CHANGED
     if _MULTI.search(text):
         flags |= MULTI
+    if _SAVEPOINT.search(text):
+        flags |= SAVEPOINT
     for match in _CALL.finditer(text):
         flags |= CALLS
         calls.append(match.group(1).decode("utf-8", "replace"))

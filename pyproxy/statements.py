@@ -32,12 +32,37 @@ class ClientStatement:
     # COM_STMT_SEND_LONG_DATA payloads waiting for the next execute, with the
     # statement id cut off: they are replayed on the connection that runs it.
     long_data: list[bytes] | None = None
+    # Bytes of long data per parameter, and whether one passed the server's
+    # max_allowed_packet (the execute then gets the server's error).
+    long_data_sizes: dict[int, int] | None = None
+    long_data_too_long: bool = False
     # The backend statement whose cursor this statement has open on the
     # connection its session holds; taken out of that connection's cache
     # while open, so that no other execute reuses (and closes) it.
     cursor: BackendStatement | None = None
     # What sqltext.scan() found in ``sql``, read once at prepare.
     found: Found | None = None
+
+    def add_long_data(self, chunk: bytes, limit: int) -> None:
+        """Keeps one COM_STMT_SEND_LONG_DATA chunk (parameter number, then data)
+        for the next execute, as the server would, up to ``limit`` bytes per
+        parameter; past it, everything kept is dropped and the execute fails,
+        as on the server, without pyproxy holding what the server would not."""
+        if self.long_data_too_long or len(chunk) < 2:
+            return
+        param = chunk[0] | (chunk[1] << 8)
+        sizes = self.long_data_sizes if self.long_data is not None and self.long_data_sizes is not None else {}
+        size = sizes.get(param, 0) + len(chunk) - 2
+        if size > limit:
+            self.long_data = None
+            self.long_data_sizes = None
+            self.long_data_too_long = True
+            return
+        sizes[param] = size
+        self.long_data_sizes = sizes
+        if self.long_data is None:
+            self.long_data = []
+        self.long_data.append(chunk)
 
 
 @attrs.define(eq=False, slots=True)

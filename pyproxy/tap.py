@@ -352,7 +352,8 @@ class ProxyService(service.Service):
         for pool in self.proxy.pools.values():
             self.log.info("pool_stats", **pool.stats())
         self.log.info("client_stats", **self.proxy.client_stats())
-        self.log.info("pin_summary", pins=dict(self.proxy.pins), clients=len(self.proxy.clients))
+        self.log.info("pin_summary", pins=dict(self.proxy.pins), clients=len(self.proxy.clients),
+                      resets=self.proxy.resets)
 
     def stopService(self) -> Any:
         """SIGTERM: stop accepting, let open transactions finish (up to

@@ -117,7 +117,8 @@ def test_newest_stats_takes_the_last_events_of_the_pool() -> None:
     found = pyproxy_log.newest_stats(lines, "app")
     assert found["pool"]["borrows"] == 30
     assert found["pins"] == {"user variable": 1}
-    assert pyproxy_log.newest_stats(["{}", "x"], "app") == {"pool": None, "pins": None, "clients": None}
+    assert pyproxy_log.newest_stats(["{}", "x"], "app") == {"pool": None, "pins": None, "clients": None,
+                                                          "resets": None}
 
 
 def test_sessions_delta_counts_accepted_connections_of_the_workload() -> None:

@@ -1790,3 +1790,88 @@ class HygieneTests(LoggedIn):
         waiter.callback(catalog)
         [command] = server.received()
         self.assertEqual(command.payload, make_query(SELECT))
+
+
+class BoundsTests(LoggedIn):
+    """What one client may make pyproxy keep: packets before login, long data, prepared
+    statements, and replies it does not read."""
+
+    def test_login_packet_over_the_limit(self) -> None:
+        """Before login only small packets are taken: a larger one gets 1153 at its header
+        and a closed connection, before its bytes arrive."""
+        client = FakeClient(self.proxy)
+        client.protocol.dataReceived((5000).to_bytes(3, "little") + b"\x01" + b"x" * 100)
+        [err] = client.received()
+        self.assertEqual(err_of(err), (2, 1153, "08S01"))
+        self.assertIn(b"login packet", err.payload)
+        self.assertTrue(client.closed)
+
+    def test_prepared_statements_capped_at_the_servers_limit(self) -> None:
+        """A client may keep as many statements as the server's max_prepared_stmt_count; the
+        next prepare gets the server's 1461 without reaching a backend."""
+        self.proxy.max_prepared_statements = 1
+        conn, server = self.prepared()
+        self.client.send(b"\x16SELECT 2")
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 1461, "42000"))
+        self.assertIn(b"(current value: 1)", err.payload)
+        self.assertEqual(server.received(), [])
+
+    def test_long_data_past_max_allowed_packet(self) -> None:
+        """Long data for one parameter past the server's max_allowed_packet is dropped and
+        the execute gets the server's error 1105, without reaching a backend; the next
+        execute runs as usual."""
+        conn, server = self.prepared()
+        self.proxy.max_allowed_packet = 10
+        statement = self.client.protocol._statements[1]
+        for _ in range(2):
+            self.client.send(b"\x18" + (1).to_bytes(4, "little") + b"\x00\x00" + b"x" * 6)
+        self.assertTrue(statement.long_data_too_long)
+        self.assertIsNone(statement.long_data)
+        self.client.send(b"\x17\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\xfe\x00\xfe\x00")
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (1, 1105, "HY000"))
+        self.assertIn(b"'max_allowed_packet'", err.payload)
+        self.assertEqual(server.received(), [])
+        self.assertFalse(statement.long_data_too_long)
+
+    def test_long_data_under_the_limit_is_kept_per_parameter(self) -> None:
+        conn, server = self.prepared()
+        self.proxy.max_allowed_packet = 10
+        for param in (0, 1):
+            self.client.send(b"\x18" + (1).to_bytes(4, "little") + bytes((param, 0)) + b"x" * 8)
+        statement = self.client.protocol._statements[1]
+        self.assertEqual(statement.long_data_sizes, {0: 8, 1: 8})
+        self.assertFalse(statement.long_data_too_long)
+
+    def test_no_command_runs_while_replies_wait_unsent(self) -> None:
+        """While the client's transport holds more than its buffer of unsent replies, its
+        next command waits; it runs once they have drained."""
+        self.client.protocol.pauseProducing()
+        self.assertEqual(self.client.transport.producerState, "paused")
+        self.client.query(SELECT)
+        self.assertEqual(self.backends.waiting, [])
+        self.client.protocol.resumeProducing()
+        self.assertEqual(len(self.backends.waiting), 1)
+        self.assertEqual(self.client.transport.producerState, "producing")
+
+    def test_backend_is_not_read_while_the_client_is_behind(self) -> None:
+        """Mid-reply, the backend connection is paused while the client is behind, and
+        resumed when it has caught up (or when the reply ends)."""
+        conn, server = self.first_backend(self.client, SELECT)
+        self.client.protocol.pauseProducing()
+        self.assertEqual(server.transport.producerState, "paused")
+        self.client.protocol.resumeProducing()
+        self.assertEqual(server.transport.producerState, "producing")
+        self.client.protocol.pauseProducing()
+        server.send(vectors.SELECT_DEOF)
+        self.assertEqual(server.transport.producerState, "producing")  # the reply is whole
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_closing_while_paused_does_not_wait_for_the_producer(self) -> None:
+        """A client closed while its replies wait: once they drain the transport closes,
+        rather than waiting for pyproxy to stop producing."""
+        self.client.protocol.pauseProducing()
+        self.client.transport.disconnecting = True
+        self.client.protocol.resumeProducing()
+        self.assertIsNone(self.client.transport.producer)

@@ -101,10 +101,13 @@ def test_ok_with_info() -> None:
     assert ok.changes is None
 
 
-def test_ok_without_session_track_takes_rest_as_info() -> None:
-    """Without CLIENT_SESSION_TRACK the info is the rest of the packet."""
+def test_ok_without_session_track_has_length_encoded_info() -> None:
+    """Without CLIENT_SESSION_TRACK the info is still length-encoded, as servers write it
+    (mysqlnd reads a length there: a bare info made it drop the connection)."""
     payload = make_ok(2, affected_rows=300, last_insert_id=70000, warnings=1, info=b"hello")
+    assert payload.endswith(b"\x05hello")
     assert parse_ok(payload, session_track=False) == OK(300, 70000, 2, 1, b"hello")
+    assert make_ok(2).endswith(b"\x02\x00\x00\x00")  # no info: nothing after the warnings
 
 
 def test_strip_session_track() -> None:

@@ -523,3 +523,24 @@ def test_client_setting_tracking_is_recorded() -> None:
     changes = SessionChanges(variables=(("session_track_state_change", "ON"),), state_changed=True)
     assert s.observe_changes(changes, None) == "system variable session_track_state_change changed"
     assert s.own_tracking == frozenset({"session_track_state_change"})
+
+
+def test_savepoint_holds_with_autocommit_off_until_the_transaction_ends() -> None:
+    """A SAVEPOINT before anything started the transaction (status: no IN_TRANS) holds the
+    session's connection when autocommit is off; a reported transaction, or autocommit
+    back on, takes over; with autocommit on it holds nothing."""
+    s = session(autocommit=False)
+    s.observe_savepoint()
+    assert s.savepoint and s.holds_state()
+    s.observe_status(0)  # a table-less statement after it: still no transaction reported
+    assert s.holds_state()
+    s.observe_status(SERVER_STATUS_IN_TRANS)
+    assert not s.savepoint and s.holds_state()
+    s.observe_status(0)
+    assert not s.holds_state()
+    on = session()
+    on.observe_savepoint()
+    assert not on.holds_state()
+    s.observe_savepoint()
+    s.lose_transaction()
+    assert not s.holds_state()

@@ -113,6 +113,7 @@ def test_huge_statement_is_checked_past_its_head() -> None:
     (b"CREATE TEMPORARY TABLE t (a INT)", TEMPORARY),
     (b"PREPARE s FROM 'SELECT 1'", SQL_PREPARE),
     (b"EXECUTE IMMEDIATE 'SELECT 1'", DYNAMIC),
+    (b"SAVEPOINT sa_savepoint_1", sqltext.SAVEPOINT),
 ])
 def test_flags(sql: bytes, flags: int) -> None:
     """What a statement needs before it runs, or what its reply must be read with."""

@@ -85,22 +85,26 @@ def parse_ok(payload: bytes, session_track: bool) -> OK:
     warnings = r.u16()
     info = b""
     changes = None
-    if session_track:
-        if r.remaining():
-            info = r.lenenc_bytes()
-        if status & SERVER_SESSION_STATE_CHANGED and r.remaining():
-            changes = parse_session_changes(r.lenenc_bytes())
-    else:
-        info = r.rest()
+    # The info is length-encoded whatever the client negotiated (servers write
+    # it so); only the state block depends on CLIENT_SESSION_TRACK.
+    if r.remaining():
+        info = r.lenenc_bytes()
+    if session_track and status & SERVER_SESSION_STATE_CHANGED and r.remaining():
+        changes = parse_session_changes(r.lenenc_bytes())
     return OK(affected, insert_id, status, warnings, info, changes)
 
 
 def make_ok(status: int, *, affected_rows: int = 0, last_insert_id: int = 0,
             warnings: int = 0, info: bytes = b"", header: int = 0x00) -> bytes:
-    """An OK without a state block; ``info`` is written as the client without
-    CLIENT_SESSION_TRACK expects it (rest of packet)."""
+    """An OK without a state block, for a client without CLIENT_SESSION_TRACK.
+
+    ``info`` ("Records: 2  Duplicates: 0 ...") is length-encoded, as servers
+    write it to every client: mysqlnd and libmysqlclient read a length there,
+    and only readers that take "the rest of the packet" (PyMySQL) would also
+    accept it bare.  An empty info is left out."""
     return b"".join((bytes((header,)), lenenc_int(affected_rows), lenenc_int(last_insert_id),
-                     u16(status & ~SERVER_SESSION_STATE_CHANGED), u16(warnings), info))
+                     u16(status & ~SERVER_SESSION_STATE_CHANGED), u16(warnings),
+                     lenenc_bytes(info) if info else b""))
 
 
 def make_ok_tracked(status: int, *, affected_rows: int = 0, last_insert_id: int = 0,
