@@ -138,20 +138,21 @@ def test_stats_delta_subtracts_counters_and_keeps_percentiles() -> None:
         return {"pool": {"borrows": borrows, "waits": waits, "timeouts": 0, "opened": 4,
                          "borrow_wait_p50_ms": 0.0, "borrow_wait_p99_ms": p99,
                          "borrow_wait_max_ms": 9.5},
-                "pins": pins}
+                "pins": pins, "resets": sum(pins.values())}
 
     first = snapshot(100, 10, 1.5, {"temporary table": 1})
     second = snapshot(350, 60, 2.5, {"temporary table": 1, "GET_LOCK": 2})
     assert pyproxy_log.stats_delta(first, None) == {
         "borrows": 100, "waits": 10, "timeouts": 0, "opened": 4, "wait_p50_ms": 0.0,
-        "wait_p99_ms": 1.5, "wait_max_ms": 9.5, "pins": {"temporary table": 1}}
+        "wait_p99_ms": 1.5, "wait_max_ms": 9.5, "resets": 1, "pins": {"temporary table": 1}}
     delta = pyproxy_log.stats_delta(second, first)
-    assert (delta["borrows"], delta["waits"], delta["opened"]) == (250, 50, 0)
+    assert (delta["borrows"], delta["waits"], delta["opened"], delta["resets"]) == (250, 50, 0, 2)
     assert delta["wait_p99_ms"] == 2.5
     assert delta["pins"] == {"GET_LOCK": 2}
     # No pool_stats (no pool yet) and no pin_summary: nothing is made up.
     empty = pyproxy_log.stats_delta({"pool": None, "pins": None}, first)
     assert empty["borrows"] is None and empty["wait_p99_ms"] is None and empty["pins"] is None
+    assert empty["resets"] is None
 
 
 def test_pin_share_and_borrows_text() -> None:
@@ -165,12 +166,13 @@ def test_pin_share_and_borrows_text() -> None:
 
 def test_pyproxy_rows() -> None:
     result = {"pyproxy_log": {"pinned_share": "0.0% of 16", "borrows": 250, "waits": 50,
-                              "wait_p50_ms": 0.0, "wait_p99_ms": 2.5}}
+                              "resets_per_1000": 0.0, "wait_p50_ms": 0.0, "wait_p99_ms": 2.5}}
     rows = report.pyproxy_rows("select c=16", result)
     assert [row[1] for row in rows] == ["pinned share", "pyproxy borrows (waited)",
+                                        "resets per 1,000 borrows",
                                         "borrow wait p50 ms (recent)",
                                         "borrow wait p99 ms (recent)"]
-    assert [row[3] for row in rows] == ["0.0% of 16", "250 (50 waited)", 0.0, 2.5]
+    assert [row[3] for row in rows] == ["0.0% of 16", "250 (50 waited)", 0.0, 0.0, 2.5]
     assert all(row[2] is None for row in rows)  # no direct figure
     assert {row[3] for row in report.pyproxy_rows("storm", None)} == {"FAILED"}
     # The table renders them (strings as they are, numbers with their format).
