@@ -563,13 +563,6 @@ def check_wrong_password(out: dict[str, Any], sqlstate: bool = True) -> None:
     assert_access_denied(err["errno"], err["message"], err["sqlState"] if sqlstate else None)
 
 
-#: Why LOAD DATA LOCAL INFILE as a prepared statement fails through pyproxy.
-INFILE_EXECUTE_REASON = (
-    "ResponseTracker._whole (pyproxy/wire/response_tracker.py) takes a first packet 0xFB for "
-    "a LOCAL INFILE request only in the reply to a COM_QUERY (Reply.RESULT); in the reply to "
-    "COM_STMT_EXECUTE it reads it as a column count, Reader.lenenc_int raises 'protocol "
-    "violation: 0xfb does not start a length-encoded integer' and the client loses its "
-    "connection (2013).  Directly the server asks for the file and the driver sends it")
 
 
 def same_as_direct(run: Callable[..., dict[str, Any]], proxy: servers.ProxyProcess,

@@ -29,7 +29,6 @@ class TestScenarios(drivers.ScenarioTests):
         return drivers.run_program(["ruby", str(SCRIPT)], scenario, drivers.address(target),
                                    **params)
 
-    @pytest.mark.xfail(strict=True, reason=drivers.INFILE_EXECUTE_REASON)
     def test_load_data_local_infile_prepared(self, proxy: servers.ProxyProcess, tmp_path: Path,
                                              db_server: servers.DbServer) -> None:
         """The LOAD DATA statement prepared on the server (COM_STMT_PREPARE), then executed:

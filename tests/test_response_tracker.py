@@ -218,12 +218,14 @@ def test_more_results_ignored_for_single_reply() -> None:
     assert relay(Reply.FIELD_LIST, stream, False).tracker.state == DONE
 
 
+@pytest.mark.parametrize("reply", [Reply.RESULT, Reply.EXECUTE])
 @pytest.mark.parametrize("deprecate_eof", [False, True])
-def test_local_infile(deprecate_eof: bool) -> None:
-    """A LOCAL INFILE request stops the scan until infile_sent(); the OK after it ends the reply."""
+def test_local_infile(deprecate_eof: bool, reply: Reply) -> None:
+    """A LOCAL INFILE request stops the scan until infile_sent(); the OK after it ends the
+    reply.  LOAD DATA LOCAL prepared asks for the file in reply to COM_STMT_EXECUTE."""
     tracker = ResponseTracker(deprecate_eof)
-    tracker.start(Reply.RESULT)
-    got = relay(Reply.RESULT, vectors.INFILE_REQUEST, deprecate_eof, tracker=tracker)
+    tracker.start(reply)
+    got = relay(reply, vectors.INFILE_REQUEST, deprecate_eof, tracker=tracker)
     assert tracker.state == INFILE
     assert got.forwarded == len(vectors.INFILE_REQUEST)
     # Nothing is scanned while the client is still sending its file.
@@ -243,7 +245,8 @@ def test_local_infile(deprecate_eof: bool) -> None:
 
 
 def test_infile_request_only_for_queries() -> None:
-    """0xFB starts a result set's column count context only for COM_QUERY; infile_sent elsewhere is refused."""
+    """A LOCAL INFILE request comes only in reply to COM_QUERY or COM_STMT_EXECUTE; infile_sent
+    while none is pending is refused."""
     tracker = ResponseTracker(False)
     tracker.start(Reply.RESULT)
     with pytest.raises(ProtocolViolation):

@@ -346,7 +346,9 @@ class ResponseTracker:
                     if status & SERVER_SESSION_STATE_CHANGED:
                         self.changed = True
                     self._set_status(status)
-                elif first == 0xFB and self._reply == Reply.RESULT:
+                elif first == 0xFB and (self._reply == Reply.RESULT or self._reply == Reply.EXECUTE):
+                    # LOAD DATA LOCAL asks for the file in reply to a text query
+                    # or, prepared, to its COM_STMT_EXECUTE.
                     self.infile_at = start - 4
                     self.state = INFILE
                 elif first == 0xFE and end - start < 9:
