@@ -100,6 +100,9 @@ class TranslationTests(LoggedIn):
         for name, command in commands.items():
             deof, classic = getattr(vectors, name + "_DEOF"), getattr(vectors, name + "_EOF")
             self.check(command, deof, classic)
+        # A cursor asked for and not opened (a CALL's results cannot be one): the rows come
+        # as for any execute, and the client gets its EOF after the definitions.
+        self.check(commands["CURSOR_EXECUTE"], vectors.EXECUTE_DEOF, vectors.EXECUTE_EOF)
 
 
 class BinaryProtocolTests(LoggedIn):

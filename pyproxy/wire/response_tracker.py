@@ -68,7 +68,7 @@ class ResponseTracker:
                  "warnings", "affected", "insert_id", "warned", "saw_insert_id", "translate",
                  "terminators", "edits", "changed", "_metadata_status", "prepare_at", "infile_at",
                  "prepared", "_left", "_skip", "_continued", "_reply", "_params", "_pcolumns",
-                 "_shift", "_cursor")
+                 "_shift", "_cursor", "_eof_due")
 
     def __init__(self, deprecate_eof: bool) -> None:
         self.deprecate_eof = deprecate_eof
@@ -93,6 +93,10 @@ class ResponseTracker:
         self._metadata_status = 0
         self._shift = 0
         self._cursor = False
+        # Translating a COM_STMT_EXECUTE that asked for a cursor: whether the
+        # client needs an EOF after the column definitions depends on the next
+        # packet (see _cursor_or_rows).
+        self._eof_due = False
         self.untracked_change = False
         self.prepared: tuple[int, int, int] | None = None
         # Offset in the buffer last scanned of the first packet of a prepare reply
@@ -130,6 +134,7 @@ class ResponseTracker:
         self.terminators.clear()
         self.edits.clear()
         self._cursor = cursor
+        self._eof_due = False
         self._shift = 0
         self.state = _START[reply]
         self.status = -1
@@ -198,6 +203,10 @@ class ResponseTracker:
                 if size - pos < 5 and length:
                     return pos
                 first = buf[pos + 4] if length else 0
+                if self._eof_due:
+                    if first == 0xFE and length < MAX_PAYLOAD and end > size:
+                        return pos
+                    self._cursor_or_rows(buf, pos, end, first)
                 if (first == 0xFE and length < MAX_PAYLOAD) or first == 0xFF:
                     if end > size:
                         return pos
@@ -253,7 +262,9 @@ class ResponseTracker:
         state = self.state
         translate = self.translate
         if state == COLUMNS:
-            if translate and not (self._cursor and self._reply == Reply.EXECUTE):
+            if translate and self._cursor and self._reply == Reply.EXECUTE:
+                self._eof_due = True
+            elif translate:
                 self._insert_eof(end)
             self.state = ROWS if self.deprecate_eof else COLUMNS_EOF
         elif state == PARAMS:
@@ -267,6 +278,20 @@ class ResponseTracker:
             if translate:
                 self._insert_eof(end)
             self.state = DONE if self.deprecate_eof else PCOLUMNS_EOF
+
+    def _cursor_or_rows(self, buf: bytes, pos: int, end: int, first: int) -> None:
+        """The first packet after the definitions of an execute that asked for a
+        cursor.  A server that opened one ends the definitions itself, with a
+        terminator flagged SERVER_STATUS_CURSOR_EXISTS (translated into the
+        client's EOF like any other); one that did not (a CALL, whose results
+        cannot be a cursor) sends result sets as usual, and the client's EOF
+        after the definitions goes in before this packet."""
+        self._eof_due = False
+        if first == 0xFE and end - pos - 4 >= 7:
+            _, _, status, _ = ok_counters(buf[pos + 4:end])
+            if status & SERVER_STATUS_CURSOR_EXISTS:
+                return
+        self._insert_eof(pos)
 
     def _prepare_columns(self) -> None:
         if self._pcolumns:
