@@ -270,7 +270,7 @@ def registry(proxy: Any, health: Any, reactor: Any) -> CollectorRegistry:
     return out
 
 
-class _QuietSite(server.Site):
+class MetricsSite(server.Site):
     """No access log: a scrape every few seconds would drown pyproxy's own events."""
 
     noisy = False
@@ -285,4 +285,4 @@ def site(metrics: CollectorRegistry) -> server.Site:
 
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(metrics))
-    return _QuietSite(root)
+    return MetricsSite(root)
