@@ -100,9 +100,12 @@ class Options(usage.Options):
 
     def _log_twisted_events(self) -> None:
         """Makes twistd log its own events through pyproxy's renderer (one stream, one
-        format), unless it was told where to log (--logger, --logfile, --syslog)."""
+        format) when it runs in the foreground, unless it was told where to log
+        (--logger, --logfile, --syslog).  A daemon keeps twistd's own twistd.log:
+        its standard output goes nowhere."""
         runner = getattr(self, "parent", None)
-        if runner is None or any(runner.get(option) for option in ("logger", "logfile", "syslog")):
+        if runner is None or not runner.get("nodaemon") or any(
+                runner.get(option) for option in ("logger", "logfile", "syslog")):
             return
         # A name: twistd's own postOptions, which runs after this one, imports it.
         runner["logger"] = f"{logs.__name__}.{logs.twisted_observer.__name__}"

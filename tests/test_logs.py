@@ -123,12 +123,15 @@ class Runner(dict):
     ({"logfile": "/var/log/pyproxy.log"}, None),
     ({"logger": "some.other.observer"}, "some.other.observer"),
     ({"syslog": True}, None),
+    ({"nodaemon": False}, None),
 ])
 def test_twistd_is_told_to_log_through_pyproxy(given: dict[str, Any], expected: Any) -> None:
-    """Unless twistd was told where to log, it takes pyproxy's observer (by name,
-    which twistd's own option check then imports)."""
+    """In the foreground, unless twistd was told where to log, it takes pyproxy's
+    observer (by name, which twistd's own option check then imports); a daemon keeps
+    its twistd.log."""
     options = tap.Options()
-    options.parent = Runner({"logger": None, "logfile": None, "syslog": False, **given})
+    options.parent = Runner({"nodaemon": True, "logger": None, "logfile": None, "syslog": False,
+                             **given})
     options._log_twisted_events()
     chosen = options.parent["logger"]
     if expected is logs.twisted_observer:
