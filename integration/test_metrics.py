@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from integration import drivers, servers
 from integration.drivers import bounded  # noqa: F401  (fixture)
+from integration.test_operations import app_threads  # the server's count of the app account
 from pyproxy.sandbox import free_port
 
 pytestmark = pytest.mark.usefixtures("bounded")
@@ -66,18 +67,6 @@ def target_of(proxy: servers.ProxyProcess) -> str:
 def backend_gauges(samples: Samples, proxy: servers.ProxyProcess) -> dict[str, float]:
     return {state: pool_value(samples, proxy, "pyproxy_backend_connections", state=state)
             for state in ("idle", "in_use", "checking", "closing", "opening")}
-
-
-def app_threads(db_server: servers.DbServer) -> int:
-    """The server's own count of the app account's connections."""
-    root = db_server.connect()
-    try:
-        with root.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE user = %s",
-                        (servers.APP_USER,))
-            return int(cur.fetchone()[0])
-    finally:
-        root.close()
 
 
 def server_and_metrics_agree(proxy: servers.ProxyProcess, db_server: servers.DbServer,

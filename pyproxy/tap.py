@@ -97,7 +97,6 @@ class Options(usage.Options):
             sys.stderr.write(f"pyproxy: {exc}\n")
             raise SystemExit(2) from None
 
-
     def _log_twisted_events(self) -> None:
         """Makes twistd log its own events through pyproxy's renderer (one stream, one
         format) when it runs in the foreground, unless it was told where to log
