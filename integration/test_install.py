@@ -84,7 +84,8 @@ print(pyproxy.__file__)
 
 @pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
 def test_fresh_install_gives_twistd_pyproxy(tmp_path: Path, editable: bool) -> None:
-    """``pip install [-e] .`` of this checkout, then ``twistd pyproxy --help`` from elsewhere.
+    """``pip install [-e] .`` of this checkout, then ``twistd pyproxy --help`` and ``pyproxy
+    version`` from elsewhere.
 
     The venv sees the machine's packages (Twisted and the rest), but pyproxy and its plugin
     must come from this install: the copy of the checkout, or the venv's own site-packages.
@@ -112,6 +113,11 @@ def test_fresh_install_gives_twistd_pyproxy(tmp_path: Path, editable: bool) -> N
     elsewhere.mkdir()
 
     assert_pyproxy_help(run([str(python), str(twistd_script()), "pyproxy", "--help"], elsewhere))
+
+    # The console script the install made: the pyproxy command.
+    command = run([str(venv / "bin" / "pyproxy"), "version"], elsewhere)
+    assert command.returncode == 0, command.stdout + command.stderr
+    assert command.stdout.strip() == f"pyproxy {importlib.metadata.version('pyproxy')}", command.stdout
 
     found = run([str(python), "-c", WHERE_FROM], elsewhere)
     assert found.returncode == 0, found.stdout + found.stderr

@@ -75,17 +75,20 @@ def _port(instance: object, attribute: attrs.Attribute, value: object) -> None:
 
 def _endpoint(instance: object, attribute: attrs.Attribute, value: object) -> None:
     """A Twisted server endpoint string, parsed (not bound) now so that a bad
-    one is reported by key rather than as a traceback when pyproxy listens;
-    "" turns read_only_listen off."""
+    one is reported by key rather than as a traceback when pyproxy listens."""
     _string(instance, attribute, value)
-    if value == "" and attribute.name == "read_only_listen":
-        return
     try:
         # Parsing only stores the reactor, so none is needed (or installed) yet.
         endpoints.serverFromString(None, value)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - parsers raise ValueError, ImportError, KeyError...
         raise ConfigError(f"must be a Twisted endpoint such as tcp:3306 or "
                           f"tcp:6033:interface=127.0.0.1, got {value!r} ({exc})") from None
+
+
+def _optional_endpoint(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    """An endpoint string, or "" for a listener that is off."""
+    if value != "":
+        _endpoint(instance, attribute, value)
 
 
 @attrs.frozen
@@ -113,7 +116,7 @@ class ProxyConfig:
     drain_timeout: float = attrs.field(default=30.0, validator=_non_negative_number)
     # A second listener whose sessions go to reader targets (round-robin);
     # "" leaves it off.
-    read_only_listen: str = attrs.field(default="", validator=_endpoint)
+    read_only_listen: str = attrs.field(default="", validator=_optional_endpoint)
 
 
 ROLES = ("writer", "reader", "auto")
@@ -217,6 +220,15 @@ class LogConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    # Where Prometheus scrapes /metrics, a Twisted endpoint such as
+    # "tcp:9180:interface=127.0.0.1"; "" leaves the page off.  It shows
+    # counts and states only, but anyone who reaches it learns the user
+    # names and servers, so keep it on a private interface.
+    listen: str = attrs.field(default="", validator=_optional_endpoint)
+
+
+@attrs.frozen
 class UserConfig:
     name: str = attrs.field(validator=_string)
     password: str = attrs.field(default="", validator=_string, repr=False)
@@ -230,6 +242,7 @@ class Config:
     health: HealthConfig = HealthConfig()
     session: SessionConfig = SessionConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     users: tuple[UserConfig, ...] = ()
 
     def user(self, name: str) -> UserConfig | None:
@@ -241,7 +254,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
-    "health": HealthConfig, "session": SessionConfig, "log": LogConfig,
+    "health": HealthConfig, "session": SessionConfig, "log": LogConfig, "metrics": MetricsConfig,
 }
 
 ENV_PREFIX = "PYPROXY_"
@@ -371,57 +384,102 @@ def _split_target(item: str) -> tuple[object, ...]:
     return tuple(parts)
 
 
-def build(data: Mapping[str, Any]) -> Config:
-    """Turns a parsed TOML document into a Config, naming the first bad key."""
+def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
+    """Turns a parsed TOML document into a Config, naming the first bad key.
+
+    Args:
+        problems: if given, every problem is appended to it (one line each, for
+            ``pyproxy check-config``) instead of the first being raised; what is
+            at fault is left out of the Config returned.
+
+    Raises:
+        ConfigError: without ``problems``, for the first bad key.
+    """
+
+    def report(message: str) -> None:
+        if problems is None:
+            raise ConfigError(message)
+        problems.append(message)
+
     sections: dict[str, object] = {}
     for section, values in data.items():
         if section == "users":
             continue
         cls = SECTIONS.get(section)
         if cls is None:
-            raise ConfigError(f"unknown section [{section}]")
+            report(f"unknown section [{section}]")
+            continue
         if not isinstance(values, Mapping):
-            raise ConfigError(f"[{section}] must be a table")
+            report(f"[{section}] must be a table")
+            continue
         known = attrs.fields_dict(cls)
         if section == "backend" and "targets" in values:
-            values = {**values, "targets": _targets(values)}
+            try:
+                values = {**values, "targets": _targets(values)}
+            except ConfigError as exc:
+                report(str(exc))
+                values = {key: value for key, value in values.items() if key != "targets"}
+        good = {}
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"unknown key {section}.{key}")
+                report(f"unknown key {section}.{key}")
+                continue
             try:
                 cls(**{key: value})
             except ValueError as exc:
-                raise ConfigError(f"{section}.{key}: {_describe(exc)}") from None
+                report(f"{section}.{key}: {_describe(exc)}")
+                continue
             except TypeError:
                 pass  # a required sibling is missing; checked below
+            good[key] = value
         try:
-            sections[section] = cls(**values)
+            sections[section] = cls(**good)
         except ValueError as exc:
-            raise ConfigError(f"[{section}]: {_describe(exc)}") from None
+            report(f"[{section}]: {_describe(exc)}")
     users = []
     raw_users = data.get("users", [])
     if not isinstance(raw_users, list):
-        raise ConfigError("users must be an array of tables ([[users]])")
+        report("users must be an array of tables ([[users]])")
+        raw_users = []
     seen = set()
     for index, entry in enumerate(raw_users):
         if not isinstance(entry, Mapping) or "name" not in entry:
-            raise ConfigError(f"users[{index}].name is required")
+            report(f"users[{index}].name is required")
+            continue
         unknown = set(entry) - {"name", "password"}
         if unknown:
-            raise ConfigError(f"unknown key users[{index}].{sorted(unknown)[0]}")
+            report(f"unknown key users[{index}].{sorted(unknown)[0]}")
+            continue
         try:
             user = UserConfig(**entry)
         except ConfigError as exc:
             key = "name" if not isinstance(entry.get("name"), str) else "password"
-            raise ConfigError(f"users[{index}].{key}: {exc}") from None
+            report(f"users[{index}].{key}: {exc}")
+            continue
         if user.name in seen:
-            raise ConfigError(f"users[{index}].name: duplicate user {user.name!r}")
+            report(f"users[{index}].name: duplicate user {user.name!r}")
+            continue
         seen.add(user.name)
         users.append(user)
     backend = sections.get("backend")
     if isinstance(backend, BackendConfig) and backend.database == "":
         sections["backend"] = attrs.evolve(backend, database=None)
     return Config(**sections, users=tuple(users))  # type: ignore[arg-type]
+
+
+NO_USERS = "no [[users]] configured: clients could not log in"
+
+
+def _read(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
 def load(path: str | None, environ: Mapping[str, str] | None = None,
@@ -431,19 +489,49 @@ def load(path: str | None, environ: Mapping[str, str] | None = None,
     Raises:
         ConfigError: with one line naming the file or key at fault.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    data = _merge(_read(path), env_overrides(os.environ if environ is None else environ))
     if overrides:
         data = _merge(data, overrides)
     config = build(data)
     if not config.users:
-        raise ConfigError("no [[users]] configured: clients could not log in")
+        raise ConfigError(NO_USERS)
     return config
+
+
+def check(path: str, environ: Mapping[str, str] | None = None) -> tuple[Config | None, list[str]]:
+    """Everything wrong with a configuration file (and the PYPROXY_* variables
+    that would apply to it), one line per problem, as ``pyproxy check-config``
+    shows it; the Config only when there is none."""
+    try:
+        data = _read(path)
+    except ConfigError as exc:
+        return None, [str(exc)]
+    problems: list[str] = []
+    try:
+        data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    except ConfigError as exc:
+        problems.append(str(exc))
+    config = build(data, problems)
+    if not config.users and not any(problem.startswith(("users", "unknown key users"))
+                                    for problem in problems):
+        problems.append(NO_USERS)
+    return (None if problems else config), problems
+
+
+def secrets(config: Config) -> frozenset[str]:
+    """Every secret the configuration holds (passwords, by key name), so that the
+    logs can drop any field whose value is one of them, whatever its name."""
+    found: set[str] = set()
+
+    def walk(value: object, name: str) -> None:
+        if attrs.has(type(value)):
+            for field in attrs.fields(type(value)):
+                walk(getattr(value, field.name), field.name)
+        elif isinstance(value, tuple):
+            for item in value:
+                walk(item, name)
+        elif isinstance(value, str) and value and names_a_secret(name):
+            found.add(value)
+
+    walk(config, "")
+    return frozenset(found)

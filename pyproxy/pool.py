@@ -8,6 +8,8 @@ and closes.
 
 from __future__ import annotations
 
+import bisect
+import collections
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection, BackendError
-from pyproxy.logs import get_logger
+from pyproxy.logs import get_logger, reason_kind
 from pyproxy.wire import constants as c
 
 
@@ -29,6 +31,10 @@ TRANSIENT = frozenset((2003, 2013, 1040, 1053, 1927, 4031))
 # a client waits after the server is back: short and capped low.
 RETRY_FIRST = 0.05
 RETRY_MAX = 0.1
+# Upper bounds (seconds) of the borrow-wait histogram's buckets, for
+# /metrics: a borrow served at once waits 0, a timed-out one borrow_timeout.
+BORROW_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                       10.0, 30.0, 60.0, 120.0)
 
 
 class BorrowTimeout(BackendError):
@@ -108,6 +114,16 @@ class Pool:
         self.open_failures = 0
         # How long the last borrowers waited, in seconds (0 when served at once).
         self.wait_times: deque[float] = deque(maxlen=10000)
+        # Since the start, for /metrics: borrowers served after waiting, and
+        # those plus the timed-out ones by BORROW_WAIT_BUCKETS bucket (the last
+        # is past the largest bound) with their total wait.  Only waits are
+        # recorded, off the fast path; a borrow served at once waited 0.
+        self.waited_borrows = 0
+        self.wait_buckets = [0] * (len(BORROW_WAIT_BUCKETS) + 1)
+        self.wait_seconds = 0.0
+        # Connections closed, by the fixed part of the reason (pyproxy.logs.
+        # reason_kind); "lost" when the server or the network closed one first.
+        self.closed_reasons: collections.Counter[str] = collections.Counter()
 
     def size(self) -> int:
         return len(self.idle) + len(self.lent) + len(self.checking) + len(self.closing) + self.connecting
@@ -115,10 +131,20 @@ class Pool:
     def _retire(self, conn: BackendConnection, reason: str) -> None:
         """Closes a connection the pool has let go of.  It still counts against
         max_size until the server has closed it too, so that a replacement never
-        makes the server see more connections than max_size."""
+        makes the server see more connections than max_size.
+
+        One that broke first was counted as lost (see _lost), so it is not counted
+        again under this reason."""
+        if not conn.broken:
+            self.closed_reasons[reason_kind(reason)] += 1
         self.closing.add(conn)
         if not conn.close(reason):
             self.closing.discard(conn)
+
+    def _record_wait(self, seconds: float) -> None:
+        self.wait_times.append(seconds)
+        self.wait_buckets[bisect.bisect_left(BORROW_WAIT_BUCKETS, seconds)] += 1
+        self.wait_seconds += seconds
 
     # -- lending --------------------------------------------------------------
 
@@ -248,7 +274,8 @@ class Pool:
             self._expiry = None
         self.lent.add(conn)
         self.borrows += 1
-        self.wait_times.append(self.clock.seconds() - waiter.since)
+        self.waited_borrows += 1
+        self._record_wait(self.clock.seconds() - waiter.since)
         waiter.deferred.callback(conn)
 
     def _schedule_expiry(self) -> None:
@@ -265,7 +292,7 @@ class Pool:
         while waiters and waiters[0].since <= deadline + 1e-9:
             waiter = waiters.popleft()
             self.timeouts += 1
-            self.wait_times.append(self.borrow_timeout)
+            self._record_wait(self.borrow_timeout)
             self.log.warning("borrow_timeout", waited=self.borrow_timeout, pool_size=self.size())
             cause = self.last_error if self._retries else None
             waiter.deferred.errback(BorrowTimeout(self.borrow_timeout, cause))
@@ -318,6 +345,7 @@ class Pool:
             self._retries = 0
             conn.generation = generation
             if self.closed:
+                self.closed_reasons["pool closed"] += 1
                 conn.close("pool closed")
                 return
             conn.on_lost = self._lost
@@ -366,6 +394,8 @@ class Pool:
         """A connection died on its own (server restart, KILL, network), or one the
         pool closed is closed by the server too."""
         was_idle = conn in self.idle or conn in self.checking
+        if conn not in self.closing:
+            self.closed_reasons["lost"] += 1
         self._forget(conn)
         self.closing.discard(conn)
         if was_idle:
@@ -455,6 +485,6 @@ class Pool:
             self._cancel(waiter)
             waiter.deferred.errback(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
         for conn in self.idle + list(self.checking):
-            conn.close("shutdown")
+            self._retire(conn, "shutdown")
         self.idle.clear()
         self.checking.clear()

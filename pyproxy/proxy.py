@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import re
 from typing import Any
 
 import attrs
@@ -14,7 +13,7 @@ from twisted.internet.task import LoopingCall
 
 from pyproxy.backend import Target, connect
 from pyproxy.config import Config, TargetConfig
-from pyproxy.logs import format_address, get_logger
+from pyproxy.logs import format_address, get_logger, reason_kind
 from pyproxy.pool import Pool
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
 from pyproxy.topology import DOWN, Topology, TargetHealth
@@ -88,6 +87,8 @@ class Proxy:
     # client_stats): at Lambda rates each one is logged only at debug level.
     connections_accepted: int = 0
     connections_closed: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # Clients that logged in (a COM_CHANGE_USER counts again).
+    logins: int = 0
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
     _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
@@ -103,17 +104,18 @@ class Proxy:
     def client_connected(self, log: Any, peer: Any) -> None:
         """A client logged in: logged at debug level (the connection was counted
         when accepted)."""
+        self.logins += 1
         log.debug("client_connected", peer=format_address(peer))
 
     def client_closed(self, log: Any, reason: str) -> None:
         """A client connection ended: logged at debug level and counted by the
-        fixed part of its reason (see close_reason_kind)."""
+        fixed part of its reason (see pyproxy.logs.reason_kind)."""
         log.debug("client_closed", reason=reason)
-        self.connections_closed[close_reason_kind(reason)] += 1
+        self.connections_closed[reason_kind(reason)] += 1
 
     def client_stats(self) -> dict[str, Any]:
-        return {"accepted": self.connections_accepted, "open": len(self.clients),
-                "closed": dict(self.connections_closed)}
+        return {"accepted": self.connections_accepted, "logins": self.logins,
+                "open": len(self.clients), "closed": dict(self.connections_closed)}
 
     @property
     def capabilities(self) -> int:
@@ -275,7 +277,8 @@ class Proxy:
         restart.
         """
         old, self.config = self.config, config
-        changed = [name for name in ("proxy", "backend", "pool", "health", "session", "log", "users")
+        changed = [name for name in ("proxy", "backend", "pool", "health", "session", "log", "metrics",
+                                     "users")
                    if getattr(old, name) != getattr(config, name)]
         self.ignored_variables = frozenset(config.session.ignore_variables)
         health = config.health
@@ -378,16 +381,6 @@ class Proxy:
         self.topology.stop()
         for pool in self.pools.values():
             pool.close()
-
-
-_REASON_END = re.compile(r"""['"`(:;\d]""")
-
-
-def close_reason_kind(reason: str) -> str:
-    """A close reason up to its first quote, parenthesis, colon, semicolon or
-    digit ("Access denied for user 'x'@'h' ..." counts as "Access denied for
-    user"), so that user names, hosts and numbers never make new counters."""
-    return _REASON_END.split(reason, maxsplit=1)[0].strip() or "other"
 
 
 def probe_account(config: Config) -> tuple[str, str]:

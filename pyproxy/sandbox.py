@@ -10,7 +10,8 @@ The command line starts a sandbox and pyproxy in front of it, for trying pyproxy
     python -m pyproxy.sandbox run [--listen tcp:6033:interface=127.0.0.1] [-- EXTRA ARGS]
 
 It creates a database ``app`` and a user ``app`` with a random password, writes a pyproxy config
-into the sandbox folder, prints how to connect, runs ``twistd -n pyproxy --config FILE`` in
+(with the Prometheus page on a free port) into the sandbox folder, prints how to connect and
+where the metrics are, runs ``twistd -n pyproxy --config FILE`` in
 the foreground and removes the sandbox when that exits. EXTRA ARGS after ``--`` go after
 ``pyproxy --config FILE`` (pyproxy options); to pass options to the Twisted runner itself, put
 them before a literal ``pyproxy``: ``-- --log-level=debug pyproxy --some-pyproxy-option``.
@@ -570,11 +571,13 @@ def run_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> 
 
 
 def sandbox_config(
-    server: SandboxServer, listen: str, user: str, password: str, database: str
+    server: SandboxServer, listen: str, user: str, password: str, database: str,
+    metrics_listen: str = "",
 ) -> dict[str, Any]:
     """Return a pyproxy config (as dicts) for a proxy in front of ``server``."""
     return {
         "proxy": {"listen": listen},
+        "metrics": {"listen": metrics_listen},
         "backend": {
             "host": server.host,
             "port": server.port,
@@ -616,8 +619,10 @@ def _split_extra(extra: Sequence[str]) -> tuple[list[str], list[str]]:
     return [], list(extra)
 
 
-def _print_banner(server: SandboxServer, listen: str, password: str, config_path: Path) -> None:
+def _print_banner(server: SandboxServer, listen: str, password: str, config_path: Path,
+                  metrics_listen: str = "") -> None:
     address = endpoint_address(listen)
+    metrics = endpoint_address(metrics_listen)
     pw = shlex.quote(password)
     lines = [
         "",
@@ -633,6 +638,8 @@ def _print_banner(server: SandboxServer, listen: str, password: str, config_path
             f"  PyMySQL:          pymysql.connect(host={host!r}, port={port}, user='app', "
             f"password={password!r}, database='app')",
         ]
+    if metrics:
+        lines.append(f"  metrics:          curl -s http://{metrics[0]}:{metrics[1]}/metrics")
     lines += [
         f"  config:           {config_path}",
         "Ctrl-C stops pyproxy; the sandbox is then stopped and removed.",
@@ -662,12 +669,13 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         password = secrets.token_urlsafe(12)
         server.create_user("app", password, database="app")
         listen = args.listen or f"tcp:{free_port()}:interface=127.0.0.1"
+        metrics_listen = f"tcp:{free_port()}:interface=127.0.0.1"
         assert server.tmpdir is not None
         config_path = server.tmpdir / "pyproxy.toml"
         config_path.write_text(
-            dump_toml(sandbox_config(server, listen, "app", password, "app"))
+            dump_toml(sandbox_config(server, listen, "app", password, "app", metrics_listen))
         )
-        _print_banner(server, listen, password, config_path)
+        _print_banner(server, listen, password, config_path, metrics_listen)
         return run_foreground(twistd_command(config_path, runner_args, plugin_args), env)
     finally:
         server.cleanup()

@@ -89,12 +89,30 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self["parsed"] = config = configuration.load(self["config"], os.environ, self.overrides())
-            logs.configure(config.log.level, config.log.format)
+            configure_logs(config)
+            self._log_twisted_events()
             if not self["no-backend-check"]:
                 self["server"] = probe_backend(config)
         except (configuration.ConfigError, StartupError) as exc:
             sys.stderr.write(f"pyproxy: {exc}\n")
             raise SystemExit(2) from None
+
+    def _log_twisted_events(self) -> None:
+        """Makes twistd log its own events through pyproxy's renderer (one stream, one
+        format) when it runs in the foreground, unless it was told where to log
+        (--logger, --logfile, --syslog).  A daemon keeps twistd's own twistd.log:
+        its standard output goes nowhere."""
+        runner = getattr(self, "parent", None)
+        if runner is None or not runner.get("nodaemon") or any(
+                runner.get(option) for option in ("logger", "logfile", "syslog")):
+            return
+        # A name: twistd's own postOptions, which runs after this one, imports it.
+        runner["logger"] = f"{logs.__name__}.{logs.twisted_observer.__name__}"
+
+
+def configure_logs(config: configuration.Config) -> None:
+    """Logging as [log] says, never showing any password the configuration holds."""
+    logs.configure(config.log.level, config.log.format, secrets=configuration.secrets(config))
 
 
 class LoginRefused(StartupError):
@@ -242,6 +260,7 @@ class ProxyService(service.Service):
                                     min_idle=config.pool.min_idle)
         self.port: Any = None
         self.read_only_port: Any = None
+        self.metrics_port: Any = None
         self._idle_sweep: Any = None
         # Re-reads the configuration (file, environment, options) for SIGHUP.
         self._reload = reload
@@ -252,25 +271,36 @@ class ProxyService(service.Service):
 
         For TCP and UNIX endpoints the Deferred has fired by the time
         ``listen()`` returns; the port starts accepting once the reactor runs.
+        The metrics page is bound first, so that whoever waits for the proxy's
+        port finds it there too.
         """
         proxy = self.config.proxy
-        self.port = self._bind("listen", CountingFactory(self.proxy))
-        if proxy.read_only_listen:
-            try:
-                self.read_only_port = self._bind("read_only_listen", CountingFactory(self.proxy, True))
-            except StartupError:
-                if self.port is not None:
-                    self.port.stopListening()
-                raise
-
-    def _bind(self, key: str, factory: FrontendFactory) -> Any:
-        """Listens on [proxy] ``key``; a failure is one line naming the key (and
-        the other listener, when that one holds the port)."""
-        description = getattr(self.config.proxy, key)
-        where = f"proxy.{key}: cannot listen on {description}"
         try:
-            endpoint = endpoints.serverFromString(
-                self.reactor, listen_description(attrs.evolve(self.config.proxy, listen=description)))
+            if self.config.metrics.listen:
+                from pyproxy import metrics  # noqa: PLC0415 - only when the page is on
+
+                site = metrics.site(metrics.registry(self.proxy, self.health, self.reactor))
+                self.metrics_port = self._bind("metrics.listen", self.config.metrics.listen, site)
+            self.port = self._bind("proxy.listen", listen_description(proxy), CountingFactory(self.proxy))
+            if proxy.read_only_listen:
+                self.read_only_port = self._bind(
+                    "proxy.read_only_listen",
+                    listen_description(attrs.evolve(proxy, listen=proxy.read_only_listen)),
+                    CountingFactory(self.proxy, True))
+        except StartupError:
+            for port in self._ports():
+                port.stopListening()
+            raise
+
+    def _ports(self) -> list[Any]:
+        return [port for port in (self.port, self.read_only_port, self.metrics_port) if port is not None]
+
+    def _bind(self, key: str, description: str, factory: Any) -> Any:
+        """Listens on ``description``; a failure is one line naming the key (and the
+        other listener, when that one holds the port)."""
+        where = f"{key}: cannot listen on {description}"
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, description)
         except Exception as exc:  # noqa: BLE001 - the config check parsed it already; say it anyway
             raise StartupError(f"{where}: {exc}") from None
         result: list[Any] = []
@@ -278,9 +308,11 @@ class ProxyService(service.Service):
         if result and isinstance(result[0], Failure):
             failed = result[0]
             clash = ""
-            if failed.check(CannotListenError) and self.port is not None \
-                    and getattr(self.port.getHost(), "port", None) == failed.value.port:
-                clash = " (proxy.listen is on that port)"
+            if failed.check(CannotListenError):
+                bound = {"metrics.listen": self.metrics_port, "proxy.listen": self.port}
+                for other, port in bound.items():
+                    if port is not None and getattr(port.getHost(), "port", None) == failed.value.port:
+                        clash = f" ({other} is on that port)"
             raise StartupError(f"{where}: {failed.getErrorMessage()}{clash}")
         return result[0] if result else None
 
@@ -292,6 +324,8 @@ class ProxyService(service.Service):
         self.log.info("listening", version=pyproxy.__version__,
                       address=logs.format_address(self.port.getHost()),
                       read_only=logs.format_address(read_only.getHost()) if read_only is not None else None,
+                      metrics=(logs.format_address(self.metrics_port.getHost())
+                               if self.metrics_port is not None else None),
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
         self.proxy.start()
@@ -328,15 +362,17 @@ class ProxyService(service.Service):
             self.log.error("reload_failed", error=str(exc))
             return
         if config.proxy.listen != self.config.proxy.listen:
-            self.log.warning("reload_needs_restart", key="proxy.listen")
+            self.log.warning("reload_needs_restart", setting="proxy.listen")
         if config.proxy.read_only_listen != self.config.proxy.read_only_listen:
-            self.log.warning("reload_needs_restart", key="proxy.read_only_listen")
+            self.log.warning("reload_needs_restart", setting="proxy.read_only_listen")
+        if config.metrics.listen != self.config.metrics.listen:
+            self.log.warning("reload_needs_restart", setting="metrics.listen")
         changed = self.proxy.reconfigure(config)
         self.config = config
         health = self.health
         health.interval, health.max_lifetime = config.health.interval, config.pool.max_lifetime
         health.idle_timeout, health.min_idle = config.pool.idle_timeout, config.pool.min_idle
-        logs.configure(config.log.level, config.log.format)
+        configure_logs(config)
         self.log.info("reloaded", changed=changed)
 
     def _close_idle_clients(self) -> None:
@@ -361,8 +397,7 @@ class ProxyService(service.Service):
         super().stopService()
         if self._idle_sweep is not None and self._idle_sweep.running:
             self._idle_sweep.stop()
-        stopped = defer.gatherResults([defer.maybeDeferred(port.stopListening)
-                                       for port in (self.port, self.read_only_port) if port is not None])
+        stopped = defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self._ports()])
         self.proxy.draining = True
         for client in list(self.proxy.clients.values()):
             client.drain()
@@ -389,7 +424,7 @@ class ProxyService(service.Service):
 
 def makeService(options: Options) -> service.MultiService:
     config = options["parsed"]
-    logs.configure(config.log.level, config.log.format)
+    configure_logs(config)
     server = options.get("server") or ServerInfo("5.7.99-pyproxy", 0xFFFFFFFF, config.backend.charset, 2)
     top = service.MultiService()
 

@@ -63,6 +63,8 @@ class TargetHealth:
     # without a clock, never the time since the epoch.
     since: float | None = None
     probes: int = 0
+    # Probes that failed (not those only inconclusive), since the start.
+    failed_probes: int = 0
     last_probe: float = float("-inf")
     # No longer configured (SIGHUP removed it): never chosen again.
     retired: bool = False
@@ -115,6 +117,9 @@ class Topology:
         # Bumped whenever a state or the writer changes: clients holding on to
         # a pool compare it instead of asking again at every borrow.
         self.epoch = 0
+        # Times another target took over writes (failovers, and reloads that
+        # moved the writer), for /metrics.
+        self.writer_changes = 0
         self._turn = 0
         self.running = False
         self.log = get_logger(component="topology")
@@ -152,6 +157,7 @@ class Topology:
                 if target.role == role and target.state == UP and not target.retired:
                     self.writer = target
                     self.epoch += 1
+                    self.writer_changes += 1
                     self.log.warning("writer_changed", previous=current.name, target=target.name,
                                      previous_state=current.state)
                     self._tell("writer", target, current)
@@ -305,6 +311,7 @@ class Topology:
             self._schedule(target, self.interval)
             return
         target.failures += 1
+        target.failed_probes += 1
         target.last_error = failure.getErrorMessage()
         # Capped exponential backoff: a second opinion soon, then less often
         # while the server stays away (the exponent capped too: an outage of
@@ -355,6 +362,7 @@ class Topology:
                                 key=lambda t: (t.state != UP, t.role != "writer"))
             self.writer = candidates[0] if candidates else self._first_writer()
             if self.writer is not previous:
+                self.writer_changes += 1
                 self.log.warning("writer_changed", previous=previous.name, target=self.writer.name,
                                  previous_state="removed" if previous.retired else previous.state)
                 self._tell("writer", self.writer, previous)

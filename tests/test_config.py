@@ -16,6 +16,7 @@ from pyproxy.config import (
     TargetConfig,
     UserConfig,
     build,
+    check,
     env_overrides,
     load,
 )
@@ -288,3 +289,53 @@ def test_secret_values_are_never_shown(data: Any, value: object) -> None:
     assert "password" in message and "not shown" in message
     for needle in ("918273645", "6.02214076", "True", "true", "hunter2"):
         assert needle not in message
+
+
+def test_metrics_listen() -> None:
+    """[metrics] listen is off by default, takes an endpoint (also from the environment),
+    and a bad one is refused by key."""
+    assert build({}).metrics.listen == ""
+    assert build({"metrics": {"listen": "tcp:9180:interface=127.0.0.1"}}).metrics.listen.startswith("tcp:9180")
+    config = load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_METRICS_LISTEN": "tcp:9181"})
+    assert config.metrics.listen == "tcp:9181"
+    with pytest.raises(ConfigError, match=r"metrics\.listen: must be a Twisted endpoint"):
+        build({"metrics": {"listen": "http://0.0.0.0:9180"}})
+    with pytest.raises(ConfigError, match="unknown environment variable PYPROXY_METRICS_PORT"):
+        load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_METRICS_PORT": "9180"})
+
+
+def test_check_lists_every_problem(tmp_path: Path) -> None:
+    """check() reports each bad key once, in file order, instead of stopping at the first;
+    build() keeps stopping at the first with the same message."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[proxy]\nlisten = "nowhere:at:all"\nbacklog = -1\n\n[pool]\nmax_conections = 5\n\n'
+                    '[metrics]\nlisten = 9180\n\n[nonsense]\nx = 1\n\n'
+                    '[[users]]\nname = "app"\npassword = 5\n\n[[users]]\nname = "b"\n')
+    config, problems = check(str(path), {"PYPROXY_POOL_MIN_IDLE": "many"})
+    assert config is None
+    assert [problem.split(":")[0] for problem in problems] == [
+        "proxy.listen", "proxy.backlog", "unknown key pool.max_conections", "pool.min_idle",
+        "metrics.listen", "unknown section [nonsense]", "users[0].password"]
+    with pytest.raises(ConfigError) as info:
+        load(str(path), {"PYPROXY_POOL_MIN_IDLE": "many"})
+    assert str(info.value) == problems[0]
+
+
+def test_check_of_a_good_file_and_of_unreadable_ones(tmp_path: Path) -> None:
+    """A good file gives its Config and no problem; an unreadable or non-TOML file, or
+    one without users, gives one line."""
+    good = tmp_path / "good.toml"
+    good.write_text('[[users]]\nname = "app"\npassword = "pw"\n')
+    config, problems = check(str(good), {})
+    assert problems == [] and config is not None and config.users[0].name == "app"
+    assert check(str(tmp_path / "missing.toml"), {})[1] == [
+        f"cannot read config file {tmp_path / 'missing.toml'}: No such file or directory"]
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[proxy\n")
+    (problem,) = check(str(broken), {})[1]
+    assert "is not valid TOML" in problem
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert check(str(empty), {})[1] == ["no [[users]] configured: clients could not log in"]
+    unknown_env = check(str(good), {"PYPROXY_POOL_SIZE": "3"})[1]
+    assert len(unknown_env) == 1 and "PYPROXY_POOL_SIZE" in unknown_env[0]

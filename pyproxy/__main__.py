@@ -1,0 +1,7 @@
+"""``python -m pyproxy``: the ``pyproxy`` command (pyproxy.cli)."""
+
+import sys
+
+from pyproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""pyproxy.cli: the ``pyproxy`` command's check-config, version and run option parsing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+import pyproxy
+from pyproxy import cli, logs, tap
+
+GOOD = ('[proxy]\nlisten = "tcp:6033"\nread_only_listen = "tcp:6034"\n\n'
+        '[[backend.targets]]\nhost = "db-1"\n\n[[backend.targets]]\nhost = "db-2"\nrole = "reader"\n\n'
+        '[[users]]\nname = "app"\npassword = "pw"\n')
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No PYPROXY_* setting of the test run's own leaks in; logging is reset after."""
+    for name in list(os.environ):
+        if name.startswith("PYPROXY_"):
+            monkeypatch.delenv(name)
+    yield
+    structlog.reset_defaults()
+
+
+def test_check_config_good(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 0 and one line saying what the file will do."""
+    path = tmp_path / "pyproxy.toml"
+    path.write_text(GOOD)
+    assert cli.main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out == (f"{path}: ok; listen tcp:6033; read-only listen tcp:6034; metrics off; 1 user; "
+                   "backend db-1:3306 (writer), db-2:3306 (reader)\n")
+
+
+def test_check_config_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 1 and one line per problem on stderr, each naming the file and the key; the
+    environment counts, as it would for ``pyproxy run``; no password is shown."""
+    path = tmp_path / "pyproxy.toml"
+    path.write_text(GOOD.replace('password = "pw"', "password = 918273645")
+                    + '\n[pool]\nmax_connections = 0\nidle_timeout = "long"\n')
+    monkeypatch.setenv("PYPROXY_PROXY_LISTN", "tcp:1")
+    assert cli.main(["check-config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == ""
+    assert len(lines) == 4, lines
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    for needle in ("PYPROXY_PROXY_LISTN", "pool.max_connections", "pool.idle_timeout", "users[0].password"):
+        assert sum(needle in line for line in lines) == 1, (needle, lines)
+    assert "918273645" not in err
+
+
+def test_check_config_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-config"]) == 2
+    assert "usage: pyproxy check-config FILE" in capsys.readouterr().err
+
+
+def test_version_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out == f"pyproxy {pyproxy.__version__}\n"
+    assert cli.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'serve'" in err and "check-config FILE" in err
+    assert cli.main([]) == 2
+
+
+def test_run_takes_the_plugin_options(tmp_path: Path) -> None:
+    """``pyproxy run`` parses exactly twistd's ``-n pyproxy`` options: the plugin's own,
+    loaded config included, in the foreground, with pyproxy's log observer."""
+    path = tmp_path / "pyproxy.toml"
+    path.write_text(GOOD)
+    options = cli.RunOptions()
+    options.parseOptions(["--nodaemon", "--pidfile=", "run", "--config", str(path),
+                          "--no-backend-check", "--max-connections", "7"])
+    assert options.subCommand == "run"
+    assert isinstance(options.subOptions, tap.Options)
+    assert options.subOptions["parsed"].pool.max_connections == 7
+    assert options["nodaemon"] and options["pidfile"] == ""
+    assert options["logger"] is logs.twisted_observer
+    assert options.loadedPlugins["run"].tapname == "pyproxy"
+
+
+def test_run_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown option is one line (and a hint), exit status 2, nothing started."""
+    assert cli.main(["run", "--no-such-option"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "pyproxy run: option --no-such-option not recognized"
