@@ -20,6 +20,7 @@ from pyproxy import auth
 from pyproxy.direct_write import write_now
 from pyproxy.backend import CLASSIC_EOF, FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
+from pyproxy.login import LOGIN_PACKET_LIMIT, Identity, Login
 from pyproxy.proxy import Proxy
 from pyproxy import sqltext
 from pyproxy.routines import RoutineCatalog, Verdict, combine
@@ -39,16 +40,7 @@ from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor, statement_id
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
-from pyproxy.wire.handshake import (
-    HandshakeResponse41,
-    HandshakeV10,
-    is_ssl_request,
-    make_auth_more_data,
-    make_auth_switch_request,
-    make_handshake_v10,
-    parse_change_user,
-    parse_handshake_response41,
-)
+from pyproxy.wire.handshake import parse_change_user
 from pyproxy.wire.response_tracker import DONE, INFILE, ResponseTracker
 from pyproxy.wire.responses import (
     make_eof,
@@ -83,9 +75,6 @@ _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
 # Commands a client may send ahead of their replies before pyproxy stops reading it.
 QUEUE_LIMIT = 64
-# The largest packet a client may send before it has logged in (a login with
-# connection attributes takes a few hundred bytes).
-LOGIN_PACKET_LIMIT = 8192
 ER_LONG_DATA = (1105, "HY000")
 
 # Phases of the connection.
@@ -127,10 +116,10 @@ class FrontendProtocol(protocol.Protocol):
     # Thousands of idle clients are the normal case: no per-instance __dict__.
     __slots__ = (
         "transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-        "capabilities", "flavor", "session", "backend", "pinned", "_pending_login", "_busy",
+        "capabilities", "flavor", "session", "backend", "pinned", "_login", "_busy",
         "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
-        "_pool", "_kill_pending", "_backlog", "_paused_backend", "_timeout", "_forwarded", "_login_charset",
-        "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
+        "_pool", "_kill_pending", "_backlog", "_paused_backend", "_forwarded", "_login_charset",
+        "_statements", "_next_statement", "_preparing", "_cursor",
         "_hold_timer", "_closed_reason", "_query_timer", "last_active",
         "_refused_infile", "_globals_before", "_found", "_own_tracking",
         "readonly", "_epoch", "_libmariadb", "_lost_transaction", "_catalog", "_code", "_prefix",
@@ -152,7 +141,8 @@ class FrontendProtocol(protocol.Protocol):
         self.session: ClientSession | None = None
         self.backend: BackendConnection | None = None
         self.pinned = False
-        self._pending_login: Any = None
+        # The login phase, until the client has logged in (again, for COM_CHANGE_USER).
+        self._login: Login | None = None
         self._busy = False
         self._queue: deque[Packet] | None = None  # commands sent ahead (pipelining), rare
         self._command: Packet | None = None
@@ -206,10 +196,8 @@ class FrontendProtocol(protocol.Protocol):
         # The backend's session_track_* settings are the client's own (a pinned
         # session): its OK packets reach the client unfiltered.
         self._own_tracking = False
-        self._timeout: Any = None
         self._forwarded = False
         self._login_charset = proxy.config.backend.charset
-        self._auth_plugin = auth.NATIVE
 
     @property
     def log(self) -> Any:
@@ -236,15 +224,14 @@ class FrontendProtocol(protocol.Protocol):
         # transport says when the unsent bytes pass its buffer size, and when
         # they have drained.
         self.transport.registerProducer(self, True)
-        server = self.proxy.server
-        self.transport.write(frame(make_handshake_v10(HandshakeV10(
-            server.version, self.id & 0xFFFFFFFF, self.nonce, self.proxy.capabilities,
-            server.charset, server.status, self.proxy.config.proxy.auth_plugin)), 0))
-        self._timeout = self.proxy.reactor.callLater(
-            self.proxy.config.proxy.handshake_timeout, self._login_too_slow)
+        proxy = self.proxy
+        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities)
+        login.greet(self.id, proxy.server, proxy.config.proxy.auth_plugin, proxy.reactor,
+                    proxy.config.proxy.handshake_timeout)
 
-    def _login_too_slow(self) -> None:
-        self._timeout = None
+    def login_timed_out(self) -> None:
+        """handshake_timeout passed: a client still logging in is disconnected (one
+        whose login-time schema check is under way is not)."""
         if self.phase in (HANDSHAKE, AUTH_SWITCH):
             self._closed_reason = "handshake timeout"
             self.transport.loseConnection()
@@ -255,10 +242,10 @@ class FrontendProtocol(protocol.Protocol):
         except PacketTooLarge as exc:
             message = ("Got a packet bigger than 'max_allowed_packet' bytes" if self.phase == COMMANDS else
                        f"Got a login packet bigger than {LOGIN_PACKET_LIMIT} bytes")
-            self._fatal(c.ER_NET_PACKET_TOO_LARGE, message, exc.seq + 1)
+            self.fatal(c.ER_NET_PACKET_TOO_LARGE, message, exc.seq + 1)
             return
         except PacketsOutOfOrder as exc:
-            self._fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
+            self.fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
             return
         for packet in packets:
             if self.phase == COMMANDS:
@@ -273,14 +260,13 @@ class FrontendProtocol(protocol.Protocol):
                         self.transport.pauseProducing()
                 else:
                     self._dispatch(packet)
-            elif self.phase == HANDSHAKE:
-                self._login(packet)
-            elif self.phase == AUTH_SWITCH:
-                self._auth_switch_reply(packet)
+            elif self.phase == HANDSHAKE or self.phase == AUTH_SWITCH:
+                if self._login.receive(packet) and self.phase == HANDSHAKE:
+                    self.phase = AUTH_SWITCH
             else:
                 return
 
-    def _fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
+    def fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
         """An error the connection cannot survive: report it, then close."""
         if self.phase == CLOSED:
             return
@@ -290,33 +276,6 @@ class FrontendProtocol(protocol.Protocol):
         self._closed_reason = message
         self.phase = CLOSED
         self.transport.loseConnection()
-
-    def _login(self, packet: Packet) -> None:
-        payload = packet.payload
-        if is_ssl_request(payload):
-            self._fatal(c.ER_HANDSHAKE_ERROR, "pyproxy does not offer TLS yet", packet.seq + 1)
-            return
-        try:
-            response = parse_handshake_response41(payload)
-        except ValueError:
-            self._fatal(c.ER_HANDSHAKE_ERROR, "Bad handshake", packet.seq + 1)
-            return
-        self.capabilities = response.capabilities & self.proxy.capabilities
-        self.flavor = self.capabilities & FLAVOR_BITS
-        self._rewrite_oks = not self.capabilities & CLIENT.SESSION_TRACK
-        self._translate = not self.capabilities & CLIENT.DEPRECATE_EOF
-        self.user = response.username
-        self._libmariadb = response.attributes.get("_client_name") == "libmariadb"
-        self._pending_login = response
-        plugin = response.auth_plugin if self.capabilities & CLIENT.PLUGIN_AUTH else auth.NATIVE
-        if plugin not in auth.CLIENT_PLUGINS:
-            # Ask for a plugin pyproxy can check, with the same nonce.
-            self.phase = AUTH_SWITCH
-            self.transport.write(frame(make_auth_switch_request(auth.NATIVE, self.nonce), packet.seq + 1))
-            self._auth_plugin = auth.NATIVE
-            return
-        self._auth_plugin = plugin
-        self._check_proof(plugin, response.auth_response, packet.seq + 1)
 
     def _error(self, code: int, sqlstate: str, message: str) -> bytes:
         """An ERR packet for this client.
@@ -332,31 +291,28 @@ class FrontendProtocol(protocol.Protocol):
             code, sqlstate = ER_CONNECTION_KILLED if code == c.CR_SERVER_LOST[0] else ER_UNKNOWN_ERROR
         return make_err(code, sqlstate, message)
 
-    def _auth_switch_reply(self, packet: Packet) -> None:
-        self._check_proof(self._auth_plugin, packet.payload, packet.seq + 1)
-
-    def _check_proof(self, plugin: str, proof: bytes, seq: int) -> None:
-        account = self.proxy.config.user(self.user)
-        if account is None or not auth.verify(plugin, account.password.encode(), self.nonce, proof):
-            self.log.warning("auth_failed", plugin=plugin, known_user=account is not None)
-            host = self.transport.getPeer().host if hasattr(self.transport.getPeer(), "host") else "localhost"
-            code, state = c.ER_ACCESS_DENIED_ERROR
-            self._fatal((code, state), f"Access denied for user '{self.user}'@'{host}' "
-                                       f"(using password: {'YES' if proof else 'NO'})", seq)
-            return
-        if plugin == auth.CACHING_SHA2 and proof:
-            self.transport.write(frame(make_auth_more_data(auth.SHA2_FAST_AUTH_SUCCESS), seq))
-            seq += 1
-        response = self._pending_login
-        self._pending_login = None
+    def login_accepted(self, identity: Identity, seq: int) -> None:
+        """The login phase proved who the client is: its session begins (again, after
+        COM_CHANGE_USER), and the OK follows, once a schema the login named is
+        known to exist."""
+        if self.session is None:
+            # The first login.  COM_CHANGE_USER keeps what the connection
+            # negotiated then, and its client library.
+            capabilities = self.capabilities = identity.capabilities
+            self.flavor = capabilities & FLAVOR_BITS
+            self._rewrite_oks = not capabilities & CLIENT.SESSION_TRACK
+            self._translate = not capabilities & CLIENT.DEPRECATE_EOF
+            self._libmariadb = identity.libmariadb
+        self.user = identity.user
         multi = bool(self.capabilities & CLIENT.MULTI_STATEMENTS)
-        database = response.database if response.database is not None else self.proxy.config.backend.database
-        self._login_charset = response.charset
-        self.session = ClientSession(initial_state(response.charset, database,
+        schema = identity.schema
+        database = schema if schema is not None else self.proxy.config.backend.database
+        self._login_charset = identity.charset
+        self.session = ClientSession(initial_state(identity.charset, database,
                                                    self.proxy.server.autocommit, multi))
         self._catalog = self.proxy.catalog(self.user)
-        if response.database and not self.proxy.schema_known(self.user, response.database):
-            self._verify_schema(response.database, seq)
+        if schema and not self.proxy.schema_known(self.user, schema):
+            self._verify_schema(schema, seq)
             return
         self._logged_in(seq)
 
@@ -369,9 +325,9 @@ class FrontendProtocol(protocol.Protocol):
 
     def _logged_in(self, seq: int) -> None:
         self.last_active = self.proxy.reactor.seconds()
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
+        login, self._login = self._login, None
+        if login is not None:
+            login.stop()
         self.phase = COMMANDS
         self.framer.max_packet_size = self.proxy.config.proxy.max_packet_size
         if self.session is not None and self.session.state.schema:
@@ -817,8 +773,8 @@ class FrontendProtocol(protocol.Protocol):
                 if self.pinned:
                     # The connection this session was pinned to died while the
                     # client was idle: its state is gone with it.
-                    self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend "
-                                "connection holding this session's state was closed")
+                    self.fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend "
+                               "connection holding this session's state was closed")
                     return
                 session = self.session
                 if session.holds_state():
@@ -844,9 +800,9 @@ class FrontendProtocol(protocol.Protocol):
                 return
             elif self.pinned:
                 self._busy = False  # nothing was sent: the connection can be reset and reused
-                self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the server this "
-                            "pinned session's state lives on no longer serves it (failover to "
-                            f"{self.proxy.topology.writer.name})")
+                self.fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the server this "
+                           "pinned session's state lives on no longer serves it (failover to "
+                           f"{self.proxy.topology.writer.name})")
                 return
             elif self.session.holds_state():
                 # An open transaction finishes where it began; the server
@@ -1608,11 +1564,11 @@ class FrontendProtocol(protocol.Protocol):
             self.backend = None
             _discard(conn, "broken")
             if self.session.holds_state():
-                self._fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
+                self.fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
                 return
         if self._command is not None and not self._command.payload:
             # Login-time schema check.
-            self._fatal((exc.code, exc.sqlstate), exc.message, self._command.seq + 1)
+            self.fatal((exc.code, exc.sqlstate), exc.message, self._command.seq + 1)
             return
         self._reply_error((exc.code, exc.sqlstate), exc.message)
         self._busy = False
@@ -1627,7 +1583,7 @@ class FrontendProtocol(protocol.Protocol):
         self.backend = None
         if conn is not None:
             _discard(conn, "internal error")
-        self._fatal((1105, "HY000"), f"pyproxy internal error: {exc!r}")
+        self.fatal((1105, "HY000"), f"pyproxy internal error: {exc!r}")
 
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
@@ -1652,7 +1608,7 @@ class FrontendProtocol(protocol.Protocol):
             # session's state died with the connection: the client must not
             # carry on as if nothing happened.
             seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
-            self._fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
+            self.fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
             return
         if session.holds_state():
             sql = self._sql
@@ -1744,29 +1700,16 @@ class FrontendProtocol(protocol.Protocol):
         try:
             request = parse_change_user(packet.payload, self.capabilities)
         except ValueError:
-            self._fatal(c.ER_HANDSHAKE_ERROR, "Bad COM_CHANGE_USER packet", packet.last_seq + 1)
+            self.fatal(c.ER_HANDSHAKE_ERROR, "Bad COM_CHANGE_USER packet", packet.last_seq + 1)
             return
         self._detach_backend()
         self.pinned = False
         self._statements = None
         self._lost_transaction = False
-        old_user = self.user
-        self.user = request.username
-        self._pending_login = HandshakeResponse41(self.capabilities, 0, request.charset or 45,
-                                                  request.username, request.auth_response,
-                                                  request.database)
         self._command = None
-        plugin = request.auth_plugin or auth.NATIVE
-        if plugin not in auth.CLIENT_PLUGINS:
-            plugin = auth.NATIVE
-            self.phase = AUTH_SWITCH
-            self._auth_plugin = plugin
-            self.transport.write(frame(make_auth_switch_request(plugin, self.nonce), packet.last_seq + 1))
-            return
-        self._auth_plugin = plugin
         self.phase = AUTH_SWITCH
-        self.log.debug("change_user", previous=old_user)
-        self._check_proof(plugin, request.auth_response, packet.last_seq + 1)
+        login = self._login = Login(self, self.proxy.credentials, self.nonce, self.capabilities)
+        login.change_user(request, packet.last_seq + 1)
 
     # -- end ------------------------------------------------------------------
 
@@ -1775,8 +1718,8 @@ class FrontendProtocol(protocol.Protocol):
         self.phase = CLOSED
         self._resume_backend()
         self.proxy.clients.pop(self.id, None)
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
+        if self._login is not None:
+            self._login.stop()
         if self._hold_timer is not None and self._hold_timer.active():
             self._hold_timer.cancel()
         self._cancel_query_timer()

@@ -19,7 +19,7 @@ import vectors
 from pyproxy import auth
 from pyproxy.backend import BackendConnection, BackendError
 from pyproxy.config import build
-from pyproxy.frontend import COMMANDS, FrontendFactory, FrontendProtocol
+from pyproxy.frontend import FrontendFactory
 from pyproxy.pool import Pool
 from pyproxy.statements import ClientStatement
 from pyproxy.proxy import Proxy, ServerInfo
@@ -40,7 +40,6 @@ from pyproxy.wire.framing import Packet, PacketFramer, frame
 from pyproxy.wire.handshake import (
     HandshakeResponse41,
     make_handshake_response41,
-    parse_auth_switch_request,
     parse_handshake_v10,
 )
 from pyproxy.wire.buffer import lenenc_bytes
@@ -148,159 +147,6 @@ def err_of(packet: Packet) -> tuple[int, int, str]:
     assert packet.payload[0] == 0xFF, packet.payload
     err = parse_err(packet.payload)
     return packet.seq, err.code, err.sqlstate
-
-
-class HandshakeTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.proxy, self.backends = make_proxy()
-        self.client = FakeClient(self.proxy)
-
-    def test_greeting(self) -> None:
-        """The greeting shows the server's version, pyproxy's capabilities and a fresh nonce."""
-        g = self.client.greeting
-        self.assertEqual(g.server_version, vectors.SERVER_VERSION)
-        self.assertEqual(g.capabilities, self.proxy.capabilities)
-        self.assertTrue(g.capabilities & CLIENT.SESSION_TRACK and g.capabilities & CLIENT.DEPRECATE_EOF)
-        self.assertFalse(g.capabilities & CLIENT.SSL)
-        self.assertEqual(g.auth_plugin, auth.NATIVE)
-        self.assertEqual(len(g.auth_data), 20)
-        self.assertEqual(g.connection_id, self.client.protocol.id)
-        self.assertTrue(self.client.transport.nodelay)
-        self.assertEqual([c.getTime() for c in self.proxy.reactor.getDelayedCalls()], [5])
-
-    def test_login(self) -> None:
-        """A correct proof gets an OK (seq 2), and no backend connection is taken for an idle client."""
-        [ok] = self.client.login()
-        self.assertEqual(ok.seq, 2)
-        self.assertEqual(parse_ok(ok.payload, True).status, SERVER_STATUS_AUTOCOMMIT)
-        self.assertEqual(self.client.protocol.phase, COMMANDS)
-        self.assertFalse(self.client.closed)
-        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
-        self.assertEqual(self.backends.waiting, [])
-        self.assertIs(self.proxy.clients[self.client.protocol.id], self.client.protocol)
-
-    def test_login_byte_by_byte(self) -> None:
-        """The login response may arrive one byte per read."""
-        proof = auth.native_proof(b"secret", self.client.greeting.auth_data)
-        data = frame(make_handshake_response41(HandshakeResponse41(
-            CLIENT_CAPS, 0, 45, "app", proof, None, auth.NATIVE)), 1)
-        for i in range(len(data)):
-            self.client.protocol.dataReceived(data[i:i + 1])
-        [ok] = self.client.received()
-        self.assertEqual(ok.payload[0], 0)
-
-    def test_wrong_password(self) -> None:
-        """A wrong proof gets ERR 1045 (28000), seq 2, and the connection is closed."""
-        [err] = self.client.login(password="wrong")
-        self.assertEqual(err_of(err), (2, 1045, "28000"))
-        self.assertEqual(parse_err(err.payload).message,
-                         f"Access denied for user 'app'@'{PEER}' (using password: YES)")
-        self.assertTrue(self.client.closed)
-
-    def test_unknown_user(self) -> None:
-        """An account pyproxy does not know is refused the same way, without saying it is unknown."""
-        [err] = self.client.login(user="ghost")
-        self.assertEqual(err_of(err), (2, 1045, "28000"))
-        self.assertTrue(self.client.closed)
-
-    def test_empty_password_account(self) -> None:
-        """An account without password logs in with an empty proof; a password for it is refused."""
-        [ok] = self.client.login(user="nopw", password="")
-        self.assertEqual(ok.payload[0], 0)
-        other = FakeClient(self.proxy)
-        [err] = other.login(user="nopw", password="x")
-        self.assertEqual(err_of(err)[1], 1045)
-
-    def test_empty_handshake_packet(self) -> None:
-        """An empty packet instead of a login gets exactly what MariaDB answers: 1043 Bad handshake."""
-        self.client.send(b"", seq=1)
-        self.assertEqual(self.client.raw(), vectors.BAD_HANDSHAKE_ERR)
-        self.assertTrue(self.client.closed)
-
-    def test_garbage_handshake(self) -> None:
-        """Bytes that are not a HandshakeResponse41 get 1043 and a closed connection."""
-        self.client.send(b"\xff\xff\xff\xffgarbage", seq=1)
-        [err] = self.client.received()
-        self.assertEqual(err_of(err), (2, 1043, "08S01"))
-        self.assertTrue(self.client.closed)
-
-    def test_pre_41_client(self) -> None:
-        """A client without CLIENT_PROTOCOL_41 gets 1043."""
-        [err] = self.client.login(caps=CLIENT_CAPS & ~CLIENT.PROTOCOL_41)
-        self.assertEqual(err_of(err)[1:], (1043, "08S01"))
-
-    def test_ssl_request(self) -> None:
-        """pyproxy offers no TLS: an SSLRequest gets 1043 and the connection closes."""
-        caps = CLIENT_CAPS | CLIENT.SSL
-        self.client.send(caps.to_bytes(4, "little") + b"\x00\x00\x00\x01\x2d" + b"\x00" * 23, seq=1)
-        [err] = self.client.received()
-        self.assertEqual(err_of(err), (2, 1043, "08S01"))
-        self.assertTrue(self.client.closed)
-
-    def test_handshake_timeout(self) -> None:
-        """A client that does not log in within handshake_timeout is disconnected."""
-        self.proxy.reactor.advance(4.9)
-        self.assertFalse(self.client.closed)
-        self.proxy.reactor.advance(0.1)
-        self.assertTrue(self.client.closed)
-
-    def test_auth_switch_for_unknown_plugin(self) -> None:
-        """A client answering with a plugin pyproxy cannot check is switched to native, same nonce."""
-        [switch] = self._login_with_plugin("dialog")
-        self.assertEqual(switch.seq, 2)
-        self.assertEqual(parse_auth_switch_request(switch.payload),
-                         (auth.NATIVE, self.client.greeting.auth_data + b"\x00"))
-        self.client.send(auth.native_proof(b"secret", self.client.greeting.auth_data), seq=3)
-        [ok] = self.client.received()
-        self.assertEqual((ok.seq, ok.payload[0]), (4, 0))
-
-    def _login_with_plugin(self, plugin: str) -> list[Packet]:
-        self.client.send(make_handshake_response41(HandshakeResponse41(
-            CLIENT_CAPS, 0, 45, "app", b"\x01" * 20, None, plugin)), seq=1)
-        return self.client.received()
-
-    def test_caching_sha2_fast_auth(self) -> None:
-        """A caching_sha2_password proof gets 'fast auth success' (seq 2), then the OK (seq 3)."""
-        more, ok = self.client.login(plugin=auth.CACHING_SHA2)
-        self.assertEqual((more.seq, more.payload), (2, b"\x01\x03"))
-        self.assertEqual((ok.seq, ok.payload[0]), (3, 0))
-
-    def test_login_with_unknown_schema_checks_it(self) -> None:
-        """A login naming a schema borrows a backend to select it; the server's error ends the login."""
-        self.client.login(database="nope")
-        conn, server = self.backends.open()
-        [init_db] = server.received()
-        self.assertEqual(init_db.payload, make_init_db("nope"))
-        server.send(frame(b"\xff\x19\x04#42000Unknown database 'nope'", 1))
-        [err] = self.client.received()
-        self.assertEqual(err_of(err), (2, 1049, "42000"))
-        self.assertTrue(self.client.closed)
-
-    def test_login_with_schema(self) -> None:
-        """A schema that exists is selected, then the OK; the next login with it needs no check."""
-        self.client.login(database="app")
-        conn, server = self.backends.open()
-        [init_db] = server.received()
-        self.assertEqual(init_db.payload, make_init_db("app"))
-        server.send(vectors.INIT_DB_OK)
-        [ok] = self.client.received()
-        self.assertEqual((ok.seq, ok.payload[0]), (2, 0))
-        self.assertEqual(self.proxy.pool("app").idle, [conn])
-        self.assertIn("app", self.proxy.known_schemas)
-        second = FakeClient(self.proxy)
-        [ok] = second.login(database="app")
-        self.assertEqual(ok.payload[0], 0)
-
-    def test_unix_socket_transport(self) -> None:
-        """A transport without TCP options (a UNIX socket) still gets a greeting."""
-        class UnixTransport(FakeTransport):
-            def setTcpNoDelay(self, enabled: bool) -> None:
-                raise OSError(95, "Operation not supported")
-
-        protocol = FrontendProtocol(self.proxy)
-        transport = UnixTransport()
-        protocol.makeConnection(transport)
-        self.assertEqual(transport.value()[3:5], b"\x00\x0a")
 
 
 class LoggedIn(SynchronousTestCase):
