@@ -104,7 +104,7 @@ _ENDS_TRANSACTION = re.compile(rb"(?is)\s*(?:commit|rollback)\b(?!(?:\s+work)?\s
 _INSERTS = re.compile(rb"(?i)insert|replace|load")
 # Statements whose "session state changed" may be more than variables say.
 _HIDDEN = sqltext.USER_VARIABLE | sqltext.TEMPORARY | sqltext.SQL_PREPARE | sqltext.DYNAMIC | sqltext.CALLS
-# Client error codes libmariadb 3.3 keeps for itself (see FrontendProtocol._error).
+# Client error codes libmariadb 3.3 keeps for itself (see FrontendProtocol.error_packet).
 CR_FIRST, LIBMARIADB_CR_LAST = 2000, 2061
 ER_CONNECTION_KILLED = (1927, "70100")
 ER_UNKNOWN_ERROR = (1105, "HY000")
@@ -116,13 +116,13 @@ class FrontendProtocol(protocol.Protocol):
     # Thousands of idle clients are the normal case: no per-instance __dict__.
     __slots__ = (
         "transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-        "capabilities", "flavor", "session", "backend", "pinned", "_login", "_busy",
-        "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
-        "_pool", "_kill_pending", "_backlog", "_paused_backend", "_forwarded", "_login_charset",
+        "capabilities", "flavor", "session", "backend", "pinned", "_login", "busy",
+        "_queue", "command", "sql", "infile", "rewrite_oks", "translate", "_borrowing",
+        "_pool", "kill_pending", "backlog", "paused_backend", "forwarded", "login_charset",
         "_statements", "_next_statement", "_preparing", "_cursor",
-        "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile", "_globals_before", "_found", "_own_tracking",
-        "readonly", "_epoch", "_libmariadb", "_lost_transaction", "_catalog", "_code", "_prefix",
+        "hold_timer", "closed_reason", "query_timer", "last_active",
+        "refused_infile", "_globals_before", "found", "own_tracking",
+        "readonly", "_epoch", "libmariadb", "lost_transaction", "catalog", "code", "prefix",
     )
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
@@ -143,31 +143,31 @@ class FrontendProtocol(protocol.Protocol):
         self.pinned = False
         # The login phase, until the client has logged in (again, for COM_CHANGE_USER).
         self._login: Login | None = None
-        self._busy = False
+        self.busy = False
         self._queue: deque[Packet] | None = None  # commands sent ahead (pipelining), rare
-        self._command: Packet | None = None
-        self._sql: bytes | None = None
-        self._infile = False
-        self._rewrite_oks = False
-        self._translate = False
+        self.command: Packet | None = None
+        self.sql: bytes | None = None
+        self.infile = False
+        self.rewrite_oks = False
+        self.translate = False
         self._borrowing: defer.Deferred[BackendConnection] | None = None
         self._pool: Any = None
         # Came in through the read-only listener: transactions go to readers.
         self.readonly = readonly
         # The topology epoch _pool was chosen in.
         self._epoch = -1
-        # The client's library is libmariadb (see _error).
-        self._libmariadb = False
+        # The client's library is libmariadb (see error_packet).
+        self.libmariadb = False
         # Its transaction died with a backend connection: until the client
         # says ROLLBACK, nothing else runs (see _transaction_lost).
-        self._lost_transaction = False
-        self._kill_pending = False
+        self.lost_transaction = False
+        self.kill_pending = False
         # The client's unsent replies passed its transport's buffer size: no
         # further command runs and no further reply data is read for it until
         # they drain (pauseProducing / resumeProducing).
-        self._backlog = False
+        self.backlog = False
         # The backend connection whose reading was paused for that.
-        self._paused_backend: BackendConnection | None = None
+        self.paused_backend: BackendConnection | None = None
         # Prepared statements by the ids pyproxy gave the client; made on first use.
         self._statements: dict[int, ClientStatement] | None = None
         self._next_statement = 1
@@ -175,29 +175,29 @@ class FrontendProtocol(protocol.Protocol):
         # The statement of the running command that opens, reads or closes a
         # cursor, and the backend statement it runs on.
         self._cursor: tuple[ClientStatement, BackendStatement] | None = None
-        self._hold_timer: Any = None
-        self._closed_reason: str | None = None
-        self._query_timer: Any = None
+        self.hold_timer: Any = None
+        self.closed_reason: str | None = None
+        self.query_timer: Any = None
         self.last_active = 0.0
         # The sequence id for the error that replaces a refused LOCAL INFILE, or -1.
-        self._refused_infile = -1
+        self.refused_infile = -1
         # Around a SET GLOBAL: pyproxy's own connection to the server and the
         # global variables read over it just before the statement ran.
         self._globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
         # What sqltext.scan() found in the running statement's text.
-        self._found: sqltext.Found | None = None
+        self.found: sqltext.Found | None = None
         # The user's catalog of stored code (pyproxy.routines), and what the
         # stored code the running statement names can do (None: it names none).
-        self._catalog: RoutineCatalog | None = None
-        self._code: Verdict | None = None
+        self.catalog: RoutineCatalog | None = None
+        self.code: Verdict | None = None
         # pyproxy's own SET to send ahead of the running command in the same
         # write, and the LAST_INSERT_ID() it gives the connection (see _bring_to_state).
-        self._prefix: tuple[bytes, int] | None = None
+        self.prefix: tuple[bytes, int] | None = None
         # The backend's session_track_* settings are the client's own (a pinned
         # session): its OK packets reach the client unfiltered.
-        self._own_tracking = False
-        self._forwarded = False
-        self._login_charset = proxy.config.backend.charset
+        self.own_tracking = False
+        self.forwarded = False
+        self.login_charset = proxy.config.backend.charset
 
     @property
     def log(self) -> Any:
@@ -215,7 +215,7 @@ class FrontendProtocol(protocol.Protocol):
         if len(self.proxy.clients) >= self.proxy.config.proxy.max_client_connections:
             code, state = c.ER_CON_COUNT_ERROR
             self.transport.write(frame(make_err(code, state, "Too many connections"), 0))
-            self._closed_reason = "max_client_connections reached"
+            self.closed_reason = "max_client_connections reached"
             self.phase = CLOSED
             self.transport.loseConnection()
             return
@@ -233,7 +233,7 @@ class FrontendProtocol(protocol.Protocol):
         """handshake_timeout passed: a client still logging in is disconnected (one
         whose login-time schema check is under way is not)."""
         if self.phase in (HANDSHAKE, AUTH_SWITCH):
-            self._closed_reason = "handshake timeout"
+            self.closed_reason = "handshake timeout"
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -249,9 +249,9 @@ class FrontendProtocol(protocol.Protocol):
             return
         for packet in packets:
             if self.phase == COMMANDS:
-                if self._infile:
+                if self.infile:
                     self._infile_packet(packet)
-                elif self._busy or self._backlog:
+                elif self.busy or self.backlog:
                     if self._queue is None:
                         self._queue = deque()
                     self._queue.append(packet)
@@ -271,13 +271,13 @@ class FrontendProtocol(protocol.Protocol):
         if self.phase == CLOSED:
             return
         if seq is None:
-            seq = self._command.last_seq + 1 if self._command is not None else 0
-        self.transport.write(frame(self._error(error[0], error[1], message), seq))
-        self._closed_reason = message
+            seq = self.command.last_seq + 1 if self.command is not None else 0
+        self.transport.write(frame(self.error_packet(error[0], error[1], message), seq))
+        self.closed_reason = message
         self.phase = CLOSED
         self.transport.loseConnection()
 
-    def _error(self, code: int, sqlstate: str, message: str) -> bytes:
+    def error_packet(self, code: int, sqlstate: str, message: str) -> bytes:
         """An ERR packet for this client.
 
         libmariadb (mysqlclient, the mariadb CLI, C programs) takes a server
@@ -286,7 +286,7 @@ class FrontendProtocol(protocol.Protocol):
         killed, 70100) for a lost backend and 1105 for the rest, with the
         client code in the message.  Other drivers report 2013 as sent.
         """
-        if self._libmariadb and CR_FIRST <= code <= LIBMARIADB_CR_LAST:
+        if self.libmariadb and CR_FIRST <= code <= LIBMARIADB_CR_LAST:
             message = f"{message} (client error {code})"
             code, sqlstate = ER_CONNECTION_KILLED if code == c.CR_SERVER_LOST[0] else ER_UNKNOWN_ERROR
         return make_err(code, sqlstate, message)
@@ -300,17 +300,17 @@ class FrontendProtocol(protocol.Protocol):
             # negotiated then, and its client library.
             capabilities = self.capabilities = identity.capabilities
             self.flavor = capabilities & FLAVOR_BITS
-            self._rewrite_oks = not capabilities & CLIENT.SESSION_TRACK
-            self._translate = not capabilities & CLIENT.DEPRECATE_EOF
-            self._libmariadb = identity.libmariadb
+            self.rewrite_oks = not capabilities & CLIENT.SESSION_TRACK
+            self.translate = not capabilities & CLIENT.DEPRECATE_EOF
+            self.libmariadb = identity.libmariadb
         self.user = identity.user
         multi = bool(self.capabilities & CLIENT.MULTI_STATEMENTS)
         schema = identity.schema
         database = schema if schema is not None else self.proxy.config.backend.database
-        self._login_charset = identity.charset
+        self.login_charset = identity.charset
         self.session = ClientSession(initial_state(identity.charset, database,
                                                    self.proxy.server.autocommit, multi))
-        self._catalog = self.proxy.catalog(self.user)
+        self.catalog = self.proxy.catalog(self.user)
         if schema and not self.proxy.schema_known(self.user, schema):
             self._verify_schema(schema, seq)
             return
@@ -319,9 +319,9 @@ class FrontendProtocol(protocol.Protocol):
     def _verify_schema(self, schema: str, seq: int) -> None:
         """A login naming a schema fails at once if it does not exist, as with a server."""
         self.phase = COMMANDS
-        self._busy = True
-        self._command = Packet(seq - 1, b"", b"", seq - 1)
-        self._acquire(lambda: self._logged_in(seq))
+        self.busy = True
+        self.command = Packet(seq - 1, b"", b"", seq - 1)
+        self.acquire(lambda: self._logged_in(seq))
 
     def _logged_in(self, seq: int) -> None:
         self.last_active = self.proxy.reactor.seconds()
@@ -332,20 +332,20 @@ class FrontendProtocol(protocol.Protocol):
         self.framer.max_packet_size = self.proxy.config.proxy.max_packet_size
         if self.session is not None and self.session.state.schema:
             self.proxy.schema_used(self.user, self.session.state.schema)
-        self.transport.write(frame(self._ok_payload(), seq))
+        self.transport.write(frame(self.ok_payload(), seq))
         self.proxy.client_connected(self.log, self.transport.getPeer())
-        self._command = None
-        self._busy = False
+        self.command = None
+        self.busy = False
         self._release_if_clean()
-        self._next()
+        self.run_queued()
 
-    def _ok_payload(self, header: int = 0x00) -> bytes:
-        status = self._status()
+    def ok_payload(self, header: int = 0x00) -> bytes:
+        status = self.status()
         if self.capabilities & CLIENT.SESSION_TRACK:
             return make_ok_tracked(status, header=header)
         return make_ok(status, header=header)
 
-    def _status(self) -> int:
+    def status(self) -> int:
         session = self.session
         status = 0
         if session is not None:
@@ -360,15 +360,15 @@ class FrontendProtocol(protocol.Protocol):
     def _dispatch(self, packet: Packet) -> None:
         payload = packet.payload
         if not payload:
-            self._command = packet
-            self._reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown command (empty packet)")
+            self.command = packet
+            self.reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown command (empty packet)")
             return
         command = payload[0]
-        self._command = packet
+        self.command = packet
         self.last_active = self.proxy.reactor.seconds()
-        if self._lost_transaction and command not in _HARMLESS and self._refused_after_loss(payload):
+        if self.lost_transaction and command not in _HARMLESS and self._refused_after_loss(payload):
             return
-        if (command == COMMAND.COM_QUERY or command == COMMAND.COM_STMT_EXECUTE) and self._catalog.stale:
+        if (command == COMMAND.COM_QUERY or command == COMMAND.COM_STMT_EXECUTE) and self.catalog.stale:
             self._await_catalog(packet)
             return
         reply = REPLIES.get(command)
@@ -378,33 +378,33 @@ class FrontendProtocol(protocol.Protocol):
         if reply is not None and command not in (COMMAND.COM_PING, COMMAND.COM_SET_OPTION,
                                                  COM_RESET_CONNECTION, COMMAND.COM_CHANGE_USER):
             if command == COMMAND.COM_QUERY:
-                sql = self._sql = payload[1:]
+                sql = self.sql = payload[1:]
                 head = payload[1:2]
                 if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
                     return
-                found = self._found = sqltext.scan(sql)
-                code = self._code = (self._stored_code(sql, found) if self._catalog.watch is not None
-                                     or found is not None and found.calls else None)
+                found = self.found = sqltext.scan(sql)
+                code = self.code = (self._stored_code(sql, found) if self.catalog.watch is not None
+                                    or found is not None and found.calls else None)
                 if found is not None or code is not None:
-                    self._busy = True
-                    self._run_flagged(self._start)
+                    self.busy = True
+                    self._run_flagged(self.start)
                     return
             else:
-                self._sql = None
-                self._found = self._code = None
-            self._busy = True
-            self._acquire(self._start)
+                self.sql = None
+                self.found = self.code = None
+            self.busy = True
+            self.acquire(self.start)
             return
         if command == COMMAND.COM_QUIT:
-            self._closed_reason = "COM_QUIT"
+            self.closed_reason = "COM_QUIT"
             self.phase = CLOSED
             self.transport.loseConnection()
         elif command == COMMAND.COM_PING:
             if self.backend is not None and self.pinned:
-                self._busy = True
-                self._acquire(self._start)
+                self.busy = True
+                self.acquire(self.start)
             else:
-                self._reply(self._ok_payload())
+                self.reply(self.ok_payload())
         elif command == COMMAND.COM_SET_OPTION:
             self._set_option(payload)
         elif command == COM_RESET_CONNECTION:
@@ -412,8 +412,8 @@ class FrontendProtocol(protocol.Protocol):
         elif command == COMMAND.COM_CHANGE_USER:
             self._change_user(packet)
         elif command in REFUSED or command not in REPLIES:
-            self._reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
-                              "(not supported by pyproxy)")
+            self.reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
+                             "(not supported by pyproxy)")
 
     # -- prepared statements --------------------------------------------------
 
@@ -422,25 +422,25 @@ class FrontendProtocol(protocol.Protocol):
         (see pyproxy.statements): a statement runs on whichever backend
         connection the client borrows, prepared there when first needed."""
         payload = packet.payload
-        self._sql = None
-        self._found = self._code = None
+        self.sql = None
+        self.found = self.code = None
         if command == COMMAND.COM_STMT_PREPARE:
             limit = self.proxy.max_prepared_statements
             if self._statements is not None and len(self._statements) >= limit:
                 # The server's own limit, per client: pyproxy keeps what each
                 # client prepared, and nothing else would bound it.
-                self._reply_error(ER_MAX_PREPARED_STATEMENTS, f"Can't create more than max_prepared_stmt_count "
-                                  f"statements (current value: {limit})")
+                self.reply_error(ER_MAX_PREPARED_STATEMENTS, f"Can't create more than max_prepared_stmt_count "
+                                 f"statements (current value: {limit})")
                 return
-            if self._translate:
+            if self.translate:
                 # A client without CLIENT_DEPRECATE_EOF reads the warning count of
                 # COM_STMT_EXECUTE from the EOF after the column definitions
                 # (libmariadb's mysql_stmt_execute() does), which a connection
                 # with DEPRECATE_EOF never sends: from now on this client uses
                 # connections without it, whose replies need no translation.
                 self.flavor |= CLASSIC_EOF
-            self._busy = True
-            self._acquire(self._start)
+            self.busy = True
+            self.acquire(self.start)
             return
         try:
             number = statement_id(payload)
@@ -449,21 +449,21 @@ class FrontendProtocol(protocol.Protocol):
         statement = self._statements.get(number) if self._statements else None
         if statement is None:
             if command in (COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA):
-                self._command = None  # no reply, as from a server
+                self.command = None  # no reply, as from a server
             else:
-                self._reply_error(c.ER_UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler "
-                                  f"({number}) given to {command_name(command)}")
+                self.reply_error(c.ER_UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler "
+                                 f"({number}) given to {command_name(command)}")
             return
         if command == COMMAND.COM_STMT_CLOSE:
             del self._statements[number]
-            self._command = None
+            self.command = None
             if statement.cursor is not None:
                 # Closing the backend's copy (no reply) closes its cursor too.
                 self.backend.close_statements([statement.cursor.id])
                 self._cursor_closed(statement, cache=False)
                 self._release_if_clean()
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
-            self._command = None  # no reply, as from a server
+            self.command = None  # no reply, as from a server
             statement.add_long_data(payload[5:], self.proxy.max_allowed_packet)
         elif command == COMMAND.COM_STMT_EXECUTE:
             if statement.long_data_too_long:
@@ -471,39 +471,39 @@ class FrontendProtocol(protocol.Protocol):
                 # max_allowed_packet; the execute does not run, and the data is gone.
                 statement.long_data = None
                 statement.long_data_too_long = False
-                self._reply_error(ER_LONG_DATA, "Parameter of prepared statement which is set through "
-                                  "mysql_send_long_data() is longer than 'max_allowed_packet' bytes")
+                self.reply_error(ER_LONG_DATA, "Parameter of prepared statement which is set through "
+                                 "mysql_send_long_data() is longer than 'max_allowed_packet' bytes")
                 return
             try:
                 types = execute_types(payload, statement.params)
             except ValueError:
-                self._reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
+                self.reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
                 return
             if types is not None:
                 statement.types = types
             # What the statement does is read from its text (once, at prepare),
             # as for COM_QUERY.
-            sql = self._sql = statement.sql
-            self._busy = True
-            found = self._found = statement.found
-            code = self._code = (self._stored_code(sql, found) if self._catalog.watch is not None
-                                 or found is not None and found.calls else None)
+            sql = self.sql = statement.sql
+            self.busy = True
+            found = self.found = statement.found
+            code = self.code = (self._stored_code(sql, found) if self.catalog.watch is not None
+                                or found is not None and found.calls else None)
             if found is not None or code is not None:
                 self._run_flagged(lambda: self._execute(statement, packet))
             else:
-                self._acquire(lambda: self._execute(statement, packet))
+                self.acquire(lambda: self._execute(statement, packet))
         elif statement.cursor is not None:
             # FETCH and RESET of a statement whose cursor is open on the held connection.
-            self._busy = True
+            self.busy = True
             self._cursor = (statement, statement.cursor)
             self._run_rewritten(packet, statement.cursor.id)
         elif command == COMMAND.COM_STMT_RESET:
             statement.long_data = None
             statement.long_data_too_long = False
-            self._reply(self._ok_payload())
+            self.reply(self.ok_payload())
         else:
-            self._reply_error(ER_STMT_HAS_NO_OPEN_CURSOR,
-                              f"The statement ({number}) has no open cursor.")
+            self.reply_error(ER_STMT_HAS_NO_OPEN_CURSOR,
+                             f"The statement ({number}) has no open cursor.")
 
     def _execute(self, statement: ClientStatement, packet: Packet) -> None:
         conn = self.backend
@@ -524,7 +524,7 @@ class FrontendProtocol(protocol.Protocol):
                     and self._make_room(prepare)):
                 return
             if self.phase != CLOSED:
-                self._command_failed(exc)
+                self.command_failed(exc)
 
         prepare()
 
@@ -573,7 +573,7 @@ class FrontendProtocol(protocol.Protocol):
             if isinstance(failure.value, defer.FirstError):
                 failure = failure.value.subFailure
             if self.phase != CLOSED:
-                self._command_failed(failure.value)
+                self.command_failed(failure.value)
 
         defer.gatherResults(waits, consumeErrors=True).addCallbacks(learned, failed)
         return True
@@ -584,8 +584,8 @@ class FrontendProtocol(protocol.Protocol):
         if prepared.params != statement.params:
             # The table changed under the statement: its parameters are not the
             # ones the client binds.
-            self._command_failed(BackendError(*ER_WRONG_ARGUMENTS, "Incorrect arguments to "
-                                              "mysqld_stmt_execute (the statement changed; prepare it again)"))
+            self.command_failed(BackendError(*ER_WRONG_ARGUMENTS, "Incorrect arguments to "
+                                             "mysqld_stmt_execute (the statement changed; prepare it again)"))
             return
         conn = self.backend
         types = statement.types if prepared.types != statement.types else None
@@ -599,8 +599,8 @@ class FrontendProtocol(protocol.Protocol):
         if statement.cursor is not None or opens_cursor(payload):
             # Whether a cursor is open after this is read from the reply.
             self._cursor = (statement, prepared)
-        self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
-        self._start()
+        self.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
+        self.start()
 
     def _cursor_reply(self, command: int, tracker: ResponseTracker) -> None:
         """Whether the statement has a cursor open after its EXECUTE, FETCH or RESET.
@@ -638,13 +638,13 @@ class FrontendProtocol(protocol.Protocol):
 
     def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
         payload = packet.payload[:1] + backend_id.to_bytes(4, "little") + packet.payload[5:]
-        self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
-        self._acquire(self._start)
+        self.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
+        self.acquire(self.start)
 
     def _prepared(self, tracker: ResponseTracker) -> None:
         """A COM_STMT_PREPARE succeeded: the client's statement, and the backend's copy."""
         backend_id, columns, params = tracker.prepared
-        sql = self._command.payload[1:]
+        sql = self.command.payload[1:]
         if self._statements is None:
             self._statements = {}
         self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns,
@@ -664,39 +664,39 @@ class FrontendProtocol(protocol.Protocol):
         (CONNECTION) also closes the target client.  Only the same user's
         connections can be killed; other forms of KILL are refused.
         """
-        sql = self._sql or b""
+        sql = self.sql or b""
         if _KILL_ANY.match(sql) is None:
             return False
         match = _KILL.match(sql)
         if match is None:
-            self._reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
+            self.reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
             return True
         what, number = match.group(1), int(match.group(2))
         target = self.proxy.clients.get(number)
         if target is None:
-            self._reply_error((1094, "HY000"), f"Unknown thread id: {number}")
+            self.reply_error((1094, "HY000"), f"Unknown thread id: {number}")
             return True
         if target.user != self.user:
-            self._reply_error((1095, "HY000"), f"You are not owner of thread {number}")
+            self.reply_error((1095, "HY000"), f"You are not owner of thread {number}")
             return True
         running = target.running_statement()
         if what is None or what.lower() != b"query":
             target.close_by_kill()
         if running is None:
-            self._reply(self._ok_payload())
+            self.reply(self.ok_payload())
             return True
-        self._busy = True
+        self.busy = True
         d = target.kill_query(running)
 
         def done(result: Any) -> None:
             if self.phase != COMMANDS:
                 return
             if isinstance(result, Failure) and isinstance(result.value, BackendError):
-                self._reply_error((result.value.code, result.value.sqlstate), result.value.message)
+                self.reply_error((result.value.code, result.value.sqlstate), result.value.message)
             else:
-                self._reply(self._ok_payload())
-            self._busy = False
-            self._next()
+                self.reply(self.ok_payload())
+            self.busy = False
+            self.run_queued()
 
         d.addBoth(done)
         return True
@@ -722,33 +722,33 @@ class FrontendProtocol(protocol.Protocol):
     def running_statement(self) -> tuple[int, Packet] | None:
         """(backend thread id, command) of the statement this client is running, if any."""
         conn = self.backend
-        if not self._busy or conn is None or conn.handshake is None or self._command is None:
+        if not self.busy or conn is None or conn.handshake is None or self.command is None:
             return None
-        return conn.handshake.connection_id, self._command
+        return conn.handshake.connection_id, self.command
 
     def close_by_kill(self) -> None:
         """Another session of the same user killed this one."""
-        self._closed_reason = "killed"
-        if self.phase == COMMANDS and not self._busy:
+        self.closed_reason = "killed"
+        if self.phase == COMMANDS and not self.busy:
             self.phase = CLOSED
             self.transport.loseConnection()
         else:
             # Mid-command: the client gets its reply (or the 2013 from the
             # killed statement) first, then the connection closes.
-            self._kill_pending = True
+            self.kill_pending = True
 
-    def _reply(self, payload: bytes) -> None:
-        seq = self._command.last_seq + 1 if self._command is not None else 1
+    def reply(self, payload: bytes) -> None:
+        seq = self.command.last_seq + 1 if self.command is not None else 1
         self.transport.write(frame(payload, seq))
-        self._command = None
+        self.command = None
 
-    def _reply_error(self, error: tuple[int, str], message: str) -> None:
-        self._reply(self._error(error[0], error[1], message))
+    def reply_error(self, error: tuple[int, str], message: str) -> None:
+        self.reply(self.error_packet(error[0], error[1], message))
 
     def _set_option(self, payload: bytes) -> None:
         if len(payload) < 3 or payload[1] not in (c.MYSQL_OPTION_MULTI_STATEMENTS_ON,
                                                   c.MYSQL_OPTION_MULTI_STATEMENTS_OFF):
-            self._reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown option to COM_SET_OPTION")
+            self.reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown option to COM_SET_OPTION")
             return
         on = payload[1] == c.MYSQL_OPTION_MULTI_STATEMENTS_ON
         if on:
@@ -758,13 +758,13 @@ class FrontendProtocol(protocol.Protocol):
         session = self.session
         session.state = attrs.evolve(session.state, multi_statements=on)
         if self.capabilities & CLIENT.DEPRECATE_EOF:
-            self._reply(self._ok_payload(0xFE))
+            self.reply(self.ok_payload(0xFE))
         else:
-            self._reply(make_eof(self._status()))
+            self.reply(make_eof(self.status()))
 
     # -- borrowing and running ----------------------------------------------
 
-    def _acquire(self, then: Any) -> None:
+    def acquire(self, then: Any) -> None:
         """Makes sure a backend connection in the client's state is attached, then calls ``then``."""
         held = self.backend
         if held is not None:
@@ -778,7 +778,7 @@ class FrontendProtocol(protocol.Protocol):
                     return
                 session = self.session
                 if session.holds_state():
-                    rollback = self._sql is not None and _ROLLBACK.match(self._sql) is not None
+                    rollback = self.sql is not None and _ROLLBACK.match(self.sql) is not None
                     what = ("the transaction was rolled back" if session.in_transaction
                             else "the transaction settings it held (SET TRANSACTION) were lost")
                     if session.in_transaction and not rollback:
@@ -787,19 +787,19 @@ class FrontendProtocol(protocol.Protocol):
                         session.lose_transaction()
                     if not rollback:
                         # Never run on another connection as if nothing had happened.
-                        self._command_failed(BackendError(
+                        self.command_failed(BackendError(
                             *c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
                             f"holding this session's transaction was closed; {what}"))
                         return
                 self.session.hold_next = False
             elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
-                if self.pinned and not self._own_tracking:
+                if self.pinned and not self.own_tracking:
                     self._bring_to_state(lambda: self._restore_tracking(then))
                 else:
                     self._bring_to_state(then)
                 return
             elif self.pinned:
-                self._busy = False  # nothing was sent: the connection can be reset and reused
+                self.busy = False  # nothing was sent: the connection can be reset and reused
                 self.fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the server this "
                            "pinned session's state lives on no longer serves it (failover to "
                            f"{self.proxy.topology.writer.name})")
@@ -814,9 +814,9 @@ class FrontendProtocol(protocol.Protocol):
                 # worth staying on a server that no longer takes this traffic.
                 self.backend = None
                 self.session.hold_next = False
-                if self._hold_timer is not None and self._hold_timer.active():
-                    self._hold_timer.cancel()
-                self._hold_timer = None
+                if self.hold_timer is not None and self.hold_timer.active():
+                    self.hold_timer.cancel()
+                self.hold_timer = None
                 _give_back(held)
         pool = self._pool
         topology = self.proxy.topology
@@ -842,7 +842,7 @@ class FrontendProtocol(protocol.Protocol):
             self._borrowing = None
             if failure.check(defer.CancelledError) or self.phase == CLOSED:
                 return
-            self._command_failed(failure.value)
+            self.command_failed(failure.value)
 
         d.addCallbacks(borrowed, failed)
 
@@ -867,14 +867,14 @@ class FrontendProtocol(protocol.Protocol):
                      or not self._touches_insert_id())):
             then()
             return
-        if (desired == conn.state and self._command is not None and self._command.payload
-                and REPLIES.get(self._command.payload[0]) not in (None, Reply.NONE)):
+        if (desired == conn.state and self.command is not None and self.command.payload
+                and REPLIES.get(self.command.payload[0]) not in (None, Reply.NONE)):
             # Only pyproxy's own hygiene: one SET sent ahead of the command in
-            # the same write, its OK taken out of the reply (see _start).
+            # the same write, its OK taken out of the reply (see start).
             value = self._insert_id_to_set(conn)
             clear = conn.diagnostics is not None and conn.diagnostics is not session
-            self._prefix = (frame(make_query("SET SESSION " + last_insert_id_assignment(value, clear)), 0),
-                            value)
+            self.prefix = (frame(make_query("SET SESSION " + last_insert_id_assignment(value, clear)), 0),
+                           value)
             then()
             return
         d = conn.change_user() if needs_reset(desired, conn.state) else defer.succeed(conn)
@@ -903,7 +903,7 @@ class FrontendProtocol(protocol.Protocol):
             if isinstance(failure.value, defer.FirstError):
                 failure = failure.value.subFailure
             if self.phase != CLOSED:
-                self._command_failed(failure.value)
+                self.command_failed(failure.value)
 
         d.addCallback(apply)
         d.addCallbacks(applied, failed)
@@ -922,35 +922,35 @@ class FrontendProtocol(protocol.Protocol):
         names it or inserts rows, or stored code it runs reads it (or cannot be
         read).  The server's value must then be the client's before it runs,
         so that after it the value is the client's whether it changed or not."""
-        found = self._found
+        found = self.found
         if found is not None and found.flags & _MAY_SET_INSERT_ID:
             return True
-        code = self._code
+        code = self.code
         if code is not None and code.insert_id:
             return True
-        sql = self._sql
+        sql = self.sql
         return sql is not None and _INSERTS.search(sql, 0, sqltext.SCAN_LIMIT) is not None
 
-    def _start(self) -> None:
-        packet = self._command
+    def start(self) -> None:
+        packet = self.command
         payload = packet.payload
         reply = REPLIES[payload[0]]
-        self._forwarded = False
+        self.forwarded = False
         conn = self.backend
         timeout = self.proxy.config.proxy.query_timeout
         if timeout and reply != Reply.NONE:
-            self._query_timer = self.proxy.reactor.callLater(timeout, self._query_timed_out, packet)
-        prefix = self._prefix
+            self.query_timer = self.proxy.reactor.callLater(timeout, self._query_timed_out, packet)
+        prefix = self.prefix
         if prefix is not None:
-            self._prefix = None
+            self.prefix = None
             conn.last_insert_id = prefix[1]
             conn.diagnostics = None
             raw = prefix[0] + packet.raw
         else:
             raw = packet.raw
-        if self._translate and conn.tracker.deprecate_eof:
+        if self.translate and conn.tracker.deprecate_eof:
             cursor = reply == Reply.EXECUTE and opens_cursor(payload)
-            conn.relay(raw, reply, self, translate=True, cursor=cursor, metadata_status=self._status(),
+            conn.relay(raw, reply, self, translate=True, cursor=cursor, metadata_status=self.status(),
                        swallow=prefix is not None)
         else:
             conn.relay(raw, reply, self, swallow=prefix is not None)
@@ -959,7 +959,7 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
         """Bytes of the reply, already settled by the tracker: forward them."""
-        if self._refused_infile >= 0:
+        if self.refused_infile >= 0:
             # The rest of a reply whose LOCAL INFILE this client may not run.
             if tracker.state == DONE:
                 if "mariadb" in self.proxy.server.version.lower():
@@ -969,8 +969,8 @@ class FrontendProtocol(protocol.Protocol):
                 else:
                     code, state, message = (3948, "42000", "Loading local data is disabled; this "
                                             "must be enabled on both the client and server sides")
-                self.transport.write(frame(make_err(code, state, message), self._refused_infile))
-                self._refused_infile = -1
+                self.transport.write(frame(make_err(code, state, message), self.refused_infile))
+                self.refused_infile = -1
                 self._reply_done(tracker)
             return
         if tracker.infile_at >= 0 and not self.capabilities & CLIENT.LOCAL_FILES:
@@ -985,23 +985,23 @@ class FrontendProtocol(protocol.Protocol):
                 self._preparing = self._next_statement
                 self._next_statement += 1
                 data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
-            elif tracker.error == ER_MAX_PREPARED_STMT_COUNT_REACHED and self._make_room(self._start):
+            elif tracker.error == ER_MAX_PREPARED_STMT_COUNT_REACHED and self._make_room(self.start):
                 return  # the ERR is the whole reply: the client sees only the retried one
         oks = tracker.oks
-        if tracker.edits or oks and (tracker.changed or self._rewrite_oks
+        if tracker.edits or oks and (tracker.changed or self.rewrite_oks
                                      and len(oks) > len(tracker.terminators)):
             data = self._observe_oks(data, tracker)
         if type(data) is bytearray:  # translated in place; transports take bytes only
             data = bytes(data)
         if data:
-            self._forwarded = True
+            self.forwarded = True
             write_now(self.transport, data)
         state = tracker.state
         if state == DONE:
             self._reply_done(tracker)
         elif state == INFILE:
             tracker.infile_at = -1
-            self._infile = True
+            self.infile = True
 
     def _refuse_infile(self, data: bytes, tracker: ResponseTracker) -> None:
         """The server asks for a LOCAL INFILE from a client that did not offer
@@ -1011,9 +1011,9 @@ class FrontendProtocol(protocol.Protocol):
         at = tracker.infile_at
         tracker.infile_at = -1
         if at:
-            self._forwarded = True
+            self.forwarded = True
             write_now(self.transport, bytes(data[:at]))
-        self._refused_infile = tracker.seq
+        self.refused_infile = tracker.seq
         conn = self.backend
         conn.relay_more(frame(b"", (tracker.seq - tracker.shift + 1) & 0xFF))
         conn.infile_sent()
@@ -1023,16 +1023,16 @@ class FrontendProtocol(protocol.Protocol):
         than its buffer size unsent): until they drain, the backend connection
         relaying to it is not read, and no further command of the client runs,
         whether it is queued already or still in its socket."""
-        self._backlog = True
+        self.backlog = True
         conn = self.backend
-        if conn is not None and self._busy and conn.transport is not None and self._paused_backend is None:
-            self._paused_backend = conn
+        if conn is not None and self.busy and conn.transport is not None and self.paused_backend is None:
+            self.paused_backend = conn
             conn.transport.pauseProducing()
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The client's unsent replies have drained."""
-        self._backlog = False
+        self.backlog = False
         if self.transport.disconnecting:
             # Closing: with a paused producer registered, the transport would
             # wait for it instead of closing once the buffer is empty.
@@ -1041,8 +1041,8 @@ class FrontendProtocol(protocol.Protocol):
         self._resume_backend()
         if not self._queue or len(self._queue) < QUEUE_LIMIT:
             self.transport.resumeProducing()
-        if not self._busy and self.phase == COMMANDS:
-            self._next()
+        if not self.busy and self.phase == COMMANDS:
+            self.run_queued()
 
     def stopProducing(self) -> None:
         """The transport is gone; connectionLost does the rest."""
@@ -1050,7 +1050,7 @@ class FrontendProtocol(protocol.Protocol):
     def _resume_backend(self) -> None:
         """Reading from the backend connection paused for a slow client resumes
         (its reply goes on, or it is about to serve someone else)."""
-        conn, self._paused_backend = self._paused_backend, None
+        conn, self.paused_backend = self.paused_backend, None
         if conn is not None and conn.transport is not None:
             conn.transport.resumeProducing()
 
@@ -1061,7 +1061,7 @@ class FrontendProtocol(protocol.Protocol):
         CLIENT_SESSION_TRACK."""
         edits = tracker.edits
         terminators = tracker.terminators
-        if tracker.changed or self._rewrite_oks and len(tracker.oks) > len(terminators):
+        if tracker.changed or self.rewrite_oks and len(tracker.oks) > len(terminators):
             session = self.session
             strip = []
             for start, end in tracker.oks:
@@ -1070,23 +1070,23 @@ class FrontendProtocol(protocol.Protocol):
                 if status & c.SERVER_SESSION_STATE_CHANGED:
                     ok = parse_ok(payload, True)
                     if ok.changes is not None:
-                        found = self._found
+                        found = self.found
                         ignore = self.proxy.ignored_variables
                         if found is not None and found.scoped:
                             # SET STATEMENT ... FOR: the values last only as
                             # long as the statement.
                             ignore = ignore | frozenset(found.scoped)
-                        code = self._code
-                        reason = session.observe_changes(ok.changes, self._sql, ignore, found,
+                        code = self.code
+                        reason = session.observe_changes(ok.changes, self.sql, ignore, found,
                                                          code.unclean if code is not None else None)
                         if reason is not None:
-                            self._log_pin(reason)
+                            self.log_pin(reason)
                 if start in terminators:
                     continue
-                if self._rewrite_oks:
+                if self.rewrite_oks:
                     if status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7:
                         strip.append((start, end, frame(strip_session_track(payload), data[start + 3])))
-                elif status & c.SERVER_SESSION_STATE_CHANGED and not self._own_tracking:
+                elif status & c.SERVER_SESSION_STATE_CHANGED and not self.own_tracking:
                     settings = session.tracking or self.backend.tracking
                     strip.append((start, end, frame(filter_session_track(
                         payload, settings.variables, settings.kinds), data[start + 3])))
@@ -1118,8 +1118,8 @@ class FrontendProtocol(protocol.Protocol):
                 self.proxy.topology.suspect()
         session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
                                affected=tracker.affected, insert_id=tracker.insert_id)
-        found = self._found
-        code = self._code
+        found = self.found
+        code = self.code
         conn = self.backend
         if conn is not None:
             if tracker.warned or tracker.error:
@@ -1130,32 +1130,32 @@ class FrontendProtocol(protocol.Protocol):
                 # (an explicit id is reported too), and stored code may set it
                 # unseen: the server says which before anyone else gets this one.
                 conn.last_insert_id = None
-        command = self._command.payload[0] if self._command is not None else 0
+        command = self.command.payload[0] if self.command is not None else 0
         if code is not None and code.unclean is not None:
             # Even if it failed: what ran before the error stays.
-            self._pin(f"stored code that may leave state behind ({code.unclean})")
+            self.pin(f"stored code that may leave state behind ({code.unclean})")
         if tracker.untracked_change and (not tracker.status & c.SERVER_STATUS_IN_TRANS
                                          or found is not None and found.flags & _HIDDEN):
             # A classic EOF says only that something changed: inside a
             # transaction that is the transaction state, unless the statement
             # could have set a user variable or the like.
-            self._pin("session state changed inside a result set")
-        if self._sql is not None:
-            reason = session.observe_query(self._sql, bool(tracker.error), found)
+            self.pin("session state changed inside a result set")
+        if self.sql is not None:
+            reason = session.observe_query(self.sql, bool(tracker.error), found)
             if reason is not None:
-                self._log_pin(reason)
+                self.log_pin(reason)
             if found is not None and found.flags & sqltext.ROUTINES_CHANGED and (
                     not tracker.error or found.flags & sqltext.MULTI):
                 self.proxy.routines_changed()
             if found is not None and found.flags & sqltext.SAVEPOINT and not tracker.error:
                 session.observe_savepoint()
-            elif session.savepoint and _ENDS_TRANSACTION.match(self._sql):
+            elif session.savepoint and _ENDS_TRANSACTION.match(self.sql):
                 session.savepoint = False
-            if not tracker.error and session.ends_session(self._sql):
+            if not tracker.error and session.ends_session(self.sql):
                 # The server closes its end: so does pyproxy, as a server would,
                 # and the connection, about to close, serves nobody else.
-                self._kill_pending = True
-                self._closed_reason = "COMMIT/ROLLBACK RELEASE"
+                self.kill_pending = True
+                self.closed_reason = "COMMIT/ROLLBACK RELEASE"
                 conn, self.backend = self.backend, None
                 if conn is not None:
                     _discard(conn, "server session ended (RELEASE)")
@@ -1201,12 +1201,12 @@ class FrontendProtocol(protocol.Protocol):
             if ok.changes is not None:
                 reason = session.observe_changes(ok.changes, None, self.proxy.ignored_variables)
                 if reason is not None:
-                    self._log_pin(reason)
+                    self.log_pin(reason)
             conn.state = session.state
 
         def failed(failure: Failure) -> None:
             # The value stays unknown: only this connection has it.
-            self._pin("SET @@variable the server did not report")
+            self.pin("SET @@variable the server did not report")
 
         assignments = ", ".join(f"{name} = @@SESSION.{name}" for name in names)
         conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
@@ -1215,14 +1215,14 @@ class FrontendProtocol(protocol.Protocol):
     def _run_flagged(self, then: Any) -> None:
         """A statement whose text sqltext.scan() flagged, or that names stored code:
         what it needs before it runs, then borrowing as usual."""
-        found = self._found
+        found = self.found
         flags = found.flags if found is not None else 0
 
         def attach() -> None:
             if flags & sqltext.OWN_TRACKING:
-                self._acquire(lambda: self._own_tracking_first(then))
+                self.acquire(lambda: self._own_tracking_first(then))
             else:
-                self._acquire(then)
+                self.acquire(then)
 
         if flags & sqltext.READ_GLOBALS:
             self._read_globals(attach)
@@ -1232,7 +1232,7 @@ class FrontendProtocol(protocol.Protocol):
     def _stored_code(self, sql: bytes, found: sqltext.Found | None) -> Verdict | None:
         """What the stored code ``sql`` can run does, by the user's catalog: the
         procedures it CALLs, and the functions, trigger tables and views it names."""
-        catalog = self._catalog
+        catalog = self.catalog
         code = catalog.check(sql)
         if found is not None and found.calls:
             schema = self.session.state.schema
@@ -1244,15 +1244,15 @@ class FrontendProtocol(protocol.Protocol):
         """The user's catalog of stored code is stale (never read, or a statement
         changed such code): it is read before this statement runs, so that
         what the statement may leave behind is judged by the code as it is now."""
-        self._busy = True
+        self.busy = True
 
         def loaded(_: Any) -> None:
             if self.phase != COMMANDS:
                 return
-            self._busy = False
+            self.busy = False
             self._dispatch(packet)
-            if not self._busy:
-                self._next()
+            if not self.busy:
+                self.run_queued()
 
         self.proxy.load_catalog(self.user).addBoth(loaded)
 
@@ -1260,7 +1260,7 @@ class FrontendProtocol(protocol.Protocol):
         """The statement reads or sets session_track_* variables: the session is
         pinned, and its connection given the client's own tracking settings
         before the statement runs, so that it sees what a server would show it."""
-        self._pin("session_track_* variables read or set")
+        self.pin("session_track_* variables read or set")
         self._restore_tracking(then)
 
     def _restore_tracking(self, then: Any) -> None:
@@ -1271,7 +1271,7 @@ class FrontendProtocol(protocol.Protocol):
         as they are.  The connection is reset before anyone else uses it."""
         conn = self.backend
         session = self.session
-        self._own_tracking = True
+        self.own_tracking = True
         command = tracking_assignments(session.tracking or conn.tracking, session.own_tracking)
         if command is None:
             then()
@@ -1279,7 +1279,7 @@ class FrontendProtocol(protocol.Protocol):
 
         def failed(failure: Failure) -> None:
             if self.phase != CLOSED:
-                self._command_failed(failure.value)
+                self.command_failed(failure.value)
 
         conn.execute(command).addCallbacks(lambda _: then() if self.phase != CLOSED else None, failed)
 
@@ -1410,7 +1410,7 @@ class FrontendProtocol(protocol.Protocol):
         self.proxy.server = attrs.evolve(server, status=status)
 
     def _query_timed_out(self, packet: Packet) -> None:
-        self._query_timer = None
+        self.query_timer = None
         running = self.running_statement()
         if running is None or running[1] is not packet:
             return
@@ -1420,57 +1420,57 @@ class FrontendProtocol(protocol.Protocol):
             lambda failure: self.log.warning("query_timeout_kill_failed", error=failure.getErrorMessage()))
 
     def _cancel_query_timer(self) -> None:
-        if self._query_timer is not None:
-            if self._query_timer.active():
-                self._query_timer.cancel()
-            self._query_timer = None
+        if self.query_timer is not None:
+            if self.query_timer.active():
+                self.query_timer.cancel()
+            self.query_timer = None
 
     def check_idle(self, now: float, timeout: float) -> None:
         """Disconnects a client idle between commands for longer than ``timeout``
         (idle_client_timeout); a held transaction is rolled back by the reset."""
-        if self.phase == COMMANDS and not self._busy and not self._infile and now - self.last_active > timeout:
-            self._closed_reason = "idle_client_timeout"
+        if self.phase == COMMANDS and not self.busy and not self.infile and now - self.last_active > timeout:
+            self.closed_reason = "idle_client_timeout"
             self.transport.loseConnection()
 
     def _finish_command(self) -> None:
         self._cancel_query_timer()
-        if self._paused_backend is not None:
+        if self.paused_backend is not None:
             self._resume_backend()
-        if self._hold_timer is not None:
-            if self._hold_timer.active():
-                self._hold_timer.cancel()
-            self._hold_timer = None
-        self._command = None
-        self._sql = None
-        self._found = self._code = None
-        self._busy = False
-        if self._kill_pending:
+        if self.hold_timer is not None:
+            if self.hold_timer.active():
+                self.hold_timer.cancel()
+            self.hold_timer = None
+        self.command = None
+        self.sql = None
+        self.found = self.code = None
+        self.busy = False
+        if self.kill_pending:
             self.phase = CLOSED
             self.transport.loseConnection()
         self._release_if_clean()
         if self.proxy.draining:
             self.drain()
             return
-        self._next()
+        self.run_queued()
 
     def drain(self) -> None:
         """Shutting down: a client that holds no transaction is closed now; one that
         does is closed when its transaction ends."""
-        if self.phase != COMMANDS or self._busy or self._infile:
+        if self.phase != COMMANDS or self.busy or self.infile:
             return
         if self.backend is not None and self.session.holds_state() and not self.pinned:
             return
-        self._closed_reason = "shutdown"
+        self.closed_reason = "shutdown"
         self.transport.loseConnection()
 
-    def _next(self) -> None:
+    def run_queued(self) -> None:
         queue = self._queue
         if not queue:
             return
         paused = len(queue) >= QUEUE_LIMIT
-        while queue and not self._busy and not self._infile and not self._backlog and self.phase == COMMANDS:
+        while queue and not self.busy and not self.infile and not self.backlog and self.phase == COMMANDS:
             self._dispatch(queue.popleft())
-        if paused and len(queue) < QUEUE_LIMIT and not self._backlog and self.phase == COMMANDS:
+        if paused and len(queue) < QUEUE_LIMIT and not self.backlog and self.phase == COMMANDS:
             self.transport.resumeProducing()
 
     def _release_if_clean(self) -> None:
@@ -1479,8 +1479,8 @@ class FrontendProtocol(protocol.Protocol):
             return
         session = self.session
         if session.keeps_backend():
-            if not session.holds_state() and self._hold_timer is None:
-                self._hold_timer = self.proxy.reactor.callLater(
+            if not session.holds_state() and self.hold_timer is None:
+                self.hold_timer = self.proxy.reactor.callLater(
                     self.proxy.config.session.hold_for_next_statement, self._hold_expired)
             return
         self.backend = None
@@ -1497,7 +1497,7 @@ class FrontendProtocol(protocol.Protocol):
         code may set it unseen).  The client's next command waits for it, as
         it needs the value wherever it runs."""
         session = self.session
-        self._busy = True
+        self.busy = True
 
         def read(value: str | None) -> None:
             number = int(value) if value is not None and value.isdigit() else 0
@@ -1510,29 +1510,29 @@ class FrontendProtocol(protocol.Protocol):
         def done(_: Any) -> None:
             if self.phase != COMMANDS:
                 return
-            self._busy = False
+            self.busy = False
             if self.proxy.draining:
                 self.drain()
             else:
-                self._next()
+                self.run_queued()
 
         conn.query_value("SELECT LAST_INSERT_ID()").addCallbacks(read, failed).addBoth(done)
 
     def _hold_expired(self) -> None:
         """The client did not follow up in time: the results it could have read back
         are given up, and the connection with them."""
-        self._hold_timer = None
-        if self._busy or self.phase != COMMANDS:
+        self.hold_timer = None
+        if self.busy or self.phase != COMMANDS:
             return
         self.session.hold_next = False
         self._release_if_clean()
 
-    def _pin(self, reason: str) -> None:
+    def pin(self, reason: str) -> None:
         if self.session.pin_reason is None:
             self.session.pin(reason)
-            self._log_pin(reason)
+            self.log_pin(reason)
 
-    def _log_pin(self, reason: str) -> None:
+    def log_pin(self, reason: str) -> None:
         if not self.pinned:
             self.pinned = True
             self.proxy.pins[reason] += 1
@@ -1548,14 +1548,14 @@ class FrontendProtocol(protocol.Protocol):
         # numbers its packets ahead of the server.
         conn.relay_more(frame(packet.payload, packet.seq - shift) if shift else packet.raw)
         if not packet.payload:
-            self._infile = False
+            self.infile = False
             conn.infile_sent()
 
-    def _command_failed(self, exc: Exception) -> None:
+    def command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed)."""
         self._abandon_globals()
         self._cursor = None
-        self._prefix = None
+        self.prefix = None
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
             exc = lost_connection(repr(exc))
@@ -1566,15 +1566,15 @@ class FrontendProtocol(protocol.Protocol):
             if self.session.holds_state():
                 self.fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
                 return
-        if self._command is not None and not self._command.payload:
+        if self.command is not None and not self.command.payload:
             # Login-time schema check.
-            self.fatal((exc.code, exc.sqlstate), exc.message, self._command.seq + 1)
+            self.fatal((exc.code, exc.sqlstate), exc.message, self.command.seq + 1)
             return
-        self._reply_error((exc.code, exc.sqlstate), exc.message)
-        self._busy = False
-        self._sql = None
+        self.reply_error((exc.code, exc.sqlstate), exc.message)
+        self.busy = False
+        self.sql = None
         self._release_if_clean()
-        self._next()
+        self.run_queued()
 
     def backend_failed(self, exc: Exception) -> None:
         """pyproxy itself failed while handling this client's reply: the client is
@@ -1601,17 +1601,17 @@ class FrontendProtocol(protocol.Protocol):
         self.log.warning("backend_lost_during_command", error=error.message, pinned=self.pinned,
                          in_transaction=session.in_transaction)
         tracker = conn.tracker if conn is not None else None
-        mid_reply = self._forwarded and (tracker is None or tracker.mid_packet() or conn.has_partial_packet())
-        if self.pinned or mid_reply or self._infile:
+        mid_reply = self.forwarded and (tracker is None or tracker.mid_packet() or conn.has_partial_packet())
+        if self.pinned or mid_reply or self.infile:
             # During LOCAL INFILE the client is still sending the file: its
             # next packets must never be taken for commands.  A pinned
             # session's state died with the connection: the client must not
             # carry on as if nothing happened.
-            seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
+            seq = tracker.seq + 1 if self.forwarded and tracker is not None else None
             self.fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
             return
         if session.holds_state():
-            sql = self._sql
+            sql = self.sql
             if sql is not None and _ROLLBACK.match(sql):
                 outcome = "the transaction was rolled back"
             elif session.in_transaction and sql is not None and _NEVER_COMMITS.match(sql):
@@ -1625,16 +1625,16 @@ class FrontendProtocol(protocol.Protocol):
                 outcome = "the transaction settings it held (SET TRANSACTION) were lost"
             session.lose_transaction()
             error = BackendError(error.code, error.sqlstate, f"{error.message}; {outcome}")
-        seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
+        seq = tracker.seq + 1 if self.forwarded and tracker is not None else None
         if seq is not None:
-            self.transport.write(frame(self._error(error.code, error.sqlstate, error.message), seq))
-            self._command = None
+            self.transport.write(frame(self.error_packet(error.code, error.sqlstate, error.message), seq))
+            self.command = None
         else:
-            self._reply_error((error.code, error.sqlstate), error.message)
-        self._busy = False
-        self._infile = False
-        self._sql = None
-        self._next()
+            self.reply_error((error.code, error.sqlstate), error.message)
+        self.busy = False
+        self.infile = False
+        self.sql = None
+        self.run_queued()
 
     def _transaction_lost(self) -> None:
         """The server rolled back this session's transaction as its connection died.
@@ -1645,7 +1645,7 @@ class FrontendProtocol(protocol.Protocol):
         """
         session = self.session
         session.lose_transaction()
-        self._lost_transaction = True
+        self.lost_transaction = True
         self.log.info("transaction_lost")
 
     def _refused_after_loss(self, payload: bytes) -> bool:
@@ -1660,30 +1660,30 @@ class FrontendProtocol(protocol.Protocol):
         else:
             sql = None
         if sql is not None and _ROLLBACK.match(sql):
-            self._lost_transaction = False
+            self.lost_transaction = False
             return False
-        self._reply_error(c.ER_PROXY_TRANSACTION_LOST,
-                          "pyproxy: this session's transaction was rolled back when its backend "
-                          "connection was lost; send ROLLBACK before anything else")
+        self.reply_error(c.ER_PROXY_TRANSACTION_LOST,
+                         "pyproxy: this session's transaction was rolled back when its backend "
+                         "connection was lost; send ROLLBACK before anything else")
         return True
 
     def _reset_connection(self) -> None:
         """COM_RESET_CONNECTION: the session starts over (schema kept, as a server
         does); a backend held for this client is reset before anyone else gets it."""
         state = self.session.state
-        self.session = ClientSession(initial_state(self._login_charset, state.schema,
+        self.session = ClientSession(initial_state(self.login_charset, state.schema,
                                                    self.proxy.server.autocommit, state.multi_statements))
         self._statements = None  # the server closes them on reset
-        self._lost_transaction = False
+        self.lost_transaction = False
         self._detach_backend()
         self.pinned = False
-        self._reply(self._ok_payload())
+        self.reply(self.ok_payload())
 
     def _detach_backend(self) -> None:
         """Gives back a held backend after resetting it (it may carry pinned state)."""
         conn = self.backend
         self.backend = None
-        self._own_tracking = False
+        self.own_tracking = False
         if conn is None:
             return
 
@@ -1705,8 +1705,8 @@ class FrontendProtocol(protocol.Protocol):
         self._detach_backend()
         self.pinned = False
         self._statements = None
-        self._lost_transaction = False
-        self._command = None
+        self.lost_transaction = False
+        self.command = None
         self.phase = AUTH_SWITCH
         login = self._login = Login(self, self.proxy.credentials, self.nonce, self.capabilities)
         login.change_user(request, packet.last_seq + 1)
@@ -1720,8 +1720,8 @@ class FrontendProtocol(protocol.Protocol):
         self.proxy.clients.pop(self.id, None)
         if self._login is not None:
             self._login.stop()
-        if self._hold_timer is not None and self._hold_timer.active():
-            self._hold_timer.cancel()
+        if self.hold_timer is not None and self.hold_timer.active():
+            self.hold_timer.cancel()
         self._cancel_query_timer()
         self._abandon_globals()
         if self._borrowing is not None:
@@ -1729,14 +1729,14 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         if conn is not None:
             self.backend = None
-            if self._busy or self._infile:
+            if self.busy or self.infile:
                 _discard(conn, "client left during a command")
             elif self.pinned or self.session.keeps_backend():
                 self.backend = conn
                 self._detach_backend()
             else:
                 _give_back(conn)
-        self.proxy.client_closed(self.log, self._closed_reason or (
+        self.proxy.client_closed(self.log, self.closed_reason or (
             "client disconnected" if was != HANDSHAKE else "client left before logging in"))
 
 

@@ -707,7 +707,7 @@ class SharingTests(LoggedIn):
             [err] = self.client.received()
             self.assertEqual(err_of(err)[1], 2013)
             self.assertIn(b"whether the transaction was committed is unknown", err.payload)
-            self.assertFalse(self.client.protocol._lost_transaction)
+            self.assertFalse(self.client.protocol.lost_transaction)
 
     def test_rollback_lost_in_flight_needs_no_second_rollback(self) -> None:
         conn, server = self.in_transaction()
@@ -743,7 +743,7 @@ class SharingTests(LoggedIn):
         conn.connectionLost(Failure(ConnectionError("reset")))
         self.client.received()
         self.client.send(bytes((COMMAND.COM_STMT_EXECUTE,)) + (7).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00")
-        self.assertFalse(self.client.protocol._lost_transaction)
+        self.assertFalse(self.client.protocol.lost_transaction)
 
     def test_reset_connection_ends_the_refusal(self) -> None:
         conn, server = self.in_transaction()
