@@ -46,7 +46,7 @@ from pyproxy.wire.responses import ERR, parse_err, parse_ok
 FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE
 # A flavor bit of pyproxy's own, never sent: the connection is opened without
 # CLIENT_DEPRECATE_EOF.  Clients without it that use the binary protocol get
-# such connections (see FrontendProtocol._statement_command).
+# such connections (see pyproxy.prepared).
 CLASSIC_EOF = 1 << 32
 
 # CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the

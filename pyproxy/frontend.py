@@ -18,8 +18,10 @@ from twisted.python.failure import Failure
 
 from pyproxy import auth
 from pyproxy.direct_write import write_now
-from pyproxy.backend import CLASSIC_EOF, FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
+from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
 from pyproxy.logs import get_logger
+from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
+from pyproxy.prepared import STATEMENT_COMMANDS, PreparedStatements
 from pyproxy.login import LOGIN_PACKET_LIMIT, Identity, Login
 from pyproxy.proxy import Proxy
 from pyproxy import sqltext
@@ -35,9 +37,8 @@ from pyproxy.session import (
     tracking,
     tracking_assignments,
 )
-from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
-from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor, statement_id
+from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
 from pyproxy.wire.handshake import parse_change_user
@@ -62,23 +63,13 @@ REFUSED = frozenset((
     COMMAND.COM_CONNECT_OUT, COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_DAEMON,
     COMMAND.COM_BINLOG_DUMP_GTID,
 ))
-STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECUTE,
-                                COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_RESET,
-                                COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA))
-ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
-ER_WRONG_ARGUMENTS = (1210, "HY000")
-ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
-ER_MAX_PREPARED_STATEMENTS = (1461, "42000")
 
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
 # Commands a client may send ahead of their replies before pyproxy stops reading it.
 QUEUE_LIMIT = 64
-ER_LONG_DATA = (1105, "HY000")
 
-# Phases of the connection.
-HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
 
 
 # ER_OPTION_PREVENTS_STATEMENT (--read-only) and ER_READ_ONLY_MODE (innodb_read_only).
@@ -118,8 +109,8 @@ class FrontendProtocol(protocol.Protocol):
         "transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
         "capabilities", "flavor", "session", "backend", "pinned", "_login", "busy",
         "_queue", "command", "sql", "infile", "rewrite_oks", "translate", "_borrowing",
-        "_pool", "kill_pending", "backlog", "paused_backend", "forwarded", "login_charset",
-        "_statements", "_next_statement", "_preparing", "_cursor",
+        "pool", "kill_pending", "backlog", "paused_backend", "forwarded", "login_charset",
+        "statements",
         "hold_timer", "closed_reason", "query_timer", "last_active",
         "refused_infile", "_globals_before", "found", "own_tracking",
         "readonly", "_epoch", "libmariadb", "lost_transaction", "catalog", "code", "prefix",
@@ -151,7 +142,7 @@ class FrontendProtocol(protocol.Protocol):
         self.rewrite_oks = False
         self.translate = False
         self._borrowing: defer.Deferred[BackendConnection] | None = None
-        self._pool: Any = None
+        self.pool: Any = None
         # Came in through the read-only listener: transactions go to readers.
         self.readonly = readonly
         # The topology epoch _pool was chosen in.
@@ -168,13 +159,9 @@ class FrontendProtocol(protocol.Protocol):
         self.backlog = False
         # The backend connection whose reading was paused for that.
         self.paused_backend: BackendConnection | None = None
-        # Prepared statements by the ids pyproxy gave the client; made on first use.
-        self._statements: dict[int, ClientStatement] | None = None
-        self._next_statement = 1
-        self._preparing = 0
-        # The statement of the running command that opens, reads or closes a
-        # cursor, and the backend statement it runs on.
-        self._cursor: tuple[ClientStatement, BackendStatement] | None = None
+        # The client's prepared statements (pyproxy.prepared); made at its first
+        # COM_STMT_* command.
+        self.statements: PreparedStatements | None = None
         self.hold_timer: Any = None
         self.closed_reason: str | None = None
         self.query_timer: Any = None
@@ -336,7 +323,7 @@ class FrontendProtocol(protocol.Protocol):
         self.proxy.client_connected(self.log, self.transport.getPeer())
         self.command = None
         self.busy = False
-        self._release_if_clean()
+        self.release_if_clean()
         self.run_queued()
 
     def ok_payload(self, header: int = 0x00) -> bytes:
@@ -373,7 +360,10 @@ class FrontendProtocol(protocol.Protocol):
             return
         reply = REPLIES.get(command)
         if command in STATEMENT_COMMANDS:
-            self._statement_command(packet, command)
+            statements = self.statements
+            if statements is None:
+                statements = self.statements = PreparedStatements(self)
+            statements.command(packet, command)
             return
         if reply is not None and command not in (COMMAND.COM_PING, COMMAND.COM_SET_OPTION,
                                                  COM_RESET_CONNECTION, COMMAND.COM_CHANGE_USER):
@@ -383,11 +373,11 @@ class FrontendProtocol(protocol.Protocol):
                 if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
                     return
                 found = self.found = sqltext.scan(sql)
-                code = self.code = (self._stored_code(sql, found) if self.catalog.watch is not None
+                code = self.code = (self.stored_code(sql, found) if self.catalog.watch is not None
                                     or found is not None and found.calls else None)
                 if found is not None or code is not None:
                     self.busy = True
-                    self._run_flagged(self.start)
+                    self.run_flagged(self.start)
                     return
             else:
                 self.sql = None
@@ -414,243 +404,6 @@ class FrontendProtocol(protocol.Protocol):
         elif command in REFUSED or command not in REPLIES:
             self.reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
                              "(not supported by pyproxy)")
-
-    # -- prepared statements --------------------------------------------------
-
-    def _statement_command(self, packet: Packet, command: int) -> None:
-        """The COM_STMT_* commands, on statement ids that are pyproxy's own
-        (see pyproxy.statements): a statement runs on whichever backend
-        connection the client borrows, prepared there when first needed."""
-        payload = packet.payload
-        self.sql = None
-        self.found = self.code = None
-        if command == COMMAND.COM_STMT_PREPARE:
-            limit = self.proxy.max_prepared_statements
-            if self._statements is not None and len(self._statements) >= limit:
-                # The server's own limit, per client: pyproxy keeps what each
-                # client prepared, and nothing else would bound it.
-                self.reply_error(ER_MAX_PREPARED_STATEMENTS, f"Can't create more than max_prepared_stmt_count "
-                                 f"statements (current value: {limit})")
-                return
-            if self.translate:
-                # A client without CLIENT_DEPRECATE_EOF reads the warning count of
-                # COM_STMT_EXECUTE from the EOF after the column definitions
-                # (libmariadb's mysql_stmt_execute() does), which a connection
-                # with DEPRECATE_EOF never sends: from now on this client uses
-                # connections without it, whose replies need no translation.
-                self.flavor |= CLASSIC_EOF
-            self.busy = True
-            self.acquire(self.start)
-            return
-        try:
-            number = statement_id(payload)
-        except ValueError:
-            number = -1
-        statement = self._statements.get(number) if self._statements else None
-        if statement is None:
-            if command in (COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA):
-                self.command = None  # no reply, as from a server
-            else:
-                self.reply_error(c.ER_UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler "
-                                 f"({number}) given to {command_name(command)}")
-            return
-        if command == COMMAND.COM_STMT_CLOSE:
-            del self._statements[number]
-            self.command = None
-            if statement.cursor is not None:
-                # Closing the backend's copy (no reply) closes its cursor too.
-                self.backend.close_statements([statement.cursor.id])
-                self._cursor_closed(statement, cache=False)
-                self._release_if_clean()
-        elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
-            self.command = None  # no reply, as from a server
-            statement.add_long_data(payload[5:], self.proxy.max_allowed_packet)
-        elif command == COMMAND.COM_STMT_EXECUTE:
-            if statement.long_data_too_long:
-                # What the server answers when a parameter's long data passed
-                # max_allowed_packet; the execute does not run, and the data is gone.
-                statement.long_data = None
-                statement.long_data_too_long = False
-                self.reply_error(ER_LONG_DATA, "Parameter of prepared statement which is set through "
-                                 "mysql_send_long_data() is longer than 'max_allowed_packet' bytes")
-                return
-            try:
-                types = execute_types(payload, statement.params)
-            except ValueError:
-                self.reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
-                return
-            if types is not None:
-                statement.types = types
-            # What the statement does is read from its text (once, at prepare),
-            # as for COM_QUERY.
-            sql = self.sql = statement.sql
-            self.busy = True
-            found = self.found = statement.found
-            code = self.code = (self._stored_code(sql, found) if self.catalog.watch is not None
-                                or found is not None and found.calls else None)
-            if found is not None or code is not None:
-                self._run_flagged(lambda: self._execute(statement, packet))
-            else:
-                self.acquire(lambda: self._execute(statement, packet))
-        elif statement.cursor is not None:
-            # FETCH and RESET of a statement whose cursor is open on the held connection.
-            self.busy = True
-            self._cursor = (statement, statement.cursor)
-            self._run_rewritten(packet, statement.cursor.id)
-        elif command == COMMAND.COM_STMT_RESET:
-            statement.long_data = None
-            statement.long_data_too_long = False
-            self.reply(self.ok_payload())
-        else:
-            self.reply_error(ER_STMT_HAS_NO_OPEN_CURSOR,
-                             f"The statement ({number}) has no open cursor.")
-
-    def _execute(self, statement: ClientStatement, packet: Packet) -> None:
-        conn = self.backend
-        # A statement with an open cursor runs where the cursor is (which this
-        # execute closes, as on a server).
-        cached = statement.cursor or conn.statements.get(statement.sql)
-        if cached is not None:
-            self._execute_on(statement, packet, cached)
-            return
-
-        def prepare() -> None:
-            conn.prepare(statement.sql).addCallbacks(
-                lambda prepared: self._execute_on(statement, packet, prepared), failed)
-
-        def failed(failure: Failure) -> None:
-            exc = failure.value
-            if (isinstance(exc, BackendError) and exc.code == ER_MAX_PREPARED_STMT_COUNT_REACHED
-                    and self._make_room(prepare)):
-                return
-            if self.phase != CLOSED:
-                self.command_failed(exc)
-
-        prepare()
-
-    def _make_room(self, again: Any) -> bool:
-        """The server's max_prepared_stmt_count is reached (error 1461) while pyproxy
-        caches statements: the half used longest ago of this connection's cache is
-        closed (of the fullest other connection's in the pool, if this one's is
-        empty), and ``again`` tries once more; as long as the limit is still
-        reached, that goes on until nothing is cached.  The server's limit and
-        the statements it holds are read too, so that every connection caches at
-        most its share of the room other sessions leave.  Returns False when
-        nothing is cached: the error is then the client's, as it would be
-        directly."""
-        conn = self.backend
-        if conn is None or conn.broken:
-            return False
-        pool = conn.pool or self._pool
-        fullest = conn
-        if not len(conn.statements):
-            others = [other for other in (*pool.idle, *pool.lent) if len(other.statements) and not other.broken]
-            if not others:
-                return False
-            fullest = max(others, key=lambda other: len(other.statements))
-        self._cancel_query_timer()
-        fullest.close_statements(fullest.statements.shrink(len(fullest.statements) // 2))
-        waits = [conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count"),
-                 conn.query_rows("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")]
-        if fullest in pool.idle:
-            # Closed over another connection: its ping answered means the server
-            # has closed them before the statement is tried again.
-            pool.begin_check(fullest)
-            waits.append(fullest.ping().addCallbacks(
-                lambda _: pool.end_check(fullest),
-                lambda failure: pool.discard(fullest, f"ping failed: {failure.getErrorMessage()}")))
-
-        def learned(results: list[Any]) -> None:
-            limit, rows = results[0], results[1]
-            in_use = rows[0][1] if rows and len(rows[0]) >= 2 else None
-            if limit is not None and limit.isdigit():
-                self.proxy.statement_limit_learned(
-                    int(limit), int(in_use) if in_use is not None and in_use.isdigit() else None)
-            if self.phase != CLOSED:
-                again()
-
-        def failed(failure: Failure) -> None:
-            if isinstance(failure.value, defer.FirstError):
-                failure = failure.value.subFailure
-            if self.phase != CLOSED:
-                self.command_failed(failure.value)
-
-        defer.gatherResults(waits, consumeErrors=True).addCallbacks(learned, failed)
-        return True
-
-    def _execute_on(self, statement: ClientStatement, packet: Packet, prepared: BackendStatement) -> None:
-        if self.phase == CLOSED:
-            return
-        if prepared.params != statement.params:
-            # The table changed under the statement: its parameters are not the
-            # ones the client binds.
-            self.command_failed(BackendError(*ER_WRONG_ARGUMENTS, "Incorrect arguments to "
-                                             "mysqld_stmt_execute (the statement changed; prepare it again)"))
-            return
-        conn = self.backend
-        types = statement.types if prepared.types != statement.types else None
-        if statement.types is not None:
-            prepared.types = statement.types
-        if statement.long_data:
-            header = bytes((COMMAND.COM_STMT_SEND_LONG_DATA,)) + prepared.id.to_bytes(4, "little")
-            conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
-        statement.long_data = None
-        payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
-        if statement.cursor is not None or opens_cursor(payload):
-            # Whether a cursor is open after this is read from the reply.
-            self._cursor = (statement, prepared)
-        self.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
-        self.start()
-
-    def _cursor_reply(self, command: int, tracker: ResponseTracker) -> None:
-        """Whether the statement has a cursor open after its EXECUTE, FETCH or RESET.
-
-        A cursor holds the connection it is on, not the session: it is closed by
-        the fetch that reports SERVER_STATUS_LAST_ROW_SENT (the server closes it
-        then), by COM_STMT_RESET or COM_STMT_CLOSE of its statement and by a new
-        execute of it, and the connection goes back when nothing else holds it.
-        """
-        statement, prepared = self._cursor
-        self._cursor = None
-        status = tracker.status if tracker.status >= 0 else 0
-        if command == COMMAND.COM_STMT_EXECUTE:
-            is_open = not tracker.error and bool(status & c.SERVER_STATUS_CURSOR_EXISTS)
-        elif command == COMMAND.COM_STMT_FETCH:
-            is_open = (not status & c.SERVER_STATUS_LAST_ROW_SENT
-                       and tracker.error != ER_STMT_HAS_NO_OPEN_CURSOR[0])
-        else:  # COM_STMT_RESET
-            is_open = bool(tracker.error)
-        if is_open and statement.cursor is None:
-            statement.cursor = prepared
-            self.session.cursors += 1
-            self.backend.statements.detach(statement.sql, prepared)
-        elif not is_open and statement.cursor is not None:
-            self._cursor_closed(statement)
-
-    def _cursor_closed(self, statement: ClientStatement, cache: bool = True) -> None:
-        """The statement's cursor is gone.  With ``cache``, its backend statement is
-        cached again for any execute on this connection."""
-        prepared, statement.cursor = statement.cursor, None
-        self.session.cursors -= 1
-        conn = self.backend
-        if cache and conn is not None and not conn.broken:
-            conn.close_statements(conn.statements.add(statement.sql, prepared))
-
-    def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
-        payload = packet.payload[:1] + backend_id.to_bytes(4, "little") + packet.payload[5:]
-        self.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
-        self.acquire(self.start)
-
-    def _prepared(self, tracker: ResponseTracker) -> None:
-        """A COM_STMT_PREPARE succeeded: the client's statement, and the backend's copy."""
-        backend_id, columns, params = tracker.prepared
-        sql = self.command.payload[1:]
-        if self._statements is None:
-            self._statements = {}
-        self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns,
-                                                            found=sqltext.scan(sql))
-        conn = self.backend
-        conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
 
     def _kill(self, packet: Packet) -> bool:
         """KILL [QUERY|CONNECTION] n names a pyproxy connection id, which the server
@@ -818,10 +571,10 @@ class FrontendProtocol(protocol.Protocol):
                     self.hold_timer.cancel()
                 self.hold_timer = None
                 _give_back(held)
-        pool = self._pool
+        pool = self.pool
         topology = self.proxy.topology
         if pool is None or self._epoch != topology.epoch or pool.user != self.user or pool.closed:
-            pool = self._pool = self.proxy.route(self.user, self.readonly, pool)
+            pool = self.pool = self.proxy.route(self.user, self.readonly, pool)
             self._epoch = topology.epoch
         conn = pool.try_borrow(self.flavor)
         if conn is not None:
@@ -977,15 +730,8 @@ class FrontendProtocol(protocol.Protocol):
             self._refuse_infile(data, tracker)
             return
         if tracker.prepare_at >= 0:
-            at = tracker.prepare_at
-            tracker.prepare_at = -1
-            if data[at + 4] != 0xFF:
-                # The client sees pyproxy's statement id, not this connection's.
-                at += 5
-                self._preparing = self._next_statement
-                self._next_statement += 1
-                data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
-            elif tracker.error == ER_MAX_PREPARED_STMT_COUNT_REACHED and self._make_room(self.start):
+            data = self.statements.prepare_reply(data, tracker)  # type: ignore[union-attr]
+            if data is None:
                 return  # the ERR is the whole reply: the client sees only the retried one
         oks = tracker.oks
         if tracker.edits or oks and (tracker.changed or self.rewrite_oks
@@ -1159,10 +905,9 @@ class FrontendProtocol(protocol.Protocol):
                 conn, self.backend = self.backend, None
                 if conn is not None:
                     _discard(conn, "server session ended (RELEASE)")
-        if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
-            self._prepared(tracker)
-        if self._cursor is not None:
-            self._cursor_reply(command, tracker)
+        statements = self.statements
+        if statements is not None and (statements.cursor is not None or command == COMMAND.COM_STMT_PREPARE):
+            statements.reply_done(command, tracker)
         if self.backend is not None:
             self.backend.state = session.state
         if self._globals_before is not None or session.reread:
@@ -1212,7 +957,7 @@ class FrontendProtocol(protocol.Protocol):
         conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
             lambda _: self._follow_up())
 
-    def _run_flagged(self, then: Any) -> None:
+    def run_flagged(self, then: Any) -> None:
         """A statement whose text sqltext.scan() flagged, or that names stored code:
         what it needs before it runs, then borrowing as usual."""
         found = self.found
@@ -1229,7 +974,7 @@ class FrontendProtocol(protocol.Protocol):
         else:
             attach()
 
-    def _stored_code(self, sql: bytes, found: sqltext.Found | None) -> Verdict | None:
+    def stored_code(self, sql: bytes, found: sqltext.Found | None) -> Verdict | None:
         """What the stored code ``sql`` can run does, by the user's catalog: the
         procedures it CALLs, and the functions, trigger tables and views it names."""
         catalog = self.catalog
@@ -1314,7 +1059,7 @@ class FrontendProtocol(protocol.Protocol):
         # one this client's route leads to now.
         held = self.backend
         pool = held.pool if held is not None and held.pool is not None else \
-            self.proxy.route(self.user, self.readonly, self._pool)
+            self.proxy.route(self.user, self.readonly, self.pool)
         connect(self.proxy.reactor, self.proxy.target(self.user, pool.target.config), 0).addCallback(
             opened).addCallbacks(read, failed)
 
@@ -1419,7 +1164,7 @@ class FrontendProtocol(protocol.Protocol):
         self.kill_query(running).addErrback(
             lambda failure: self.log.warning("query_timeout_kill_failed", error=failure.getErrorMessage()))
 
-    def _cancel_query_timer(self) -> None:
+    def cancel_query_timer(self) -> None:
         if self.query_timer is not None:
             if self.query_timer.active():
                 self.query_timer.cancel()
@@ -1433,7 +1178,7 @@ class FrontendProtocol(protocol.Protocol):
             self.transport.loseConnection()
 
     def _finish_command(self) -> None:
-        self._cancel_query_timer()
+        self.cancel_query_timer()
         if self.paused_backend is not None:
             self._resume_backend()
         if self.hold_timer is not None:
@@ -1447,7 +1192,7 @@ class FrontendProtocol(protocol.Protocol):
         if self.kill_pending:
             self.phase = CLOSED
             self.transport.loseConnection()
-        self._release_if_clean()
+        self.release_if_clean()
         if self.proxy.draining:
             self.drain()
             return
@@ -1473,7 +1218,7 @@ class FrontendProtocol(protocol.Protocol):
         if paused and len(queue) < QUEUE_LIMIT and not self.backlog and self.phase == COMMANDS:
             self.transport.resumeProducing()
 
-    def _release_if_clean(self) -> None:
+    def release_if_clean(self) -> None:
         conn = self.backend
         if conn is None:
             return
@@ -1525,7 +1270,7 @@ class FrontendProtocol(protocol.Protocol):
         if self.busy or self.phase != COMMANDS:
             return
         self.session.hold_next = False
-        self._release_if_clean()
+        self.release_if_clean()
 
     def pin(self, reason: str) -> None:
         if self.session.pin_reason is None:
@@ -1554,7 +1299,8 @@ class FrontendProtocol(protocol.Protocol):
     def command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed)."""
         self._abandon_globals()
-        self._cursor = None
+        if self.statements is not None:
+            self.statements.cursor = None
         self.prefix = None
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
@@ -1573,7 +1319,7 @@ class FrontendProtocol(protocol.Protocol):
         self.reply_error((exc.code, exc.sqlstate), exc.message)
         self.busy = False
         self.sql = None
-        self._release_if_clean()
+        self.release_if_clean()
         self.run_queued()
 
     def backend_failed(self, exc: Exception) -> None:
@@ -1588,8 +1334,9 @@ class FrontendProtocol(protocol.Protocol):
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
         self._abandon_globals()
-        self._cursor = None
-        self._cancel_query_timer()
+        if self.statements is not None:
+            self.statements.cursor = None
+        self.cancel_query_timer()
         self._resume_backend()
         conn = self.backend
         self.backend = None
@@ -1654,9 +1401,8 @@ class FrontendProtocol(protocol.Protocol):
         command = payload[0]
         if command == COMMAND.COM_QUERY:
             sql: bytes | None = payload[1:]
-        elif command == COMMAND.COM_STMT_EXECUTE and len(payload) >= 5 and self._statements:
-            statement = self._statements.get(statement_id(payload))
-            sql = statement.sql if statement is not None else None
+        elif command == COMMAND.COM_STMT_EXECUTE and self.statements is not None:
+            sql = self.statements.sql_of(payload)
         else:
             sql = None
         if sql is not None and _ROLLBACK.match(sql):
@@ -1673,7 +1419,8 @@ class FrontendProtocol(protocol.Protocol):
         state = self.session.state
         self.session = ClientSession(initial_state(self.login_charset, state.schema,
                                                    self.proxy.server.autocommit, state.multi_statements))
-        self._statements = None  # the server closes them on reset
+        if self.statements is not None:
+            self.statements.forget()  # the server closes them on reset
         self.lost_transaction = False
         self._detach_backend()
         self.pinned = False
@@ -1704,7 +1451,8 @@ class FrontendProtocol(protocol.Protocol):
             return
         self._detach_backend()
         self.pinned = False
-        self._statements = None
+        if self.statements is not None:
+            self.statements.forget()
         self.lost_transaction = False
         self.command = None
         self.phase = AUTH_SWITCH
@@ -1722,7 +1470,7 @@ class FrontendProtocol(protocol.Protocol):
             self._login.stop()
         if self.hold_timer is not None and self.hold_timer.active():
             self.hold_timer.cancel()
-        self._cancel_query_timer()
+        self.cancel_query_timer()
         self._abandon_globals()
         if self._borrowing is not None:
             self._borrowing.cancel()
