@@ -18,7 +18,9 @@ from twisted.python.failure import Failure
 
 from pyproxy import auth
 from pyproxy.direct_write import write_now
-from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
+from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
+from pyproxy.backend_loss import HARMLESS, held_connection_lost, lost_during_command, refused_after_loss
+from pyproxy.kill import cancel_query_timer, kill_statement, query_timed_out
 from pyproxy.logs import get_logger
 from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.prepared import STATEMENT_COMMANDS, PreparedStatements
@@ -26,15 +28,13 @@ from pyproxy.login import LOGIN_PACKET_LIMIT, Identity, Login
 from pyproxy.proxy import Proxy
 from pyproxy import sqltext
 from pyproxy.routines import RoutineCatalog, Verdict, combine
+from pyproxy.set_global import abandon, compare_after, read_before
 from pyproxy.session import (
-    TRACKING_VARIABLES,
     ClientSession,
-    changed_defaults,
     initial_state,
     last_insert_id_assignment,
     needs_reset,
     reconcile,
-    tracking,
     tracking_assignments,
 )
 from pyproxy.wire import constants as c
@@ -64,9 +64,6 @@ REFUSED = frozenset((
     COMMAND.COM_BINLOG_DUMP_GTID,
 ))
 
-_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
-_KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
-
 # Commands a client may send ahead of their replies before pyproxy stops reading it.
 QUEUE_LIMIT = 64
 
@@ -74,18 +71,6 @@ QUEUE_LIMIT = 64
 
 # ER_OPTION_PREVENTS_STATEMENT (--read-only) and ER_READ_ONLY_MODE (innodb_read_only).
 READ_ONLY_ERRORS = frozenset((1290, 1836))
-# ROLLBACK [WORK] [AND [NO] CHAIN] [[NO] RELEASE], not ROLLBACK TO SAVEPOINT.
-_ROLLBACK = re.compile(rb"(?is)\s*rollback(?:\s+work)?(?!\s*to\b)(?:\s+and\s+(?:no\s+)?chain)?"
-                       rb"(?:\s+(?:no\s+)?release)?\s*;?\s*$")
-# Statements that never commit a transaction, explicitly or implicitly: when
-# one dies with its connection, the server certainly rolled the transaction
-# back.  (COMMIT, DDL, CALL and the rest may have committed before dying.)
-_NEVER_COMMITS = re.compile(rb"(?is)(?:\s|/\*.*?\*/)*(?:select|insert|update|delete|replace|with|do|"
-                            rb"values|table|savepoint|show|describe|desc|explain|handler|help)\b")
-# Commands that change no data and so may run after a lost transaction.
-_HARMLESS = frozenset((COMMAND.COM_PING, COMMAND.COM_QUIT, COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET,
-                       COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_SET_OPTION,
-                       COMMAND.COM_STATISTICS, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
 # Statements that may set LAST_INSERT_ID() without an OK saying so.
 _MAY_SET_INSERT_ID = sqltext.INSERT_ID | sqltext.CALLS | sqltext.DYNAMIC
 # COMMIT or ROLLBACK (not ROLLBACK TO SAVEPOINT): what ends savepoints.
@@ -112,7 +97,7 @@ class FrontendProtocol(protocol.Protocol):
         "pool", "kill_pending", "backlog", "paused_backend", "forwarded", "login_charset",
         "statements",
         "hold_timer", "closed_reason", "query_timer", "last_active",
-        "refused_infile", "_globals_before", "found", "own_tracking",
+        "refused_infile", "globals_before", "found", "own_tracking",
         "readonly", "_epoch", "libmariadb", "lost_transaction", "catalog", "code", "prefix",
     )
 
@@ -170,7 +155,7 @@ class FrontendProtocol(protocol.Protocol):
         self.refused_infile = -1
         # Around a SET GLOBAL: pyproxy's own connection to the server and the
         # global variables read over it just before the statement ran.
-        self._globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
+        self.globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
         # What sqltext.scan() found in the running statement's text.
         self.found: sqltext.Found | None = None
         # The user's catalog of stored code (pyproxy.routines), and what the
@@ -353,7 +338,7 @@ class FrontendProtocol(protocol.Protocol):
         command = payload[0]
         self.command = packet
         self.last_active = self.proxy.reactor.seconds()
-        if self.lost_transaction and command not in _HARMLESS and self._refused_after_loss(payload):
+        if self.lost_transaction and command not in HARMLESS and refused_after_loss(self, payload):
             return
         if (command == COMMAND.COM_QUERY or command == COMMAND.COM_STMT_EXECUTE) and self.catalog.stale:
             self._await_catalog(packet)
@@ -370,7 +355,7 @@ class FrontendProtocol(protocol.Protocol):
             if command == COMMAND.COM_QUERY:
                 sql = self.sql = payload[1:]
                 head = payload[1:2]
-                if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
+                if (head in (b"k", b"K") or head.isspace()) and kill_statement(self):
                     return
                 found = self.found = sqltext.scan(sql)
                 code = self.code = (self.stored_code(sql, found) if self.catalog.watch is not None
@@ -405,91 +390,6 @@ class FrontendProtocol(protocol.Protocol):
             self.reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
                              "(not supported by pyproxy)")
 
-    def _kill(self, packet: Packet) -> bool:
-        """KILL [QUERY|CONNECTION] n names a pyproxy connection id, which the server
-        does not know: it is translated here, never passed on.  Returns False
-        for any statement that is not a KILL.
-
-        KILL QUERY stops the target client's running statement with KILL QUERY
-        on the backend thread that runs it, sent over a connection of its own
-        (the pool may be full of exactly the statements to kill) and only if
-        that thread still runs the same statement for the same client.  KILL
-        (CONNECTION) also closes the target client.  Only the same user's
-        connections can be killed; other forms of KILL are refused.
-        """
-        sql = self.sql or b""
-        if _KILL_ANY.match(sql) is None:
-            return False
-        match = _KILL.match(sql)
-        if match is None:
-            self.reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
-            return True
-        what, number = match.group(1), int(match.group(2))
-        target = self.proxy.clients.get(number)
-        if target is None:
-            self.reply_error((1094, "HY000"), f"Unknown thread id: {number}")
-            return True
-        if target.user != self.user:
-            self.reply_error((1095, "HY000"), f"You are not owner of thread {number}")
-            return True
-        running = target.running_statement()
-        if what is None or what.lower() != b"query":
-            target.close_by_kill()
-        if running is None:
-            self.reply(self.ok_payload())
-            return True
-        self.busy = True
-        d = target.kill_query(running)
-
-        def done(result: Any) -> None:
-            if self.phase != COMMANDS:
-                return
-            if isinstance(result, Failure) and isinstance(result.value, BackendError):
-                self.reply_error((result.value.code, result.value.sqlstate), result.value.message)
-            else:
-                self.reply(self.ok_payload())
-            self.busy = False
-            self.run_queued()
-
-        d.addBoth(done)
-        return True
-
-    def kill_query(self, running: tuple[int, Packet]) -> defer.Deferred[Any]:
-        """Stops this client's running statement with KILL QUERY on its backend
-        thread, sent over a connection of its own (the pool may be full of the
-        very statements to stop), and only if the same statement still runs."""
-        running_on = self.backend
-        login = running_on.target if running_on is not None else self.proxy.target(self.user)
-        d = connect(self.proxy.reactor, attrs.evolve(login, database=None), 0)
-
-        def kill(conn: BackendConnection) -> Any:
-            if self.running_statement() != running:
-                conn.close("KILL target finished")
-                return None
-            sent = conn.execute(make_query(f"KILL QUERY {running[0]}"))
-            sent.addBoth(lambda result: (conn.close("KILL sent"), result)[1])
-            return sent
-
-        return d.addCallback(kill)
-
-    def running_statement(self) -> tuple[int, Packet] | None:
-        """(backend thread id, command) of the statement this client is running, if any."""
-        conn = self.backend
-        if not self.busy or conn is None or conn.handshake is None or self.command is None:
-            return None
-        return conn.handshake.connection_id, self.command
-
-    def close_by_kill(self) -> None:
-        """Another session of the same user killed this one."""
-        self.closed_reason = "killed"
-        if self.phase == COMMANDS and not self.busy:
-            self.phase = CLOSED
-            self.transport.loseConnection()
-        else:
-            # Mid-command: the client gets its reply (or the 2013 from the
-            # killed statement) first, then the connection closes.
-            self.kill_pending = True
-
     def reply(self, payload: bytes) -> None:
         seq = self.command.last_seq + 1 if self.command is not None else 1
         self.transport.write(frame(payload, seq))
@@ -523,28 +423,8 @@ class FrontendProtocol(protocol.Protocol):
         if held is not None:
             if held.broken:
                 self.backend = None
-                if self.pinned:
-                    # The connection this session was pinned to died while the
-                    # client was idle: its state is gone with it.
-                    self.fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend "
-                               "connection holding this session's state was closed")
+                if held_connection_lost(self):
                     return
-                session = self.session
-                if session.holds_state():
-                    rollback = self.sql is not None and _ROLLBACK.match(self.sql) is not None
-                    what = ("the transaction was rolled back" if session.in_transaction
-                            else "the transaction settings it held (SET TRANSACTION) were lost")
-                    if session.in_transaction and not rollback:
-                        self._transaction_lost()
-                    else:
-                        session.lose_transaction()
-                    if not rollback:
-                        # Never run on another connection as if nothing had happened.
-                        self.command_failed(BackendError(
-                            *c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
-                            f"holding this session's transaction was closed; {what}"))
-                        return
-                self.session.hold_next = False
             elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
                 if self.pinned and not self.own_tracking:
                     self._bring_to_state(lambda: self._restore_tracking(then))
@@ -692,7 +572,7 @@ class FrontendProtocol(protocol.Protocol):
         conn = self.backend
         timeout = self.proxy.config.proxy.query_timeout
         if timeout and reply != Reply.NONE:
-            self.query_timer = self.proxy.reactor.callLater(timeout, self._query_timed_out, packet)
+            self.query_timer = self.proxy.reactor.callLater(timeout, query_timed_out, self, packet)
         prefix = self.prefix
         if prefix is not None:
             self.prefix = None
@@ -910,19 +790,19 @@ class FrontendProtocol(protocol.Protocol):
             statements.reply_done(command, tracker)
         if self.backend is not None:
             self.backend.state = session.state
-        if self._globals_before is not None or session.reread:
-            self._follow_up()
+        if self.globals_before is not None or session.reread:
+            self.follow_up()
             return
         self._finish_command()
 
-    def _follow_up(self) -> None:
+    def follow_up(self) -> None:
         """What a reply may still need, in pyproxy's own round trips, before the
         client's next command runs (which waits, as during the reply): reading
         the globals after a SET GLOBAL, the variables of a SET @@name."""
         if self.phase == CLOSED:
             return
-        if self._globals_before is not None:
-            self._compare_globals()
+        if self.globals_before is not None:
+            compare_after(self)
         elif self.session.reread:
             self._reread()
         else:
@@ -938,7 +818,7 @@ class FrontendProtocol(protocol.Protocol):
         names, session.reread = session.reread, ()
         conn = self.backend
         if self.pinned or conn is None or conn.broken:
-            self._follow_up()
+            self.follow_up()
             return
 
         def read(payload: bytes) -> None:
@@ -955,7 +835,7 @@ class FrontendProtocol(protocol.Protocol):
 
         assignments = ", ".join(f"{name} = @@SESSION.{name}" for name in names)
         conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
-            lambda _: self._follow_up())
+            lambda _: self.follow_up())
 
     def run_flagged(self, then: Any) -> None:
         """A statement whose text sqltext.scan() flagged, or that names stored code:
@@ -970,7 +850,7 @@ class FrontendProtocol(protocol.Protocol):
                 self.acquire(then)
 
         if flags & sqltext.READ_GLOBALS:
-            self._read_globals(attach)
+            read_before(self, attach)
         else:
             attach()
 
@@ -1028,148 +908,6 @@ class FrontendProtocol(protocol.Protocol):
 
         conn.execute(command).addCallbacks(lambda _: then() if self.phase != CLOSED else None, failed)
 
-    def _read_globals(self, then: Any) -> None:
-        """A SET GLOBAL is about to run: the global values it may change are read
-        first (see _compare_globals), over a connection of pyproxy's own, so
-        that the client's session (its warnings, ROW_COUNT()) is not touched.
-        If that fails the statement still runs, and only the pools are renewed."""
-
-        def opened(conn: BackendConnection) -> Any:
-            def unread(failure: Failure) -> Failure:
-                conn.close("global variables unread")
-                return failure
-
-            return conn.query_rows("SHOW GLOBAL VARIABLES").addCallbacks(
-                lambda rows: (conn, _variables(rows)), unread)
-
-        def read(result: tuple[BackendConnection, dict[str, str | None]]) -> None:
-            if self.phase == CLOSED:
-                result[0].close("client gone")
-                return
-            self._globals_before = result
-            then()
-
-        def failed(failure: Failure) -> None:
-            self.log.warning("global_variables_unread", error=failure.getErrorMessage())
-            self._globals_before = (None, {})
-            if self.phase != CLOSED:
-                then()
-
-        # The server the statement will run on: the held connection's, else the
-        # one this client's route leads to now.
-        held = self.backend
-        pool = held.pool if held is not None and held.pool is not None else \
-            self.proxy.route(self.user, self.readonly, self.pool)
-        connect(self.proxy.reactor, self.proxy.target(self.user, pool.target.config), 0).addCallback(
-            opened).addCallbacks(read, failed)
-
-    def _compare_globals(self) -> None:
-        """After a SET GLOBAL: every session that began before it keeps the old
-        values of the defaults it changed, as its server session would, while
-        sessions that begin later get the new ones.
-
-        The old values become carried variables of the existing sessions (the
-        ones each did not set itself), and pooled connections, which took the
-        old values as their own defaults, are replaced.  Global-only and
-        read-only session variables are left out.
-        """
-        (conn, before), self._globals_before = self._globals_before, None
-        # The sessions that began before the change, and only those: a client
-        # may log in while the values are read.
-        sessions = [client.session for client in self.proxy.clients.values()
-                    if client.session is not None]
-        # Pooled connections took the old global values as their session
-        # defaults: sessions that begin from now on must not get those.
-        self._renew_pools(conn)
-        if conn is None:
-            self._follow_up()
-            return
-        log = self.log
-
-        old_tracking = None
-
-        def compared(rows: list[tuple[str | None, ...]]) -> Any:
-            nonlocal old_tracking
-            after = _variables(rows)
-            if before.get("autocommit") != after.get("autocommit"):
-                self._new_sessions_autocommit(after.get("autocommit") == "ON")
-            limit = after.get("max_prepared_stmt_count")
-            if limit != before.get("max_prepared_stmt_count") and limit is not None and limit.isdigit():
-                self.proxy.statement_limit_learned(int(limit))
-            if any(before.get(name) != after.get(name) for name in TRACKING_VARIABLES):
-                # What the sessions that began before still see (filtering, and
-                # their pinned connections): the old tracking settings.
-                values = [before.get(name) for name in TRACKING_VARIABLES]
-                if None not in values:
-                    old_tracking = tracking(*values)
-            changed = changed_defaults(before, after, self.proxy.ignored_variables)
-            names = list(changed)
-            # Assigning a variable its own value fails for global-only and
-            # read-only ones (1238, 1621) and changes nothing for the others.
-            probes = [conn.execute(make_query(f"SET SESSION {name} = @@SESSION.{name}")) for name in names]
-            return defer.DeferredList(probes, consumeErrors=True).addCallback(
-                lambda results: {name: changed[name] for name, (ok, _) in zip(names, results) if ok})
-
-        def apply(kept: dict[str, str]) -> None:
-            if kept:
-                log.info("session_defaults_kept", variables=sorted(kept), sessions=len(sessions))
-            for session in sessions:
-                if session.pin_reason is None:  # a pinned one keeps its own connection
-                    session.keep_defaults(kept)
-                    if old_tracking is not None and session.tracking is None:
-                        session.tracking = old_tracking
-
-        def failed(failure: Failure) -> None:
-            log.warning("global_variables_unread", error=failure.getErrorMessage())
-
-        def done(_: Any) -> None:
-            conn.close("global variables read")
-            self._follow_up()
-
-        conn.query_rows("SHOW GLOBAL VARIABLES").addCallback(compared).addCallbacks(
-            apply, failed).addBoth(done)
-
-    def _abandon_globals(self) -> None:
-        """A SET GLOBAL whose reply never came (or the client left): whether it ran is
-        unknown, so pooled connections are replaced as if it had."""
-        if self._globals_before is None:
-            return
-        (conn, _), self._globals_before = self._globals_before, None
-        if conn is not None:
-            conn.close("SET GLOBAL did not complete")
-        self._renew_pools(conn)
-
-    def _renew_pools(self, conn: BackendConnection | None) -> None:
-        """Replaces the pooled connections to the server ``conn`` (pyproxy's own
-        connection beside the SET GLOBAL) went to; all of them when unknown."""
-        server = f"{conn.target.host}:{conn.target.port}" if conn is not None else None
-        for pool in self.proxy.pools.values():
-            if server is None or pool.target is None or pool.target.name == server:
-                pool.renew()
-
-    def _new_sessions_autocommit(self, on: bool) -> None:
-        """SET GLOBAL autocommit: what sessions that begin from now on start with."""
-        server = self.proxy.server
-        status = (server.status | c.SERVER_STATUS_AUTOCOMMIT if on
-                  else server.status & ~c.SERVER_STATUS_AUTOCOMMIT)
-        self.proxy.server = attrs.evolve(server, status=status)
-
-    def _query_timed_out(self, packet: Packet) -> None:
-        self.query_timer = None
-        running = self.running_statement()
-        if running is None or running[1] is not packet:
-            return
-        self.log.warning("query_timeout", seconds=self.proxy.config.proxy.query_timeout,
-                         backend_thread=running[0])
-        self.kill_query(running).addErrback(
-            lambda failure: self.log.warning("query_timeout_kill_failed", error=failure.getErrorMessage()))
-
-    def cancel_query_timer(self) -> None:
-        if self.query_timer is not None:
-            if self.query_timer.active():
-                self.query_timer.cancel()
-            self.query_timer = None
-
     def check_idle(self, now: float, timeout: float) -> None:
         """Disconnects a client idle between commands for longer than ``timeout``
         (idle_client_timeout); a held transaction is rolled back by the reset."""
@@ -1178,7 +916,8 @@ class FrontendProtocol(protocol.Protocol):
             self.transport.loseConnection()
 
     def _finish_command(self) -> None:
-        self.cancel_query_timer()
+        if self.query_timer is not None:
+            cancel_query_timer(self)
         if self.paused_backend is not None:
             self._resume_backend()
         if self.hold_timer is not None:
@@ -1298,7 +1037,7 @@ class FrontendProtocol(protocol.Protocol):
 
     def command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed)."""
-        self._abandon_globals()
+        abandon(self)
         if self.statements is not None:
             self.statements.cursor = None
         self.prefix = None
@@ -1333,10 +1072,10 @@ class FrontendProtocol(protocol.Protocol):
 
     def backend_lost(self, error: BackendError) -> None:
         """The backend died while relaying this client's command."""
-        self._abandon_globals()
+        abandon(self)
         if self.statements is not None:
             self.statements.cursor = None
-        self.cancel_query_timer()
+        cancel_query_timer(self)
         self._resume_backend()
         conn = self.backend
         self.backend = None
@@ -1344,74 +1083,7 @@ class FrontendProtocol(protocol.Protocol):
             _discard(conn, "lost during a command")
             if conn.pool is not None:
                 self.proxy.topology.suspect(conn.pool.target)
-        session = self.session
-        self.log.warning("backend_lost_during_command", error=error.message, pinned=self.pinned,
-                         in_transaction=session.in_transaction)
-        tracker = conn.tracker if conn is not None else None
-        mid_reply = self.forwarded and (tracker is None or tracker.mid_packet() or conn.has_partial_packet())
-        if self.pinned or mid_reply or self.infile:
-            # During LOCAL INFILE the client is still sending the file: its
-            # next packets must never be taken for commands.  A pinned
-            # session's state died with the connection: the client must not
-            # carry on as if nothing happened.
-            seq = tracker.seq + 1 if self.forwarded and tracker is not None else None
-            self.fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
-            return
-        if session.holds_state():
-            sql = self.sql
-            if sql is not None and _ROLLBACK.match(sql):
-                outcome = "the transaction was rolled back"
-            elif session.in_transaction and sql is not None and _NEVER_COMMITS.match(sql):
-                outcome = "the transaction was rolled back"
-                self._transaction_lost()
-            elif session.in_transaction:
-                # COMMIT, DDL, CALL...: the server may have committed before
-                # the connection died, as a direct client would be left to wonder.
-                outcome = "whether the transaction was committed is unknown"
-            else:
-                outcome = "the transaction settings it held (SET TRANSACTION) were lost"
-            session.lose_transaction()
-            error = BackendError(error.code, error.sqlstate, f"{error.message}; {outcome}")
-        seq = tracker.seq + 1 if self.forwarded and tracker is not None else None
-        if seq is not None:
-            self.transport.write(frame(self.error_packet(error.code, error.sqlstate, error.message), seq))
-            self.command = None
-        else:
-            self.reply_error((error.code, error.sqlstate), error.message)
-        self.busy = False
-        self.infile = False
-        self.sql = None
-        self.run_queued()
-
-    def _transaction_lost(self) -> None:
-        """The server rolled back this session's transaction as its connection died.
-
-        The client is told and keeps its session; but until it says ROLLBACK
-        nothing else runs, so a client that missed the error cannot COMMIT
-        the rest of its transaction as if the lost part had been applied.
-        """
-        session = self.session
-        session.lose_transaction()
-        self.lost_transaction = True
-        self.log.info("transaction_lost")
-
-    def _refused_after_loss(self, payload: bytes) -> bool:
-        """After a lost transaction: lets a ROLLBACK through (ending the refusal)
-        and refuses anything else that could change data."""
-        command = payload[0]
-        if command == COMMAND.COM_QUERY:
-            sql: bytes | None = payload[1:]
-        elif command == COMMAND.COM_STMT_EXECUTE and self.statements is not None:
-            sql = self.statements.sql_of(payload)
-        else:
-            sql = None
-        if sql is not None and _ROLLBACK.match(sql):
-            self.lost_transaction = False
-            return False
-        self.reply_error(c.ER_PROXY_TRANSACTION_LOST,
-                         "pyproxy: this session's transaction was rolled back when its backend "
-                         "connection was lost; send ROLLBACK before anything else")
-        return True
+        lost_during_command(self, conn, error)
 
     def _reset_connection(self) -> None:
         """COM_RESET_CONNECTION: the session starts over (schema kept, as a server
@@ -1470,8 +1142,8 @@ class FrontendProtocol(protocol.Protocol):
             self._login.stop()
         if self.hold_timer is not None and self.hold_timer.active():
             self.hold_timer.cancel()
-        self.cancel_query_timer()
-        self._abandon_globals()
+        cancel_query_timer(self)
+        abandon(self)
         if self._borrowing is not None:
             self._borrowing.cancel()
         conn = self.backend
@@ -1500,11 +1172,6 @@ def _discard(conn: BackendConnection, reason: str) -> None:
         conn.pool.discard(conn, reason)
     else:
         conn.close(reason)
-
-
-def _variables(rows: list[tuple[str | None, ...]]) -> dict[str, str | None]:
-    """SHOW VARIABLES rows as a dict, names in lower case."""
-    return {row[0].lower(): row[1] for row in rows if len(row) >= 2 and row[0] is not None}
 
 
 class FrontendFactory(protocol.Factory):

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from pyproxy import sqltext
 from pyproxy.backend import CLASSIC_EOF, BackendError
+from pyproxy.kill import cancel_query_timer
 from pyproxy.phases import CLOSED
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
@@ -206,7 +207,7 @@ class PreparedStatements:
             if not others:
                 return False
             fullest = max(others, key=lambda other: len(other.statements))
-        client.cancel_query_timer()
+        cancel_query_timer(client)
         fullest.close_statements(fullest.statements.shrink(len(fullest.statements) // 2))
         waits = [conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count"),
                  conn.query_rows("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")]

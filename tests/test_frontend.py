@@ -21,10 +21,8 @@ from pyproxy.backend import BackendConnection, BackendError
 from pyproxy.config import build
 from pyproxy.frontend import FrontendFactory
 from pyproxy.pool import Pool
-from pyproxy.prepared import PreparedStatements
-from pyproxy.statements import ClientStatement
 from pyproxy.proxy import Proxy, ServerInfo
-from pyproxy.session import DEFAULT_TRACKING, tracking
+from pyproxy.session import tracking
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     CLIENT,
@@ -448,52 +446,6 @@ class RoundTripTests(LoggedIn):
         self.assertEqual(self.client.raw(), vectors.PING_OK)
         self.assertEqual(self.pool.idle, [conn])
 
-    def test_backend_lost_before_reply(self) -> None:
-        """A backend lost before any reply byte gives 2013 at seq 1; the next command gets a new backend."""
-        conn, server = self.first_backend(self.client, SELECT)
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.assertEqual(err_of(self.client.received()[0]), (1, 2013, "HY000"))
-        self.assertFalse(self.client.closed)
-        self.assertEqual(self.pool.size(), 0)
-        self.client.query(SELECT)
-        conn2, server2 = self.backends.open()
-        self.assertEqual(server2.received()[0].payload, make_query(SELECT))
-
-    def test_backend_lost_told_to_libmariadb_as_1927(self) -> None:
-        """libmariadb reads a client code (2013) in a server's ERR as a malformed reply
-        (2027), so its clients get 1927 (connection killed) naming 2013 instead."""
-        client = FakeClient(self.proxy)
-        proof = auth.native_proof(b"secret", client.greeting.auth_data)
-        client.send(make_handshake_response41(HandshakeResponse41(
-            CLIENT_CAPS, 1 << 24, 45, "app", proof, None, auth.NATIVE,
-            {"_client_name": "libmariadb", "_client_version": "3.3.20"})), seq=1)
-        client.received()
-        conn, server = self.first_backend(client, SELECT)
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        [err] = client.received()
-        self.assertEqual(err_of(err), (1, 1927, "70100"))
-        self.assertIn(b"(client error 2013)", err.payload)
-        self.assertFalse(client.closed)
-
-    def test_backend_lost_between_packets(self) -> None:
-        """A backend lost between two packets of a reply: 2013 follows the packets already sent."""
-        conn, server = self.first_backend(self.client, SELECT)
-        server.send(vectors.SELECT_DEOF[:40])  # column count and the first definition
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        packets = self.client.received()
-        self.assertEqual([p.seq for p in packets], [1, 2, 3])
-        self.assertEqual(err_of(packets[-1]), (3, 2013, "HY000"))
-        self.assertFalse(self.client.closed)
-        self.assertEqual(self.pool.size(), 0)
-
-    def test_backend_lost_mid_packet(self) -> None:
-        """A backend lost inside a packet already partly sent: no ERR can follow, the client is disconnected."""
-        conn, server = self.first_backend(self.client, SELECT)
-        server.send(vectors.SELECT_DEOF[:30])
-        self.assertTrue(conn.tracker.mid_packet())
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.assertTrue(self.client.closed)
-
     def test_backend_open_fails(self) -> None:
         """A backend that refuses the account gives the waiting client that error."""
         self.client.query(SELECT)
@@ -542,124 +494,6 @@ class SharingTests(LoggedIn):
         self.assertEqual(other.raw(), vectors.SELECT_DEOF)
         self.assertEqual(self.pool.idle, [conn])
 
-    def in_transaction(self) -> tuple[BackendConnection, FakeServer]:
-        conn, server = self.first_backend(self.client, "BEGIN")
-        server.send(vectors.BEGIN_OK)
-        self.client.raw()
-        return conn, server
-
-    def refused_until_rollback(self) -> None:
-        """After a lost transaction: statements get 9002 until ROLLBACK, which runs."""
-        for sql in ("UPDATE t SET v = 1", "COMMIT"):
-            self.client.query(sql)
-            self.assertEqual(err_of(self.client.received()[0]), (1, 9002, "40000"))
-        self.client.send(bytes((COMMAND.COM_STMT_EXECUTE,)) + b"\x01\x00\x00\x00\x00\x01\x00\x00\x00")
-        self.assertEqual(err_of(self.client.received()[0])[1], 9002)
-        self.assertEqual(self.backends.waiting, [])
-        self.client.query("ROLLBACK")
-        conn, server = self.backends.open()
-        self.assertEqual(server.received()[0].payload, make_query("ROLLBACK"))
-        server.send(vectors.COMMIT_OK)
-        self.assertEqual(self.client.raw(), vectors.COMMIT_OK)
-        self.client.query(SELECT)
-        self.assertEqual(server.received()[0].payload, make_query(SELECT))
-        self.assertFalse(self.client.closed)
-
-    def test_transaction_lost_mid_statement(self) -> None:
-        """The backend dies under a statement of an open transaction: 2013 saying the
-        transaction was rolled back; the session goes on, but only after a ROLLBACK."""
-        conn, server = self.in_transaction()
-        self.client.query("UPDATE t SET v = 2")
-        server.received()
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        [err] = self.client.received()
-        self.assertEqual(err_of(err), (1, 2013, "HY000"))
-        self.assertIn(b"the transaction was rolled back", err.payload)
-        self.assertFalse(self.client.closed)
-        self.refused_until_rollback()
-
-    def test_transaction_lost_while_idle(self) -> None:
-        """The backend holding an idle client's transaction dies: its COMMIT gets 2013
-        (never an OK for a transaction the server rolled back)."""
-        conn, server = self.in_transaction()
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.client.query("COMMIT")
-        [err] = self.client.received()
-        self.assertEqual(err_of(err)[1:], (2013, "HY000"))
-        self.assertIn(b"the transaction was rolled back", err.payload)
-        self.assertFalse(self.client.closed)
-        self.refused_until_rollback()
-
-    def test_rollback_after_idle_loss_just_runs(self) -> None:
-        conn, server = self.in_transaction()
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.client.query("rollback work")
-        conn2, server2 = self.backends.open()
-        self.assertEqual(server2.received()[0].payload, make_query("rollback work"))
-        server2.send(vectors.COMMIT_OK)
-        self.assertEqual(self.client.raw(), vectors.COMMIT_OK)
-
-    def test_commit_lost_in_flight_is_of_unknown_outcome(self) -> None:
-        """COMMIT sent, connection gone before its OK: the server may have committed.
-        The client is told the outcome is unknown and is not asked for a ROLLBACK."""
-        for sql in ("COMMIT", "CREATE TABLE x (a INT)"):  # DDL commits implicitly
-            conn, server = self.in_transaction()
-            self.client.query(sql)
-            server.received()
-            conn.connectionLost(Failure(ConnectionError("reset")))
-            [err] = self.client.received()
-            self.assertEqual(err_of(err)[1], 2013)
-            self.assertIn(b"whether the transaction was committed is unknown", err.payload)
-            self.assertFalse(self.client.protocol.lost_transaction)
-
-    def test_rollback_lost_in_flight_needs_no_second_rollback(self) -> None:
-        conn, server = self.in_transaction()
-        self.client.query("ROLLBACK")
-        server.received()
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.assertIn(b"the transaction was rolled back", self.client.received()[0].payload)
-        self.client.query(SELECT)
-        self.backends.open()
-        self.assertEqual(self.client.received(), [])  # sent on, not refused
-
-    def test_set_transaction_lost_fails_the_next_statement_only(self) -> None:
-        """SET TRANSACTION in autocommit mode, then the held connection dies: the next
-        statement is refused (it would run without the isolation level asked for), the
-        one after runs."""
-        conn, server = self.first_backend(self.client, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-        server.send(vectors.SET_TRANSACTION_TRACKED_OK)
-        self.client.raw()
-        self.assertIs(self.client.protocol.backend, conn)
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.client.query(SELECT)
-        [err] = self.client.received()
-        self.assertEqual(err_of(err)[1], 2013)
-        self.assertIn(b"SET TRANSACTION", err.payload)
-        self.client.query(SELECT)
-        self.backends.open()
-        self.assertEqual(self.client.received(), [])
-
-    def test_prepared_rollback_ends_the_refusal(self) -> None:
-        conn, server = self.in_transaction()
-        statements = self.client.protocol.statements = PreparedStatements(self.client.protocol)
-        statements.by_id = {7: ClientStatement(7, b"ROLLBACK", 0, 0)}
-        self.client.query("UPDATE t SET v = 2")
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.client.received()
-        self.client.send(bytes((COMMAND.COM_STMT_EXECUTE,)) + (7).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00")
-        self.assertFalse(self.client.protocol.lost_transaction)
-
-    def test_reset_connection_ends_the_refusal(self) -> None:
-        conn, server = self.in_transaction()
-        self.client.query("UPDATE t SET v = 2")
-        conn.connectionLost(Failure(ConnectionError("reset")))
-        self.client.received()
-        self.client.send(bytes((COM_RESET_CONNECTION,)))
-        self.assertEqual(self.client.received()[0].payload[0], 0)
-        self.client.query(SELECT)
-        self.backends.open()
-        self.assertEqual(self.client.received(), [])  # sent on, not refused
-
     def test_borrow_timeout_error(self) -> None:
         """A client that waits longer than borrow_timeout gets error 9001 (HY000) and stays connected."""
         conn, server = self.first_backend(self.client, "BEGIN")
@@ -697,18 +531,6 @@ WARNING_OK = frame(make_ok(SERVER_STATUS_AUTOCOMMIT, warnings=1), 1)
 
 class ReviewTests(LoggedIn):
     """Failure paths found in review: each once hung a client or ran data as commands."""
-
-    def test_pinned_ping_on_dead_backend_answers(self) -> None:
-        """COM_PING from a pinned client whose backend died gets an error and a close, not a hang."""
-        conn, server = self.first_backend(self.client, "SET @x = 1")
-        server.send(vectors.USER_VARIABLE_OK)
-        self.client.raw()
-        self.assertTrue(self.client.protocol.pinned)
-        conn.connectionLost(Failure(ConnectionError("gone")))
-        self.client.send(b"\x0e")
-        [err] = self.client.received()
-        self.assertEqual(err_of(err)[1], 2013)
-        self.assertTrue(self.client.closed)
 
     def test_backend_lost_during_local_infile_closes_the_client(self) -> None:
         """If the backend dies while the client uploads a LOCAL INFILE, the client is closed:
@@ -926,89 +748,6 @@ def ok_tracking(variables: dict[str, str]) -> bytes:
                  + lenenc_bytes(entries), 1)
 
 
-class GlobalVariablesTests(LoggedIn):
-    """SET GLOBAL changes what new server sessions start from, never existing ones."""
-
-    def side_connection(self) -> tuple[BackendConnection, FakeServer]:
-        """The connection pyproxy opens for itself, logged in."""
-        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
-        wrapper = factory.buildProtocol(None)  # the endpoint's wrapper around the connection
-        server = FakeServer(wrapper)
-        server.login()
-        return wrapper._wrappedProtocol, server
-
-    def test_sessions_keep_their_defaults_across_set_global(self) -> None:
-        """The globals are read over pyproxy's own connection before and after the
-        statement; a session that began before keeps the old value of each session
-        default that changed (global-only ones are refused a session SET and left out),
-        a session that begins after gets the new one, and pooled connections are replaced."""
-        earlier = self.connect()
-        sql = "SET GLOBAL auto_increment_increment = 10, max_connections = 200"
-        self.client.query(sql)
-        side, side_server = self.side_connection()
-        [show] = side_server.received()
-        self.assertEqual(show.payload, make_query("SHOW GLOBAL VARIABLES"))
-        side_server.send(rows_reply([("auto_increment_increment", "1"), ("max_connections", "151")]))
-        conn, server = self.backends.open()
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query(sql))
-        server.send(vectors.COMMIT_OK)
-        [ok] = self.client.received()
-        self.assertEqual(ok.payload[0], 0)
-        later = self.connect()  # logs in while pyproxy reads the globals again
-        [show] = side_server.received()
-        self.assertEqual(show.payload, make_query("SHOW GLOBAL VARIABLES"))
-        side_server.send(rows_reply([("auto_increment_increment", "10"), ("max_connections", "200")]))
-        probes = side_server.received()
-        self.assertEqual([p.payload for p in probes], [make_query(
-            f"SET SESSION {name} = @@SESSION.{name}") for name in ("auto_increment_increment",
-                                                                  "max_connections")])
-        side_server.send(vectors.PING_OK + frame(make_err(1238, "HY000", "Variable 'max_connections' "
-                                                           "is a GLOBAL variable"), 1))
-        self.assertTrue(side.broken)  # closed once read
-        for client in (self.client, earlier):
-            self.assertEqual(client.protocol.session.state.variables, (("auto_increment_increment", "1"),))
-        self.assertEqual(later.protocol.session.state.variables, ())
-        self.assertTrue(conn.broken)  # opened with the old defaults: not lent again
-        self.assertEqual(self.pool.idle, [])
-        # The earlier session's next statement runs on a new connection, with its value.
-        earlier.query("SELECT 1")
-        conn2, server2 = self.backends.open()
-        expect_statements(server2, "SET SESSION auto_increment_increment=1", "SELECT 1")
-
-    def test_side_connection_failure_still_runs_the_statement(self) -> None:
-        """If pyproxy cannot read the globals, the statement runs anyway and pooled
-        connections are replaced, as before."""
-        self.client.query("SET GLOBAL sql_mode = ''")
-        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-        self.proxy.reactor.advance(1)  # the endpoint reports the failure on a later turn
-        conn, server = self.backends.open()
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query("SET GLOBAL sql_mode = ''"))
-        server.send(vectors.COMMIT_OK)
-        [ok] = self.client.received()
-        self.assertEqual(ok.payload[0], 0)
-        self.assertTrue(conn.broken)
-        self.assertFalse(self.client.closed)
-
-    def test_failed_set_global_closes_pyproxys_connection(self) -> None:
-        """If the statement never gets its reply, pyproxy's own connection is closed and
-        pooled connections are replaced all the same."""
-        self.client.query("SET GLOBAL sql_mode = ''")
-        side, side_server = self.side_connection()
-        side_server.received()
-        side_server.send(rows_reply([("sql_mode", "STRICT")]))
-        conn, server = self.backends.open()
-        server.received()
-        conn.connectionLost(Failure(ConnectionError("gone")))
-        [err] = self.client.received()
-        self.assertEqual(err_of(err)[1], 2013)
-        self.assertTrue(side.broken)
-        self.assertEqual(self.pool.generation, 1)
-        self.assertIsNone(self.client.protocol._globals_before)
-
-
 class UnreportedSetTests(LoggedIn):
     def test_bare_assignment_is_read_back_and_carried(self) -> None:
         """SET @@sql_mode = ... is not reported by the server: pyproxy assigns the
@@ -1097,61 +836,6 @@ class ClientTrackingTests(LoggedIn):
         [restore] = server.received()
         self.assertNotIn(b"session_track_state_change", restore.payload)
         self.assertIn(b"session_track_schema", restore.payload)
-
-
-class GlobalTrackingTests(LoggedIn):
-    side_connection = GlobalVariablesTests.side_connection
-
-    def test_earlier_sessions_keep_their_tracking_settings(self) -> None:
-        """SET GLOBAL session_track_system_variables: sessions that began before keep
-        seeing what the old setting shows; those that begin after see what their
-        connections' (new) settings show.  (The statement names session_track_*, so
-        the session that runs it is pinned with its own settings first.)"""
-        earlier = self.connect()
-        sql = "SET GLOBAL session_track_system_variables = 'time_zone'"
-        self.client.query(sql)
-        side, side_server = self.side_connection()
-        side_server.received()
-        before = DEFAULT_TRACKING.values()
-        side_server.send(rows_reply(list(before.items())))
-        conn, server = self.backends.open()
-        [restore] = server.received()
-        server.send(vectors.PING_OK)
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query(sql))
-        server.send(vectors.COMMIT_OK)
-        self.client.raw()
-        later = self.connect()
-        side_server.received()
-        side_server.send(rows_reply(list({**before, "session_track_system_variables": "time_zone"}.items())))
-        self.assertIs(earlier.protocol.session.tracking, DEFAULT_TRACKING)
-        self.assertIsNone(later.protocol.session.tracking)
-        # On a connection opened after the change, the earlier session still sees
-        # the character sets SET NAMES changes; the later one sees nothing of it.
-        for client, shown in ((earlier, 3), (later, 0)):
-            client.query("SET NAMES latin1")
-            if self.backends.waiting:
-                new, new_server = self.backends.open()
-                new.tracking = tracking("time_zone", "ON", "OFF", "OFF")
-            [command] = new_server.received()
-            if command.payload != make_query("SET NAMES latin1"):  # the later one's character set back
-                new_server.send(vectors.PING_OK)
-                [command] = new_server.received()
-            new_server.send(vectors.SET_NAMES_OK)
-            [ok] = client.received()
-            changes = parse_ok(ok.payload, True).changes
-            self.assertEqual(len(changes.variables) if changes else 0, shown)
-
-
-def test_rollback_pattern() -> None:
-    """What ends the refusal after a lost transaction: a ROLLBACK of the whole transaction."""
-    from pyproxy.frontend import _ROLLBACK
-    for sql in (b"ROLLBACK", b"rollback;", b" Rollback Work ", b"ROLLBACK AND NO CHAIN NO RELEASE",
-                b"rollback and chain", b"ROLLBACK RELEASE"):
-        assert _ROLLBACK.match(sql), sql
-    for sql in (b"ROLLBACK TO SAVEPOINT a", b"rollback to a", b"ROLLBACK WORK TO a", b"COMMIT",
-                b"ROLLBACK; DELETE FROM t", b"rollbacks"):
-        assert not _ROLLBACK.match(sql), sql
 
 
 class HygieneTests(LoggedIn):
