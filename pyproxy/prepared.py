@@ -24,8 +24,10 @@ from twisted.python.failure import Failure
 
 from pyproxy import sqltext
 from pyproxy.backend import CLASSIC_EOF, BackendError
+from pyproxy.hygiene import run_flagged, stored_code
 from pyproxy.kill import cancel_query_timer
 from pyproxy.phases import CLOSED
+from pyproxy.release import release_if_clean
 from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import command_name, opens_cursor, statement_id
@@ -119,7 +121,7 @@ class PreparedStatements:
                 # Closing the backend's copy (no reply) closes its cursor too.
                 client.backend.close_statements([statement.cursor.id])
                 self._cursor_closed(statement, cache=False)
-                client.release_if_clean()
+                release_if_clean(client)
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
             client.command = None  # no reply, as from a server
             statement.add_long_data(payload[5:], client.proxy.max_allowed_packet)
@@ -144,10 +146,10 @@ class PreparedStatements:
             sql = client.sql = statement.sql
             client.busy = True
             found = client.found = statement.found
-            code = client.code = (client.stored_code(sql, found) if client.catalog.watch is not None
+            code = client.code = (stored_code(client, sql, found) if client.catalog.watch is not None
                                   or found is not None and found.calls else None)
             if found is not None or code is not None:
-                client.run_flagged(lambda: self._execute(statement, packet))
+                run_flagged(client, lambda: self._execute(statement, packet))
             else:
                 client.acquire(lambda: self._execute(statement, packet))
         elif statement.cursor is not None:

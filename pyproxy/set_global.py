@@ -71,7 +71,7 @@ def read_before(client: FrontendProtocol, then: Callable[[], Any]) -> None:
         opened).addCallbacks(read, failed)
 
 
-def compare_after(client: FrontendProtocol) -> None:
+def compare_after(client: FrontendProtocol, then: Callable[[], Any]) -> None:
     """The SET GLOBAL's reply came: every session that began before it keeps the
     old values of the defaults it changed, as its server session would, while
     sessions that begin later get the new ones.
@@ -79,8 +79,7 @@ def compare_after(client: FrontendProtocol) -> None:
     The old values become carried variables of the existing sessions (the
     ones each did not set itself), and pooled connections, which took the
     old values as their own defaults, are replaced.  Global-only and
-    read-only session variables are left out.  The client's follow-ups go on
-    once this is done.
+    read-only session variables are left out.  ``then`` runs once this is done.
     """
     (conn, before), client.globals_before = client.globals_before, None  # type: ignore[misc]
     proxy = client.proxy
@@ -91,7 +90,7 @@ def compare_after(client: FrontendProtocol) -> None:
     # defaults: sessions that begin from now on must not get those.
     renew_pools(proxy, conn)
     if conn is None:
-        client.follow_up()
+        then()
         return
     log = client.log
 
@@ -133,7 +132,7 @@ def compare_after(client: FrontendProtocol) -> None:
 
     def done(_: Any) -> None:
         conn.close("global variables read")
-        client.follow_up()
+        then()
 
     conn.query_rows("SHOW GLOBAL VARIABLES").addCallback(compared).addCallbacks(
         apply, failed).addBoth(done)

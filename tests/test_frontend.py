@@ -22,12 +22,10 @@ from pyproxy.config import build
 from pyproxy.frontend import FrontendFactory
 from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
-from pyproxy.session import tracking
 from pyproxy.wire.commands import make_init_db, make_query, make_set_option
 from pyproxy.wire.constants import (
     CLIENT,
     COM_RESET_CONNECTION,
-    COMMAND,
     MAX_PAYLOAD,
     MYSQL_OPTION_MULTI_STATEMENTS_OFF,
     SERVER_SESSION_STATE_CHANGED,
@@ -170,33 +168,6 @@ class LoggedIn(SynchronousTestCase):
 
 
 class CommandTests(LoggedIn):
-    def test_ping_answered_locally(self) -> None:
-        """COM_PING from an idle client is answered by pyproxy (seq 1) without a backend."""
-        self.client.send(b"\x0e")
-        [ok] = self.client.received()
-        self.assertEqual((ok.seq, ok.payload[0]), (1, 0))
-        self.assertEqual(self.backends.waiting, [])
-
-    def test_quit_closes(self) -> None:
-        """COM_QUIT closes the connection without a reply."""
-        self.client.send(b"\x01")
-        self.assertTrue(self.client.closed)
-        self.assertEqual(self.client.raw(), b"")
-
-    def test_unknown_command(self) -> None:
-        """An unknown command gets 1047 (08S01) at seq 1, like the server's, and the session goes on."""
-        self.client.send(b"\x99")
-        [err] = self.client.received()
-        [server_err] = PacketFramer().feed(vectors.UNKNOWN_COMMAND_ERR)
-        self.assertEqual(err_of(err), err_of(server_err))
-        self.assertFalse(self.client.closed)
-        self.client.send(b"\x0e")
-        self.assertEqual(self.client.received()[0].payload[0], 0)
-
-    def test_refused_command(self) -> None:
-        """Server administration commands (COM_SHUTDOWN) are refused with 1047."""
-        self.client.send(bytes((COMMAND.COM_SHUTDOWN,)))
-        self.assertEqual(err_of(self.client.received()[0]), (1, 1047, "08S01"))
 
     def test_empty_command_packet(self) -> None:
         """An empty command packet gets 1047, as from a server, and the session goes on."""
@@ -227,23 +198,6 @@ class CommandTests(LoggedIn):
         client.protocol.dataReceived(bytes(data))
         self.assertEqual(err_of(client.received()[0])[1:], (1156, "08S01"))
         self.assertTrue(client.closed)
-
-    def test_set_option(self) -> None:
-        """COM_SET_OPTION is answered locally (OK 0xFE for DEPRECATE_EOF) and carried in the session."""
-        self.client.send(make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF))
-        [reply] = self.client.received()
-        self.assertEqual((reply.seq, reply.payload[0]), (1, 0xFE))
-        self.assertFalse(self.client.protocol.session.state.multi_statements)  # type: ignore[union-attr]
-        self.client.send(b"\x1b\x07\x00")
-        self.assertEqual(err_of(self.client.received()[0])[1], 1047)
-
-    def test_reset_connection(self) -> None:
-        """COM_RESET_CONNECTION is answered locally and starts the session over."""
-        self.client.protocol.session.pin("test")  # type: ignore[union-attr]
-        self.client.send(bytes((COM_RESET_CONNECTION,)))
-        [ok] = self.client.received()
-        self.assertEqual((ok.seq, ok.payload[0]), (1, 0))
-        self.assertIsNone(self.client.protocol.session.pin_reason)  # type: ignore[union-attr]
 
 
 class RoundTripTests(LoggedIn):
@@ -334,19 +288,6 @@ class RoundTripTests(LoggedIn):
         server.send(vectors.USER_VARIABLE_OK)  # whatever the server now reports is the client's
         self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK)
 
-    def test_pinned_client_leaving_resets_backend(self) -> None:
-        """When a pinned client leaves, its backend is reset before going back to the pool."""
-        conn, server = self.first_backend(self.client, "SET @x=1")
-        server.send(vectors.USER_VARIABLE_OK)
-        self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
-        [reset] = server.received()
-        self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
-        self.assertEqual(self.pool.idle, [])
-        server.send(vectors.PING_OK)
-        server.received()
-        server.send(vectors.SESSION_SETUP)
-        self.assertEqual(self.pool.idle, [conn])
-
     def test_carried_schema_replayed_on_new_backend(self) -> None:
         """USE is carried: a new backend connection gets COM_INIT_DB before the client's next command."""
         conn, server = self.first_backend(self.client, "USE mysql")
@@ -402,19 +343,6 @@ class RoundTripTests(LoggedIn):
         [command] = server.received()
         self.assertEqual(command.payload, make_query(SELECT))
 
-    def test_local_infile_round_trip(self) -> None:
-        """LOAD DATA LOCAL: the request reaches the client, its file goes to the server, then the OK."""
-        sql = "LOAD DATA LOCAL INFILE '/nonexistent/x.csv' INTO TABLE app.t"
-        conn, server = self.first_backend(self.client, sql)
-        server.send(vectors.INFILE_REQUEST)
-        self.assertEqual(self.client.raw(), vectors.INFILE_REQUEST)
-        self.client.protocol.dataReceived(frame(b"3,three\n", 2) + frame(b"", 3))
-        self.assertEqual(server.transport.value(), frame(b"3,three\n", 2) + frame(b"", 3))
-        server.transport.clear()
-        server.send(vectors.INFILE_OK)
-        self.assertEqual(self.client.raw(), vectors.INFILE_OK)
-        self.assertEqual(self.pool.idle, [conn])
-
     def test_pipelined_commands_run_in_order(self) -> None:
         """Commands sent back to back wait their turn; each reply follows its command
         (after the user variable pins the session, pyproxy first gives its connection
@@ -464,14 +392,6 @@ class RoundTripTests(LoggedIn):
         conn, server = self.backends.open()
         [command] = server.received()
         self.assertEqual(command.payload, make_query(SELECT))
-
-    def test_client_leaves_mid_command(self) -> None:
-        """A client gone while its command runs takes its backend with it: discarded, never reused."""
-        conn, server = self.first_backend(self.client, SELECT)
-        self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
-        self.assertTrue(conn.broken)
-        self.assertEqual(self.pool.size(), 0)
-        self.assertNotIn(self.client.protocol.id, self.proxy.clients)
 
 
 class SharingTests(LoggedIn):
@@ -532,27 +452,6 @@ WARNING_OK = frame(make_ok(SERVER_STATUS_AUTOCOMMIT, warnings=1), 1)
 class ReviewTests(LoggedIn):
     """Failure paths found in review: each once hung a client or ran data as commands."""
 
-    def test_backend_lost_during_local_infile_closes_the_client(self) -> None:
-        """If the backend dies while the client uploads a LOCAL INFILE, the client is closed:
-        the rest of its file must never be read as commands."""
-        conn, server = self.first_backend(self.client, "LOAD DATA LOCAL INFILE 'x' INTO TABLE t")
-        server.send(vectors.INFILE_REQUEST)
-        self.client.raw()
-        conn.connectionLost(Failure(ConnectionError("gone")))
-        self.assertTrue(self.client.closed)
-        self.client.protocol.dataReceived(frame(make_query("DELETE FROM t"), 2))
-        self.assertEqual(self.backends.waiting, [])
-
-    def test_held_connection_given_back_after_grace(self) -> None:
-        """A statement with warnings keeps its connection for a follow-up (SHOW WARNINGS);
-        a client that stays idle gives it back after hold_for_next_statement."""
-        conn, server = self.first_backend(self.client, "SELECT 1/0")
-        server.send(WARNING_OK)
-        self.client.raw()
-        self.assertEqual(self.pool.lent, {conn})
-        self.proxy.reactor.advance(1.1)
-        self.assertEqual(self.pool.idle, [conn])
-
     def test_client_far_ahead_is_paused(self) -> None:
         """A client that pipelines many commands is paused, and resumed once it is caught up."""
         conn, server = self.first_backend(self.client, "BEGIN")
@@ -564,24 +463,6 @@ class ReviewTests(LoggedIn):
             server.received()
             server.send(vectors.PING_OK)
         self.assertEqual(self.client.transport.producerState, "producing")
-
-
-class LocalFilesTests(LoggedIn):
-    caps = CLIENT_CAPS & ~CLIENT.LOCAL_FILES
-
-    def test_local_infile_refused_for_a_client_without_local_files(self) -> None:
-        """A client that did not offer CLIENT_LOCAL_FILES shares connections that have it;
-        if it runs LOAD DATA LOCAL, the server gets an empty file and the client the error."""
-        conn, server = self.first_backend(self.client, "LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t")
-        server.send(vectors.INFILE_REQUEST)
-        self.assertEqual(self.client.raw(), b"")
-        [empty] = server.received()
-        self.assertEqual((empty.seq, empty.payload), (2, b""))
-        server.send(vectors.INFILE_OK)
-        [err] = self.client.received()
-        self.assertEqual(err_of(err), (1, 4166, "HY000"))  # what MariaDB answers such a client
-        self.assertFalse(self.client.closed)
-        self.assertEqual(self.pool.idle, [conn])
 
 
 class RoutingTests(SynchronousTestCase):
@@ -748,42 +629,7 @@ def ok_tracking(variables: dict[str, str]) -> bytes:
                  + lenenc_bytes(entries), 1)
 
 
-class UnreportedSetTests(LoggedIn):
-    def test_bare_assignment_is_read_back_and_carried(self) -> None:
-        """SET @@sql_mode = ... is not reported by the server: pyproxy assigns the
-        variable its own value in a reported form right after the reply, so it is
-        carried, and the next borrower of the connection gets it reset."""
-        conn, server = self.first_backend(self.client, "SET @@sql_mode = 'ANSI_QUOTES'")
-        server.send(vectors.COMMIT_OK)  # untracked: a plain OK
-        [ok] = self.client.received()
-        self.assertEqual(ok.payload[0], 0)
-        [reread] = server.received()
-        self.assertEqual(reread.payload, make_query("SET SESSION sql_mode = @@SESSION.sql_mode"))
-        self.assertEqual(self.pool.lent, {conn})  # until pyproxy knows
-        server.send(ok_tracking({"sql_mode": "ANSI_QUOTES"}))
-        self.assertEqual(self.client.raw(), b"")
-        self.assertEqual(self.client.protocol.session.state.variables, (("sql_mode", "ANSI_QUOTES"),))
-        self.assertEqual(self.pool.idle, [conn])
-        self.assertFalse(self.client.protocol.pinned)
-        other = self.connect()
-        other.query("SELECT 1")
-        expect_statements(server, "SET SESSION sql_mode=DEFAULT", "SELECT 1")
-
-    def test_pinned_session_reads_nothing_back(self) -> None:
-        """A pinned session keeps its connection: no read-back is needed."""
-        conn, server = self.first_backend(self.client, "SET @x = 1")
-        server.send(vectors.USER_VARIABLE_OK)
-        self.client.raw()
-        self.client.query("SET @@sql_mode = ''")
-        server.received()  # the client's tracking settings
-        server.send(vectors.PING_OK)
-        server.received()
-        server.send(vectors.COMMIT_OK)
-        self.client.raw()
-        self.assertEqual(server.received(), [])
-
-
-class ReleaseTests(LoggedIn):
+class CommitReleaseTests(LoggedIn):
     def test_commit_release_closes_client_and_backend(self) -> None:
         """COMMIT RELEASE ends the server session: the client is closed, as by a server,
         and the backend connection, about to be closed by the server, is not lent again."""
@@ -794,216 +640,6 @@ class ReleaseTests(LoggedIn):
         self.assertTrue(self.client.closed)
         self.assertTrue(conn.broken)
         self.assertEqual((self.pool.idle, self.pool.lent), ([], set()))
-
-
-class ClientTrackingTests(LoggedIn):
-    """A client sees the session tracking its own settings give it, never pyproxy's."""
-
-    def test_client_sees_what_its_settings_show(self) -> None:
-        """Tracking settings are read from each new connection: a server configured to
-        report only character_set_connection shows the client only that."""
-        self.client.query("SET NAMES latin1")
-        conn, server = self.backends.open()
-        conn.tracking = tracking("character_set_connection", "ON", "OFF", "OFF")
-        server.received()
-        server.send(vectors.SET_NAMES_OK)
-        [ok] = self.client.received()
-        self.assertEqual(parse_ok(ok.payload, True).changes.variables,
-                         (("character_set_connection", "latin1"),))
-
-    def test_reading_tracking_settings_pins_first(self) -> None:
-        """A statement that reads (or sets) session_track_* pins the session, and its
-        connection gets the client's settings before the statement runs, so that it
-        reads those rather than pyproxy's."""
-        self.client.query("SELECT @@session_track_system_variables")
-        conn, server = self.backends.open()
-        [restore] = server.received()
-        self.assertTrue(restore.payload.startswith(b"\x03SET SESSION session_track_system_variables="))
-        self.assertTrue(self.client.protocol.pinned)
-        self.assertEqual(self.proxy.pins["session_track_* variables read or set"], 1)
-        server.send(vectors.PING_OK)
-        [select] = server.received()
-        self.assertEqual(select.payload, make_query("SELECT @@session_track_system_variables"))
-
-    def test_tracking_the_client_set_itself_is_kept(self) -> None:
-        """A tracking setting the client changed (inside a procedure, where pyproxy reads
-        no text) is left as the client set it when the connection gets its settings."""
-        conn, server = self.first_backend(self.client, "CALL set_tracking()")
-        server.send(ok_tracking({"session_track_state_change": "ON"}))
-        self.client.raw()
-        self.assertTrue(self.client.protocol.pinned)
-        self.client.query("DO 1")
-        [restore] = server.received()
-        self.assertNotIn(b"session_track_state_change", restore.payload)
-        self.assertIn(b"session_track_schema", restore.payload)
-
-
-class HygieneTests(LoggedIn):
-    """What a statement leaves in the server session that tracking does not report:
-    warnings and errors (SHOW WARNINGS), LAST_INSERT_ID(), and what stored code does."""
-
-    max_connections = 1
-    HOLD = 1.0  # [session] hold_for_next_statement's default
-
-    def used_by_first_client(self, sql: str, reply: bytes) -> tuple[BackendConnection, FakeServer]:
-        conn, server = self.first_backend(self.client, sql)
-        server.send(reply)
-        self.client.raw()
-        return conn, server
-
-    def test_warnings_are_cleared_for_another_client_in_the_same_write(self) -> None:
-        """A's warning stays for A's follow-up; once A gives the connection up, B's first
-        statement goes out behind one SET that empties the diagnostics area, in the same
-        write, and B sees only its own reply."""
-        conn, server = self.used_by_first_client("SELECT CAST('x' AS INT) AS n", vectors.WARNING_SELECT_DEOF)
-        self.assertIs(conn.diagnostics, self.client.protocol.session)
-        self.proxy.reactor.advance(self.HOLD)
-        self.assertEqual(self.pool.idle, [conn])
-        other = self.connect()
-        other.query(SELECT)
-        sent = server.transport.value()
-        server.transport.clear()
-        self.assertEqual(sent, frame(make_query(
-            "SET SESSION last_insert_id=(SELECT 0 FROM (SELECT 1) AS pyproxy_clear)"), 0)
-            + frame(make_query(SELECT), 0))
-        server.send(vectors.CLEAR_DIAGNOSTICS_OK + vectors.SELECT_DEOF, pieces=7)
-        self.assertEqual(other.raw(), vectors.SELECT_DEOF)
-        self.assertIsNone(conn.diagnostics)
-        self.assertEqual(self.pool.idle, [conn])
-
-    def test_own_warnings_are_not_cleared(self) -> None:
-        """The client that left the warnings gets its connection back as it is."""
-        conn, server = self.used_by_first_client("SELECT CAST('x' AS INT) AS n", vectors.WARNING_SELECT_DEOF)
-        self.proxy.reactor.advance(self.HOLD)
-        self.client.query("SHOW WARNINGS")
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query("SHOW WARNINGS"))
-
-    def test_failed_hygiene_set_loses_the_connection_not_the_session(self) -> None:
-        """If pyproxy's SET ahead of a command failed, the command behind it may have run in
-        the wrong state: the connection is dropped and the client told it was lost."""
-        conn, server = self.used_by_first_client("SELECT CAST('x' AS INT) AS n", vectors.WARNING_SELECT_DEOF)
-        self.proxy.reactor.advance(self.HOLD)
-        other = self.connect()
-        other.query(SELECT)
-        server.received()
-        server.send(vectors.ERR_NO_TABLE)
-        [err] = other.received()
-        self.assertEqual(err_of(err)[1], 2013)
-        self.assertTrue(conn.broken)
-        self.assertFalse(other.closed)
-
-    def test_insert_id_is_read_back_before_another_client_gets_the_connection(self) -> None:
-        """An OK's insert id may be an explicitly given one, which LAST_INSERT_ID() does not
-        return: before the connection goes back, the server is asked."""
-        conn, server = self.used_by_first_client("INSERT INTO ai (v) VALUES (1)", vectors.INSERT_ID_OK)
-        self.assertIsNone(conn.last_insert_id)
-        self.proxy.reactor.advance(self.HOLD)
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query("SELECT LAST_INSERT_ID()"))
-        self.assertEqual(self.pool.idle, [])
-        server.send(vectors.LAST_INSERT_ID_ROWS)
-        self.assertEqual((conn.last_insert_id, self.client.protocol.session.last_insert_id), (1, 1))
-        self.assertEqual(self.pool.idle, [conn])
-
-    def test_client_waits_for_the_read_back(self) -> None:
-        """A command sent while the insert id is read back waits for it, then runs."""
-        conn, server = self.used_by_first_client("INSERT INTO ai (v) VALUES (1)", vectors.INSERT_ID_OK)
-        self.proxy.reactor.advance(self.HOLD)
-        server.received()
-        self.client.query(SELECT)
-        self.assertEqual(server.received(), [])
-        server.send(vectors.LAST_INSERT_ID_ROWS)
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query(SELECT))
-
-    def insert_id_left(self) -> tuple[BackendConnection, FakeServer, FakeClient]:
-        conn, server = self.used_by_first_client("INSERT INTO ai (v) VALUES (1)", vectors.INSERT_ID_OK)
-        self.proxy.reactor.advance(self.HOLD)
-        server.received()
-        server.send(vectors.LAST_INSERT_ID_ROWS)
-        return conn, server, self.connect()
-
-    def another_clients_insert_id_is_replaced(self, sql: str, read_back: bool = True) -> None:
-        """B's statement may read or set LAST_INSERT_ID() (through a procedure, @@identity,
-        the function, an INSERT) on a connection where A's stands: B's own (0) is set
-        first, in the same write, so that the value after it is B's whatever it did."""
-        conn, server, other = self.insert_id_left()
-        other.query(sql)
-        sent = server.transport.value()
-        server.transport.clear()
-        self.assertEqual(sent, frame(make_query("SET SESSION last_insert_id=0"), 0) + frame(make_query(sql), 0))
-        server.send(vectors.COMMIT_OK + vectors.COMMIT_OK)
-        self.assertEqual(other.raw(), vectors.COMMIT_OK)
-        if read_back:  # the statement may have set it: the server says to what
-            [command] = server.received()
-            self.assertEqual(command.payload, make_query("SELECT LAST_INSERT_ID()"))
-
-    def test_insert_id_replaced_for_the_function(self) -> None:
-        self.another_clients_insert_id_is_replaced("SELECT LAST_INSERT_ID()")
-
-    def test_insert_id_replaced_for_identity(self) -> None:
-        self.another_clients_insert_id_is_replaced("SELECT @@identity")
-
-    def test_insert_id_replaced_for_a_call(self) -> None:
-        self.another_clients_insert_id_is_replaced("CALL p()", read_back=False)  # unknown code: pinned
-
-    def test_insert_id_replaced_for_an_insert(self) -> None:
-        self.another_clients_insert_id_is_replaced("INSERT INTO ai (v) VALUES (2)", read_back=False)
-
-    def test_statements_that_cannot_touch_the_insert_id_run_as_they_are(self) -> None:
-        conn, server, other = self.insert_id_left()
-        other.query(SELECT)
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query(SELECT))
-
-    def test_stored_code_the_catalog_calls_unclean_pins(self) -> None:
-        """A CALL of a procedure that takes a named lock, or a statement naming such a
-        function, keeps the connection with the client (reset when it leaves); a clean
-        one does not."""
-        self.proxy.catalog("app").load([
-            ("app", "locks", "PROCEDURE", "BEGIN DO GET_LOCK('x', 0); END"),
-            ("app", "plain", "PROCEDURE", "BEGIN UPDATE t SET a = 1; END"),
-            ("app", "flock", "FUNCTION", "RETURN GET_LOCK('x', 0)")])
-        conn, server = self.first_backend(self.client, "CALL app.plain()")
-        server.send(vectors.COMMIT_OK)
-        self.assertIsNone(self.client.protocol.session.pin_reason)
-        [read_back] = server.received()  # a CALL may set LAST_INSERT_ID()
-        server.send(vectors.LAST_INSERT_ID_ROWS)
-        for sql, routine in (("CALL app.locks()", "app.locks"), ("SELECT flock()", "app.flock")):
-            client = self.connect()
-            client.query(sql)
-            self.assertEqual(server.received()[-1].payload, make_query(sql))
-            if routine == "app.locks":
-                server.send(vectors.COMMIT_OK)  # the SET of the client's LAST_INSERT_ID() ahead of it
-            server.send(vectors.COMMIT_OK)
-            self.assertEqual(client.protocol.session.pin_reason,
-                             f"stored code that may leave state behind (GET_LOCK in {routine})")
-            self.assertIs(client.protocol.backend, conn)
-            client.protocol.connectionLost()
-            [reset] = server.received()
-            self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
-            server.send(vectors.PING_OK)
-            server.received()
-            server.send(vectors.SESSION_SETUP)
-        self.assertEqual(self.proxy.resets, 2)
-
-    def test_statements_wait_for_a_stale_catalog(self) -> None:
-        """After DDL on stored code, the next statement waits until the catalog is read again."""
-        conn, server = self.first_backend(self.client, "CREATE OR REPLACE PROCEDURE p() SELECT 1")
-        server.send(vectors.COMMIT_OK)
-        self.client.raw()
-        catalog = self.proxy.catalog("app")
-        self.assertTrue(catalog.stale)
-        catalog.loading = []  # a read under way: the statement joins it
-        self.client.query(SELECT)
-        self.assertEqual(server.received(), [])
-        [waiter] = catalog.loading
-        catalog.loading = None
-        catalog.load([])
-        waiter.callback(catalog)
-        [command] = server.received()
-        self.assertEqual(command.payload, make_query(SELECT))
 
 
 class BoundsTests(LoggedIn):
