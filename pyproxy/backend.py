@@ -66,7 +66,7 @@ BASE_CAPABILITIES = (
 # a SET TRANSACTION leaves for the next transaction, wherever they were set
 # (an executable comment, EXECUTE IMMEDIATE, a stored procedure).  A
 # classic EOF ending a result set inside a transaction then says only that
-# something changed (see FrontendProtocol._reply_done).
+# something changed (see CommandPhase.reply_done in pyproxy.command_phase).
 TRACKING = (b"SET SESSION session_track_schema=ON, session_track_state_change=ON, "
             b"session_track_system_variables='*', session_track_transaction_info='CHARACTERISTICS'")
 # Read just before: the tracking a server session starts with, which is what

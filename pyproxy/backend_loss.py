@@ -24,12 +24,13 @@ import re
 from typing import TYPE_CHECKING
 
 from pyproxy.backend import BackendConnection, BackendError
+from pyproxy.flow import run_queued
 from pyproxy.wire import constants as c
 from pyproxy.wire.constants import COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import frame
 
 if TYPE_CHECKING:
-    from pyproxy.frontend import FrontendProtocol
+    from pyproxy.command_phase import CommandPhase
 
 # ROLLBACK [WORK] [AND [NO] CHAIN] [[NO] RELEASE], not ROLLBACK TO SAVEPOINT.
 ROLLBACK = re.compile(rb"(?is)\s*rollback(?:\s+work)?(?!\s*to\b)(?:\s+and\s+(?:no\s+)?chain)?"
@@ -45,7 +46,7 @@ HARMLESS = frozenset((COMMAND.COM_PING, COMMAND.COM_QUIT, COMMAND.COM_STMT_CLOSE
                       COMMAND.COM_STATISTICS, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
 
 
-def held_connection_lost(client: FrontendProtocol) -> bool:
+def held_connection_lost(client: CommandPhase) -> bool:
     """The connection an idle client held died; its next command found it.  A
     pinned session is told and closed.  A transaction (or SET TRANSACTION's
     characteristics) is lost, and the command gets the error, unless it is the
@@ -76,7 +77,7 @@ def held_connection_lost(client: FrontendProtocol) -> bool:
     return False
 
 
-def lost_during_command(client: FrontendProtocol, conn: BackendConnection | None, error: BackendError) -> None:
+def lost_during_command(client: CommandPhase, conn: BackendConnection | None, error: BackendError) -> None:
     """``conn`` died while relaying the client's command (it is already dropped):
     the client gets the error after what it was sent of the reply, or is closed."""
     session = client.session
@@ -109,17 +110,18 @@ def lost_during_command(client: FrontendProtocol, conn: BackendConnection | None
         error = BackendError(error.code, error.sqlstate, f"{error.message}; {outcome}")
     seq = tracker.seq + 1 if client.forwarded and tracker is not None else None
     if seq is not None:
-        client.transport.write(frame(client.error_packet(error.code, error.sqlstate, error.message), seq))
+        packet = client.connection.error_packet(error.code, error.sqlstate, error.message)
+        client.transport.write(frame(packet, seq))
         client.command = None
     else:
         client.reply_error((error.code, error.sqlstate), error.message)
     client.busy = False
     client.infile = False
     client.sql = None
-    client.run_queued()
+    run_queued(client)
 
 
-def transaction_lost(client: FrontendProtocol) -> None:
+def transaction_lost(client: CommandPhase) -> None:
     """The server rolled back the client's transaction as its connection died.
 
     The client is told and keeps its session; but until it says ROLLBACK
@@ -131,7 +133,7 @@ def transaction_lost(client: FrontendProtocol) -> None:
     client.log.info("transaction_lost")
 
 
-def refused_after_loss(client: FrontendProtocol, payload: bytes) -> bool:
+def refused_after_loss(client: CommandPhase, payload: bytes) -> bool:
     """After a lost transaction: lets a ROLLBACK through (ending the refusal)
     and refuses anything else that could change data."""
     command = payload[0]

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from pyproxy import sqltext
 from pyproxy.backend import BackendConnection
+from pyproxy.flow import run_queued
 from pyproxy.phases import CLOSED, COMMANDS
 from pyproxy.routines import Verdict, combine
 from pyproxy.session import last_insert_id_assignment, needs_reset, reconcile, tracking_assignments
@@ -43,7 +44,7 @@ from pyproxy.wire.response_tracker import ResponseTracker
 from pyproxy.wire.responses import filter_session_track, ok_status, parse_ok, strip_session_track
 
 if TYPE_CHECKING:
-    from pyproxy.frontend import FrontendProtocol
+    from pyproxy.command_phase import CommandPhase
 
 # Statements that may set LAST_INSERT_ID() without an OK saying so.
 MAY_SET_INSERT_ID = sqltext.INSERT_ID | sqltext.CALLS | sqltext.DYNAMIC
@@ -52,7 +53,7 @@ MAY_SET_INSERT_ID = sqltext.INSERT_ID | sqltext.CALLS | sqltext.DYNAMIC
 _INSERTS = re.compile(rb"(?i)insert|replace|load")
 
 
-def bring_to_state(client: FrontendProtocol, then: Callable[[], Any]) -> None:
+def bring_to_state(client: CommandPhase, then: Callable[[], Any]) -> None:
     """Makes the attached connection the client's own, then calls ``then``: its
     carried state, its LAST_INSERT_ID() before a statement that may read or
     set it, and no diagnostics area (warnings, errors) left by another client."""
@@ -69,7 +70,7 @@ def bring_to_state(client: FrontendProtocol, then: Callable[[], Any]) -> None:
     if (desired == conn.state and command is not None and command.payload
             and REPLIES.get(command.payload[0]) not in (None, Reply.NONE)):
         # Only pyproxy's own hygiene: one SET sent ahead of the command in
-        # the same write, its OK taken out of the reply (see FrontendProtocol.start).
+        # the same write, its OK taken out of the reply (see CommandPhase.start).
         value = _insert_id_to_set(client, conn)
         clear = conn.diagnostics is not None and conn.diagnostics is not session
         client.prefix = (frame(make_query("SET SESSION " + last_insert_id_assignment(value, clear)), 0),
@@ -95,20 +96,20 @@ def bring_to_state(client: FrontendProtocol, then: Callable[[], Any]) -> None:
         if value >= 0:
             conn.last_insert_id = value
             conn.diagnostics = None
-        if client.phase != CLOSED:
+        if client.connection.phase != CLOSED:
             then()
 
     def failed(failure: Failure) -> None:
         if isinstance(failure.value, defer.FirstError):
             failure = failure.value.subFailure
-        if client.phase != CLOSED:
+        if client.connection.phase != CLOSED:
             client.command_failed(failure.value)
 
     d.addCallback(apply)
     d.addCallbacks(applied, failed)
 
 
-def _insert_id_to_set(client: FrontendProtocol, conn: BackendConnection) -> int:
+def _insert_id_to_set(client: CommandPhase, conn: BackendConnection) -> int:
     """The LAST_INSERT_ID() a connection should have for the client's statement:
     the client's own where the statement may read or set it (or the
     connection's is unknown), else the connection's as it is."""
@@ -118,7 +119,7 @@ def _insert_id_to_set(client: FrontendProtocol, conn: BackendConnection) -> int:
     return known
 
 
-def touches_insert_id(client: FrontendProtocol) -> bool:
+def touches_insert_id(client: CommandPhase) -> bool:
     """Whether the running statement may read or set LAST_INSERT_ID(): its text
     names it or inserts rows, or stored code it runs reads it (or cannot be
     read).  The server's value must then be the client's before it runs,
@@ -133,7 +134,7 @@ def touches_insert_id(client: FrontendProtocol) -> bool:
     return sql is not None and _INSERTS.search(sql, 0, sqltext.SCAN_LIMIT) is not None
 
 
-def run_flagged(client: FrontendProtocol, then: Callable[[], Any]) -> None:
+def run_flagged(client: CommandPhase, then: Callable[[], Any]) -> None:
     """A statement whose text sqltext.scan() flagged, or that names stored code:
     what it needs before it runs, then borrowing as usual."""
     found = client.found
@@ -151,7 +152,7 @@ def run_flagged(client: FrontendProtocol, then: Callable[[], Any]) -> None:
         attach()
 
 
-def stored_code(client: FrontendProtocol, sql: bytes, found: sqltext.Found | None) -> Verdict | None:
+def stored_code(client: CommandPhase, sql: bytes, found: sqltext.Found | None) -> Verdict | None:
     """What the stored code ``sql`` can run does, by the user's catalog: the
     procedures it CALLs, and the functions, trigger tables and views it names."""
     catalog = client.catalog
@@ -163,24 +164,24 @@ def stored_code(client: FrontendProtocol, sql: bytes, found: sqltext.Found | Non
     return code
 
 
-def await_catalog(client: FrontendProtocol, packet: Packet) -> None:
+def await_catalog(client: CommandPhase, packet: Packet) -> None:
     """The user's catalog of stored code is stale (never read, or a statement
     changed such code): it is read before this statement runs, so that
     what the statement may leave behind is judged by the code as it is now."""
     client.busy = True
 
     def loaded(_: Any) -> None:
-        if client.phase != COMMANDS:
+        if client.connection.phase != COMMANDS:
             return
         client.busy = False
         client.dispatch(packet)
         if not client.busy:
-            client.run_queued()
+            run_queued(client)
 
     client.proxy.load_catalog(client.user).addBoth(loaded)
 
 
-def _own_tracking_first(client: FrontendProtocol, then: Callable[[], Any]) -> None:
+def _own_tracking_first(client: CommandPhase, then: Callable[[], Any]) -> None:
     """The statement reads or sets session_track_* variables: the session is
     pinned, and its connection given the client's own tracking settings
     before the statement runs, so that it sees what a server would show it."""
@@ -188,7 +189,7 @@ def _own_tracking_first(client: FrontendProtocol, then: Callable[[], Any]) -> No
     restore_tracking(client, then)
 
 
-def restore_tracking(client: FrontendProtocol, then: Callable[[], Any]) -> None:
+def restore_tracking(client: CommandPhase, then: Callable[[], Any]) -> None:
     """A pinned session keeps its connection until it ends, so pyproxy no longer
     needs to learn from that connection's tracking: it gets the tracking
     settings the client's own session would have (those the client did not
@@ -203,13 +204,13 @@ def restore_tracking(client: FrontendProtocol, then: Callable[[], Any]) -> None:
         return
 
     def failed(failure: Failure) -> None:
-        if client.phase != CLOSED:
+        if client.connection.phase != CLOSED:
             client.command_failed(failure.value)
 
-    conn.execute(command).addCallbacks(lambda _: then() if client.phase != CLOSED else None, failed)
+    conn.execute(command).addCallbacks(lambda _: then() if client.connection.phase != CLOSED else None, failed)
 
 
-def observe_oks(client: FrontendProtocol, data: bytes, tracker: ResponseTracker) -> bytes:
+def observe_oks(client: CommandPhase, data: bytes, tracker: ResponseTracker) -> bytes:
     """Reads tracked session changes from OK packets, and gives the client the
     packets it negotiated: the tracker's EOFs for a client without
     CLIENT_DEPRECATE_EOF, OKs without the state block for one without
@@ -261,11 +262,11 @@ def observe_oks(client: FrontendProtocol, data: bytes, tracker: ResponseTracker)
     return b"".join(pieces)
 
 
-def follow_up(client: FrontendProtocol) -> None:
+def follow_up(client: CommandPhase) -> None:
     """What a reply may still need, in pyproxy's own round trips, before the
     client's next command runs (which waits, as during the reply): reading
     the globals after a SET GLOBAL, the variables of a SET @@name."""
-    if client.phase == CLOSED:
+    if client.connection.phase == CLOSED:
         return
     if client.globals_before is not None:
         compare_after(client, lambda: follow_up(client))
@@ -275,7 +276,7 @@ def follow_up(client: FrontendProtocol) -> None:
         client.finish_command()
 
 
-def _reread(client: FrontendProtocol) -> None:
+def _reread(client: CommandPhase) -> None:
     """SET @@name = value is not reported by MariaDB's session tracking: the
     same variables are assigned their own values in a form it reports, so
     that they are carried (and not left behind for the connection's next

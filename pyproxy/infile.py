@@ -18,10 +18,10 @@ from pyproxy.wire.response_tracker import DONE, ResponseTracker
 from pyproxy.wire.responses import make_err
 
 if TYPE_CHECKING:
-    from pyproxy.frontend import FrontendProtocol
+    from pyproxy.command_phase import CommandPhase
 
 
-def client_packet(client: FrontendProtocol, packet: Packet) -> None:
+def client_packet(client: CommandPhase, packet: Packet) -> None:
     """A packet of the file the client sends; the empty one ends it."""
     conn = client.backend
     if conn is None:
@@ -35,7 +35,7 @@ def client_packet(client: FrontendProtocol, packet: Packet) -> None:
         conn.infile_sent()
 
 
-def refuse(client: FrontendProtocol, data: bytes, tracker: ResponseTracker) -> None:
+def refuse(client: CommandPhase, data: bytes, tracker: ResponseTracker) -> None:
     """The server asks a client without CLIENT_LOCAL_FILES for a file: what came
     before the request goes on, the server gets an empty file, and the rest
     of the reply waits for refused_reply_data()."""
@@ -50,7 +50,7 @@ def refuse(client: FrontendProtocol, data: bytes, tracker: ResponseTracker) -> N
     conn.infile_sent()
 
 
-def refused_reply_data(client: FrontendProtocol, tracker: ResponseTracker) -> None:
+def refused_reply_data(client: CommandPhase, tracker: ResponseTracker) -> None:
     """The rest of a reply whose LOCAL INFILE the client may not run: dropped;
     once it is complete the client gets the error, in place of the request."""
     if tracker.state != DONE:

@@ -21,18 +21,20 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection, BackendError, connect
+from pyproxy.flow import run_queued
 from pyproxy.phases import CLOSED, COMMANDS
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import Packet
 
 if TYPE_CHECKING:
+    from pyproxy.command_phase import CommandPhase
     from pyproxy.frontend import FrontendProtocol
 
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
 
-def kill_statement(client: FrontendProtocol) -> bool:
+def kill_statement(client: CommandPhase) -> bool:
     """Runs the client's statement if it is a KILL, answering it; returns False
     for any statement that is not one."""
     sql = client.sql or b""
@@ -43,16 +45,17 @@ def kill_statement(client: FrontendProtocol) -> bool:
         client.reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
         return True
     what, number = match.group(1), int(match.group(2))
-    target = client.proxy.clients.get(number)
-    if target is None:
+    connection = client.proxy.clients.get(number)
+    if connection is None:
         client.reply_error((1094, "HY000"), f"Unknown thread id: {number}")
         return True
-    if target.user != client.user:
+    if connection.user != client.user:
         client.reply_error((1095, "HY000"), f"You are not owner of thread {number}")
         return True
+    target = connection.commands
     running = running_statement(target)
     if what is None or what.lower() != b"query":
-        close_by_kill(target)
+        close_by_kill(connection)
     if running is None:
         client.reply(client.ok_payload())
         return True
@@ -60,20 +63,20 @@ def kill_statement(client: FrontendProtocol) -> bool:
     d = kill_query(target, running)
 
     def done(result: Any) -> None:
-        if client.phase != COMMANDS:
+        if client.connection.phase != COMMANDS:
             return
         if isinstance(result, Failure) and isinstance(result.value, BackendError):
             client.reply_error((result.value.code, result.value.sqlstate), result.value.message)
         else:
             client.reply(client.ok_payload())
         client.busy = False
-        client.run_queued()
+        run_queued(client)
 
     d.addBoth(done)
     return True
 
 
-def kill_query(target: FrontendProtocol, running: tuple[int, Packet]) -> defer.Deferred[Any]:
+def kill_query(target: CommandPhase, running: tuple[int, Packet]) -> defer.Deferred[Any]:
     """Stops ``target``'s running statement with KILL QUERY on its backend thread,
     over a connection of pyproxy's own, if the same statement still runs."""
     running_on = target.backend
@@ -91,7 +94,7 @@ def kill_query(target: FrontendProtocol, running: tuple[int, Packet]) -> defer.D
     return d.addCallback(kill)
 
 
-def running_statement(client: FrontendProtocol) -> tuple[int, Packet] | None:
+def running_statement(client: CommandPhase) -> tuple[int, Packet] | None:
     """(backend thread id, command) of the statement a client is running, if any."""
     conn = client.backend
     if not client.busy or conn is None or conn.handshake is None or client.command is None:
@@ -99,19 +102,19 @@ def running_statement(client: FrontendProtocol) -> tuple[int, Packet] | None:
     return conn.handshake.connection_id, client.command
 
 
-def close_by_kill(target: FrontendProtocol) -> None:
+def close_by_kill(connection: FrontendProtocol) -> None:
     """Another session of the same user killed this one."""
-    target.closed_reason = "killed"
-    if target.phase == COMMANDS and not target.busy:
-        target.phase = CLOSED
-        target.transport.loseConnection()
+    connection.closed_reason = "killed"
+    if connection.phase == COMMANDS and not connection.commands.busy:
+        connection.phase = CLOSED
+        connection.transport.loseConnection()
     else:
         # Mid-command: the client gets its reply (or the 2013 from the
         # killed statement) first, then the connection closes.
-        target.kill_pending = True
+        connection.commands.kill_pending = True
 
 
-def query_timed_out(client: FrontendProtocol, packet: Packet) -> None:
+def query_timed_out(client: CommandPhase, packet: Packet) -> None:
     """``[proxy] query_timeout`` passed since ``packet`` was sent: if it still runs,
     it is stopped like a KILL QUERY."""
     client.query_timer = None
@@ -124,7 +127,7 @@ def query_timed_out(client: FrontendProtocol, packet: Packet) -> None:
         lambda failure: client.log.warning("query_timeout_kill_failed", error=failure.getErrorMessage()))
 
 
-def cancel_query_timer(client: FrontendProtocol) -> None:
+def cancel_query_timer(client: CommandPhase) -> None:
     """The statement ended (or will never run): its timeout goes."""
     timer = client.query_timer
     if timer is not None:

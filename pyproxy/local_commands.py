@@ -25,7 +25,7 @@ from pyproxy.wire.handshake import parse_change_user
 from pyproxy.wire.responses import make_eof
 
 if TYPE_CHECKING:
-    from pyproxy.frontend import FrontendProtocol
+    from pyproxy.command_phase import CommandPhase
 
 # Commands pyproxy refuses: replication, server administration and
 # long-deprecated ones that make no sense through a pooler.
@@ -41,11 +41,12 @@ ANSWERED_HERE = frozenset((COMMAND.COM_PING, COMMAND.COM_SET_OPTION, COM_RESET_C
                            COMMAND.COM_CHANGE_USER))
 
 
-def answer(client: FrontendProtocol, packet: Packet, command: int) -> None:
+def answer(client: CommandPhase, packet: Packet, command: int) -> None:
     """A command that is not relayed as it is."""
     if command == COMMAND.COM_QUIT:
-        client.closed_reason = "COM_QUIT"
-        client.phase = CLOSED
+        connection = client.connection
+        connection.closed_reason = "COM_QUIT"
+        connection.phase = CLOSED
         client.transport.loseConnection()
     elif command == COMMAND.COM_PING:
         if client.backend is not None and client.pinned:
@@ -64,7 +65,7 @@ def answer(client: FrontendProtocol, packet: Packet, command: int) -> None:
                            "(not supported by pyproxy)")
 
 
-def _set_option(client: FrontendProtocol, payload: bytes) -> None:
+def _set_option(client: CommandPhase, payload: bytes) -> None:
     if len(payload) < 3 or payload[1] not in (c.MYSQL_OPTION_MULTI_STATEMENTS_ON,
                                               c.MYSQL_OPTION_MULTI_STATEMENTS_OFF):
         client.reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown option to COM_SET_OPTION")
@@ -82,7 +83,7 @@ def _set_option(client: FrontendProtocol, payload: bytes) -> None:
         client.reply(make_eof(client.status()))
 
 
-def _reset_connection(client: FrontendProtocol) -> None:
+def _reset_connection(client: CommandPhase) -> None:
     """COM_RESET_CONNECTION: the session starts over (schema kept, as a server
     does); a backend held for this client is reset before anyone else gets it."""
     state = client.session.state
@@ -96,7 +97,7 @@ def _reset_connection(client: FrontendProtocol) -> None:
     client.reply(client.ok_payload())
 
 
-def _change_user(client: FrontendProtocol, packet: Packet) -> None:
+def _change_user(client: CommandPhase, packet: Packet) -> None:
     """COM_CHANGE_USER: what the session held goes, then the login phase runs again."""
     try:
         request = parse_change_user(packet.payload, client.capabilities)
@@ -109,4 +110,4 @@ def _change_user(client: FrontendProtocol, packet: Packet) -> None:
         client.statements.forget()
     client.lost_transaction = False
     client.command = None
-    client.log_in_again(request, packet.last_seq + 1)
+    client.connection.log_in_again(request, packet.last_seq + 1)

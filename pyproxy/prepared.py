@@ -11,7 +11,8 @@ max_prepared_stmt_count is reached, pyproxy's own cached statements make
 room before the client sees the error.
 
 A PreparedStatements is made for a client at its first COM_STMT_* command;
-FrontendProtocol consults it for the replies of those commands.
+the command phase (pyproxy.command_phase) consults it for the replies of
+those commands.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pyproxy.wire.framing import Packet, frame
 from pyproxy.wire.response_tracker import ResponseTracker
 
 if TYPE_CHECKING:
-    from pyproxy.frontend import FrontendProtocol
+    from pyproxy.command_phase import CommandPhase
 
 STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECUTE,
                                 COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_RESET,
@@ -53,7 +54,7 @@ class PreparedStatements:
 
     __slots__ = ("client", "by_id", "next_id", "preparing", "cursor")
 
-    def __init__(self, client: FrontendProtocol) -> None:
+    def __init__(self, client: CommandPhase) -> None:
         self.client = client
         # Made at the first prepare; None again after COM_RESET_CONNECTION and
         # COM_CHANGE_USER, which close them on a server.
@@ -183,7 +184,7 @@ class PreparedStatements:
             if (isinstance(exc, BackendError) and exc.code == ER_MAX_PREPARED_STMT_COUNT_REACHED
                     and self.make_room(prepare)):
                 return
-            if client.phase != CLOSED:
+            if client.connection.phase != CLOSED:
                 client.command_failed(exc)
 
         prepare()
@@ -227,13 +228,13 @@ class PreparedStatements:
             if limit is not None and limit.isdigit():
                 client.proxy.statement_limit_learned(
                     int(limit), int(in_use) if in_use is not None and in_use.isdigit() else None)
-            if client.phase != CLOSED:
+            if client.connection.phase != CLOSED:
                 again()
 
         def failed(failure: Failure) -> None:
             if isinstance(failure.value, defer.FirstError):
                 failure = failure.value.subFailure
-            if client.phase != CLOSED:
+            if client.connection.phase != CLOSED:
                 client.command_failed(failure.value)
 
         defer.gatherResults(waits, consumeErrors=True).addCallbacks(learned, failed)
@@ -241,7 +242,7 @@ class PreparedStatements:
 
     def _execute_on(self, statement: ClientStatement, packet: Packet, prepared: BackendStatement) -> None:
         client = self.client
-        if client.phase == CLOSED:
+        if client.connection.phase == CLOSED:
             return
         if prepared.params != statement.params:
             # The table changed under the statement: its parameters are not the

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection
+from pyproxy.flow import run_queued
 from pyproxy.phases import COMMANDS
 
 if TYPE_CHECKING:
-    from pyproxy.frontend import FrontendProtocol
+    from pyproxy.command_phase import CommandPhase
     from pyproxy.session import ClientSession
 
 KEEP, HOLD, READ_BACK, GIVE_BACK = range(4)
@@ -48,7 +49,7 @@ def verdict(session: ClientSession, conn: BackendConnection) -> int:
     return GIVE_BACK
 
 
-def release_if_clean(client: FrontendProtocol) -> None:
+def release_if_clean(client: CommandPhase) -> None:
     """Applies the rule to the connection the client holds, if any."""
     conn = client.backend
     if conn is None:
@@ -67,17 +68,28 @@ def release_if_clean(client: FrontendProtocol) -> None:
         read_back_insert_id(client, conn)
 
 
-def hold_expired(client: FrontendProtocol) -> None:
+def hold_expired(client: CommandPhase) -> None:
     """The client did not follow up in time: the results it could have read back
     are given up, and the connection with them."""
     client.hold_timer = None
-    if client.busy or client.phase != COMMANDS:
+    if client.busy or client.connection.phase != COMMANDS:
         return
     client.session.hold_next = False
     release_if_clean(client)
 
 
-def cancel_hold(client: FrontendProtocol) -> None:
+def give_up_hold(client: CommandPhase, conn: BackendConnection) -> None:
+    """The connection is held only for a follow-up (SHOW WARNINGS, ROW_COUNT()),
+    and its server no longer takes the client's traffic (a failover): not worth
+    staying on, it goes back as it is (whoever borrows it next replaces its
+    LAST_INSERT_ID() if it needs to)."""
+    client.backend = None
+    client.session.hold_next = False
+    cancel_hold(client)
+    give_back(conn)
+
+
+def cancel_hold(client: CommandPhase) -> None:
     timer = client.hold_timer
     if timer is not None:
         if timer.active():
@@ -85,7 +97,7 @@ def cancel_hold(client: FrontendProtocol) -> None:
         client.hold_timer = None
 
 
-def read_back_insert_id(client: FrontendProtocol, conn: BackendConnection) -> None:
+def read_back_insert_id(client: CommandPhase, conn: BackendConnection) -> None:
     """Before another client can get ``conn``, reads back what LAST_INSERT_ID()
     is now, which this client's statements left there: an OK's insert id
     does not say (an explicitly inserted id is reported too, and stored
@@ -103,18 +115,18 @@ def read_back_insert_id(client: FrontendProtocol, conn: BackendConnection) -> No
         discard(conn, f"LAST_INSERT_ID() unread: {failure.getErrorMessage()}")
 
     def done(_: Any) -> None:
-        if client.phase != COMMANDS:
+        if client.connection.phase != COMMANDS:
             return
         client.busy = False
         if client.proxy.draining:
-            client.drain()
+            client.connection.drain()
         else:
-            client.run_queued()
+            run_queued(client)
 
     conn.query_value("SELECT LAST_INSERT_ID()").addCallbacks(read, failed).addBoth(done)
 
 
-def client_left(client: FrontendProtocol) -> None:
+def client_left(client: CommandPhase) -> None:
     """The client is gone: a connection mid-command is dropped, one that carried
     anything of the session is reset first, the others go back as they are."""
     conn = client.backend
@@ -130,7 +142,7 @@ def client_left(client: FrontendProtocol) -> None:
         give_back(conn)
 
 
-def reset_and_give_back(client: FrontendProtocol) -> None:
+def reset_and_give_back(client: CommandPhase) -> None:
     """Gives back a held backend after resetting it (it may carry pinned state)."""
     conn = client.backend
     client.backend = None

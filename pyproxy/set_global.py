@@ -31,11 +31,11 @@ from pyproxy.wire import constants as c
 from pyproxy.wire.commands import make_query
 
 if TYPE_CHECKING:
-    from pyproxy.frontend import FrontendProtocol
+    from pyproxy.command_phase import CommandPhase
     from pyproxy.proxy import Proxy
 
 
-def read_before(client: FrontendProtocol, then: Callable[[], Any]) -> None:
+def read_before(client: CommandPhase, then: Callable[[], Any]) -> None:
     """A SET GLOBAL is about to run: the global values it may change are read
     first, then ``then`` runs it.  If they cannot be read the statement runs
     all the same, and afterwards only the pools are renewed."""
@@ -49,7 +49,7 @@ def read_before(client: FrontendProtocol, then: Callable[[], Any]) -> None:
             lambda rows: (conn, variables(rows)), unread)
 
     def read(result: tuple[BackendConnection, dict[str, str | None]]) -> None:
-        if client.phase == CLOSED:
+        if client.connection.phase == CLOSED:
             result[0].close("client gone")
             return
         client.globals_before = result
@@ -58,7 +58,7 @@ def read_before(client: FrontendProtocol, then: Callable[[], Any]) -> None:
     def failed(failure: Failure) -> None:
         client.log.warning("global_variables_unread", error=failure.getErrorMessage())
         client.globals_before = (None, {})
-        if client.phase != CLOSED:
+        if client.connection.phase != CLOSED:
             then()
 
     # The server the statement will run on: the held connection's, else the
@@ -71,7 +71,7 @@ def read_before(client: FrontendProtocol, then: Callable[[], Any]) -> None:
         opened).addCallbacks(read, failed)
 
 
-def compare_after(client: FrontendProtocol, then: Callable[[], Any]) -> None:
+def compare_after(client: CommandPhase, then: Callable[[], Any]) -> None:
     """The SET GLOBAL's reply came: every session that began before it keeps the
     old values of the defaults it changed, as its server session would, while
     sessions that begin later get the new ones.
@@ -85,7 +85,7 @@ def compare_after(client: FrontendProtocol, then: Callable[[], Any]) -> None:
     proxy = client.proxy
     # The sessions that began before the change, and only those: a client
     # may log in while the values are read.
-    sessions = [other.session for other in proxy.clients.values() if other.session is not None]
+    sessions = [other.commands.session for other in proxy.clients.values() if other.commands.session is not None]
     # Pooled connections took the old global values as their session
     # defaults: sessions that begin from now on must not get those.
     renew_pools(proxy, conn)
@@ -138,7 +138,7 @@ def compare_after(client: FrontendProtocol, then: Callable[[], Any]) -> None:
         apply, failed).addBoth(done)
 
 
-def abandon(client: FrontendProtocol) -> None:
+def abandon(client: CommandPhase) -> None:
     """A SET GLOBAL whose reply never came (or the client left): whether it ran is
     unknown, so pooled connections are replaced as if it had."""
     if client.globals_before is None:

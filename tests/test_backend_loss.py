@@ -76,7 +76,7 @@ class LostDuringCommandTests(LoggedIn):
         conn, server = self.first_backend(self.client, "SET @x = 1")
         server.send(vectors.USER_VARIABLE_OK)
         self.client.raw()
-        self.assertTrue(self.client.protocol.pinned)
+        self.assertTrue(self.client.protocol.commands.pinned)
         conn.connectionLost(Failure(ConnectionError("gone")))
         self.client.send(b"\x0e")
         [err] = self.client.received()
@@ -155,7 +155,7 @@ class LostTransactionTests(LoggedIn):
             [err] = self.client.received()
             self.assertEqual(err_of(err)[1], 2013)
             self.assertIn(b"whether the transaction was committed is unknown", err.payload)
-            self.assertFalse(self.client.protocol.lost_transaction)
+            self.assertFalse(self.client.protocol.commands.lost_transaction)
 
     def test_rollback_lost_in_flight_needs_no_second_rollback(self) -> None:
         conn, server = self.in_transaction()
@@ -174,7 +174,7 @@ class LostTransactionTests(LoggedIn):
         conn, server = self.first_backend(self.client, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
         server.send(vectors.SET_TRANSACTION_TRACKED_OK)
         self.client.raw()
-        self.assertIs(self.client.protocol.backend, conn)
+        self.assertIs(self.client.protocol.commands.backend, conn)
         conn.connectionLost(Failure(ConnectionError("reset")))
         self.client.query(SELECT)
         [err] = self.client.received()
@@ -186,13 +186,13 @@ class LostTransactionTests(LoggedIn):
 
     def test_prepared_rollback_ends_the_refusal(self) -> None:
         conn, server = self.in_transaction()
-        statements = self.client.protocol.statements = PreparedStatements(self.client.protocol)
+        statements = self.client.protocol.commands.statements = PreparedStatements(self.client.protocol.commands)
         statements.by_id = {7: ClientStatement(7, b"ROLLBACK", 0, 0)}
         self.client.query("UPDATE t SET v = 2")
         conn.connectionLost(Failure(ConnectionError("reset")))
         self.client.received()
         self.client.send(bytes((COMMAND.COM_STMT_EXECUTE,)) + (7).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00")
-        self.assertFalse(self.client.protocol.lost_transaction)
+        self.assertFalse(self.client.protocol.commands.lost_transaction)
 
     def test_reset_connection_ends_the_refusal(self) -> None:
         conn, server = self.in_transaction()

@@ -27,9 +27,9 @@ class UnreportedSetTests(LoggedIn):
         self.assertEqual(self.pool.lent, {conn})  # until pyproxy knows
         server.send(ok_tracking({"sql_mode": "ANSI_QUOTES"}))
         self.assertEqual(self.client.raw(), b"")
-        self.assertEqual(self.client.protocol.session.state.variables, (("sql_mode", "ANSI_QUOTES"),))
+        self.assertEqual(self.client.protocol.commands.session.state.variables, (("sql_mode", "ANSI_QUOTES"),))
         self.assertEqual(self.pool.idle, [conn])
-        self.assertFalse(self.client.protocol.pinned)
+        self.assertFalse(self.client.protocol.commands.pinned)
         other = self.connect()
         other.query("SELECT 1")
         expect_statements(server, "SET SESSION sql_mode=DEFAULT", "SELECT 1")
@@ -71,7 +71,7 @@ class ClientTrackingTests(LoggedIn):
         conn, server = self.backends.open()
         [restore] = server.received()
         self.assertTrue(restore.payload.startswith(b"\x03SET SESSION session_track_system_variables="))
-        self.assertTrue(self.client.protocol.pinned)
+        self.assertTrue(self.client.protocol.commands.pinned)
         self.assertEqual(self.proxy.pins["session_track_* variables read or set"], 1)
         server.send(vectors.PING_OK)
         [select] = server.received()
@@ -83,7 +83,7 @@ class ClientTrackingTests(LoggedIn):
         conn, server = self.first_backend(self.client, "CALL set_tracking()")
         server.send(ok_tracking({"session_track_state_change": "ON"}))
         self.client.raw()
-        self.assertTrue(self.client.protocol.pinned)
+        self.assertTrue(self.client.protocol.commands.pinned)
         self.client.query("DO 1")
         [restore] = server.received()
         self.assertNotIn(b"session_track_state_change", restore.payload)
@@ -108,7 +108,7 @@ class HygieneTests(LoggedIn):
         statement goes out behind one SET that empties the diagnostics area, in the same
         write, and B sees only its own reply."""
         conn, server = self.used_by_first_client("SELECT CAST('x' AS INT) AS n", vectors.WARNING_SELECT_DEOF)
-        self.assertIs(conn.diagnostics, self.client.protocol.session)
+        self.assertIs(conn.diagnostics, self.client.protocol.commands.session)
         self.proxy.reactor.advance(self.HOLD)
         self.assertEqual(self.pool.idle, [conn])
         other = self.connect()
@@ -155,7 +155,7 @@ class HygieneTests(LoggedIn):
         self.assertEqual(command.payload, make_query("SELECT LAST_INSERT_ID()"))
         self.assertEqual(self.pool.idle, [])
         server.send(vectors.LAST_INSERT_ID_ROWS)
-        self.assertEqual((conn.last_insert_id, self.client.protocol.session.last_insert_id), (1, 1))
+        self.assertEqual((conn.last_insert_id, self.client.protocol.commands.session.last_insert_id), (1, 1))
         self.assertEqual(self.pool.idle, [conn])
 
     def test_client_waits_for_the_read_back(self) -> None:
@@ -219,7 +219,7 @@ class HygieneTests(LoggedIn):
             ("app", "flock", "FUNCTION", "RETURN GET_LOCK('x', 0)")])
         conn, server = self.first_backend(self.client, "CALL app.plain()")
         server.send(vectors.COMMIT_OK)
-        self.assertIsNone(self.client.protocol.session.pin_reason)
+        self.assertIsNone(self.client.protocol.commands.session.pin_reason)
         [read_back] = server.received()  # a CALL may set LAST_INSERT_ID()
         server.send(vectors.LAST_INSERT_ID_ROWS)
         for sql, routine in (("CALL app.locks()", "app.locks"), ("SELECT flock()", "app.flock")):
@@ -229,9 +229,9 @@ class HygieneTests(LoggedIn):
             if routine == "app.locks":
                 server.send(vectors.COMMIT_OK)  # the SET of the client's LAST_INSERT_ID() ahead of it
             server.send(vectors.COMMIT_OK)
-            self.assertEqual(client.protocol.session.pin_reason,
+            self.assertEqual(client.protocol.commands.session.pin_reason,
                              f"stored code that may leave state behind (GET_LOCK in {routine})")
-            self.assertIs(client.protocol.backend, conn)
+            self.assertIs(client.protocol.commands.backend, conn)
             client.protocol.connectionLost()
             [reset] = server.received()
             self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))

@@ -45,17 +45,17 @@ class LocalCommandTests(LoggedIn):
         self.client.send(make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF))
         [reply] = self.client.received()
         self.assertEqual((reply.seq, reply.payload[0]), (1, 0xFE))
-        self.assertFalse(self.client.protocol.session.state.multi_statements)  # type: ignore[union-attr]
+        self.assertFalse(self.client.protocol.commands.session.state.multi_statements)  # type: ignore[union-attr]
         self.client.send(b"\x1b\x07\x00")
         self.assertEqual(err_of(self.client.received()[0])[1], 1047)
 
     def test_reset_connection(self) -> None:
         """COM_RESET_CONNECTION is answered locally and starts the session over."""
-        self.client.protocol.session.pin("test")  # type: ignore[union-attr]
+        self.client.protocol.commands.session.pin("test")  # type: ignore[union-attr]
         self.client.send(bytes((COM_RESET_CONNECTION,)))
         [ok] = self.client.received()
         self.assertEqual((ok.seq, ok.payload[0]), (1, 0))
-        self.assertIsNone(self.client.protocol.session.pin_reason)  # type: ignore[union-attr]
+        self.assertIsNone(self.client.protocol.commands.session.pin_reason)  # type: ignore[union-attr]
 
 
 class ChangeUserTests(LoggedIn):
@@ -77,8 +77,8 @@ class ChangeUserTests(LoggedIn):
         self.assertEqual((ok.seq, ok.payload[0]), (1, 0))
         [reset] = server.received()
         self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
-        protocol = self.client.protocol
-        self.assertEqual((protocol.user, protocol.pinned, protocol.session.pin_reason), ("nopw", False, None))
+        commands = self.client.protocol.commands
+        self.assertEqual((commands.user, commands.pinned, commands.session.pin_reason), ("nopw", False, None))
 
     def test_wrong_password_closes(self) -> None:
         self.change_user("app", "wrong")

@@ -62,7 +62,7 @@ class CursorTests(StatementTestCase):
         server.send(vectors.CURSOR_EXECUTE_DEOF)
         self.assertEqual(self.client.raw(), vectors.CURSOR_EXECUTE_DEOF)
         self.assertEqual(self.pool.lent, {conn})
-        self.assertFalse(self.client.protocol.pinned)
+        self.assertFalse(self.client.protocol.commands.pinned)
         self.assertEqual(self.proxy.pins, {})
         return conn, server
 
@@ -78,9 +78,9 @@ class CursorTests(StatementTestCase):
         server.send(LAST_FETCH_DEOF)
         self.assertEqual(self.client.raw(), LAST_FETCH_DEOF)
         self.assertEqual(self.pool.idle, [conn])
-        self.assertEqual(self.client.protocol.session.cursors, 0)
+        self.assertEqual(self.client.protocol.commands.session.cursors, 0)
         self.assertIsNotNone(conn.statements.get(PREPARED_SQL))
-        self.assertFalse(self.client.protocol.pinned)
+        self.assertFalse(self.client.protocol.commands.pinned)
 
     def test_close_closes_the_cursor(self) -> None:
         """COM_STMT_CLOSE of the statement closes the backend's copy (and its cursor)
@@ -108,7 +108,7 @@ class CursorTests(StatementTestCase):
         server.send(vectors.EXECUTE_DEOF)
         self.client.raw()
         self.assertEqual(self.pool.idle, [conn])
-        self.assertEqual(self.client.protocol.session.cursors, 0)
+        self.assertEqual(self.client.protocol.commands.session.cursors, 0)
 
     def test_same_sql_is_prepared_apart_from_an_open_cursor(self) -> None:
         """A second statement with the same SQL does not reuse (and so close) the backend
@@ -126,7 +126,7 @@ class CursorTests(StatementTestCase):
         server.send(vectors.EXECUTE_DEOF)
         self.client.raw()
         self.assertEqual(self.pool.lent, {conn})  # the cursor is still open
-        self.assertEqual(self.client.protocol.session.cursors, 1)
+        self.assertEqual(self.client.protocol.commands.session.cursors, 1)
 
     def test_client_leaving_with_an_open_cursor_resets_the_connection(self) -> None:
         """A client that leaves with a cursor open: the connection is reset before it
@@ -267,7 +267,7 @@ class StatementTests(StatementTestCase):
         conn, server = self.prepared()
         self.client.send(bytes((COM_RESET_CONNECTION,)))
         self.client.raw()
-        statements = self.client.protocol.statements
+        statements = self.client.protocol.commands.statements
         self.assertIsNone(statements.by_id)
         self.assertIsNone(statements.sql_of(EXECUTE_BOUND))
         self.client.send(b"\x16" + PREPARED_SQL)
@@ -299,7 +299,7 @@ class StatementTests(StatementTestCase):
         server.received()
         server.send(vectors.PREPARE_DEOF)
         self.assertEqual(self.client.raw(), vectors.PREPARE_DEOF)
-        self.assertFalse(self.client.protocol.pinned)
+        self.assertFalse(self.client.protocol.commands.pinned)
         self.assertEqual(self.pool.idle, [conn])
         self.client.send(EXECUTE_BOUND)
         [sent] = server.received()
@@ -337,7 +337,7 @@ class StatementTests(StatementTestCase):
         self.assertEqual(execute.payload, b"\x17\x07\x00\x00\x00" + EXECUTE_BOUND[5:])
         server2.send(vectors.EXECUTE_DEOF)
         self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
-        self.assertFalse(self.client.protocol.pinned)
+        self.assertFalse(self.client.protocol.commands.pinned)
 
     def test_unknown_statement_id(self) -> None:
         """EXECUTE of an id the client never prepared gets 1243 without borrowing anything."""
@@ -376,7 +376,7 @@ class StatementBoundsTests(StatementTestCase):
         execute runs as usual."""
         conn, server = self.prepared()
         self.proxy.max_allowed_packet = 10
-        statement = self.client.protocol.statements.by_id[1]
+        statement = self.client.protocol.commands.statements.by_id[1]
         for _ in range(2):
             self.client.send(b"\x18" + (1).to_bytes(4, "little") + b"\x00\x00" + b"x" * 6)
         self.assertTrue(statement.long_data_too_long)
@@ -393,6 +393,6 @@ class StatementBoundsTests(StatementTestCase):
         self.proxy.max_allowed_packet = 10
         for param in (0, 1):
             self.client.send(b"\x18" + (1).to_bytes(4, "little") + bytes((param, 0)) + b"x" * 8)
-        statement = self.client.protocol.statements.by_id[1]
+        statement = self.client.protocol.commands.statements.by_id[1]
         self.assertEqual(statement.long_data_sizes, {0: 8, 1: 8})
         self.assertFalse(statement.long_data_too_long)

@@ -55,8 +55,9 @@ class GlobalVariablesTests(LoggedIn):
                                                            "is a GLOBAL variable"), 1))
         self.assertTrue(side.broken)  # closed once read
         for client in (self.client, earlier):
-            self.assertEqual(client.protocol.session.state.variables, (("auto_increment_increment", "1"),))
-        self.assertEqual(later.protocol.session.state.variables, ())
+            session = client.protocol.commands.session
+            self.assertEqual(session.state.variables, (("auto_increment_increment", "1"),))
+        self.assertEqual(later.protocol.commands.session.state.variables, ())
         self.assertTrue(conn.broken)  # opened with the old defaults: not lent again
         self.assertEqual(self.pool.idle, [])
         # The earlier session's next statement runs on a new connection, with its value.
@@ -94,7 +95,7 @@ class GlobalVariablesTests(LoggedIn):
         self.assertEqual(err_of(err)[1], 2013)
         self.assertTrue(side.broken)
         self.assertEqual(self.pool.generation, 1)
-        self.assertIsNone(self.client.protocol.globals_before)
+        self.assertIsNone(self.client.protocol.commands.globals_before)
 
 
 class GlobalTrackingTests(LoggedIn):
@@ -122,8 +123,8 @@ class GlobalTrackingTests(LoggedIn):
         later = self.connect()
         side_server.received()
         side_server.send(rows_reply(list({**before, "session_track_system_variables": "time_zone"}.items())))
-        self.assertIs(earlier.protocol.session.tracking, DEFAULT_TRACKING)
-        self.assertIsNone(later.protocol.session.tracking)
+        self.assertIs(earlier.protocol.commands.session.tracking, DEFAULT_TRACKING)
+        self.assertIsNone(later.protocol.commands.session.tracking)
         # On a connection opened after the change, the earlier session still sees
         # the character sets SET NAMES changes; the later one sees nothing of it.
         for client, shown in ((earlier, 3), (later, 0)):
