@@ -9,10 +9,11 @@ auth success") and the same exchange inside COM_CHANGE_USER.  Proofs are
 checked through pyproxy.credentials.Credentials only.
 
 It neither opens a session nor writes the final OK: it hands the Identity to
-whatever runs the command phase (pyproxy.frontend.FrontendProtocol for the
-pooled and the read-only listener; an admin console would be another owner),
-which answers it.  Every error ends the connection through the owner's
-fatal(), which writes the ERR packet and closes.
+its owner, the connection it runs on (pyproxy.frontend.FrontendProtocol for
+the pooled and the read-only listener, which starts its command phase with
+it; an admin console would be another owner), and the owner answers.  Every
+error ends the connection through the owner's fatal(), which writes the ERR
+packet and closes.
 """
 
 from __future__ import annotations

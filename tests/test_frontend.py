@@ -149,6 +149,15 @@ class LoggedIn(SynchronousTestCase):
         assert ok.payload[0] == 0
         return client
 
+    def side_connection(self) -> tuple[BackendConnection, FakeServer]:
+        """The connection pyproxy opens for itself (to read global variables, to send
+        KILL QUERY), logged in."""
+        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
+        wrapper = factory.buildProtocol(None)  # the endpoint's wrapper around the connection
+        server = FakeServer(wrapper)
+        server.login()
+        return wrapper._wrappedProtocol, server
+
     def first_backend(self, client: FakeClient, sql: str) -> tuple[BackendConnection, FakeServer]:
         """Sends ``sql``; opens the backend it waits for and checks the command arrives as sent."""
         client.query(sql)

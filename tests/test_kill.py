@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import vectors
-from pyproxy.backend import BackendConnection
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import frame
 from pyproxy.wire.responses import make_err
-from test_backend import FakeServer
 from test_frontend import SELECT, FakeClient, LoggedIn, err_of, make_proxy
 
 
-class KillTestCase(LoggedIn):
-    def side_connection(self) -> tuple[BackendConnection, FakeServer]:
-        """The connection pyproxy opens for itself to send KILL QUERY, logged in."""
-        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
-        wrapper = factory.buildProtocol(None)  # the endpoint's wrapper around the connection
-        server = FakeServer(wrapper)
-        server.login()
-        return wrapper._wrappedProtocol, server
-
-
-class KillTests(KillTestCase):
+class KillTests(LoggedIn):
     """KILL names pyproxy's own connection ids and never reaches the server as written."""
 
     def killed_by(self, killer: FakeClient, sql: str) -> tuple[int, int, str]:
@@ -81,7 +69,7 @@ class KillTests(KillTestCase):
         self.assertTrue(self.client.closed)
 
 
-class QueryTimeoutTests(KillTestCase):
+class QueryTimeoutTests(LoggedIn):
     def setUp(self) -> None:
         self.proxy, self.backends = make_proxy(2, proxy={"max_packet_size": 4096, "handshake_timeout": 5,
                                                          "query_timeout": 2})

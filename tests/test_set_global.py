@@ -5,25 +5,15 @@ from __future__ import annotations
 from twisted.python.failure import Failure
 
 import vectors
-from pyproxy.backend import BackendConnection
 from pyproxy.session import DEFAULT_TRACKING, tracking
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import frame
 from pyproxy.wire.responses import make_err, parse_ok
-from test_backend import FakeServer
 from test_frontend import LoggedIn, err_of, expect_statements, rows_reply
 
 
 class GlobalVariablesTests(LoggedIn):
     """SET GLOBAL changes what new server sessions start from, never existing ones."""
-
-    def side_connection(self) -> tuple[BackendConnection, FakeServer]:
-        """The connection pyproxy opens for itself, logged in."""
-        _, _, factory, _, _ = self.proxy.reactor.tcpClients.pop()
-        wrapper = factory.buildProtocol(None)  # the endpoint's wrapper around the connection
-        server = FakeServer(wrapper)
-        server.login()
-        return wrapper._wrappedProtocol, server
 
     def test_sessions_keep_their_defaults_across_set_global(self) -> None:
         """The globals are read over pyproxy's own connection before and after the
@@ -99,8 +89,6 @@ class GlobalVariablesTests(LoggedIn):
 
 
 class GlobalTrackingTests(LoggedIn):
-    side_connection = GlobalVariablesTests.side_connection
-
     def test_earlier_sessions_keep_their_tracking_settings(self) -> None:
         """SET GLOBAL session_track_system_variables: sessions that began before keep
         seeing what the old setting shows; those that begin after see what their
