@@ -14,8 +14,9 @@ What the cycle consults lives in modules of its own: prepared statements
 (pyproxy.prepared), KILL and the query timeout (pyproxy.kill), SET GLOBAL
 (pyproxy.set_global), a lost backend and the lost-transaction policy
 (pyproxy.backend_loss), LOCAL INFILE (pyproxy.infile), the commands answered
-here (pyproxy.local_commands).  command_failed() is the one place where a
-command that cannot run becomes the client's ERR packet.
+without a backend (pyproxy.local_commands), commands sent ahead and unread
+replies (pyproxy.flow).  command_failed() is the one place where a command
+that cannot run becomes the client's ERR packet.
 """
 
 from __future__ import annotations
