@@ -3,9 +3,9 @@
     python3 bench/hotpath.py [--queries N] [--classic]
 
 A client and a backend connection are wired to in-memory transports; each
-round trip sends a point SELECT through FrontendProtocol, the pool and
-BackendConnection, and feeds back the reply a MariaDB server sent for it
-(captured once, below).  What is timed is therefore exactly the code pyproxy
+round trip sends a point SELECT through FrontendProtocol and its
+CommandPhase, the pool and BackendConnection, and feeds back the reply a
+MariaDB server sent for it (captured once, below).  What is timed is therefore exactly the code pyproxy
 adds per query: framing, dispatch, borrowing, reply tracking, session
 bookkeeping, giving back.  Kernel time and Twisted's reactor are excluded,
 so the figure is steady on a busy machine and comparable between commits;

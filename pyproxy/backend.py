@@ -46,7 +46,7 @@ from pyproxy.wire.responses import ERR, parse_err, parse_ok
 FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE
 # A flavor bit of pyproxy's own, never sent: the connection is opened without
 # CLIENT_DEPRECATE_EOF.  Clients without it that use the binary protocol get
-# such connections (see FrontendProtocol._statement_command).
+# such connections (see pyproxy.prepared).
 CLASSIC_EOF = 1 << 32
 
 # CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the
@@ -66,7 +66,7 @@ BASE_CAPABILITIES = (
 # a SET TRANSACTION leaves for the next transaction, wherever they were set
 # (an executable comment, EXECUTE IMMEDIATE, a stored procedure).  A
 # classic EOF ending a result set inside a transaction then says only that
-# something changed (see FrontendProtocol._reply_done).
+# something changed (see CommandPhase.reply_done in pyproxy.command_phase).
 TRACKING = (b"SET SESSION session_track_schema=ON, session_track_state_change=ON, "
             b"session_track_system_variables='*', session_track_transaction_info='CHARACTERISTICS'")
 # Read just before: the tracking a server session starts with, which is what

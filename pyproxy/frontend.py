@@ -1,121 +1,47 @@
 """pyproxy as a MySQL *server*: the connection an application opens.
 
-The protocol authenticates the client itself, then runs each command on a
-backend connection borrowed for it: the connection is held for as long as a
-transaction is open (or the session is pinned) and handed back as soon as
-the reply's final status says the session is clean.
+FrontendProtocol is the Twisted protocol of one client connection, from its
+greeting to its close.  It frames what the client sends (small packets
+only, until it has logged in), feeds the login phase (pyproxy.login) until
+that hands over an Identity, and from then on hands every command to its
+command phase (pyproxy.command_phase), which borrows a backend connection
+per transaction.  It owns what belongs to the connection rather than to a
+command: its phase, admission (max_client_connections), the ERR that ends
+it, flow control on its transport, the idle timeout, shutdown, and what
+happens when it closes.
+
+Every listener builds it through FrontendFactory: the pooled one, and the
+read-only one, whose sessions' transactions go to readers.
 """
 
 from __future__ import annotations
 
-import re
-from collections import deque
 from typing import Any
 
-import attrs
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.python.failure import Failure
 
 from pyproxy import auth
-from pyproxy.direct_write import write_now
-from pyproxy.backend import CLASSIC_EOF, FLAVOR_BITS, BackendConnection, BackendError, connect, lost_connection
+from pyproxy.command_phase import CommandPhase
+from pyproxy.flow import enqueue, pause_replies, resume_backend, resume_replies, run_queued
+from pyproxy.infile import client_packet
+from pyproxy.kill import cancel_query_timer
+from pyproxy.session import ClientSession
 from pyproxy.logs import get_logger
+from pyproxy.login import LOGIN_PACKET_LIMIT, Identity, Login
+from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.proxy import Proxy
-from pyproxy import sqltext
-from pyproxy.routines import RoutineCatalog, Verdict, combine
-from pyproxy.session import (
-    TRACKING_VARIABLES,
-    ClientSession,
-    changed_defaults,
-    initial_state,
-    last_insert_id_assignment,
-    needs_reset,
-    reconcile,
-    tracking,
-    tracking_assignments,
-)
-from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
+from pyproxy.release import cancel_hold, client_left, release_if_clean
+from pyproxy.set_global import abandon
 from pyproxy.wire import constants as c
-from pyproxy.wire.commands import REPLIES, Reply, command_name, make_query, opens_cursor, statement_id
-from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
-from pyproxy.wire.handshake import (
-    HandshakeResponse41,
-    HandshakeV10,
-    is_ssl_request,
-    make_auth_more_data,
-    make_auth_switch_request,
-    make_handshake_v10,
-    parse_change_user,
-    parse_handshake_response41,
-)
-from pyproxy.wire.response_tracker import DONE, INFILE, ResponseTracker
-from pyproxy.wire.responses import (
-    make_eof,
-    make_err,
-    make_ok,
-    make_ok_tracked,
-    ok_status,
-    parse_ok,
-    filter_session_track,
-    strip_session_track,
-)
+from pyproxy.wire.handshake import ChangeUser
+from pyproxy.wire.responses import make_err
 
-# Commands pyproxy refuses: replication, server administration and
-# long-deprecated ones that make no sense through a pooler.
-REFUSED = frozenset((
-    COMMAND.COM_SLEEP, COMMAND.COM_CREATE_DB, COMMAND.COM_DROP_DB, COMMAND.COM_SHUTDOWN,
-    COMMAND.COM_PROCESS_INFO, COMMAND.COM_CONNECT, COMMAND.COM_PROCESS_KILL, COMMAND.COM_DEBUG,
-    COMMAND.COM_TIME, COMMAND.COM_DELAYED_INSERT, COMMAND.COM_BINLOG_DUMP, COMMAND.COM_TABLE_DUMP,
-    COMMAND.COM_CONNECT_OUT, COMMAND.COM_REGISTER_SLAVE, COMMAND.COM_DAEMON,
-    COMMAND.COM_BINLOG_DUMP_GTID,
-))
-STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECUTE,
-                                COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_RESET,
-                                COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA))
-ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
-ER_WRONG_ARGUMENTS = (1210, "HY000")
-ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
-ER_MAX_PREPARED_STATEMENTS = (1461, "42000")
+# The phases are pyproxy.phases'; they are known by this module's name too.
+__all__ = ["AUTH_SWITCH", "CLOSED", "COMMANDS", "HANDSHAKE", "FrontendFactory", "FrontendProtocol"]
 
-_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
-_KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
-
-# Commands a client may send ahead of their replies before pyproxy stops reading it.
-QUEUE_LIMIT = 64
-# The largest packet a client may send before it has logged in (a login with
-# connection attributes takes a few hundred bytes).
-LOGIN_PACKET_LIMIT = 8192
-ER_LONG_DATA = (1105, "HY000")
-
-# Phases of the connection.
-HANDSHAKE, AUTH_SWITCH, COMMANDS, CLOSED = range(4)
-
-
-# ER_OPTION_PREVENTS_STATEMENT (--read-only) and ER_READ_ONLY_MODE (innodb_read_only).
-READ_ONLY_ERRORS = frozenset((1290, 1836))
-# ROLLBACK [WORK] [AND [NO] CHAIN] [[NO] RELEASE], not ROLLBACK TO SAVEPOINT.
-_ROLLBACK = re.compile(rb"(?is)\s*rollback(?:\s+work)?(?!\s*to\b)(?:\s+and\s+(?:no\s+)?chain)?"
-                       rb"(?:\s+(?:no\s+)?release)?\s*;?\s*$")
-# Statements that never commit a transaction, explicitly or implicitly: when
-# one dies with its connection, the server certainly rolled the transaction
-# back.  (COMMIT, DDL, CALL and the rest may have committed before dying.)
-_NEVER_COMMITS = re.compile(rb"(?is)(?:\s|/\*.*?\*/)*(?:select|insert|update|delete|replace|with|do|"
-                            rb"values|table|savepoint|show|describe|desc|explain|handler|help)\b")
-# Commands that change no data and so may run after a lost transaction.
-_HARMLESS = frozenset((COMMAND.COM_PING, COMMAND.COM_QUIT, COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_RESET,
-                       COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_SEND_LONG_DATA, COMMAND.COM_SET_OPTION,
-                       COMMAND.COM_STATISTICS, COMMAND.COM_CHANGE_USER, COM_RESET_CONNECTION))
-# Statements that may set LAST_INSERT_ID() without an OK saying so.
-_MAY_SET_INSERT_ID = sqltext.INSERT_ID | sqltext.CALLS | sqltext.DYNAMIC
-# COMMIT or ROLLBACK (not ROLLBACK TO SAVEPOINT): what ends savepoints.
-_ENDS_TRANSACTION = re.compile(rb"(?is)\s*(?:commit|rollback)\b(?!(?:\s+work)?\s+to\b)")
-# Statements that may insert rows, and so set LAST_INSERT_ID() (a cheap check,
-# made only when the connection's value is not the client's).
-_INSERTS = re.compile(rb"(?i)insert|replace|load")
-# Statements whose "session state changed" may be more than variables say.
-_HIDDEN = sqltext.USER_VARIABLE | sqltext.TEMPORARY | sqltext.SQL_PREPARE | sqltext.DYNAMIC | sqltext.CALLS
-# Client error codes libmariadb 3.3 keeps for itself (see FrontendProtocol._error).
+# Client error codes libmariadb 3.3 keeps for itself (see FrontendProtocol.error_packet).
 CR_FIRST, LIBMARIADB_CR_LAST = 2000, 2061
 ER_CONNECTION_KILLED = (1927, "70100")
 ER_UNKNOWN_ERROR = (1105, "HY000")
@@ -125,16 +51,8 @@ class FrontendProtocol(protocol.Protocol):
     """One application connection, from greeting to COM_QUIT."""
 
     # Thousands of idle clients are the normal case: no per-instance __dict__.
-    __slots__ = (
-        "transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-        "capabilities", "flavor", "session", "backend", "pinned", "_pending_login", "_busy",
-        "_queue", "_command", "_sql", "_infile", "_rewrite_oks", "_translate", "_borrowing",
-        "_pool", "_kill_pending", "_backlog", "_paused_backend", "_timeout", "_forwarded", "_login_charset",
-        "_auth_plugin", "_statements", "_next_statement", "_preparing", "_cursor",
-        "_hold_timer", "_closed_reason", "_query_timer", "last_active",
-        "_refused_infile", "_globals_before", "_found", "_own_tracking",
-        "readonly", "_epoch", "_libmariadb", "_lost_transaction", "_catalog", "_code", "_prefix",
-    )
+    __slots__ = ("transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
+                 "libmariadb", "closed_reason", "_login", "commands")
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.transport: Any = None
@@ -146,70 +64,20 @@ class FrontendProtocol(protocol.Protocol):
         # unauthenticated peer must not make pyproxy hold megabytes.
         self.framer = PacketFramer(min(LOGIN_PACKET_LIMIT, proxy.config.proxy.max_packet_size))
         self.nonce = auth.new_nonce()
+        # The name the client logs in with (set by the login before it is proven).
         self.user = ""
-        self.capabilities = 0
-        self.flavor = 0
-        self.session: ClientSession | None = None
-        self.backend: BackendConnection | None = None
-        self.pinned = False
-        self._pending_login: Any = None
-        self._busy = False
-        self._queue: deque[Packet] | None = None  # commands sent ahead (pipelining), rare
-        self._command: Packet | None = None
-        self._sql: bytes | None = None
-        self._infile = False
-        self._rewrite_oks = False
-        self._translate = False
-        self._borrowing: defer.Deferred[BackendConnection] | None = None
-        self._pool: Any = None
-        # Came in through the read-only listener: transactions go to readers.
-        self.readonly = readonly
-        # The topology epoch _pool was chosen in.
-        self._epoch = -1
-        # The client's library is libmariadb (see _error).
-        self._libmariadb = False
-        # Its transaction died with a backend connection: until the client
-        # says ROLLBACK, nothing else runs (see _transaction_lost).
-        self._lost_transaction = False
-        self._kill_pending = False
-        # The client's unsent replies passed its transport's buffer size: no
-        # further command runs and no further reply data is read for it until
-        # they drain (pauseProducing / resumeProducing).
-        self._backlog = False
-        # The backend connection whose reading was paused for that.
-        self._paused_backend: BackendConnection | None = None
-        # Prepared statements by the ids pyproxy gave the client; made on first use.
-        self._statements: dict[int, ClientStatement] | None = None
-        self._next_statement = 1
-        self._preparing = 0
-        # The statement of the running command that opens, reads or closes a
-        # cursor, and the backend statement it runs on.
-        self._cursor: tuple[ClientStatement, BackendStatement] | None = None
-        self._hold_timer: Any = None
-        self._closed_reason: str | None = None
-        self._query_timer: Any = None
-        self.last_active = 0.0
-        # The sequence id for the error that replaces a refused LOCAL INFILE, or -1.
-        self._refused_infile = -1
-        # Around a SET GLOBAL: pyproxy's own connection to the server and the
-        # global variables read over it just before the statement ran.
-        self._globals_before: tuple[BackendConnection | None, dict[str, str | None]] | None = None
-        # What sqltext.scan() found in the running statement's text.
-        self._found: sqltext.Found | None = None
-        # The user's catalog of stored code (pyproxy.routines), and what the
-        # stored code the running statement names can do (None: it names none).
-        self._catalog: RoutineCatalog | None = None
-        self._code: Verdict | None = None
-        # pyproxy's own SET to send ahead of the running command in the same
-        # write, and the LAST_INSERT_ID() it gives the connection (see _bring_to_state).
-        self._prefix: tuple[bytes, int] | None = None
-        # The backend's session_track_* settings are the client's own (a pinned
-        # session): its OK packets reach the client unfiltered.
-        self._own_tracking = False
-        self._timeout: Any = None
-        self._forwarded = False
-        self._login_charset = proxy.config.backend.charset
-        self._auth_plugin = auth.NATIVE
+        # The client's library is libmariadb (see error_packet).
+        self.libmariadb = False
+        self.closed_reason: str | None = None
+        # The login phase, until the client has logged in (again, for COM_CHANGE_USER).
+        self._login: Login | None = None
+        self.commands = CommandPhase(self, proxy, readonly)
+
+    @property
+    def session(self) -> ClientSession | None:
+        """The client's session (None before login), for what watches clients
+        from outside: the metrics collector, the stats."""
+        return self.commands.session
 
     @property
     def log(self) -> Any:
@@ -217,17 +85,16 @@ class FrontendProtocol(protocol.Protocol):
         per connection) rather than kept per connection."""
         return get_logger(client_id=self.id, user=self.user) if self.user else get_logger(client_id=self.id)
 
-    # -- connection phase ---------------------------------------------------
-
     def connectionMade(self) -> None:
         try:
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         except (AttributeError, OSError):
             pass  # a UNIX socket: no Nagle to turn off
+        self.commands.transport = self.transport
         if len(self.proxy.clients) >= self.proxy.config.proxy.max_client_connections:
             code, state = c.ER_CON_COUNT_ERROR
             self.transport.write(frame(make_err(code, state, "Too many connections"), 0))
-            self._closed_reason = "max_client_connections reached"
+            self.closed_reason = "max_client_connections reached"
             self.phase = CLOSED
             self.transport.loseConnection()
             return
@@ -236,18 +103,10 @@ class FrontendProtocol(protocol.Protocol):
         # transport says when the unsent bytes pass its buffer size, and when
         # they have drained.
         self.transport.registerProducer(self, True)
-        server = self.proxy.server
-        self.transport.write(frame(make_handshake_v10(HandshakeV10(
-            server.version, self.id & 0xFFFFFFFF, self.nonce, self.proxy.capabilities,
-            server.charset, server.status, self.proxy.config.proxy.auth_plugin)), 0))
-        self._timeout = self.proxy.reactor.callLater(
-            self.proxy.config.proxy.handshake_timeout, self._login_too_slow)
-
-    def _login_too_slow(self) -> None:
-        self._timeout = None
-        if self.phase in (HANDSHAKE, AUTH_SWITCH):
-            self._closed_reason = "handshake timeout"
-            self.transport.loseConnection()
+        proxy = self.proxy
+        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities)
+        login.greet(self.id, proxy.server, proxy.config.proxy.auth_plugin, proxy.reactor,
+                    proxy.config.proxy.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -255,70 +114,36 @@ class FrontendProtocol(protocol.Protocol):
         except PacketTooLarge as exc:
             message = ("Got a packet bigger than 'max_allowed_packet' bytes" if self.phase == COMMANDS else
                        f"Got a login packet bigger than {LOGIN_PACKET_LIMIT} bytes")
-            self._fatal(c.ER_NET_PACKET_TOO_LARGE, message, exc.seq + 1)
+            self.fatal(c.ER_NET_PACKET_TOO_LARGE, message, exc.seq + 1)
             return
         except PacketsOutOfOrder as exc:
-            self._fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
+            self.fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
             return
+        commands = self.commands
         for packet in packets:
             if self.phase == COMMANDS:
-                if self._infile:
-                    self._infile_packet(packet)
-                elif self._busy or self._backlog:
-                    if self._queue is None:
-                        self._queue = deque()
-                    self._queue.append(packet)
-                    if len(self._queue) == QUEUE_LIMIT:
-                        # A client far ahead of its replies: stop reading it.
-                        self.transport.pauseProducing()
+                if commands.infile:
+                    client_packet(commands, packet)
+                elif commands.busy or commands.backlog:
+                    enqueue(commands, packet)
                 else:
-                    self._dispatch(packet)
-            elif self.phase == HANDSHAKE:
-                self._login(packet)
-            elif self.phase == AUTH_SWITCH:
-                self._auth_switch_reply(packet)
+                    commands.dispatch(packet)
+            elif self.phase == HANDSHAKE or self.phase == AUTH_SWITCH:
+                if self._login.receive(packet) and self.phase == HANDSHAKE:  # type: ignore[union-attr]
+                    self.phase = AUTH_SWITCH
             else:
                 return
 
-    def _fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
+    def fatal(self, error: tuple[int, str], message: str, seq: int) -> None:
         """An error the connection cannot survive: report it, then close."""
         if self.phase == CLOSED:
             return
-        if seq is None:
-            seq = self._command.last_seq + 1 if self._command is not None else 0
-        self.transport.write(frame(self._error(error[0], error[1], message), seq))
-        self._closed_reason = message
+        self.transport.write(frame(self.error_packet(error[0], error[1], message), seq))
+        self.closed_reason = message
         self.phase = CLOSED
         self.transport.loseConnection()
 
-    def _login(self, packet: Packet) -> None:
-        payload = packet.payload
-        if is_ssl_request(payload):
-            self._fatal(c.ER_HANDSHAKE_ERROR, "pyproxy does not offer TLS yet", packet.seq + 1)
-            return
-        try:
-            response = parse_handshake_response41(payload)
-        except ValueError:
-            self._fatal(c.ER_HANDSHAKE_ERROR, "Bad handshake", packet.seq + 1)
-            return
-        self.capabilities = response.capabilities & self.proxy.capabilities
-        self.flavor = self.capabilities & FLAVOR_BITS
-        self._rewrite_oks = not self.capabilities & CLIENT.SESSION_TRACK
-        self._translate = not self.capabilities & CLIENT.DEPRECATE_EOF
-        self.user = response.username
-        self._libmariadb = response.attributes.get("_client_name") == "libmariadb"
-        self._pending_login = response
-        plugin = response.auth_plugin if self.capabilities & CLIENT.PLUGIN_AUTH else auth.NATIVE
-        if plugin not in auth.CLIENT_PLUGINS:
-            # Ask for a plugin pyproxy can check, with the same nonce.
-            self.phase = AUTH_SWITCH
-            self.transport.write(frame(make_auth_switch_request(auth.NATIVE, self.nonce), packet.seq + 1))
-            self._auth_plugin = auth.NATIVE
-            return
-        self._auth_plugin = plugin
-        self._check_proof(plugin, response.auth_response, packet.seq + 1)
-
-    def _error(self, code: int, sqlstate: str, message: str) -> bytes:
+    def error_packet(self, code: int, sqlstate: str, message: str) -> bytes:
         """An ERR packet for this client.
 
         libmariadb (mysqlclient, the mariadb CLI, C programs) takes a server
@@ -327,1501 +152,136 @@ class FrontendProtocol(protocol.Protocol):
         killed, 70100) for a lost backend and 1105 for the rest, with the
         client code in the message.  Other drivers report 2013 as sent.
         """
-        if self._libmariadb and CR_FIRST <= code <= LIBMARIADB_CR_LAST:
+        if self.libmariadb and CR_FIRST <= code <= LIBMARIADB_CR_LAST:
             message = f"{message} (client error {code})"
             code, sqlstate = ER_CONNECTION_KILLED if code == c.CR_SERVER_LOST[0] else ER_UNKNOWN_ERROR
         return make_err(code, sqlstate, message)
 
-    def _auth_switch_reply(self, packet: Packet) -> None:
-        self._check_proof(self._auth_plugin, packet.payload, packet.seq + 1)
+    # -- the login phase's owner ---------------------------------------------------
 
-    def _check_proof(self, plugin: str, proof: bytes, seq: int) -> None:
-        account = self.proxy.config.user(self.user)
-        if account is None or not auth.verify(plugin, account.password.encode(), self.nonce, proof):
-            self.log.warning("auth_failed", plugin=plugin, known_user=account is not None)
-            host = self.transport.getPeer().host if hasattr(self.transport.getPeer(), "host") else "localhost"
-            code, state = c.ER_ACCESS_DENIED_ERROR
-            self._fatal((code, state), f"Access denied for user '{self.user}'@'{host}' "
-                                       f"(using password: {'YES' if proof else 'NO'})", seq)
-            return
-        if plugin == auth.CACHING_SHA2 and proof:
-            self.transport.write(frame(make_auth_more_data(auth.SHA2_FAST_AUTH_SUCCESS), seq))
-            seq += 1
-        response = self._pending_login
-        self._pending_login = None
-        multi = bool(self.capabilities & CLIENT.MULTI_STATEMENTS)
-        database = response.database if response.database is not None else self.proxy.config.backend.database
-        self._login_charset = response.charset
-        self.session = ClientSession(initial_state(response.charset, database,
-                                                   self.proxy.server.autocommit, multi))
-        self._catalog = self.proxy.catalog(self.user)
-        if response.database and not self.proxy.schema_known(self.user, response.database):
-            self._verify_schema(response.database, seq)
+    def login_timed_out(self) -> None:
+        """handshake_timeout passed: a client still logging in is disconnected (one
+        whose login-time schema check is under way is not)."""
+        if self.phase in (HANDSHAKE, AUTH_SWITCH):
+            self.closed_reason = "handshake timeout"
+            self.transport.loseConnection()
+
+    def login_accepted(self, identity: Identity, seq: int) -> None:
+        """The login phase proved who the client is: its session begins (again, after
+        COM_CHANGE_USER), and the OK follows, once a schema the login named is
+        known to exist."""
+        commands = self.commands
+        if commands.session is None:
+            # The first login: COM_CHANGE_USER does not change the library.
+            self.libmariadb = identity.libmariadb
+        self.user = identity.user
+        commands.start_session(identity)
+        schema = identity.schema
+        if schema and not self.proxy.schema_known(self.user, schema):
+            self._verify_schema(seq)
             return
         self._logged_in(seq)
 
-    def _verify_schema(self, schema: str, seq: int) -> None:
-        """A login naming a schema fails at once if it does not exist, as with a server."""
+    def _verify_schema(self, seq: int) -> None:
+        """A login naming a schema fails at once if it does not exist, as with a
+        server: the schema is selected on a borrowed connection first (a failure
+        reaches the client through CommandPhase.command_failed)."""
         self.phase = COMMANDS
-        self._busy = True
-        self._command = Packet(seq - 1, b"", b"", seq - 1)
-        self._acquire(lambda: self._logged_in(seq))
+        commands = self.commands
+        commands.busy = True
+        commands.command = Packet(seq - 1, b"", b"", seq - 1)
+        commands.acquire(lambda: self._logged_in(seq))
 
     def _logged_in(self, seq: int) -> None:
-        self.last_active = self.proxy.reactor.seconds()
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        self._timeout = None
+        commands = self.commands
+        commands.last_active = self.proxy.reactor.seconds()
+        login, self._login = self._login, None
+        if login is not None:
+            login.stop()
         self.phase = COMMANDS
         self.framer.max_packet_size = self.proxy.config.proxy.max_packet_size
-        if self.session is not None and self.session.state.schema:
-            self.proxy.schema_used(self.user, self.session.state.schema)
-        self.transport.write(frame(self._ok_payload(), seq))
+        session = commands.session
+        if session is not None and session.state.schema:
+            self.proxy.schema_used(self.user, session.state.schema)
+        self.transport.write(frame(commands.ok_payload(), seq))
         self.proxy.client_connected(self.log, self.transport.getPeer())
-        self._command = None
-        self._busy = False
-        self._release_if_clean()
-        self._next()
+        commands.command = None
+        commands.busy = False
+        release_if_clean(commands)
+        run_queued(commands)
 
-    def _ok_payload(self, header: int = 0x00) -> bytes:
-        status = self._status()
-        if self.capabilities & CLIENT.SESSION_TRACK:
-            return make_ok_tracked(status, header=header)
-        return make_ok(status, header=header)
+    def log_in_again(self, request: ChangeUser, seq: int) -> None:
+        """COM_CHANGE_USER, once the session has given up what it held: the login
+        phase runs again on this connection's nonce."""
+        self.phase = AUTH_SWITCH
+        login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities)
+        login.change_user(request, seq)
 
-    def _status(self) -> int:
-        session = self.session
-        status = 0
-        if session is not None:
-            if session.state.autocommit:
-                status |= c.SERVER_STATUS_AUTOCOMMIT
-            if session.in_transaction:
-                status |= c.SERVER_STATUS_IN_TRANS
-        return status
-
-    # -- command phase ------------------------------------------------------
-
-    def _dispatch(self, packet: Packet) -> None:
-        payload = packet.payload
-        if not payload:
-            self._command = packet
-            self._reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown command (empty packet)")
-            return
-        command = payload[0]
-        self._command = packet
-        self.last_active = self.proxy.reactor.seconds()
-        if self._lost_transaction and command not in _HARMLESS and self._refused_after_loss(payload):
-            return
-        if (command == COMMAND.COM_QUERY or command == COMMAND.COM_STMT_EXECUTE) and self._catalog.stale:
-            self._await_catalog(packet)
-            return
-        reply = REPLIES.get(command)
-        if command in STATEMENT_COMMANDS:
-            self._statement_command(packet, command)
-            return
-        if reply is not None and command not in (COMMAND.COM_PING, COMMAND.COM_SET_OPTION,
-                                                 COM_RESET_CONNECTION, COMMAND.COM_CHANGE_USER):
-            if command == COMMAND.COM_QUERY:
-                sql = self._sql = payload[1:]
-                head = payload[1:2]
-                if (head in (b"k", b"K") or head.isspace()) and self._kill(packet):
-                    return
-                found = self._found = sqltext.scan(sql)
-                code = self._code = (self._stored_code(sql, found) if self._catalog.watch is not None
-                                     or found is not None and found.calls else None)
-                if found is not None or code is not None:
-                    self._busy = True
-                    self._run_flagged(self._start)
-                    return
-            else:
-                self._sql = None
-                self._found = self._code = None
-            self._busy = True
-            self._acquire(self._start)
-            return
-        if command == COMMAND.COM_QUIT:
-            self._closed_reason = "COM_QUIT"
-            self.phase = CLOSED
-            self.transport.loseConnection()
-        elif command == COMMAND.COM_PING:
-            if self.backend is not None and self.pinned:
-                self._busy = True
-                self._acquire(self._start)
-            else:
-                self._reply(self._ok_payload())
-        elif command == COMMAND.COM_SET_OPTION:
-            self._set_option(payload)
-        elif command == COM_RESET_CONNECTION:
-            self._reset_connection()
-        elif command == COMMAND.COM_CHANGE_USER:
-            self._change_user(packet)
-        elif command in REFUSED or command not in REPLIES:
-            self._reply_error(c.ER_UNKNOWN_COM_ERROR, f"Unknown command {command_name(command)} "
-                              "(not supported by pyproxy)")
-
-    # -- prepared statements --------------------------------------------------
-
-    def _statement_command(self, packet: Packet, command: int) -> None:
-        """The COM_STMT_* commands, on statement ids that are pyproxy's own
-        (see pyproxy.statements): a statement runs on whichever backend
-        connection the client borrows, prepared there when first needed."""
-        payload = packet.payload
-        self._sql = None
-        self._found = self._code = None
-        if command == COMMAND.COM_STMT_PREPARE:
-            limit = self.proxy.max_prepared_statements
-            if self._statements is not None and len(self._statements) >= limit:
-                # The server's own limit, per client: pyproxy keeps what each
-                # client prepared, and nothing else would bound it.
-                self._reply_error(ER_MAX_PREPARED_STATEMENTS, f"Can't create more than max_prepared_stmt_count "
-                                  f"statements (current value: {limit})")
-                return
-            if self._translate:
-                # A client without CLIENT_DEPRECATE_EOF reads the warning count of
-                # COM_STMT_EXECUTE from the EOF after the column definitions
-                # (libmariadb's mysql_stmt_execute() does), which a connection
-                # with DEPRECATE_EOF never sends: from now on this client uses
-                # connections without it, whose replies need no translation.
-                self.flavor |= CLASSIC_EOF
-            self._busy = True
-            self._acquire(self._start)
-            return
-        try:
-            number = statement_id(payload)
-        except ValueError:
-            number = -1
-        statement = self._statements.get(number) if self._statements else None
-        if statement is None:
-            if command in (COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA):
-                self._command = None  # no reply, as from a server
-            else:
-                self._reply_error(c.ER_UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler "
-                                  f"({number}) given to {command_name(command)}")
-            return
-        if command == COMMAND.COM_STMT_CLOSE:
-            del self._statements[number]
-            self._command = None
-            if statement.cursor is not None:
-                # Closing the backend's copy (no reply) closes its cursor too.
-                self.backend.close_statements([statement.cursor.id])
-                self._cursor_closed(statement, cache=False)
-                self._release_if_clean()
-        elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
-            self._command = None  # no reply, as from a server
-            statement.add_long_data(payload[5:], self.proxy.max_allowed_packet)
-        elif command == COMMAND.COM_STMT_EXECUTE:
-            if statement.long_data_too_long:
-                # What the server answers when a parameter's long data passed
-                # max_allowed_packet; the execute does not run, and the data is gone.
-                statement.long_data = None
-                statement.long_data_too_long = False
-                self._reply_error(ER_LONG_DATA, "Parameter of prepared statement which is set through "
-                                  "mysql_send_long_data() is longer than 'max_allowed_packet' bytes")
-                return
-            try:
-                types = execute_types(payload, statement.params)
-            except ValueError:
-                self._reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
-                return
-            if types is not None:
-                statement.types = types
-            # What the statement does is read from its text (once, at prepare),
-            # as for COM_QUERY.
-            sql = self._sql = statement.sql
-            self._busy = True
-            found = self._found = statement.found
-            code = self._code = (self._stored_code(sql, found) if self._catalog.watch is not None
-                                 or found is not None and found.calls else None)
-            if found is not None or code is not None:
-                self._run_flagged(lambda: self._execute(statement, packet))
-            else:
-                self._acquire(lambda: self._execute(statement, packet))
-        elif statement.cursor is not None:
-            # FETCH and RESET of a statement whose cursor is open on the held connection.
-            self._busy = True
-            self._cursor = (statement, statement.cursor)
-            self._run_rewritten(packet, statement.cursor.id)
-        elif command == COMMAND.COM_STMT_RESET:
-            statement.long_data = None
-            statement.long_data_too_long = False
-            self._reply(self._ok_payload())
-        else:
-            self._reply_error(ER_STMT_HAS_NO_OPEN_CURSOR,
-                              f"The statement ({number}) has no open cursor.")
-
-    def _execute(self, statement: ClientStatement, packet: Packet) -> None:
-        conn = self.backend
-        # A statement with an open cursor runs where the cursor is (which this
-        # execute closes, as on a server).
-        cached = statement.cursor or conn.statements.get(statement.sql)
-        if cached is not None:
-            self._execute_on(statement, packet, cached)
-            return
-
-        def prepare() -> None:
-            conn.prepare(statement.sql).addCallbacks(
-                lambda prepared: self._execute_on(statement, packet, prepared), failed)
-
-        def failed(failure: Failure) -> None:
-            exc = failure.value
-            if (isinstance(exc, BackendError) and exc.code == ER_MAX_PREPARED_STMT_COUNT_REACHED
-                    and self._make_room(prepare)):
-                return
-            if self.phase != CLOSED:
-                self._command_failed(exc)
-
-        prepare()
-
-    def _make_room(self, again: Any) -> bool:
-        """The server's max_prepared_stmt_count is reached (error 1461) while pyproxy
-        caches statements: the half used longest ago of this connection's cache is
-        closed (of the fullest other connection's in the pool, if this one's is
-        empty), and ``again`` tries once more; as long as the limit is still
-        reached, that goes on until nothing is cached.  The server's limit and
-        the statements it holds are read too, so that every connection caches at
-        most its share of the room other sessions leave.  Returns False when
-        nothing is cached: the error is then the client's, as it would be
-        directly."""
-        conn = self.backend
-        if conn is None or conn.broken:
-            return False
-        pool = conn.pool or self._pool
-        fullest = conn
-        if not len(conn.statements):
-            others = [other for other in (*pool.idle, *pool.lent) if len(other.statements) and not other.broken]
-            if not others:
-                return False
-            fullest = max(others, key=lambda other: len(other.statements))
-        self._cancel_query_timer()
-        fullest.close_statements(fullest.statements.shrink(len(fullest.statements) // 2))
-        waits = [conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count"),
-                 conn.query_rows("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")]
-        if fullest in pool.idle:
-            # Closed over another connection: its ping answered means the server
-            # has closed them before the statement is tried again.
-            pool.begin_check(fullest)
-            waits.append(fullest.ping().addCallbacks(
-                lambda _: pool.end_check(fullest),
-                lambda failure: pool.discard(fullest, f"ping failed: {failure.getErrorMessage()}")))
-
-        def learned(results: list[Any]) -> None:
-            limit, rows = results[0], results[1]
-            in_use = rows[0][1] if rows and len(rows[0]) >= 2 else None
-            if limit is not None and limit.isdigit():
-                self.proxy.statement_limit_learned(
-                    int(limit), int(in_use) if in_use is not None and in_use.isdigit() else None)
-            if self.phase != CLOSED:
-                again()
-
-        def failed(failure: Failure) -> None:
-            if isinstance(failure.value, defer.FirstError):
-                failure = failure.value.subFailure
-            if self.phase != CLOSED:
-                self._command_failed(failure.value)
-
-        defer.gatherResults(waits, consumeErrors=True).addCallbacks(learned, failed)
-        return True
-
-    def _execute_on(self, statement: ClientStatement, packet: Packet, prepared: BackendStatement) -> None:
-        if self.phase == CLOSED:
-            return
-        if prepared.params != statement.params:
-            # The table changed under the statement: its parameters are not the
-            # ones the client binds.
-            self._command_failed(BackendError(*ER_WRONG_ARGUMENTS, "Incorrect arguments to "
-                                              "mysqld_stmt_execute (the statement changed; prepare it again)"))
-            return
-        conn = self.backend
-        types = statement.types if prepared.types != statement.types else None
-        if statement.types is not None:
-            prepared.types = statement.types
-        if statement.long_data:
-            header = bytes((COMMAND.COM_STMT_SEND_LONG_DATA,)) + prepared.id.to_bytes(4, "little")
-            conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
-        statement.long_data = None
-        payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
-        if statement.cursor is not None or opens_cursor(payload):
-            # Whether a cursor is open after this is read from the reply.
-            self._cursor = (statement, prepared)
-        self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
-        self._start()
-
-    def _cursor_reply(self, command: int, tracker: ResponseTracker) -> None:
-        """Whether the statement has a cursor open after its EXECUTE, FETCH or RESET.
-
-        A cursor holds the connection it is on, not the session: it is closed by
-        the fetch that reports SERVER_STATUS_LAST_ROW_SENT (the server closes it
-        then), by COM_STMT_RESET or COM_STMT_CLOSE of its statement and by a new
-        execute of it, and the connection goes back when nothing else holds it.
-        """
-        statement, prepared = self._cursor
-        self._cursor = None
-        status = tracker.status if tracker.status >= 0 else 0
-        if command == COMMAND.COM_STMT_EXECUTE:
-            is_open = not tracker.error and bool(status & c.SERVER_STATUS_CURSOR_EXISTS)
-        elif command == COMMAND.COM_STMT_FETCH:
-            is_open = (not status & c.SERVER_STATUS_LAST_ROW_SENT
-                       and tracker.error != ER_STMT_HAS_NO_OPEN_CURSOR[0])
-        else:  # COM_STMT_RESET
-            is_open = bool(tracker.error)
-        if is_open and statement.cursor is None:
-            statement.cursor = prepared
-            self.session.cursors += 1
-            self.backend.statements.detach(statement.sql, prepared)
-        elif not is_open and statement.cursor is not None:
-            self._cursor_closed(statement)
-
-    def _cursor_closed(self, statement: ClientStatement, cache: bool = True) -> None:
-        """The statement's cursor is gone.  With ``cache``, its backend statement is
-        cached again for any execute on this connection."""
-        prepared, statement.cursor = statement.cursor, None
-        self.session.cursors -= 1
-        conn = self.backend
-        if cache and conn is not None and not conn.broken:
-            conn.close_statements(conn.statements.add(statement.sql, prepared))
-
-    def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
-        payload = packet.payload[:1] + backend_id.to_bytes(4, "little") + packet.payload[5:]
-        self._command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
-        self._acquire(self._start)
-
-    def _prepared(self, tracker: ResponseTracker) -> None:
-        """A COM_STMT_PREPARE succeeded: the client's statement, and the backend's copy."""
-        backend_id, columns, params = tracker.prepared
-        sql = self._command.payload[1:]
-        if self._statements is None:
-            self._statements = {}
-        self._statements[self._preparing] = ClientStatement(self._preparing, sql, params, columns,
-                                                            found=sqltext.scan(sql))
-        conn = self.backend
-        conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
-
-    def _kill(self, packet: Packet) -> bool:
-        """KILL [QUERY|CONNECTION] n names a pyproxy connection id, which the server
-        does not know: it is translated here, never passed on.  Returns False
-        for any statement that is not a KILL.
-
-        KILL QUERY stops the target client's running statement with KILL QUERY
-        on the backend thread that runs it, sent over a connection of its own
-        (the pool may be full of exactly the statements to kill) and only if
-        that thread still runs the same statement for the same client.  KILL
-        (CONNECTION) also closes the target client.  Only the same user's
-        connections can be killed; other forms of KILL are refused.
-        """
-        sql = self._sql or b""
-        if _KILL_ANY.match(sql) is None:
-            return False
-        match = _KILL.match(sql)
-        if match is None:
-            self._reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
-            return True
-        what, number = match.group(1), int(match.group(2))
-        target = self.proxy.clients.get(number)
-        if target is None:
-            self._reply_error((1094, "HY000"), f"Unknown thread id: {number}")
-            return True
-        if target.user != self.user:
-            self._reply_error((1095, "HY000"), f"You are not owner of thread {number}")
-            return True
-        running = target.running_statement()
-        if what is None or what.lower() != b"query":
-            target.close_by_kill()
-        if running is None:
-            self._reply(self._ok_payload())
-            return True
-        self._busy = True
-        d = target.kill_query(running)
-
-        def done(result: Any) -> None:
-            if self.phase != COMMANDS:
-                return
-            if isinstance(result, Failure) and isinstance(result.value, BackendError):
-                self._reply_error((result.value.code, result.value.sqlstate), result.value.message)
-            else:
-                self._reply(self._ok_payload())
-            self._busy = False
-            self._next()
-
-        d.addBoth(done)
-        return True
-
-    def kill_query(self, running: tuple[int, Packet]) -> defer.Deferred[Any]:
-        """Stops this client's running statement with KILL QUERY on its backend
-        thread, sent over a connection of its own (the pool may be full of the
-        very statements to stop), and only if the same statement still runs."""
-        running_on = self.backend
-        login = running_on.target if running_on is not None else self.proxy.target(self.user)
-        d = connect(self.proxy.reactor, attrs.evolve(login, database=None), 0)
-
-        def kill(conn: BackendConnection) -> Any:
-            if self.running_statement() != running:
-                conn.close("KILL target finished")
-                return None
-            sent = conn.execute(make_query(f"KILL QUERY {running[0]}"))
-            sent.addBoth(lambda result: (conn.close("KILL sent"), result)[1])
-            return sent
-
-        return d.addCallback(kill)
-
-    def running_statement(self) -> tuple[int, Packet] | None:
-        """(backend thread id, command) of the statement this client is running, if any."""
-        conn = self.backend
-        if not self._busy or conn is None or conn.handshake is None or self._command is None:
-            return None
-        return conn.handshake.connection_id, self._command
-
-    def close_by_kill(self) -> None:
-        """Another session of the same user killed this one."""
-        self._closed_reason = "killed"
-        if self.phase == COMMANDS and not self._busy:
-            self.phase = CLOSED
-            self.transport.loseConnection()
-        else:
-            # Mid-command: the client gets its reply (or the 2013 from the
-            # killed statement) first, then the connection closes.
-            self._kill_pending = True
-
-    def _reply(self, payload: bytes) -> None:
-        seq = self._command.last_seq + 1 if self._command is not None else 1
-        self.transport.write(frame(payload, seq))
-        self._command = None
-
-    def _reply_error(self, error: tuple[int, str], message: str) -> None:
-        self._reply(self._error(error[0], error[1], message))
-
-    def _set_option(self, payload: bytes) -> None:
-        if len(payload) < 3 or payload[1] not in (c.MYSQL_OPTION_MULTI_STATEMENTS_ON,
-                                                  c.MYSQL_OPTION_MULTI_STATEMENTS_OFF):
-            self._reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown option to COM_SET_OPTION")
-            return
-        on = payload[1] == c.MYSQL_OPTION_MULTI_STATEMENTS_ON
-        if on:
-            self.capabilities |= CLIENT.MULTI_STATEMENTS
-        else:
-            self.capabilities &= ~CLIENT.MULTI_STATEMENTS
-        session = self.session
-        session.state = attrs.evolve(session.state, multi_statements=on)
-        if self.capabilities & CLIENT.DEPRECATE_EOF:
-            self._reply(self._ok_payload(0xFE))
-        else:
-            self._reply(make_eof(self._status()))
-
-    # -- borrowing and running ----------------------------------------------
-
-    def _acquire(self, then: Any) -> None:
-        """Makes sure a backend connection in the client's state is attached, then calls ``then``."""
-        held = self.backend
-        if held is not None:
-            if held.broken:
-                self.backend = None
-                if self.pinned:
-                    # The connection this session was pinned to died while the
-                    # client was idle: its state is gone with it.
-                    self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend "
-                                "connection holding this session's state was closed")
-                    return
-                session = self.session
-                if session.holds_state():
-                    rollback = self._sql is not None and _ROLLBACK.match(self._sql) is not None
-                    what = ("the transaction was rolled back" if session.in_transaction
-                            else "the transaction settings it held (SET TRANSACTION) were lost")
-                    if session.in_transaction and not rollback:
-                        self._transaction_lost()
-                    else:
-                        session.lose_transaction()
-                    if not rollback:
-                        # Never run on another connection as if nothing had happened.
-                        self._command_failed(BackendError(
-                            *c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
-                            f"holding this session's transaction was closed; {what}"))
-                        return
-                self.session.hold_next = False
-            elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
-                if self.pinned and not self._own_tracking:
-                    self._bring_to_state(lambda: self._restore_tracking(then))
-                else:
-                    self._bring_to_state(then)
-                return
-            elif self.pinned:
-                self._busy = False  # nothing was sent: the connection can be reset and reused
-                self._fatal(c.CR_SERVER_LOST, "Lost connection to MySQL server: the server this "
-                            "pinned session's state lives on no longer serves it (failover to "
-                            f"{self.proxy.topology.writer.name})")
-                return
-            elif self.session.holds_state():
-                # An open transaction finishes where it began; the server
-                # says what becomes of its writes.
-                self._bring_to_state(then)
-                return
-            else:
-                # Held only for a follow-up (SHOW WARNINGS, ROW_COUNT()): not
-                # worth staying on a server that no longer takes this traffic.
-                self.backend = None
-                self.session.hold_next = False
-                if self._hold_timer is not None and self._hold_timer.active():
-                    self._hold_timer.cancel()
-                self._hold_timer = None
-                _give_back(held)
-        pool = self._pool
-        topology = self.proxy.topology
-        if pool is None or self._epoch != topology.epoch or pool.user != self.user or pool.closed:
-            pool = self._pool = self.proxy.route(self.user, self.readonly, pool)
-            self._epoch = topology.epoch
-        conn = pool.try_borrow(self.flavor)
-        if conn is not None:
-            self.backend = conn
-            self._bring_to_state(then)
-            return
-        d = self._borrowing = pool.borrow(self.flavor, self.readonly)
-
-        def borrowed(conn: BackendConnection) -> None:
-            self._borrowing = None
-            if self.phase == CLOSED:
-                _give_back(conn)
-                return
-            self.backend = conn
-            self._bring_to_state(then)
-
-        def failed(failure: Failure) -> None:
-            self._borrowing = None
-            if failure.check(defer.CancelledError) or self.phase == CLOSED:
-                return
-            self._command_failed(failure.value)
-
-        d.addCallbacks(borrowed, failed)
-
-    def _server_moved(self, held: BackendConnection) -> bool:
-        """Whether the server ``held`` is on stopped serving this client's traffic:
-        no longer the writer, or, for the read-only listener, down."""
-        target = held.pool.target if held.pool is not None else None
-        if target is None:
-            return False
-        return not target.usable if self.readonly else target is not self.proxy.topology.writer
-
-    def _bring_to_state(self, then: Any) -> None:
-        """Makes the attached connection the client's own: its carried state, its
-        LAST_INSERT_ID() before a statement that may read or set it, and no
-        diagnostics area (warnings, errors) left by another client."""
-        conn = self.backend
-        session = self.session
-        desired = session.state
-        if ((desired is conn.state or desired == conn.state)
-                and (conn.diagnostics is None or conn.diagnostics is session)
-                and (conn.last_insert_id == session.last_insert_id or conn.last_insert_id is None
-                     or not self._touches_insert_id())):
-            then()
-            return
-        if (desired == conn.state and self._command is not None and self._command.payload
-                and REPLIES.get(self._command.payload[0]) not in (None, Reply.NONE)):
-            # Only pyproxy's own hygiene: one SET sent ahead of the command in
-            # the same write, its OK taken out of the reply (see _start).
-            value = self._insert_id_to_set(conn)
-            clear = conn.diagnostics is not None and conn.diagnostics is not session
-            self._prefix = (frame(make_query("SET SESSION " + last_insert_id_assignment(value, clear)), 0),
-                            value)
-            then()
-            return
-        d = conn.change_user() if needs_reset(desired, conn.state) else defer.succeed(conn)
-        value = -1
-
-        def apply(_: Any) -> defer.Deferred[Any]:
-            nonlocal value
-            extra = []
-            clear = conn.diagnostics is not None and conn.diagnostics is not session
-            if clear or (conn.last_insert_id is not None and conn.last_insert_id != session.last_insert_id
-                         and self._touches_insert_id()):
-                value = self._insert_id_to_set(conn)
-                extra.append(last_insert_id_assignment(value, clear))
-            commands = reconcile(desired, conn.state, extra)
-            return defer.gatherResults([conn.execute(cmd) for cmd in commands], consumeErrors=True)
-
-        def applied(_: Any) -> None:
-            conn.state = desired
-            if value >= 0:
-                conn.last_insert_id = value
-                conn.diagnostics = None
-            if self.phase != CLOSED:
-                then()
-
-        def failed(failure: Failure) -> None:
-            if isinstance(failure.value, defer.FirstError):
-                failure = failure.value.subFailure
-            if self.phase != CLOSED:
-                self._command_failed(failure.value)
-
-        d.addCallback(apply)
-        d.addCallbacks(applied, failed)
-
-    def _insert_id_to_set(self, conn: BackendConnection) -> int:
-        """The LAST_INSERT_ID() a connection should have for this client's
-        statement: the client's own where the statement may read or set it
-        (or the connection's is unknown), else the connection's as it is."""
-        known = conn.last_insert_id
-        if known is None or (known != self.session.last_insert_id and self._touches_insert_id()):
-            return self.session.last_insert_id
-        return known
-
-    def _touches_insert_id(self) -> bool:
-        """Whether the running statement may read or set LAST_INSERT_ID(): its text
-        names it or inserts rows, or stored code it runs reads it (or cannot be
-        read).  The server's value must then be the client's before it runs,
-        so that after it the value is the client's whether it changed or not."""
-        found = self._found
-        if found is not None and found.flags & _MAY_SET_INSERT_ID:
-            return True
-        code = self._code
-        if code is not None and code.insert_id:
-            return True
-        sql = self._sql
-        return sql is not None and _INSERTS.search(sql, 0, sqltext.SCAN_LIMIT) is not None
-
-    def _start(self) -> None:
-        packet = self._command
-        payload = packet.payload
-        reply = REPLIES[payload[0]]
-        self._forwarded = False
-        conn = self.backend
-        timeout = self.proxy.config.proxy.query_timeout
-        if timeout and reply != Reply.NONE:
-            self._query_timer = self.proxy.reactor.callLater(timeout, self._query_timed_out, packet)
-        prefix = self._prefix
-        if prefix is not None:
-            self._prefix = None
-            conn.last_insert_id = prefix[1]
-            conn.diagnostics = None
-            raw = prefix[0] + packet.raw
-        else:
-            raw = packet.raw
-        if self._translate and conn.tracker.deprecate_eof:
-            cursor = reply == Reply.EXECUTE and opens_cursor(payload)
-            conn.relay(raw, reply, self, translate=True, cursor=cursor, metadata_status=self._status(),
-                       swallow=prefix is not None)
-        else:
-            conn.relay(raw, reply, self, swallow=prefix is not None)
-        if reply == Reply.NONE:
-            self._finish_command()
-
-    def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
-        """Bytes of the reply, already settled by the tracker: forward them."""
-        if self._refused_infile >= 0:
-            # The rest of a reply whose LOCAL INFILE this client may not run.
-            if tracker.state == DONE:
-                if "mariadb" in self.proxy.server.version.lower():
-                    code, state, message = (4166, "HY000", "The used command is not allowed because "
-                                            "the MariaDB server or client has disabled the local "
-                                            "infile capability")
-                else:
-                    code, state, message = (3948, "42000", "Loading local data is disabled; this "
-                                            "must be enabled on both the client and server sides")
-                self.transport.write(frame(make_err(code, state, message), self._refused_infile))
-                self._refused_infile = -1
-                self._reply_done(tracker)
-            return
-        if tracker.infile_at >= 0 and not self.capabilities & CLIENT.LOCAL_FILES:
-            self._refuse_infile(data, tracker)
-            return
-        if tracker.prepare_at >= 0:
-            at = tracker.prepare_at
-            tracker.prepare_at = -1
-            if data[at + 4] != 0xFF:
-                # The client sees pyproxy's statement id, not this connection's.
-                at += 5
-                self._preparing = self._next_statement
-                self._next_statement += 1
-                data = data[:at] + self._preparing.to_bytes(4, "little") + data[at + 4:]
-            elif tracker.error == ER_MAX_PREPARED_STMT_COUNT_REACHED and self._make_room(self._start):
-                return  # the ERR is the whole reply: the client sees only the retried one
-        oks = tracker.oks
-        if tracker.edits or oks and (tracker.changed or self._rewrite_oks
-                                     and len(oks) > len(tracker.terminators)):
-            data = self._observe_oks(data, tracker)
-        if type(data) is bytearray:  # translated in place; transports take bytes only
-            data = bytes(data)
-        if data:
-            self._forwarded = True
-            write_now(self.transport, data)
-        state = tracker.state
-        if state == DONE:
-            self._reply_done(tracker)
-        elif state == INFILE:
-            tracker.infile_at = -1
-            self._infile = True
-
-    def _refuse_infile(self, data: bytes, tracker: ResponseTracker) -> None:
-        """The server asks for a LOCAL INFILE from a client that did not offer
-        CLIENT_LOCAL_FILES: the server gets an empty file, the client the error
-        its server would have given it (MariaDB 4166, MySQL 3948) in place of
-        the request."""
-        at = tracker.infile_at
-        tracker.infile_at = -1
-        if at:
-            self._forwarded = True
-            write_now(self.transport, bytes(data[:at]))
-        self._refused_infile = tracker.seq
-        conn = self.backend
-        conn.relay_more(frame(b"", (tracker.seq - tracker.shift + 1) & 0xFF))
-        conn.infile_sent()
+    # -- flow control, and the end ---------------------------------------------------
 
     def pauseProducing(self) -> None:
         """The client reads slower than its replies come (its transport holds more
-        than its buffer size unsent): until they drain, the backend connection
-        relaying to it is not read, and no further command of the client runs,
-        whether it is queued already or still in its socket."""
-        self._backlog = True
-        conn = self.backend
-        if conn is not None and self._busy and conn.transport is not None and self._paused_backend is None:
-            self._paused_backend = conn
-            conn.transport.pauseProducing()
-        self.transport.pauseProducing()
+        than its buffer size unsent)."""
+        pause_replies(self.commands)
 
     def resumeProducing(self) -> None:
         """The client's unsent replies have drained."""
-        self._backlog = False
         if self.transport.disconnecting:
             # Closing: with a paused producer registered, the transport would
             # wait for it instead of closing once the buffer is empty.
+            self.commands.backlog = False
             self.transport.unregisterProducer()
             return
-        self._resume_backend()
-        if not self._queue or len(self._queue) < QUEUE_LIMIT:
-            self.transport.resumeProducing()
-        if not self._busy and self.phase == COMMANDS:
-            self._next()
+        resume_replies(self.commands)
 
     def stopProducing(self) -> None:
         """The transport is gone; connectionLost does the rest."""
 
-    def _resume_backend(self) -> None:
-        """Reading from the backend connection paused for a slow client resumes
-        (its reply goes on, or it is about to serve someone else)."""
-        conn, self._paused_backend = self._paused_backend, None
-        if conn is not None and conn.transport is not None:
-            conn.transport.resumeProducing()
-
-    def _observe_oks(self, data: bytes, tracker: ResponseTracker) -> bytes:
-        """Reads tracked session changes from OK packets, and gives the client the
-        packets it negotiated: the tracker's EOFs for a client without
-        CLIENT_DEPRECATE_EOF, OKs without the state block for one without
-        CLIENT_SESSION_TRACK."""
-        edits = tracker.edits
-        terminators = tracker.terminators
-        if tracker.changed or self._rewrite_oks and len(tracker.oks) > len(terminators):
-            session = self.session
-            strip = []
-            for start, end in tracker.oks:
-                payload = bytes(data[start + 4:end])
-                status = ok_status(payload)
-                if status & c.SERVER_SESSION_STATE_CHANGED:
-                    ok = parse_ok(payload, True)
-                    if ok.changes is not None:
-                        found = self._found
-                        ignore = self.proxy.ignored_variables
-                        if found is not None and found.scoped:
-                            # SET STATEMENT ... FOR: the values last only as
-                            # long as the statement.
-                            ignore = ignore | frozenset(found.scoped)
-                        code = self._code
-                        reason = session.observe_changes(ok.changes, self._sql, ignore, found,
-                                                         code.unclean if code is not None else None)
-                        if reason is not None:
-                            self._log_pin(reason)
-                if start in terminators:
-                    continue
-                if self._rewrite_oks:
-                    if status & c.SERVER_SESSION_STATE_CHANGED or len(payload) > 7:
-                        strip.append((start, end, frame(strip_session_track(payload), data[start + 3])))
-                elif status & c.SERVER_SESSION_STATE_CHANGED and not self._own_tracking:
-                    settings = session.tracking or self.backend.tracking
-                    strip.append((start, end, frame(filter_session_track(
-                        payload, settings.variables, settings.kinds), data[start + 3])))
-            if strip:
-                edits = sorted(edits + strip)
-        if not edits:
-            return data
-        pieces = []
-        last = 0
-        for start, end, packet in edits:
-            pieces.append(data[last:start])
-            pieces.append(packet)
-            last = end
-        pieces.append(data[last:])
-        return b"".join(pieces)
-
-    def _reply_done(self, tracker: ResponseTracker) -> None:
-        session = self.session
-        if tracker.status >= 0:
-            # Also after an error: an earlier result of a multi-statement may
-            # have opened a transaction that the error did not end.
-            session.observe_status(tracker.status)
-        if tracker.error:
-            session.observe_error()
-            if tracker.error in READ_ONLY_ERRORS and not self.readonly:
-                # The writer refused a write as read-only: a failover may be
-                # under way; the probes should see who is writable now, not at
-                # their interval.
-                self.proxy.topology.suspect()
-        session.observe_result(error=bool(tracker.error), warnings=tracker.warnings,
-                               affected=tracker.affected, insert_id=tracker.insert_id)
-        found = self._found
-        code = self._code
-        conn = self.backend
-        if conn is not None:
-            if tracker.warned or tracker.error:
-                # SHOW WARNINGS / SHOW ERRORS now show this client's messages.
-                conn.diagnostics = session
-            if tracker.saw_insert_id or found is not None and found.flags & _MAY_SET_INSERT_ID:
-                # An OK's insert id is LAST_INSERT_ID() only if it was generated
-                # (an explicit id is reported too), and stored code may set it
-                # unseen: the server says which before anyone else gets this one.
-                conn.last_insert_id = None
-        command = self._command.payload[0] if self._command is not None else 0
-        if code is not None and code.unclean is not None:
-            # Even if it failed: what ran before the error stays.
-            self._pin(f"stored code that may leave state behind ({code.unclean})")
-        if tracker.untracked_change and (not tracker.status & c.SERVER_STATUS_IN_TRANS
-                                         or found is not None and found.flags & _HIDDEN):
-            # A classic EOF says only that something changed: inside a
-            # transaction that is the transaction state, unless the statement
-            # could have set a user variable or the like.
-            self._pin("session state changed inside a result set")
-        if self._sql is not None:
-            reason = session.observe_query(self._sql, bool(tracker.error), found)
-            if reason is not None:
-                self._log_pin(reason)
-            if found is not None and found.flags & sqltext.ROUTINES_CHANGED and (
-                    not tracker.error or found.flags & sqltext.MULTI):
-                self.proxy.routines_changed()
-            if found is not None and found.flags & sqltext.SAVEPOINT and not tracker.error:
-                session.observe_savepoint()
-            elif session.savepoint and _ENDS_TRANSACTION.match(self._sql):
-                session.savepoint = False
-            if not tracker.error and session.ends_session(self._sql):
-                # The server closes its end: so does pyproxy, as a server would,
-                # and the connection, about to close, serves nobody else.
-                self._kill_pending = True
-                self._closed_reason = "COMMIT/ROLLBACK RELEASE"
-                conn, self.backend = self.backend, None
-                if conn is not None:
-                    _discard(conn, "server session ended (RELEASE)")
-        if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
-            self._prepared(tracker)
-        if self._cursor is not None:
-            self._cursor_reply(command, tracker)
-        if self.backend is not None:
-            self.backend.state = session.state
-        if self._globals_before is not None or session.reread:
-            self._follow_up()
-            return
-        self._finish_command()
-
-    def _follow_up(self) -> None:
-        """What a reply may still need, in pyproxy's own round trips, before the
-        client's next command runs (which waits, as during the reply): reading
-        the globals after a SET GLOBAL, the variables of a SET @@name."""
-        if self.phase == CLOSED:
-            return
-        if self._globals_before is not None:
-            self._compare_globals()
-        elif self.session.reread:
-            self._reread()
-        else:
-            self._finish_command()
-
-    def _reread(self) -> None:
-        """SET @@name = value is not reported by MariaDB's session tracking: the
-        same variables are assigned their own values in a form it reports, so
-        that they are carried (and not left behind for the connection's next
-        borrower).  That changes nothing else in the session, its warnings
-        included.  A pinned session keeps its connection and needs none of it."""
-        session = self.session
-        names, session.reread = session.reread, ()
-        conn = self.backend
-        if self.pinned or conn is None or conn.broken:
-            self._follow_up()
-            return
-
-        def read(payload: bytes) -> None:
-            ok = parse_ok(payload, True)
-            if ok.changes is not None:
-                reason = session.observe_changes(ok.changes, None, self.proxy.ignored_variables)
-                if reason is not None:
-                    self._log_pin(reason)
-            conn.state = session.state
-
-        def failed(failure: Failure) -> None:
-            # The value stays unknown: only this connection has it.
-            self._pin("SET @@variable the server did not report")
-
-        assignments = ", ".join(f"{name} = @@SESSION.{name}" for name in names)
-        conn.execute(make_query("SET SESSION " + assignments)).addCallbacks(read, failed).addBoth(
-            lambda _: self._follow_up())
-
-    def _run_flagged(self, then: Any) -> None:
-        """A statement whose text sqltext.scan() flagged, or that names stored code:
-        what it needs before it runs, then borrowing as usual."""
-        found = self._found
-        flags = found.flags if found is not None else 0
-
-        def attach() -> None:
-            if flags & sqltext.OWN_TRACKING:
-                self._acquire(lambda: self._own_tracking_first(then))
-            else:
-                self._acquire(then)
-
-        if flags & sqltext.READ_GLOBALS:
-            self._read_globals(attach)
-        else:
-            attach()
-
-    def _stored_code(self, sql: bytes, found: sqltext.Found | None) -> Verdict | None:
-        """What the stored code ``sql`` can run does, by the user's catalog: the
-        procedures it CALLs, and the functions, trigger tables and views it names."""
-        catalog = self._catalog
-        code = catalog.check(sql)
-        if found is not None and found.calls:
-            schema = self.session.state.schema
-            for name in found.calls:
-                code = combine(code, catalog.procedure(name, schema))
-        return code
-
-    def _await_catalog(self, packet: Packet) -> None:
-        """The user's catalog of stored code is stale (never read, or a statement
-        changed such code): it is read before this statement runs, so that
-        what the statement may leave behind is judged by the code as it is now."""
-        self._busy = True
-
-        def loaded(_: Any) -> None:
-            if self.phase != COMMANDS:
-                return
-            self._busy = False
-            self._dispatch(packet)
-            if not self._busy:
-                self._next()
-
-        self.proxy.load_catalog(self.user).addBoth(loaded)
-
-    def _own_tracking_first(self, then: Any) -> None:
-        """The statement reads or sets session_track_* variables: the session is
-        pinned, and its connection given the client's own tracking settings
-        before the statement runs, so that it sees what a server would show it."""
-        self._pin("session_track_* variables read or set")
-        self._restore_tracking(then)
-
-    def _restore_tracking(self, then: Any) -> None:
-        """A pinned session keeps its connection until it ends, so pyproxy no longer
-        needs to learn from that connection's tracking: it gets the tracking
-        settings the client's own session would have (those the client did not
-        set itself), and from then on the client sees the server's OK packets
-        as they are.  The connection is reset before anyone else uses it."""
-        conn = self.backend
-        session = self.session
-        self._own_tracking = True
-        command = tracking_assignments(session.tracking or conn.tracking, session.own_tracking)
-        if command is None:
-            then()
-            return
-
-        def failed(failure: Failure) -> None:
-            if self.phase != CLOSED:
-                self._command_failed(failure.value)
-
-        conn.execute(command).addCallbacks(lambda _: then() if self.phase != CLOSED else None, failed)
-
-    def _read_globals(self, then: Any) -> None:
-        """A SET GLOBAL is about to run: the global values it may change are read
-        first (see _compare_globals), over a connection of pyproxy's own, so
-        that the client's session (its warnings, ROW_COUNT()) is not touched.
-        If that fails the statement still runs, and only the pools are renewed."""
-
-        def opened(conn: BackendConnection) -> Any:
-            def unread(failure: Failure) -> Failure:
-                conn.close("global variables unread")
-                return failure
-
-            return conn.query_rows("SHOW GLOBAL VARIABLES").addCallbacks(
-                lambda rows: (conn, _variables(rows)), unread)
-
-        def read(result: tuple[BackendConnection, dict[str, str | None]]) -> None:
-            if self.phase == CLOSED:
-                result[0].close("client gone")
-                return
-            self._globals_before = result
-            then()
-
-        def failed(failure: Failure) -> None:
-            self.log.warning("global_variables_unread", error=failure.getErrorMessage())
-            self._globals_before = (None, {})
-            if self.phase != CLOSED:
-                then()
-
-        # The server the statement will run on: the held connection's, else the
-        # one this client's route leads to now.
-        held = self.backend
-        pool = held.pool if held is not None and held.pool is not None else \
-            self.proxy.route(self.user, self.readonly, self._pool)
-        connect(self.proxy.reactor, self.proxy.target(self.user, pool.target.config), 0).addCallback(
-            opened).addCallbacks(read, failed)
-
-    def _compare_globals(self) -> None:
-        """After a SET GLOBAL: every session that began before it keeps the old
-        values of the defaults it changed, as its server session would, while
-        sessions that begin later get the new ones.
-
-        The old values become carried variables of the existing sessions (the
-        ones each did not set itself), and pooled connections, which took the
-        old values as their own defaults, are replaced.  Global-only and
-        read-only session variables are left out.
-        """
-        (conn, before), self._globals_before = self._globals_before, None
-        # The sessions that began before the change, and only those: a client
-        # may log in while the values are read.
-        sessions = [client.session for client in self.proxy.clients.values()
-                    if client.session is not None]
-        # Pooled connections took the old global values as their session
-        # defaults: sessions that begin from now on must not get those.
-        self._renew_pools(conn)
-        if conn is None:
-            self._follow_up()
-            return
-        log = self.log
-
-        old_tracking = None
-
-        def compared(rows: list[tuple[str | None, ...]]) -> Any:
-            nonlocal old_tracking
-            after = _variables(rows)
-            if before.get("autocommit") != after.get("autocommit"):
-                self._new_sessions_autocommit(after.get("autocommit") == "ON")
-            limit = after.get("max_prepared_stmt_count")
-            if limit != before.get("max_prepared_stmt_count") and limit is not None and limit.isdigit():
-                self.proxy.statement_limit_learned(int(limit))
-            if any(before.get(name) != after.get(name) for name in TRACKING_VARIABLES):
-                # What the sessions that began before still see (filtering, and
-                # their pinned connections): the old tracking settings.
-                values = [before.get(name) for name in TRACKING_VARIABLES]
-                if None not in values:
-                    old_tracking = tracking(*values)
-            changed = changed_defaults(before, after, self.proxy.ignored_variables)
-            names = list(changed)
-            # Assigning a variable its own value fails for global-only and
-            # read-only ones (1238, 1621) and changes nothing for the others.
-            probes = [conn.execute(make_query(f"SET SESSION {name} = @@SESSION.{name}")) for name in names]
-            return defer.DeferredList(probes, consumeErrors=True).addCallback(
-                lambda results: {name: changed[name] for name, (ok, _) in zip(names, results) if ok})
-
-        def apply(kept: dict[str, str]) -> None:
-            if kept:
-                log.info("session_defaults_kept", variables=sorted(kept), sessions=len(sessions))
-            for session in sessions:
-                if session.pin_reason is None:  # a pinned one keeps its own connection
-                    session.keep_defaults(kept)
-                    if old_tracking is not None and session.tracking is None:
-                        session.tracking = old_tracking
-
-        def failed(failure: Failure) -> None:
-            log.warning("global_variables_unread", error=failure.getErrorMessage())
-
-        def done(_: Any) -> None:
-            conn.close("global variables read")
-            self._follow_up()
-
-        conn.query_rows("SHOW GLOBAL VARIABLES").addCallback(compared).addCallbacks(
-            apply, failed).addBoth(done)
-
-    def _abandon_globals(self) -> None:
-        """A SET GLOBAL whose reply never came (or the client left): whether it ran is
-        unknown, so pooled connections are replaced as if it had."""
-        if self._globals_before is None:
-            return
-        (conn, _), self._globals_before = self._globals_before, None
-        if conn is not None:
-            conn.close("SET GLOBAL did not complete")
-        self._renew_pools(conn)
-
-    def _renew_pools(self, conn: BackendConnection | None) -> None:
-        """Replaces the pooled connections to the server ``conn`` (pyproxy's own
-        connection beside the SET GLOBAL) went to; all of them when unknown."""
-        server = f"{conn.target.host}:{conn.target.port}" if conn is not None else None
-        for pool in self.proxy.pools.values():
-            if server is None or pool.target is None or pool.target.name == server:
-                pool.renew()
-
-    def _new_sessions_autocommit(self, on: bool) -> None:
-        """SET GLOBAL autocommit: what sessions that begin from now on start with."""
-        server = self.proxy.server
-        status = (server.status | c.SERVER_STATUS_AUTOCOMMIT if on
-                  else server.status & ~c.SERVER_STATUS_AUTOCOMMIT)
-        self.proxy.server = attrs.evolve(server, status=status)
-
-    def _query_timed_out(self, packet: Packet) -> None:
-        self._query_timer = None
-        running = self.running_statement()
-        if running is None or running[1] is not packet:
-            return
-        self.log.warning("query_timeout", seconds=self.proxy.config.proxy.query_timeout,
-                         backend_thread=running[0])
-        self.kill_query(running).addErrback(
-            lambda failure: self.log.warning("query_timeout_kill_failed", error=failure.getErrorMessage()))
-
-    def _cancel_query_timer(self) -> None:
-        if self._query_timer is not None:
-            if self._query_timer.active():
-                self._query_timer.cancel()
-            self._query_timer = None
-
     def check_idle(self, now: float, timeout: float) -> None:
         """Disconnects a client idle between commands for longer than ``timeout``
         (idle_client_timeout); a held transaction is rolled back by the reset."""
-        if self.phase == COMMANDS and not self._busy and not self._infile and now - self.last_active > timeout:
-            self._closed_reason = "idle_client_timeout"
+        commands = self.commands
+        if (self.phase == COMMANDS and not commands.busy and not commands.infile
+                and now - commands.last_active > timeout):
+            self.closed_reason = "idle_client_timeout"
             self.transport.loseConnection()
-
-    def _finish_command(self) -> None:
-        self._cancel_query_timer()
-        if self._paused_backend is not None:
-            self._resume_backend()
-        if self._hold_timer is not None:
-            if self._hold_timer.active():
-                self._hold_timer.cancel()
-            self._hold_timer = None
-        self._command = None
-        self._sql = None
-        self._found = self._code = None
-        self._busy = False
-        if self._kill_pending:
-            self.phase = CLOSED
-            self.transport.loseConnection()
-        self._release_if_clean()
-        if self.proxy.draining:
-            self.drain()
-            return
-        self._next()
 
     def drain(self) -> None:
         """Shutting down: a client that holds no transaction is closed now; one that
         does is closed when its transaction ends."""
-        if self.phase != COMMANDS or self._busy or self._infile:
+        commands = self.commands
+        if self.phase != COMMANDS or commands.busy or commands.infile:
             return
-        if self.backend is not None and self.session.holds_state() and not self.pinned:
+        if commands.backend is not None and commands.session.holds_state() and not commands.pinned:
             return
-        self._closed_reason = "shutdown"
+        self.closed_reason = "shutdown"
         self.transport.loseConnection()
-
-    def _next(self) -> None:
-        queue = self._queue
-        if not queue:
-            return
-        paused = len(queue) >= QUEUE_LIMIT
-        while queue and not self._busy and not self._infile and not self._backlog and self.phase == COMMANDS:
-            self._dispatch(queue.popleft())
-        if paused and len(queue) < QUEUE_LIMIT and not self._backlog and self.phase == COMMANDS:
-            self.transport.resumeProducing()
-
-    def _release_if_clean(self) -> None:
-        conn = self.backend
-        if conn is None:
-            return
-        session = self.session
-        if session.keeps_backend():
-            if not session.holds_state() and self._hold_timer is None:
-                self._hold_timer = self.proxy.reactor.callLater(
-                    self.proxy.config.session.hold_for_next_statement, self._hold_expired)
-            return
-        self.backend = None
-        if conn.last_insert_id is None and not conn.broken:
-            self._resolve_insert_id(conn)
-            return
-        # Its own pool: a failover may have moved this client's wait to another.
-        conn.pool.give_back(conn)
-
-    def _resolve_insert_id(self, conn: BackendConnection) -> None:
-        """Before another client can get ``conn``, reads back what LAST_INSERT_ID()
-        is now, which this client's statements left there: an OK's insert id
-        does not say (an explicitly inserted id is reported too, and stored
-        code may set it unseen).  The client's next command waits for it, as
-        it needs the value wherever it runs."""
-        session = self.session
-        self._busy = True
-
-        def read(value: str | None) -> None:
-            number = int(value) if value is not None and value.isdigit() else 0
-            conn.last_insert_id = session.last_insert_id = number
-            _give_back(conn)
-
-        def failed(failure: Failure) -> None:
-            _discard(conn, f"LAST_INSERT_ID() unread: {failure.getErrorMessage()}")
-
-        def done(_: Any) -> None:
-            if self.phase != COMMANDS:
-                return
-            self._busy = False
-            if self.proxy.draining:
-                self.drain()
-            else:
-                self._next()
-
-        conn.query_value("SELECT LAST_INSERT_ID()").addCallbacks(read, failed).addBoth(done)
-
-    def _hold_expired(self) -> None:
-        """The client did not follow up in time: the results it could have read back
-        are given up, and the connection with them."""
-        self._hold_timer = None
-        if self._busy or self.phase != COMMANDS:
-            return
-        self.session.hold_next = False
-        self._release_if_clean()
-
-    def _pin(self, reason: str) -> None:
-        if self.session.pin_reason is None:
-            self.session.pin(reason)
-            self._log_pin(reason)
-
-    def _log_pin(self, reason: str) -> None:
-        if not self.pinned:
-            self.pinned = True
-            self.proxy.pins[reason] += 1
-            self.log.info("session_pinned", reason=reason,
-                          backend_id=self.backend.id if self.backend else None)
-
-    def _infile_packet(self, packet: Packet) -> None:
-        conn = self.backend
-        if conn is None:
-            return
-        shift = conn.tracker.shift
-        # After translated result sets earlier in the same reply, the client
-        # numbers its packets ahead of the server.
-        conn.relay_more(frame(packet.payload, packet.seq - shift) if shift else packet.raw)
-        if not packet.payload:
-            self._infile = False
-            conn.infile_sent()
-
-    def _command_failed(self, exc: Exception) -> None:
-        """A command could not run (no backend, or reconciling it failed)."""
-        self._abandon_globals()
-        self._cursor = None
-        self._prefix = None
-        if not isinstance(exc, BackendError):
-            self.log.error("internal_error", error=repr(exc))
-            exc = lost_connection(repr(exc))
-        conn = self.backend
-        if conn is not None and conn.broken:
-            self.backend = None
-            _discard(conn, "broken")
-            if self.session.holds_state():
-                self._fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
-                return
-        if self._command is not None and not self._command.payload:
-            # Login-time schema check.
-            self._fatal((exc.code, exc.sqlstate), exc.message, self._command.seq + 1)
-            return
-        self._reply_error((exc.code, exc.sqlstate), exc.message)
-        self._busy = False
-        self._sql = None
-        self._release_if_clean()
-        self._next()
-
-    def backend_failed(self, exc: Exception) -> None:
-        """pyproxy itself failed while handling this client's reply: the client is
-        told and closed; its backend connection, maybe mid-reply, is dropped."""
-        conn = self.backend
-        self.backend = None
-        if conn is not None:
-            _discard(conn, "internal error")
-        self._fatal((1105, "HY000"), f"pyproxy internal error: {exc!r}")
-
-    def backend_lost(self, error: BackendError) -> None:
-        """The backend died while relaying this client's command."""
-        self._abandon_globals()
-        self._cursor = None
-        self._cancel_query_timer()
-        self._resume_backend()
-        conn = self.backend
-        self.backend = None
-        if conn is not None:
-            _discard(conn, "lost during a command")
-            if conn.pool is not None:
-                self.proxy.topology.suspect(conn.pool.target)
-        session = self.session
-        self.log.warning("backend_lost_during_command", error=error.message, pinned=self.pinned,
-                         in_transaction=session.in_transaction)
-        tracker = conn.tracker if conn is not None else None
-        mid_reply = self._forwarded and (tracker is None or tracker.mid_packet() or conn.has_partial_packet())
-        if self.pinned or mid_reply or self._infile:
-            # During LOCAL INFILE the client is still sending the file: its
-            # next packets must never be taken for commands.  A pinned
-            # session's state died with the connection: the client must not
-            # carry on as if nothing happened.
-            seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
-            self._fatal((error.code, error.sqlstate), error.message + "; session state was lost", seq)
-            return
-        if session.holds_state():
-            sql = self._sql
-            if sql is not None and _ROLLBACK.match(sql):
-                outcome = "the transaction was rolled back"
-            elif session.in_transaction and sql is not None and _NEVER_COMMITS.match(sql):
-                outcome = "the transaction was rolled back"
-                self._transaction_lost()
-            elif session.in_transaction:
-                # COMMIT, DDL, CALL...: the server may have committed before
-                # the connection died, as a direct client would be left to wonder.
-                outcome = "whether the transaction was committed is unknown"
-            else:
-                outcome = "the transaction settings it held (SET TRANSACTION) were lost"
-            session.lose_transaction()
-            error = BackendError(error.code, error.sqlstate, f"{error.message}; {outcome}")
-        seq = tracker.seq + 1 if self._forwarded and tracker is not None else None
-        if seq is not None:
-            self.transport.write(frame(self._error(error.code, error.sqlstate, error.message), seq))
-            self._command = None
-        else:
-            self._reply_error((error.code, error.sqlstate), error.message)
-        self._busy = False
-        self._infile = False
-        self._sql = None
-        self._next()
-
-    def _transaction_lost(self) -> None:
-        """The server rolled back this session's transaction as its connection died.
-
-        The client is told and keeps its session; but until it says ROLLBACK
-        nothing else runs, so a client that missed the error cannot COMMIT
-        the rest of its transaction as if the lost part had been applied.
-        """
-        session = self.session
-        session.lose_transaction()
-        self._lost_transaction = True
-        self.log.info("transaction_lost")
-
-    def _refused_after_loss(self, payload: bytes) -> bool:
-        """After a lost transaction: lets a ROLLBACK through (ending the refusal)
-        and refuses anything else that could change data."""
-        command = payload[0]
-        if command == COMMAND.COM_QUERY:
-            sql: bytes | None = payload[1:]
-        elif command == COMMAND.COM_STMT_EXECUTE and len(payload) >= 5 and self._statements:
-            statement = self._statements.get(statement_id(payload))
-            sql = statement.sql if statement is not None else None
-        else:
-            sql = None
-        if sql is not None and _ROLLBACK.match(sql):
-            self._lost_transaction = False
-            return False
-        self._reply_error(c.ER_PROXY_TRANSACTION_LOST,
-                          "pyproxy: this session's transaction was rolled back when its backend "
-                          "connection was lost; send ROLLBACK before anything else")
-        return True
-
-    def _reset_connection(self) -> None:
-        """COM_RESET_CONNECTION: the session starts over (schema kept, as a server
-        does); a backend held for this client is reset before anyone else gets it."""
-        state = self.session.state
-        self.session = ClientSession(initial_state(self._login_charset, state.schema,
-                                                   self.proxy.server.autocommit, state.multi_statements))
-        self._statements = None  # the server closes them on reset
-        self._lost_transaction = False
-        self._detach_backend()
-        self.pinned = False
-        self._reply(self._ok_payload())
-
-    def _detach_backend(self) -> None:
-        """Gives back a held backend after resetting it (it may carry pinned state)."""
-        conn = self.backend
-        self.backend = None
-        self._own_tracking = False
-        if conn is None:
-            return
-
-        def reset_done(_: Any) -> None:
-            _give_back(conn)
-
-        def reset_failed(failure: Failure) -> None:
-            _discard(conn, f"reset failed: {failure.getErrorMessage()}")
-
-        self.proxy.resets += 1
-        conn.reset().addCallbacks(reset_done, reset_failed)
-
-    def _change_user(self, packet: Packet) -> None:
-        try:
-            request = parse_change_user(packet.payload, self.capabilities)
-        except ValueError:
-            self._fatal(c.ER_HANDSHAKE_ERROR, "Bad COM_CHANGE_USER packet", packet.last_seq + 1)
-            return
-        self._detach_backend()
-        self.pinned = False
-        self._statements = None
-        self._lost_transaction = False
-        old_user = self.user
-        self.user = request.username
-        self._pending_login = HandshakeResponse41(self.capabilities, 0, request.charset or 45,
-                                                  request.username, request.auth_response,
-                                                  request.database)
-        self._command = None
-        plugin = request.auth_plugin or auth.NATIVE
-        if plugin not in auth.CLIENT_PLUGINS:
-            plugin = auth.NATIVE
-            self.phase = AUTH_SWITCH
-            self._auth_plugin = plugin
-            self.transport.write(frame(make_auth_switch_request(plugin, self.nonce), packet.last_seq + 1))
-            return
-        self._auth_plugin = plugin
-        self.phase = AUTH_SWITCH
-        self.log.debug("change_user", previous=old_user)
-        self._check_proof(plugin, request.auth_response, packet.last_seq + 1)
-
-    # -- end ------------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was = self.phase
         self.phase = CLOSED
-        self._resume_backend()
+        commands = self.commands
+        resume_backend(commands)
         self.proxy.clients.pop(self.id, None)
-        if self._timeout is not None and self._timeout.active():
-            self._timeout.cancel()
-        if self._hold_timer is not None and self._hold_timer.active():
-            self._hold_timer.cancel()
-        self._cancel_query_timer()
-        self._abandon_globals()
-        if self._borrowing is not None:
-            self._borrowing.cancel()
-        conn = self.backend
-        if conn is not None:
-            self.backend = None
-            if self._busy or self._infile:
-                _discard(conn, "client left during a command")
-            elif self.pinned or self.session.keeps_backend():
-                self.backend = conn
-                self._detach_backend()
-            else:
-                _give_back(conn)
-        self.proxy.client_closed(self.log, self._closed_reason or (
+        if self._login is not None:
+            self._login.stop()
+        cancel_hold(commands)
+        cancel_query_timer(commands)
+        abandon(commands)
+        commands.stop_borrowing()
+        client_left(commands)
+        self.proxy.client_closed(self.log, self.closed_reason or (
             "client disconnected" if was != HANDSHAKE else "client left before logging in"))
 
 
-def _give_back(conn: BackendConnection) -> None:
-    if conn.pool is not None:
-        conn.pool.give_back(conn)
-    else:
-        conn.close("not pooled")
-
-
-def _discard(conn: BackendConnection, reason: str) -> None:
-    if conn.pool is not None:
-        conn.pool.discard(conn, reason)
-    else:
-        conn.close(reason)
-
-
-def _variables(rows: list[tuple[str | None, ...]]) -> dict[str, str | None]:
-    """SHOW VARIABLES rows as a dict, names in lower case."""
-    return {row[0].lower(): row[1] for row in rows if len(row) >= 2 and row[0] is not None}
-
-
 class FrontendFactory(protocol.Factory):
+    """Builds the protocol of each client accepted on a listener; the read-only
+    listener's factory says so, and its clients' transactions go to readers."""
+
     noisy = False
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.proxy = proxy
-        # The read-only listener's factory: its clients' transactions go to readers.
         self.readonly = readonly
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:

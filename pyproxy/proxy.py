@@ -13,6 +13,7 @@ from twisted.internet.task import LoopingCall
 
 from pyproxy.backend import Target, connect
 from pyproxy.config import Config, TargetConfig
+from pyproxy.credentials import ConfiguredUsers, Credentials
 from pyproxy.logs import format_address, get_logger, reason_kind
 from pyproxy.pool import Pool
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
@@ -91,10 +92,13 @@ class Proxy:
     logins: int = 0
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
+    # Where clients' proofs are checked (pyproxy.login asks nothing else).
+    credentials: Credentials = attrs.field(init=False, repr=False)
     _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.ignored_variables = frozenset(self.config.session.ignore_variables)
+        self.credentials = ConfiguredUsers(self)
         health = self.config.health
         self.topology = Topology(self.config.backend.servers(), self.reactor, self._monitor_login,
                                  interval=health.interval, failure_threshold=health.failure_threshold,

@@ -78,7 +78,7 @@ class RoutineCatalog:
     """One account's view of the server's routines, triggers and views, with verdicts.
 
     ``stale``: nothing was read yet, or a statement changed such code; a
-    client's next statement waits for a fresh read (see pyproxy.frontend).
+    client's next statement waits for a fresh read (see pyproxy.hygiene).
     """
 
     procedures: dict[tuple[str, str], Verdict] = attrs.field(factory=dict)

@@ -304,10 +304,6 @@ class ClientSession:
     # IN_TRANS), so only this says the session's state is on its connection.
     savepoint: bool = False
 
-    def keeps_backend(self) -> bool:
-        """Whether the backend connection must stay with this client after a reply."""
-        return self.hold_next or self.holds_state()
-
     def observe_result(self, *, error: bool, warnings: int, affected: int, insert_id: int) -> None:
         """Whether the next statement should run where this one did: SHOW WARNINGS,
         SHOW ERRORS and ROW_COUNT() read back what this one left (LAST_INSERT_ID()
@@ -328,7 +324,8 @@ class ClientSession:
             self.state = attrs.evolve(self.state, variables=tuple(sorted(own.items())))
 
     def holds_state(self) -> bool:
-        """Whether the held connection carries something that dies with it."""
+        """Whether the held connection carries something that dies with it (what
+        keeps it with the client: pyproxy.release)."""
         return bool(self.pin_reason or self.in_transaction or self.pending_characteristics
                     or self.uncertain or self.cursors or self.savepoint)
 

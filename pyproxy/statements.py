@@ -1,6 +1,7 @@
-"""Prepared statements shared across backend connections.
+"""Prepared statements shared across backend connections: the statements and their caches.
 
-A client's statement ids are pyproxy's own.  The statement itself is
+A client's statement ids are pyproxy's own (pyproxy.prepared runs the
+COM_STMT_* commands with what is here).  The statement itself is
 prepared on whichever backend connection runs it, the first time that
 connection needs it, and stays cached there (per SQL text, least recently
 used closed first) for every client that prepares the same SQL.  The client's

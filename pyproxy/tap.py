@@ -405,7 +405,7 @@ class ProxyService(service.Service):
         deadline = self.reactor.seconds() + self.config.proxy.drain_timeout
 
         def check() -> None:
-            busy = [c for c in self.proxy.clients.values() if c.backend is not None]
+            busy = [c for c in self.proxy.clients.values() if c.commands.backend is not None]
             if busy and self.reactor.seconds() < deadline:
                 self.reactor.callLater(0.1, check)
                 return

@@ -7,6 +7,7 @@ import pytest
 
 import vectors
 from pyproxy import sqltext
+from pyproxy.release import HOLD, KEEP, verdict
 from pyproxy.session import (
     DEFAULT_TRACKING,
     TRACKING_VARIABLES,
@@ -46,6 +47,18 @@ def changes_of(stream: bytes) -> SessionChanges:
 
 def session(**state: object) -> ClientSession:
     return ClientSession(attrs.evolve(FRESH, **state))
+
+
+class CleanConnection:
+    """A backend connection with nothing of its own that would hold it back."""
+
+    last_insert_id = 0
+    broken = False
+
+
+def keeps_backend(s: ClientSession) -> bool:
+    """Whether the release rule (pyproxy.release) keeps the connection with the session."""
+    return verdict(s, CleanConnection()) in (KEEP, HOLD)  # type: ignore[arg-type]
 
 
 def query(s: ClientSession, sql: bytes, failed: bool = False) -> str | None:
@@ -131,7 +144,7 @@ def test_set_names_is_carried() -> None:
     assert s.observe_changes(changes_of(vectors.SET_NAMES_OK), b"SET NAMES latin1") is None
     assert (s.state.character_set_client, s.state.character_set_results,
             s.state.character_set_connection) == ("latin1", "latin1", "latin1")
-    assert not s.keeps_backend()
+    assert not keeps_backend(s)
 
 
 def test_set_names_collation_follows_character_set() -> None:
@@ -166,7 +179,7 @@ def test_use_is_carried() -> None:
     s = session()
     assert s.observe_changes(changes_of(vectors.USE_OK), b"USE mysql") is None
     assert s.state.schema == "mysql"
-    assert not s.keeps_backend()
+    assert not keeps_backend(s)
 
 
 def test_empty_schema_means_none() -> None:
@@ -201,7 +214,7 @@ def test_user_variable_pins() -> None:
     reason = s.observe_changes(changes_of(vectors.USER_VARIABLE_OK), b"SET @x=1")
     assert reason is not None and "user variable" in reason
     assert s.pin_reason == reason
-    assert s.keeps_backend()
+    assert keeps_backend(s)
 
 
 def test_temporary_table_pins_without_explanation() -> None:
@@ -209,7 +222,7 @@ def test_temporary_table_pins_without_explanation() -> None:
     s = session()
     reason = s.observe_changes(changes_of(vectors.TEMP_TABLE_OK), b"CREATE TEMPORARY TABLE tmp1 (a INT)")
     assert reason == "temporary table created"
-    assert s.keeps_backend()
+    assert keeps_backend(s)
 
 
 def test_user_variable_next_to_carried_change() -> None:
@@ -233,7 +246,7 @@ def test_session_variables_are_carried() -> None:
                              state_changed=True)
     assert s.observe_changes(changes, b"SET sql_mode='ANSI', time_zone='+02:00'") is None
     assert s.state.variables == (("sql_mode", "ANSI"), ("time_zone", "+02:00"))
-    assert not s.keeps_backend()
+    assert not keeps_backend(s)
     assert reconcile(s.state, FRESH) == [make_query("SET SESSION sql_mode='ANSI', time_zone='+02:00'")]
     assert reconcile(FRESH, s.state) == [make_query("SET SESSION sql_mode=DEFAULT, time_zone=DEFAULT")]
 
@@ -268,9 +281,9 @@ def test_observe_status() -> None:
     """The final status says whether a transaction is open and what autocommit is."""
     s = session()
     s.observe_status(SERVER_STATUS_AUTOCOMMIT | SERVER_STATUS_IN_TRANS)
-    assert s.in_transaction and s.keeps_backend()
+    assert s.in_transaction and keeps_backend(s)
     s.observe_status(SERVER_STATUS_AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED)
-    assert not s.in_transaction and not s.keeps_backend()
+    assert not s.in_transaction and not keeps_backend(s)
     s.observe_status(0)
     assert s.state.autocommit is False
 
@@ -279,12 +292,12 @@ def test_error_with_autocommit_off_is_uncertain() -> None:
     """An error with autocommit off may have opened a transaction: hold on until a status says."""
     s = session(autocommit=False)
     s.observe_error()
-    assert s.uncertain and s.keeps_backend()
+    assert s.uncertain and keeps_backend(s)
     s.observe_status(0)
-    assert not s.keeps_backend()
+    assert not keeps_backend(s)
     on = session()
     on.observe_error()
-    assert not on.keeps_backend()
+    assert not keeps_backend(on)
 
 
 # -- statement text -------------------------------------------------------------
@@ -309,7 +322,7 @@ def test_untracked_statements_pin(sql: bytes, reason: str) -> None:
     s = session()
     assert query(s, sql, failed=False) == reason
     assert s.pin_reason == reason
-    assert s.keeps_backend()
+    assert keeps_backend(s)
 
 
 @pytest.mark.parametrize("sql", [
@@ -322,7 +335,7 @@ def test_ordinary_statements_do_not_pin(sql: bytes) -> None:
     """Look-alike statements pin nothing."""
     s = session()
     assert query(s, sql, failed=False) is None
-    assert not s.keeps_backend()
+    assert not keeps_backend(s)
 
 
 def test_failed_statement_does_not_pin() -> None:
@@ -341,11 +354,11 @@ def test_set_transaction_holds_until_a_transaction_uses_it() -> None:
     assert changes_of_none(vectors.SET_TRANSACTION_OK)  # without pyproxy's tracking, nothing
     pending = SessionChanges(transaction_characteristics="SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;")
     assert s.observe_changes(pending, b"CALL p()") is None
-    assert s.pending_characteristics and s.keeps_backend() and s.holds_state()
+    assert s.pending_characteristics and keeps_backend(s) and s.holds_state()
     assert query(s, b"SELECT 1") is None
     assert s.pending_characteristics  # a statement without tables uses no transaction
     s.observe_changes(SessionChanges(transaction_characteristics=""), b"SELECT * FROM t")
-    assert not s.keeps_backend()
+    assert not keeps_backend(s)
     assert s.pin_reason is None
 
 
@@ -390,18 +403,6 @@ def changes_of_none(stream: bytes) -> bool:
     return parse_ok(packet.payload, session_track=True).changes is None
 
 
-def test_keeps_backend_reasons() -> None:
-    """Any one of pin, transaction, pending characteristics, locks or uncertainty keeps the backend."""
-    assert not session().keeps_backend()
-    for field in ("in_transaction", "pending_characteristics", "uncertain", "hold_next"):
-        s = session()
-        setattr(s, field, True)
-        assert s.keeps_backend(), field
-    s = session()
-    s.pin("x")
-    assert s.keeps_backend()
-
-
 def test_huge_statements_are_searched_cheaply_and_unprovable_ones_pin() -> None:
     """A multi-megabyte INSERT is read with the full patterns only in its first 64 KiB;
     the rest is searched for needles, and one that has any pins (a GET_LOCK there would
@@ -418,11 +419,11 @@ def test_results_held_for_the_next_statement_only() -> None:
     does not (LAST_INSERT_ID() is carried), and holding is not state that dies with it."""
     s = session()
     s.observe_result(error=False, warnings=0, affected=0, insert_id=42)
-    assert not s.keeps_backend() and s.last_insert_id == 42
+    assert not keeps_backend(s) and s.last_insert_id == 42
     s.observe_result(error=False, warnings=1, affected=0, insert_id=0)
-    assert s.keeps_backend() and not s.holds_state()
+    assert keeps_backend(s) and not s.holds_state()
     s.observe_result(error=False, warnings=0, affected=0, insert_id=0)
-    assert not s.keeps_backend()
+    assert not keeps_backend(s)
 
 
 # -- SET @@name, which the server does not report ------------------------------

@@ -1,0 +1,53 @@
+"""Where a client's proof is checked: the Credentials interface, and the configured users.
+
+The login phase (pyproxy.login) asks one question, through Credentials only:
+does this proof, made with this plugin over this nonce, prove this user?
+Today the answer comes from the ``[[users]]`` of the running configuration.
+Another source (password hashes, a lookup on the server, IAM tokens) is one
+more class with the same method; the login phase does not change.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+from pyproxy import auth
+
+
+class Checked(enum.Enum):
+    """What a credential source says of a proof."""
+
+    ACCEPTED = "accepted"
+    # A user the source knows, with a proof that does not match.
+    REFUSED = "refused"
+    # A user the source does not know (logged, never told to the client).
+    UNKNOWN_USER = "unknown user"
+
+
+class Credentials(Protocol):
+    """A source of the accounts clients may log in as."""
+
+    def check(self, user: str, plugin: str, nonce: bytes, proof: bytes) -> Checked:
+        """Whether ``proof``, made by the client with ``plugin`` over ``nonce``,
+        proves ``user``.  ``plugin`` is one of auth.CLIENT_PLUGINS."""
+        ...
+
+
+class ConfiguredUsers:
+    """The ``[[users]]`` of the running configuration, looked up at each check:
+    a reload (SIGHUP) that changes them applies to the next login."""
+
+    __slots__ = ("_proxy",)
+
+    def __init__(self, proxy: Any) -> None:
+        # Anything with the running configuration as ``config`` (a pyproxy.proxy.Proxy).
+        self._proxy = proxy
+
+    def check(self, user: str, plugin: str, nonce: bytes, proof: bytes) -> Checked:
+        account = self._proxy.config.user(user)
+        if account is None:
+            return Checked.UNKNOWN_USER
+        if auth.verify(plugin, account.password.encode(), nonce, proof):
+            return Checked.ACCEPTED
+        return Checked.REFUSED
