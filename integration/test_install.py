@@ -125,3 +125,12 @@ def test_fresh_install_gives_twistd_pyproxy(tmp_path: Path, editable: bool) -> N
     home = source if editable else venv
     assert plugin_file.is_relative_to(home), (plugin_file, home)
     assert package_file.is_relative_to(home), (package_file, home)
+
+    # The console scripts setup.cfg names are installed with it.
+    hashed = subprocess.run([str(venv / "bin" / "pyproxy-hash-password")], input="mypass\n",
+                            capture_output=True, text=True, cwd=elsewhere, env=outside_env(),
+                            timeout=TIMEOUT)
+    assert hashed.stdout == "*6C8989366EAF75BB670AD8EA7A7FC1176A95CEF4\n", hashed.stderr
+    helped = subprocess.run([str(venv / "bin" / "pyproxy-token"), "--help"], capture_output=True,
+                            text=True, cwd=elsewhere, env=outside_env(), timeout=TIMEOUT)
+    assert helped.returncode == 0 and "usage: pyproxy-token" in helped.stdout, helped.stderr

@@ -3,6 +3,12 @@
 pyproxy verifies clients itself and logs in to the backend with the same
 accounts, so it holds each user's secret and can check a proof for any of
 the plugins here without a round trip to the server.
+
+It may hold only the stored form of a mysql_native_password secret, as
+``mysql.user`` does (:func:`stored_hash`): a client's proof is checked
+against that, and the proof then yields SHA1(password), which is all a
+mysql_native_password login to the backend needs (:func:`recover_native_sha1`,
+:func:`native_proof_from_sha1`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 
 from pymysql import _auth as pymysql_auth
 
@@ -51,6 +58,69 @@ def verify_native(password: bytes, nonce: bytes, proof: bytes) -> bool:
         return False
     candidate = _xor(proof, hashlib.sha1(nonce[:20] + stage2).digest())
     return hmac.compare_digest(hashlib.sha1(candidate).digest(), stage2)
+
+
+#: ``*`` and 40 hex digits: SHA1(SHA1(password)) as ``mysql.user`` stores a
+#: mysql_native_password secret (``authentication_string``, ``SHOW GRANTS``).
+STORED_HASH = re.compile(r"\*[0-9A-Fa-f]{40}")
+
+
+def stored_hash(password: bytes) -> str:
+    """The stored form of a mysql_native_password secret, as the server writes
+    it (upper-case hex); "" for no password, as the server stores that too."""
+    if not password:
+        return ""
+    return "*" + hashlib.sha1(hashlib.sha1(password).digest()).hexdigest().upper()
+
+
+def parse_stored_hash(text: str) -> bytes:
+    """SHA1(SHA1(password)) from its stored form; b"" for "" (no password).
+
+    Raises:
+        ValueError: not ``*`` and 40 hex digits (the message does not show it).
+    """
+    if text == "":
+        return b""
+    if not STORED_HASH.fullmatch(text):
+        raise ValueError("a stored password hash is '*' and 40 hex digits")
+    return bytes.fromhex(text[1:])
+
+
+def recover_native_sha1(stage2: bytes, nonce: bytes, proof: bytes) -> bytes | None:
+    """SHA1(password) from a client's mysql_native_password proof, or None if the
+    proof is wrong.
+
+    The proof is SHA1(password) XOR SHA1(nonce + stage2), so knowing stage2
+    (SHA1(SHA1(password)), the stored hash) undoes the XOR, and the result is
+    right exactly when its SHA1 is stage2 again.  This is the check a server
+    makes; what it gives back lets pyproxy log in to the backend as that user
+    without ever knowing the password.  An empty stage2 (no password) takes
+    only an empty proof, and gives b"".
+    """
+    if not stage2:
+        return b"" if proof == b"" else None
+    if len(proof) != 20 or len(stage2) != 20:
+        return None
+    candidate = _xor(proof, hashlib.sha1(nonce[:20] + stage2).digest())
+    if hmac.compare_digest(hashlib.sha1(candidate).digest(), stage2):
+        return candidate
+    return None
+
+
+def verify_native_hash(stage2: bytes, nonce: bytes, proof: bytes) -> bool:
+    """Checks a mysql_native_password proof against the stored hash alone."""
+    return recover_native_sha1(stage2, nonce, proof) is not None
+
+
+def native_proof_from_sha1(sha1_password: bytes, nonce: bytes) -> bytes:
+    """A mysql_native_password proof for ``nonce`` made from SHA1(password)
+    alone: SHA1(password) XOR SHA1(nonce + SHA1(SHA1(password))), the same
+    bytes :func:`native_proof` makes from the password.  b"" stands for no
+    password."""
+    if not sha1_password:
+        return b""
+    stage2 = hashlib.sha1(sha1_password).digest()
+    return _xor(sha1_password, hashlib.sha1(nonce[:20] + stage2).digest())
 
 
 def caching_sha2_proof(password: bytes, nonce: bytes) -> bytes:

@@ -7,6 +7,7 @@ key, before pyproxy listens on anything.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import attrs
 from twisted.internet import endpoints
 
+from pyproxy.auth import STORED_HASH
 from pyproxy.logs import names_a_secret
 
 
@@ -66,6 +68,57 @@ def _non_negative_number(instance: object, attribute: attrs.Attribute, value: ob
 def _string(instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not isinstance(value, str):
         raise _bad(attribute, "must be a string", value)
+
+
+def _bool(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, bool):
+        raise _bad(attribute, "must be true or false", value)
+
+
+def _name(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise _bad(attribute, "must be a non-empty string", value)
+
+
+_URL = re.compile(r"https?://[^/?#\s]+/?")
+
+
+def _url(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    """An AWS endpoint: scheme and host (and port), nothing after; "" for AWS's own."""
+    if not isinstance(value, str) or not (value == "" or _URL.fullmatch(value)):
+        raise _bad(attribute, "must be an endpoint URL such as https://sts.eu-west-1.amazonaws.com"
+                              " or http://127.0.0.1:5000, or \"\"", value)
+
+
+def _urls(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(item, str) and _URL.fullmatch(item) for item in value):
+        raise ConfigError(f"must be a list of endpoint URLs such as https://sts.amazonaws.com, "
+                          f"got {value!r}")
+    return tuple(item.rstrip("/") for item in value)
+
+
+def _stored_hash(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str) or not (value == "" or STORED_HASH.fullmatch(value)):
+        raise _bad(attribute, "must be '*' and 40 hex digits (pyproxy-hash-password prints it)", value)
+
+
+# A role or user whose verified identity may log in (iam.roles): assumed-role
+# sessions of a role count as the role.
+IAM_ARN = re.compile(r"arn:[a-z0-9-]+:iam::\d{12}:(role|user)/[\w+=,.@/-]+")
+SECRET_ARN = re.compile(r"arn:[a-z0-9-]+:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+")
+
+
+def _iam_arn(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str) or not IAM_ARN.fullmatch(value):
+        raise _bad(attribute, "must be an IAM role or user ARN such as "
+                              "arn:aws:iam::123456789012:role/app", value)
+
+
+def _secret_arn(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str) or not SECRET_ARN.fullmatch(value):
+        raise _bad(attribute, "must be a Secrets Manager secret ARN such as "
+                              "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-AbCdEf", value)
 
 
 def _port(instance: object, attribute: attrs.Attribute, value: object) -> None:
@@ -150,6 +203,9 @@ class BackendConfig:
     init_query: str = attrs.field(default="", validator=_string)
     # [[backend.targets]]: the servers, when there is more than host/port.
     targets: tuple[TargetConfig, ...] = attrs.field(default=(), converter=tuple)
+    # Log in to the backend with RDS IAM tokens (generate_db_auth_token) instead
+    # of passwords; the tokens go as mysql_clear_password, so only over TLS.
+    iam: bool = attrs.field(default=False, validator=_bool)
 
     def servers(self) -> tuple[TargetConfig, ...]:
         """The targets, or the single writer that host and port name."""
@@ -232,6 +288,62 @@ class MetricsConfig:
 class UserConfig:
     name: str = attrs.field(validator=_string)
     password: str = attrs.field(default="", validator=_string, repr=False)
+    # Instead of the password: its stored form, as mysql.user holds it
+    # (pyproxy.auth.stored_hash); clients must then use mysql_native_password.
+    password_hash: str = attrs.field(default="", validator=_stored_hash, repr=False)
+
+
+@attrs.frozen
+class AwsConfig:
+    """Where pyproxy's own AWS calls go; credentials come from boto3's usual
+    chain (environment, instance or task role, ~/.aws)."""
+
+    # "" = boto3's default (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config).
+    region: str = attrs.field(default="", validator=_string)
+    # "" = AWS's own endpoints; the tests point it at moto.
+    endpoint_url: str = attrs.field(default="", validator=_url)
+    # Seconds between fetches of the [[secrets]]; a backend login they made
+    # that the server refuses fetches them again at once.
+    secrets_refresh: float = attrs.field(default=300.0, validator=_positive((int, float)))
+
+
+@attrs.frozen
+class SecretConfig:
+    """One Secrets Manager secret holding RDS-style JSON: username, password."""
+
+    arn: str = attrs.field(validator=_secret_arn)
+
+
+@attrs.frozen
+class AuthConfig:
+    # Users not in [[users]] or [[secrets]] are checked against the server's
+    # own mysql_native_password hash, read over the lookup account.
+    lookup: bool = attrs.field(default=False, validator=_bool)
+    lookup_user: str = attrs.field(default="", validator=_string)
+    lookup_password: str = attrs.field(default="", validator=_string, repr=False)
+    # Seconds a looked-up hash (or "no such user") is kept.
+    lookup_cache: float = attrs.field(default=30.0, validator=_positive((int, float)))
+
+
+@attrs.frozen
+class IamRoleConfig:
+    """Clients whose verified IAM identity is ``arn`` (or a session of that
+    role) may log in as database user ``user``."""
+
+    arn: str = attrs.field(validator=_iam_arn)
+    user: str = attrs.field(validator=_name)
+
+
+@attrs.frozen
+class IamConfig:
+    # The value of the x-pyproxy-audience header a client's token must sign,
+    # so a token made for another service is refused here.
+    audience: str = attrs.field(default="pyproxy", validator=_name)
+    # The STS endpoints tokens may be sent to; [] = AWS's own, global and
+    # regional, over https (https://sts.eu-west-1.amazonaws.com...).
+    sts_endpoints: tuple[str, ...] = attrs.field(default=(), converter=_urls)
+    # [[iam.roles]]: which identity may log in as which user.
+    roles: tuple[IamRoleConfig, ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen
@@ -243,7 +355,11 @@ class Config:
     session: SessionConfig = SessionConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    aws: AwsConfig = AwsConfig()
+    auth: AuthConfig = AuthConfig()
+    iam: IamConfig = IamConfig()
     users: tuple[UserConfig, ...] = ()
+    secrets: tuple[SecretConfig, ...] = ()
 
     def user(self, name: str) -> UserConfig | None:
         for user in self.users:
@@ -255,7 +371,10 @@ class Config:
 SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
     "health": HealthConfig, "session": SessionConfig, "log": LogConfig, "metrics": MetricsConfig,
+    "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig,
 }
+# Keys holding arrays of tables, read by a function of their own.
+TABLE_ARRAYS = {(BackendConfig, "targets"), (IamConfig, "roles")}
 
 ENV_PREFIX = "PYPROXY_"
 
@@ -263,10 +382,11 @@ ENV_PREFIX = "PYPROXY_"
 def _coerce_env(cls: type, key: str, text: str) -> object:
     """Environment values are strings; give them the type the default has.
     A list is written comma-separated (PYPROXY_SESSION_IGNORE_VARIABLES=a,b);
-    backend.targets keeps its own "host:port:role,..." form."""
+    backend.targets and iam.roles keep their own "host:port:role,..." and
+    "arn=user,..." forms."""
     field = attrs.fields_dict(cls)[key]
     default = field.default
-    if isinstance(default, tuple) and not (cls is BackendConfig and key == "targets"):
+    if isinstance(default, tuple) and (cls, key) not in TABLE_ARRAYS:
         return [item.strip() for item in text.split(",") if item.strip()]
     if isinstance(default, bool):
         return text.lower() in ("1", "true", "yes", "on")
@@ -284,22 +404,26 @@ def _coerce_env(cls: type, key: str, text: str) -> object:
 
 
 USERS_VARIABLE = f"{ENV_PREFIX}USERS"
+SECRETS_VARIABLE = f"{ENV_PREFIX}SECRETS"
 # The names that are configuration: PYPROXY_<SECTION>_... for the sections
-# above, and PYPROXY_USER... (PYPROXY_USERS and its misspellings).  Any other
-# PYPROXY_ name (the test suite's PYPROXY_TEST_*, say) is not pyproxy's to judge.
-CONFIG_PREFIXES = (*(f"{ENV_PREFIX}{section.upper()}_" for section in SECTIONS), f"{ENV_PREFIX}USER")
+# above, PYPROXY_USER... (PYPROXY_USERS and its misspellings) and
+# PYPROXY_SECRET...  Any other PYPROXY_ name (the test suite's
+# PYPROXY_TEST_*, say) is not pyproxy's to judge.
+CONFIG_PREFIXES = (*(f"{ENV_PREFIX}{section.upper()}_" for section in SECTIONS), f"{ENV_PREFIX}USER",
+                   f"{ENV_PREFIX}SECRET")
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
     """PYPROXY_<SECTION>_<KEY> for every key, e.g. PYPROXY_POOL_MAX_CONNECTIONS;
-    PYPROXY_USERS="name:password,name2:password2" replaces the user list.
+    PYPROXY_USERS="name:password,name2:password2" replaces the user list,
+    PYPROXY_SECRETS="arn,arn2" the [[secrets]] list.
 
     Raises:
         ConfigError: a variable in the configuration's namespace (CONFIG_PREFIXES)
             names no key, as a misspelled key in the file would.
     """
     out: dict[str, dict[str, object]] = {}
-    known = {USERS_VARIABLE}
+    known = {USERS_VARIABLE, SECRETS_VARIABLE}
     for section, cls in SECTIONS.items():
         for key in attrs.fields_dict(cls):
             name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
@@ -309,7 +433,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
     for name in sorted(environ):
         if name.startswith(CONFIG_PREFIXES) and name not in known:
             raise ConfigError(f"unknown environment variable {name}: no such key "
-                              f"(PYPROXY_<SECTION>_<KEY>, or {USERS_VARIABLE})")
+                              f"(PYPROXY_<SECTION>_<KEY>, {USERS_VARIABLE} or {SECRETS_VARIABLE})")
     if USERS_VARIABLE in environ:
         users = []
         for item in environ[USERS_VARIABLE].split(","):
@@ -317,6 +441,9 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
                 name, _, password = item.strip().partition(":")
                 users.append({"name": name, "password": password})
         out["users"] = users  # type: ignore[assignment]
+    if SECRETS_VARIABLE in environ:
+        out["secrets"] = [{"arn": item.strip()}  # type: ignore[assignment]
+                          for item in environ[SECRETS_VARIABLE].split(",") if item.strip()]
     return out
 
 
@@ -373,6 +500,40 @@ def _targets(backend: Mapping[str, Any]) -> tuple[TargetConfig, ...]:
     return tuple(targets)
 
 
+def _iam_roles(raw: object) -> tuple[IamRoleConfig, ...]:
+    """[[iam.roles]] (or "arn=user,..." from the environment)."""
+    if isinstance(raw, str):
+        raw = [dict(zip(("arn", "user"), item.strip().rsplit("=", 1)))
+               for item in raw.split(",") if item.strip()]
+    return tuple(_table_array("iam.roles", raw, IamRoleConfig))
+
+
+def _table_array(where: str, raw: object, cls: type) -> list[Any]:
+    """Each entry of an array of tables as ``cls``, the first bad key named."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where} must be an array of tables ([[{where}]])")
+    fields = attrs.fields_dict(cls)
+    required = [name for name, field in fields.items() if field.default is attrs.NOTHING]
+    entries = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}[{index}] must be a table")
+        for key in required:
+            if key not in entry:
+                raise ConfigError(f"{where}[{index}].{key} is required")
+        for key, value in entry.items():
+            field = fields.get(key)
+            if field is None:
+                raise ConfigError(f"unknown key {where}[{index}].{key}")
+            try:
+                if field.validator is not None:
+                    field.validator(None, field, value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}[{index}].{key}: {_describe(exc)}") from None
+        entries.append(cls(**entry))
+    return entries
+
+
 def _split_target(item: str) -> tuple[object, ...]:
     host, _, rest = item.strip().partition(":")
     port, _, role = rest.partition(":")
@@ -403,7 +564,7 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
 
     sections: dict[str, object] = {}
     for section, values in data.items():
-        if section == "users":
+        if section in ("users", "secrets"):
             continue
         cls = SECTIONS.get(section)
         if cls is None:
@@ -419,6 +580,12 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
             except ConfigError as exc:
                 report(str(exc))
                 values = {key: value for key, value in values.items() if key != "targets"}
+        if section == "iam" and "roles" in values:
+            try:
+                values = {**values, "roles": _iam_roles(values["roles"])}
+            except ConfigError as exc:
+                report(str(exc))
+                values = {key: value for key, value in values.items() if key != "roles"}
         good = {}
         for key, value in values.items():
             if key not in known:
@@ -436,35 +603,38 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
             sections[section] = cls(**good)
         except ValueError as exc:
             report(f"[{section}]: {_describe(exc)}")
+    try:
+        entries = _table_array("users", data.get("users", []), UserConfig)
+    except ConfigError as exc:
+        report(str(exc))
+        entries = []
     users = []
-    raw_users = data.get("users", [])
-    if not isinstance(raw_users, list):
-        report("users must be an array of tables ([[users]])")
-        raw_users = []
     seen = set()
-    for index, entry in enumerate(raw_users):
-        if not isinstance(entry, Mapping) or "name" not in entry:
-            report(f"users[{index}].name is required")
-            continue
-        unknown = set(entry) - {"name", "password"}
-        if unknown:
-            report(f"unknown key users[{index}].{sorted(unknown)[0]}")
-            continue
-        try:
-            user = UserConfig(**entry)
-        except ConfigError as exc:
-            key = "name" if not isinstance(entry.get("name"), str) else "password"
-            report(f"users[{index}].{key}: {exc}")
-            continue
+    for index, user in enumerate(entries):
         if user.name in seen:
             report(f"users[{index}].name: duplicate user {user.name!r}")
             continue
         seen.add(user.name)
+        if user.password and user.password_hash:
+            report(f"users[{index}]: password and password_hash exclude each other")
+            continue
         users.append(user)
+    try:
+        secrets = tuple(_table_array("secrets", data.get("secrets", []), SecretConfig))
+    except ConfigError as exc:
+        report(str(exc))
+        secrets = ()
+    arns = [secret.arn for secret in secrets]
+    for index, arn in enumerate(arns):
+        if arn in arns[:index]:
+            report(f"secrets[{index}].arn: {arn} is listed twice")
     backend = sections.get("backend")
     if isinstance(backend, BackendConfig) and backend.database == "":
         sections["backend"] = attrs.evolve(backend, database=None)
-    return Config(**sections, users=tuple(users))  # type: ignore[arg-type]
+    auth = sections.get("auth")
+    if isinstance(auth, AuthConfig) and auth.lookup and not auth.lookup_user:
+        report("auth.lookup_user: lookup = true needs the account it reads hashes with")
+    return Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
 
 
 NO_USERS = "no [[users]] configured: clients could not log in"

@@ -111,3 +111,61 @@ def test_ed25519_proof_is_a_signature() -> None:
     """client_ed25519 signs the nonce (needs PyNaCl; skipped without it)."""
     proof = auth.ed25519_proof(b"secret", NONCE + b"x" * 12)
     assert len(proof) == 64
+
+
+# MySQL's manual gives PASSWORD('mypass'); integration/test_stored_hash.py reads
+# more from a real server's mysql.user.
+MANUAL_VECTOR = (b"mypass", "*6C8989366EAF75BB670AD8EA7A7FC1176A95CEF4")
+
+
+def test_stored_hash_is_double_sha1_in_upper_case_hex() -> None:
+    """The stored form is '*' + SHA1(SHA1(password)) in upper-case hex, as mysql.user holds it."""
+    password, stored = MANUAL_VECTOR
+    assert auth.stored_hash(password) == stored
+    assert auth.stored_hash(b"") == ""
+    assert auth.parse_stored_hash(stored) == hashlib.sha1(hashlib.sha1(password).digest()).digest()
+    assert auth.parse_stored_hash(stored.lower()) == auth.parse_stored_hash(stored)
+    assert auth.parse_stored_hash("") == b""
+
+
+@pytest.mark.parametrize("text", ["6C8989366EAF75BB670AD8EA7A7FC1176A95CEF4", "*6C89",
+                                  "*6C8989366EAF75BB670AD8EA7A7FC1176A95CEF4 ", "*" + "G" * 40,
+                                  "*6C8989366EAF75BB670AD8EA7A7FC1176A95CEF40"])
+def test_parse_stored_hash_refuses_other_text(text: str) -> None:
+    """Anything but '*' and exactly 40 hex digits is refused, without echoing it."""
+    with pytest.raises(ValueError) as info:
+        auth.parse_stored_hash(text)
+    assert text.strip("*") not in str(info.value)
+
+
+def test_proof_checked_and_sha1_recovered_from_the_stored_hash() -> None:
+    """A client's proof checks against the stored hash alone, and gives back SHA1(password);
+    a wrong password, nonce or length gives nothing."""
+    stage2 = auth.parse_stored_hash(auth.stored_hash(b"secret"))
+    proof = auth.native_proof(b"secret", NONCE)
+    assert auth.recover_native_sha1(stage2, NONCE, proof) == hashlib.sha1(b"secret").digest()
+    assert auth.verify_native_hash(stage2, NONCE, proof)
+    assert auth.recover_native_sha1(stage2, NONCE, auth.native_proof(b"Secret", NONCE)) is None
+    assert auth.recover_native_sha1(stage2, auth.new_nonce(), proof) is None
+    assert auth.recover_native_sha1(stage2, NONCE, proof[:19]) is None
+    assert auth.recover_native_sha1(stage2, NONCE, b"") is None
+    assert not auth.verify_native_hash(stage2, NONCE, bytes(20))
+
+
+def test_no_password_hash_takes_only_an_empty_proof() -> None:
+    """An account without password (stored "") takes an empty proof, which gives b""."""
+    assert auth.recover_native_sha1(b"", NONCE, b"") == b""
+    assert auth.recover_native_sha1(b"", NONCE, bytes(20)) is None
+    assert auth.native_proof_from_sha1(b"", NONCE) == b""
+
+
+def test_backend_proof_from_sha1_equals_the_password_proof() -> None:
+    """The proof made for a server's nonce from SHA1(password) alone is the very proof the
+    password gives: what lets pyproxy log in with a hash-only account."""
+    client_nonce, server_nonce = auth.new_nonce(), auth.new_nonce()
+    stage2 = auth.parse_stored_hash(auth.stored_hash(b"pa\xc3\xa9ss"))
+    sha1 = auth.recover_native_sha1(stage2, client_nonce, auth.native_proof(b"pa\xc3\xa9ss", client_nonce))
+    assert sha1 is not None
+    assert auth.native_proof_from_sha1(sha1, server_nonce) == auth.native_proof(b"pa\xc3\xa9ss", server_nonce)
+    assert auth.native_proof_from_sha1(sha1, server_nonce + b"\x00") == reference_native(
+        b"pa\xc3\xa9ss", server_nonce)

@@ -11,8 +11,11 @@ import pytest
 
 from pyproxy.config import (
     SECTIONS,
+    TABLE_ARRAYS,
     Config,
     ConfigError,
+    IamRoleConfig,
+    SecretConfig,
     TargetConfig,
     UserConfig,
     build,
@@ -57,7 +60,7 @@ def test_full_document() -> None:
 
 def test_password_not_in_repr() -> None:
     """A user's password never shows in its repr (so never in a log line)."""
-    assert "secret" not in repr(build({"users": USERS}))
+    assert "'secret'" not in repr(build({"users": USERS}))
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -225,7 +228,7 @@ def test_example_file_lists_every_key_with_its_default() -> None:
     for section, cls in SECTIONS.items():
         fields = attrs.fields_dict(cls)
         written = data[section]
-        expected = set(fields) - ({"targets"} if section == "backend" else set())
+        expected = set(fields) - {key for owner, key in TABLE_ARRAYS if owner is cls}
         assert set(written) == expected, section
         assert getattr(config, section) == cls(), section
         for key in expected:
@@ -234,22 +237,37 @@ def test_example_file_lists_every_key_with_its_default() -> None:
             kind = {type(None): str, tuple: list}.get(type(default), type(default))
             assert type(written[key]) is kind, f"{section}.{key}"
     assert [(user.name, user.password) for user in config.users] == [("app", "change-me")]
-    assert set(data["users"][0]) == set(attrs.fields_dict(UserConfig))
+    assert set(data["users"][0]) == set(attrs.fields_dict(UserConfig)) - {"password_hash"}
+    assert "\n# password_hash = " in text
 
 
-def test_example_file_shows_a_backend_target_with_every_key() -> None:
-    """The commented-out [[backend.targets]] entry parses, once uncommented, with every key
-    of a target and the defaults of all but host."""
+def commented_block(header: str) -> dict[str, Any]:
+    """The commented-out table array that starts with ``# header`` in the example, parsed."""
     lines = EXAMPLE.read_text().splitlines()
-    start = lines.index("# [[backend.targets]]")
+    start = lines.index(f"# {header}")
     block = []
     for line in lines[start:]:
         if not line.startswith("# "):
             break
         block.append(line[2:])
-    (target,) = tomllib.loads("\n".join(block))["backend"]["targets"]
+    return tomllib.loads("\n".join(block))
+
+
+def test_example_file_shows_a_backend_target_with_every_key() -> None:
+    """The commented-out [[backend.targets]] entry parses, once uncommented, with every key
+    of a target and the defaults of all but host."""
+    (target,) = commented_block("[[backend.targets]]")["backend"]["targets"]
     assert set(target) == set(attrs.fields_dict(TargetConfig))
     assert TargetConfig(**target) == TargetConfig(target["host"])
+
+
+def test_example_file_shows_an_iam_role_and_a_secret() -> None:
+    """The commented-out [[iam.roles]] and [[secrets]] entries are valid, with every key."""
+    data = {**commented_block("[[iam.roles]]"), **commented_block("[[secrets]]")}
+    assert set(data["iam"]["roles"][0]) == set(attrs.fields_dict(IamRoleConfig))
+    assert set(data["secrets"][0]) == set(attrs.fields_dict(SecretConfig))
+    config = build(data)
+    assert config.iam.roles[0].user == "app" and len(config.secrets) == 1
 
 
 def test_env_list_keys_are_comma_separated() -> None:
@@ -339,3 +357,94 @@ def test_check_of_a_good_file_and_of_unreadable_ones(tmp_path: Path) -> None:
     assert check(str(empty), {})[1] == ["no [[users]] configured: clients could not log in"]
     unknown_env = check(str(good), {"PYPROXY_POOL_SIZE": "3"})[1]
     assert len(unknown_env) == 1 and "PYPROXY_POOL_SIZE" in unknown_env[0]
+
+
+ROLE = "arn:aws:iam::123456789012:role/app-lambda"
+SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-AbCdEf"
+HASH = "*6C8989366EAF75BB670AD8EA7A7FC1176A95CEF4"
+
+
+def test_security_keys() -> None:
+    """[aws], [auth], [iam] with [[iam.roles]], [[secrets]], [backend] iam and
+    [[users]] password_hash are read as written."""
+    config = build({
+        "backend": {"iam": True},
+        "aws": {"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:5000", "secrets_refresh": 60},
+        "auth": {"lookup": True, "lookup_user": "pyproxy_lookup", "lookup_password": "lp", "lookup_cache": 5},
+        "iam": {"audience": "db-prod", "sts_endpoints": ["https://sts.eu-west-1.amazonaws.com/"],
+                "roles": [{"arn": ROLE, "user": "app"},
+                          {"arn": "arn:aws:iam::123456789012:user/ops", "user": "ops"}]},
+        "secrets": [{"arn": SECRET}],
+        "users": [{"name": "hashed", "password_hash": HASH}],
+    })
+    assert config.backend.iam and config.aws.region == "eu-west-1"
+    assert config.auth.lookup_user == "pyproxy_lookup" and config.auth.lookup_cache == 5
+    assert config.iam.sts_endpoints == ("https://sts.eu-west-1.amazonaws.com",)
+    assert [(role.arn, role.user) for role in config.iam.roles] == [
+        (ROLE, "app"), ("arn:aws:iam::123456789012:user/ops", "ops")]
+    assert config.secrets == (SecretConfig(SECRET),)
+    assert config.user("hashed").password_hash == HASH  # type: ignore[union-attr]
+    assert "lp" not in repr(config) and HASH not in repr(config)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"aws": {"endpoint_url": "127.0.0.1:5000"}}, "aws.endpoint_url: must be an endpoint URL"),
+    ({"aws": {"endpoint_url": "http://h/path"}}, "aws.endpoint_url: must be an endpoint URL"),
+    ({"aws": {"secrets_refresh": 0}}, "aws.secrets_refresh: must be a positive number"),
+    ({"aws": {"region": 1}}, "aws.region: must be a string"),
+    ({"auth": {"lookup": "yes"}}, "auth.lookup: must be true or false"),
+    ({"auth": {"lookup": True}}, "auth.lookup_user: lookup = true needs the account"),
+    ({"auth": {"lookup_cache": -1}}, "auth.lookup_cache: must be a positive number"),
+    ({"iam": {"audience": ""}}, "iam.audience: must be a non-empty string"),
+    ({"iam": {"sts_endpoints": "https://sts.amazonaws.com"}}, "iam.sts_endpoints: must be a list"),
+    ({"iam": {"sts_endpoints": ["sts.amazonaws.com"]}}, "iam.sts_endpoints: must be a list"),
+    ({"iam": {"roles": {"arn": ROLE}}}, "iam.roles must be an array of tables"),
+    ({"iam": {"roles": [{"user": "app"}]}}, "iam.roles[0].arn is required"),
+    ({"iam": {"roles": [{"arn": ROLE}]}}, "iam.roles[0].user is required"),
+    ({"iam": {"roles": [{"arn": "arn:aws:iam::1:role/x", "user": "a"}]}},
+     "iam.roles[0].arn: must be an IAM role or user ARN"),
+    ({"iam": {"roles": [{"arn": ROLE, "user": ""}]}}, "iam.roles[0].user: must be a non-empty string"),
+    ({"iam": {"roles": [{"arn": ROLE, "user": "a", "db": "x"}]}}, "unknown key iam.roles[0].db"),
+    ({"iam": {"roles": ["x"]}}, "iam.roles[0] must be a table"),
+    ({"secrets": {"arn": SECRET}}, "secrets must be an array of tables"),
+    ({"secrets": [{}]}, "secrets[0].arn is required"),
+    ({"secrets": [{"arn": "app-secret"}]}, "secrets[0].arn: must be a Secrets Manager secret ARN"),
+    ({"secrets": [{"arn": SECRET}, {"arn": SECRET}]}, "secrets[1].arn: " + SECRET + " is listed twice"),
+    ({"backend": {"iam": 1}}, "backend.iam: must be true or false"),
+    ({"users": [{"name": "a", "password_hash": "*12"}]}, "users[0].password_hash: must be '*' and 40"),
+    ({"users": [{"name": "a", "password": "x", "password_hash": HASH}]},
+     "users[0]: password and password_hash exclude each other"),
+])
+def test_bad_security_values_name_their_key(data: dict, message: str) -> None:
+    """Each bad value of the security keys is one ConfigError naming the key."""
+    with pytest.raises(ConfigError) as info:
+        build(data)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("data", [
+    {"users": [{"name": "a", "password_hash": "*0123456789abcdef0123456789ABCDEF0123456"}]},
+    {"auth": {"lookup_password": 918273645}},
+])
+def test_security_secrets_are_never_shown(data: dict) -> None:
+    """A bad password_hash or lookup_password is refused without its value."""
+    with pytest.raises(ConfigError) as info:
+        build(data)
+    assert "not shown" in str(info.value)
+    assert "0123456789" not in str(info.value) and "918273645" not in str(info.value)
+
+
+def test_security_keys_from_the_environment() -> None:
+    """PYPROXY_IAM_ROLES="arn=user,...", PYPROXY_SECRETS="arn,..." and the scalar keys by name."""
+    config = load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_AWS_REGION": "eu-west-1",
+                         "PYPROXY_AUTH_LOOKUP": "true", "PYPROXY_AUTH_LOOKUP_USER": "lk",
+                         "PYPROXY_IAM_ROLES": f"{ROLE}=app, arn:aws:iam::123456789012:user/o=ops",
+                         "PYPROXY_IAM_STS_ENDPOINTS": "http://127.0.0.1:5000",
+                         "PYPROXY_SECRETS": f"{SECRET},", "PYPROXY_BACKEND_IAM": "1"})
+    assert config.aws.region == "eu-west-1" and config.auth.lookup and config.backend.iam
+    assert [(role.arn, role.user) for role in config.iam.roles] == [
+        (ROLE, "app"), ("arn:aws:iam::123456789012:user/o", "ops")]
+    assert config.iam.sts_endpoints == ("http://127.0.0.1:5000",)
+    assert config.secrets == (SecretConfig(SECRET),)
+    with pytest.raises(ConfigError, match="unknown environment variable PYPROXY_SECRET_ARN"):
+        load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_SECRET_ARN": SECRET})

@@ -416,3 +416,29 @@ def test_prepare_status_comes_from_its_own_reply() -> None:
     tracker.scan(vectors.PREPARE_EOF)
     assert tracker.done
     assert tracker.status == AUTOCOMMIT
+
+
+def test_malformed_terminator_is_a_protocol_violation() -> None:
+    """Found by fuzz/fuzz_codec.py: a 0xFE terminator of 7 bytes or more (an OK, with
+    CLIENT_DEPRECATE_EOF) whose counters are no length-encoded integers raised MalformedPacket
+    out of scan(), which the backend does not catch; it is a ProtocolViolation."""
+    tracker = ResponseTracker(True)
+    tracker.start(Reply.FETCH)
+    with pytest.raises(ProtocolViolation, match="length-encoded"):
+        tracker.scan(frame(b"\xfe\xff" + bytes(5), 1))
+    # The same at the end of a result set's rows.
+    tracker = ResponseTracker(True)
+    tracker.start(Reply.RESULT)
+    columns = frame(b"\x01", 1) + frame(b"\x03def" + bytes(20), 2) + frame(b"\x011", 3)
+    with pytest.raises(ProtocolViolation):
+        tracker.scan(columns + frame(b"\xfe\xfb" + bytes(6), 4))
+
+
+def test_malformed_packet_after_cursor_definitions_is_a_protocol_violation() -> None:
+    """The same for the packet after the definitions of an execute that asked for a cursor,
+    translated for a client without CLIENT_DEPRECATE_EOF: a long 0xFE packet with bad counters."""
+    tracker = ResponseTracker(True)
+    tracker.start(Reply.EXECUTE, translate=True, cursor=True)
+    stream = bytearray(frame(b"\x01", 1) + frame(b"\x03def" + bytes(20), 2) + frame(b"\xfe\xff" + bytes(6), 3))
+    with pytest.raises(ProtocolViolation, match="length-encoded"):
+        tracker.scan(stream)

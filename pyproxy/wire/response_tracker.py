@@ -288,7 +288,10 @@ class ResponseTracker:
         after the definitions goes in before this packet."""
         self._eof_due = False
         if first == 0xFE and end - pos - 4 >= 7:
-            _, _, status, _ = ok_counters(buf[pos + 4:end])
+            try:
+                _, _, status, _ = ok_counters(buf[pos + 4:end])
+            except MalformedPacket as exc:
+                raise ProtocolViolation(str(exc)) from exc
             if status & SERVER_STATUS_CURSOR_EXISTS:
                 return
         self._insert_eof(pos)
@@ -308,7 +311,10 @@ class ResponseTracker:
             return
         payload = buf[start:end]
         if self.deprecate_eof and end - start >= 7:
-            _, _, status, self.warnings = ok_counters(payload)
+            try:
+                _, _, status, self.warnings = ok_counters(payload)
+            except MalformedPacket as exc:
+                raise ProtocolViolation(str(exc)) from exc
             if self.warnings:
                 self.warned = True
             self.oks.append((start - 4, end))
