@@ -1,4 +1,4 @@
-"""The ``pyproxy`` command: ``run``, ``check-config`` and ``version``.
+"""The ``pyproxy`` command: ``run``, ``check-config``, ``version``, ``hash-password`` and ``token``.
 
 ``pyproxy run`` is ``twistd --nodaemon --pidfile= pyproxy`` under a name
 people would guess: the same options (pyproxy.tap.Options), the same start-up
@@ -29,6 +29,9 @@ Usage: pyproxy COMMAND [ARGS]
   check-config FILE              check a configuration file and the PYPROXY_* variables;
                                  one line per problem, exit status 1 if there is any
   version                        print pyproxy's version
+  hash-password                  print the stored form of a password read from standard input
+                                 (or asked for twice on a terminal), for [[users]] password_hash
+  token [--audience A] ...       print an IAM token to log in with (pyproxy token --help)
 """
 
 # The same plugin twistd finds in twisted/plugins/pyproxy_plugin.py.
@@ -43,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(rest)
     if command == "check-config":
         return check_config(rest)
+    if command == "hash-password":
+        from pyproxy import scripts
+        return scripts.hash_password(rest, prog="pyproxy hash-password")
+    if command == "token":
+        from pyproxy import scripts
+        return scripts.token(rest, prog="pyproxy token")
     if command in ("version", "--version"):
         print(f"pyproxy {pyproxy.__version__}")
         return 0

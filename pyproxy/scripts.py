@@ -19,7 +19,8 @@ from pyproxy import auth
 
 def hash_password(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
                   stdout: TextIO | None = None, stderr: TextIO | None = None,
-                  prompt: Callable[[str], str] = getpass.getpass) -> int:
+                  prompt: Callable[[str], str] = getpass.getpass,
+                  prog: str = "pyproxy-hash-password") -> int:
     """Prints the stored form of a password for ``[[users]] password_hash``.
 
     The password is never an argument, where ``ps`` and the shell history
@@ -30,7 +31,7 @@ def hash_password(argv: Sequence[str] | None = None, *, stdin: TextIO | None = N
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = argparse.ArgumentParser(
-        prog="pyproxy-hash-password",
+        prog=prog,
         description="Print the stored form of a mysql_native_password password ('*' and 40 hex "
                     "digits, as mysql.user holds it) for [[users]] password_hash.  The password "
                     "is asked for on a terminal, or read from the first line of standard input.")
@@ -38,19 +39,20 @@ def hash_password(argv: Sequence[str] | None = None, *, stdin: TextIO | None = N
     if stdin.isatty():
         password = prompt("Password: ")
         if prompt("Again: ") != password:
-            print("pyproxy-hash-password: the two passwords differ", file=stderr)
+            print(f"{prog}: the two passwords differ", file=stderr)
             return 1
     else:
         password = stdin.readline().removesuffix("\n").removesuffix("\r")
     if not password:
-        print("pyproxy-hash-password: an empty password has no hash; leave password_hash out "
+        print(f"{prog}: an empty password has no hash; leave password_hash out "
               "for an account without a password", file=stderr)
         return 1
     print(auth.stored_hash(password.encode("utf-8")), file=stdout)
     return 0
 
 
-def token(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
+def token(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+          prog: str = "pyproxy-token") -> int:
     """Prints a token to log in to pyproxy with as an IAM identity (the password,
     sent with mysql_clear_password over TLS).  Signed with boto3's usual
     credentials (environment, role, ~/.aws); nothing is sent to AWS."""
@@ -58,7 +60,7 @@ def token(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) ->
 
     stdout = stdout or sys.stdout
     parser = argparse.ArgumentParser(
-        prog="pyproxy-token",
+        prog=prog,
         description="Print a pyproxy IAM token: a presigned STS GetCallerIdentity request that "
                     "pyproxy sends to STS to learn who signed it.  Valid for 15 minutes.")
     parser.add_argument("--audience", default="pyproxy", help="pyproxy's [iam] audience (default: pyproxy)")

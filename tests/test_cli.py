@@ -71,6 +71,24 @@ def test_version_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None
     assert cli.main([]) == 2
 
 
+def test_hash_password_and_token_subcommands(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``pyproxy hash-password`` and ``pyproxy token`` are the same commands as
+    ``pyproxy-hash-password`` and ``pyproxy-token``, under the ``pyproxy`` name."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("mypass\n"))
+    assert cli.main(["hash-password"]) == 0
+    assert capsys.readouterr().out == "*6C8989366EAF75BB670AD8EA7A7FC1176A95CEF4\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert cli.main(["hash-password"]) == 1
+    assert capsys.readouterr().err.startswith("pyproxy hash-password: an empty password")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["token", "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: pyproxy token")
+
+
 def test_run_takes_the_plugin_options(tmp_path: Path) -> None:
     """``pyproxy run`` parses exactly twistd's ``-n pyproxy`` options: the plugin's own,
     loaded config included, in the foreground, with pyproxy's log observer."""
