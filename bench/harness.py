@@ -34,6 +34,8 @@ class Bench:
         # Info: pins and connections are logged, queries never; SIGUSR1 stats need it too.
         self.log_level = "info"
         self.rows: list[Row] = []
+        # Tables of their own (the sysbench workloads' three-way comparison), printed after.
+        self.extra_tables: list[str] = []
         self.results: dict[str, Any] = {}
         self.problems: list[str] = []
         self.mariadb_version = "?"

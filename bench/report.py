@@ -311,8 +311,12 @@ def print_report(bench: Bench, header_lines: list[str]) -> None:
     """The header, the table and the problems seen on stdout; the results as JSON with --json."""
     a = bench.args
     print("\n".join(["", "pyproxy benchmark", *header_lines, ""]))
-    print(render_table(bench.rows))
-    print()
+    if bench.rows:
+        print(render_table(bench.rows))
+        print()
+    for table in bench.extra_tables:
+        print(table)
+        print()
     print(f"pyproxy logs and configs: {bench.log_dir}")
     if bench.problems:
         print("problems seen:")

@@ -10,6 +10,7 @@ From the repository root, with the MariaDB server binaries installed
     python3 bench/run.py                     # full run, about 4 minutes
     python3 bench/run.py --quick             # 3 s per measurement instead of 10 s
     python3 bench/run.py --workloads select idle --json results.json
+    python3 bench/run.py --workloads sysbench  # direct, a bare relay and pyproxy, via sysbench
 
 Everything is local and throwaway: the script starts its own ``mariadbd``
 sandboxes (``pyproxy.sandbox.SandboxServer``; for the fault workloads the
@@ -58,6 +59,15 @@ storm
     times of the successful cycles. ``max server conns`` is the highest
     ``Threads_connected`` seen by a root connection polling over the unix
     socket every 10 ms (the poller's own connection not counted).
+sysbench
+    sysbench's own OLTP scripts (point_select-ps, point_select-text,
+    read_write) at each ``--sysbench-threads`` level, against three sides in
+    one run: directly, through a bare Twisted 1:1 relay (``bench/relay.py``,
+    the floor for a Python proxy on this reactor) and through pyproxy. Printed
+    as a table of its own with a ``pyproxy/relay`` column; ``proxy CPU
+    us/query`` is the relay's or pyproxy's CPU per query. Not in the default
+    set (about 9 x 3 runs of ``--duration``); see
+    ``bench/workloads/sysbench.py``.
 idle
     pyproxy's resident memory (``VmRSS`` in ``/proc/<pid>/status``) before and
     after ``--idle-clients`` (default 2,000) clients have logged in and sit
@@ -151,6 +161,7 @@ from bench.workloads.faults import (FAULT_CLIENTS, FAULT_HEALTH_INTERVAL,  # noq
 from bench.workloads.idle import workload_idle  # noqa: E402
 from bench.workloads.select import workload_select  # noqa: E402
 from bench.workloads.storm import workload_storm  # noqa: E402
+from bench.workloads.sysbench import SCRIPTS, workload_sysbench  # noqa: E402
 
 
 def _cleanup_everything() -> None:
@@ -167,11 +178,14 @@ def run(bench: Bench) -> int:
     """Run the chosen workloads in a fixed order, each on fresh targets, then print the report."""
     a = bench.args
     main_server = None
-    if "select" in a.workloads or "idle" in a.workloads:
+    if {"select", "idle", "sysbench"} & set(a.workloads):
         progress("starting the main sandbox and loading the table")
-        main_server = bench.start_server(max(200, max(a.clients) + 50))
+        main_server = bench.start_server(max(200, max(a.clients) + 50,
+                                             max(a.sysbench_threads) + 50))
     if "select" in a.workloads:
         bench.attempt("select", workload_select, bench, main_server)
+    if "sysbench" in a.workloads:
+        bench.attempt("sysbench", workload_sysbench, bench, main_server)
     if "storm" in a.workloads:
         bench.attempt("storm", workload_storm, bench)
     if "idle" in a.workloads:
@@ -196,8 +210,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="3 s per measurement and 1 s warm-up (default 10 s and 2 s)")
     parser.add_argument("--workloads", nargs="+",
-                        choices=("select", "storm", "idle", "failover", "restart"),
-                        default=["select", "storm", "idle", "failover", "restart"])
+                        choices=("select", "sysbench", "storm", "idle", "failover", "restart"),
+                        default=["select", "storm", "idle", "failover", "restart"],
+                        help="default: all but sysbench")
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up, not counted")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")],
@@ -207,6 +222,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool-size", type=int, default=20,
                         help="pyproxy [pool] max_connections (default 20)")
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--sysbench-scripts", nargs="+", choices=tuple(SCRIPTS),
+                        default=list(SCRIPTS), metavar="SCRIPT",
+                        help="sysbench workloads: " + ", ".join(repr(s) for s in SCRIPTS))
+    parser.add_argument("--sysbench-threads", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[8, 64], help="sysbench --threads levels (default 8,64)")
+    parser.add_argument("--sysbench-time", type=float,
+                        help="seconds per sysbench run after its warm-up (default: --duration)")
     parser.add_argument("--storm-clients", type=int, default=500)
     parser.add_argument("--storm-concurrency", type=int, default=100)
     parser.add_argument("--storm-server-max-connections", type=int, default=40)
@@ -233,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 10.0
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 2.0
+    if args.sysbench_time is None:
+        args.sysbench_time = args.duration
     if args.failover_after is None:
         args.failover_after = 4.0 if args.quick else 6.0
     for name in ("duration", "procs", "pool_size", "rows", "storm_clients",
@@ -240,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "failover_clients", "failover_before", "failover_after", "accounts"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.warmup < 0 or any(c <= 0 for c in args.clients):
+    if args.warmup < 0 or any(c <= 0 for c in args.clients + args.sysbench_threads):
         parser.error("--warmup must be >= 0 and --clients positive")
     if args.duration > 600 or args.storm_time_cap > 600:
         parser.error("--duration and --storm-time-cap are limited to 600 s")

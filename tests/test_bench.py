@@ -16,7 +16,7 @@ if str(_REPO) not in sys.path:
     sys.path.append(str(_REPO))
 
 from bench import measure, processes, pyproxy_log, report, run, targets  # noqa: E402
-from bench.workloads import faults  # noqa: E402
+from bench.workloads import faults, sysbench  # noqa: E402
 
 
 def test_percentile_nearest_rank() -> None:
@@ -299,3 +299,63 @@ def test_idle_rows() -> None:
     assert by_metric["pyproxy RSS after close MiB"] == (None, None)
     assert by_metric["server conns (backend)"] == (None, 5)
     assert by_metric["pyproxy borrows (waited)"] == (None, "10 (0 waited)")
+
+
+SYSBENCH_OUTPUT = """\
+Running the test with following options:
+Number of threads: 8
+Report intermediate results every 1 second(s)
+
+[ 1s ] thds: 8 tps: 9000.00 qps: 9000.00 (r/w/o: 9000.00/0.00/0.00) lat (ms,95%): 1.10 err/s: 0.00 reconn/s: 0.00
+[ 2s ] thds: 8 tps: 10000.00 qps: 10000.00 (r/w/o: 10000.00/0.00/0.00) lat (ms,95%): 1.00 err/s: 0.00 reconn/s: 0.00
+[ 3s ] thds: 8 tps: 11000.50 qps: 11000.50 (r/w/o: 11000.50/0.00/0.00) lat (ms,95%): 0.90 err/s: 0.00 reconn/s: 0.00
+SQL statistics:
+    queries performed:
+        read:                            30000
+        other:                           0
+        total:                           30000
+    transactions:                        30000  (9999.12 per sec.)
+    queries:                             30001  (9999.45 per sec.)
+    ignored errors:                      2      (0.67 per sec.)
+    reconnects:                          0      (0.00 per sec.)
+
+Latency (ms):
+         min:                                    0.21
+         95th percentile:                        1.01
+"""
+
+
+def test_sysbench_summary_and_counted_window() -> None:
+    figures = sysbench.parse_sysbench(SYSBENCH_OUTPUT)
+    assert figures["queries"] == 30001 and figures["queries_per_s"] == 9999.45
+    assert figures["transactions"] == 30000 and figures["errors"] == 2
+    assert figures["reconnects"] == 0 and figures["p95_ms"] == 1.01
+    # Only the reports after the warm-up count: seconds 2 and 3 after a 1 s warm-up.
+    assert sysbench.window_queries(SYSBENCH_OUTPUT, 1.0) == 21000.5
+    assert sysbench.window_queries(SYSBENCH_OUTPUT, 0.0) == 30000.5
+    assert sysbench.window_queries("no reports", 1.0) == 0.0
+
+
+def test_sysbench_table_compares_pyproxy_with_the_relay() -> None:
+    results = {"point_select-ps t=8": {
+        "direct": {"qps": 60000.0, "proxy_cpu_us_per_query": None, "errors": 0},
+        "relay": {"qps": 12000.0, "proxy_cpu_us_per_query": 40.0, "errors": 0},
+        "pyproxy": None}}
+    table = sysbench.render(results).splitlines()
+    assert table[0].split() == ["sysbench", "metric", "direct", "relay", "pyproxy",
+                                "pyproxy/relay"]
+    qps = next(line for line in table if "qps" in line).split()
+    assert qps[-4:] == ["60000", "12000", "FAILED", "-"]
+    results["point_select-ps t=8"]["pyproxy"] = {"qps": 9000.0, "proxy_cpu_us_per_query": 50.0,
+                                                "errors": 0}
+    cpu = next(line for line in sysbench.render(results).splitlines() if "proxy CPU" in line)
+    assert cpu.split()[-3:] == ["40.0", "50.0", "1.25"]
+
+
+def test_run_accepts_the_sysbench_options() -> None:
+    args = run.parse_args(["--workloads", "sysbench", "--sysbench-threads", "4,16",
+                           "--sysbench-scripts", "read_write", "--quick"])
+    assert args.sysbench_threads == [4, 16] and args.sysbench_scripts == ["read_write"]
+    assert args.sysbench_time == args.duration == 3.0
+    with pytest.raises(SystemExit):
+        run.parse_args(["--sysbench-threads", "0"])
