@@ -170,6 +170,9 @@ class ProxyConfig:
     # A second listener whose sessions go to reader targets (round-robin);
     # "" leaves it off.
     read_only_listen: str = attrs.field(default="", validator=_optional_endpoint)
+    # Behind a load balancer: every connection on both listeners must start with a PROXY
+    # protocol header (v1 or v2) naming the client's address; one without it is closed.
+    proxy_protocol: bool = attrs.field(default=False, validator=_bool)
 
 
 ROLES = ("writer", "reader", "auto")

@@ -281,16 +281,27 @@ class ProxyService(service.Service):
 
                 site = metrics.site(metrics.registry(self.proxy, self.health, self.reactor))
                 self.metrics_port = self._bind("metrics.listen", self.config.metrics.listen, site)
-            self.port = self._bind("proxy.listen", listen_description(proxy), CountingFactory(self.proxy))
+            self.port = self._bind("proxy.listen", listen_description(proxy),
+                                   self._client_factory(CountingFactory(self.proxy)))
             if proxy.read_only_listen:
                 self.read_only_port = self._bind(
                     "proxy.read_only_listen",
                     listen_description(attrs.evolve(proxy, listen=proxy.read_only_listen)),
-                    CountingFactory(self.proxy, True))
+                    self._client_factory(CountingFactory(self.proxy, True)))
         except StartupError:
             for port in self._ports():
                 port.stopListening()
             raise
+
+    def _client_factory(self, factory: Any) -> Any:
+        """The clients' listener factory, behind a PROXY header reader when configured."""
+        proxy = self.config.proxy
+        if not proxy.proxy_protocol:
+            return factory
+        from pyproxy.proxy_protocol import ProxyHeaderFactory  # noqa: PLC0415
+
+        return ProxyHeaderFactory(factory, self.reactor, proxy.handshake_timeout,
+                                  proxy.max_client_connections)
 
     def _ports(self) -> list[Any]:
         return [port for port in (self.port, self.read_only_port, self.metrics_port) if port is not None]
@@ -363,6 +374,8 @@ class ProxyService(service.Service):
             return
         if config.proxy.listen != self.config.proxy.listen:
             self.log.warning("reload_needs_restart", setting="proxy.listen")
+        if config.proxy.proxy_protocol != self.config.proxy.proxy_protocol:
+            self.log.warning("reload_needs_restart", setting="proxy.proxy_protocol")
         if config.proxy.read_only_listen != self.config.proxy.read_only_listen:
             self.log.warning("reload_needs_restart", setting="proxy.read_only_listen")
         if config.metrics.listen != self.config.metrics.listen:
