@@ -48,6 +48,9 @@ class Bench:
 
     def start_proxy(self, name: str, server: Any, pool_size: int,
                     sections: dict[str, dict[str, Any]] | None = None) -> PyProxy:
+        if self.args.workers != 1:
+            sections = dict(sections or {})
+            sections["proxy"] = {**sections.get("proxy", {}), "workers": self.args.workers}
         proxy = PyProxy(name, server, self.password, pool_size, self.log_level, self.log_dir,
                         sections)
         proxy.start()

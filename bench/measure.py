@@ -64,14 +64,40 @@ def rusage_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (pyproxy's workers, under ``--workers``)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
 def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        return parse_proc_stat_cpu(f.read(), os.sysconf("SC_CLK_TCK"))
+    """User + system CPU seconds of ``pid`` and of its live children: with workers, pyproxy
+    is a supervisor and the processes that serve."""
+    total = 0.0
+    for one in (pid, *child_pids(pid)):
+        try:
+            with open(f"/proc/{one}/stat") as f:
+                total += parse_proc_stat_cpu(f.read(), os.sysconf("SC_CLK_TCK"))
+        except OSError:
+            if one == pid:
+                raise
+    return total
 
 
 def proc_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return parse_vmrss(f.read())
+    """Resident memory of ``pid`` and its live children, in bytes."""
+    total = 0
+    for one in (pid, *child_pids(pid)):
+        try:
+            with open(f"/proc/{one}/status") as f:
+                total += parse_vmrss(f.read())
+        except OSError:
+            if one == pid:
+                raise
+    return total
 
 
 def machine_cpu() -> tuple[int, int]:

@@ -277,6 +277,7 @@ def header(bench: Bench, fault_health_interval: float) -> list[str]:
     m = bench.results["machine"]
     bench.results["settings"] = {
         "duration_s": a.duration, "warmup_s": a.warmup, "pool_size": a.pool_size,
+        "workers": a.workers,
         "rows": a.rows, "clients": a.clients, "procs": a.procs,
         "storm_clients": a.storm_clients, "storm_concurrency": a.storm_concurrency,
         "storm_server_max_connections": a.storm_server_max_connections,
@@ -298,7 +299,7 @@ def header(bench: Bench, fault_health_interval: float) -> list[str]:
         f"server:   MariaDB {m['mariadb']} (sandbox)",
         f"clients:  {m['driver']}, Python {m['python']}",
         f"pyproxy:  {m['pyproxy_commit']}, pool max_connections={a.pool_size}, "
-        f"log level {bench.log_level}",
+        f"workers={a.workers}, log level {bench.log_level}",
         f"settings: {a.duration:g}s per measurement after {a.warmup:g}s warm-up, "
         f"{a.rows} rows, load from up to {a.procs} processes; storm {a.storm_clients} "
         f"clients/{a.storm_concurrency} concurrent vs server max_connections="

@@ -221,6 +221,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="load-generator processes, at most (default 4)")
     parser.add_argument("--pool-size", type=int, default=20,
                         help="pyproxy [pool] max_connections (default 20)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="pyproxy [proxy] workers (default 1); CPU and memory figures then "
+                             "add up the supervisor and its workers")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--sysbench-scripts", nargs="+", choices=tuple(SCRIPTS),
                         default=list(SCRIPTS), metavar="SCRIPT",
@@ -259,7 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sysbench_time = args.duration
     if args.failover_after is None:
         args.failover_after = 4.0 if args.quick else 6.0
-    for name in ("duration", "procs", "pool_size", "rows", "storm_clients",
+    for name in ("duration", "procs", "pool_size", "rows", "workers", "storm_clients",
                  "storm_concurrency", "storm_server_max_connections", "idle_clients",
                  "failover_clients", "failover_before", "failover_after", "accounts"):
         if getattr(args, name) <= 0:

@@ -144,6 +144,13 @@ def _optional_endpoint(instance: object, attribute: attrs.Attribute, value: obje
         _endpoint(instance, attribute, value)
 
 
+def _workers(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise _bad(attribute, 'must be a number of processes from 1 to 256, or "auto"', value)
+
+
 @attrs.frozen
 class ProxyConfig:
     listen: str = attrs.field(default="tcp:3306", validator=_endpoint)
@@ -173,6 +180,28 @@ class ProxyConfig:
     # Behind a load balancer: every connection on both listeners must start with a PROXY
     # protocol header (v1 or v2) naming the client's address; one without it is closed.
     proxy_protocol: bool = attrs.field(default=False, validator=_bool)
+    # Processes that accept on the same ports (SO_REUSEPORT), each with its own reactor and
+    # pools, under one parent; "auto" = one per core. The backend budget is shared.
+    workers: int | str = attrs.field(default=1, validator=_workers)
+
+    def worker_count(self) -> int:
+        """``workers`` as a number of processes."""
+        if self.workers == "auto":
+            return max(1, os.cpu_count() or 1)
+        return int(self.workers)
+
+    def __attrs_post_init__(self) -> None:
+        if self.workers != 1:
+            from pyproxy.reuseport import ReusePortError, parse_tcp  # noqa: PLC0415
+
+            for key in ("listen", "read_only_listen"):
+                description = getattr(self, key)
+                if not description:
+                    continue
+                try:
+                    parse_tcp(description)
+                except ReusePortError as exc:
+                    raise ConfigError(f"{key}: with workers, {exc}") from None
 
 
 ROLES = ("writer", "reader", "auto")
@@ -637,6 +666,16 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
     auth = sections.get("auth")
     if isinstance(auth, AuthConfig) and auth.lookup and not auth.lookup_user:
         report("auth.lookup_user: lookup = true needs the account it reads hashes with")
+    proxy, pool, metrics = (sections.get(name) for name in ("proxy", "pool", "metrics"))
+    if isinstance(proxy, ProxyConfig) and proxy.worker_count() > 1:
+        workers = proxy.worker_count()
+        if isinstance(pool, PoolConfig) and not pool.max_connections_percent \
+                and pool.max_connections < workers:
+            report(f"pool.max_connections: {pool.max_connections} cannot be shared by {workers} "
+                   "workers (each needs at least one connection per pool)")
+        if isinstance(metrics, MetricsConfig) and metrics.listen:
+            report("metrics.listen: not served with workers > 1 yet; use workers = 1 for the "
+                   "metrics page")
     return Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
 
 

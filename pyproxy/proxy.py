@@ -55,7 +55,10 @@ class Proxy:
     server: ServerInfo
     # By (user, target name).
     pools: dict[tuple[str, str], Pool] = attrs.field(factory=dict)
-    client_ids: Any = attrs.field(factory=lambda: itertools.count(1))
+    # This process's place among [proxy] workers: (index, count); (0, 1) alone.
+    worker: tuple[int, int] = (0, 1)
+    # Ids are unique across workers: worker i of n gives i+1, i+1+n, i+1+2n, ...
+    client_ids: Any = attrs.field(init=False)
     # Connected clients by the connection id they were greeted with.
     clients: dict[int, Any] = attrs.field(factory=dict)
     # Schemas each user is known to be able to use, so a client naming one at
@@ -97,6 +100,8 @@ class Proxy:
     _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
+        index, count = self.worker
+        self.client_ids = itertools.count(index + 1, count)
         self.ignored_variables = frozenset(self.config.session.ignore_variables)
         self.credentials = ConfiguredUsers(self)
         health = self.config.health
@@ -181,7 +186,7 @@ class Proxy:
         if pool is None:
             # The login is looked up at each open: a reload may change it.
             pool = Pool(user, lambda flavor: self._open(user, server, flavor),
-                        self.reactor, max_size=self.config.pool.max_connections,
+                        self.reactor, max_size=self.worker_share(self.config.pool.max_connections),
                         borrow_timeout=self.config.pool.borrow_timeout, target=server)
             pool.paused = self.paused
             if self.config.pool.max_connections_percent:
@@ -260,7 +265,14 @@ class Proxy:
     def _share(self) -> int:
         """Each pool's size under max_connections_percent."""
         total = (self.server_max_connections or 0) * self.config.pool.max_connections_percent // 100
-        return max(1, total // max(1, len(self.config.users)))
+        return self.worker_share(max(1, total // max(1, len(self.config.users))))
+
+    def worker_share(self, budget: int) -> int:
+        """This worker's part of a per-pool budget: the workers' parts add up to it,
+        so the server never sees more than ``budget`` connections of one pool from
+        all of them (each keeps at least one)."""
+        index, count = self.worker
+        return max(1, budget // count + (1 if index < budget % count else 0))
 
     def pause(self) -> None:
         self.paused = True
@@ -296,7 +308,7 @@ class Proxy:
                 pool.hand_over(self.route(pool.user, pool.target is not self.topology.writer, None))
                 pool.close()
                 continue
-            pool.max_size = config.pool.max_connections
+            pool.max_size = self.worker_share(config.pool.max_connections)
             pool.borrow_timeout = config.pool.borrow_timeout
             if login_changed or old.user(pool.user) != config.user(pool.user):
                 pool.renew()

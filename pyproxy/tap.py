@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 import pyproxy
 from pyproxy import config as configuration
-from pyproxy import logs
+from pyproxy import logs, reuseport
 from pyproxy.backend import BackendConnection, BackendError, Target
 from pyproxy.frontend import FrontendFactory
 from pyproxy.health import HealthChecker
@@ -247,13 +247,15 @@ class ProxyService(service.Service):
     """Listens for clients and runs the health checker for as long as it runs."""
 
     def __init__(self, config: configuration.Config, server: ServerInfo, reactor: Any = None,
-                 reload: Any = None) -> None:
+                 reload: Any = None, worker: tuple[int, int] = (0, 1)) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor  # noqa: PLC0415
             reactor = default_reactor
         self.reactor = reactor
         self.config = config
-        self.proxy = Proxy(config, reactor, server)
+        self.proxy = Proxy(config, reactor, server, worker=worker)
+        # One of [proxy] workers: the client listeners are shared with SO_REUSEPORT.
+        self.shared_ports = worker[1] > 1
         self.health = HealthChecker(self.proxy.pools, reactor, interval=config.health.interval,
                                     max_lifetime=config.pool.max_lifetime,
                                     idle_timeout=config.pool.idle_timeout,
@@ -310,6 +312,11 @@ class ProxyService(service.Service):
         """Listens on ``description``; a failure is one line naming the key (and the
         other listener, when that one holds the port)."""
         where = f"{key}: cannot listen on {description}"
+        if self.shared_ports and key != "metrics.listen":
+            try:
+                return reuseport.listen(self.reactor, description, factory, self.config.proxy.backlog)
+            except (OSError, configuration.ConfigError) as exc:
+                raise StartupError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
         try:
             endpoint = endpoints.serverFromString(self.reactor, description)
         except Exception as exc:  # noqa: BLE001 - the config check parsed it already; say it anyway
@@ -393,16 +400,25 @@ class ProxyService(service.Service):
         for client in list(self.proxy.clients.values()):
             client.check_idle(now, self.config.proxy.idle_client_timeout)
 
+    def stats(self) -> dict[str, Any]:
+        """The figures SIGUSR1 logs: targets, pools, clients and pins (a worker's
+        supervisor sums them across workers)."""
+        return {"targets": self.proxy.topology.stats(),
+                "pools": [pool.stats() for pool in self.proxy.pools.values()],
+                "clients": self.proxy.client_stats(),
+                "pins": {"pins": dict(self.proxy.pins), "clients": len(self.proxy.clients),
+                         "resets": self.proxy.resets}}
+
     def log_stats(self) -> None:
         """One event per target and per pool, then the pins per reason (SIGUSR1, and
         at shutdown)."""
-        for target in self.proxy.topology.stats():
+        stats = self.stats()
+        for target in stats["targets"]:
             self.log.info("target_stats", **target)
-        for pool in self.proxy.pools.values():
-            self.log.info("pool_stats", **pool.stats())
-        self.log.info("client_stats", **self.proxy.client_stats())
-        self.log.info("pin_summary", pins=dict(self.proxy.pins), clients=len(self.proxy.clients),
-                      resets=self.proxy.resets)
+        for pool in stats["pools"]:
+            self.log.info("pool_stats", **pool)
+        self.log.info("client_stats", **stats["clients"])
+        self.log.info("pin_summary", **stats["pins"])
 
     def stopService(self) -> Any:
         """SIGTERM: stop accepting, let open transactions finish (up to
@@ -435,11 +451,63 @@ class ProxyService(service.Service):
         return defer.gatherResults([stopped, drained])
 
 
+def default_server(config: configuration.Config) -> ServerInfo:
+    """How clients are greeted when the start-up check was skipped (--no-backend-check)."""
+    return ServerInfo("5.7.99-pyproxy", 0xFFFFFFFF, config.backend.charset, 2)
+
+
+def check_shared_ports(config: configuration.Config) -> None:
+    """With workers, the supervisor binds each client port once (SO_REUSEPORT, not
+    listening) so that a port held by another program stops start-up with one line
+    here rather than in every worker."""
+    proxy = config.proxy
+    for key in ("listen", "read_only_listen"):
+        description = getattr(proxy, key)
+        if not description:
+            continue
+        spec = reuseport.parse_tcp(description, proxy.backlog)
+        probe = socket.socket(spec.family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((spec.interface, spec.port))
+        except OSError as exc:
+            raise StartupError(f"proxy.{key}: cannot listen on {description}: "
+                               f"{exc.strerror or exc}") from None
+        finally:
+            probe.close()
+
+
+def supervisor_service(options: Options, config: configuration.Config,
+                       server: ServerInfo | None) -> service.Service:
+    """[proxy] workers > 1: this process supervises workers instead of serving."""
+    from twisted.internet import reactor  # noqa: PLC0415
+
+    from pyproxy.workers import Supervisor, WorkerSpec  # noqa: PLC0415
+
+    count = config.proxy.worker_count()
+    greeting = None if server is None else (server.version, server.capabilities, server.charset,
+                                            server.status)
+
+    def spec(index: int) -> WorkerSpec:
+        return WorkerSpec(index, count, options["config"], options.overrides(), greeting)
+
+    return Supervisor(count, spec, reactor, config.proxy.drain_timeout)
+
+
 def makeService(options: Options) -> service.MultiService:
     config = options["parsed"]
     configure_logs(config)
-    server = options.get("server") or ServerInfo("5.7.99-pyproxy", 0xFFFFFFFF, config.backend.charset, 2)
+    server = options.get("server") or default_server(config)
     top = service.MultiService()
+    if config.proxy.worker_count() > 1:
+        try:
+            check_shared_ports(config)
+        except StartupError as exc:
+            sys.stderr.write(f"pyproxy: {exc}\n")
+            raise SystemExit(2) from None
+        supervisor_service(options, config, options.get("server")).setServiceParent(top)
+        return top
 
     def reload() -> configuration.Config:
         return configuration.load(options["config"], os.environ, options.overrides())

@@ -1,0 +1,187 @@
+"""``[proxy] workers = 2``: two worker processes on one port under a supervisor, against the
+real server.
+
+What a user relies on: both workers serve the port; client ids stay unique; the server never
+sees more connections than the pool's budget from both together; SIGUSR1 gives one summed set
+of figures; SIGHUP reaches every worker; a worker killed with SIGKILL is replaced while the
+other keeps its clients; SIGTERM ends every process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from integration import servers
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def events(proxy: servers.ProxyProcess, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in proxy.log_text().splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            record = json.loads(line)
+            if record.get("event") == name:
+                found.append(record)
+    return found
+
+
+def wait_for(condition: Any, timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def workers(make_proxy: Any) -> servers.ProxyProcess:
+    proxy = make_proxy(proxy={"workers": 2}, pool={"max_connections": 4},
+                       log={"level": "info", "format": "json"})
+    wait_for(lambda: len(events(proxy, "listening")) == 2, what="both workers listening")
+    return proxy
+
+
+def test_both_workers_serve_the_port_with_unique_ids(workers: servers.ProxyProcess) -> None:
+    assert len(children(workers.process.pid)) == 2
+    conns = [workers.connect() for _ in range(24)]
+    try:
+        ids = [conn.thread_id() for conn in conns]
+        for conn in conns:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+    finally:
+        for conn in conns:
+            conn.close()
+    assert len(set(ids)) == len(ids)
+    # Worker 0 gives odd ids, worker 1 even ones: both took connections (the kernel spreads
+    # them by address hash; 24 all to one worker would happen once in 8 million runs).
+    assert {i % 2 for i in ids} == {0, 1}, ids
+
+
+def test_the_server_never_sees_more_than_the_budget(workers: servers.ProxyProcess,
+                                                    db_server: servers.DbServer) -> None:
+    """60 clients at once, each running transactions, on a pool budget of 4 shared by two
+    workers: the server's connections of the user never exceed 4."""
+    stop = threading.Event()
+    peak = [0]
+    root = db_server.connect()
+
+    def poll() -> None:
+        with root.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+                            (servers.APP_USER,))
+                peak[0] = max(peak[0], cur.fetchone()[0])
+                time.sleep(0.01)
+
+    def client(index: int) -> int:
+        conn = workers.connect()
+        try:
+            with conn.cursor() as cur:
+                for step in range(5):
+                    cur.execute("BEGIN")
+                    cur.execute("SELECT %s", (index * 10 + step,))
+                    cur.fetchone()
+                    cur.execute("COMMIT")
+            return 1
+        finally:
+            conn.close()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        with ThreadPoolExecutor(60) as pool:
+            done = sum(pool.map(client, range(60)))
+    finally:
+        stop.set()
+        poller.join()
+        root.close()
+    assert done == 60
+    assert 1 <= peak[0] <= 4, peak[0]
+
+
+def test_sigusr1_logs_one_summed_set_and_sighup_reaches_every_worker(
+        workers: servers.ProxyProcess) -> None:
+    conns = [workers.connect() for _ in range(10)]
+    try:
+        workers.process.send_signal(signal.SIGUSR1)
+        summed = wait_for(lambda: [e for e in events(workers, "client_stats")
+                                   if e.get("workers") == 2], what="summed client_stats")
+        assert summed[-1]["answered"] == 2
+        # The readiness probe's connections count too: at least the 10 open here.
+        assert summed[-1]["open"] == 10 and summed[-1]["accepted"] >= 10
+        pools = [e for e in events(workers, "pool_stats") if e.get("workers") == 2]
+        assert pools and pools[-1]["max_size"] == 4  # 2 + 2: the shares add up to the budget
+        workers.process.send_signal(signal.SIGHUP)
+        reloaded = wait_for(lambda: {e.get("worker") for e in events(workers, "reloaded")}
+                            if len(events(workers, "reloaded")) >= 2 else None,
+                            what="both workers reloaded")
+        assert reloaded == {0, 1}
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_a_killed_worker_is_replaced_and_the_other_keeps_its_clients(
+        workers: servers.ProxyProcess) -> None:
+    conns = [workers.connect() for _ in range(16)]
+    victim_index = 1
+    # Which pid each worker is: the supervisor lists them at start, by index.
+    started = events(workers, "workers_started")[-1]["pids"]
+    victim = started[victim_index]
+    os.kill(victim, signal.SIGKILL)
+    died = wait_for(lambda: events(workers, "worker_died"), what="worker_died")
+    assert died[-1]["worker"] == victim_index and died[-1]["signal"] == signal.SIGKILL
+    wait_for(lambda: len(children(workers.process.pid)) == 2 and victim not in
+             children(workers.process.pid), what="a new worker")
+    survivors = lost = 0
+    for conn in conns:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            survivors += 1
+            assert conn.thread_id() % 2 == 1  # worker 0's clients, untouched
+        except pymysql.err.OperationalError:
+            lost += 1
+            assert conn.thread_id() % 2 == 0
+        finally:
+            conn.close()
+    assert survivors and survivors + lost == 16
+    # The replacement serves: new clients reach both workers again.
+    wait_for(lambda: len(events(workers, "listening")) == 3, what="the new worker listening")
+    ids = set()
+    for _ in range(24):
+        conn = workers.connect()
+        ids.add(conn.thread_id() % 2)
+        conn.close()
+    assert ids == {0, 1}
+
+
+def test_sigterm_ends_every_process(workers: servers.ProxyProcess) -> None:
+    pids = children(workers.process.pid)
+    assert len(pids) == 2
+    # twistd re-raises the SIGTERM that stopped it once everything has ended (not -9: it
+    # ended within the timeout, workers drained).
+    assert workers.stop(timeout=20) in (0, -signal.SIGTERM)
+    assert [e["worker"] for e in events(workers, "worker_ended")] in ([0, 1], [1, 0])
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]

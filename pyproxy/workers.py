@@ -1,0 +1,392 @@
+"""Worker processes (``[proxy] workers = N``): one pyproxy per core, on the same ports.
+
+One Python process runs on one core, so pyproxy scales on a host by running several. The
+process twistd starts becomes a supervisor that serves no client itself: it starts N workers
+(``python -m pyproxy.workers``), each a whole pyproxy with its own reactor, pools and health
+checker, listening on the same ports with SO_REUSEPORT (pyproxy.reuseport) so that the kernel
+spreads new connections across them.
+
+What the supervisor owns:
+
+* the workers' lives: a worker that dies is started again (after 0.5 s, doubling up to 30 s
+  while it keeps dying within 10 s of its start); SIGTERM drains every worker and ends when all
+  have ended; a worker whose supervisor died gets SIGTERM from the kernel (PR_SET_PDEATHSIG);
+* signals: SIGHUP (reload) and SIGUSR2 (pause/resume) go to every worker;
+* SIGUSR1: it asks each worker for its figures over a control channel and logs them summed
+  (``pool_stats`` per pool, ``client_stats``, ``pin_summary``, with ``workers``); each worker
+  also logs its own at shutdown, with its ``worker`` index;
+* the budget: worker i of n gets its share of every per-pool budget (Proxy.worker_share), the
+  shares adding up to it, so the server never sees more than ``max_connections`` per user and
+  target from all workers together; client ids are unique across workers (i+1, i+1+n, ...).
+
+The control channel is a pair of pipes (the worker's fds 3 and 4) carrying one JSON object per
+line.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.error import ProcessDone
+from twisted.protocols.basic import LineOnlyReceiver
+
+from pyproxy import logs
+
+WORKER_ENV = "PYPROXY_WORKER"
+#: The worker's ends of the control channel: it writes to the supervisor on 3, reads on 4.
+TO_PARENT_FD, FROM_PARENT_FD = 3, 4
+RESTART_FIRST, RESTART_MAX, STABLE_AFTER = 0.5, 30.0, 10.0
+STATS_TIMEOUT = 5.0
+#: pool_stats fields that are not counts: the largest worker's figure stands for them.
+NOT_SUMMED = {"borrow_wait_p50_ms", "borrow_wait_p99_ms", "borrow_wait_max_ms", "paused"}
+
+
+@attrs.frozen
+class WorkerSpec:
+    """What a worker needs to load the configuration its supervisor loaded."""
+
+    index: int
+    count: int
+    config: str | None
+    overrides: dict[str, dict[str, Any]]
+    # The greeting fields pyproxy's start-up check read from the server (ServerInfo).
+    server: tuple[str, int, int, int] | None
+
+    def to_env(self) -> str:
+        return json.dumps(attrs.asdict(self))
+
+    @classmethod
+    def from_env(cls, text: str) -> WorkerSpec:
+        data = json.loads(text)
+        server = tuple(data["server"]) if data["server"] is not None else None
+        return cls(data["index"], data["count"], data["config"], data["overrides"], server)  # type: ignore[arg-type]
+
+
+class JsonLines(LineOnlyReceiver):
+    """One JSON object per line, each way."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 24
+
+    def __init__(self, received: Callable[[dict[str, Any]], None]) -> None:
+        self.received = received
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(message, dict):
+            self.received(message)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sendLine(json.dumps(message).encode())
+
+
+# -- the supervisor ------------------------------------------------------------------------
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """The supervisor's side of one worker process."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.lines = JsonLines(lambda message: supervisor.received(index, message))
+        self.started_at = supervisor.reactor.seconds()
+
+    def connectionMade(self) -> None:
+        self.lines.makeConnection(_ChildWriter(self.transport))
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == TO_PARENT_FD:
+            self.lines.dataReceived(data)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.lines.send(message)
+
+    def signal(self, signum: int) -> None:
+        try:
+            self.transport.signalProcess(signum)
+        except Exception:  # noqa: BLE001 - ProcessExitedAlready: it is ending anyway
+            pass
+
+    @property
+    def pid(self) -> int | None:
+        return getattr(self.transport, "pid", None)
+
+    def processEnded(self, reason: Any) -> None:
+        self.supervisor.exited(self, reason.value)
+
+
+class _ChildWriter:
+    """Lets a LineReceiver write to the worker's control pipe."""
+
+    disconnecting = False
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        self.transport.writeToChild(FROM_PARENT_FD, data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.transport.closeChildFD(FROM_PARENT_FD)
+
+
+class Supervisor(service.Service):
+    """Starts, watches and signals the workers (see the module docstring)."""
+
+    def __init__(self, count: int, spec: Callable[[int], WorkerSpec], reactor: Any,
+                 drain_timeout: float, spawn: Callable[..., Any] | None = None) -> None:
+        self.count = count
+        self.spec = spec
+        self.reactor = reactor
+        self.drain_timeout = drain_timeout
+        self.spawn = spawn or reactor.spawnProcess
+        self.workers: dict[int, WorkerProcess] = {}
+        self.restarts: collections.Counter[int] = collections.Counter()
+        self.delays: dict[int, float] = {}
+        self._restart_calls: dict[int, Any] = {}
+        self.stopping = False
+        self._all_ended: defer.Deferred[None] | None = None
+        self._stats: dict[int, dict[str, Any]] | None = None
+        self._stats_timer: Any = None
+        self.log = logs.get_logger(component="supervisor")
+
+    # -- lives --------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(self.count):
+            self.start_worker(index)
+        for signum, action in ((signal.SIGHUP, lambda: self.forward(signal.SIGHUP)),
+                               (signal.SIGUSR2, lambda: self.forward(signal.SIGUSR2)),
+                               (signal.SIGUSR1, self.collect_stats)):
+            signal.signal(signum, lambda number, frame, action=action: self.reactor.callFromThread(action))
+        self.log.info("workers_started", workers=self.count,
+                      pids=[worker.pid for worker in self.workers.values()])
+
+    def start_worker(self, index: int) -> None:
+        self._restart_calls.pop(index, None)
+        worker = WorkerProcess(self, index)
+        env = dict(os.environ)
+        env[WORKER_ENV] = self.spec(index).to_env()
+        # The worker imports this very pyproxy, wherever it was imported from.
+        source = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (source, env.get("PYTHONPATH"))))
+        self.spawn(worker, sys.executable, [sys.executable, "-m", "pyproxy.workers"], env=env,
+                   childFDs={0: "w", 1: 1, 2: 2, TO_PARENT_FD: "r", FROM_PARENT_FD: "w"})
+        self.workers[index] = worker
+
+    def exited(self, worker: WorkerProcess, reason: BaseException) -> None:
+        index = worker.index
+        if self.workers.get(index) is worker:
+            del self.workers[index]
+        if self._stats is not None and index not in self._stats:
+            self._stats[index] = {}
+        code = getattr(reason, "exitCode", None)
+        killed_by = getattr(reason, "signal", None)
+        if self.stopping:
+            self.log.info("worker_ended", worker=index, code=code, signal=killed_by)
+            if not self.workers and self._all_ended is not None and not self._all_ended.called:
+                self._all_ended.callback(None)
+            return
+        lived = self.reactor.seconds() - worker.started_at
+        delay = RESTART_FIRST if lived >= STABLE_AFTER else min(
+            RESTART_MAX, self.delays.get(index, RESTART_FIRST / 2) * 2)
+        self.delays[index] = delay
+        self.restarts[index] += 1
+        self.log.warning("worker_died", worker=index, code=code, signal=killed_by,
+                         clean=isinstance(reason, ProcessDone), lived_seconds=round(lived, 1),
+                         restart_in=delay)
+        self._restart_calls[index] = self.reactor.callLater(delay, self.start_worker, index)
+
+    def forward(self, signum: int) -> None:
+        """SIGHUP and SIGUSR2 mean the same to every worker."""
+        self.log.info("signal_forwarded", signal=signal.Signals(signum).name, workers=len(self.workers))
+        for worker in self.workers.values():
+            worker.signal(signum)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Every worker drains (its own drain_timeout) and ends; one that has not
+        ended shortly after that is killed."""
+        super().stopService()
+        self.stopping = True
+        for call in self._restart_calls.values():
+            if call.active():
+                call.cancel()
+        self._restart_calls.clear()
+        self._all_ended = defer.Deferred()
+        if not self.workers:
+            self._all_ended.callback(None)
+            return self._all_ended
+        for worker in self.workers.values():
+            worker.signal(signal.SIGTERM)
+
+        def kill_stragglers() -> None:
+            for worker in list(self.workers.values()):
+                self.log.warning("worker_killed", worker=worker.index, reason="did not end after drain")
+                worker.signal(signal.SIGKILL)
+
+        timer = self.reactor.callLater(self.drain_timeout + 10, kill_stragglers)
+        self._all_ended.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return self._all_ended
+
+    # -- figures ------------------------------------------------------------------------
+
+    def collect_stats(self) -> None:
+        """SIGUSR1: every worker's figures, summed."""
+        if self._stats is not None or not self.workers:
+            return
+        self._stats = {}
+        for worker in self.workers.values():
+            worker.send({"op": "stats"})
+        self._stats_timer = self.reactor.callLater(STATS_TIMEOUT, self._log_stats)
+
+    def received(self, index: int, message: dict[str, Any]) -> None:
+        if message.get("op") == "stats" and self._stats is not None:
+            self._stats[index] = message.get("stats") or {}
+            if len(self._stats) >= self.count or all(i in self._stats for i in self.workers):
+                self._log_stats()
+
+    def _log_stats(self) -> None:
+        if self._stats is None:
+            return
+        if self._stats_timer is not None and self._stats_timer.active():
+            self._stats_timer.cancel()
+        gathered, self._stats = self._stats, None
+        answered = [stats for stats in gathered.values() if stats]
+        summed = sum_stats(answered)
+        common = {"workers": self.count, "answered": len(answered),
+                  "restarts": sum(self.restarts.values())}
+        for target in summed["targets"]:
+            self.log.info("target_stats", **target, **common)
+        for pool in summed["pools"]:
+            self.log.info("pool_stats", **pool, **common)
+        self.log.info("client_stats", **summed["clients"], **common)
+        self.log.info("pin_summary", **summed["pins"], **common)
+
+
+def sum_stats(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
+    """Adds up what each worker reported (ProxyService.stats): pools by (pool, target),
+    counts summed and the wait percentiles' largest; clients and pins summed; targets as the
+    first worker sees them (each worker probes on its own)."""
+    pools: dict[tuple[Any, Any], dict[str, Any]] = {}
+    clients: dict[str, Any] = {"accepted": 0, "logins": 0, "open": 0, "closed": collections.Counter()}
+    pins: dict[str, Any] = {"pins": collections.Counter(), "clients": 0, "resets": 0}
+    for stats in per_worker:
+        for pool in stats.get("pools", []):
+            key = (pool.get("pool"), pool.get("target"))
+            total = pools.setdefault(key, {})
+            for name, value in pool.items():
+                if name in ("pool", "target"):
+                    total[name] = value
+                elif isinstance(value, bool):
+                    total[name] = total.get(name, False) or value
+                elif not isinstance(value, (int, float)):
+                    total.setdefault(name, value)
+                elif name in NOT_SUMMED:
+                    total[name] = max(total.get(name, value), value)
+                else:
+                    total[name] = total.get(name, 0) + value
+        worker_clients = stats.get("clients", {})
+        for name in ("accepted", "logins", "open"):
+            clients[name] += worker_clients.get(name, 0)
+        clients["closed"].update(worker_clients.get("closed", {}))
+        worker_pins = stats.get("pins", {})
+        pins["pins"].update(worker_pins.get("pins", {}))
+        pins["clients"] += worker_pins.get("clients", 0)
+        pins["resets"] += worker_pins.get("resets", 0)
+    clients["closed"] = dict(clients["closed"])
+    pins["pins"] = dict(pins["pins"])
+    targets = per_worker[0].get("targets", []) if per_worker else []
+    return {"pools": list(pools.values()), "clients": clients, "pins": pins, "targets": targets}
+
+
+# -- a worker --------------------------------------------------------------------------------
+
+
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when its supervisor dies, so no worker is left serving
+    behind a dead supervisor (which would never restart it or forward a reload)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main() -> int:
+    """``python -m pyproxy.workers``, started by the supervisor with WORKER_ENV set."""
+    text = os.environ.pop(WORKER_ENV, None)
+    if text is None:
+        sys.stderr.write("pyproxy.workers: started by pyproxy's supervisor only "
+                         "([proxy] workers)\n")
+        return 2
+    die_with_parent()
+    spec = WorkerSpec.from_env(text)
+    parent = os.getppid()
+
+    import structlog  # noqa: PLC0415
+    from twisted.internet import reactor  # noqa: PLC0415
+    from twisted.internet.stdio import StandardIO  # noqa: PLC0415
+
+    from pyproxy import config as configuration  # noqa: PLC0415
+    from pyproxy.proxy import ServerInfo  # noqa: PLC0415
+    from pyproxy.tap import ProxyService, StartupError, configure_logs, default_server  # noqa: PLC0415
+
+    def load() -> configuration.Config:
+        return configuration.load(spec.config, os.environ, spec.overrides)
+
+    try:
+        config = load()
+    except configuration.ConfigError as exc:
+        sys.stderr.write(f"pyproxy worker {spec.index}: {exc}\n")
+        return 2
+    configure_logs(config)
+    structlog.contextvars.bind_contextvars(worker=spec.index)
+    server = ServerInfo(*spec.server) if spec.server is not None else default_server(config)
+    proxy_service = ProxyService(config, server, reactor, reload=load, worker=(spec.index, spec.count))
+    try:
+        proxy_service.listen()
+    except StartupError as exc:
+        sys.stderr.write(f"pyproxy worker {spec.index}: {exc}\n")
+        return 2
+
+    def from_parent(message: dict[str, Any]) -> None:
+        if message.get("op") == "stats":
+            link.send({"op": "stats", "stats": proxy_service.stats()})
+
+    link = JsonLines(from_parent)
+    StandardIO(link, stdin=FROM_PARENT_FD, stdout=TO_PARENT_FD, reactor=reactor)
+
+    def orphaned() -> None:
+        if os.getppid() != parent:
+            reactor.stop()
+        else:
+            reactor.callLater(1.0, orphaned)
+
+    reactor.callWhenRunning(proxy_service.startService)
+    reactor.callWhenRunning(orphaned)
+    reactor.addSystemEventTrigger("before", "shutdown", proxy_service.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -1,0 +1,226 @@
+"""pyproxy.workers, pyproxy.reuseport and the worker budget: supervisor lives and signals with a
+fake spawner and Clock, summed figures, SO_REUSEPORT endpoint parsing, and the shares."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+
+from pyproxy import config as configuration
+from pyproxy import reuseport
+from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.workers import RESTART_FIRST, RESTART_MAX, Supervisor, WorkerSpec, sum_stats
+
+
+class FakeTransport:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+        self.written: list[bytes] = []
+
+    def signalProcess(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        self.written.append(data)
+
+
+class Spawner:
+    def __init__(self) -> None:
+        self.spawned: list[tuple[Any, dict[str, str]]] = []
+
+    def __call__(self, proto: Any, executable: str, args: list[str], env: dict[str, str],
+                 childFDs: dict[int, Any]) -> None:
+        assert args[1:] == ["-m", "pyproxy.workers"] and childFDs[3] == "r" and childFDs[4] == "w"
+        proto.makeConnection(FakeTransport(1000 + len(self.spawned)))
+        self.spawned.append((proto, env))
+
+
+def supervisor(count: int = 2) -> tuple[Supervisor, Spawner, Clock]:
+    spawner, clock = Spawner(), Clock()
+    sup = Supervisor(count, lambda i: WorkerSpec(i, count, "/etc/p.toml", {}, None), clock,
+                     drain_timeout=30, spawn=spawner)
+    for index in range(count):
+        sup.start_worker(index)
+    return sup, spawner, clock
+
+
+def test_worker_spec_travels_in_the_environment() -> None:
+    spec = WorkerSpec(1, 4, "/etc/p.toml", {"pool": {"max_connections": 8}},
+                      ("5.5.5-10.11", 0xFFFF, 45, 2))
+    assert WorkerSpec.from_env(spec.to_env()) == spec
+    sup, spawner, _ = supervisor()
+    assert [WorkerSpec.from_env(env["PYPROXY_WORKER"]).index for _, env in spawner.spawned] == [0, 1]
+
+
+def test_a_dead_worker_is_restarted_with_backoff() -> None:
+    sup, spawner, clock = supervisor()
+    clock.advance(60)
+    first = sup.workers[1]
+    first.processEnded(_ended(ProcessTerminated(signal=signal.SIGKILL)))
+    assert 1 not in sup.workers and sup.restarts[1] == 1
+    clock.advance(RESTART_FIRST)
+    assert sup.workers[1] is not first and len(spawner.spawned) == 3
+    # Dying again at once: the delay doubles, up to RESTART_MAX.
+    delays = []
+    for _ in range(8):
+        worker = sup.workers[1]
+        worker.processEnded(_ended(ProcessTerminated(exitCode=1)))
+        delays.append(sup.delays[1])
+        clock.advance(sup.delays[1])
+    assert delays[0] == 2 * RESTART_FIRST and delays == sorted(delays) and delays[-1] == RESTART_MAX
+    assert sup.workers[0] is spawner.spawned[0][0]  # the other never noticed
+
+
+def test_signals_are_forwarded_and_sigterm_waits_for_every_worker() -> None:
+    sup, spawner, clock = supervisor()
+    sup.forward(signal.SIGHUP)
+    assert [p.transport.signals for p, _ in spawner.spawned] == [[signal.SIGHUP]] * 2
+    done = sup.stopService()
+    assert [p.transport.signals[-1] for p, _ in spawner.spawned] == [signal.SIGTERM] * 2
+    spawner.spawned[0][0].processEnded(_ended(ProcessDone(0)))
+    assert not done.called and 0 not in sup.workers
+    clock.advance(RESTART_MAX * 2)
+    assert len(spawner.spawned) == 2  # no restart while stopping
+    clock.advance(30 + 10)            # drain_timeout + 10: the straggler is killed
+    assert spawner.spawned[1][0].transport.signals[-1] == signal.SIGKILL
+    spawner.spawned[1][0].processEnded(_ended(ProcessTerminated(signal=signal.SIGKILL)))
+    assert done.called
+
+
+def test_stats_are_asked_for_and_summed() -> None:
+    sup, spawner, clock = supervisor()
+    logged: list[tuple[str, dict[str, Any]]] = []
+    sup.log = _Recorder(logged)  # type: ignore[assignment]
+    sup.collect_stats()
+    assert all(p.transport.written == [b'{"op": "stats"}\n'] for p, _ in spawner.spawned)
+    pool = {"pool": "app", "target": "db:3306", "max_size": 2, "idle": 1, "borrows": 10,
+            "paused": False, "borrow_wait_p99_ms": 1.5}
+    spawner.spawned[0][0].childDataReceived(3, b'{"op": "stats", "stats": {"pools": [%s], '
+                                            b'"clients": {"accepted": 3, "logins": 3, "open": 1, '
+                                            b'"closed": {"COM_QUIT": 2}}}}\n'
+                                            % _json(pool).encode())
+    assert not logged
+    spawner.spawned[1][0].childDataReceived(3, b'{"op": "stats", "stats": {"pools": [%s], '
+                                            b'"clients": {"accepted": 4, "logins": 2, "open": 2, '
+                                            b'"closed": {"COM_QUIT": 1}}}}\n'
+                                            % _json({**pool, "borrows": 5, "borrow_wait_p99_ms": 3.0}).encode())
+    events = dict(logged)
+    assert events["pool_stats"]["max_size"] == 4 and events["pool_stats"]["borrows"] == 15
+    assert events["pool_stats"]["borrow_wait_p99_ms"] == 3.0
+    assert events["client_stats"]["accepted"] == 7 and events["client_stats"]["closed"] == {"COM_QUIT": 3}
+    assert events["client_stats"]["answered"] == 2 and events["client_stats"]["workers"] == 2
+
+
+def test_stats_from_a_silent_worker_are_left_out_after_the_timeout() -> None:
+    sup, spawner, clock = supervisor()
+    logged: list[tuple[str, dict[str, Any]]] = []
+    sup.log = _Recorder(logged)  # type: ignore[assignment]
+    sup.collect_stats()
+    spawner.spawned[0][0].childDataReceived(3, b'{"op": "stats", "stats": {"clients": {"open": 5}}}\n')
+    clock.advance(5)
+    assert dict(logged)["client_stats"]["open"] == 5 and dict(logged)["client_stats"]["answered"] == 1
+
+
+def test_sum_stats_of_nothing() -> None:
+    assert sum_stats([]) == {"pools": [], "targets": [], "pins": {"pins": {}, "clients": 0, "resets": 0},
+                             "clients": {"accepted": 0, "logins": 0, "open": 0, "closed": {}}}
+
+
+@pytest.mark.parametrize(("text", "family", "interface", "port", "backlog"), [
+    ("tcp:3306", socket.AF_INET, "", 3306, 50),
+    ("tcp:port=3306:interface=127.0.0.1:backlog=9", socket.AF_INET, "127.0.0.1", 3306, 9),
+    ("tcp6:3306:interface=\\:\\:1", socket.AF_INET6, "::1", 3306, 50),
+    ("tcp6:3306", socket.AF_INET6, "::", 3306, 50),
+])
+def test_reuseport_endpoints(text: str, family: int, interface: str, port: int, backlog: int) -> None:
+    assert reuseport.parse_tcp(text) == reuseport.TcpListen(family, interface, port, backlog)
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("tcp:0", "fixed port"), ("unix:/tmp/s", "tcp: or tcp6:"), ("tcp:3306:reuse=1", "only port"),
+    ("ssl:3306", "tcp: or tcp6:"), ("tcp:3306:backlog=x", "backlog"), ("tcp:70000", "fixed port"),
+])
+def test_reuseport_refuses(text: str, why: str) -> None:
+    with pytest.raises(reuseport.ReusePortError, match=why):
+        reuseport.parse_tcp(text)
+
+
+def test_two_workers_bind_one_port_and_a_plain_listener_stops_them() -> None:
+    first = reuseport.bind(reuseport.TcpListen(socket.AF_INET, "127.0.0.1", 0, 5))
+    port = first.getsockname()[1]
+    try:
+        second = reuseport.bind(reuseport.TcpListen(socket.AF_INET, "127.0.0.1", port, 5))
+        second.close()
+    finally:
+        first.close()
+    plain = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(OSError):
+            reuseport.bind(reuseport.TcpListen(socket.AF_INET, "127.0.0.1", plain.getsockname()[1], 5))
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize(("budget", "count"), [(20, 2), (21, 2), (7, 3), (3, 3), (100, 7)])
+def test_worker_shares_add_up_to_the_budget(budget: int, count: int) -> None:
+    config = configuration.load(None, {"PYPROXY_USERS": "app:pw"})
+    server = ServerInfo("5.5.5", 0, 45, 2)
+    shares = [Proxy(config, Clock(), server, worker=(i, count)).worker_share(budget)
+              for i in range(count)]
+    assert sum(shares) == budget and max(shares) - min(shares) <= 1
+
+
+def test_client_ids_are_unique_across_workers() -> None:
+    config = configuration.load(None, {"PYPROXY_USERS": "app:pw"})
+    server = ServerInfo("5.5.5", 0, 45, 2)
+    ids = [[next(Proxy(config, Clock(), server, worker=(i, 3)).client_ids) for _ in range(1)]
+           for i in range(3)]
+    proxies = [Proxy(config, Clock(), server, worker=(i, 3)) for i in range(3)]
+    seen = [next(p.client_ids) for _ in range(5) for p in proxies]
+    assert ids == [[1], [2], [3]] and sorted(seen) == list(range(1, 16))
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_PROXY_LISTEN": "tcp:0"}, "needs a fixed port"),
+    ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_PROXY_LISTEN": "unix:/tmp/x"}, "tcp: or tcp6:"),
+    ({"PYPROXY_PROXY_WORKERS": "4", "PYPROXY_POOL_MAX_CONNECTIONS": "3"}, "cannot be shared by 4"),
+    ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_METRICS_LISTEN": "tcp:9180"}, "not served with workers"),
+    ({"PYPROXY_PROXY_WORKERS": "0"}, "from 1 to 256"),
+    ({"PYPROXY_PROXY_WORKERS": "many"}, "from 1 to 256"),
+])
+def test_worker_settings_that_cannot_work(env: dict[str, str], why: str) -> None:
+    with pytest.raises(configuration.ConfigError, match=why):
+        configuration.load(None, {"PYPROXY_USERS": "app:pw", **env})
+
+
+def test_auto_is_one_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    config = configuration.load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_PROXY_WORKERS": "auto",
+                                       "PYPROXY_POOL_MAX_CONNECTIONS": "12"})
+    assert config.proxy.worker_count() == 6
+
+
+class _Recorder:
+    def __init__(self, into: list[tuple[str, dict[str, Any]]]) -> None:
+        self.into = into
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.into.append((event, fields))
+
+    warning = info
+
+
+def _ended(value: BaseException) -> Any:
+    from twisted.python.failure import Failure
+    return Failure(value)
+
+
+def _json(value: Any) -> str:
+    import json
+    return json.dumps(value)
