@@ -185,3 +185,77 @@ def test_sigterm_ends_every_process(workers: servers.ProxyProcess) -> None:
     assert [e["worker"] for e in events(workers, "worker_ended")] in ([0, 1], [1, 0])
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_budget_moves_to_the_worker_whose_clients_wait(make_proxy: Any,
+                                                       db_server: servers.DbServer) -> None:
+    """A budget of 2 split 1 + 1: two transactions at once from clients of one worker both
+    run, because the other worker gives up its idle connection; then a client of the other
+    worker gets a unit back as soon as one is idle. The server never sees more than 2."""
+    proxy = make_proxy(proxy={"workers": 2}, pool={"max_connections": 2, "borrow_timeout": 30},
+                       log={"level": "info", "format": "json"})
+    wait_for(lambda: len(events(proxy, "listening")) == 2, what="both workers listening")
+    pool: list[pymysql.connections.Connection] = []
+    by_worker: dict[int, list[pymysql.connections.Connection]] = {0: [], 1: []}
+    while len(by_worker[0]) < 1 or len(by_worker[1]) < 2:
+        conn = proxy.connect(read_timeout=20)
+        pool.append(conn)
+        by_worker[(conn.thread_id() - 1) % 2].append(conn)
+        assert len(pool) < 200
+    (other,), (first, second) = by_worker[0][:1], by_worker[1][:2]
+    stop = threading.Event()
+    peak = [0]
+    root = db_server.connect()
+
+    def poll() -> None:
+        with root.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+                            (servers.APP_USER,))
+                peak[0] = max(peak[0], cur.fetchone()[0])
+                time.sleep(0.01)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        with other.cursor() as cur:   # worker 0 opens its one connection, then idles it
+            cur.execute("SELECT 1")
+        with first.cursor() as cur:   # worker 1's own unit, held by a transaction
+            cur.execute("BEGIN")
+            cur.execute("SELECT 1")
+        started = time.monotonic()
+        with second.cursor() as cur:  # needs worker 0's unit
+            cur.execute("BEGIN")
+            cur.execute("SELECT 2")
+            assert cur.fetchone() == (2,)
+        assert time.monotonic() - started < 10
+        # Both units now serve worker 1's transactions: worker 0's client waits until one
+        # is idle, then gets it back.
+        result: list[Any] = []
+        waiting = threading.Thread(target=lambda: result.append(_select(other)))
+        waiting.start()
+        time.sleep(0.5)
+        assert not result
+        with first.cursor() as cur:
+            cur.execute("COMMIT")
+        waiting.join(10)
+        assert result == [(3,)]
+        with second.cursor() as cur:
+            cur.execute("COMMIT")
+    finally:
+        stop.set()
+        poller.join()
+        root.close()
+        for conn in pool:
+            conn.close()
+    assert 1 <= peak[0] <= 2, peak[0]
+    proxy.process.send_signal(signal.SIGUSR1)
+    summed = wait_for(lambda: [e for e in events(proxy, "pin_summary") if e.get("workers") == 2],
+                      what="summed stats")
+    assert summed[-1]["budget_moves"] >= 2
+
+
+def _select(conn: pymysql.connections.Connection) -> Any:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 3")
+        return cur.fetchone()

@@ -124,6 +124,11 @@ class Pool:
         # Connections closed, by the fixed part of the reason (pyproxy.logs.
         # reason_kind); "lost" when the server or the network closed one first.
         self.closed_reasons: collections.Counter[str] = collections.Counter()
+        # [proxy] workers: called when borrowers wait and the pool is at max_size
+        # with nothing to replace, to ask for budget another worker holds
+        # (pyproxy.budget); the unit lent back out waits for its server close.
+        self.on_full: Callable[[Pool], None] | None = None
+        self._released: dict[BackendConnection, Callable[[bool], None]] = {}
 
     def size(self) -> int:
         return len(self.idle) + len(self.lent) + len(self.checking) + len(self.closing) + self.connecting
@@ -314,7 +319,11 @@ class Pool:
         if self.closed or self.paused or not self.waiters:
             return
         if self.connecting == 0 and self.size() >= self.max_size and not self.idle:
-            return  # full, nothing to replace: a connection coming back will serve them
+            # Full, nothing to replace: a connection coming back will serve them,
+            # or budget another worker holds idle.
+            if self.on_full is not None:
+                self.on_full(self)
+            return
         covered = dict(self._opening)
         for waiter in list(self.waiters):
             if covered.get(waiter.flavor):
@@ -322,6 +331,8 @@ class Pool:
                 continue
             if self.size() >= self.max_size:
                 if not self.idle:
+                    if self.on_full is not None:
+                        self.on_full(self)
                     return
                 self._retire(self.idle.pop(0), "replaced by a connection for another client flavor")
                 if self.size() >= self.max_size:
@@ -398,9 +409,38 @@ class Pool:
             self.closed_reasons["lost"] += 1
         self._forget(conn)
         self.closing.discard(conn)
+        released = self._released.pop(conn, None)
+        if released is not None:
+            released(True)
         if was_idle:
             self.log.info("backend_replaced", backend_id=conn.id, reason="lost while idle")
         self._grow()
+
+    def grow(self) -> None:
+        """More room (budget granted): opens for the waiters it can now serve."""
+        self._grow()
+
+    def give_up_one(self, done: Callable[[bool], None]) -> None:
+        """[proxy] workers: gives one unit of this pool's budget to another worker.
+
+        A unit not in use goes at once; otherwise the oldest idle connection is
+        closed, and the unit goes when the server has closed it (``done(True)``
+        then), so that the server never sees both workers' connections at
+        once.  ``done(False)``: every unit is in use or wanted here.
+        """
+        if self.max_size > self.size():
+            self.max_size -= 1
+            done(True)
+            return
+        if self.idle and not self.waiters:
+            conn = self.idle.pop(0)
+            self.max_size -= 1
+            self._released[conn] = done
+            self._retire(conn, "budget lent to another worker")
+            if conn not in self.closing:
+                self._released.pop(conn)(True)
+            return
+        done(False)
 
     def pause(self) -> None:
         """New transactions wait; running ones finish; idle connections close now and

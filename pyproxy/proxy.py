@@ -59,6 +59,8 @@ class Proxy:
     worker: tuple[int, int] = (0, 1)
     # Ids are unique across workers: worker i of n gives i+1, i+1+n, i+1+2n, ...
     client_ids: Any = attrs.field(init=False)
+    # With workers: the budget shared with the others (pyproxy.budget.WorkerBudget).
+    budget: Any = None
     # Connected clients by the connection id they were greeted with.
     clients: dict[int, Any] = attrs.field(factory=dict)
     # Schemas each user is known to be able to use, so a client naming one at
@@ -186,14 +188,13 @@ class Proxy:
         if pool is None:
             # The login is looked up at each open: a reload may change it.
             pool = Pool(user, lambda flavor: self._open(user, server, flavor),
-                        self.reactor, max_size=self.worker_share(self.config.pool.max_connections),
+                        self.reactor, max_size=self.pool_size((user, server.name)),
                         borrow_timeout=self.config.pool.borrow_timeout, target=server)
             pool.paused = self.paused
-            if self.config.pool.max_connections_percent:
-                if self.server_max_connections is None:
-                    pool.first_use = self._learn_max_connections
-                else:
-                    pool.max_size = self._share()
+            if self.config.pool.max_connections_percent and self.server_max_connections is None:
+                pool.first_use = self._learn_max_connections
+            if self.budget is not None:
+                pool.on_full = self.budget.full
             self.pools[(user, server.name)] = pool
         return pool
 
@@ -257,15 +258,24 @@ class Proxy:
             if value is not None and value.isdigit():
                 self.server_max_connections = int(value)
                 for pool in self.pools.values():
-                    pool.max_size = self._share()
+                    pool.max_size = self.pool_size((pool.user, pool.target.name))
                     pool.first_use = None
 
         return conn.query_value("SELECT @@max_connections").addCallback(learned)
 
-    def _share(self) -> int:
-        """Each pool's size under max_connections_percent."""
-        total = (self.server_max_connections or 0) * self.config.pool.max_connections_percent // 100
-        return self.worker_share(max(1, total // max(1, len(self.config.users))))
+    def pool_budget(self) -> int:
+        """Each pool's budget: [pool] max_connections, or its share of the server's
+        max_connections under max_connections_percent once that was read."""
+        if self.config.pool.max_connections_percent and self.server_max_connections is not None:
+            total = self.server_max_connections * self.config.pool.max_connections_percent // 100
+            return max(1, total // max(1, len(self.config.users)))
+        return self.config.pool.max_connections
+
+    def pool_size(self, key: tuple[str, str]) -> int:
+        """A pool's max_size: this worker's share of the budget, as moved between
+        workers so far."""
+        even = self.worker_share(self.pool_budget())
+        return even if self.budget is None else self.budget.share(key, even)
 
     def worker_share(self, budget: int) -> int:
         """This worker's part of a per-pool budget: the workers' parts add up to it,
@@ -302,13 +312,15 @@ class Proxy:
                                             failure_threshold=health.failure_threshold,
                                             backoff_max=health.backoff_max)
         login_changed = _logins(old) != _logins(config)
+        if self.budget is not None:
+            self.budget.reset()  # every worker reloads: all back to the even split
         for key, pool in list(self.pools.items()):
             if pool.target in removed:
                 del self.pools[key]
                 pool.hand_over(self.route(pool.user, pool.target is not self.topology.writer, None))
                 pool.close()
                 continue
-            pool.max_size = self.worker_share(config.pool.max_connections)
+            pool.max_size = self.pool_size(key)
             pool.borrow_timeout = config.pool.borrow_timeout
             if login_changed or old.user(pool.user) != config.user(pool.user):
                 pool.renew()

@@ -62,6 +62,8 @@ class WorkerSpec:
     overrides: dict[str, dict[str, Any]]
     # The greeting fields pyproxy's start-up check read from the server (ServerInfo).
     server: tuple[str, int, int, int] | None
+    # Budget units moved to (or from) this worker so far: [user, target, units].
+    moved: tuple[tuple[str, str, int], ...] = ()
 
     def to_env(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -70,7 +72,9 @@ class WorkerSpec:
     def from_env(cls, text: str) -> WorkerSpec:
         data = json.loads(text)
         server = tuple(data["server"]) if data["server"] is not None else None
-        return cls(data["index"], data["count"], data["config"], data["overrides"], server)  # type: ignore[arg-type]
+        moved = tuple(tuple(entry) for entry in data.get("moved", ()))
+        return cls(data["index"], data["count"], data["config"], data["overrides"], server,  # type: ignore[arg-type]
+                   moved)  # type: ignore[arg-type]
 
 
 class JsonLines(LineOnlyReceiver):
@@ -95,6 +99,75 @@ class JsonLines(LineOnlyReceiver):
 
 
 # -- the supervisor ------------------------------------------------------------------------
+
+
+class BudgetBroker:
+    """Moves budget units between workers (see pyproxy.budget): one ``want`` is served by
+    asking the other workers in turn to give a unit up, and keeps the ledger of where the
+    units are, so a worker started again gets its shares back."""
+
+    RECLAIM_TIMEOUT = 2.0
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        # (user, target) -> worker index -> units moved to it (negative: from it).
+        self.moved: dict[tuple[str, str], collections.Counter[int]] = collections.defaultdict(
+            collections.Counter)
+        self._tickets: dict[int, tuple[int, tuple[str, str], list[int], Any]] = {}
+        self._next = 0
+        self.moves = 0
+
+    def want(self, index: int, key: tuple[str, str]) -> None:
+        others = sorted(self.supervisor.workers)
+        # Start after the asker, so that no worker is always asked first.
+        others = [i for i in others if i > index] + [i for i in others if i < index]
+        self._next += 1
+        self._tickets[self._next] = (index, key, others, None)
+        self._ask(self._next)
+
+    def _ask(self, ticket: int) -> None:
+        index, key, others, _ = self._tickets[ticket]
+        while others:
+            candidate = others.pop(0)
+            worker = self.supervisor.workers.get(candidate)
+            if worker is None:
+                continue
+            timer = self.supervisor.reactor.callLater(self.RECLAIM_TIMEOUT, self.reclaimed,
+                                                      candidate, ticket, False)
+            self._tickets[ticket] = (index, key, others, (candidate, timer))
+            worker.send({"op": "reclaim", "user": key[0], "target": key[1], "ticket": ticket})
+            return
+        del self._tickets[ticket]
+        self._grant(index, key, False)
+
+    def reclaimed(self, candidate: int, ticket: int, ok: bool) -> None:
+        entry = self._tickets.get(ticket)
+        if entry is None or entry[3] is None or entry[3][0] != candidate:
+            return  # answered after its timeout: too late to use (see give_up_one)
+        index, key, others, (_, timer) = entry
+        if timer.active():
+            timer.cancel()
+        if not ok:
+            self._tickets[ticket] = (index, key, others, None)
+            self._ask(ticket)
+            return
+        del self._tickets[ticket]
+        self.moved[key][candidate] -= 1
+        self.moved[key][index] += 1
+        self.moves += 1
+        self._grant(index, key, True)
+
+    def _grant(self, index: int, key: tuple[str, str], ok: bool) -> None:
+        worker = self.supervisor.workers.get(index)
+        if worker is not None:
+            worker.send({"op": "grant", "user": key[0], "target": key[1], "ok": ok})
+
+    def ledger(self, index: int) -> tuple[tuple[str, str, int], ...]:
+        return tuple((key[0], key[1], units[index]) for key, units in self.moved.items()
+                     if units[index])
+
+    def reset(self) -> None:
+        self.moved.clear()
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -166,6 +239,7 @@ class Supervisor(service.Service):
         self._all_ended: defer.Deferred[None] | None = None
         self._stats: dict[int, dict[str, Any]] | None = None
         self._stats_timer: Any = None
+        self.budget = BudgetBroker(self)
         self.log = logs.get_logger(component="supervisor")
 
     # -- lives --------------------------------------------------------------------------
@@ -174,7 +248,7 @@ class Supervisor(service.Service):
         super().startService()
         for index in range(self.count):
             self.start_worker(index)
-        for signum, action in ((signal.SIGHUP, lambda: self.forward(signal.SIGHUP)),
+        for signum, action in ((signal.SIGHUP, self.reload),
                                (signal.SIGUSR2, lambda: self.forward(signal.SIGUSR2)),
                                (signal.SIGUSR1, self.collect_stats)):
             signal.signal(signum, lambda number, frame, action=action: self.reactor.callFromThread(action))
@@ -185,7 +259,7 @@ class Supervisor(service.Service):
         self._restart_calls.pop(index, None)
         worker = WorkerProcess(self, index)
         env = dict(os.environ)
-        env[WORKER_ENV] = self.spec(index).to_env()
+        env[WORKER_ENV] = attrs.evolve(self.spec(index), moved=self.budget.ledger(index)).to_env()
         # The worker imports this very pyproxy, wherever it was imported from.
         source = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (source, env.get("PYTHONPATH"))))
@@ -215,6 +289,11 @@ class Supervisor(service.Service):
                          clean=isinstance(reason, ProcessDone), lived_seconds=round(lived, 1),
                          restart_in=delay)
         self._restart_calls[index] = self.reactor.callLater(delay, self.start_worker, index)
+
+    def reload(self) -> None:
+        """SIGHUP: every worker reloads, and gives every pool its even share again."""
+        self.budget.reset()
+        self.forward(signal.SIGHUP)
 
     def forward(self, signum: int) -> None:
         """SIGHUP and SIGUSR2 mean the same to every worker."""
@@ -259,7 +338,12 @@ class Supervisor(service.Service):
         self._stats_timer = self.reactor.callLater(STATS_TIMEOUT, self._log_stats)
 
     def received(self, index: int, message: dict[str, Any]) -> None:
-        if message.get("op") == "stats" and self._stats is not None:
+        op = message.get("op")
+        if op == "want":
+            self.budget.want(index, (str(message["user"]), str(message["target"])))
+        elif op == "reclaimed":
+            self.budget.reclaimed(index, int(message["ticket"]), bool(message.get("ok")))
+        elif op == "stats" and self._stats is not None:
             self._stats[index] = message.get("stats") or {}
             if len(self._stats) >= self.count or all(i in self._stats for i in self.workers):
                 self._log_stats()
@@ -273,7 +357,7 @@ class Supervisor(service.Service):
         answered = [stats for stats in gathered.values() if stats]
         summed = sum_stats(answered)
         common = {"workers": self.count, "answered": len(answered),
-                  "restarts": sum(self.restarts.values())}
+                  "restarts": sum(self.restarts.values()), "budget_moves": self.budget.moves}
         for target in summed["targets"]:
             self.log.info("target_stats", **target, **common)
         for pool in summed["pools"]:
@@ -362,6 +446,11 @@ def worker_main() -> int:
     structlog.contextvars.bind_contextvars(worker=spec.index)
     server = ServerInfo(*spec.server) if spec.server is not None else default_server(config)
     proxy_service = ProxyService(config, server, reactor, reload=load, worker=(spec.index, spec.count))
+    from pyproxy.budget import WorkerBudget  # noqa: PLC0415
+
+    budget = WorkerBudget(proxy_service.proxy, lambda message: link.send(message),
+                          {(user, target): units for user, target, units in spec.moved})
+    proxy_service.proxy.budget = budget
     try:
         proxy_service.listen()
     except StartupError as exc:
@@ -369,6 +458,8 @@ def worker_main() -> int:
         return 2
 
     def from_parent(message: dict[str, Any]) -> None:
+        if budget.received(message):
+            return
         if message.get("op") == "stats":
             link.send({"op": "stats", "stats": proxy_service.stats()})
 

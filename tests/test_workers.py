@@ -13,8 +13,12 @@ from twisted.internet.task import Clock
 
 from pyproxy import config as configuration
 from pyproxy import reuseport
+from pyproxy.budget import RETRY, WorkerBudget
+from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
-from pyproxy.workers import RESTART_FIRST, RESTART_MAX, Supervisor, WorkerSpec, sum_stats
+from pyproxy.workers import (RESTART_FIRST, RESTART_MAX, BudgetBroker, Supervisor, WorkerSpec,
+                             sum_stats)
+from tests.test_pool import FakeConnection, FakeConnector
 
 
 class FakeTransport:
@@ -224,3 +228,129 @@ def _ended(value: BaseException) -> Any:
 def _json(value: Any) -> str:
     import json
     return json.dumps(value)
+
+
+# -- the budget moving between workers -------------------------------------------------------
+
+
+
+class ClosingConnection(FakeConnection):
+    """Closed by the pool, still counted until the server closes it too (lose())."""
+
+    def close(self, reason: str) -> bool:  # type: ignore[override]
+        super().close(reason)
+        return True
+
+
+def _pool_with(clock: Clock, idle: int, max_size: int) -> tuple[Pool, list[Any]]:
+    connector = FakeConnector(clock)
+    pool = Pool("app", connector, clock, max_size=max_size, borrow_timeout=30)
+    conns = []
+    for _ in range(idle):
+        conn = ClosingConnection(0, clock)
+        conn.on_lost = pool._lost
+        pool.idle.append(conn)
+        conns.append(conn)
+    return pool, conns
+
+
+def test_give_up_one_takes_a_spare_unit_at_once() -> None:
+    pool, _ = _pool_with(Clock(), idle=1, max_size=3)
+    answers: list[bool] = []
+    pool.give_up_one(answers.append)
+    assert answers == [True] and pool.max_size == 2 and len(pool.idle) == 1
+
+
+def test_give_up_one_closes_an_idle_connection_and_answers_once_the_server_closed_it() -> None:
+    pool, (conn,) = _pool_with(Clock(), idle=1, max_size=1)
+    answers: list[bool] = []
+    pool.give_up_one(answers.append)
+    assert answers == [] and pool.max_size == 0 and conn.closed == "budget lent to another worker"
+    assert pool.size() == 1  # still counted: the server has not let it go
+    conn.lose()
+    assert answers == [True] and pool.size() == 0
+
+
+def test_give_up_one_refuses_when_every_unit_is_in_use_or_wanted() -> None:
+    clock = Clock()
+    pool, _ = _pool_with(clock, idle=0, max_size=1)
+    pool.lent.add(FakeConnection(0, clock))
+    answers: list[bool] = []
+    pool.give_up_one(answers.append)
+    assert answers == [False] and pool.max_size == 1
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+class _Sup:
+    def __init__(self, count: int) -> None:
+        self.workers = {i: _Worker() for i in range(count)}
+        self.reactor = Clock()
+
+
+def test_broker_asks_the_others_in_turn_and_keeps_the_ledger() -> None:
+    sup = _Sup(3)
+    broker = BudgetBroker(sup)  # type: ignore[arg-type]
+    broker.want(1, ("app", "db"))
+    assert sup.workers[2].sent == [{"op": "reclaim", "user": "app", "target": "db", "ticket": 1}]
+    broker.reclaimed(2, 1, False)
+    assert sup.workers[0].sent[-1]["op"] == "reclaim"
+    broker.reclaimed(0, 1, True)
+    assert sup.workers[1].sent == [{"op": "grant", "user": "app", "target": "db", "ok": True}]
+    assert broker.ledger(1) == (("app", "db", 1),) and broker.ledger(0) == (("app", "db", -1),)
+    assert broker.ledger(2) == () and broker.moves == 1
+    # Nobody can give: the asker is told so.
+    broker.want(0, ("app", "db"))
+    broker.reclaimed(1, 2, False)
+    broker.reclaimed(2, 2, False)
+    assert sup.workers[0].sent[-1] == {"op": "grant", "user": "app", "target": "db", "ok": False}
+
+
+def test_broker_gives_up_on_a_silent_worker() -> None:
+    sup = _Sup(2)
+    broker = BudgetBroker(sup)  # type: ignore[arg-type]
+    broker.want(0, ("app", "db"))
+    sup.reactor.advance(BudgetBroker.RECLAIM_TIMEOUT)
+    assert sup.workers[0].sent[-1]["ok"] is False
+    broker.reclaimed(1, 1, True)  # too late: ignored, nothing granted twice
+    assert [m["op"] for m in sup.workers[0].sent] == ["grant"]
+
+
+def test_worker_budget_asks_once_grows_on_grant_and_retries_after_a_refusal() -> None:
+    config = configuration.load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_PROXY_WORKERS": "2",
+                                       "PYPROXY_POOL_MAX_CONNECTIONS": "2"})
+    clock = Clock()
+    sent: list[dict[str, Any]] = []
+    proxy = Proxy(config, clock, ServerInfo("5.5.5", 0, 45, 2), worker=(1, 2))
+    proxy.budget = WorkerBudget(proxy, sent.append, {("app", proxy.topology.writer.name): 1})
+    pool = proxy.pool("app")
+    assert pool.max_size == 2 and pool.on_full is not None  # 1 even + 1 moved here before
+    key = ("app", proxy.topology.writer.name)
+    pool.on_full(pool)
+    pool.on_full(pool)
+    assert sent == [{"op": "want", "user": "app", "target": key[1]}]
+    pool.waiters.append(object())  # type: ignore[arg-type]
+    proxy.budget.granted({"op": "grant", "user": "app", "target": key[1], "ok": False})
+    pool.on_full(pool)
+    assert len(sent) == 1  # not before RETRY
+    grown: list[int] = []
+    pool.grow = lambda: grown.append(pool.max_size)  # type: ignore[method-assign]
+    clock.advance(RETRY)
+    assert grown == [2]
+    pool.on_full(pool)
+    proxy.budget.granted({"op": "grant", "user": "app", "target": key[1], "ok": True})
+    assert pool.max_size == 3 and grown == [2, 3] and proxy.budget.moved[key] == 2
+    # Asked to give one: a unit not in use goes at once.
+    proxy.budget.reclaim({"op": "reclaim", "user": "app", "target": key[1], "ticket": 7})
+    assert sent[-1] == {"op": "reclaimed", "ticket": 7, "ok": True} and pool.max_size == 2
+    # A pool not made yet gives from the ledger.
+    proxy.budget.reclaim({"op": "reclaim", "user": "other", "target": key[1], "ticket": 8})
+    assert sent[-1]["ok"] is True and proxy.budget.moved[("other", key[1])] == -1
+    proxy.budget.reclaim({"op": "reclaim", "user": "other", "target": key[1], "ticket": 9})
+    assert sent[-1]["ok"] is False
