@@ -278,7 +278,8 @@ class CommandPhase:
                 bring_to_state(self, then)
                 return
             else:
-                give_up_hold(self, held)
+                give_up_hold(self, held, lambda: self.acquire(then))
+                return
         pool = self.pool
         topology = self.proxy.topology
         if pool is None or self._epoch != topology.epoch or pool.user != self.user or pool.closed:

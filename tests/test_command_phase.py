@@ -29,6 +29,7 @@ from pyproxy.wire.handshake import parse_handshake_v10
 from pyproxy.wire.responses import make_err, make_ok, make_ok_tracked, parse_ok
 from test_backend import FakeServer, FakeTransport
 from test_frontend import CLIENT_CAPS, SELECT, Backends, FakeClient, LoggedIn, err_of, make_proxy
+from test_prepared import value_reply
 
 
 class RoundTripTests(LoggedIn):
@@ -391,6 +392,48 @@ class RoutingTests(SynchronousTestCase):
         self.failover()
         conn, _ = self.select(client, self.reader_backends)
         self.assertIs(conn.pool.target, self.reader)
+        self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+
+    def test_hold_given_up_at_failover_reads_back_last_insert_id(self) -> None:
+        """A connection held for a follow-up and given up at a failover goes back like
+        any other: LAST_INSERT_ID() is read back first when the OK's insert id may not
+        be it (here an explicitly inserted id, 100), and the client's next statement,
+        on the new writer, sees what its own statements left there (7), not 100."""
+        client = self.connect()
+        client.query("INSERT INTO t (id) VALUES (100)")
+        old, server = self.writer_backends.open()
+        server.received()
+        server.send(frame(make_ok(SERVER_STATUS_AUTOCOMMIT, affected_rows=1, last_insert_id=100), 1))
+        client.raw()
+        commands = client.protocol.commands
+        self.assertIs(commands.backend, old)  # held for a follow-up (ROW_COUNT())
+        self.assertIsNone(old.last_insert_id)
+        self.failover()
+        client.query("SELECT LAST_INSERT_ID()")
+        [read_back] = server.received()
+        self.assertEqual(read_back.payload, make_query("SELECT LAST_INSERT_ID()"))
+        self.assertEqual(self.reader_backends.waiting, [])  # the statement waits for the read
+        server.send(value_reply(b"7"))
+        self.assertEqual(commands.session.last_insert_id, 7)
+        self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+        conn, new_server = self.reader_backends.open()
+        sent = new_server.transport.value()
+        self.assertEqual(sent, frame(make_query("SET SESSION last_insert_id=7"), 0)
+                         + frame(make_query("SELECT LAST_INSERT_ID()"), 0))
+        self.assertIs(conn.pool.target, self.reader)
+
+    def test_hold_given_up_at_failover_without_insert_id_goes_back_at_once(self) -> None:
+        """Nothing to read back: the held connection goes back and the statement runs on
+        the new writer straight away."""
+        client = self.connect()
+        client.query("UPDATE t SET v = 1")
+        old, server = self.writer_backends.open()
+        server.received()
+        server.send(frame(make_ok(SERVER_STATUS_AUTOCOMMIT, affected_rows=1), 1))
+        client.raw()
+        self.failover()
+        conn, _ = self.select(client, self.reader_backends)
+        self.assertEqual(server.received(), [])
         self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
 
 
