@@ -496,6 +496,8 @@ class CommandPhase:
         conn = self.backend
         if conn is not None and conn.broken:
             self.backend = None
+            if self.statements is not None:
+                self.statements.connection_lost()
             discard(conn, "broken")
             if self.session.holds_state():
                 self.fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
@@ -524,7 +526,8 @@ class CommandPhase:
         and pyproxy.backend_loss says what the client is told."""
         abandon(self)
         if self.statements is not None:
-            self.statements.cursor = None
+            # Its cursors, if any, died with it.
+            self.statements.connection_lost()
         cancel_query_timer(self)
         resume_backend(self)
         conn = self.backend

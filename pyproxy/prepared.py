@@ -71,6 +71,19 @@ class PreparedStatements:
         """The session started over: its statements are gone."""
         self.by_id = None
 
+    def connection_lost(self) -> bool:
+        """The backend connection the client held died: the cursors open on it
+        died with it (their statements stay, to be executed again anywhere).
+        Returns whether any was open."""
+        self.cursor = None
+        session = self.client.session
+        if not session.cursors:
+            return False
+        for statement in (self.by_id or {}).values():
+            statement.cursor = None
+        session.cursors = 0
+        return True
+
     def sql_of(self, payload: bytes) -> bytes | None:
         """The text of the statement a COM_STMT_EXECUTE runs, if the client has it."""
         if len(payload) < 5 or not self.by_id:
@@ -120,7 +133,9 @@ class PreparedStatements:
             client.command = None
             if statement.cursor is not None:
                 # Closing the backend's copy (no reply) closes its cursor too.
-                client.backend.close_statements([statement.cursor.id])
+                conn = client.backend
+                if conn is not None and not conn.broken:
+                    conn.close_statements([statement.cursor.id])
                 self._cursor_closed(statement, cache=False)
                 release_if_clean(client)
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
