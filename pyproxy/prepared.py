@@ -52,7 +52,7 @@ ER_LONG_DATA = (1105, "HY000")
 class PreparedStatements:
     """One client's prepared statements, by the ids pyproxy gave it."""
 
-    __slots__ = ("client", "by_id", "next_id", "preparing", "cursor")
+    __slots__ = ("client", "by_id", "next_id", "preparing", "cursor", "again")
 
     def __init__(self, client: CommandPhase) -> None:
         self.client = client
@@ -66,6 +66,10 @@ class PreparedStatements:
         # The statement of the running command that opens, reads or closes a
         # cursor, and the backend statement it runs on.
         self.cursor: tuple[ClientStatement, BackendStatement] | None = None
+        # The running execute as the client sent it, with its statement and the
+        # long data sent with it: what a refused write needs to run again
+        # elsewhere (pyproxy.write_retry).  None once the command is over.
+        self.again: tuple[ClientStatement, Packet, list[bytes] | None] | None = None
 
     def forget(self) -> None:
         """The session started over: its statements are gone."""
@@ -272,6 +276,7 @@ class PreparedStatements:
         if statement.long_data:
             header = bytes((COMMAND.COM_STMT_SEND_LONG_DATA,)) + prepared.id.to_bytes(4, "little")
             conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
+        self.again = (statement, packet, statement.long_data)
         statement.long_data = None
         payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
         if statement.cursor is not None or opens_cursor(payload):
@@ -279,6 +284,19 @@ class PreparedStatements:
             self.cursor = (statement, prepared)
         client.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
         client.start()
+
+    def execute_again(self) -> None:
+        """The running execute, refused as read-only, runs again as the client sent
+        it, long data included, on a connection borrowed anew (prepared there
+        first if needed): see pyproxy.write_retry."""
+        statement, packet, long_data = self.again  # type: ignore[misc]
+        client = self.client
+        statement.long_data = long_data
+        client.command = packet
+        if client.found is not None or client.code is not None:
+            run_flagged(client, lambda: self._execute(statement, packet))
+        else:
+            client.acquire(lambda: self._execute(statement, packet))
 
     def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
         client = self.client
