@@ -26,8 +26,8 @@ the error as before:
 The wait ends with the new writer elected, or with the refusing server found
 writable again by a probe begun after the refusal (the statement runs there,
 once more); or, with no writer to wait for (the refusing server found
-read-only and no other server may take writes) or after borrow_timeout,
-the client gets the server's error after all.
+read-only and no other server may take writes), after borrow_timeout, or at
+a KILL [QUERY] of the session, the client gets the server's error after all.
 """
 
 from __future__ import annotations
@@ -131,7 +131,11 @@ def _await_writer(client: CommandPhase, refused: TargetHealth, refusal: bytes) -
 
     def failed(failure: Failure) -> None:
         client.writer_wait = None
-        if failure.check(defer.CancelledError) or client.connection.phase == CLOSED:
+        if client.connection.phase == CLOSED:
+            return
+        if failure.check(defer.CancelledError):
+            # KILL [QUERY] of this session: the wait ends, the refusal stands.
+            _refusal_stands(client, refusal)
             return
         client.command_failed(failure.value)
 
@@ -164,7 +168,8 @@ def _refusal_stands(client: CommandPhase, refusal: bytes) -> None:
 
 
 def cancel(client: CommandPhase) -> Any:
-    """The client left while its statement waited for a writer."""
+    """The client left while its statement waited for a writer (for a KILL, kill.py
+    cancels the wait itself, and the client gets the refusal)."""
     wait = client.writer_wait
     if wait is not None:
         client.writer_wait = None

@@ -591,6 +591,29 @@ class RefusedWriteTests(TwoServers):
         self.failover()
         self.assertEqual(self.reader_backends.waiting, [])
 
+    def test_kill_query_ends_the_wait(self) -> None:
+        """KILL QUERY of a session whose write waits for a writer: the write never runs,
+        the session gets its refusal, and goes on."""
+        client = self.connect()
+        self.refused(client, "INSERT INTO t VALUES (1)")
+        killer = self.connect()
+        killer.query(f"KILL QUERY {client.protocol.id}")
+        self.assertEqual(killer.received()[0].payload[0], 0)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+        self.assertEqual(self.proxy.topology._writer_waits, [])
+        self.failover()
+        self.assertEqual(self.reader_backends.waiting, [])
+        self.assertFalse(client.closed)
+
+    def test_kill_connection_ends_the_wait(self) -> None:
+        client = self.connect()
+        self.refused(client, "INSERT INTO t VALUES (1)")
+        killer = self.connect()
+        killer.query(f"KILL {client.protocol.id}")
+        self.assertEqual(killer.received()[0].payload[0], 0)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+        self.assertTrue(client.closed)
+
     def test_execute_prepared_again_on_the_new_writer(self) -> None:
         """A refused COM_STMT_EXECUTE runs on the new writer, its statement prepared
         there first and its long data sent again."""
