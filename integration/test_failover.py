@@ -619,6 +619,64 @@ def test_writes_in_transactions_still_get_their_error(
         conn.close()
 
 
+def test_load_data_local_refused_before_its_file_runs_again(
+    server_group: servers.ServerGroup, make_group_proxy: Any, tmp_path: Any
+) -> None:
+    """An autocommit LOAD DATA LOCAL sent to the demoted writer is refused before the server
+    asks for the file (one ERR, no file sent), so it runs again on the new writer, which asks
+    for the file then: the rows are loaded once, there, and the client sees no error."""
+    group = server_group
+    for index in range(2):
+        group.admin(index, f"CREATE DATABASE IF NOT EXISTS {servers.APP_DATABASE}",
+                    f"DROP TABLE IF EXISTS {servers.APP_DATABASE}.loaded",
+                    f"CREATE TABLE {servers.APP_DATABASE}.loaded (id INT PRIMARY KEY) ENGINE=InnoDB")
+    data = tmp_path / "rows.txt"
+    data.write_text("".join(f"{i}\n" for i in range(1, 101)))
+    proxy = make_group_proxy(["writer", "auto"], health={**HEALTH, "interval": 30})
+    conn = proxy.connect(autocommit=True, read_timeout=30, local_infile=True)
+    statement(conn, "SELECT 1")
+    group.fail_over(0, 1)
+    statement(conn, f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE loaded")
+    assert conn.affected_rows() == 100
+    counts = []
+    for index in range(2):
+        direct = group[index].connect(database=servers.APP_DATABASE)
+        try:
+            counts.append(statement(direct, "SELECT COUNT(*) FROM loaded"))
+        finally:
+            direct.close()
+    assert counts == [0, 100]
+    assert len(events(proxy, "write_run_again")) == 1
+    conn.close()
+
+
+def test_prepared_write_refused_runs_again_prepared_on_the_new_writer(
+    server_group: servers.ServerGroup, make_group_proxy: Any
+) -> None:
+    """A COM_STMT_EXECUTE (mysql-connector-python's prepared cursor) refused by the demoted
+    writer runs on the new writer, where pyproxy prepares the statement first: no error,
+    the row written once, there."""
+    mysql_connector = pytest.importorskip("mysql.connector")
+    group = server_group
+    setup_bank(group, 2)
+    proxy = make_group_proxy(["writer", "auto"], health={**HEALTH, "interval": 30})
+    conn = mysql_connector.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                                   password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                                   use_pure=True, autocommit=True)
+    try:
+        cur = conn.cursor(prepared=True)
+        update = "UPDATE accounts SET balance = balance + ? WHERE id = ?"
+        cur.execute(update, (1, 5))
+        group.fail_over(0, 1)
+        cur.execute(update, (10, 6))  # prepared on the old writer only: no error
+        assert cur.rowcount == 1
+    finally:
+        conn.close()
+    assert [balance_on(group, i, account) for i in (0, 1) for account in (5, 6)] == [
+        START_BALANCE + 1, START_BALANCE, START_BALANCE, START_BALANCE + 10]
+    assert len(events(proxy, "write_run_again")) == 1
+
+
 def test_last_insert_id_after_a_hold_given_up_at_failover(
     server_group: servers.ServerGroup, make_group_proxy: Any
 ) -> None:
