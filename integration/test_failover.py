@@ -11,7 +11,11 @@ bank-transfer load, and no money or committed transfer is lost or doubled on eit
 idle clients keep their connection and their next statement runs on the new writer; a pinned
 client on the old writer gets 2013 (1927 on libmariadb, which refuses client codes from a
 server) and is disconnected; the read-only listener spreads sessions over the
-readers and follows failovers; a stopped target is marked down and comes back.
+readers and follows failovers; a stopped target is marked down and comes back. Issue 11:
+autocommit writes the demoted writer refused run again on the new writer, so autocommit
+writers see no error at all (text and prepared statements, LOAD DATA LOCAL), while writes
+inside transactions still get theirs; LAST_INSERT_ID() stays the client's when a held
+connection is given up at the failover.
 
 Every test is bounded in time, stops by itself and sends traffic to 127.0.0.1 only. The
 figures (recovery times, errors by code) are printed for the README and closing notes.

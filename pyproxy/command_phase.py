@@ -504,7 +504,7 @@ class CommandPhase:
         place its error becomes the client's ERR packet."""
         abandon(self)
         if self.statements is not None:
-            self.statements.cursor = None
+            self.statements.cursor = self.statements.again = None
         self.prefix = None
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
