@@ -574,6 +574,17 @@ class RefusedWriteTests(TwoServers):
         self.assertFalse(client.protocol.commands.session.state.autocommit)
         self.not_run_again(client, "INSERT INTO t VALUES (1)", server=server)
 
+    def test_never_on_the_read_only_listener(self) -> None:
+        """A read-only listener's session writing to its reader gets the reader's
+        refusal: that is no failover."""
+        client = self.connect(readonly=True)
+        client.query("INSERT INTO t VALUES (1)")
+        _, server = self.reader_backends.open()
+        server.received()
+        server.send(READ_ONLY_ERR)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+        self.assertEqual(self.proxy.writes_retried, 0)
+
     def test_never_a_call(self) -> None:
         self.not_run_again(self.connect(), "CALL app.p()")
 
