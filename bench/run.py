@@ -93,9 +93,13 @@ pinned share, borrows, borrow wait
     therefore gets a pyproxy of its own: the figures then cover that
     workload, or its most recent borrows when more than 10,000 waited.
 failover, restart
-    ``--failover-clients`` clients (default 16) run small write transactions
-    (BEGIN, two single-row UPDATEs moving one unit between accounts of a
-    ``--accounts``-row table, COMMIT, then a 10 ms pause) on two sandbox
+    ``--failover-clients`` clients (default 16) run small writes moving one
+    unit between accounts of a ``--accounts``-row table, then pause 10 ms:
+    half of them transactions (BEGIN, two single-row UPDATEs, COMMIT), the
+    other half one autocommit UPDATE of both rows (``client errors`` is
+    also given for each half: through pyproxy an autocommit writer should
+    see none, as a write refused by the demoted writer runs again on the
+    new one), on two sandbox
     servers holding the same table, for ``--failover-before`` seconds
     (default 2), then the fault, then ``--failover-after`` seconds more
     (default 6, 4 with ``--quick``). The fault is a simulated failover for

@@ -11,7 +11,11 @@ bank-transfer load, and no money or committed transfer is lost or doubled on eit
 idle clients keep their connection and their next statement runs on the new writer; a pinned
 client on the old writer gets 2013 (1927 on libmariadb, which refuses client codes from a
 server) and is disconnected; the read-only listener spreads sessions over the
-readers and follows failovers; a stopped target is marked down and comes back.
+readers and follows failovers; a stopped target is marked down and comes back. Issue 11:
+autocommit writes the demoted writer refused run again on the new writer, so autocommit
+writers see no error at all (text and prepared statements, LOAD DATA LOCAL), while writes
+inside transactions still get theirs; LAST_INSERT_ID() stays the client's when a held
+connection is given up at the failover.
 
 Every test is bounded in time, stops by itself and sends traffic to 127.0.0.1 only. The
 figures (recovery times, errors by code) are printed for the README and closing notes.
@@ -123,6 +127,15 @@ def server_activity(server: Any) -> str:
         conn.close()
     return "\n".join([f"server {server.port} threads of {servers.APP_USER}:",
                       *map(str, threads), "InnoDB transactions:", *map(str, transactions)])
+
+
+def balance_on(group: servers.ServerGroup, index: int, account: int) -> int:
+    """The balance of ``account`` on server ``index``, read directly."""
+    conn = group[index].connect(database=servers.APP_DATABASE)
+    try:
+        return int(statement(conn, "SELECT balance FROM accounts WHERE id = %s", (account,)))
+    finally:
+        conn.close()
 
 
 def error_code(exc: BaseException) -> int:
@@ -433,9 +446,10 @@ def test_clients_on_the_old_writer_after_failover(
     server_group: servers.ServerGroup, make_group_proxy: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With probes only every 30 s, a write refused with 1290 makes pyproxy look at once: the
-    next writes run on the new writer within about a second. An idle unpinned client's next
-    statement runs there without an error; a pinned client whose backend connection is on the
-    old writer gets 2013 and is disconnected, since its session state is gone."""
+    autocommit write waits for the new writer and runs there within about a second, without
+    an error. An idle unpinned client's next statement runs there without an error; a pinned
+    client whose backend connection is on the old writer gets 2013 and is disconnected, since
+    its session state is gone."""
     group = server_group
     setup_bank(group, 2)
     proxy = make_group_proxy(["writer", "auto"], health={**HEALTH, "interval": 30})
@@ -447,19 +461,13 @@ def test_clients_on_the_old_writer_after_failover(
     writer = proxy.connect(autocommit=True, read_timeout=30)
     statement(writer, "UPDATE accounts SET balance = balance WHERE id = 1")
     flipped = group.fail_over(0, 1).demoted
-    refused: collections.Counter[int] = collections.Counter()
-    while True:
-        try:
-            statement(writer, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")
-            break
-        except pymysql.MySQLError as exc:
-            refused[error_code(exc)] += 1
-            assert error_code(exc) == 1290, exc
-            assert time.monotonic() - flipped < 10, "writes did not move within 10 s"
-            time.sleep(0.05)
+    statement(writer, "UPDATE accounts SET balance = balance + 1 WHERE id = 1")  # no error
     moved = time.monotonic() - flipped
     assert server_of(group, writer) == 1
     assert moved < 3.0, f"writes moved {moved:.2f}s after the flip with a 30 s interval"
+    assert [balance_on(group, i, 1) for i in (0, 1)] == [START_BALANCE, START_BALANCE + 1], \
+        "the write ran once, on the new writer"
+    assert len(events(proxy, "write_run_again")) == 1
     assert server_of(group, idle) == 1
     with pytest.raises(pymysql.MySQLError) as caught:
         statement(pinned, "SELECT @kept")
@@ -472,9 +480,231 @@ def test_clients_on_the_old_writer_after_failover(
         except pymysql.MySQLError:
             pass  # the pinned one is already closed
     with capsys.disabled():
-        print(f"\n[failover] health interval 30 s: writes on the new writer "
-              f"{moved * 1000:.0f} ms after the flip, after {sum(refused.values())} refused "
-              f"({dict(refused)}); idle client: no error; pinned client: 2013, disconnected")
+        print(f"\n[failover] health interval 30 s: an autocommit write sent right after the "
+              f"flip ran on the new writer {moved * 1000:.0f} ms after the flip, without an "
+              "error; idle client: no error; pinned client: 2013, disconnected")
+
+
+class AutocommitWriters:
+    """Threads writing through pyproxy in autocommit until told to stop: each statement
+    inserts a row with an id of its own into ``autocommit_writes``, so every write can be
+    traced to the one server that stored it. Every error is counted; after one the thread
+    goes on with the same connection (a new one only if it is gone)."""
+
+    def __init__(self, proxy: servers.ProxyProcess, clients: int, pause: float = 0.01) -> None:
+        self.proxy = proxy
+        self.pause = pause
+        self.done: list[tuple[str, int, float]] = []  # (id, thread, when it succeeded)
+        self.failed: set[str] = set()
+        self.errors: collections.Counter[int] = collections.Counter()
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
+                         for n in range(clients)]
+
+    def __enter__(self) -> AutocommitWriters:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in self._threads), "a writer hung"
+
+    def after(self, moment: float) -> dict[int, int]:
+        """Writes that succeeded after ``moment``, by thread."""
+        with self._lock:
+            return collections.Counter(n for _, n, when in self.done if when > moment)
+
+    def _run(self, n: int) -> None:
+        conn = self.proxy.connect(autocommit=True, read_timeout=30)
+        count = 0
+        while not self.stop.is_set():
+            write_id = f"a{n}-{count}"
+            count += 1
+            try:
+                statement(conn, "INSERT INTO autocommit_writes VALUES (%s, @@port)", (write_id,))
+                with self._lock:
+                    self.done.append((write_id, n, time.monotonic()))
+            except pymysql.MySQLError as exc:
+                with self._lock:
+                    self.errors[error_code(exc)] += 1
+                    self.failed.add(write_id)
+                if error_code(exc) in LOST_CONNECTION:
+                    conn = self.proxy.connect(autocommit=True, read_timeout=30)
+            time.sleep(self.pause)
+        conn.close()
+
+
+def test_autocommit_writers_see_no_error_across_a_failover(
+    server_group: servers.ServerGroup, make_group_proxy: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11: 12 autocommit writers and 12 bank clients (transactions) write through a
+    failover. The autocommit writers see no error at all: a write the demoted writer refused
+    waits for the new writer and runs there, once (every write they saw succeed is stored
+    exactly once, on one of the servers, and nothing else is). The transaction writers still
+    get their errors (pyproxy never runs part of a transaction again), and no money is lost."""
+    group = server_group
+    setup_bank(group, 2)
+    for index in range(2):
+        group.admin(index, f"CREATE TABLE {servers.APP_DATABASE}.autocommit_writes "
+                    "(id VARCHAR(40) PRIMARY KEY, port INT NOT NULL) ENGINE=InnoDB")
+    # Room for all: an autocommit writer keeps its connection from one write to the next
+    # (held for a follow-up after each, hold_for_next_statement).
+    proxy = make_group_proxy(["writer", "auto"], health=HEALTH,
+                             pool={"max_connections": 30, "borrow_timeout": 10})
+    with AutocommitWriters(proxy, 12) as writers, BankClients(proxy, 12) as bank:
+        wait_until(lambda: len(writers.done) >= 200 and len(bank.on(group[0].port)) >= 50, 20,
+                   "writes on the writer",
+                   lambda: f"{len(writers.done)} writes, errors {writers.errors}; "
+                   f"{len(bank.committed)} transfers, errors {bank.errors}\n"
+                   + server_activity(group[0]))
+        flip = group.fail_over(0, 1)
+        wait_until(lambda: len(writers.after(flip.promoted)) == 12
+                   and len(bank.first_commits(group[1].port)) == 12, 20,
+                   "every writer writing on the new writer",
+                   lambda: f"errors so far: {writers.errors} {bank.errors}")
+        time.sleep(0.5)
+    stored: collections.Counter[str] = collections.Counter()
+    by_server = []
+    for index in range(2):
+        conn = group[index].connect(database=servers.APP_DATABASE)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT id, port FROM autocommit_writes")
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        assert all(port == group[index].port for _, port in rows)
+        stored.update(write_id for write_id, _ in rows)
+        by_server.append(len(rows))
+    assert not writers.errors, f"autocommit writers got errors: {writers.errors}"
+    seen = [write_id for write_id, _, _ in writers.done]
+    assert all(stored[write_id] == 1 for write_id in seen), "a write is stored twice or lost"
+    assert set(stored) == set(seen), "stored but never reported done"
+    retried = len(events(proxy, "write_run_again"))
+    assert retried >= 1, "no write was refused during the failover: the test saw nothing"
+    check_no_money_lost(group, 2, bank)
+    unexpected = set(bank.errors) - IN_FLIGHT_ERRORS
+    assert not unexpected, f"errors other than {sorted(IN_FLIGHT_ERRORS)}: {bank.errors}"
+    with capsys.disabled():
+        print(f"\n[failover] 12 autocommit writers + 12 bank clients: autocommit writers "
+              f"{len(seen)} writes ({by_server[0]} old writer, {by_server[1]} new), 0 errors, "
+              f"{retried} refused writes run again on the new writer; bank clients "
+              f"{len(bank.committed)} transfers, errors {dict(sorted(bank.errors.items()))}")
+
+
+def test_writes_in_transactions_still_get_their_error(
+    server_group: servers.ServerGroup, make_group_proxy: Any
+) -> None:
+    """A write refused as read-only inside a transaction (BEGIN, or autocommit=0) reaches the
+    client as 1290, never run again silently: the transaction's earlier statements ran on the
+    old writer. Neither server has the write."""
+    group = server_group
+    setup_bank(group, 2)
+    proxy = make_group_proxy(["writer", "auto"], health=HEALTH)
+    began = proxy.connect(autocommit=True, read_timeout=30)
+    began.begin()
+    statement(began, "UPDATE accounts SET balance = balance WHERE id = 3")
+    implicit = proxy.connect(autocommit=False, read_timeout=30)
+    statement(implicit, "SELECT balance FROM accounts WHERE id = 4")
+    group.fail_over(0, 1)
+    for conn, account in ((began, 3), (implicit, 4)):
+        with pytest.raises(pymysql.MySQLError) as caught:
+            statement(conn, "UPDATE accounts SET balance = balance + 1 WHERE id = %s", (account,))
+        assert error_code(caught.value) == 1290, caught.value
+        conn.rollback()
+    assert [balance_on(group, i, account) for i in (0, 1) for account in (3, 4)] == [
+        START_BALANCE] * 4
+    assert events(proxy, "write_run_again") == []
+    for conn in (began, implicit):
+        conn.close()
+
+
+def test_load_data_local_refused_before_its_file_runs_again(
+    server_group: servers.ServerGroup, make_group_proxy: Any, tmp_path: Any
+) -> None:
+    """An autocommit LOAD DATA LOCAL sent to the demoted writer is refused before the server
+    asks for the file (one ERR, no file sent), so it runs again on the new writer, which asks
+    for the file then: the rows are loaded once, there, and the client sees no error."""
+    group = server_group
+    for index in range(2):
+        group.admin(index, f"CREATE DATABASE IF NOT EXISTS {servers.APP_DATABASE}",
+                    f"DROP TABLE IF EXISTS {servers.APP_DATABASE}.loaded",
+                    f"CREATE TABLE {servers.APP_DATABASE}.loaded (id INT PRIMARY KEY) ENGINE=InnoDB")
+    data = tmp_path / "rows.txt"
+    data.write_text("".join(f"{i}\n" for i in range(1, 101)))
+    proxy = make_group_proxy(["writer", "auto"], health={**HEALTH, "interval": 30})
+    conn = proxy.connect(autocommit=True, read_timeout=30, local_infile=True)
+    statement(conn, "SELECT 1")
+    group.fail_over(0, 1)
+    statement(conn, f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE loaded")
+    assert conn.affected_rows() == 100
+    counts = []
+    for index in range(2):
+        direct = group[index].connect(database=servers.APP_DATABASE)
+        try:
+            counts.append(statement(direct, "SELECT COUNT(*) FROM loaded"))
+        finally:
+            direct.close()
+    assert counts == [0, 100]
+    assert len(events(proxy, "write_run_again")) == 1
+    conn.close()
+
+
+def test_prepared_write_refused_runs_again_prepared_on_the_new_writer(
+    server_group: servers.ServerGroup, make_group_proxy: Any
+) -> None:
+    """A COM_STMT_EXECUTE (mysql-connector-python's prepared cursor) refused by the demoted
+    writer runs on the new writer, where pyproxy prepares the statement first: no error,
+    the row written once, there."""
+    mysql_connector = pytest.importorskip("mysql.connector")
+    group = server_group
+    setup_bank(group, 2)
+    proxy = make_group_proxy(["writer", "auto"], health={**HEALTH, "interval": 30})
+    conn = mysql_connector.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                                   password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                                   use_pure=True, autocommit=True)
+    try:
+        cur = conn.cursor(prepared=True)
+        update = "UPDATE accounts SET balance = balance + ? WHERE id = ?"
+        cur.execute(update, (1, 5))
+        group.fail_over(0, 1)
+        cur.execute(update, (10, 6))  # prepared on the old writer only: no error
+        assert cur.rowcount == 1
+    finally:
+        conn.close()
+    assert [balance_on(group, i, account) for i in (0, 1) for account in (5, 6)] == [
+        START_BALANCE + 1, START_BALANCE, START_BALANCE, START_BALANCE + 10]
+    assert len(events(proxy, "write_run_again")) == 1
+
+
+def test_last_insert_id_after_a_hold_given_up_at_failover(
+    server_group: servers.ServerGroup, make_group_proxy: Any
+) -> None:
+    """A client's connection held for a follow-up is given up when the writer moves; what
+    LAST_INSERT_ID() is for the client is read back first, so on the new writer the client
+    sees the id its own INSERT generated, not an explicit id its last OK reported."""
+    group = server_group
+    for index in range(2):
+        group.admin(index, f"CREATE DATABASE IF NOT EXISTS {servers.APP_DATABASE}",
+                    f"DROP TABLE IF EXISTS {servers.APP_DATABASE}.ai",
+                    f"CREATE TABLE {servers.APP_DATABASE}.ai (id INT AUTO_INCREMENT PRIMARY KEY,"
+                    " v INT) ENGINE=InnoDB")
+    proxy = make_group_proxy(["writer", "auto"], health=HEALTH,
+                             session={"hold_for_next_statement": 60})
+    conn = proxy.connect(autocommit=True, read_timeout=30)
+    statement(conn, "INSERT INTO ai (v) VALUES (1)")
+    assert conn.insert_id() == 1
+    statement(conn, "INSERT INTO ai (id, v) VALUES (100, 2)")  # the OK reports 100
+    assert conn.insert_id() == 100
+    group.fail_over(0, 1)
+    wait_for_event(proxy, "writer_changed", 10, target=group.address(1))
+    assert statement(conn, "SELECT LAST_INSERT_ID()") == 1
+    assert server_of(group, conn) == 1
+    conn.close()
 
 
 def test_pinned_libmariadb_client_on_the_old_writer_is_told_clearly(

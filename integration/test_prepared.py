@@ -248,6 +248,55 @@ def test_cursor_holds_its_connection_only_while_open(make_proxy) -> None:
     assert pins(proxy) == []
 
 
+def test_cursor_whose_connection_is_killed(make_proxy, db_server) -> None:
+    """The backend connection holding an open cursor is killed from a side connection
+    (KILL, as an operator or a failover would): the client's next fetch gets an error,
+    closing the statement works, and the session goes on: another statement runs, the
+    same statement runs again (prepared on another connection) and opens a new cursor."""
+    proxy = make_proxy(pool={"max_connections": 2, "borrow_timeout": 5})
+    setup = connector(proxy)
+    cur = setup.cursor()
+    cur.execute("CREATE TABLE IF NOT EXISTS ps_cursor_killed (id INT PRIMARY KEY)")
+    cur.execute("DELETE FROM ps_cursor_killed")
+    cur.execute("INSERT INTO ps_cursor_killed VALUES (1), (2), (3)")
+    setup.close()
+    client = connector(proxy)
+    sql = b"SELECT id, CONNECTION_ID() FROM ps_cursor_killed ORDER BY id"
+    statement = client.cmd_stmt_prepare(sql)["statement_id"]
+    _, columns, eof = client.cmd_stmt_execute(statement, flags=CURSOR_TYPE_READ_ONLY)
+    assert eof["status_flag"] & 0x40  # the server kept a cursor
+    client.cmd_stmt_fetch(statement, 1)
+    [(first, backend_id)], _ = client.get_rows(binary=True, columns=columns)
+    assert first == 1
+    root = db_server.connect()
+    try:
+        with root.cursor() as kill:
+            kill.execute(f"KILL {int(backend_id)}")
+    finally:
+        root.close()
+    time.sleep(0.3)  # the server closes the connection; pyproxy sees it go
+    with pytest.raises(mysql.connector.Error) as caught:
+        client.cmd_stmt_fetch(statement, 1)
+        client.get_rows(binary=True, columns=columns)
+    assert caught.value.errno in (2013, 1927), caught.value
+    client.cmd_stmt_close(statement)  # no reply: the next command says whether it broke anything
+    plain = client.cursor()
+    plain.execute("SELECT 41 + 1")
+    assert plain.fetchall() == [(42,)]
+    statement = client.cmd_stmt_prepare(sql)["statement_id"]
+    _, columns, eof = client.cmd_stmt_execute(statement, flags=CURSOR_TYPE_READ_ONLY)
+    assert eof["status_flag"] & 0x40
+    client.cmd_stmt_fetch(statement, 5)
+    rows, eof = client.get_rows(binary=True, columns=columns)
+    assert [row[0] for row in rows] == [1, 2, 3]
+    assert rows[0][1] != backend_id
+    client.cmd_stmt_close(statement)
+    pool_stats, _ = _stats(proxy)
+    assert pool_stats["lent"] == 0  # nothing holds a connection any more
+    client.close()
+    assert "internal_error" not in proxy.log_text()
+
+
 #: Statements the server allows beyond those other sessions (other tests' proxies) hold.
 STATEMENT_ROOM = 8
 

@@ -4,8 +4,10 @@ pyproxy never runs a statement again by itself.  A connection lost during a
 command gives its client error 2013 (1927 for libmariadb) at the right
 sequence id, or closes the client when no ERR can follow (mid-packet, during
 a LOCAL INFILE upload) or when the session's state died with it (a pinned
-session).  A connection lost while it held an idle client's transaction is
-found by the client's next command.
+session).  A connection lost while it held an idle client's transaction or
+open cursor is found by the client's next command, which gets the error;
+the cursors die with their connection (their statements stay), so nothing
+counts them any more and COM_STMT_CLOSE of their statements still works.
 
 Inside a transaction the message says what became of it:
 
@@ -59,6 +61,15 @@ def held_connection_lost(client: CommandPhase) -> bool:
                      "connection holding this session's state was closed")
         return True
     session = client.session
+    statements = client.statements
+    if statements is not None and statements.connection_lost():
+        # The cursor died with the connection: the command is told, whatever it
+        # is, as a server's connection would be.
+        if not session.holds_state():
+            client.command_failed(BackendError(
+                *c.CR_SERVER_LOST, "Lost connection to MySQL server: the backend connection "
+                "holding this session's open cursor was closed; the cursor is gone"))
+            return True
     if session.holds_state():
         rollback = client.sql is not None and ROLLBACK.match(client.sql) is not None
         what = ("the transaction was rolled back" if session.in_transaction

@@ -15,7 +15,8 @@ What the cycle consults lives in modules of its own: prepared statements
 (pyproxy.set_global), a lost backend and the lost-transaction policy
 (pyproxy.backend_loss), LOCAL INFILE (pyproxy.infile), the commands answered
 without a backend (pyproxy.local_commands), commands sent ahead and unread
-replies (pyproxy.flow).  command_failed() is the one place where a command
+replies (pyproxy.flow), a write refused by a writer turned read-only
+(pyproxy.write_retry).  command_failed() is the one place where a command
 that cannot run becomes the client's ERR packet.
 """
 
@@ -50,6 +51,8 @@ from pyproxy.wire.constants import CLIENT, COMMAND
 from pyproxy.wire.framing import Packet, frame
 from pyproxy.wire.response_tracker import DONE, INFILE, ResponseTracker
 from pyproxy.wire.responses import make_ok, make_ok_tracked
+from pyproxy.write_retry import cancel as cancel_writer_wait
+from pyproxy.write_retry import refused_write
 
 if TYPE_CHECKING:
     from collections import deque
@@ -76,6 +79,7 @@ class CommandPhase:
         "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
         "refused_infile", "backlog", "paused_backend", "statements", "hold_timer", "query_timer",
         "kill_pending", "last_active", "globals_before", "own_tracking", "lost_transaction",
+        "retried", "writer_wait",
     )
 
     def __init__(self, connection: FrontendProtocol, proxy: Proxy, readonly: bool) -> None:
@@ -151,6 +155,10 @@ class CommandPhase:
         # Its transaction died with a backend connection: until the client
         # says ROLLBACK, nothing else runs (pyproxy.backend_loss).
         self.lost_transaction = False
+        # The running command was refused as read-only and runs again (once),
+        # waiting meanwhile for the new writer (pyproxy.write_retry).
+        self.retried = False
+        self.writer_wait: defer.Deferred[Any] | None = None
 
     @property
     def log(self) -> Any:
@@ -185,6 +193,7 @@ class CommandPhase:
             return
         command = payload[0]
         self.command = packet
+        self.retried = False
         self.last_active = self.proxy.reactor.seconds()
         if self.lost_transaction and command not in HARMLESS and refused_after_loss(self, payload):
             return
@@ -278,7 +287,8 @@ class CommandPhase:
                 bring_to_state(self, then)
                 return
             else:
-                give_up_hold(self, held)
+                give_up_hold(self, held, lambda: self.acquire(then))
+                return
         pool = self.pool
         topology = self.proxy.topology
         if pool is None or self._epoch != topology.epoch or pool.user != self.user or pool.closed:
@@ -316,9 +326,12 @@ class CommandPhase:
         return not target.usable if self.readonly else target is not self.proxy.topology.writer
 
     def stop_borrowing(self) -> None:
-        """The client is gone: a borrow still waiting for a connection stops."""
+        """The client is gone: a borrow still waiting for a connection stops, and
+        so does a refused write's wait for a writer."""
         if self._borrowing is not None:
             self._borrowing.cancel()
+        if self.writer_wait is not None:
+            cancel_writer_wait(self)
 
     # -- run -----------------------------------------------------------------------
 
@@ -351,6 +364,8 @@ class CommandPhase:
 
     def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
         """Bytes of the reply, already settled by the tracker: forward them."""
+        if tracker.error and tracker.error in READ_ONLY_ERRORS and refused_write(self, data, tracker):
+            return  # held back: the statement runs again on the new writer
         if self.refused_infile >= 0:
             refused_reply_data(self, tracker)
             return
@@ -473,6 +488,8 @@ class CommandPhase:
         self.sql = None
         self.found = self.code = None
         self.busy = False
+        if self.statements is not None:
+            self.statements.again = None
         if self.kill_pending:
             self.connection.phase = CLOSED
             self.transport.loseConnection()
@@ -487,7 +504,7 @@ class CommandPhase:
         place its error becomes the client's ERR packet."""
         abandon(self)
         if self.statements is not None:
-            self.statements.cursor = None
+            self.statements.cursor = self.statements.again = None
         self.prefix = None
         if not isinstance(exc, BackendError):
             self.log.error("internal_error", error=repr(exc))
@@ -495,6 +512,8 @@ class CommandPhase:
         conn = self.backend
         if conn is not None and conn.broken:
             self.backend = None
+            if self.statements is not None:
+                self.statements.connection_lost()
             discard(conn, "broken")
             if self.session.holds_state():
                 self.fatal((exc.code, exc.sqlstate), exc.message + "; session state was lost")
@@ -523,7 +542,8 @@ class CommandPhase:
         and pyproxy.backend_loss says what the client is told."""
         abandon(self)
         if self.statements is not None:
-            self.statements.cursor = None
+            # Its cursors, if any, died with it.
+            self.statements.connection_lost()
         cancel_query_timer(self)
         resume_backend(self)
         conn = self.backend

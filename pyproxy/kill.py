@@ -57,6 +57,10 @@ def kill_statement(client: CommandPhase) -> bool:
     if what is None or what.lower() != b"query":
         close_by_kill(connection)
     if running is None:
+        if target.writer_wait is not None:
+            # A refused write waiting for the new writer (pyproxy.write_retry)
+            # never runs: it gets its refusal now.
+            target.writer_wait.cancel()
         client.reply(client.ok_payload())
         return True
     client.busy = True

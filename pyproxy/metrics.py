@@ -147,6 +147,9 @@ class ProxyCollector:
         yield CounterMetricFamily(f"{PREFIX}backend_resets",
                                   "Backend connections reset (COM_RESET_CONNECTION) before another "
                                   "client got them.", value=proxy.resets)
+        yield CounterMetricFamily(f"{PREFIX}writes_retried",
+                                  "Autocommit writes refused by a writer turned read-only that "
+                                  "waited for the new writer to run again.", value=proxy.writes_retried)
 
     def _pools(self) -> Iterable[Metric]:
         labels = ["target", "user"]

@@ -52,7 +52,7 @@ ER_LONG_DATA = (1105, "HY000")
 class PreparedStatements:
     """One client's prepared statements, by the ids pyproxy gave it."""
 
-    __slots__ = ("client", "by_id", "next_id", "preparing", "cursor")
+    __slots__ = ("client", "by_id", "next_id", "preparing", "cursor", "again")
 
     def __init__(self, client: CommandPhase) -> None:
         self.client = client
@@ -66,10 +66,27 @@ class PreparedStatements:
         # The statement of the running command that opens, reads or closes a
         # cursor, and the backend statement it runs on.
         self.cursor: tuple[ClientStatement, BackendStatement] | None = None
+        # The running execute as the client sent it, with its statement and the
+        # long data sent with it: what a refused write needs to run again
+        # elsewhere (pyproxy.write_retry).  None once the command is over.
+        self.again: tuple[ClientStatement, Packet, list[bytes] | None] | None = None
 
     def forget(self) -> None:
         """The session started over: its statements are gone."""
         self.by_id = None
+
+    def connection_lost(self) -> bool:
+        """The backend connection the client held died: the cursors open on it
+        died with it (their statements stay, to be executed again anywhere).
+        Returns whether any was open."""
+        self.cursor = None
+        session = self.client.session
+        if not session.cursors:
+            return False
+        for statement in (self.by_id or {}).values():
+            statement.cursor = None
+        session.cursors = 0
+        return True
 
     def sql_of(self, payload: bytes) -> bytes | None:
         """The text of the statement a COM_STMT_EXECUTE runs, if the client has it."""
@@ -120,7 +137,9 @@ class PreparedStatements:
             client.command = None
             if statement.cursor is not None:
                 # Closing the backend's copy (no reply) closes its cursor too.
-                client.backend.close_statements([statement.cursor.id])
+                conn = client.backend
+                if conn is not None and not conn.broken:
+                    conn.close_statements([statement.cursor.id])
                 self._cursor_closed(statement, cache=False)
                 release_if_clean(client)
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
@@ -257,6 +276,7 @@ class PreparedStatements:
         if statement.long_data:
             header = bytes((COMMAND.COM_STMT_SEND_LONG_DATA,)) + prepared.id.to_bytes(4, "little")
             conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
+        self.again = (statement, packet, statement.long_data)
         statement.long_data = None
         payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
         if statement.cursor is not None or opens_cursor(payload):
@@ -264,6 +284,19 @@ class PreparedStatements:
             self.cursor = (statement, prepared)
         client.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
         client.start()
+
+    def execute_again(self) -> None:
+        """The running execute, refused as read-only, runs again as the client sent
+        it, long data included, on a connection borrowed anew (prepared there
+        first if needed): see pyproxy.write_retry."""
+        statement, packet, long_data = self.again  # type: ignore[misc]
+        client = self.client
+        statement.long_data = long_data
+        client.command = packet
+        if client.found is not None or client.code is not None:
+            run_flagged(client, lambda: self._execute(statement, packet))
+        else:
+            client.acquire(lambda: self._execute(statement, packet))
 
     def _run_rewritten(self, packet: Packet, backend_id: int) -> None:
         client = self.client

@@ -71,6 +71,9 @@ class Proxy:
     # Backend connections reset (COM_RESET_CONNECTION) before another client
     # got them: the price of pinned sessions and unprovable statements.
     resets: int = 0
+    # Writes refused by a writer turned read-only that waited for the new
+    # writer to run again (pyproxy.write_retry).
+    writes_retried: int = 0
     # The server's max_allowed_packet and max_prepared_stmt_count, read from
     # the first connection pyproxy opens: the bounds on what one client may
     # make pyproxy keep (long data per parameter, prepared statements).

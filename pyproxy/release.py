@@ -22,8 +22,10 @@ given back carries its reason to the pool.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection
@@ -78,15 +80,25 @@ def hold_expired(client: CommandPhase) -> None:
     release_if_clean(client)
 
 
-def give_up_hold(client: CommandPhase, conn: BackendConnection) -> None:
+def give_up_hold(client: CommandPhase, conn: BackendConnection, then: Callable[[], Any]) -> None:
     """The connection is held only for a follow-up (SHOW WARNINGS, ROW_COUNT()),
     and its server no longer takes the client's traffic (a failover): not worth
-    staying on, it goes back as it is (whoever borrows it next replaces its
-    LAST_INSERT_ID() if it needs to)."""
+    staying on, it goes back, then ``then`` runs (unless the client left
+    meanwhile).  As on every way back, a LAST_INSERT_ID() left unknown there is
+    read back first: the client's next statement, wherever it runs, must see
+    the value its own statements left, not the OK's insert id."""
     client.backend = None
     client.session.hold_next = False
     cancel_hold(client)
+    if conn.last_insert_id is None and not conn.broken:
+        def go_on(_: Any) -> None:
+            if client.connection.phase == COMMANDS:
+                then()
+
+        _read_insert_id(client, conn).addBoth(go_on)
+        return
     give_back(conn)
+    then()
 
 
 def cancel_hold(client: CommandPhase) -> None:
@@ -103,16 +115,7 @@ def read_back_insert_id(client: CommandPhase, conn: BackendConnection) -> None:
     does not say (an explicitly inserted id is reported too, and stored
     code may set it unseen).  The client's next command waits for it, as
     it needs the value wherever it runs."""
-    session = client.session
     client.busy = True
-
-    def read(value: str | None) -> None:
-        number = int(value) if value is not None and value.isdigit() else 0
-        conn.last_insert_id = session.last_insert_id = number
-        give_back(conn)
-
-    def failed(failure: Failure) -> None:
-        discard(conn, f"LAST_INSERT_ID() unread: {failure.getErrorMessage()}")
 
     def done(_: Any) -> None:
         if client.connection.phase != COMMANDS:
@@ -123,7 +126,23 @@ def read_back_insert_id(client: CommandPhase, conn: BackendConnection) -> None:
         else:
             run_queued(client)
 
-    conn.query_value("SELECT LAST_INSERT_ID()").addCallbacks(read, failed).addBoth(done)
+    _read_insert_id(client, conn).addBoth(done)
+
+
+def _read_insert_id(client: CommandPhase, conn: BackendConnection) -> defer.Deferred[None]:
+    """Reads LAST_INSERT_ID() on ``conn`` into it and the client's session, then
+    gives it back (drops it if the read fails); fires when that is done."""
+    session = client.session
+
+    def read(value: str | None) -> None:
+        number = int(value) if value is not None and value.isdigit() else 0
+        conn.last_insert_id = session.last_insert_id = number
+        give_back(conn)
+
+    def failed(failure: Failure) -> None:
+        discard(conn, f"LAST_INSERT_ID() unread: {failure.getErrorMessage()}")
+
+    return conn.query_value("SELECT LAST_INSERT_ID()").addCallbacks(read, failed)
 
 
 def client_left(client: CommandPhase) -> None:

@@ -70,6 +70,11 @@ class TargetHealth:
     retired: bool = False
     monitor: BackendConnection | None = attrs.field(default=None, repr=False)
     probing: bool = False
+    # A suspicion came while a probe was out: its answer may predate what was
+    # suspected, so another probe follows at once.
+    again: bool = False
+    # The number (counted by ``probes``) of the last probe that was answered.
+    answered: int = 0
     timer: IDelayedCall | None = attrs.field(default=None, repr=False)
     read_only_sql: str = READ_ONLY_SQL
 
@@ -91,6 +96,21 @@ class TargetHealth:
 
 
 Listener = Callable[[str, TargetHealth, "TargetHealth | None"], None]
+
+
+@attrs.define(eq=False)
+class WriterWait:
+    """A write ``refused`` as read-only, waiting to learn which server takes writes
+    now (see Topology.await_writer)."""
+
+    refused: TargetHealth
+    # refused.probes when the refusal came: only a probe begun after it counts.
+    mark: int
+    deferred: defer.Deferred[TargetHealth | None] = attrs.field(init=False, repr=False)
+    timer: IDelayedCall | None = attrs.field(default=None, repr=False)
+
+
+_PENDING = object()
 
 
 class Topology:
@@ -123,6 +143,7 @@ class Topology:
         self._turn = 0
         self.running = False
         self.log = get_logger(component="topology")
+        self._writer_waits: list[WriterWait] = []
 
     def _first_writer(self) -> TargetHealth:
         """Before any probe: the first writer, else the first auto target."""
@@ -163,6 +184,58 @@ class Topology:
                     self._tell("writer", target, current)
                     return
 
+    def await_writer(self, refused: TargetHealth, timeout: float) -> defer.Deferred[TargetHealth | None]:
+        """A write was refused as read-only by ``refused``, pyproxy's writer when the
+        write was sent: fires with the server that takes writes now, or None when
+        none will.
+
+        That is another server elected writer, or ``refused`` itself if a probe
+        begun after the refusal finds it writable again.  None: ``refused``
+        is found read-only and no other server may take writes (role reader or
+        none configured), or ``timeout`` seconds pass first.  Cancelling the
+        Deferred (the client left) forgets the wait.
+        """
+        wait = WriterWait(refused, refused.probes)
+        wait.deferred = defer.Deferred(lambda _: self._forget_wait(wait))
+        found = self._writer_for(wait)
+        if found is not _PENDING:
+            wait.deferred.callback(found)  # type: ignore[arg-type]
+            return wait.deferred
+        wait.timer = self.clock.callLater(timeout, self._wait_over, wait, None)
+        self._writer_waits.append(wait)
+        self.suspect(refused)
+        return wait.deferred
+
+    def _writer_for(self, wait: WriterWait) -> Any:
+        """What a WriterWait learns now: a writer, None, or _PENDING."""
+        writer = self.writer
+        refused = wait.refused
+        probed = refused.answered > wait.mark
+        if writer.state in (UP, UNKNOWN) and not writer.retired and (writer is not refused or probed):
+            return writer
+        if probed and refused.state == READ_ONLY and not any(
+                target is not refused and target.role != "reader" and not target.retired
+                for target in self.targets):
+            return None
+        return _PENDING
+
+    def _check_waits(self) -> None:
+        for wait in list(self._writer_waits):
+            found = self._writer_for(wait)
+            if found is not _PENDING:
+                self._wait_over(wait, found)
+
+    def _wait_over(self, wait: WriterWait, found: TargetHealth | None) -> None:
+        self._forget_wait(wait)
+        wait.deferred.callback(found)
+
+    def _forget_wait(self, wait: WriterWait) -> None:
+        if wait in self._writer_waits:
+            self._writer_waits.remove(wait)
+        if wait.timer is not None and wait.timer.active():
+            wait.timer.cancel()
+        wait.timer = None
+
     @property
     def hunting(self) -> bool:
         """The writer takes no writes and nothing has replaced it yet."""
@@ -191,6 +264,8 @@ class Topology:
             for other in self.targets:  # who takes over? ask the others now
                 if other is not target:
                     self.suspect(other)
+        if self._writer_waits:
+            self._check_waits()
 
     # -- probing --------------------------------------------------------------
 
@@ -203,6 +278,8 @@ class Topology:
         self.running = False
         for target in self.targets:
             self._stop_probing(target)
+        for wait in list(self._writer_waits):
+            self._wait_over(wait, None)
 
     def _stop_probing(self, target: TargetHealth) -> None:
         if target.timer is not None and target.timer.active():
@@ -227,7 +304,9 @@ class Topology:
         read-only error, a lost connection): probe it, or all, now."""
         now = self.clock.seconds()
         for each in (self.targets if target is None else (target,)):
-            if not each.probing:
+            if each.probing:
+                each.again = True
+            else:
                 # Probed a moment ago: again once SUSPECT_INTERVAL has passed,
                 # not at the next interval.
                 self._schedule(each, max(0.0, SUSPECT_INTERVAL - (now - each.last_probe)))
@@ -283,11 +362,22 @@ class Topology:
         target.probing = False
         target.failures = 0
         target.last_error = ""
+        target.answered = target.probes
         try:
             if not target.retired and self.running:
                 self._set(target, UP if value in ("0", None) else READ_ONLY)
         finally:
             self._schedule(target, min(self.interval, HUNT_INTERVAL) if self.hunting else self.interval)
+            self._after_probe(target)
+
+    def _after_probe(self, target: TargetHealth) -> None:
+        """A probe is over: a suspicion that came meanwhile probes again, and the
+        writes waiting for a writer learn what it says."""
+        if target.again:
+            target.again = False
+            self.suspect(target)
+        if self._writer_waits:
+            self._check_waits()
 
     def _failed(self, failure: Failure, target: TargetHealth) -> None:
         target.probing = False
@@ -309,6 +399,7 @@ class Topology:
             target.last_error = failure.getErrorMessage()
             log("probe_inconclusive", target=target.name, error=target.last_error)
             self._schedule(target, self.interval)
+            self._after_probe(target)
             return
         target.failures += 1
         target.failed_probes += 1
@@ -325,6 +416,7 @@ class Topology:
                 self._set(target, DOWN)
         finally:
             self._schedule(target, delay)
+            self._after_probe(target)
 
     # -- configuration --------------------------------------------------------
 
@@ -371,6 +463,8 @@ class Topology:
         self._elect()
         if self.hunting:
             self.suspect()
+        if self._writer_waits:
+            self._check_waits()
         return removed
 
     def stats(self) -> list[dict[str, Any]]:

@@ -223,6 +223,7 @@ def test_fault_rows() -> None:
     rows = report.fault_rows("failover", *report.FAULTS["failover"], direct, through)
     by_metric = {metric: (d, p) for _, metric, d, p, _ in rows}
     assert by_metric["client errors"] == ("16 (1290x16)", 0)
+    assert by_metric["  of autocommit writers"] == (None, None)  # results without the split
     assert by_metric["first write after the flip ms"] == (40.0, 400.0)
     assert by_metric["clients writing again"] == ("16/16", "15/16")
     assert by_metric["SET GLOBAL read_only=1 took ms"] == (70.0, 70.0)
@@ -232,6 +233,28 @@ def test_fault_rows() -> None:
     assert by_metric["server accepting again after the kill ms"] == (70.0, "FAILED")
     assert by_metric["clients writing again"] == ("16/16", "FAILED")
     assert "FAILED" in report.render_table(restart)
+
+
+def test_fault_rows_split_errors_by_writer_kind() -> None:
+    """The failover figures say which errors the autocommit writers saw, apart from the
+    transaction writers' (through pyproxy the former should see none)."""
+    direct = {"errors": {"1290": 16}, "errors_transactions": {"1290": 9},
+              "errors_autocommit": {"1290": 7}, "clients": 16, "recovered": 16}
+    through = {**direct, "errors": {"1290": 3}, "errors_transactions": {"1290": 3},
+               "errors_autocommit": {}}
+    rows = report.fault_rows("failover", *report.FAULTS["failover"], direct, through)
+    by_metric = {metric: (d, p) for _, metric, d, p, _ in rows}
+    assert by_metric["  of transaction writers"] == ("9 (1290x9)", "3 (1290x3)")
+    assert by_metric["  of autocommit writers"] == ("7 (1290x7)", 0)
+
+
+def test_fault_clients_of_both_kinds() -> None:
+    """Every other fault-workload client writes in autocommit, alternating across load
+    processes, and its one statement moves money between both accounts."""
+    kinds = [faults.is_autocommit_writer(index, slot) for index in range(2) for slot in range(3)]
+    assert kinds == [False, True, False, True, False, True]
+    assert faults.move_statement(3, 7, 1) == (
+        "UPDATE accounts SET balance = balance + IF(id = 3, -1, 1) WHERE id IN (3, 7)")
 
 
 def test_parse_args_fault_workloads() -> None:

@@ -8,6 +8,7 @@ routed to the writer or, for the read-only listener, a reader.
 
 from __future__ import annotations
 
+import attrs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,6 +21,7 @@ from pyproxy.wire.constants import (
     CLIENT,
     COM_RESET_CONNECTION,
     MYSQL_OPTION_MULTI_STATEMENTS_OFF,
+    SERVER_MORE_RESULTS_EXISTS,
     SERVER_SESSION_STATE_CHANGED,
     SERVER_STATUS_AUTOCOMMIT,
     SERVER_STATUS_IN_TRANS,
@@ -29,6 +31,7 @@ from pyproxy.wire.handshake import parse_handshake_v10
 from pyproxy.wire.responses import make_err, make_ok, make_ok_tracked, parse_ok
 from test_backend import FakeServer, FakeTransport
 from test_frontend import CLIENT_CAPS, SELECT, Backends, FakeClient, LoggedIn, err_of, make_proxy
+from test_prepared import EXECUTE_BOUND, PREPARED_SQL, value_reply
 
 
 class RoundTripTests(LoggedIn):
@@ -259,9 +262,8 @@ class SharingTests(LoggedIn):
         self.assertEqual(self.pool.idle, [conn])
 
 
-class RoutingTests(SynchronousTestCase):
-    """Two servers: writer traffic follows the elected writer, the read-only
-    listener's sessions go to the reader."""
+class TwoServers(SynchronousTestCase):
+    """Two servers, a writer and another (role auto) read-only, each with its pool."""
 
     def setUp(self) -> None:
         self.proxy, self.writer_backends = make_proxy(
@@ -300,6 +302,12 @@ class RoutingTests(SynchronousTestCase):
         """What the probes would see: the writer turned read-only, the other writable."""
         self.proxy.topology._set(self.writer, "read_only")
         self.proxy.topology._set(self.reader, "up")
+
+
+
+class RoutingTests(TwoServers):
+    """Writer traffic follows the elected writer, the read-only listener's sessions
+    go to the reader."""
 
     def test_read_only_listener_uses_the_reader(self) -> None:
         conn, _ = self.select(self.connect(readonly=True), self.reader_backends)
@@ -358,15 +366,19 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(server.received()[0].payload, bytes((COM_RESET_CONNECTION,)))
 
     def test_read_only_error_probes_now(self) -> None:
-        """A write refused as read-only (1290) makes every target's probe run at once."""
+        """A write refused as read-only (1290) makes every target's probe run at once,
+        also when the client gets the error (in a transaction, never run again)."""
         probed = []
         self.proxy.topology.suspect = lambda *targets: probed.append(targets)  # type: ignore[method-assign]
         client = self.connect()
-        client.query("INSERT INTO t VALUES (1)")
+        client.query("BEGIN")
         _, server = self.writer_backends.open()
         server.received()
-        server.send(frame(make_err(1290, "HY000", "The MariaDB server is running with the --read-only "
-                                   "option so it cannot execute this statement"), 1))
+        server.send(vectors.BEGIN_OK)
+        client.raw()
+        client.query("INSERT INTO t VALUES (1)")
+        server.received()
+        server.send(READ_ONLY_ERR)
         self.assertEqual(err_of(client.received()[0])[1], 1290)
         self.assertEqual(probed, [()])  # all of them: who is writable now?
 
@@ -380,18 +392,265 @@ class RoutingTests(SynchronousTestCase):
 
     def test_held_after_an_error_follows_the_new_writer(self) -> None:
         """A connection held after an error (for SHOW WARNINGS) is given up when the
-        writer moves: retries of a refused write must reach the new writer."""
+        writer moves: the client's own retries of a refused write must reach the new
+        writer.  (A multi-statement whose second statement was refused: the first
+        ran, so pyproxy never runs it again itself.)"""
         client = self.connect()
-        client.query("INSERT INTO t VALUES (1)")
+        client.query("DO 1; INSERT INTO t VALUES (1)")
         old, server = self.writer_backends.open()
         server.received()
-        server.send(frame(make_err(1290, "HY000", "read-only"), 1))
-        client.raw()
+        server.send(frame(make_ok(SERVER_STATUS_AUTOCOMMIT | SERVER_MORE_RESULTS_EXISTS), 1)
+                    + frame(make_err(1290, "HY000", READ_ONLY_MESSAGE), 2))
+        [ok, err] = client.received()
+        self.assertEqual(err_of(err)[1], 1290)
         self.assertIs(client.protocol.commands.backend, old)  # held for a follow-up
         self.failover()
         conn, _ = self.select(client, self.reader_backends)
         self.assertIs(conn.pool.target, self.reader)
         self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+
+    def test_hold_given_up_at_failover_reads_back_last_insert_id(self) -> None:
+        """A connection held for a follow-up and given up at a failover goes back like
+        any other: LAST_INSERT_ID() is read back first when the OK's insert id may not
+        be it (here an explicitly inserted id, 100), and the client's next statement,
+        on the new writer, sees what its own statements left there (7), not 100."""
+        client = self.connect()
+        client.query("INSERT INTO t (id) VALUES (100)")
+        old, server = self.writer_backends.open()
+        server.received()
+        server.send(frame(make_ok(SERVER_STATUS_AUTOCOMMIT, affected_rows=1, last_insert_id=100), 1))
+        client.raw()
+        commands = client.protocol.commands
+        self.assertIs(commands.backend, old)  # held for a follow-up (ROW_COUNT())
+        self.assertIsNone(old.last_insert_id)
+        self.failover()
+        client.query("SELECT LAST_INSERT_ID()")
+        [read_back] = server.received()
+        self.assertEqual(read_back.payload, make_query("SELECT LAST_INSERT_ID()"))
+        self.assertEqual(self.reader_backends.waiting, [])  # the statement waits for the read
+        server.send(value_reply(b"7"))
+        self.assertEqual(commands.session.last_insert_id, 7)
+        self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+        conn, new_server = self.reader_backends.open()
+        sent = new_server.transport.value()
+        self.assertEqual(sent, frame(make_query("SET SESSION last_insert_id=7"), 0)
+                         + frame(make_query("SELECT LAST_INSERT_ID()"), 0))
+        self.assertIs(conn.pool.target, self.reader)
+
+    def test_hold_given_up_at_failover_without_insert_id_goes_back_at_once(self) -> None:
+        """Nothing to read back: the held connection goes back and the statement runs on
+        the new writer straight away."""
+        client = self.connect()
+        client.query("UPDATE t SET v = 1")
+        old, server = self.writer_backends.open()
+        server.received()
+        server.send(frame(make_ok(SERVER_STATUS_AUTOCOMMIT, affected_rows=1), 1))
+        client.raw()
+        self.failover()
+        conn, _ = self.select(client, self.reader_backends)
+        self.assertEqual(server.received(), [])
+        self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+
+
+READ_ONLY_MESSAGE = ("The MariaDB server is running with the --read-only option so it cannot "
+                     "execute this statement")
+READ_ONLY_ERR = frame(make_err(1290, "HY000", READ_ONLY_MESSAGE), 1)
+
+
+class RefusedWriteTests(TwoServers):
+    """A write refused by a writer turned read-only runs again on the new writer when
+    it ran nothing and nothing lives on its connection (pyproxy.write_retry)."""
+
+    def refused(self, client: FakeClient, sql: str, err: bytes = READ_ONLY_ERR
+                ) -> tuple[BackendConnection, FakeServer]:
+        client.query(sql)
+        old, server = self.writer_backends.open()
+        self.assertEqual(server.received()[0].payload, make_query(sql))
+        server.send(err)
+        return old, server
+
+    def test_autocommit_write_runs_again_on_the_new_writer(self) -> None:
+        """The client sees no error: its INSERT waits for the failover, then runs on the
+        new writer, and its reply is the new writer's, at the sequence id expected."""
+        client = self.connect()
+        old, server = self.refused(client, "INSERT INTO t VALUES (1)")
+        self.assertEqual(client.raw(), b"")  # held back
+        self.assertEqual(self.proxy.pool("app", self.writer).idle, [old])
+        self.failover()
+        conn, new_server = self.reader_backends.open()
+        self.assertEqual(new_server.received()[0].payload, make_query("INSERT INTO t VALUES (1)"))
+        ok = frame(make_ok(SERVER_STATUS_AUTOCOMMIT, affected_rows=1), 1)
+        new_server.send(ok)
+        self.assertEqual(client.raw(), ok)
+        self.assertIs(conn.pool.target, self.reader)
+        self.assertEqual(self.proxy.writes_retried, 1)
+        self.assertEqual(server.received(), [])  # nothing more on the old writer
+        self.assertFalse(client.closed)
+
+    def test_1836_runs_again_too(self) -> None:
+        client = self.connect()
+        self.refused(client, "DELETE FROM t", frame(make_err(1836, "HY000", "Running in read-only mode"), 1))
+        self.assertEqual(client.raw(), b"")
+        self.failover()
+        _, new_server = self.reader_backends.open()
+        self.assertEqual(new_server.received()[0].payload, make_query("DELETE FROM t"))
+
+    def test_failover_seen_already_runs_at_once(self) -> None:
+        """The write reached the old writer just before pyproxy saw the failover: it
+        runs on the new writer without waiting."""
+        client = self.connect()
+        client.query("INSERT INTO t VALUES (1)")
+        _, server = self.writer_backends.open()
+        server.received()
+        self.failover()
+        server.send(READ_ONLY_ERR)
+        _, new_server = self.reader_backends.open()
+        self.assertEqual(new_server.received()[0].payload, make_query("INSERT INTO t VALUES (1)"))
+
+    def test_refusal_stands_after_borrow_timeout(self) -> None:
+        """No writer within borrow_timeout: the client gets the server's error as it came,
+        and the session goes on."""
+        client = self.connect()
+        _, server = self.refused(client, "INSERT INTO t VALUES (1)")
+        self.proxy.reactor.advance(2.9)
+        self.assertEqual(client.raw(), b"")
+        self.proxy.reactor.advance(0.2)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+        self.assertEqual(self.proxy.topology._writer_waits, [])
+        self.select(client, self.writer_backends, server)
+
+    def test_same_server_writable_again_runs_there(self) -> None:
+        """A probe begun after the refusal finds the writer writable again: the statement
+        runs there once more (and a second refusal reaches the client)."""
+        client = self.connect()
+        old, server = self.refused(client, "INSERT INTO t VALUES (1)")
+        topology = self.proxy.topology
+        topology._answered("0", self.writer)  # a probe sent before the refusal: not enough
+        self.assertEqual(server.received(), [])
+        self.writer.probes += 1
+        topology._answered("0", self.writer)
+        self.assertEqual(server.received()[0].payload, make_query("INSERT INTO t VALUES (1)"))
+        server.send(READ_ONLY_ERR)
+        self.assertEqual(err_of(client.received()[0])[1], 1290)
+        self.assertEqual(self.proxy.writes_retried, 1)
+
+    def test_only_writer_read_only_gives_up_at_once(self) -> None:
+        """Nothing else may take writes (the other server is a reader) and a probe finds
+        the writer read-only: no use waiting, the client gets the error."""
+        self.reader.config = attrs.evolve(self.reader.config, role="reader")
+        client = self.connect()
+        self.refused(client, "INSERT INTO t VALUES (1)")
+        self.writer.probes += 1
+        self.proxy.topology.running = True  # so that the answer counts (no probe is sent)
+        self.proxy.topology._answered("1", self.writer)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+
+    def not_run_again(self, client: FakeClient, sql: str, err: bytes = READ_ONLY_ERR,
+                      server: FakeServer | None = None) -> None:
+        client.query(sql)
+        if server is None:
+            _, server = self.writer_backends.open()
+        self.assertEqual(server.received()[0].payload, make_query(sql))
+        server.send(err)
+        self.assertEqual(client.raw(), err)
+        self.assertEqual(self.proxy.writes_retried, 0)
+
+    def test_never_in_a_transaction(self) -> None:
+        client = self.connect()
+        client.query("BEGIN")
+        _, server = self.writer_backends.open()
+        server.received()
+        server.send(vectors.BEGIN_OK)
+        client.raw()
+        self.not_run_again(client, "INSERT INTO t VALUES (1)", server=server)
+
+    def test_never_with_autocommit_off(self) -> None:
+        client = self.connect()
+        client.query("SET autocommit=0")
+        _, server = self.writer_backends.open()
+        server.received()
+        server.send(frame(make_ok(0), 1))
+        client.raw()
+        self.assertFalse(client.protocol.commands.session.state.autocommit)
+        self.not_run_again(client, "INSERT INTO t VALUES (1)", server=server)
+
+    def test_never_on_the_read_only_listener(self) -> None:
+        """A read-only listener's session writing to its reader gets the reader's
+        refusal: that is no failover."""
+        client = self.connect(readonly=True)
+        client.query("INSERT INTO t VALUES (1)")
+        _, server = self.reader_backends.open()
+        server.received()
+        server.send(READ_ONLY_ERR)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+        self.assertEqual(self.proxy.writes_retried, 0)
+
+    def test_never_a_call(self) -> None:
+        self.not_run_again(self.connect(), "CALL app.p()")
+
+    def test_never_for_another_option(self) -> None:
+        """1290 for --secure-file-priv is not a failover."""
+        self.not_run_again(self.connect(), "SELECT 1 INTO OUTFILE '/x'", frame(make_err(
+            1290, "HY000", "The MariaDB server is running with the --secure-file-priv option so it "
+            "cannot execute this statement"), 1))
+
+    def test_client_leaving_while_waiting(self) -> None:
+        client = self.connect()
+        self.refused(client, "INSERT INTO t VALUES (1)")
+        client.protocol.connectionLost(Failure(ConnectionError("bye")))
+        self.assertEqual(self.proxy.topology._writer_waits, [])
+        self.failover()
+        self.assertEqual(self.reader_backends.waiting, [])
+
+    def test_kill_query_ends_the_wait(self) -> None:
+        """KILL QUERY of a session whose write waits for a writer: the write never runs,
+        the session gets its refusal, and goes on."""
+        client = self.connect()
+        self.refused(client, "INSERT INTO t VALUES (1)")
+        killer = self.connect()
+        killer.query(f"KILL QUERY {client.protocol.id}")
+        self.assertEqual(killer.received()[0].payload[0], 0)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+        self.assertEqual(self.proxy.topology._writer_waits, [])
+        self.failover()
+        self.assertEqual(self.reader_backends.waiting, [])
+        self.assertFalse(client.closed)
+
+    def test_kill_connection_ends_the_wait(self) -> None:
+        client = self.connect()
+        self.refused(client, "INSERT INTO t VALUES (1)")
+        killer = self.connect()
+        killer.query(f"KILL {client.protocol.id}")
+        self.assertEqual(killer.received()[0].payload[0], 0)
+        self.assertEqual(client.raw(), READ_ONLY_ERR)
+        self.assertTrue(client.closed)
+
+    def test_execute_prepared_again_on_the_new_writer(self) -> None:
+        """A refused COM_STMT_EXECUTE runs on the new writer, its statement prepared
+        there first and its long data sent again."""
+        client = self.connect()
+        client.send(b"\x16" + PREPARED_SQL)
+        old, server = self.writer_backends.open()
+        server.received()
+        server.send(vectors.PREPARE_DEOF)
+        client.raw()
+        client.send(b"\x18\x01\x00\x00\x00\x00\x00long")  # COM_STMT_SEND_LONG_DATA, parameter 0
+        client.send(EXECUTE_BOUND)
+        [long_data, execute] = server.received()
+        self.assertEqual(long_data.payload, b"\x18\x01\x00\x00\x00\x00\x00long")
+        server.send(READ_ONLY_ERR)
+        self.assertEqual(client.raw(), b"")
+        self.failover()
+        _, new_server = self.reader_backends.open()
+        [prepare] = new_server.received()
+        self.assertEqual(prepare.payload, b"\x16" + PREPARED_SQL)
+        new_server.send(vectors.PREPARE_DEOF.replace(b"\x00\x01\x00\x00\x00", b"\x00\x05\x00\x00\x00", 1))
+        [long_again, execute_again] = new_server.received()
+        self.assertEqual(long_again.payload, b"\x18\x05\x00\x00\x00\x00\x00long")
+        self.assertEqual(execute_again.payload[:5], b"\x17\x05\x00\x00\x00")
+        self.assertEqual(execute_again.payload[5:], execute.payload[5:])
+        new_server.send(vectors.EXECUTE_DEOF)
+        self.assertEqual(client.raw(), vectors.EXECUTE_DEOF)
 
 
 class CommitReleaseTests(LoggedIn):

@@ -161,6 +161,7 @@ class CollectorTests(SynchronousTestCase):
         proxy.pins["stored code that may leave state behind (user variable set in shop.audit)"] += 1
         proxy.pins["stored code that may leave state behind (user variable set in shop.other)"] += 2
         proxy.resets = 4
+        proxy.writes_retried = 5
         self.assertEqual(self.value("pyproxy_client_connections"), 3)
         self.assertEqual(self.value("pyproxy_client_connections_accepted_total"), 7)
         self.assertEqual(self.value("pyproxy_client_logins_total"), 2)
@@ -175,6 +176,7 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(self.value("pyproxy_session_pins_total",
                                     reason="stored code that may leave state behind (user variable set)"), 3)
         self.assertEqual(self.value("pyproxy_backend_resets_total"), 4)
+        self.assertEqual(self.value("pyproxy_writes_retried_total"), 5)
         for name, label_set in scrape(self.registry):
             for _, value in label_set:
                 self.assertNotIn("10.0.0.7", value)

@@ -136,6 +136,65 @@ class CursorTests(StatementTestCase):
         [reset] = server.received()
         self.assertEqual(reset.payload, bytes((COM_RESET_CONNECTION,)))
 
+    def session_goes_on(self) -> None:
+        """After a lost cursor: no cursor is counted, closing its statement is
+        answered as by a server (no reply), and the next statement runs on another
+        connection, which is not kept."""
+        commands = self.client.protocol.commands
+        self.client.send(b"\x19\x01\x00\x00\x00")  # COM_STMT_CLOSE
+        self.assertEqual(self.client.raw(), b"")
+        self.assertFalse(self.client.closed)
+        self.assertEqual(commands.session.cursors, 0)
+        self.assertFalse(commands.session.holds_state())
+        self.assertIsNone(commands.backend)
+        self.client.query("SELECT 1")
+        conn, server = self.backends.open()
+        self.assertEqual(server.received()[0].payload, make_query("SELECT 1"))
+        server.send(vectors.SELECT_DEOF)
+        self.assertEqual(self.client.raw(), vectors.SELECT_DEOF)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_cursor_lost_while_idle(self) -> None:
+        """The connection holding an open cursor dies while the client is idle: the
+        fetch that finds it gets 2013, the cursor is gone (not counted, so nothing
+        keeps the next connection), and COM_STMT_CLOSE of its statement works."""
+        conn, server = self.open_cursor()
+        conn.connectionLost(Failure(ConnectionError("killed")))
+        self.client.send(FETCH)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1], 2013)
+        self.assertIn(b"open cursor", err.payload)
+        self.assertEqual(self.client.protocol.commands.session.cursors, 0)
+        self.session_goes_on()
+
+    def test_cursor_lost_during_a_fetch(self) -> None:
+        """The connection dies while a fetch runs: 2013 for the fetch, and the cursor is gone."""
+        conn, server = self.open_cursor()
+        self.sent_on(server, FETCH)
+        conn.connectionLost(Failure(ConnectionError("killed")))
+        [err] = self.client.received()
+        self.assertEqual(err_of(err)[1], 2013)
+        self.session_goes_on()
+
+    def test_close_after_cursor_lost_unseen(self) -> None:
+        """COM_STMT_CLOSE sent before any command found the connection dead: closed
+        without touching the dead connection, and the session goes on."""
+        conn, server = self.open_cursor()
+        conn.connectionLost(Failure(ConnectionError("killed")))
+        self.session_goes_on()
+
+    def test_statement_runs_again_after_its_cursor_was_lost(self) -> None:
+        """The statement whose cursor died is executed again on another connection,
+        prepared there first."""
+        conn, server = self.open_cursor()
+        conn.connectionLost(Failure(ConnectionError("killed")))
+        self.client.send(FETCH)
+        self.client.received()
+        self.client.send(EXECUTE_BOUND)
+        conn2, server2 = self.backends.open()
+        [prepare] = server2.received()
+        self.assertEqual(prepare.payload, b"\x16" + PREPARED_SQL)
+
 
 ERR_TOO_MANY_STATEMENTS = frame(make_err(1461, "42000", "Can't create more than "
                                          "max_prepared_stmt_count statements (current value: 4)"), 1)

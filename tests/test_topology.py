@@ -430,3 +430,90 @@ class TopologyTests(SynchronousTestCase):
         self.assertEqual((reader["state"], reader["writer"]), (DOWN, False))
         # Down since its second failed probe, about a second after the monitor died.
         self.assertTrue(29.5 <= reader["state_seconds"] <= 30.0, reader)
+
+
+class AwaitWriterTests(SynchronousTestCase):
+    """Topology.await_writer: a write refused as read-only learns which server takes
+    writes now (pyproxy.write_retry)."""
+
+    setUp = TopologyTests.setUp
+    topology = TopologyTests.topology
+    run_for = TopologyTests.run_for
+
+    def started(self, *targets: TargetConfig) -> tuple[Topology, Any]:
+        topology = self.topology(*targets)
+        topology.start()
+        return topology, topology.targets[0]
+
+    def test_new_writer_elected(self) -> None:
+        """The refusing writer is found read-only, the other server writable: the wait
+        fires with the new writer as soon as it is elected."""
+        topology, a = self.started(A, B)
+        self.servers.read_only.update(a="1")
+        results: list[Any] = []
+        topology.await_writer(a, 5).addCallback(results.append)
+        self.assertEqual(results, [])
+        self.run_for(0.25)  # a probed at once: read-only; b hunted
+        self.assertEqual(results, [])
+        self.servers.read_only.update(b="0")
+        self.run_for(0.25)
+        self.assertEqual([target.name for target in results], ["b:2"])
+
+    def test_already_moved_fires_at_once(self) -> None:
+        topology, a = self.started(A, B)
+        self.servers.read_only.update(a="1", b="0")
+        self.run_for(10)
+        self.assertEqual(topology.writer.name, "b:2")
+        results: list[Any] = []
+        topology.await_writer(a, 5).addCallback(results.append)
+        self.assertEqual([target.name for target in results], ["b:2"])
+
+    def test_same_writer_writable_after_a_new_probe(self) -> None:
+        """Only a probe begun after the refusal counts: the refusing server, still
+        writable by it, is the answer."""
+        topology, a = self.started(A, B)
+        results: list[Any] = []
+        topology.await_writer(a, 5).addCallback(results.append)
+        self.assertEqual(results, [])
+        self.run_for(0.25)
+        self.assertEqual(results, [a])
+
+    def test_nobody_else_may_write(self) -> None:
+        """The refusing writer is read-only and the others are readers: None at once."""
+        topology, a = self.started(A, C)
+        self.servers.read_only.update(a="1")
+        results: list[Any] = []
+        topology.await_writer(a, 5).addCallback(results.append)
+        self.run_for(0.25)
+        self.assertEqual(results, [None])
+
+    def test_timeout(self) -> None:
+        topology, a = self.started(A, B)
+        self.servers.read_only.update(a="1")
+        results: list[Any] = []
+        topology.await_writer(a, 2).addCallback(results.append)
+        self.run_for(1.875)
+        self.assertEqual(results, [])
+        self.run_for(0.25)
+        self.assertEqual(results, [None])
+        self.assertEqual(topology._writer_waits, [])
+
+    def test_cancel_forgets_the_wait(self) -> None:
+        topology, a = self.started(A, B)
+        self.servers.read_only.update(a="1")
+        d = topology.await_writer(a, 2)
+        d.addErrback(lambda failure: failure.trap(defer.CancelledError))
+        d.cancel()
+        self.assertEqual(topology._writer_waits, [])
+        self.assertEqual([call for call in self.clock.getDelayedCalls() if call.func == topology._wait_over], [])
+
+    def test_suspicion_during_a_probe_probes_again(self) -> None:
+        """A probe out when a suspicion comes may have been answered before the change:
+        another follows at once rather than at the next interval."""
+        self.servers.answer = False
+        topology, a = self.started(A, B)
+        monitor = self.servers.monitors["a"][0]
+        topology.suspect(a)
+        monitor.queries[0][1].callback("0")
+        self.run_for(0.25)
+        self.assertEqual(len(monitor.queries), 2)

@@ -59,11 +59,26 @@ def reconnects_after(code: str, direct: bool) -> bool:
     return code in LOST_CONNECTION or not code.isdigit()
 
 
+def is_autocommit_writer(index: int, slot: int) -> bool:
+    """Every other client of the fault workloads writes in autocommit (one statement, no
+    transaction) instead of in transactions, counting from the first client of each process
+    alternately, so that any number of clients has both kinds."""
+    return (index + slot) % 2 == 1
+
+
+def move_statement(low: int, high: int, amount: int) -> str:
+    """One autocommit statement that moves ``amount`` from account ``low`` to ``high``: the
+    same change as a transfer transaction, made atomic by the server itself."""
+    return (f"UPDATE accounts SET balance = balance + IF(id = {low}, -{amount}, {amount}) "
+            f"WHERE id IN ({low}, {high})")
+
+
 def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, threads: int,
                  accounts: int, pause: float, results: Any, go: Any, times: Any,
                  endpoint: Any) -> None:
-    """Clients running small write transactions (move one unit between two accounts) from
-    ``times[0]`` to ``times[2]``, through a fault the parent causes meanwhile.
+    """Clients running small writes (move one unit between two accounts) from ``times[0]``
+    to ``times[2]``, through a fault the parent causes meanwhile: transactions, or, for every
+    other client (:func:`is_autocommit_writer`), one autocommit statement.
 
     Each client connects to ``target`` at the port in ``endpoint`` (a shared value: the
     parent flips it for direct clients, like a cluster endpoint; it is pyproxy's port
@@ -91,6 +106,7 @@ def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, 
 
     def loop(slot: int) -> None:
         rng = random.Random(index * 1000 + slot)
+        autocommit = is_autocommit_writer(index, slot)
         errors: collections.Counter[str] = collections.Counter()
         first_error = None
         committed = reconnects = 0
@@ -101,18 +117,24 @@ def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, 
             amount = rng.choice((-1, 1))
             began = time.monotonic()
             try:
-                client.execute("BEGIN")
-                # In id order, so two clients never wait for each other in opposite orders.
-                client.execute(f"UPDATE accounts SET balance = balance - {amount} "
-                               f"WHERE id = {low}")
-                client.execute(f"UPDATE accounts SET balance = balance + {amount} "
-                               f"WHERE id = {high}")
-                client.execute("COMMIT")
+                if autocommit:
+                    client.execute(move_statement(low, high, amount))
+                else:
+                    client.execute("BEGIN")
+                    # In id order, so two clients never wait for each other in opposite
+                    # orders.
+                    client.execute(f"UPDATE accounts SET balance = balance - {amount} "
+                                   f"WHERE id = {low}")
+                    client.execute(f"UPDATE accounts SET balance = balance + {amount} "
+                                   f"WHERE id = {high}")
+                    client.execute("COMMIT")
             except Exception as exc:  # noqa: BLE001 - counted, the loop goes on
                 code = error_code(exc)
                 errors[code] += 1
                 first_error = first_error or f"{code} {exc}"
                 time.sleep(RETRY_PAUSE)
+                if autocommit and not reconnects_after(code, direct):
+                    continue  # nothing to roll back
                 if not reconnects_after(code, direct):
                     try:
                         client.execute("ROLLBACK")
@@ -133,7 +155,7 @@ def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, 
             client.close()
         outcomes[slot] = {"committed": committed, "reconnects": reconnects,
                           "first_after": first_after, "errors": errors,
-                          "first_error": first_error}
+                          "first_error": first_error, "autocommit": autocommit}
 
     sleep_until(start_at)
     workers = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
@@ -145,10 +167,14 @@ def write_worker(index: int, driver: str, target: dict[str, Any], direct: bool, 
     errors, first_error = merge_errors(finished)
     if len(finished) < threads:
         errors["thread hung"] += threads - len(finished)
-    clients = [{key: outcome[key] for key in ("committed", "reconnects", "first_after")}
+    by_kind = {kind: merge_errors(o for o in finished if o["autocommit"] == (kind == "autocommit"))[0]
+               for kind in ("autocommit", "transactions")}
+    clients = [{key: outcome[key] for key in ("committed", "reconnects", "first_after", "autocommit")}
                for outcome in finished]
     results.put(("result", index, {"clients": clients, "errors": dict(errors),
-                                   "first_error": first_error}))
+                                   "first_error": first_error,
+                                   "errors_autocommit": dict(by_kind["autocommit"]),
+                                   "errors_transactions": dict(by_kind["transactions"])}))
 
 
 def reset_group(bench: Bench, group: Any) -> None:
@@ -244,6 +270,11 @@ def run_fault(bench: Bench, kind: str, group: Any, proxy: PyProxy | None) -> dic
     errors, first_error = merge_errors(outs.values())
     result = {
         "committed": sum(client["committed"] for client in clients),
+        "autocommit_clients": sum(1 for client in clients if client["autocommit"]),
+        "errors_autocommit": dict(sum((collections.Counter(out["errors_autocommit"])
+                                       for out in outs.values()), collections.Counter())),
+        "errors_transactions": dict(sum((collections.Counter(out["errors_transactions"])
+                                         for out in outs.values()), collections.Counter())),
         "reconnects": sum(client["reconnects"] for client in clients),
         "errors": dict(errors), "first_error": first_error, "fault_ms": fault_ms,
         **recovery_figures(event_at, [client["first_after"] for client in clients]),
@@ -262,7 +293,8 @@ def run_fault(bench: Bench, kind: str, group: Any, proxy: PyProxy | None) -> dic
     if result["sums_intact"] != "yes":
         bench.problems.append(f"{label}: the balances no longer add up")
     progress(f"{label}: {result['committed']} committed, errors "
-             f"{summarize_errors(dict(errors))}, first write "
+             f"{summarize_errors(dict(errors))} (autocommit writers "
+             f"{summarize_errors(result['errors_autocommit'])}), first write "
              f"{fmt_value(result['first_ms'], '.0f')} ms after the {kind}, all clients "
              f"after {fmt_value(result['max_ms'], '.0f')} ms")
     return result
