@@ -9,8 +9,6 @@ work as they do without it, large replies and many clients included.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,51 +19,17 @@ import pymysql
 import pytest
 
 from integration import servers
-from pyproxy.sandbox import free_port
+from integration.balancer import HAPROXY, MISSING, HAProxy
 
-HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists()
-                                      else None)
-pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed "
-                                "(scripts/install-deps installs Debian's haproxy)")
-
-
-class HAProxy:
-    """One haproxy process with a frontend per PROXY protocol version, both to one pyproxy."""
-
-    def __init__(self, directory: Path, backend_port: int) -> None:
-        self.ports = {"v1": free_port(), "v2": free_port()}
-        lines = ["global", "    maxconn 2000", "defaults", "    mode tcp",
-                 "    timeout connect 5s", "    timeout client 60s", "    timeout server 60s"]
-        for version, option in (("v1", "send-proxy"), ("v2", "send-proxy-v2")):
-            lines += [f"frontend front_{version}", f"    bind 127.0.0.1:{self.ports[version]}",
-                      f"    default_backend back_{version}", f"backend back_{version}",
-                      f"    server pyproxy 127.0.0.1:{backend_port} {option}"]
-        config = directory / "haproxy.cfg"
-        config.write_text("\n".join(lines) + "\n")
-        self.log = directory / "haproxy.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdout=log,
-                                            stderr=log, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not all(servers._accepts_connections("127.0.0.1", p) for p in self.ports.values()):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"haproxy did not start: {self.log.read_text()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+pytestmark = pytest.mark.skipif(HAPROXY is None, reason=MISSING)
 
 
 @pytest.fixture
 def balanced(make_proxy: Any, tmp_path: Path) -> Iterator[tuple[servers.ProxyProcess, HAProxy]]:
     proxy = make_proxy(proxy={"proxy_protocol": True, "handshake_timeout": 2},
                        log={"level": "debug", "format": "json"})
-    balancer = HAProxy(tmp_path, proxy.port)
+    balancer = HAProxy(tmp_path, {"v1": ([proxy.port], "send-proxy"),
+                                  "v2": ([proxy.port], "send-proxy-v2")})
     try:
         yield proxy, balancer
     finally:

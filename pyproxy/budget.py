@@ -50,6 +50,9 @@ class WorkerBudget:
         """A pool's max_size when it is made: the even share, moved as the ledger says."""
         return max(0, even + self.moved[key])
 
+    def attach(self, pool: Pool) -> None:
+        pool.on_full = self.full
+
     def full(self, pool: Pool) -> None:
         """Pool.on_full: borrowers wait and every unit is in use here."""
         key = (pool.user, pool.target.name)

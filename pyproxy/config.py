@@ -339,6 +339,31 @@ class AwsConfig:
     secrets_refresh: float = attrs.field(default=300.0, validator=_positive((int, float)))
 
 
+_REDIS_URL = re.compile(r"rediss?://[A-Za-z0-9.\-]+(:\d{1,5})?(/\d{1,2})?")
+
+
+def _redis_url(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str) or not (value == "" or _REDIS_URL.fullmatch(value)):
+        raise _bad(attribute, 'must be "" or redis://HOST[:PORT][/DB] (a password goes in '
+                              'budget.redis_password)', value)
+
+
+@attrs.frozen
+class BudgetConfig:
+    """One backend budget across pyproxy instances on several hosts, kept in Redis as
+    leases that expire when their instance dies (pyproxy.redis_budget)."""
+
+    # "" = off: each instance (or each host's workers) has the whole budget to itself.
+    redis: str = attrs.field(default="", validator=_redis_url)
+    redis_password: str = attrs.field(default="", validator=_string, repr=False)
+    # Seconds a lease outlives its instance's last renewal (renewed every third of it).
+    lease_seconds: float = attrs.field(default=10.0, validator=_positive((int, float)))
+    # Connections per pool this instance may hold while Redis cannot be reached.
+    local_share: int = attrs.field(default=1, validator=_positive(int))
+    # Prefix of the keys pyproxy keeps in Redis (instances sharing a budget use the same).
+    prefix: str = attrs.field(default="pyproxy", validator=_name)
+
+
 @attrs.frozen
 class SecretConfig:
     """One Secrets Manager secret holding RDS-style JSON: username, password."""
@@ -390,6 +415,7 @@ class Config:
     aws: AwsConfig = AwsConfig()
     auth: AuthConfig = AuthConfig()
     iam: IamConfig = IamConfig()
+    budget: BudgetConfig = BudgetConfig()
     users: tuple[UserConfig, ...] = ()
     secrets: tuple[SecretConfig, ...] = ()
 
@@ -403,7 +429,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
     "health": HealthConfig, "session": SessionConfig, "log": LogConfig, "metrics": MetricsConfig,
-    "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig,
+    "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig, "budget": BudgetConfig,
 }
 # Keys holding arrays of tables, read by a function of their own.
 TABLE_ARRAYS = {(BackendConfig, "targets"), (IamConfig, "roles")}

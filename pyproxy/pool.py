@@ -128,6 +128,9 @@ class Pool:
         # with nothing to replace, to ask for budget another worker holds
         # (pyproxy.budget); the unit lent back out waits for its server close.
         self.on_full: Callable[[Pool], None] | None = None
+        # Called when the server has let one of this pool's connections go: a
+        # Redis budget then returns the lease it no longer needs.
+        self.on_gone: Callable[[Pool], None] | None = None
         self._released: dict[BackendConnection, Callable[[bool], None]] = {}
 
     def size(self) -> int:
@@ -243,6 +246,12 @@ class Pool:
             self._placing = False
 
     def _place_one(self, conn: BackendConnection) -> None:
+        if self.size() >= self.max_size:
+            # The budget shrank under this connection (a reload, a lost lease, or
+            # Redis out of reach: the local share): it goes.
+            self._retire(conn, "over the budget")
+            self._grow()
+            return
         if self.paused or conn.generation != self.generation:
             self._retire(conn, "pool paused" if self.paused else "configuration changed")
             self._grow()
@@ -412,6 +421,8 @@ class Pool:
         released = self._released.pop(conn, None)
         if released is not None:
             released(True)
+        if self.on_gone is not None:
+            self.on_gone(self)
         if was_idle:
             self.log.info("backend_replaced", backend_id=conn.id, reason="lost while idle")
         self._grow()
@@ -419,6 +430,12 @@ class Pool:
     def grow(self) -> None:
         """More room (budget granted): opens for the waiters it can now serve."""
         self._grow()
+
+    def trim(self) -> None:
+        """Less room (budget taken back): idle connections over max_size close now;
+        lent ones close when they come back."""
+        while self.idle and self.size() > self.max_size:
+            self._retire(self.idle.pop(0), "over the budget")
 
     def give_up_one(self, done: Callable[[bool], None]) -> None:
         """[proxy] workers: gives one unit of this pool's budget to another worker.

@@ -197,7 +197,7 @@ class Proxy:
             if self.config.pool.max_connections_percent and self.server_max_connections is None:
                 pool.first_use = self._learn_max_connections
             if self.budget is not None:
-                pool.on_full = self.budget.full
+                self.budget.attach(pool)
             self.pools[(user, server.name)] = pool
         return pool
 
@@ -355,11 +355,14 @@ class Proxy:
             self._catalog_refresh.clock = self.reactor
             self._catalog_refresh.start(refresh, now=False)
 
-    def load_catalog(self, user: str) -> defer.Deferred[RoutineCatalog]:
-        """Reads ``user``'s catalog over a connection of pyproxy's own, as that
-        user (what a body says is only visible to accounts allowed to see it).
-        One read at a time per user; callers during a read share it.  A failed
-        read leaves a catalog in which every CALL is of unknown code."""
+    def load_catalog(self, user: str, via: Any = None) -> defer.Deferred[RoutineCatalog]:
+        """Reads ``user``'s catalog as that user (what a body says is only visible
+        to accounts allowed to see it): over ``via``, the idle connection the
+        caller holds, or else over one borrowed from the user's pool and given
+        back, so that the read counts against the pool's budget like any other
+        connection.  One read at a time per user; callers during a read share
+        it.  A failed read leaves a catalog in which every CALL is of unknown
+        code."""
         catalog = self.catalog(user)
         if catalog.loading is not None:
             waiter: defer.Deferred[RoutineCatalog] = defer.Deferred()
@@ -367,11 +370,26 @@ class Proxy:
             return waiter
         catalog.loading = []
         log = get_logger(user=user, component="routines")
+        if via is not None:
+            borrowed: defer.Deferred[Any] = defer.succeed(via)
+            pool = None
+        else:
+            pool = self.pool(user)
+            borrowed = pool.borrow(pool.last_flavor)
 
         def read(conn: Any) -> Any:
             reads = defer.gatherResults([conn.query_rows(query) for query in ROUTINE_QUERIES],
                                         consumeErrors=True)
-            return reads.addBoth(lambda result: (conn.close("routines read"), result)[1])
+
+            def back(result: Any) -> Any:
+                if pool is not None:
+                    if conn.broken:
+                        pool.discard(conn, "broken while reading the routines")
+                    else:
+                        pool.give_back(conn)
+                return result
+
+            return reads.addBoth(back)
 
         def loaded(results: list[list[tuple[str | None, ...]]]) -> None:
             catalog.load(row for rows in results for row in rows)
@@ -390,8 +408,7 @@ class Proxy:
                 waiter.callback(catalog)
             return catalog
 
-        d = connect(self.reactor, attrs.evolve(self.target(user), database=None), 0)
-        return d.addCallback(read).addCallbacks(loaded, failed).addBoth(done)
+        return borrowed.addCallback(read).addCallbacks(loaded, failed).addBoth(done)
 
     def routines_changed(self) -> None:
         """A statement created, altered or dropped stored code: every user's

@@ -254,6 +254,10 @@ class ProxyService(service.Service):
         self.reactor = reactor
         self.config = config
         self.proxy = Proxy(config, reactor, server, worker=worker)
+        if config.budget.redis:
+            from pyproxy.redis_budget import RedisBudget  # noqa: PLC0415 - only when configured
+
+            self.proxy.budget = RedisBudget(self.proxy, config.budget)
         # One of [proxy] workers: the client listeners are shared with SO_REUSEPORT.
         self.shared_ports = worker[1] > 1
         self.health = HealthChecker(self.proxy.pools, reactor, interval=config.health.interval,
@@ -347,6 +351,8 @@ class ProxyService(service.Service):
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
         self.proxy.start()
+        if hasattr(self.proxy.budget, "start"):
+            self.proxy.budget.start()
         if self.config.pool.min_idle:
             for account in self.config.users:
                 self.proxy.pool(account.name)
@@ -407,7 +413,8 @@ class ProxyService(service.Service):
                 "pools": [pool.stats() for pool in self.proxy.pools.values()],
                 "clients": self.proxy.client_stats(),
                 "pins": {"pins": dict(self.proxy.pins), "clients": len(self.proxy.clients),
-                         "resets": self.proxy.resets}}
+                         "resets": self.proxy.resets},
+                **({"budget": self.proxy.budget.stats()} if hasattr(self.proxy.budget, "stats") else {})}
 
     def log_stats(self) -> None:
         """One event per target and per pool, then the pins per reason (SIGUSR1, and
@@ -419,6 +426,8 @@ class ProxyService(service.Service):
             self.log.info("pool_stats", **pool)
         self.log.info("client_stats", **stats["clients"])
         self.log.info("pin_summary", **stats["pins"])
+        if "budget" in stats:
+            self.log.info("budget_stats", **stats["budget"])
 
     def stopService(self) -> Any:
         """SIGTERM: stop accepting, let open transactions finish (up to
@@ -445,7 +454,11 @@ class ProxyService(service.Service):
             self.log_stats()
             self.health.stop()
             self.proxy.close()
-            drained.callback(None)
+            closing = self.proxy.budget.close() if hasattr(self.proxy.budget, "close") else None
+            if isinstance(closing, defer.Deferred):
+                closing.addBoth(lambda _: drained.callback(None))
+            else:
+                drained.callback(None)
 
         check()
         return defer.gatherResults([stopped, drained])

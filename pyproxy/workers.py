@@ -450,7 +450,9 @@ def worker_main() -> int:
 
     budget = WorkerBudget(proxy_service.proxy, lambda message: link.send(message),
                           {(user, target): units for user, target, units in spec.moved})
-    proxy_service.proxy.budget = budget
+    if proxy_service.proxy.budget is None:
+        # Without [budget] redis, the workers share the budget through their supervisor.
+        proxy_service.proxy.budget = budget
     try:
         proxy_service.listen()
     except StartupError as exc:

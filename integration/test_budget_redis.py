@@ -1,0 +1,257 @@
+"""``[budget] redis``: pyproxy instances sharing one backend budget through a real Redis
+(Debian's ``redis-server``, started here on a free port), in front of the real server.
+
+Two instances with a budget of 3 never make the server see more than 3 connections of the
+user, with clients arriving directly or through a real HAProxy that sends PROXY v2 headers; a
+``kill -9`` of one instance gives its share back within a lease period; without Redis an
+instance serves with its local share and takes leases again when Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from integration import servers
+from integration.balancer import HAPROXY, MISSING, HAProxy
+from pyproxy.sandbox import free_port
+
+REDIS_SERVER = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+redis = pytest.importorskip("redis", reason="the redis package (pip install 'pyproxy[redis]')")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
+                                "(scripts/install-deps installs Debian's redis-server)")
+BUDGET = 3
+LEASE = 2.0
+
+
+class RedisServer:
+    """A throwaway redis-server on a free 127.0.0.1 port, keeping nothing on disk."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - the process keeps it
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def client(self) -> Any:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def instance(make_proxy: Callable[..., servers.ProxyProcess], redis_server: RedisServer,
+             **proxy: Any) -> servers.ProxyProcess:
+    return make_proxy(proxy=proxy, pool={"max_connections": BUDGET, "borrow_timeout": 60},
+                      budget={"redis": redis_server.url, "lease_seconds": LEASE, "local_share": 2},
+                      log={"level": "debug", "format": "json"})
+
+
+def events(proxy: servers.ProxyProcess, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in proxy.log_text().splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            record = json.loads(line)
+            if record.get("event") == name:
+                found.append(record)
+    return found
+
+
+class PeakWatch:
+    """Polls the server's connections of the app user every 10 ms; keeps the highest."""
+
+    def __init__(self, db_server: servers.DbServer) -> None:
+        self.root = db_server.connect()
+        self.peak = 0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def now(self) -> int:
+        with self.root.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+                        (servers.APP_USER,))
+            return cur.fetchone()[0]
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        self.stop_event.set()
+        self.thread.join()
+        self.root.close()
+        return self.peak
+
+
+def storm(connect: Callable[[], pymysql.connections.Connection], clients: int) -> list[int]:
+    """``clients`` at once, each with three short transactions; their thread ids."""
+
+    def client(index: int) -> int:
+        conn = connect()
+        try:
+            with conn.cursor() as cur:
+                for step in range(3):
+                    cur.execute("BEGIN")
+                    cur.execute("SELECT %s", (index * 10 + step,))
+                    assert cur.fetchone() == (index * 10 + step,)
+                    cur.execute("COMMIT")
+            return conn.thread_id()
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(client, range(clients)))
+
+
+def test_two_instances_never_exceed_one_budget(make_proxy: Any, redis_server: RedisServer,
+                                               db_server: servers.DbServer) -> None:
+    first, second = instance(make_proxy, redis_server), instance(make_proxy, redis_server)
+    watch = PeakWatch(db_server)
+    try:
+        with ThreadPoolExecutor(2) as both:
+            done = list(both.map(lambda p: storm(p.connect, 30), (first, second)))
+    finally:
+        peak = watch.stop()
+    assert [len(ids) for ids in done] == [30, 30]
+    assert 1 <= peak <= BUDGET, peak
+    leases = redis_server.client().zrange(f"pyproxy:budget:{servers.APP_USER}:"
+                                          f"{db_server.host}:{db_server.port}", 0, -1)
+    assert len(leases) <= BUDGET
+
+
+def test_a_killed_instance_gives_its_share_back_within_a_lease(
+        make_proxy: Any, redis_server: RedisServer) -> None:
+    doomed, survivor = instance(make_proxy, redis_server), instance(make_proxy, redis_server)
+    holders = [doomed.connect() for _ in range(BUDGET)]
+    for conn in holders:  # every lease held by transactions in the doomed instance
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT 1")
+    result: list[Any] = []
+
+    def wait_for_a_lease() -> None:
+        # Its login already needs a backend connection, so a lease.
+        late = survivor.connect(connect_timeout=30, read_timeout=30)
+        with late.cursor() as cur:
+            cur.execute("SELECT 42")
+            result.append(cur.fetchone())
+        late.close()
+
+    waiting = threading.Thread(target=wait_for_a_lease)
+    waiting.start()
+    time.sleep(0.5)
+    assert not result  # the budget is all taken
+    killed_at = time.monotonic()
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    doomed.process.wait(5)
+    waiting.join(LEASE * 3 + 5)
+    returned_after = time.monotonic() - killed_at
+    for conn in holders:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - their pyproxy is gone
+            pass
+    assert result == [(42,)]
+    # One lease period, plus the survivor's next try (RETRY) and the server letting the
+    # killed instance's connections go.
+    assert returned_after < LEASE + 2, returned_after
+
+
+def test_without_redis_the_local_share_serves_and_leases_come_back(
+        make_proxy: Any, redis_server: RedisServer, db_server: servers.DbServer) -> None:
+    proxy = instance(make_proxy, redis_server)
+    storm(proxy.connect, 4)
+    redis_server.stop()
+    # The next renewal fails: the instance says so and serves with its local share (2).
+    deadline = time.monotonic() + LEASE * 2 + 5
+    while not events(proxy, "budget_redis_unreachable"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    watch = PeakWatch(db_server)
+    try:
+        assert len(storm(proxy.connect, 10)) == 10
+    finally:
+        peak = watch.stop()
+    assert peak <= 2, peak
+    assert "127.0.0.1" in events(proxy, "budget_redis_unreachable")[0]["redis"]
+    redis_server.start()
+    deadline = time.monotonic() + LEASE * 2 + 5
+    while not events(proxy, "budget_redis_back"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(storm(proxy.connect, 6)) == 6
+
+
+@pytest.mark.skipif(HAPROXY is None, reason=MISSING)
+def test_behind_haproxy_two_instances_share_the_budget_and_see_clients(
+        make_proxy: Any, redis_server: RedisServer, db_server: servers.DbServer,
+        tmp_path: Path) -> None:
+    first = instance(make_proxy, redis_server, proxy_protocol=True)
+    second = instance(make_proxy, redis_server, proxy_protocol=True)
+    balancer = HAProxy(tmp_path / "haproxy", {"pyproxy": ([first.port, second.port], "send-proxy-v2")})
+    own_ports: list[str] = []
+    lock = threading.Lock()
+
+    def connect() -> pymysql.connections.Connection:
+        conn = first.connect(port=balancer.ports["pyproxy"])
+        with lock:
+            own_ports.append("%s:%d" % conn._sock.getsockname()[:2])
+        return conn
+
+    watch = PeakWatch(db_server)
+    try:
+        assert len(storm(connect, 60)) == 60
+    finally:
+        peak = watch.stop()
+        balancer.stop()
+    assert 1 <= peak <= BUDGET, peak
+    seen = {e.get("peer") for p in (first, second) for e in events(p, "client_connected")}
+    assert set(own_ports) <= seen
+    assert all(events(p, "client_connected") for p in (first, second))  # both took clients
