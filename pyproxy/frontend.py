@@ -53,7 +53,7 @@ class FrontendProtocol(protocol.Protocol):
 
     # Thousands of idle clients are the normal case: no per-instance __dict__.
     __slots__ = ("transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-                 "libmariadb", "closed_reason", "_login", "commands")
+                 "libmariadb", "closed_reason", "_login", "commands", "connected_at")
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.transport: Any = None
@@ -73,6 +73,8 @@ class FrontendProtocol(protocol.Protocol):
         # The login phase, until the client has logged in (again, for COM_CHANGE_USER).
         self._login: Login | None = None
         self.commands = CommandPhase(self, proxy, readonly)
+        # When it was accepted (reactor seconds), for the admin console's SHOW CLIENTS.
+        self.connected_at = proxy.reactor.seconds()
 
     @property
     def session(self) -> ClientSession | None:
