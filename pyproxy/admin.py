@@ -218,6 +218,7 @@ class AdminConsole:
                                  else None,
                                  handshake.connection_id if handshake is not None else None,
                                  len(conn.statements)))
+        rows.sort(key=lambda row: row[0])
         return Table(columns, rows)
 
     def do_show_targets(self, connection: AdminProtocol) -> Table:
