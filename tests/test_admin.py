@@ -310,3 +310,32 @@ def test_bad_packets_close_cleanly(setup: Any) -> None:
     transport.clear()
     protocol.dataReceived(frame(b"\x00\x01", 1))
     assert transport.value()[4] == 0xFF and transport.disconnecting
+
+
+def test_fuzzed_input_never_escapes(setup: Any) -> None:
+    """Random packets and statements, before and after login: only well-formed packets
+    come back, every ERR parses, nothing raises (fixed seed, so a failure replays)."""
+    import random
+
+    _, service, console = setup
+    rng = random.Random(20261207)
+    words = ["SHOW", "POOLS", "KILL", "CLIENT", "SET", "debug_statements_for", "=", "SELECT", "@@x", ",",
+             "LIMIT", "1", "'", "\"", "`", "LIKE", "VARIABLES", "--", "/*", ";", "\\", "\xff", "-5", "1e9"]
+    for case in range(400):
+        admin = Console(service, console) if case % 2 else None
+        protocol = admin.protocol if admin else AdminProtocol(console)
+        transport = admin.transport if admin else StringTransport()
+        if admin is None:
+            protocol.makeConnection(transport)
+        transport.clear()
+        if rng.random() < 0.5:
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        else:
+            sql = " ".join(rng.choice(words) for _ in range(rng.randrange(1, 8)))
+            if "SHUTDOWN" in sql:
+                continue
+            payload = b"\x03" + sql.encode("utf-8", "surrogateescape")
+        protocol.dataReceived(frame(payload, rng.randrange(3)))
+        for packet in PacketFramer().feed(transport.value()):
+            if packet.payload[:1] == b"\xff":
+                parse_err(packet.payload)
