@@ -61,6 +61,9 @@ ADMIN_CAPABILITIES = (
 )
 # The largest command a console client may send.
 ADMIN_PACKET_LIMIT = 1 << 20
+# Console connections open at once; the next gets error 1040 (a runaway
+# script must not use up pyproxy's file descriptors).
+ADMIN_MAX_CONNECTIONS = 64
 MASK = "********"
 ER_NO_SUCH_THREAD = (1094, "HY000")
 ER_UNKNOWN_ERROR = (1105, "HY000")
@@ -403,6 +406,9 @@ class AdminProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         console = self.console
         proxy = console.proxy
+        if len(console.connections) >= ADMIN_MAX_CONNECTIONS:
+            self.fatal(c.ER_CON_COUNT_ERROR, "Too many connections to the admin console", 0)
+            return
         console.connections[self.id] = self
         self._login = Login(self, console.credentials, self.nonce, ADMIN_CAPABILITIES)
         self._login.greet(self.id, _greeting(proxy.server), auth.NATIVE, proxy.reactor,

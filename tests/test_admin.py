@@ -301,6 +301,21 @@ def test_shutdown(setup: Any) -> None:
     assert stopped == [False, True]
 
 
+def test_connection_cap(setup: Any) -> None:
+    """Past ADMIN_MAX_CONNECTIONS open console connections, the next gets 1040 and is closed."""
+    from pyproxy.admin import ADMIN_MAX_CONNECTIONS
+
+    _, service, console = setup
+    opened = [Console(service, console) for _ in range(ADMIN_MAX_CONNECTIONS)]
+    extra = AdminProtocol(console)
+    transport = StringTransport()
+    extra.makeConnection(transport)
+    assert parse_err(PacketFramer().feed(transport.value())[0].payload).code == 1040
+    assert transport.disconnecting
+    opened[0].protocol.connectionLost()
+    assert Console(service, console).login.kind == "ok"
+
+
 def test_bad_packets_close_cleanly(setup: Any) -> None:
     """Garbage at login: an ERR and a close, never a traceback."""
     _, service, console = setup
@@ -339,3 +354,4 @@ def test_fuzzed_input_never_escapes(setup: Any) -> None:
         for packet in PacketFramer().feed(transport.value()):
             if packet.payload[:1] == b"\xff":
                 parse_err(packet.payload)
+        protocol.connectionLost()
