@@ -254,7 +254,7 @@ class AdminConsole:
         ]
         values.extend((command_name(code).lower(), count) for code, count in enumerate(stats.commands) if count)
         values.extend([
-            ("statements_relayed", relayed),
+            ("commands_relayed", relayed),
             ("statement_latency_total_us", int(stats.latency_sum * 1e6)),
             ("statement_latency_avg_us", int(stats.latency_sum * 1e6 / relayed) if relayed else 0),
             ("sessions_pinned", sum(1 for client in proxy.clients.values()

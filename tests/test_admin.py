@@ -210,7 +210,7 @@ def test_show_targets_stats_version_config_help(setup: Any) -> None:
     [target] = admin.query("SHOW TARGETS").table()
     assert target["writer"] == "1" and target["state"] == "unknown"
     stats = {row["name"]: int(row["value"]) for row in admin.query("SHOW STATS").table()}
-    assert stats["com_query"] == 1 and stats["client_logins"] == 1 and stats["statements_relayed"] == 1
+    assert stats["com_query"] == 1 and stats["client_logins"] == 1 and stats["commands_relayed"] == 1
     assert stats["client_received_bytes"] == service.proxy.stats.bytes_in
     version = admin.query("SHOW VERSION").table()[0]
     assert version["server"] == service.proxy.server.version
