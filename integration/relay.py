@@ -19,6 +19,10 @@ class Relay:
         self.forwarding = threading.Event()
         self.forwarding.set()
         self.closed = threading.Event()
+        # Bytes forwarded so far, from clients to ``target`` and back.
+        self.sent_upstream = 0
+        self.sent_downstream = 0
+        self._clients: set[socket.socket] = set()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -48,6 +52,7 @@ class Relay:
                         client.close()
                         continue
                     peers[client], peers[server] = server, client
+                    self._clients.add(client)
                     selector.register(client, selectors.EVENT_READ)
                     selector.register(server, selectors.EVENT_READ)
                     continue
@@ -58,6 +63,10 @@ class Relay:
                     data = sock.recv(65536)
                     if data and other is not None:
                         other.sendall(data)
+                        if sock in self._clients:
+                            self.sent_upstream += len(data)
+                        else:
+                            self.sent_downstream += len(data)
                 except OSError:
                     data = b""  # either end went away: close the pair
                 if not data or other is None:

@@ -122,7 +122,9 @@ def lost_during_command(client: CommandPhase, conn: BackendConnection | None, er
     seq = tracker.seq + 1 if client.forwarded and tracker is not None else None
     if seq is not None:
         packet = client.connection.error_packet(error.code, error.sqlstate, error.message)
-        client.transport.write(frame(packet, seq))
+        data = frame(packet, seq)
+        client.stats.bytes_out += len(data)
+        client.transport.write(data)
         client.command = None
     else:
         client.reply_error((error.code, error.sqlstate), error.message)

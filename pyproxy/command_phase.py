@@ -23,6 +23,7 @@ that cannot run becomes the client's ERR packet.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -41,6 +42,7 @@ from pyproxy.local_commands import ANSWERED_HERE, answer
 from pyproxy.login import Identity
 from pyproxy.phases import CLOSED
 from pyproxy.prepared import STATEMENT_COMMANDS, PreparedStatements
+from pyproxy.query_stats import LATENCY_BUCKETS
 from pyproxy.release import cancel_hold, discard, give_back, give_up_hold, release_if_clean
 from pyproxy.routines import RoutineCatalog, Verdict
 from pyproxy.session import ClientSession, initial_state
@@ -79,7 +81,7 @@ class CommandPhase:
         "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
         "refused_infile", "backlog", "paused_backend", "statements", "hold_timer", "query_timer",
         "kill_pending", "last_active", "globals_before", "own_tracking", "lost_transaction",
-        "retried", "writer_wait",
+        "retried", "writer_wait", "stats",
     )
 
     def __init__(self, connection: FrontendProtocol, proxy: Proxy, readonly: bool) -> None:
@@ -159,6 +161,8 @@ class CommandPhase:
         # waiting meanwhile for the new writer (pyproxy.write_retry).
         self.retried = False
         self.writer_wait: defer.Deferred[Any] | None = None
+        # The per-process counters of the per-query path (pyproxy.query_stats).
+        self.stats = proxy.stats
 
     @property
     def log(self) -> Any:
@@ -194,6 +198,7 @@ class CommandPhase:
         command = payload[0]
         self.command = packet
         self.retried = False
+        self.stats.commands[command] += 1
         self.last_active = self.proxy.reactor.seconds()
         if self.lost_transaction and command not in HARMLESS and refused_after_loss(self, payload):
             return
@@ -231,7 +236,9 @@ class CommandPhase:
     def reply(self, payload: bytes) -> None:
         """pyproxy's own answer to the running command, which ends it."""
         seq = self.command.last_seq + 1 if self.command is not None else 1
-        self.transport.write(frame(payload, seq))
+        data = frame(payload, seq)
+        self.stats.bytes_out += len(data)
+        self.transport.write(data)
         self.command = None
 
     def reply_error(self, error: tuple[int, str], message: str) -> None:
@@ -342,9 +349,12 @@ class CommandPhase:
         reply = REPLIES[payload[0]]
         self.forwarded = False
         conn = self.backend
-        timeout = self.proxy.config.proxy.query_timeout
+        proxy = self.proxy
+        timeout = proxy.config.proxy.query_timeout
         if timeout and reply != Reply.NONE:
-            self.query_timer = self.proxy.reactor.callLater(timeout, query_timed_out, self, packet)
+            self.query_timer = proxy.reactor.callLater(timeout, query_timed_out, self, packet)
+        if proxy.debug_statements is not None:
+            proxy.debug_statements.record(self, payload, conn)
         prefix = self.prefix
         if prefix is not None:
             self.prefix = None
@@ -384,6 +394,7 @@ class CommandPhase:
             data = bytes(data)
         if data:
             self.forwarded = True
+            self.stats.bytes_out += len(data)
             write_now(self.transport, data)
         state = tracker.state
         if state == DONE:
@@ -484,6 +495,10 @@ class CommandPhase:
             resume_backend(self)
         if self.hold_timer is not None:
             cancel_hold(self)
+        stats = self.stats
+        elapsed = self.proxy.reactor.seconds() - self.last_active
+        stats.latency[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        stats.latency_sum += elapsed
         self.command = None
         self.sql = None
         self.found = self.code = None

@@ -305,6 +305,11 @@ class LogConfig:
         ("debug", "info", "warning", "error")))
     format: str = attrs.field(default="auto", validator=attrs.validators.in_(
         ("auto", "json", "console")))
+    # Seconds during which every COM_QUERY and COM_STMT_PREPARE is logged as a
+    # ``statement`` event with its digest (values replaced by ?, never shown),
+    # after start or a reload that changes it; then it switches itself off.
+    # 0 = off.  Needs level "info" or "debug".
+    debug_statements_for: float = attrs.field(default=0.0, validator=_non_negative_number)
 
 
 @attrs.frozen
@@ -314,6 +319,29 @@ class MetricsConfig:
     # counts and states only, but anyone who reaches it learns the user
     # names and servers, so keep it on a private interface.
     listen: str = attrs.field(default="", validator=_optional_endpoint)
+
+
+@attrs.frozen
+class AdminConfig:
+    """The admin console (pyproxy.admin): SHOW POOLS, PAUSE, RELOAD... over the
+    MySQL protocol, with an account of its own.  It runs only when ``user``
+    is set, so that no pyproxy opens a second port it was not asked for."""
+
+    # A Twisted endpoint; loopback by default: the console can pause, reload
+    # and stop pyproxy.
+    listen: str = attrs.field(default="tcp:6034:interface=127.0.0.1", validator=_optional_endpoint)
+    # The console's own account, known nowhere else (not a [[users]] entry,
+    # not a server account); "" leaves the console off.
+    user: str = attrs.field(default="", validator=_string)
+    password: str = attrs.field(default="", validator=_string, repr=False)
+    # Instead of the password: its stored form ('*' and 40 hex digits, as
+    # pyproxy-hash-password prints it); the client must then use
+    # mysql_native_password.
+    password_hash: str = attrs.field(default="", validator=_stored_hash, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.user and self.listen)
 
 
 @attrs.frozen
@@ -412,6 +440,7 @@ class Config:
     session: SessionConfig = SessionConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    admin: AdminConfig = AdminConfig()
     aws: AwsConfig = AwsConfig()
     auth: AuthConfig = AuthConfig()
     iam: IamConfig = IamConfig()
@@ -429,7 +458,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
     "health": HealthConfig, "session": SessionConfig, "log": LogConfig, "metrics": MetricsConfig,
-    "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig, "budget": BudgetConfig,
+    "admin": AdminConfig, "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig, "budget": BudgetConfig,
 }
 # Keys holding arrays of tables, read by a function of their own.
 TABLE_ARRAYS = {(BackendConfig, "targets"), (IamConfig, "roles")}
@@ -689,6 +718,12 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
     backend = sections.get("backend")
     if isinstance(backend, BackendConfig) and backend.database == "":
         sections["backend"] = attrs.evolve(backend, database=None)
+    admin = sections.get("admin")
+    if isinstance(admin, AdminConfig) and admin.user:
+        if admin.password and admin.password_hash:
+            report("admin: password and password_hash exclude each other")
+        elif not admin.password and not admin.password_hash:
+            report("admin.password: the admin console's user needs a password or a password_hash")
     auth = sections.get("auth")
     if isinstance(auth, AuthConfig) and auth.lookup and not auth.lookup_user:
         report("auth.lookup_user: lookup = true needs the account it reads hashes with")
@@ -702,6 +737,10 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
         if isinstance(metrics, MetricsConfig) and metrics.listen:
             report("metrics.listen: not served with workers > 1 yet; use workers = 1 for the "
                    "metrics page")
+        admin = sections.get("admin")
+        if isinstance(admin, AdminConfig) and admin.enabled:
+            report("admin.user: the admin console is not served with workers > 1 yet; use "
+                   "workers = 1 for it")
     return Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
 
 

@@ -31,6 +31,7 @@ from pyproxy.logs import get_logger
 from pyproxy.login import LOGIN_PACKET_LIMIT, Identity, Login
 from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.proxy import Proxy
+from pyproxy.query_stats import is_secure
 from pyproxy.release import cancel_hold, client_left, release_if_clean
 from pyproxy.set_global import abandon
 from pyproxy.wire import constants as c
@@ -52,7 +53,7 @@ class FrontendProtocol(protocol.Protocol):
 
     # Thousands of idle clients are the normal case: no per-instance __dict__.
     __slots__ = ("transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-                 "libmariadb", "closed_reason", "_login", "commands")
+                 "libmariadb", "closed_reason", "_login", "commands", "connected_at")
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.transport: Any = None
@@ -72,6 +73,8 @@ class FrontendProtocol(protocol.Protocol):
         # The login phase, until the client has logged in (again, for COM_CHANGE_USER).
         self._login: Login | None = None
         self.commands = CommandPhase(self, proxy, readonly)
+        # When it was accepted (reactor seconds), for the admin console's SHOW CLIENTS.
+        self.connected_at = proxy.reactor.seconds()
 
     @property
     def session(self) -> ClientSession | None:
@@ -93,7 +96,9 @@ class FrontendProtocol(protocol.Protocol):
         self.commands.transport = self.transport
         if len(self.proxy.clients) >= self.proxy.config.proxy.max_client_connections:
             code, state = c.ER_CON_COUNT_ERROR
-            self.transport.write(frame(make_err(code, state, "Too many connections"), 0))
+            data = frame(make_err(code, state, "Too many connections"), 0)
+            self.proxy.stats.bytes_out += len(data)
+            self.transport.write(data)
             self.closed_reason = "max_client_connections reached"
             self.phase = CLOSED
             self.transport.loseConnection()
@@ -104,11 +109,12 @@ class FrontendProtocol(protocol.Protocol):
         # they have drained.
         self.transport.registerProducer(self, True)
         proxy = self.proxy
-        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities)
+        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities, proxy.stats)
         login.greet(self.id, proxy.server, proxy.config.proxy.auth_plugin, proxy.reactor,
                     proxy.config.proxy.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
+        self.commands.stats.bytes_in += len(data)
         try:
             packets = self.framer.feed(data)
         except PacketTooLarge as exc:
@@ -138,7 +144,9 @@ class FrontendProtocol(protocol.Protocol):
         """An error the connection cannot survive: report it, then close."""
         if self.phase == CLOSED:
             return
-        self.transport.write(frame(self.error_packet(error[0], error[1], message), seq))
+        data = frame(self.error_packet(error[0], error[1], message), seq)
+        self.proxy.stats.bytes_out += len(data)
+        self.transport.write(data)
         self.closed_reason = message
         self.phase = CLOSED
         self.transport.loseConnection()
@@ -203,8 +211,10 @@ class FrontendProtocol(protocol.Protocol):
         session = commands.session
         if session is not None and session.state.schema:
             self.proxy.schema_used(self.user, session.state.schema)
-        self.transport.write(frame(commands.ok_payload(), seq))
-        self.proxy.client_connected(self.log, self.transport.getPeer())
+        data = frame(commands.ok_payload(), seq)
+        self.proxy.stats.bytes_out += len(data)
+        self.transport.write(data)
+        self.proxy.client_connected(self.log, self.transport.getPeer(), is_secure(self))
         commands.command = None
         commands.busy = False
         release_if_clean(commands)
@@ -214,7 +224,8 @@ class FrontendProtocol(protocol.Protocol):
         """COM_CHANGE_USER, once the session has given up what it held: the login
         phase runs again on this connection's nonce."""
         self.phase = AUTH_SWITCH
-        login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities)
+        login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities,
+                                    self.proxy.stats)
         login.change_user(request, seq)
 
     # -- flow control, and the end ---------------------------------------------------

@@ -43,6 +43,7 @@ def refuse(client: CommandPhase, data: bytes, tracker: ResponseTracker) -> None:
     tracker.infile_at = -1
     if at:
         client.forwarded = True
+        client.stats.bytes_out += at
         write_now(client.transport, bytes(data[:at]))
     client.refused_infile = tracker.seq
     conn = client.backend
@@ -62,6 +63,8 @@ def refused_reply_data(client: CommandPhase, tracker: ResponseTracker) -> None:
     else:
         code, state, message = (3948, "42000", "Loading local data is disabled; this "
                                 "must be enabled on both the client and server sides")
-    client.transport.write(frame(make_err(code, state, message), client.refused_infile))
+    data = frame(make_err(code, state, message), client.refused_infile)
+    client.stats.bytes_out += len(data)
+    client.transport.write(data)
     client.refused_infile = -1
     client.reply_done(tracker)

@@ -40,6 +40,7 @@ from pyproxy.wire.handshake import (
 
 if TYPE_CHECKING:
     from pyproxy.proxy import ServerInfo
+    from pyproxy.query_stats import QueryStats
 
 # The largest packet a client may send before it has logged in (a login with
 # connection attributes takes a few hundred bytes): an unauthenticated peer
@@ -93,10 +94,14 @@ class Login:
     """One login exchange on one connection: fed the client's packets until it
     ends in the owner's login_accepted() or fatal()."""
 
-    __slots__ = ("owner", "credentials", "nonce", "capabilities", "_claim", "_timer")
+    __slots__ = ("owner", "credentials", "nonce", "capabilities", "stats", "_claim", "_timer")
 
-    def __init__(self, owner: LoginOwner, credentials: Credentials, nonce: bytes, capabilities: int) -> None:
+    def __init__(self, owner: LoginOwner, credentials: Credentials, nonce: bytes, capabilities: int,
+                 stats: QueryStats | None = None) -> None:
         self.owner = owner
+        # Where the bytes the login writes are counted (a pooled listener's
+        # clients; not the admin console's).
+        self.stats = stats
         self.credentials = credentials
         self.nonce = nonce
         # What pyproxy offers (a first login), or what the client negotiated
@@ -109,10 +114,15 @@ class Login:
     def greet(self, connection_id: int, server: ServerInfo, plugin: str, clock: Any, timeout: float) -> None:
         """Sends the greeting, announcing ``plugin``, and gives the client
         ``timeout`` seconds to log in."""
-        self.owner.transport.write(frame(make_handshake_v10(HandshakeV10(
+        self._write(frame(make_handshake_v10(HandshakeV10(
             server.version, connection_id & 0xFFFFFFFF, self.nonce, self.capabilities,
             server.charset, server.status, plugin)), 0))
         self._timer = clock.callLater(timeout, self._too_slow)
+
+    def _write(self, data: bytes) -> None:
+        if self.stats is not None:
+            self.stats.bytes_out += len(data)
+        self.owner.transport.write(data)
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -169,7 +179,7 @@ class Login:
         if claim.plugin not in auth.CLIENT_PLUGINS:
             # Ask for a plugin pyproxy can check, with the same nonce.
             self._claim = attrs.evolve(claim, plugin=auth.NATIVE)
-            self.owner.transport.write(frame(make_auth_switch_request(auth.NATIVE, self.nonce), seq))
+            self._write(frame(make_auth_switch_request(auth.NATIVE, self.nonce), seq))
             return True
         self._check(claim, proof, seq)
         return False
@@ -185,6 +195,6 @@ class Login:
                                                   f"(using password: {'YES' if proof else 'NO'})", seq)
             return
         if claim.plugin == auth.CACHING_SHA2 and proof:
-            owner.transport.write(frame(make_auth_more_data(auth.SHA2_FAST_AUTH_SUCCESS), seq))
+            self._write(frame(make_auth_more_data(auth.SHA2_FAST_AUTH_SUCCESS), seq))
             seq += 1
         owner.login_accepted(claim, seq)

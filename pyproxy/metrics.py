@@ -33,7 +33,9 @@ from twisted.web import resource, server
 
 import pyproxy
 from pyproxy.pool import BORROW_WAIT_BUCKETS, Pool
+from pyproxy.query_stats import is_secure
 from pyproxy.topology import DOWN, READ_ONLY, UNKNOWN, UP
+from pyproxy.wire.commands import command_name
 
 PREFIX = "pyproxy_"
 # Distinct reasons per metric, first come first kept; later ones are summed
@@ -95,7 +97,7 @@ class ProxyCollector:
 
     def read(self) -> list[Metric]:
         """Every family, read at once on the reactor thread."""
-        return [*self._clients(), *self._sessions(), *self._pools(), *self._targets()]
+        return [*self._clients(), *self._traffic(), *self._sessions(), *self._pools(), *self._targets()]
 
     def _clients(self) -> Iterable[Metric]:
         proxy = self.proxy
@@ -124,6 +126,45 @@ class ProxyCollector:
         for reason, outcome in OUTCOMES.items():
             outcomes.add_metric([outcome], proxy.connections_closed.get(reason, 0))
         yield outcomes
+
+    def _traffic(self) -> Iterable[Metric]:
+        """The per-query counters (pyproxy.query_stats): commands, bytes, latency,
+        and how clients connect."""
+        stats = self.proxy.stats
+        commands = CounterMetricFamily(f"{PREFIX}client_commands",
+                                       "Commands received from clients, by command (COM_QUERY, "
+                                       "COM_STMT_EXECUTE...).", labels=["command"])
+        for code, count in enumerate(stats.commands):
+            if count:
+                commands.add_metric([command_name(code)], count)
+        yield commands
+        latency = HistogramMetricFamily(
+            f"{PREFIX}statement_latency_seconds",
+            "Commands relayed to a server, from their dispatch to the end of their reply (the "
+            "wait for a backend connection included).")
+        latency.add_metric([], [("+Inf" if bound == float("inf") else repr(bound), count)
+                                for bound, count in stats.latency_cumulative()],
+                           sum_value=stats.latency_sum)
+        yield latency
+        yield CounterMetricFamily(f"{PREFIX}client_received_bytes",
+                                  "Bytes read from clients (client to pyproxy).", value=stats.bytes_in)
+        yield CounterMetricFamily(f"{PREFIX}client_sent_bytes",
+                                  "Bytes written to clients (pyproxy to client).", value=stats.bytes_out)
+        logins = CounterMetricFamily(f"{PREFIX}client_logins_by_transport",
+                                     "Client logins, over TLS or plaintext.", labels=["transport"])
+        logins.add_metric(["tls"], stats.logins_tls)
+        logins.add_metric(["plaintext"], stats.logins_plain)
+        yield logins
+        secure = sum(1 for client in self.proxy.clients.values() if is_secure(client))
+        open_now = GaugeMetricFamily(f"{PREFIX}client_connections_by_transport",
+                                     "Client connections open now, over TLS or plaintext.",
+                                     labels=["transport"])
+        open_now.add_metric(["tls"], secure)
+        open_now.add_metric(["plaintext"], len(self.proxy.clients) - secure)
+        yield open_now
+        yield GaugeMetricFamily(f"{PREFIX}debug_statements_seconds",
+                                "Seconds left of debug_statements_for (0: statements are not logged).",
+                                value=self.proxy.statement_log.remaining)
 
     def _sessions(self) -> Iterable[Metric]:
         proxy = self.proxy

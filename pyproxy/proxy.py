@@ -16,7 +16,9 @@ from pyproxy.config import Config, TargetConfig
 from pyproxy.credentials import ConfiguredUsers, Credentials
 from pyproxy.logs import format_address, get_logger, reason_kind
 from pyproxy.pool import Pool
+from pyproxy.query_stats import QueryStats
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
+from pyproxy.statement_log import StatementLog
 from pyproxy.topology import DOWN, Topology, TargetHealth
 from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
 
@@ -98,6 +100,13 @@ class Proxy:
     connections_closed: collections.Counter[str] = attrs.field(factory=collections.Counter)
     # Clients that logged in (a COM_CHANGE_USER counts again).
     logins: int = 0
+    # The per-query counters (commands, bytes, latency), read by /metrics and
+    # the admin console.
+    stats: QueryStats = attrs.field(factory=QueryStats)
+    # The StatementLog while debug_statements_for is on, else None: the one
+    # check the per-query path makes for it.
+    debug_statements: StatementLog | None = None
+    statement_log: StatementLog = attrs.field(init=False, repr=False)
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
     # Where clients' proofs are checked (pyproxy.login asks nothing else).
@@ -109,17 +118,22 @@ class Proxy:
         self.client_ids = itertools.count(index + 1, count)
         self.ignored_variables = frozenset(self.config.session.ignore_variables)
         self.credentials = ConfiguredUsers(self)
+        self.statement_log = StatementLog(self, self.reactor)
         health = self.config.health
         self.topology = Topology(self.config.backend.servers(), self.reactor, self._monitor_login,
                                  interval=health.interval, failure_threshold=health.failure_threshold,
                                  backoff_max=health.backoff_max)
         self.topology.listeners.append(self._topology_changed)
 
-    def client_connected(self, log: Any, peer: Any) -> None:
-        """A client logged in: logged at debug level (the connection was counted
-        when accepted)."""
+    def client_connected(self, log: Any, peer: Any, secure: bool = False) -> None:
+        """A client logged in (over TLS if ``secure``): logged at debug level (the
+        connection was counted when accepted)."""
         self.logins += 1
-        log.debug("client_connected", peer=format_address(peer))
+        if secure:
+            self.stats.logins_tls += 1
+        else:
+            self.stats.logins_plain += 1
+        log.debug("client_connected", peer=format_address(peer), tls=secure)
 
     def client_closed(self, log: Any, reason: str) -> None:
         """A client connection ended: logged at debug level and counted by the
@@ -307,9 +321,11 @@ class Proxy:
         """
         old, self.config = self.config, config
         changed = [name for name in ("proxy", "backend", "pool", "health", "session", "log", "metrics",
-                                     "users")
+                                     "admin", "users")
                    if getattr(old, name) != getattr(config, name)]
         self.ignored_variables = frozenset(config.session.ignore_variables)
+        if config.log.debug_statements_for != old.log.debug_statements_for:
+            self.statement_log.turn_on_for(config.log.debug_statements_for)
         health = config.health
         removed = self.topology.reconfigure(config.backend.servers(), interval=health.interval,
                                             failure_threshold=health.failure_threshold,
@@ -349,6 +365,8 @@ class Proxy:
         """Starts what runs on its own: the probes, and the periodic read of the
         catalogs of stored code."""
         self.topology.start()
+        if self.config.log.debug_statements_for:
+            self.statement_log.turn_on_for(self.config.log.debug_statements_for)
         refresh = self.config.session.routine_refresh
         if refresh:
             self._catalog_refresh = LoopingCall(self._refresh_catalogs)
@@ -424,6 +442,7 @@ class Proxy:
                 self.load_catalog(user)
 
     def close(self) -> None:
+        self.statement_log.turn_off("shutdown")
         if self._catalog_refresh is not None and self._catalog_refresh.running:
             self._catalog_refresh.stop()
         self.topology.stop()

@@ -572,12 +572,15 @@ def run_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> 
 
 def sandbox_config(
     server: SandboxServer, listen: str, user: str, password: str, database: str,
-    metrics_listen: str = "",
+    metrics_listen: str = "", admin_listen: str = "", admin_password: str = "",
 ) -> dict[str, Any]:
-    """Return a pyproxy config (as dicts) for a proxy in front of ``server``."""
+    """Return a pyproxy config (as dicts) for a proxy in front of ``server``; with
+    ``admin_listen``, its admin console there, as user ``admin``."""
+    admin = {"listen": admin_listen, "user": "admin", "password": admin_password} if admin_listen else {}
     return {
         "proxy": {"listen": listen},
         "metrics": {"listen": metrics_listen},
+        **({"admin": admin} if admin else {}),
         "backend": {
             "host": server.host,
             "port": server.port,
@@ -620,9 +623,10 @@ def _split_extra(extra: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _print_banner(server: SandboxServer, listen: str, password: str, config_path: Path,
-                  metrics_listen: str = "") -> None:
+                  metrics_listen: str = "", admin_listen: str = "", admin_password: str = "") -> None:
     address = endpoint_address(listen)
     metrics = endpoint_address(metrics_listen)
+    admin = endpoint_address(admin_listen)
     pw = shlex.quote(password)
     lines = [
         "",
@@ -640,6 +644,9 @@ def _print_banner(server: SandboxServer, listen: str, password: str, config_path
         ]
     if metrics:
         lines.append(f"  metrics:          curl -s http://{metrics[0]}:{metrics[1]}/metrics")
+    if admin:
+        lines.append(f"  admin console:    mariadb -h {admin[0]} -P {admin[1]} -u admin "
+                     f"-p{shlex.quote(admin_password)} -e 'SHOW POOLS'")
     lines += [
         f"  config:           {config_path}",
         "Ctrl-C stops pyproxy; the sandbox is then stopped and removed.",
@@ -670,12 +677,15 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         server.create_user("app", password, database="app")
         listen = args.listen or f"tcp:{free_port()}:interface=127.0.0.1"
         metrics_listen = f"tcp:{free_port()}:interface=127.0.0.1"
+        admin_listen = f"tcp:{free_port()}:interface=127.0.0.1"
+        admin_password = secrets.token_urlsafe(12)
         assert server.tmpdir is not None
         config_path = server.tmpdir / "pyproxy.toml"
         config_path.write_text(
-            dump_toml(sandbox_config(server, listen, "app", password, "app", metrics_listen))
+            dump_toml(sandbox_config(server, listen, "app", password, "app", metrics_listen,
+                                     admin_listen, admin_password))
         )
-        _print_banner(server, listen, password, config_path, metrics_listen)
+        _print_banner(server, listen, password, config_path, metrics_listen, admin_listen, admin_password)
         return run_foreground(twistd_command(config_path, runner_args, plugin_args), env)
     finally:
         server.cleanup()

@@ -267,7 +267,10 @@ class ProxyService(service.Service):
         self.port: Any = None
         self.read_only_port: Any = None
         self.metrics_port: Any = None
+        self.admin_port: Any = None
         self._idle_sweep: Any = None
+        # SHUTDOWN from the admin console: drain_timeout applies only to a graceful one.
+        self._immediate = False
         # Re-reads the configuration (file, environment, options) for SIGHUP.
         self._reload = reload
         self.log = logs.get_logger(component="service")
@@ -287,6 +290,11 @@ class ProxyService(service.Service):
 
                 site = metrics.site(metrics.registry(self.proxy, self.health, self.reactor))
                 self.metrics_port = self._bind("metrics.listen", self.config.metrics.listen, site)
+            if self.config.admin.enabled:
+                from pyproxy import admin  # noqa: PLC0415 - only when the console is on
+
+                self.admin_port = self._bind("admin.listen", self.config.admin.listen,
+                                             admin.AdminFactory(admin.AdminConsole(self)))
             self.port = self._bind("proxy.listen", listen_description(proxy),
                                    self._client_factory(CountingFactory(self.proxy)))
             if proxy.read_only_listen:
@@ -310,13 +318,14 @@ class ProxyService(service.Service):
                                   proxy.max_client_connections)
 
     def _ports(self) -> list[Any]:
-        return [port for port in (self.port, self.read_only_port, self.metrics_port) if port is not None]
+        return [port for port in (self.port, self.read_only_port, self.metrics_port, self.admin_port)
+                if port is not None]
 
     def _bind(self, key: str, description: str, factory: Any) -> Any:
         """Listens on ``description``; a failure is one line naming the key (and the
         other listener, when that one holds the port)."""
         where = f"{key}: cannot listen on {description}"
-        if self.shared_ports and key != "metrics.listen":
+        if self.shared_ports and key in ("proxy.listen", "proxy.read_only_listen"):
             try:
                 return reuseport.listen(self.reactor, description, factory, self.config.proxy.backlog)
             except (OSError, configuration.ConfigError) as exc:
@@ -331,7 +340,8 @@ class ProxyService(service.Service):
             failed = result[0]
             clash = ""
             if failed.check(CannotListenError):
-                bound = {"metrics.listen": self.metrics_port, "proxy.listen": self.port}
+                bound = {"metrics.listen": self.metrics_port, "admin.listen": self.admin_port,
+                         "proxy.listen": self.port}
                 for other, port in bound.items():
                     if port is not None and getattr(port.getHost(), "port", None) == failed.value.port:
                         clash = f" ({other} is on that port)"
@@ -348,6 +358,8 @@ class ProxyService(service.Service):
                       read_only=logs.format_address(read_only.getHost()) if read_only is not None else None,
                       metrics=(logs.format_address(self.metrics_port.getHost())
                                if self.metrics_port is not None else None),
+                      admin=(logs.format_address(self.admin_port.getHost())
+                             if self.admin_port is not None else None),
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
         self.proxy.start()
@@ -369,22 +381,48 @@ class ProxyService(service.Service):
         """SIGUSR2: PAUSE (new transactions wait, backend connections close as they
         come free) or, when paused, RESUME."""
         if self.proxy.paused:
-            self.proxy.resume()
-            self.log.info("resumed")
+            self.resume()
         else:
-            self.proxy.pause()
-            self.log.info("paused")
+            self.pause()
+
+    def pause(self) -> None:
+        """PAUSE (SIGUSR2, or the admin console's PAUSE)."""
+        self.proxy.pause()
+        self.log.info("paused")
+
+    def resume(self) -> None:
+        self.proxy.resume()
+        self.log.info("resumed")
 
     def reload(self) -> None:
         """SIGHUP: re-reads the configuration and applies it without dropping clients;
         a bad file leaves the running configuration in place."""
-        if self._reload is None:
+        try:
+            self.reload_now()
+        except configuration.ConfigError:
             return
+
+    def shut_down(self, graceful: bool) -> None:
+        """The admin console's SHUTDOWN: as SIGTERM when ``graceful`` (open
+        transactions get drain_timeout), else every client is closed at once."""
+        self.log.info("shutdown_requested", graceful=graceful)
+        self._immediate = not graceful
+        self.reactor.stop()
+
+    def reload_now(self) -> list[str]:
+        """Reloads (SIGHUP, the admin console's RELOAD); returns the sections that changed.
+
+        Raises:
+            ConfigError: the configuration is bad (logged as ``reload_failed``); the
+                running one stays.
+        """
+        if self._reload is None:
+            raise configuration.ConfigError("pyproxy was started without a configuration to read again")
         try:
             config = self._reload()
         except configuration.ConfigError as exc:
             self.log.error("reload_failed", error=str(exc))
-            return
+            raise
         if config.proxy.listen != self.config.proxy.listen:
             self.log.warning("reload_needs_restart", setting="proxy.listen")
         if config.proxy.proxy_protocol != self.config.proxy.proxy_protocol:
@@ -393,6 +431,8 @@ class ProxyService(service.Service):
             self.log.warning("reload_needs_restart", setting="proxy.read_only_listen")
         if config.metrics.listen != self.config.metrics.listen:
             self.log.warning("reload_needs_restart", setting="metrics.listen")
+        if (config.admin.listen, config.admin.enabled) != (self.config.admin.listen, self.config.admin.enabled):
+            self.log.warning("reload_needs_restart", setting="admin.listen")
         changed = self.proxy.reconfigure(config)
         self.config = config
         health = self.health
@@ -400,6 +440,7 @@ class ProxyService(service.Service):
         health.idle_timeout, health.min_idle = config.pool.idle_timeout, config.pool.min_idle
         configure_logs(config)
         self.log.info("reloaded", changed=changed)
+        return changed
 
     def _close_idle_clients(self) -> None:
         now = self.reactor.seconds()
@@ -440,7 +481,7 @@ class ProxyService(service.Service):
         for client in list(self.proxy.clients.values()):
             client.drain()
         drained: defer.Deferred[None] = defer.Deferred()
-        deadline = self.reactor.seconds() + self.config.proxy.drain_timeout
+        deadline = self.reactor.seconds() + (0 if self._immediate else self.config.proxy.drain_timeout)
 
         def check() -> None:
             busy = [c for c in self.proxy.clients.values() if c.commands.backend is not None]

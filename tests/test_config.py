@@ -448,3 +448,30 @@ def test_security_keys_from_the_environment() -> None:
     assert config.secrets == (SecretConfig(SECRET),)
     with pytest.raises(ConfigError, match="unknown environment variable PYPROXY_SECRET_ARN"):
         load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_SECRET_ARN": SECRET})
+
+
+def test_admin_console_keys() -> None:
+    """[admin]: off without a user; a user needs a password or a hash, not both; the
+    environment sets it like any section; its secrets are known to the logs."""
+    from pyproxy.config import env_overrides, secrets
+
+    users = [{"name": "app", "password": "pw"}]
+    assert not build({"users": users}).admin.enabled
+    assert build({"users": users}).admin.listen == "tcp:6034:interface=127.0.0.1"
+    config = build({"users": users, "admin": {"user": "boss", "password": "console-pw"}})
+    assert config.admin.enabled and "console-pw" in secrets(config)
+    assert "console-pw" not in repr(config)
+    assert not build({"users": users, "admin": {"user": "boss", "password": "x", "listen": ""}}).admin.enabled
+    with pytest.raises(ConfigError, match="admin.password: the admin console's user needs"):
+        build({"users": users, "admin": {"user": "boss"}})
+    with pytest.raises(ConfigError, match="exclude each other"):
+        build({"users": users, "admin": {"user": "boss", "password": "x", "password_hash": "*" + "A" * 40}})
+    with pytest.raises(ConfigError, match="admin.password_hash"):
+        build({"users": users, "admin": {"user": "boss", "password_hash": "not-a-hash"}})
+    with pytest.raises(ConfigError, match="admin.listen"):
+        build({"users": users, "admin": {"listen": "nonsense:endpoint"}})
+    env = env_overrides({"PYPROXY_ADMIN_USER": "boss", "PYPROXY_ADMIN_PASSWORD": "pw2",
+                         "PYPROXY_LOG_DEBUG_STATEMENTS_FOR": "30"})
+    assert env == {"admin": {"user": "boss", "password": "pw2"}, "log": {"debug_statements_for": 30.0}}
+    with pytest.raises(ConfigError, match="log.debug_statements_for"):
+        build({"users": users, "log": {"debug_statements_for": -1}})
