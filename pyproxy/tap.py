@@ -32,7 +32,7 @@ from pyproxy.health import HealthChecker
 from pyproxy.proxy import Proxy, ServerInfo, probe_account
 from pyproxy.wire.constants import COMMAND, CR_SERVER_LOST
 from pyproxy.wire.framing import frame
-from pyproxy.wire.handshake import HandshakeV10
+from pyproxy.wire.handshake import HandshakeV10, parse_handshake_v10
 
 
 class StartupError(Exception):
@@ -90,6 +90,7 @@ class Options(usage.Options):
         try:
             self["parsed"] = config = configuration.load(self["config"], os.environ, self.overrides())
             configure_logs(config)
+            start_checks(config)
             self._log_twisted_events()
             if not self["no-backend-check"]:
                 self["server"] = probe_backend(config)
@@ -115,6 +116,17 @@ def configure_logs(config: configuration.Config) -> None:
     logs.configure(config.log.level, config.log.format, secrets=configuration.secrets(config))
 
 
+def start_checks(config: configuration.Config) -> None:
+    """What the configuration asks for and this build cannot do safely.
+
+    Raises:
+        StartupError: ``[backend] iam`` without TLS to the server: the tokens
+            would go in clear text (mysql_clear_password).
+    """
+    if config.backend.iam:
+        raise StartupError(configuration.BACKEND_IAM_NEEDS_TLS)
+
+
 class LoginRefused(StartupError):
     """The server answers but refuses one of pyproxy's accounts: the configuration
     is wrong, and another server would not make it right."""
@@ -133,7 +145,10 @@ def probe_backend(config: configuration.Config) -> ServerInfo:
             greeting = None
             for account, target in _startup_logins(config, server):
                 greeting = _login(target, account)
-            assert greeting is not None  # load() requires a user
+            if greeting is None:
+                # No account to log in with before a client comes ([[secrets]] only):
+                # the greeting says the server is there.
+                greeting = _greeting(server, config.backend.connect_timeout)
             return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset,
                               greeting.status)
         except LoginRefused:
@@ -149,10 +164,16 @@ def _startup_logins(config: configuration.Config,
     the default schema and init_query), then the probes' when [health] names
     an account of its own."""
     backend = config.backend
+    # A user with only a password_hash is checked when its first client logs
+    # in: only that client's proof gives what logs in to the server.
     logins = [(f"user {user.name!r}", Target(server.host, server.port, user.name, user.password,
                                              backend.database, backend.charset, backend.connect_timeout,
                                              statement_cache=0, init_query=backend.init_query))
-              for user in config.users]
+              for user in config.users if not user.password_hash]
+    if config.auth.lookup:
+        logins.append((f"[auth] lookup_user {config.auth.lookup_user!r}",
+                       Target(server.host, server.port, config.auth.lookup_user, config.auth.lookup_password,
+                              None, backend.charset, backend.connect_timeout, statement_cache=0)))
     if config.health.user:
         name, password = probe_account(config)
         logins.append((f"[health] user {name!r}",
@@ -224,6 +245,27 @@ def _login(target: Target, account: str) -> HandshakeV10:
         raise LoginRefused(f"{where} refused the login of {account}: {outcome[0].getErrorMessage()}")
     assert conn.handshake is not None
     return conn.handshake
+
+
+def _greeting(server: configuration.TargetConfig, timeout: float) -> HandshakeV10:
+    """The server's greeting alone, read and hung up on."""
+    where = f"backend {server.host}:{server.port}"
+    try:
+        with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
+            data = b""
+            while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:3], "little"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise StartupError(f"{where} closed the connection before greeting")
+                data += chunk
+    except TimeoutError:
+        raise StartupError(f"{where} did not greet within {timeout:g}s") from None
+    except OSError as exc:
+        raise StartupError(f"cannot reach {where}: {exc.strerror or exc}") from None
+    try:
+        return parse_handshake_v10(data[4:4 + int.from_bytes(data[:3], "little")])
+    except ValueError:
+        raise StartupError(f"{where} is not a MySQL server") from None
 
 
 class CountingFactory(FrontendFactory):
@@ -331,7 +373,8 @@ class ProxyService(service.Service):
         self.proxy.start()
         if self.config.pool.min_idle:
             for account in self.config.users:
-                self.proxy.pool(account.name)
+                if self.proxy.can_log_in(account.name):
+                    self.proxy.pool(account.name)
         self.health.start()
         idle_timeout = self.config.proxy.idle_client_timeout
         self._idle_sweep = LoopingCall(self._close_idle_clients)

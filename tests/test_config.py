@@ -11,6 +11,7 @@ import pytest
 
 from pyproxy.config import (
     SECTIONS,
+    NO_USERS,
     TABLE_ARRAYS,
     Config,
     ConfigError,
@@ -354,7 +355,7 @@ def test_check_of_a_good_file_and_of_unreadable_ones(tmp_path: Path) -> None:
     assert "is not valid TOML" in problem
     empty = tmp_path / "empty.toml"
     empty.write_text("")
-    assert check(str(empty), {})[1] == ["no [[users]] configured: clients could not log in"]
+    assert check(str(empty), {})[1] == [NO_USERS]
     unknown_env = check(str(good), {"PYPROXY_POOL_SIZE": "3"})[1]
     assert len(unknown_env) == 1 and "PYPROXY_POOL_SIZE" in unknown_env[0]
 

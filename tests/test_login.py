@@ -15,7 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import vectors
 from pyproxy import auth
-from pyproxy.credentials import Checked
+from twisted.internet import defer
+
+from pyproxy.credential_sources import BackendLogin, Credential, Credentials
 from pyproxy.frontend import COMMANDS, FrontendProtocol
 from pyproxy.logs import get_logger
 from pyproxy.login import Identity, Login
@@ -45,13 +47,16 @@ class Owner:
         self.accepted: list[tuple[Identity, int]] = []
         self.errors: list[tuple[tuple[int, str], str, int | None]] = []
         self.timed_out = 0
+        self.secure = False
+        self.backends: list[BackendLogin | None] = []
 
     @property
     def log(self) -> Any:
         return get_logger(user=self.user)
 
-    def login_accepted(self, identity: Identity, seq: int) -> None:
+    def login_accepted(self, identity: Identity, seq: int, backend: BackendLogin | None = None) -> None:
         self.accepted.append((identity, seq))
+        self.backends.append(backend)
 
     def fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
         self.errors.append((error, message, seq))
@@ -65,18 +70,37 @@ class Owner:
         return PacketFramer().feed(data)
 
 
-class OneProof:
-    """A credential source that is not the configuration: it knows one user, with one proof."""
+class OneUser:
+    """A credential source that is not the configuration: it knows one user and its password,
+    and answers when the test says (``hold``), as a source that asks a server would."""
 
-    def __init__(self, user: str, proof: bytes) -> None:
-        self.user, self.proof = user, proof
-        self.asked: list[tuple[str, str, bytes, bytes]] = []
+    name = "test"
 
-    def check(self, user: str, plugin: str, nonce: bytes, proof: bytes) -> Checked:
-        self.asked.append((user, plugin, nonce, proof))
-        if user != self.user:
-            return Checked.UNKNOWN_USER
-        return Checked.ACCEPTED if proof == self.proof else Checked.REFUSED
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+        self.asked: list[str] = []
+        self.hold = False
+        self.held: list[tuple[defer.Deferred[Credential | None], Credential | None]] = []
+
+    def credential(self, user: str) -> defer.Deferred[Credential | None]:
+        self.asked.append(user)
+        found = Credential(user, self.name, passwords=(self.password,)) if user == self.user else None
+        if self.hold:
+            d: defer.Deferred[Credential | None] = defer.Deferred()
+            self.held.append((d, found))
+            return d
+        return defer.succeed(found)
+
+    def release(self) -> None:
+        for d, found in self.held:
+            d.callback(found)
+        self.held.clear()
+
+    def refresh(self, user: str) -> defer.Deferred[bool]:
+        return defer.succeed(False)
+
+
+PROOF = auth.native_proof(b"secret", NONCE)
 
 
 def response(user: str = "app", proof: bytes = b"p" * 20, plugin: str = auth.NATIVE, caps: int = CLIENT_CAPS,
@@ -93,7 +117,8 @@ class LoginAloneTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.owner = Owner()
-        self.credentials = OneProof("app", b"p" * 20)
+        self.source = OneUser("app", "secret")
+        self.credentials = Credentials([self.source])
         self.login = Login(self.owner, self.credentials, NONCE, CLIENT_CAPS & ~CLIENT.LOCAL_FILES)
 
     def test_greeting_and_timeout(self) -> None:
@@ -116,15 +141,15 @@ class LoginAloneTests(SynchronousTestCase):
     def test_identity_handed_over(self) -> None:
         """A proof the credential source accepts ends in one Identity: the user, the
         capabilities both sides have, the character set, schema, attributes, plugin."""
-        waits = self.login.receive(response(database="app", attributes={"_client_name": "libmariadb"}))
-        self.assertFalse(waits)
+        self.login.receive(response(proof=PROOF, database="app", attributes={"_client_name": "libmariadb"}))
         [(identity, seq)] = self.owner.accepted
         self.assertEqual(seq, 2)
         # CONNECT_WITH_DB is not offered here: the schema is read all the same.
         self.assertEqual(identity, Identity("app", CLIENT_CAPS & ~CLIENT.LOCAL_FILES, 33, "app",
                                             {"_client_name": "libmariadb"}, auth.NATIVE, True))
         self.assertEqual(self.owner.user, "app")
-        self.assertEqual(self.credentials.asked, [("app", auth.NATIVE, NONCE, b"p" * 20)])
+        self.assertEqual(self.source.asked, ["app"])
+        self.assertEqual(self.owner.backends, [BackendLogin("app", ("secret",))])
         self.assertEqual(self.owner.sent(), [])  # the OK is the owner's to write
 
     def test_refused_proof(self) -> None:
@@ -144,14 +169,14 @@ class LoginAloneTests(SynchronousTestCase):
         [switch] = self.owner.sent()
         self.assertEqual(switch.seq, 2)
         self.assertEqual(parse_auth_switch_request(switch.payload), (auth.NATIVE, NONCE + b"\x00"))
-        self.assertFalse(self.login.receive(Packet(3, b"p" * 20, b"", 3)))
+        self.login.receive(Packet(3, PROOF, b"", 3))
         [(identity, seq)] = self.owner.accepted
         self.assertEqual((identity.plugin, seq), (auth.NATIVE, 4))
 
     def test_caching_sha2_fast_auth_success(self) -> None:
         """caching_sha2_password: 'fast auth success' goes out before the owner answers."""
-        login = Login(self.owner, OneProof("app", b"s" * 32), NONCE, CLIENT_CAPS)
-        login.receive(response(plugin=auth.CACHING_SHA2, proof=b"s" * 32))
+        login = Login(self.owner, self.credentials, NONCE, CLIENT_CAPS)
+        login.receive(response(plugin=auth.CACHING_SHA2, proof=auth.caching_sha2_proof(b"secret", NONCE)))
         [more] = self.owner.sent()
         self.assertEqual((more.seq, more.payload), (2, b"\x01\x03"))
         self.assertEqual(self.owner.accepted[0][1], 3)
@@ -169,7 +194,7 @@ class LoginAloneTests(SynchronousTestCase):
         the request's character set (45 when it gives none) and schema."""
         self.owner.user = "before"
         login = Login(self.owner, self.credentials, NONCE, CLIENT.PROTOCOL_41)
-        self.assertFalse(login.change_user(ChangeUser("app", b"p" * 20, "db", 0, auth.NATIVE), 5))
+        login.change_user(ChangeUser("app", PROOF, "db", 0, auth.NATIVE), 5)
         [(identity, seq)] = self.owner.accepted
         self.assertEqual(identity, Identity("app", CLIENT.PROTOCOL_41, 45, "db", {}, auth.NATIVE))
         self.assertEqual(seq, 5)
