@@ -288,11 +288,14 @@ class Login:
     def _answer(self, action: Callable[[], None]) -> float:
         """Runs ``action`` (the answer) now, or after the delay the throttle sets for
         the client's address; returns the delay."""
-        delay = self.throttle.delay(self._address()) if self.throttle is not None else 0.0
+        address = self._address()
+        delay = self.throttle.delay(address) if self.throttle is not None else 0.0
         if delay <= 0:
             action()
             return 0.0
         self._busy = True
+        self.owner.log.info("login_delayed", peer=address, seconds=delay,
+                            failures=self.throttle.failures(address))  # type: ignore[union-attr]
 
         def later() -> None:
             self._delayed = None

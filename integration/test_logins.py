@@ -1,0 +1,193 @@
+"""Every kind of login through a real pyproxy process, and what it must never show.
+
+One pyproxy (twistd, as in production) in front of the test server, with its users coming from
+every source at once: ``[[users]]`` with a password and with only a ``password_hash``,
+``[[secrets]]`` from a moto server on loopback, and ``[auth] lookup`` reading the server's own
+hashes.  PyMySQL clients log in as each, rightly and wrongly; the good ones run a statement, so
+pyproxy's own login to the server as that user (from a SHA1 recovered from the proof, or from
+the secret) is exercised too.  Then everything pyproxy logged and its /metrics page are searched
+for each secret used, in every form it could take: clear passwords, stored hashes, SHA1(password)
+in hex and raw.
+
+The wrong-password throttle is checked here with real sockets from two source addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pymysql
+import pytest
+
+from integration import servers
+from integration.drivers import bounded  # noqa: F401  (fixture)
+from integration.moto import REGION, moto_server
+from pyproxy import auth
+from pyproxy.sandbox import free_port
+
+pytestmark = pytest.mark.usefixtures("bounded")
+
+LOOKUP_USER = servers.own_name("lookup_acct")
+LOOKUP_PASSWORD = "lookup-acct-pw-5f1c"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def lookup_account(db_server: servers.DbServer) -> str:
+    """An account with SELECT on mysql.user and nothing else."""
+    db_server.create_user(LOOKUP_USER, LOOKUP_PASSWORD)
+    conn = db_server.connect()
+    try:
+        with conn.cursor() as cur:
+            for host in ("%", "localhost"):
+                cur.execute("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", (LOOKUP_USER, host))
+                cur.execute("GRANT SELECT ON mysql.user TO %s@%s", (LOOKUP_USER, host))
+    finally:
+        conn.close()
+    return LOOKUP_USER
+
+
+def make_secret(url: str, name: str, username: str, password: str) -> str:
+    client = boto3.client("secretsmanager", region_name=REGION, endpoint_url=url)
+    created = client.create_secret(Name=name, SecretString=json.dumps(
+        {"username": username, "password": password, "engine": "mariadb"}))
+    return str(created["ARN"])
+
+
+def current_user(proxy: servers.ProxyProcess, user: str, password: str) -> str:
+    conn = proxy.connect(user=user, password=password, database=None)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT CURRENT_USER()")
+            return str(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def refused(proxy: servers.ProxyProcess, user: str, password: str, **kwargs: Any) -> int:
+    with pytest.raises(pymysql.MySQLError) as info:
+        proxy.connect(user=user, password=password, database=None, **kwargs).close()
+    return int(info.value.args[0])
+
+
+def wait_for(proxy: servers.ProxyProcess, needle: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in proxy.log_text():
+        assert time.monotonic() < deadline, f"{needle!r} never logged:\n{proxy.log_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def forms(password: str) -> list[bytes]:
+    """Every form a password's secrets could leak in: the password, its stored hash (with and
+    without '*', either case), SHA1(password) in hex (either case), raw, escaped and base64."""
+    sha1 = hashlib.sha1(password.encode()).digest()
+    stored = auth.stored_hash(password.encode())
+    return [password.encode(), stored.encode(), stored[1:].encode(), stored[1:].lower().encode(),
+            sha1.hex().encode(), sha1.hex().upper().encode(), sha1, repr(sha1)[2:-1].encode(),
+            base64.b64encode(sha1), base64.b64encode(sha1).rstrip(b"=")]
+
+
+def test_every_kind_of_login_and_no_secret_shown(make_proxy: Any, db_server: servers.DbServer,
+                                                 lookup_account: str, moto: str) -> None:
+    """Good and wrong logins of a [[users]] password user, a password_hash user, a user of a
+    Secrets Manager secret and a user looked up on the server; each good one runs a statement as
+    itself.  Nothing pyproxy logged, and nothing on /metrics, holds any secret used."""
+    hashed, hashed_pw = servers.own_name("hashed"), "hashed-pw-8a1e"
+    looked, looked_pw = servers.own_name("looked"), "looked-pw-3b7d"
+    secret_user, secret_pw = servers.own_name("secret_u"), "secret-pw-c4d2"
+    wrong = "wrong-pw-77e9"
+    for user, password in ((hashed, hashed_pw), (looked, looked_pw), (secret_user, secret_pw)):
+        db_server.create_user(user, password)
+    arn = make_secret(moto, servers.own_name("pyproxy/logins"), secret_user, secret_pw)
+    metrics_port = free_port()
+    proxy = make_proxy(
+        users=[{"name": hashed, "password_hash": auth.stored_hash(hashed_pw.encode()), "create": False}],
+        auth={"lookup": True, "lookup_user": LOOKUP_USER, "lookup_password": LOOKUP_PASSWORD,
+              "max_failures": 100},
+        aws={"region": REGION, "endpoint_url": moto}, secrets=[{"arn": arn}],
+        metrics={"listen": f"tcp:{metrics_port}:interface=127.0.0.1"},
+        backend={"database": ""})
+    wait_for(proxy, "secret_fetched")
+
+    for user, password in ((servers.APP_USER, servers.APP_PASSWORD), (hashed, hashed_pw),
+                           (looked, looked_pw), (secret_user, secret_pw)):
+        assert current_user(proxy, user, password).split("@")[0] == user
+        # A second client of the same user: the backend connection is reused or made again
+        # from what the first login gave.
+        assert current_user(proxy, user, password).split("@")[0] == user
+        assert refused(proxy, user, wrong) == 1045
+    assert refused(proxy, servers.own_name("nobody"), wrong) == 1045
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        metrics = page.read()
+    assert b"pyproxy_client_connections" in metrics
+    proxy.stop()
+    log = proxy.log_path.read_bytes()
+    # The log is the one of these logins (debug level: every client's events are there).
+    assert hashed.encode() in log and looked.encode() in log and secret_user.encode() in log
+    for reason in (b'"wrong_password"', b'"unknown_user"'):
+        assert reason in log
+    for password in (servers.APP_PASSWORD, hashed_pw, looked_pw, secret_pw, wrong, LOOKUP_PASSWORD):
+        for form in forms(password):
+            assert form not in log, f"a form of a secret is in pyproxy's log: {form!r}"
+            assert form not in metrics, f"a form of a secret is on /metrics: {form!r}"
+
+
+def test_pools_are_per_user(make_proxy: Any, db_server: servers.DbServer) -> None:
+    """Clients of two users, one of them known only by its hash, take turns on a pool of one
+    connection each: every statement runs as its own client's user."""
+    hashed, hashed_pw = servers.own_name("hashed_pool"), "hashed-pool-pw"
+    db_server.create_user(hashed, hashed_pw)
+    proxy = make_proxy(users=[{"name": hashed, "password_hash": auth.stored_hash(hashed_pw.encode()),
+                               "create": False}], pool={"max_connections": 1}, backend={"database": ""})
+    clients = [(servers.APP_USER, proxy.connect(database=None)),
+               (hashed, proxy.connect(user=hashed, password=hashed_pw, database=None))]
+    try:
+        for _ in range(10):
+            for user, conn in clients:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT CURRENT_USER(), USER()")
+                    current, login = cur.fetchone()
+                assert current.split("@")[0] == user and login.split("@")[0] == user
+    finally:
+        for _, conn in clients:
+            conn.close()
+
+
+def test_wrong_passwords_delay_that_address_only(make_proxy: Any) -> None:
+    """After max_failures wrong passwords from 127.0.0.1, answers to that address wait
+    failure_delay (even a right password's); 127.0.0.2 is never delayed; nobody is locked out."""
+    proxy = make_proxy(auth={"failure_delay": 1.0, "max_failures": 2, "failure_window": 60,
+                             "failure_delay_max": 2.0})
+    for _ in range(2):
+        assert refused(proxy, servers.APP_USER, "nope") == 1045
+    started = time.monotonic()
+    assert refused(proxy, servers.APP_USER, "nope") == 1045
+    assert time.monotonic() - started >= 0.9  # the delay is a lower bound, not a speed
+    started = time.monotonic()
+    conn = proxy.connect()  # the right password still logs in, after the delay
+    conn.close()
+    assert time.monotonic() - started >= 0.9
+    other = proxy.connect(bind_address="127.0.0.2")
+    other.close()
+    assert refused(proxy, servers.APP_USER, "nope", bind_address="127.0.0.2") == 1045
+    log = proxy.log_text()
+    delayed = [json.loads(line) for line in log.splitlines()
+               if line.startswith("{") and '"login_delayed"' in line]
+    assert delayed and {entry["peer"] for entry in delayed} == {"127.0.0.1"}
+    failed = [json.loads(line) for line in log.splitlines()
+              if line.startswith("{") and '"auth_failed"' in line]
+    assert [entry["failures"] for entry in failed if entry["peer"] == "127.0.0.2"] == [1]
