@@ -29,9 +29,11 @@ import pytest
 
 from integration import servers
 from integration.drivers import bounded  # noqa: F401  (fixture)
-from integration.moto import REGION, moto_server
-from pyproxy import auth
+from integration.moto import ACCOUNT, REGION, moto_server
+from integration.raw_login import login as raw_login
+from pyproxy import auth, iam
 from pyproxy.sandbox import free_port
+from pyproxy.wire.responses import parse_err
 
 pytestmark = pytest.mark.usefixtures("bounded")
 
@@ -191,3 +193,63 @@ def test_wrong_passwords_delay_that_address_only(make_proxy: Any) -> None:
     failed = [json.loads(line) for line in log.splitlines()
               if line.startswith("{") and '"auth_failed"' in line]
     assert [entry["failures"] for entry in failed if entry["peer"] == "127.0.0.2"] == [1]
+
+
+def role_token(moto: str, role_name: str) -> tuple[str, str]:
+    """A Lambda's token: a role made in moto, assumed, and a pyproxy token signed with the
+    assumed credentials; returns (role ARN, token)."""
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+    role = boto3.client("iam", region_name=REGION, endpoint_url=moto).create_role(
+        RoleName=role_name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    assumed = boto3.client("sts", region_name=REGION, endpoint_url=moto).assume_role(
+        RoleArn=role, RoleSessionName="fn-1")["Credentials"]
+    session = boto3.session.Session(aws_access_key_id=assumed["AccessKeyId"],
+                                    aws_secret_access_key=assumed["SecretAccessKey"],
+                                    aws_session_token=assumed["SessionToken"], region_name=REGION)
+    return role, iam.make_token(session=session, endpoint_url=moto)
+
+
+def iam_proxy(make_proxy: Any, db_server: servers.DbServer, moto: str, user: str, role: str) -> Any:
+    db_server.create_user(user, "iam-user-server-pw")
+    return make_proxy(iam={"sts_endpoints": [moto], "roles": [{"arn": role, "user": user}]},
+                      aws={"region": REGION, "endpoint_url": moto})
+
+
+def test_iam_token_refused_over_plaintext(make_proxy: Any, db_server: servers.DbServer, moto: str) -> None:
+    """A token sent as mysql_clear_password over a plaintext connection is refused with 1045
+    and a log line saying why (never the token); a client of a user only IAM knows that answers
+    with mysql_native_password is refused at once, never asked to send its token in clear."""
+    user = servers.own_name("iam_user")
+    role, token = role_token(moto, "logins-plaintext")
+    assert role == f"arn:aws:iam::{ACCOUNT}:role/logins-plaintext"
+    proxy = iam_proxy(make_proxy, db_server, moto, user, role)
+    reply = raw_login(proxy.host, proxy.port, user, lambda plugin, nonce: token.encode() + b"\x00",
+                      plugin=auth.CLEAR)
+    assert reply[:1] == b"\xff" and parse_err(reply).code == 1045
+    reply = raw_login(proxy.host, proxy.port, user, lambda plugin, nonce: auth.native_proof(b"x", nonce))
+    assert reply[:1] == b"\xff" and parse_err(reply).code == 1045  # an ERR, not an AuthSwitchRequest
+    proxy.stop()
+    log = proxy.log_path.read_bytes()
+    failed = [json.loads(line) for line in log.decode().splitlines()
+              if line.startswith("{") and '"auth_failed"' in line]
+    assert [entry["reason"] for entry in failed] == ["clear_text_without_tls"] * 2
+    assert token.encode() not in log and token.split(".", 1)[1][:40].encode() not in log
+
+
+def test_iam_token_accepted_over_tls(make_proxy: Any, db_server: servers.DbServer, moto: str) -> None:
+    """A Lambda logs in over TLS with its token as password: pyproxy asks for
+    mysql_clear_password, STS (moto) names the role's session, and the statement runs as the
+    mapped user (logged in to the server with that user's password from [[users]])."""
+    pytest.skip("needs TLS (issue 12 item 1)")
+    user = servers.own_name("iam_tls_user")
+    role, token = role_token(moto, "logins-tls")
+    proxy = iam_proxy(make_proxy, db_server, moto, user, role)
+    conn = proxy.connect(user=user, password=token, database=None, ssl={"check_hostname": False},
+                         ssl_disabled=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT CURRENT_USER()")
+            assert cur.fetchone()[0].split("@")[0] == user
+    finally:
+        conn.close()
