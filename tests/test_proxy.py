@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import attrs
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pyproxy import auth
 from pyproxy.config import build
+from pyproxy.credential_sources import BackendLogin
 from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.wire.commands import make_query
+from pyproxy.wire.framing import frame
+from pyproxy.wire.responses import make_ok
+from test_frontend import Backends
 from test_pool import FakeConnector
 
 TARGETS = [{"host": "w", "port": 1}, {"host": "r", "port": 2, "role": "auto"},
@@ -130,3 +137,68 @@ class ProxyTopologyTests(SynchronousTestCase):
         self.assertNoResult(writes)
         self.reactor.advance(5)
         self.failureResultOf(writes)  # its own deadline still ran on the writer's pool
+
+
+class BackendLoginTests(SynchronousTestCase):
+    """What a client's login gives for the server is kept per user and used for that user only;
+    pools are per user, so one user's connection never serves another's client."""
+
+    def setUp(self) -> None:
+        from test_frontend import FakeClient, make_proxy  # noqa: PLC0415 - the client fixtures
+
+        self.FakeClient = FakeClient
+        self.proxy, self.app_backends = make_proxy(users=[
+            {"name": "app", "password": "secret"},
+            {"name": "hashed", "password_hash": auth.stored_hash(b"hash pw")}])
+        writer = self.proxy.topology.writer
+        self.hashed_backends = Backends(self.proxy.reactor)
+        self.proxy.pools[("hashed", writer.name)] = Pool("hashed", self.hashed_backends, self.proxy.reactor,
+                                                         max_size=2, borrow_timeout=3, target=writer)
+        self.proxy.catalog("hashed").load([])
+
+    def test_sha1_from_the_proof_logs_that_user_in(self) -> None:
+        """Before any client of the hash user, pyproxy has no way to log in as it (1045 with a
+        message holding no secret); after one, its connections log in with SHA1(password)."""
+        failure = self.failureResultOf(self.proxy.connect_as("hashed", self.proxy.topology.writer.config, 0))
+        self.assertEqual(failure.value.code, 1045)
+        [ok] = self.FakeClient(self.proxy).login(user="hashed", password="hash pw")
+        self.assertEqual(ok.payload[0], 0)
+        target = self.proxy.target("hashed")
+        self.assertEqual(target.login.native_sha1, hashlib.sha1(b"hash pw").digest())
+        self.assertEqual(target.password, "")
+        self.assertNotIn(hashlib.sha1(b"hash pw").hexdigest(), repr(target))
+        self.assertEqual(self.proxy.target("app").login, BackendLogin("app", ("secret",)))
+        self.assertIsNone(self.proxy.target("nobody").login)
+
+    def test_a_wrong_proof_changes_nothing(self) -> None:
+        self.FakeClient(self.proxy).login(user="hashed", password="hash pw")
+        [err] = self.FakeClient(self.proxy).login(user="hashed", password="other")
+        self.assertEqual(err.payload[0], 0xFF)
+        self.assertEqual(self.proxy.target("hashed").login.native_sha1, hashlib.sha1(b"hash pw").digest())
+
+    def test_pools_never_lend_across_users(self) -> None:
+        """An idle connection of ``app`` does not serve a client of ``hashed``: that client's
+        statement waits for a connection of its own user's pool."""
+        app = self.FakeClient(self.proxy)
+        app.login()
+        app.send(make_query("SELECT 1"))
+        conn, server = self.app_backends.open()
+        [query] = server.received()
+        server.send(frame(make_ok(2), 1))
+        app.received()
+        writer = self.proxy.topology.writer.name
+        self.assertEqual(self.proxy.pools[("app", writer)].idle, [conn])
+        hashed = self.FakeClient(self.proxy)
+        hashed.login(user="hashed", password="hash pw")
+        hashed.send(make_query("SELECT 1"))
+        self.assertEqual(hashed.received(), [])
+        self.assertEqual(self.proxy.pools[("app", writer)].idle, [conn])
+        self.assertEqual(len(self.hashed_backends.waiting), 1)
+        self.assertEqual(self.app_backends.waiting, [])
+
+    def test_reload_forgets_a_changed_users_login(self) -> None:
+        self.FakeClient(self.proxy).login(user="hashed", password="hash pw")
+        self.proxy.reconfigure(attrs.evolve(self.proxy.config, users=(
+            self.proxy.config.users[0], attrs.evolve(self.proxy.config.users[1],
+                                                     password_hash=auth.stored_hash(b"new pw")))))
+        self.assertIsNone(self.proxy.target("hashed").login)
