@@ -85,6 +85,15 @@ def refused(proxy: servers.ProxyProcess, user: str, password: str, **kwargs: Any
     return int(info.value.args[0])
 
 
+def logs_in(proxy: servers.ProxyProcess, user: str, password: str) -> bool:
+    try:
+        proxy.connect(user=user, password=password, database=None).close()
+    except pymysql.MySQLError as exc:
+        assert exc.args[0] == 1045, exc
+        return False
+    return True
+
+
 def wait_for(proxy: servers.ProxyProcess, needle: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while needle not in proxy.log_text():
@@ -253,3 +262,80 @@ def test_iam_token_accepted_over_tls(make_proxy: Any, db_server: servers.DbServe
             assert cur.fetchone()[0].split("@")[0] == user
     finally:
         conn.close()
+
+
+def set_server_password(db_server: servers.DbServer, user: str, password: str) -> None:
+    conn = db_server.connect()
+    try:
+        with conn.cursor() as cur:
+            for host in ("%", "localhost"):
+                cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
+    finally:
+        conn.close()
+
+
+def test_secret_rotation_through_pyproxy(make_proxy: Any, db_server: servers.DbServer, moto: str) -> None:
+    """A Secrets Manager rotation under a running pyproxy: while AWSPENDING exists, clients log
+    in with either password, and a new backend connection for a client that proved the pending
+    one (which the server does not have yet) logs in with the current one after the server
+    refuses the pending one.  Once the server and the secret have the new password, the old one
+    is refused."""
+    user = servers.own_name("rotated")
+    db_server.create_user(user, "rot-old-91")
+    arn = make_secret(moto, servers.own_name("pyproxy/rotation"), user, "rot-old-91")
+    client = boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto)
+    proxy = make_proxy(secrets=[{"arn": arn}], aws={"region": REGION, "endpoint_url": moto,
+                                                    "secrets_refresh": 1}, backend={"database": ""})
+    wait_for(proxy, "secret_fetched")
+    holder = proxy.connect(user=user, password="rot-old-91", database=None)
+    holder.begin()  # holds its backend connection: the next client needs a new one
+    with holder.cursor() as cur:
+        cur.execute("SELECT 1")
+    client.put_secret_value(SecretId=arn, VersionStages=["AWSPENDING"],
+                            SecretString=json.dumps({"username": user, "password": "rot-new-92"}))
+    wait_for(proxy, "AWSPENDING")
+    assert current_user(proxy, user, "rot-new-92").split("@")[0] == user
+    holder.rollback()
+    holder.close()
+    set_server_password(db_server, user, "rot-new-92")
+    versions = client.describe_secret(SecretId=arn)["VersionIdsToStages"]
+    old = next(v for v, stages in versions.items() if "AWSCURRENT" in stages)
+    new = next(v for v, stages in versions.items() if "AWSPENDING" in stages)
+    client.update_secret_version_stage(SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=new,
+                                       RemoveFromVersionId=old)
+    client.update_secret_version_stage(SecretId=arn, VersionStage="AWSPENDING", RemoveFromVersionId=new)
+    deadline = time.monotonic() + 20
+    while logs_in(proxy, user, "rot-old-91"):  # until the next fetch
+        assert time.monotonic() < deadline, "the old password is still accepted"
+        time.sleep(0.5)
+    assert current_user(proxy, user, "rot-new-92").split("@")[0] == user
+
+
+def test_backend_refusal_fetches_the_secret_again(make_proxy: Any, db_server: servers.DbServer,
+                                                  moto: str) -> None:
+    """The password changed on the server and in the secret between two fetches: the first
+    backend login with the old one is refused (the client gets the server's 1045), which makes
+    pyproxy fetch the secret at once, and the new password logs in."""
+    user = servers.own_name("refetched")
+    db_server.create_user(user, "refetch-old-17")
+    arn = make_secret(moto, servers.own_name("pyproxy/refetch"), user, "refetch-old-17")
+    proxy = make_proxy(secrets=[{"arn": arn}], aws={"region": REGION, "endpoint_url": moto,
+                                                    "secrets_refresh": 3600}, backend={"database": ""})
+    wait_for(proxy, "secret_fetched")
+    set_server_password(db_server, user, "refetch-new-18")
+    boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto).put_secret_value(
+        SecretId=arn, SecretString=json.dumps({"username": user, "password": "refetch-new-18"}))
+    time.sleep(5.5)  # pyproxy fetches on demand at most every 5 s (pyproxy.secrets.MIN_REFRESH_GAP)
+    # pyproxy still takes the old password (fetched before); the server refuses the login made
+    # with it, which the client sees at its first statement (PyMySQL's connect runs one).
+    with pytest.raises(pymysql.MySQLError) as info:
+        stale = proxy.connect(user=user, password="refetch-old-17", database=None)
+        with stale.cursor() as cur:
+            cur.execute("SELECT 1")
+    assert info.value.args[0] == 1045
+    wait_for(proxy, "backend_login_refused")
+    deadline = time.monotonic() + 20
+    while proxy.log_text().count("secret_fetched") < 2:
+        assert time.monotonic() < deadline, "the secret was not fetched again"
+        time.sleep(0.1)
+    assert current_user(proxy, user, "refetch-new-18").split("@")[0] == user
