@@ -167,6 +167,24 @@ def test_wrong_backend_password(db_server: servers.DbServer, tmp_path: Path) -> 
                    f"[health] user '{servers.MONITOR_USER}'", "1045")
 
 
+def test_backend_iam_without_tls_refuses_to_start(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """[backend] iam sends RDS tokens as mysql_clear_password: without TLS to the server
+    pyproxy does not start, and says why in one line."""
+    config = config_with_accounts(db_server)
+    config["backend"]["iam"] = True
+    assert_refused(run_to_exit(write_config(tmp_path, config)), "backend.iam", "TLS")
+
+
+def test_hash_only_user_and_no_probe_account(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """A [[users]] entry with only a password_hash cannot be logged in as at start (nothing
+    gives its SHA1(password) before a client does): without [health] user the probes would
+    have no account, which stops start-up in one line."""
+    config = config_with_accounts(db_server)
+    config["users"][0] = {"name": servers.APP_USER, "password_hash": "*" + "A" * 40}
+    del config["health"]["user"], config["health"]["password"]
+    assert_refused(run_to_exit(write_config(tmp_path, config)), "health.user")
+
+
 @pytest.mark.parametrize("value", [918273645, 6.02214076, True, ["hunter2-list"],
                                    {"inner": "hunter2-table"}])
 def test_bad_password_is_never_echoed(db_server: servers.DbServer, tmp_path: Path,

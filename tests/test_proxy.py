@@ -6,12 +6,19 @@ import hashlib
 from typing import Any
 
 import attrs
+import boto3
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pyproxy import auth
+from pyproxy import proxy as proxy_module
+from pyproxy.aws import synchronously
+from pyproxy.backend import BackendError
+from pyproxy.iam import RDS_TOKEN_LIFETIME, RDS_TOKEN_MARGIN, RdsTokens
 from pyproxy.config import build
 from pyproxy.credential_sources import BackendLogin
+from pyproxy.credentials import Authentication
 from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
 from pyproxy.wire.commands import make_query
@@ -202,3 +209,77 @@ class BackendLoginTests(SynchronousTestCase):
             self.proxy.config.users[0], attrs.evolve(self.proxy.config.users[1],
                                                      password_hash=auth.stored_hash(b"new pw")))))
         self.assertIsNone(self.proxy.target("hashed").login)
+
+
+class ConnectAsTests(SynchronousTestCase):
+    """Proxy.connect_as: the way a user's connections log in, with pyproxy.backend.connect
+    replaced by a recorder (the login itself is test_backend's)."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.targets: list[Any] = []
+        self.outcomes: list[Any] = []
+        self.patch(proxy_module, "connect", self.connect)
+
+    def connect(self, reactor: Any, target: Any, flavor: int) -> defer.Deferred[Any]:
+        self.targets.append(target)
+        outcome = self.outcomes.pop(0)
+        return defer.fail(outcome) if isinstance(outcome, Exception) else defer.succeed(outcome)
+
+    def make(self, **sections: Any) -> Proxy:
+        return Proxy(build({"users": [{"name": "app", "password": "pw"}], **sections}), self.reactor,
+                     ServerInfo("10.11.19-MariaDB", 0xFFFFFFFF, 45, 2))
+
+    def test_rotation_tries_the_other_password_and_keeps_it_first(self) -> None:
+        proxy = self.make()
+        proxy.remember_login(BackendLogin("rot", ("pending", "current")))
+        self.outcomes = [BackendError(1045, "28000", "Access denied"), "conn"]
+        writer = proxy.topology.writer.config
+        self.assertEqual(self.successResultOf(proxy.connect_as("rot", writer, 0)), "conn")
+        self.assertEqual([target.attempt for target in self.targets], [0, 1])
+        self.assertEqual(proxy.login_for("rot").passwords, ("current", "pending"))
+
+    def test_every_password_refused_tells_the_sources(self) -> None:
+        proxy = self.make()
+        proxy.remember_login(BackendLogin("rot", ("a", "b")))
+        told: list[str] = []
+        self.patch(Authentication, "backend_refused",
+                   lambda self, user: (told.append(user), defer.succeed(None))[1])
+        self.outcomes = [BackendError(1045, "28000", "Access denied")] * 2
+        failure = self.failureResultOf(proxy.connect_as("rot", proxy.topology.writer.config, 0), BackendError)
+        self.assertEqual((failure.value.code, told), (1045, ["rot"]))
+        # Another error is passed on at once, without trying the other password.
+        self.targets.clear()
+        self.outcomes = [BackendError(2003, "HY000", "Can't connect")]
+        self.failureResultOf(proxy.connect_as("rot", proxy.topology.writer.config, 0), BackendError)
+        self.assertEqual(len(self.targets), 1)
+
+    def test_backend_iam_logs_in_with_rds_tokens_made_again_before_expiry(self) -> None:
+        """[backend] iam: each connection's login carries the user's current RDS token, made by
+        boto3's generate_db_auth_token, and a new one 13 minutes later."""
+        proxy = self.make(backend={"iam": True, "host": "db.example.internal", "port": 3306})
+        client = boto3.session.Session(aws_access_key_id="AKIAPYPROXYUNIT00001", aws_secret_access_key="x",
+                                       region_name="eu-west-1").client("rds")
+        made: list[str] = []
+
+        class Rds:
+            def generate_db_auth_token(self, **kwargs: Any) -> str:
+                made.append(kwargs["DBUsername"])
+                return str(client.generate_db_auth_token(**kwargs))
+
+        rds = Rds()
+        proxy.authentication._rds_tokens[("db.example.internal", 3306)] = RdsTokens(
+            lambda: rds, "db.example.internal", 3306, synchronously, self.reactor, region="eu-west-1")
+        writer = proxy.topology.writer.config
+        self.outcomes = ["c1", "c2", "c3"]
+        proxy.connect_as("app", writer, 0)
+        proxy.connect_as("app", writer, 0)
+        self.reactor.advance(RDS_TOKEN_LIFETIME - RDS_TOKEN_MARGIN)
+        proxy.connect_as("app", writer, 0)
+        first, second, third = self.targets
+        self.assertTrue(first.login.iam and first.token.startswith("db.example.internal:3306/?Action=connect"))
+        self.assertIn("DBUser=app", first.token)
+        self.assertEqual(second.token, first.token)
+        self.assertTrue(third.token.startswith("db.example.internal:3306/?Action=connect"))
+        self.assertEqual(made, ["app", "app"])  # the third login's token is a new one
+        self.assertNotIn(first.token, repr(first))
