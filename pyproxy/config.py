@@ -239,7 +239,8 @@ class HealthConfig:
     # Cap, in seconds, of the growing delay between probes of a down target.
     backoff_max: float = attrs.field(default=10.0, validator=_positive((int, float)))
     # The account probes log in as (it needs no privileges); "" means the
-    # first [[users]] entry, with that entry's password.
+    # first [[users]] entry with a password (not only a password_hash), with
+    # that password, else the [auth] lookup account.
     user: str = attrs.field(default="", validator=_string)
     password: str = attrs.field(default="", validator=_string, repr=False)
 

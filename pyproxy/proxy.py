@@ -490,7 +490,8 @@ class Proxy:
 
 def probe_account(config: Config) -> tuple[str, str]:
     """The name and password probes log in with: [health] user, else the first
-    configured user."""
+    [[users]] entry with a password (a hash-only one has none to log in with
+    before a client comes), else the [auth] lookup account."""
     health = config.health
     if health.user:
         return health.user, health.password
