@@ -79,9 +79,14 @@ def current_user(proxy: servers.ProxyProcess, user: str, password: str) -> str:
         conn.close()
 
 
+#: Every error message a client was given, to search for secrets.
+MESSAGES: list[str] = []
+
+
 def refused(proxy: servers.ProxyProcess, user: str, password: str, **kwargs: Any) -> int:
     with pytest.raises(pymysql.MySQLError) as info:
         proxy.connect(user=user, password=password, database=None, **kwargs).close()
+    MESSAGES.append(str(info.value))
     return int(info.value.args[0])
 
 
@@ -151,19 +156,24 @@ def test_every_kind_of_login_and_no_secret_shown(make_proxy: Any, db_server: ser
     assert hashed.encode() in log and looked.encode() in log and secret_user.encode() in log
     for reason in (b'"wrong_password"', b'"unknown_user"'):
         assert reason in log
+    messages = "\n".join(MESSAGES).encode("utf-8", "surrogateescape")
+    assert messages.count(b"Access denied") >= 5
     for password in (servers.APP_PASSWORD, hashed_pw, looked_pw, secret_pw, wrong, LOOKUP_PASSWORD):
         for form in forms(password):
             assert form not in log, f"a form of a secret is in pyproxy's log: {form!r}"
             assert form not in metrics, f"a form of a secret is on /metrics: {form!r}"
+            assert form not in messages, f"a form of a secret is in an error message: {form!r}"
 
 
 def test_pools_are_per_user(make_proxy: Any, db_server: servers.DbServer) -> None:
     """Clients of two users, one of them known only by its hash, take turns on a pool of one
-    connection each: every statement runs as its own client's user."""
+    connection each: every statement runs as its own client's user.  pyproxy announces
+    caching_sha2_password here: the hash user's client is switched to mysql_native_password."""
     hashed, hashed_pw = servers.own_name("hashed_pool"), "hashed-pool-pw"
     db_server.create_user(hashed, hashed_pw)
     proxy = make_proxy(users=[{"name": hashed, "password_hash": auth.stored_hash(hashed_pw.encode()),
-                               "create": False}], pool={"max_connections": 1}, backend={"database": ""})
+                               "create": False}], pool={"max_connections": 1}, backend={"database": ""},
+                       proxy={"auth_plugin": "caching_sha2_password"})
     clients = [(servers.APP_USER, proxy.connect(database=None)),
                (hashed, proxy.connect(user=hashed, password=hashed_pw, database=None))]
     try:
@@ -339,3 +349,31 @@ def test_backend_refusal_fetches_the_secret_again(make_proxy: Any, db_server: se
         assert time.monotonic() < deadline, "the secret was not fetched again"
         time.sleep(0.1)
     assert current_user(proxy, user, "refetch-new-18").split("@")[0] == user
+
+
+def test_client_leaving_while_its_user_is_looked_up(make_proxy: Any, db_server: servers.DbServer,
+                                                    lookup_account: str) -> None:
+    """The lookup is held up (mysql.user locked on the server): clients of a looked-up user
+    wait for it without holding up anyone else (a [[users]] client logs in meanwhile), one
+    that gives up and leaves is forgotten cleanly, and once the lock goes the others log in."""
+    looked, looked_pw = servers.own_name("looked_slow"), "looked-slow-pw"
+    db_server.create_user(looked, looked_pw)
+    proxy = make_proxy(auth={"lookup": True, "lookup_user": LOOKUP_USER, "lookup_password": LOOKUP_PASSWORD},
+                       backend={"database": ""})
+    table = "global_priv" if db_server.flavor == "mariadb" else "user"
+    locker = db_server.connect()
+    try:
+        with locker.cursor() as cur:
+            cur.execute(f"LOCK TABLES mysql.{table} WRITE")
+        with pytest.raises(pymysql.MySQLError) as info:  # gives up before the lookup answers
+            proxy.connect(user=looked, password=looked_pw, database=None, connect_timeout=1, read_timeout=1)
+        assert info.value.args[0] == 2013, info.value  # a timeout, not a refusal
+        assert current_user(proxy, servers.APP_USER, servers.APP_PASSWORD).split("@")[0] == servers.APP_USER
+    finally:
+        with locker.cursor() as cur:
+            cur.execute("UNLOCK TABLES")
+        locker.close()
+    assert current_user(proxy, looked, looked_pw).split("@")[0] == looked
+    proxy.stop()
+    assert "Traceback" not in proxy.log_text()
+    assert "user_looked_up" in proxy.log_text()

@@ -540,3 +540,23 @@ class ThrottledLoginTests(SynchronousTestCase):
         login.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual((owner.accepted, owner.errors), ([], []))
+
+
+class FrontendLookupTests(SynchronousTestCase):
+    """The same through FrontendProtocol: a client that disconnects while its user is looked
+    up leaves nothing behind, and the late answer writes nothing."""
+
+    def test_disconnect_during_the_lookup(self) -> None:
+        proxy, _ = make_proxy()
+        source = OneUser("app", "secret")
+        source.hold = True
+        proxy.credentials = Credentials([source])
+        client = FakeClient(proxy)
+        client.login()
+        self.assertEqual(client.received(), [])
+        client.protocol.connectionLost()
+        self.assertEqual(proxy.clients, {})
+        source.release()
+        self.assertEqual(client.received(), [])
+        self.assertEqual(proxy.logins, 0)
+        self.assertEqual(proxy.backend_logins, {})
