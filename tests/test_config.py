@@ -449,3 +449,28 @@ def test_security_keys_from_the_environment() -> None:
     assert config.secrets == (SecretConfig(SECRET),)
     with pytest.raises(ConfigError, match="unknown environment variable PYPROXY_SECRET_ARN"):
         load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_SECRET_ARN": SECRET})
+
+
+def test_users_may_come_from_secrets_or_the_lookup_alone() -> None:
+    """[[users]] is not needed when [[secrets]] or [auth] lookup bring users; the probes then
+    need an account with a password: [health] user, a [[users]] password, or the lookup's."""
+    lookup = load(None, {"PYPROXY_AUTH_LOOKUP": "1", "PYPROXY_AUTH_LOOKUP_USER": "lk"})
+    assert lookup.users == () and lookup.auth.lookup
+    with pytest.raises(ConfigError, match="health.user: no \\[\\[users\\]\\] entry has a password"):
+        load(None, {"PYPROXY_SECRETS": SECRET})
+    secrets = load(None, {"PYPROXY_SECRETS": SECRET, "PYPROXY_HEALTH_USER": "monitor"})
+    assert secrets.secrets[0].arn == SECRET
+    with pytest.raises(ConfigError, match="health.user"):
+        load(None, {"PYPROXY_USERS": "app:"}, {"users": [{"name": "app", "password_hash": "*" + "A" * 40}]})
+    with pytest.raises(ConfigError, match="no \\[\\[users\\]\\], \\[\\[secrets\\]\\] or \\[auth\\] lookup"):
+        load(None, {})
+
+
+def test_failure_delay_keys() -> None:
+    config = load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_AUTH_FAILURE_DELAY": "0.5",
+                         "PYPROXY_AUTH_MAX_FAILURES": "3", "PYPROXY_AUTH_FAILURE_WINDOW": "30",
+                         "PYPROXY_AUTH_FAILURE_DELAY_MAX": "2"})
+    assert (config.auth.failure_delay, config.auth.max_failures, config.auth.failure_window,
+            config.auth.failure_delay_max) == (0.5, 3, 30.0, 2.0)
+    with pytest.raises(ConfigError, match="auth.max_failures"):
+        load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_AUTH_MAX_FAILURES": "0"})
