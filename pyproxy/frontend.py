@@ -286,7 +286,7 @@ class FrontendProtocol(protocol.Protocol):
         commands.stop_borrowing()
         client_left(commands)
         self.proxy.client_closed(self.log, self.closed_reason or (
-            "client disconnected" if was != HANDSHAKE else "client left before logging in"))
+            "client disconnected" if was not in (HANDSHAKE, AUTH_SWITCH) else "client left before logging in"))
 
 
 class FrontendFactory(protocol.Factory):
