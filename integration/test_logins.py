@@ -149,6 +149,8 @@ def test_every_kind_of_login_and_no_secret_shown(make_proxy: Any, db_server: ser
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
         metrics = page.read()
     assert b"pyproxy_client_connections" in metrics
+    assert b'pyproxy_auth_failures_total{reason="wrong_password"} 4.0' in metrics
+    assert b'pyproxy_auth_failures_total{reason="unknown_user"} 1.0' in metrics
     proxy.stop()
     log = proxy.log_path.read_bytes()
     # The log is the one of these logins (debug level: every client's events are there).

@@ -169,6 +169,9 @@ class FrontendProtocol(protocol.Protocol):
 
     # -- the login phase's owner ---------------------------------------------------
 
+    def login_refused(self, reason: str) -> None:
+        self.proxy.auth_failures[reason] += 1
+
     def login_timed_out(self) -> None:
         """handshake_timeout passed: a client still logging in is disconnected (one
         whose login-time schema check is under way is not)."""

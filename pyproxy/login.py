@@ -118,6 +118,9 @@ class LoginOwner(Protocol):
     def fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
         """Writes the ERR packet and closes the connection."""
 
+    def login_refused(self, reason: str) -> None:
+        """A login was refused, for ``reason`` (one of a fixed set): counted."""
+
     def login_timed_out(self) -> None:
         """handshake_timeout passed; the owner decides whether the login is still on."""
 
@@ -320,6 +323,7 @@ class Login:
         delay = self._answer(lambda: self.owner.fatal(
             c.ER_ACCESS_DENIED_ERROR, f"Access denied for user '{claim.user}'@'{address}' "
                                       f"(using password: {'YES' if answer else 'NO'})", seq))
+        self.owner.login_refused(reason)
         failures = 0
         if self.throttle is not None:
             self.throttle.failed(address)

@@ -93,6 +93,9 @@ class Proxy:
     connections_closed: collections.Counter[str] = attrs.field(factory=collections.Counter)
     # Clients that logged in (a COM_CHANGE_USER counts again).
     logins: int = 0
+    # Logins refused, by reason (pyproxy.login and pyproxy.credential_sources'
+    # fixed reasons: a bounded set).
+    auth_failures: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
     # Where clients' proofs are checked (pyproxy.login asks nothing else), and

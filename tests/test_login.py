@@ -49,6 +49,7 @@ class Owner:
         self.timed_out = 0
         self.secure = False
         self.backends: list[BackendLogin | None] = []
+        self.refusals: list[str] = []
 
     @property
     def log(self) -> Any:
@@ -63,6 +64,9 @@ class Owner:
 
     def login_timed_out(self) -> None:
         self.timed_out += 1
+
+    def login_refused(self, reason: str) -> None:
+        self.refusals.append(reason)
 
     def sent(self) -> list[Packet]:
         data = self.transport.value()
@@ -471,6 +475,7 @@ class IamLoginTests(SynchronousTestCase):
         self.assertEqual(owner.errors[0][0], (1045, "28000"))
         [failed] = [entry for entry in logs if entry["event"] == "auth_failed"]
         self.assertEqual(failed["reason"], CLEAR_TEXT_WITHOUT_TLS)
+        self.assertEqual(owner.refusals, [CLEAR_TEXT_WITHOUT_TLS])
         self.assertNotIn(TOKEN[12:], repr(logs))
 
     def test_plaintext_client_is_never_asked_for_its_token(self) -> None:
