@@ -337,3 +337,24 @@ def test_listen_on_ipv6_loopback_while_ipv4_port_is_taken(db_server: servers.DbS
         port = ipv4.getsockname()[1]
         config = servers.proxy_config(db_server, f"tcp:{port}:interface=\\:\\:1")
         start_and_login(write_config(tmp_path, config), "::1", port, socket.AF_INET6)
+
+
+def test_users_from_the_lookup_alone(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """No [[users]] at all: pyproxy starts (checking the lookup account's login) and the
+    application's user, known only to the server, logs in and runs a statement."""
+    config = config_with_accounts(db_server, free_port())
+    lookup_user = servers.own_name("cli_lookup")
+    db_server.create_user(lookup_user, "cli-lookup-pw")
+    conn = db_server.connect()
+    try:
+        with conn.cursor() as cur:
+            for host in ("%", "localhost"):
+                cur.execute("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", (lookup_user, host))
+                cur.execute("GRANT SELECT ON mysql.user TO %s@%s", (lookup_user, host))
+    finally:
+        conn.close()
+    del config["users"]
+    config["auth"] = {"lookup": True, "lookup_user": lookup_user, "lookup_password": "cli-lookup-pw"}
+    host, port = servers.endpoint_address(config["proxy"]["listen"])
+    log = start_and_login(write_config(tmp_path, config), host, int(port))
+    assert "user_looked_up" in log and "cli-lookup-pw" not in log
