@@ -378,3 +378,30 @@ def test_client_leaving_while_its_user_is_looked_up(make_proxy: Any, db_server: 
     proxy.stop()
     assert "Traceback" not in proxy.log_text()
     assert "user_looked_up" in proxy.log_text()
+
+
+def test_hash_user_with_other_drivers(make_proxy: Any, db_server: servers.DbServer) -> None:
+    """mysql-connector answering with caching_sha2_password is switched to
+    mysql_native_password for a hash-only user; mysqlclient's COM_CHANGE_USER to that user
+    runs the same check and its statements run as that user."""
+    from integration.test_auth_plugins import connector_connect, mysqldb_connect, scalar  # noqa: PLC0415
+
+    hashed, hashed_pw = servers.own_name("hashed_drv"), "hashed-drv-pw"
+    db_server.create_user(hashed, hashed_pw)
+    proxy = make_proxy(users=[{"name": hashed, "password_hash": auth.stored_hash(hashed_pw.encode()),
+                               "create": False}])
+    conn = connector_connect(proxy, user=hashed, password=hashed_pw, database=None,
+                             auth_plugin=auth.CACHING_SHA2)
+    try:
+        assert scalar(conn, "SELECT CURRENT_USER()").split("@")[0] == hashed
+    finally:
+        conn.close()
+    conn = mysqldb_connect(proxy)
+    try:
+        conn.change_user(hashed, hashed_pw, servers.APP_DATABASE)
+        assert scalar(conn, "SELECT CURRENT_USER()").split("@")[0] == hashed
+        with pytest.raises(Exception) as info:
+            conn.change_user(hashed, "not-it", servers.APP_DATABASE)
+        assert info.value.args[0] == 1045
+    finally:
+        conn.close()
