@@ -285,6 +285,37 @@ def listen_description(proxy: configuration.ProxyConfig) -> str:
     return description
 
 
+#: Descriptors besides clients and backend connections: listeners, logs,
+#: pyproxy's own connections (probes, KILL, lookups), the thread pool's.
+FILE_MARGIN = 256
+
+
+def raise_file_limit(config: configuration.Config, log: Any) -> int:
+    """Raises the soft RLIMIT_NOFILE towards what max_client_connections clients
+    and the pools can take (up to the hard limit), so that a connection storm
+    meets pyproxy's own limits (1040, handshake_timeout) rather than EMFILE;
+    logs a warning when the hard limit is lower.  Returns the soft limit."""
+    import resource  # noqa: PLC0415 - POSIX only, and only here
+
+    proxy = config.proxy
+    users = max(1, len(config.users) + len(config.secrets))
+    needed = (proxy.max_client_connections + config.pool.max_connections * users
+              * len(config.backend.servers()) + FILE_MARGIN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("file_limit_low", limit=soft, needed=needed,
+                    hint="raise LimitNOFILE / ulimit -n, or lower max_client_connections")
+    return soft
+
+
 class ProxyService(service.Service):
     """Listens for clients and runs the health checker for as long as it runs."""
 
@@ -370,6 +401,7 @@ class ProxyService(service.Service):
                                if self.metrics_port is not None else None),
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
+        raise_file_limit(self.config, self.log)
         self.proxy.start()
         if self.config.pool.min_idle:
             for account in self.config.users:

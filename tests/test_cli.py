@@ -102,3 +102,4 @@ def test_run_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--no-such-option"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[0] == "pyproxy run: option --no-such-option not recognized"
+
