@@ -164,8 +164,12 @@ class Proxy:
     def remember_login(self, login: BackendLogin | None) -> None:
         """A client logged in: what its proof gave logs in that user's connections
         from now on (the latest wins: a changed password comes with new logins)."""
-        if login is not None and login != self.backend_logins.get(login.user):
-            self.backend_logins[login.user] = login
+        if login is None or login == self.backend_logins.get(login.user):
+            return
+        account = self.config.user(login.user)
+        if account is not None and not account.password_hash:
+            return  # the configured password logs it in (login_for); no second copy
+        self.backend_logins[login.user] = login
 
     def can_log_in(self, user: str) -> bool:
         return self.login_for(user) is not None

@@ -176,6 +176,9 @@ class BackendLoginTests(SynchronousTestCase):
         self.assertNotIn(hashlib.sha1(b"hash pw").hexdigest(), repr(target))
         self.assertEqual(self.proxy.target("app").login, BackendLogin("app", ("secret",)))
         self.assertIsNone(self.proxy.target("nobody").login)
+        # A [[users]] password is not copied: the configuration logs that user in.
+        self.FakeClient(self.proxy).login()
+        self.assertEqual(set(self.proxy.backend_logins), {"hashed"})
 
     def test_a_wrong_proof_changes_nothing(self) -> None:
         self.FakeClient(self.proxy).login(user="hashed", password="hash pw")
