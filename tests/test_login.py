@@ -565,3 +565,37 @@ class FrontendLookupTests(SynchronousTestCase):
         self.assertEqual(client.received(), [])
         self.assertEqual(proxy.logins, 0)
         self.assertEqual(proxy.backend_logins, {})
+
+
+class FrontendSecureFlagTests(SynchronousTestCase):
+    """FrontendProtocol.secure, which the login consults for clear-text answers: False on
+    every connection until TLS lands; a transport that provides ISSLTransport (what a
+    STARTTLS-upgraded Twisted transport does) makes it True, and a token then logs in."""
+
+    def setUp(self) -> None:
+        self.proxy, _ = make_proxy(users=[{"name": "lambda", "password": "lambda pw"}])
+        self.proxy.credentials = Credentials([ConfigSource(self.proxy.config.users)], iam=Tokens())
+
+    def login_with_token(self, client: FakeClient) -> list[Packet]:
+        client.send(make_handshake_response41(HandshakeResponse41(
+            CLIENT_CAPS, 1 << 24, 45, "lambda", clear(TOKEN), None, auth.CLEAR)), seq=1)
+        return client.received()
+
+    def test_plaintext(self) -> None:
+        client = FakeClient(self.proxy)
+        self.assertFalse(client.protocol.secure)
+        [err] = self.login_with_token(client)
+        self.assertEqual(err.payload[:3], b"\xff\x15\x04")  # 1045
+        self.assertEqual(dict(self.proxy.auth_failures), {CLEAR_TEXT_WITHOUT_TLS: 1})
+
+    def test_tls_transport(self) -> None:
+        from zope.interface import directlyProvides  # noqa: PLC0415
+
+        from twisted.internet.interfaces import ISSLTransport  # noqa: PLC0415
+
+        client = FakeClient(self.proxy)
+        directlyProvides(client.transport, ISSLTransport)
+        self.assertTrue(client.protocol.secure)
+        [ok] = self.login_with_token(client)
+        self.assertEqual(ok.payload[0], 0)
+        self.assertEqual(self.proxy.login_for("lambda"), BackendLogin("lambda", ("lambda pw",)))
