@@ -32,7 +32,7 @@ from pyproxy.health import HealthChecker
 from pyproxy.proxy import Proxy, ServerInfo, probe_account
 from pyproxy.wire.constants import COMMAND, CR_SERVER_LOST
 from pyproxy.wire.framing import frame
-from pyproxy.wire.handshake import HandshakeV10, parse_handshake_v10
+from pyproxy.wire.handshake import HandshakeV10
 
 
 class StartupError(Exception):
@@ -145,10 +145,8 @@ def probe_backend(config: configuration.Config) -> ServerInfo:
             greeting = None
             for account, target in _startup_logins(config, server):
                 greeting = _login(target, account)
-            if greeting is None:
-                # No account to log in with before a client comes ([[secrets]] only):
-                # the greeting says the server is there.
-                greeting = _greeting(server, config.backend.connect_timeout)
+            # load() requires an account the probes log in with, so one login ran.
+            assert greeting is not None
             return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset,
                               greeting.status)
         except LoginRefused:
@@ -245,27 +243,6 @@ def _login(target: Target, account: str) -> HandshakeV10:
         raise LoginRefused(f"{where} refused the login of {account}: {outcome[0].getErrorMessage()}")
     assert conn.handshake is not None
     return conn.handshake
-
-
-def _greeting(server: configuration.TargetConfig, timeout: float) -> HandshakeV10:
-    """The server's greeting alone, read and hung up on."""
-    where = f"backend {server.host}:{server.port}"
-    try:
-        with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
-            data = b""
-            while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:3], "little"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise StartupError(f"{where} closed the connection before greeting")
-                data += chunk
-    except TimeoutError:
-        raise StartupError(f"{where} did not greet within {timeout:g}s") from None
-    except OSError as exc:
-        raise StartupError(f"cannot reach {where}: {exc.strerror or exc}") from None
-    try:
-        return parse_handshake_v10(data[4:4 + int.from_bytes(data[:3], "little")])
-    except ValueError:
-        raise StartupError(f"{where} is not a MySQL server") from None
 
 
 class CountingFactory(FrontendFactory):
