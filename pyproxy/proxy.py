@@ -274,8 +274,15 @@ class Proxy:
             return adjust(made) if adjust is not None else made
 
         if login.iam:
-            return self.authentication.rds_token(server.host, server.port, user).addCallback(
-                lambda token: connect(self.reactor, target(0, token), flavor))
+            def no_token(failure: Any) -> Any:
+                # boto3 could not sign (no credentials, the metadata service down):
+                # as for an unreachable server, the pool retries.
+                code, state = c.CR_CONN_HOST_ERROR
+                raise BackendError(code, state, f"Can't connect to MySQL server on '{server.host}:"
+                                                f"{server.port}' (no RDS IAM token: {type(failure.value).__name__})")
+
+            return self.authentication.rds_token(server.host, server.port, user).addCallbacks(
+                lambda token: connect(self.reactor, target(0, token), flavor), no_token)
 
         def attempt(number: int) -> defer.Deferred[Any]:
             d = connect(self.reactor, target(number), flavor)

@@ -286,3 +286,20 @@ class ConnectAsTests(SynchronousTestCase):
         self.assertTrue(third.token.startswith("db.example.internal:3306/?Action=connect"))
         self.assertEqual(made, ["app", "app"])  # the third login's token is a new one
         self.assertNotIn(first.token, repr(first))
+
+    def test_no_rds_token_is_a_retried_connect_failure(self) -> None:
+        """boto3 cannot sign (no credentials): the open fails with 2003, which the pool
+        retries, naming the kind of error only."""
+        proxy = self.make(backend={"iam": True})
+
+        class NoCredentials:
+            def generate_db_auth_token(self, **kwargs: Any) -> str:
+                raise RuntimeError("Unable to locate credentials")
+
+        writer = proxy.topology.writer.config
+        proxy.authentication._rds_tokens[(writer.host, writer.port)] = RdsTokens(
+            NoCredentials, writer.host, writer.port, synchronously, self.reactor)
+        failure = self.failureResultOf(proxy.connect_as("app", writer, 0), BackendError)
+        self.assertEqual(failure.value.code, 2003)
+        self.assertIn("no RDS IAM token: RuntimeError", failure.value.message)
+        self.assertEqual(self.targets, [])
