@@ -20,7 +20,7 @@ from pyproxy.wire.handshake import (
 )
 
 CAPABILITIES = (CLIENT.LONG_PASSWORD | CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION
-                | CLIENT.PLUGIN_AUTH | CLIENT.TRANSACTIONS)
+                | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT.TRANSACTIONS)
 
 
 def _read_packet(sock: socket.socket, framer: PacketFramer) -> tuple[int, bytes]:
@@ -34,16 +34,17 @@ def _read_packet(sock: socket.socket, framer: PacketFramer) -> tuple[int, bytes]
             return packets[0].seq, packets[0].payload
 
 
-def login(host: str, port: int, user: str, proof: Callable[[str, bytes], bytes]) -> bytes:
-    """Logs in as ``user`` offering mysql_native_password, answering the greeting and any
-    AuthSwitchRequest with ``proof(plugin, nonce)``; returns the server's final packet (OK or
-    ERR)."""
+def login(host: str, port: int, user: str, proof: Callable[[str, bytes], bytes],
+          plugin: str = auth.NATIVE) -> bytes:
+    """Logs in as ``user`` offering ``plugin`` (mysql_native_password by default), answering
+    the greeting and any AuthSwitchRequest with ``proof(plugin, nonce)``; returns the server's
+    final packet (OK or ERR)."""
     framer = PacketFramer()
     with socket.create_connection((host, port), timeout=10) as sock:
         seq, payload = _read_packet(sock, framer)
         nonce = parse_handshake_v10(payload).auth_data
         sock.sendall(frame(make_handshake_response41(HandshakeResponse41(
-            CAPABILITIES, 1 << 24, 45, user, proof(auth.NATIVE, nonce), None, auth.NATIVE)), seq + 1))
+            CAPABILITIES, 1 << 24, 45, user, proof(plugin, nonce), None, plugin)), seq + 1))
         seq, payload = _read_packet(sock, framer)
         if payload[:1] == b"\xfe":  # a server whose default plugin is another one switches
             plugin, nonce = parse_auth_switch_request(payload)

@@ -233,3 +233,36 @@ def test_sts_unreachable_is_its_own_reason() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     token = signed_by("AKIAPYPROXYSTUB00001", endpoint)
     assert verified(endpoint, token).startswith("iam_sts_unavailable: ")
+
+
+def test_rds_tokens_from_the_client_pointed_at_moto(moto: str) -> None:
+    """[backend] iam's tokens made by the production client factory with [aws] endpoint_url at
+    moto, on a Clock: one per user, kept, and made anew RDS_TOKEN_MARGIN seconds before their 15
+    minutes run out.  (Signing is local to boto3: moto sees no request; the token's host is the
+    database's, not the endpoint's.)"""
+    from twisted.internet.task import Clock
+    from twisted.trial.unittest import SynchronousTestCase
+
+    clock = Clock()
+    made: list[str] = []
+    client = aws.client("rds", aws_config(moto))
+
+    class Counting:
+        def generate_db_auth_token(self, **kwargs: Any) -> str:
+            made.append(kwargs["DBUsername"])
+            return str(client.generate_db_auth_token(**kwargs))
+
+    tokens = iam.RdsTokens(Counting, "db.example.internal", 3306, aws.synchronously, clock, region=REGION)
+
+    def get(user: str) -> str:
+        return str(SynchronousTestCase().successResultOf(tokens.token(user)))
+
+    first = get("app")
+    assert first.startswith("db.example.internal:3306/?Action=connect&DBUser=app&")
+    assert f"%2F{REGION}%2Frds-db%2Faws4_request" in first
+    assert get("app") == first and get("reports") != first and made == ["app", "reports"]
+    clock.advance(iam.RDS_TOKEN_LIFETIME - iam.RDS_TOKEN_MARGIN - 1)
+    assert get("app") == first and made == ["app", "reports"]
+    clock.advance(1)
+    get("app")
+    assert made == ["app", "reports", "app"]

@@ -167,6 +167,24 @@ def test_wrong_backend_password(db_server: servers.DbServer, tmp_path: Path) -> 
                    f"[health] user '{servers.MONITOR_USER}'", "1045")
 
 
+def test_backend_iam_without_tls_refuses_to_start(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """[backend] iam sends RDS tokens as mysql_clear_password: without TLS to the server
+    pyproxy does not start, and says why in one line."""
+    config = config_with_accounts(db_server)
+    config["backend"]["iam"] = True
+    assert_refused(run_to_exit(write_config(tmp_path, config)), "backend.iam", "TLS")
+
+
+def test_hash_only_user_and_no_probe_account(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """A [[users]] entry with only a password_hash cannot be logged in as at start (nothing
+    gives its SHA1(password) before a client does): without [health] user the probes would
+    have no account, which stops start-up in one line."""
+    config = config_with_accounts(db_server)
+    config["users"][0] = {"name": servers.APP_USER, "password_hash": "*" + "A" * 40}
+    del config["health"]["user"], config["health"]["password"]
+    assert_refused(run_to_exit(write_config(tmp_path, config)), "health.user")
+
+
 @pytest.mark.parametrize("value", [918273645, 6.02214076, True, ["hunter2-list"],
                                    {"inner": "hunter2-table"}])
 def test_bad_password_is_never_echoed(db_server: servers.DbServer, tmp_path: Path,
@@ -319,3 +337,24 @@ def test_listen_on_ipv6_loopback_while_ipv4_port_is_taken(db_server: servers.DbS
         port = ipv4.getsockname()[1]
         config = servers.proxy_config(db_server, f"tcp:{port}:interface=\\:\\:1")
         start_and_login(write_config(tmp_path, config), "::1", port, socket.AF_INET6)
+
+
+def test_users_from_the_lookup_alone(db_server: servers.DbServer, tmp_path: Path) -> None:
+    """No [[users]] at all: pyproxy starts (checking the lookup account's login) and the
+    application's user, known only to the server, logs in and runs a statement."""
+    config = config_with_accounts(db_server, free_port())
+    lookup_user = servers.own_name("cli_lookup")
+    db_server.create_user(lookup_user, "cli-lookup-pw")
+    conn = db_server.connect()
+    try:
+        with conn.cursor() as cur:
+            for host in ("%", "localhost"):
+                cur.execute("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", (lookup_user, host))
+                cur.execute("GRANT SELECT ON mysql.user TO %s@%s", (lookup_user, host))
+    finally:
+        conn.close()
+    del config["users"]
+    config["auth"] = {"lookup": True, "lookup_user": lookup_user, "lookup_password": "cli-lookup-pw"}
+    host, port = servers.endpoint_address(config["proxy"]["listen"])
+    log = start_and_login(write_config(tmp_path, config), host, int(port))
+    assert "user_looked_up" in log and "cli-lookup-pw" not in log

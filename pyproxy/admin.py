@@ -29,14 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import twisted
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
 
 import pyproxy
 from pyproxy import auth
 from pyproxy.admin_commands import COMMANDS, ER_PARSE_ERROR, AdminSyntaxError, Command, like, parse
-from pyproxy.config import ConfigError, Config, secrets as config_secrets
-from pyproxy.credentials import Checked
+from pyproxy.config import ConfigError, Config, UserConfig, secrets as config_secrets
+from pyproxy.credential_sources import ConfigSource, Credential, Credentials, Verdict
 from pyproxy.logs import format_address, get_logger, names_a_secret
 from pyproxy.login import LOGIN_PACKET_LIMIT, Identity, Login
 from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS as COMMANDS_PHASE, HANDSHAKE
@@ -82,27 +83,27 @@ class AdminError(Exception):
 class AdminCredentials:
     """The admin account alone, from the running configuration (a reload that
     changes it applies to the next login).  A pooled client's account is no
-    admin, and the admin account opens no pooled session."""
+    admin, and the admin account opens no pooled session.  It is the login
+    phase's Credentials interface over one configured account: a password, or
+    its stored hash (then only a mysql_native_password proof can be checked,
+    and the console greets with that plugin)."""
 
     __slots__ = ("_proxy",)
 
     def __init__(self, proxy: Any) -> None:
         self._proxy = proxy
 
-    def check(self, user: str, plugin: str, nonce: bytes, proof: bytes) -> Checked:
+    def _chain(self) -> Credentials:
         admin = self._proxy.config.admin
-        if not admin.user or user != admin.user:
-            return Checked.UNKNOWN_USER
-        if admin.password_hash:
-            # Only a mysql_native_password proof can be checked against the
-            # stored form (the console greets with that plugin).
-            if plugin == auth.NATIVE and auth.verify_native_hash(
-                    auth.parse_stored_hash(admin.password_hash), nonce, proof):
-                return Checked.ACCEPTED
-            return Checked.REFUSED
-        if admin.password and auth.verify(plugin, admin.password.encode(), nonce, proof):
-            return Checked.ACCEPTED
-        return Checked.REFUSED
+        users = [UserConfig(admin.user, admin.password, admin.password_hash)] if admin.user else []
+        return Credentials([ConfigSource(users, name="admin")])
+
+    def credential(self, user: str) -> defer.Deferred[Credential | None]:
+        return self._chain().credential(user)
+
+    def verify(self, credential: Credential, plugin: str, nonce: bytes, answer: bytes, *,
+               secure: bool) -> defer.Deferred[Verdict]:
+        return self._chain().verify(credential, plugin, nonce, answer, secure=secure)
 
 
 @attrs.frozen
@@ -435,7 +436,15 @@ class AdminProtocol(protocol.Protocol):
 
     # -- the login phase's owner ---------------------------------------------------
 
-    def login_accepted(self, identity: Identity, seq: int) -> None:
+    @property
+    def secure(self) -> bool:
+        """Whether the console connection is encrypted (never, until TLS lands)."""
+        return ISSLTransport.providedBy(self.transport)
+
+    def login_refused(self, reason: str) -> None:
+        self.log.warning("admin_login_refused", reason=reason, peer=_peer(self.transport))
+
+    def login_accepted(self, identity: Identity, seq: int, backend: Any = None) -> None:
         login, self._login = self._login, None
         if login is not None:
             login.stop()

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from pyproxy import auth
+from pyproxy.credential_sources import BackendLogin
 from pyproxy.direct_write import write_now
 from pyproxy.logs import get_logger
 from pyproxy.session import DEFAULT_TRACKING, ClientSession, SessionState, Tracking, initial_state, tracking
@@ -112,6 +113,15 @@ class Target:
     # Prepared statements kept per connection (least recently used closed first).
     statement_cache: int = 256
     init_query: str = ""
+    # How to log in when it is not ``password``: what a client's login gave
+    # (SHA1(password) recovered from its proof against a stored hash, the
+    # passwords of a Secrets Manager secret, an RDS IAM login), kept for this
+    # user's connections only (pyproxy.proxy.Proxy.target).
+    login: BackendLogin | None = attrs.field(default=None, repr=False)
+    # Which of ``login.passwords`` this connection tries (a rotation has two).
+    attempt: int = 0
+    # The RDS IAM token of an ``login.iam`` login.
+    token: str = attrs.field(default="", repr=False)
 
 
 class ReplySink(TypingProtocol):
@@ -214,6 +224,12 @@ class BackendConnection(protocol.Protocol):
             self._nonce = hs.auth_data
             self._plugin = hs.auth_plugin if hs.auth_plugin in (auth.NATIVE, auth.CACHING_SHA2,
                                                                  auth.ED25519) else auth.NATIVE
+            login = self.target.login
+            if login is not None and login.native_sha1 is not None:
+                # Only SHA1(password) is known: answer mysql_native_password at once.
+                self._plugin = auth.NATIVE
+            elif login is not None and login.iam:
+                self._plugin = auth.CLEAR
             wanted = BASE_CAPABILITIES | (self.flavor & FLAVOR_BITS)
             if self.flavor & CLASSIC_EOF:
                 wanted &= ~CLIENT.DEPRECATE_EOF
@@ -225,11 +241,10 @@ class BackendConnection(protocol.Protocol):
                 raise BackendError(*c.ER_HANDSHAKE_ERROR, "server does not speak protocol 4.1")
             self._send(make_handshake_response41(HandshakeResponse41(
                 self.capabilities, 1 << 30, self.target.charset, self.target.user,
-                auth.proof_for(self._plugin, self.target.password.encode(), self._nonce),
+                self._proof(self._plugin, self._nonce),
                 self.target.database, self._plugin, {"_client_name": "pyproxy", "program_name": "pyproxy"})))
             return
         head = payload[:1]
-        password = self.target.password.encode()
         if head == b"\x00":
             ok = parse_ok(payload, bool(self.capabilities & CLIENT.SESSION_TRACK))
             self.state = initial_state(self.target.charset, self.target.database,
@@ -241,13 +256,7 @@ class BackendConnection(protocol.Protocol):
             raise BackendError.from_err(parse_err(payload))
         elif head == b"\xfe":
             self._plugin, self._nonce = parse_auth_switch_request(payload)
-            if self._plugin == auth.CLEAR:
-                raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE,
-                                   "server asked for mysql_clear_password without TLS")
-            try:
-                self._send(auth.proof_for(self._plugin, password, self._nonce))
-            except ValueError as exc:
-                raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE, str(exc)) from None
+            self._send(self._proof(self._plugin, self._nonce))
         elif head == b"\x01" and self._plugin == auth.CACHING_SHA2:
             data = payload[1:]
             if data == auth.SHA2_FAST_AUTH_SUCCESS:
@@ -255,9 +264,50 @@ class BackendConnection(protocol.Protocol):
             if data == auth.SHA2_PERFORM_FULL_AUTH:
                 self._send(auth.SHA2_REQUEST_PUBLIC_KEY)
                 return
-            self._send(auth.sha2_rsa_encrypt(password, self._nonce, data))
+            self._send(auth.sha2_rsa_encrypt(self._password(), self._nonce, data))
         else:
             raise BackendError(*c.ER_HANDSHAKE_ERROR, f"unexpected packet 0x{payload[0]:02x} during login")
+
+    @property
+    def secure(self) -> bool:
+        """Whether this connection is encrypted: only then may a password or token go
+        as mysql_clear_password.  False until TLS to the server lands ([backend]
+        tls, issue 12 item 1), which sets it once the handshake is done."""
+        return False
+
+    def _proof(self, plugin: str, nonce: bytes) -> bytes:
+        """The auth response for ``plugin``: from the target's password, or from the
+        BackendLogin a client's login gave (its SHA1(password), a rotation's
+        passwords, an RDS token).
+
+        Raises:
+            BackendError: 1251 for what cannot be answered: mysql_clear_password
+                over plaintext, a plugin SHA1(password) cannot answer.  The message
+                names the plugin, never a secret.
+        """
+        if plugin == auth.CLEAR and not self.secure:
+            raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE,
+                               "server asked for mysql_clear_password without TLS")
+        login = self.target.login
+        try:
+            if login is None:
+                if plugin == auth.CLEAR:
+                    return self.target.password.encode() + b"\x00"
+                return auth.proof_for(plugin, self.target.password.encode(), nonce)
+            return login.proof(plugin, nonce, attempt=self.target.attempt, token=self.target.token)
+        except ValueError as exc:
+            raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE, str(exc)) from None
+
+    def _password(self) -> bytes:
+        """The clear password, for caching_sha2_password's full authentication."""
+        login = self.target.login
+        if login is None:
+            return self.target.password.encode()
+        if not login.passwords:
+            raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE,
+                               "caching_sha2_password full authentication needs the password, "
+                               "which pyproxy does not know for this user")
+        return login.passwords[min(self.target.attempt, len(login.passwords) - 1)].encode()
 
     def _start_tracking(self) -> None:
         self._prepare_session().addCallbacks(lambda _: self._became_ready(), self._fail)
@@ -471,19 +521,25 @@ class BackendConnection(protocol.Protocol):
         """COM_CHANGE_USER to the same account with no schema: the only way to unselect one."""
         if self.broken or self.transport is None:
             return defer.fail(lost_connection("connection closed"))
+        nonce = self.handshake.auth_data if self.handshake else self._nonce
+        plugin = self._plugin if self._plugin in (auth.NATIVE, auth.CACHING_SHA2) else auth.NATIVE
+        if self.target.login is not None and self.target.login.native_sha1 is not None:
+            plugin = auth.NATIVE
+        try:
+            proof = self._proof(plugin, nonce)
+        except BackendError as exc:
+            return defer.fail(exc)
         self.ready = defer.Deferred()
         self.statements.clear()
         self.last_insert_id = 0
         self.diagnostics = None
         self._mode = "auth"
         self._seq = 0
-        nonce = self.handshake.auth_data if self.handshake else self._nonce
-        plugin = self._plugin if self._plugin in (auth.NATIVE, auth.CACHING_SHA2) else auth.NATIVE
         self._plugin = plugin
         attributes = ({"_client_name": "pyproxy", "program_name": "pyproxy"}
                       if self.capabilities & CLIENT.CONNECT_ATTRS else None)
         self.transport.write(frame(make_change_user(
-            self.target.user, auth.proof_for(plugin, self.target.password.encode(), nonce),
+            self.target.user, proof,
             None, self.target.charset, plugin, attributes), 0))
         self._seq = 1
         self.target = attrs.evolve(self.target, database=None)

@@ -87,6 +87,10 @@ def summary(config: configuration.Config) -> str:
         parts.append(f"read-only listen {config.proxy.read_only_listen}")
     parts.append(f"metrics {config.metrics.listen or 'off'}")
     parts.append(f"{users} user{'s' if users != 1 else ''}")
+    if config.secrets:
+        parts.append(f"{len(config.secrets)} secret{'s' if len(config.secrets) != 1 else ''}")
+    if config.auth.lookup:
+        parts.append("users looked up on the server")
     parts.append(f"backend {servers}")
     return "; ".join(parts)
 

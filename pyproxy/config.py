@@ -271,7 +271,8 @@ class HealthConfig:
     # Cap, in seconds, of the growing delay between probes of a down target.
     backoff_max: float = attrs.field(default=10.0, validator=_positive((int, float)))
     # The account probes log in as (it needs no privileges); "" means the
-    # first [[users]] entry, with that entry's password.
+    # first [[users]] entry with a password (not only a password_hash), with
+    # that password, else the [auth] lookup account.
     user: str = attrs.field(default="", validator=_string)
     password: str = attrs.field(default="", validator=_string, repr=False)
 
@@ -408,6 +409,16 @@ class AuthConfig:
     lookup_password: str = attrs.field(default="", validator=_string, repr=False)
     # Seconds a looked-up hash (or "no such user") is kept.
     lookup_cache: float = attrs.field(default=30.0, validator=_positive((int, float)))
+    # Wrong passwords per source address (pyproxy.throttle): after
+    # max_failures refused logins within failure_window seconds, every answer
+    # to a login from that address waits failure_delay seconds more per further
+    # failure, at most failure_delay_max (and at most half of [proxy]
+    # handshake_timeout, so a delayed answer still comes in time).
+    # Nobody is locked out; other addresses are never delayed.  0 turns it off.
+    failure_delay: float = attrs.field(default=1.0, validator=_non_negative_number)
+    max_failures: int = attrs.field(default=5, validator=_positive(int))
+    failure_window: float = attrs.field(default=60.0, validator=_positive((int, float)))
+    failure_delay_max: float = attrs.field(default=5.0, validator=_positive((int, float)))
 
 
 @attrs.frozen
@@ -741,10 +752,36 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
         if isinstance(admin, AdminConfig) and admin.enabled:
             report("admin.user: the admin console is not served with workers > 1 yet; use "
                    "workers = 1 for it")
-    return Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
+    config = Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
+    return config
 
 
-NO_USERS = "no [[users]] configured: clients could not log in"
+NO_USERS = "no [[users]], [[secrets]] or [auth] lookup configured: clients could not log in"
+#: [backend] iam needs TLS to the server, which this build does not have yet:
+#: pyproxy refuses to start with it (pyproxy.tap.start_checks).
+BACKEND_IAM_NEEDS_TLS = ("backend.iam: RDS IAM tokens travel as mysql_clear_password, which pyproxy "
+                         "sends only over TLS to the server, and this build has no TLS to the server "
+                         "yet (issue 12 item 1)")
+
+
+def can_log_in(config: Config) -> bool:
+    """Whether any source of users is configured."""
+    return bool(config.users or config.secrets or config.auth.lookup)
+
+
+NO_PROBE_ACCOUNT = ("health.user: no [[users]] entry has a password and no [auth] lookup account is "
+                    "configured, so the probes have no account to log in with; name a [health] user "
+                    "(it needs no privileges)")
+
+
+def _whole_problems(config: Config) -> list[str]:
+    """What is wrong with the configuration as a whole (not with one key)."""
+    if not can_log_in(config):
+        return [NO_USERS]
+    if not config.health.user and not config.auth.lookup and not any(
+            not user.password_hash for user in config.users):
+        return [NO_PROBE_ACCOUNT]
+    return []
 
 
 def _read(path: str | None) -> dict[str, Any]:
@@ -770,8 +807,8 @@ def load(path: str | None, environ: Mapping[str, str] | None = None,
     if overrides:
         data = _merge(data, overrides)
     config = build(data)
-    if not config.users:
-        raise ConfigError(NO_USERS)
+    for problem in _whole_problems(config):
+        raise ConfigError(problem)
     return config
 
 
@@ -789,9 +826,8 @@ def check(path: str, environ: Mapping[str, str] | None = None) -> tuple[Config |
     except ConfigError as exc:
         problems.append(str(exc))
     config = build(data, problems)
-    if not config.users and not any(problem.startswith(("users", "unknown key users"))
-                                    for problem in problems):
-        problems.append(NO_USERS)
+    if not any(problem.startswith(("users", "unknown key users", "secrets")) for problem in problems):
+        problems.extend(_whole_problems(config))
     return (None if problems else config), problems
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
 
 from pyproxy import auth
 from pyproxy.command_phase import CommandPhase
+from pyproxy.credential_sources import BackendLogin
 from pyproxy.flow import enqueue, pause_replies, resume_backend, resume_replies, run_queued
 from pyproxy.infile import client_packet
 from pyproxy.kill import cancel_query_timer
@@ -88,6 +90,14 @@ class FrontendProtocol(protocol.Protocol):
         per connection) rather than kept per connection."""
         return get_logger(client_id=self.id, user=self.user) if self.user else get_logger(client_id=self.id)
 
+    @property
+    def secure(self) -> bool:
+        """Whether the client's connection is encrypted, which clear-text passwords
+        and IAM tokens need (pyproxy.login).  It is whether the transport is a TLS
+        one: False for every client until TLS lands (issue 12 item 1); a
+        connection upgraded by STARTTLS provides ISSLTransport from then on."""
+        return ISSLTransport.providedBy(self.transport)
+
     def connectionMade(self) -> None:
         try:
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
@@ -109,7 +119,8 @@ class FrontendProtocol(protocol.Protocol):
         # they have drained.
         self.transport.registerProducer(self, True)
         proxy = self.proxy
-        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities, proxy.stats)
+        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities, proxy.stats,
+                                    proxy.throttle)
         login.greet(self.id, proxy.server, proxy.config.proxy.auth_plugin, proxy.reactor,
                     proxy.config.proxy.handshake_timeout)
 
@@ -167,6 +178,9 @@ class FrontendProtocol(protocol.Protocol):
 
     # -- the login phase's owner ---------------------------------------------------
 
+    def login_refused(self, reason: str) -> None:
+        self.proxy.auth_failures[reason] += 1
+
     def login_timed_out(self) -> None:
         """handshake_timeout passed: a client still logging in is disconnected (one
         whose login-time schema check is under way is not)."""
@@ -174,10 +188,14 @@ class FrontendProtocol(protocol.Protocol):
             self.closed_reason = "handshake timeout"
             self.transport.loseConnection()
 
-    def login_accepted(self, identity: Identity, seq: int) -> None:
+    def login_accepted(self, identity: Identity, seq: int, backend: BackendLogin | None = None) -> None:
         """The login phase proved who the client is: its session begins (again, after
         COM_CHANGE_USER), and the OK follows, once a schema the login named is
-        known to exist."""
+        known to exist.  What the proof gave for the server (``backend``) is
+        kept for that user's connections only."""
+        if self.phase == CLOSED:
+            return
+        self.proxy.remember_login(backend)
         commands = self.commands
         if commands.session is None:
             # The first login: COM_CHANGE_USER does not change the library.
@@ -225,7 +243,7 @@ class FrontendProtocol(protocol.Protocol):
         phase runs again on this connection's nonce."""
         self.phase = AUTH_SWITCH
         login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities,
-                                    self.proxy.stats)
+                                    self.proxy.stats, self.proxy.throttle)
         login.change_user(request, seq)
 
     # -- flow control, and the end ---------------------------------------------------
@@ -282,7 +300,7 @@ class FrontendProtocol(protocol.Protocol):
         commands.stop_borrowing()
         client_left(commands)
         self.proxy.client_closed(self.log, self.closed_reason or (
-            "client disconnected" if was != HANDSHAKE else "client left before logging in"))
+            "client disconnected" if was not in (HANDSHAKE, AUTH_SWITCH) else "client left before logging in"))
 
 
 class FrontendFactory(protocol.Factory):

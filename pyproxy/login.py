@@ -3,10 +3,23 @@
 It owns the greeting (HandshakeV10: the server's version and status, what
 pyproxy offers, a fresh nonce), the handshake timeout, capability
 negotiation, the refusal of an SSLRequest (pyproxy offers no TLS yet), the
-authentication-plugin exchange (an AuthSwitchRequest to
-mysql_native_password for a plugin pyproxy cannot check, caching_sha2's "fast
-auth success") and the same exchange inside COM_CHANGE_USER.  Proofs are
-checked through pyproxy.credentials.Credentials only.
+authentication-plugin exchange (an AuthSwitchRequest to the plugin what is
+known of the user can check, caching_sha2's "fast auth success") and the same
+exchange inside COM_CHANGE_USER.  Proofs are checked through
+pyproxy.credential_sources.Credentials only, in its two steps: what is known
+of the user (which may mean asking Secrets Manager's cache or the server's
+``mysql.user``), then the client's answer judged (which may mean asking STS).
+Both are Deferreds: the login waits for them without blocking the reactor,
+and a client that leaves meanwhile is forgotten (``stop``) so their answers
+go nowhere.
+
+mysql_clear_password (a password or an IAM token in clear text) is taken
+only when the owner says the connection is ``secure`` (TLS); over plaintext
+a client is never asked for it, and one that sends it anyway is refused.
+
+Answers to an address with too many recent failures wait
+(pyproxy.throttle); refusals are logged with their reason, never with what
+the client sent.
 
 It neither opens a session nor writes the final OK: it hands the Identity to
 its owner, the connection it runs on (pyproxy.frontend.FrontendProtocol for
@@ -19,12 +32,21 @@ packet and closes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from pyproxy import auth
-from pyproxy.credentials import Checked, Credentials
+from pyproxy.credential_sources import (
+    CLEAR_TEXT_WITHOUT_TLS,
+    PLUGIN_NOT_ALLOWED,
+    BackendLogin,
+    Credential,
+    Credentials,
+    Verdict,
+)
+from pyproxy.throttle import LoginThrottle
 from pyproxy.wire import constants as c
 from pyproxy.wire.constants import CLIENT
 from pyproxy.wire.framing import Packet, frame
@@ -39,13 +61,17 @@ from pyproxy.wire.handshake import (
 )
 
 if TYPE_CHECKING:
-    from pyproxy.proxy import ServerInfo
     from pyproxy.query_stats import QueryStats
+    from pyproxy.proxy import ServerInfo
 
 # The largest packet a client may send before it has logged in (a login with
 # connection attributes takes a few hundred bytes): an unauthenticated peer
 # must not make pyproxy hold megabytes.
 LOGIN_PACKET_LIMIT = 8192
+
+#: Refusal reasons of the login itself (the credential sources have theirs).
+UNKNOWN_USER = "unknown_user"
+LOOKUP_FAILED = "credential_lookup_failed"
 
 
 @attrs.frozen(slots=True)
@@ -80,11 +106,21 @@ class LoginOwner(Protocol):
     @property
     def log(self) -> Any: ...
 
-    def login_accepted(self, identity: Identity, seq: int) -> None:
-        """The proof checked out; ``seq`` is the sequence id the answer takes."""
+    @property
+    def secure(self) -> bool:
+        """Whether the connection is encrypted (TLS): only then are clear-text
+        passwords and IAM tokens (mysql_clear_password) accepted."""
+
+    def login_accepted(self, identity: Identity, seq: int, backend: BackendLogin | None = None) -> None:
+        """The proof checked out; ``seq`` is the sequence id the answer takes;
+        ``backend`` is how to log in to the server as that user (what the
+        proof gave), for that user's connections only."""
 
     def fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
         """Writes the ERR packet and closes the connection."""
+
+    def login_refused(self, reason: str) -> None:
+        """A login was refused, for ``reason`` (one of a fixed set): counted."""
 
     def login_timed_out(self) -> None:
         """handshake_timeout passed; the owner decides whether the login is still on."""
@@ -94,10 +130,11 @@ class Login:
     """One login exchange on one connection: fed the client's packets until it
     ends in the owner's login_accepted() or fatal()."""
 
-    __slots__ = ("owner", "credentials", "nonce", "capabilities", "stats", "_claim", "_timer")
+    __slots__ = ("owner", "credentials", "nonce", "capabilities", "stats", "throttle", "_claim",
+                 "_credential", "_timer", "_busy", "_over", "_delayed")
 
     def __init__(self, owner: LoginOwner, credentials: Credentials, nonce: bytes, capabilities: int,
-                 stats: QueryStats | None = None) -> None:
+                 stats: QueryStats | None = None, throttle: LoginThrottle | None = None) -> None:
         self.owner = owner
         # Where the bytes the login writes are counted (a pooled listener's
         # clients; not the admin console's).
@@ -107,9 +144,18 @@ class Login:
         # What pyproxy offers (a first login), or what the client negotiated
         # (COM_CHANGE_USER).
         self.capabilities = capabilities
-        # Who the client says it is while an AuthSwitchRequest awaits its reply.
+        self.throttle = throttle
+        # Who the client says it is, and what is known of that user, while an
+        # AuthSwitchRequest awaits its reply.
         self._claim: Identity | None = None
+        self._credential: Credential | None = None
         self._timer: Any = None
+        # A lookup, a check or a delayed answer is under way: the client has
+        # nothing to send meanwhile.
+        self._busy = False
+        # The connection is gone, or the login is over: late answers are dropped.
+        self._over = False
+        self._delayed: Any = None
 
     def greet(self, connection_id: int, server: ServerInfo, plugin: str, clock: Any, timeout: float) -> None:
         """Sends the greeting, announcing ``plugin``, and gives the client
@@ -129,20 +175,30 @@ class Login:
         self.owner.login_timed_out()
 
     def stop(self) -> None:
-        """The login is over, or the connection is: no timeout any more."""
+        """The login is over, or the connection is: no timeout any more, and
+        whatever a lookup or check still under way says is dropped."""
+        self._over = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
+        self._delayed = None
 
     def receive(self, packet: Packet) -> bool:
         """The client's next login packet: its HandshakeResponse41 (or SSLRequest),
-        or its reply to an AuthSwitchRequest.  Returns True when the login now
-        waits for that reply."""
+        or its reply to an AuthSwitchRequest.  Returns True while the login
+        goes on (it waits for a lookup, a check or the client's reply)."""
+        if self._busy:
+            # The client speaks out of turn while its login is being checked.
+            self.owner.fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", packet.seq + 1)
+            return False
         claim = self._claim
         if claim is not None:
-            self._claim = None
-            self._check(claim, packet.payload, packet.seq + 1)
-            return False
+            credential, self._claim, self._credential = self._credential, None, None
+            assert credential is not None
+            self._verify(credential, claim, packet.payload, packet.seq + 1)
+            return not self._over
         payload = packet.payload
         if is_ssl_request(payload):
             self.owner.fatal(c.ER_HANDSHAKE_ERROR, "pyproxy does not offer TLS yet", packet.seq + 1)
@@ -158,12 +214,12 @@ class Login:
                          response.attributes,
                          response.auth_plugin if capabilities & CLIENT.PLUGIN_AUTH else auth.NATIVE,
                          response.attributes.get("_client_name") == "libmariadb")
-        return self._authenticate(claim, response.auth_response, packet.seq + 1)
+        self._authenticate(claim, response.auth_response, packet.seq + 1)
+        return not self._over
 
     def change_user(self, request: ChangeUser, seq: int) -> bool:
         """COM_CHANGE_USER: the same exchange for another account (or the same one
-        again), on the connection's nonce.  Returns True when it waits for the
-        reply to an AuthSwitchRequest."""
+        again), on the connection's nonce.  Returns True while the login goes on."""
         owner = self.owner
         previous = owner.user
         owner.user = request.username
@@ -171,30 +227,115 @@ class Login:
         # capabilities and client library stay what its first login said.
         claim = Identity(request.username, self.capabilities, request.charset or 45, request.database,
                          {}, request.auth_plugin or auth.NATIVE)
-        if claim.plugin in auth.CLIENT_PLUGINS:
-            owner.log.debug("change_user", previous=previous)
-        return self._authenticate(claim, request.auth_response, seq)
+        owner.log.debug("change_user", previous=previous)
+        self._authenticate(claim, request.auth_response, seq)
+        return not self._over
 
-    def _authenticate(self, claim: Identity, proof: bytes, seq: int) -> bool:
-        if claim.plugin not in auth.CLIENT_PLUGINS:
-            # Ask for a plugin pyproxy can check, with the same nonce.
-            self._claim = attrs.evolve(claim, plugin=auth.NATIVE)
-            self._write(frame(make_auth_switch_request(auth.NATIVE, self.nonce), seq))
-            return True
-        self._check(claim, proof, seq)
-        return False
+    # -- the two steps ---------------------------------------------------------
 
-    def _check(self, claim: Identity, proof: bytes, seq: int) -> None:
-        owner = self.owner
-        checked = self.credentials.check(claim.user, claim.plugin, self.nonce, proof)
-        if checked is not Checked.ACCEPTED:
-            owner.log.warning("auth_failed", plugin=claim.plugin, known_user=checked is not Checked.UNKNOWN_USER)
-            peer = owner.transport.getPeer()
-            host = peer.host if hasattr(peer, "host") else "localhost"
-            owner.fatal(c.ER_ACCESS_DENIED_ERROR, f"Access denied for user '{claim.user}'@'{host}' "
-                                                  f"(using password: {'YES' if proof else 'NO'})", seq)
+    def _authenticate(self, claim: Identity, answer: bytes, seq: int) -> None:
+        """Step one: what is known of the user decides which plugin it answers with."""
+        self._busy = True
+        d = self.credentials.credential(claim.user)
+        d.addCallbacks(self._known, self._failed, callbackArgs=(claim, answer, seq),
+                       errbackArgs=(claim, answer, seq))
+
+    def _known(self, credential: Credential | None, claim: Identity, answer: bytes, seq: int) -> None:
+        if self._over:
             return
-        if claim.plugin == auth.CACHING_SHA2 and proof:
+        self._busy = False
+        if credential is None:
+            self._refuse(claim, answer, seq, UNKNOWN_USER, "")
+            return
+        if claim.plugin in credential.plugins or claim.plugin == auth.CLEAR:
+            # mysql_clear_password over plaintext is refused by the check itself
+            # (the client sent it unasked: nothing more to protect).
+            self._verify(credential, claim, answer, seq)
+            return
+        secure = self.owner.secure
+        plugins = [plugin for plugin in credential.plugins if plugin != auth.CLEAR or secure]
+        if not plugins:
+            # Only a clear-text answer (an IAM token) would do, and the connection
+            # is not encrypted: the client is not asked to send it.
+            self._refuse(claim, answer, seq, CLEAR_TEXT_WITHOUT_TLS
+                         if auth.CLEAR in credential.plugins else PLUGIN_NOT_ALLOWED, credential.source)
+            return
+        # Ask for a plugin the secret can check, with the same nonce.
+        self._claim = attrs.evolve(claim, plugin=plugins[0])
+        self._credential = credential
+        self._write(frame(make_auth_switch_request(plugins[0], self.nonce), seq))
+
+    def _verify(self, credential: Credential, claim: Identity, answer: bytes, seq: int) -> None:
+        """Step two: the client's answer judged."""
+        self._busy = True
+        d = self.credentials.verify(credential, claim.plugin, self.nonce, answer, secure=self.owner.secure)
+        d.addCallbacks(self._judged, self._failed, callbackArgs=(credential, claim, answer, seq),
+                       errbackArgs=(claim, answer, seq))
+
+    def _judged(self, verdict: Verdict, credential: Credential, claim: Identity, answer: bytes,
+                seq: int) -> None:
+        if self._over:
+            return
+        if not verdict.accepted:
+            self._refuse(claim, answer, seq, verdict.reason, credential.source)
+            return
+        if verdict.identity:
+            self.owner.log.info("iam_login", identity=verdict.identity)
+        self._answer(lambda: self._accept(claim, answer, seq, verdict.login))
+
+    def _failed(self, failure: Any, claim: Identity, answer: bytes, seq: int) -> None:
+        """A source or check failed unexpectedly: the client is refused, the log says
+        what kind of failure (never its message, which could quote a value)."""
+        if self._over:
+            return
+        self.owner.log.error("credential_check_failed", error=type(failure.value).__name__)
+        self._refuse(claim, answer, seq, LOOKUP_FAILED, "")
+
+    # -- answers -----------------------------------------------------------------
+
+    def _address(self) -> str:
+        peer = self.owner.transport.getPeer()
+        return peer.host if hasattr(peer, "host") else "localhost"
+
+    def _answer(self, action: Callable[[], None]) -> float:
+        """Runs ``action`` (the answer) now, or after the delay the throttle sets for
+        the client's address; returns the delay."""
+        address = self._address()
+        delay = self.throttle.delay(address) if self.throttle is not None else 0.0
+        if delay <= 0:
+            action()
+            return 0.0
+        self._busy = True
+        self.owner.log.info("login_delayed", peer=address, seconds=delay,
+                            failures=self.throttle.failures(address))  # type: ignore[union-attr]
+
+        def later() -> None:
+            self._delayed = None
+            if not self._over:
+                self._busy = False
+                action()
+
+        self._delayed = self.throttle.clock.callLater(delay, later)  # type: ignore[union-attr]
+        return delay
+
+    def _accept(self, claim: Identity, answer: bytes, seq: int, backend: BackendLogin | None) -> None:
+        owner = self.owner
+        if claim.plugin == auth.CACHING_SHA2 and answer:
             self._write(frame(make_auth_more_data(auth.SHA2_FAST_AUTH_SUCCESS), seq))
             seq += 1
-        owner.login_accepted(claim, seq)
+        owner.login_accepted(claim, seq, backend)
+
+    def _refuse(self, claim: Identity, answer: bytes, seq: int, reason: str, source: str) -> None:
+        """1045, as a server says it, after the throttle's delay; the reason, the
+        plugin and where the user is known from go to the log only."""
+        address = self._address()
+        delay = self._answer(lambda: self.owner.fatal(
+            c.ER_ACCESS_DENIED_ERROR, f"Access denied for user '{claim.user}'@'{address}' "
+                                      f"(using password: {'YES' if answer else 'NO'})", seq))
+        self.owner.login_refused(reason)
+        failures = 0
+        if self.throttle is not None:
+            self.throttle.failed(address)
+            failures = self.throttle.failures(address)
+        self.owner.log.warning("auth_failed", reason=reason, plugin=claim.plugin, source=source or None,
+                               peer=address, failures=failures, delayed=delay or None)

@@ -126,6 +126,13 @@ class ProxyCollector:
         for reason, outcome in OUTCOMES.items():
             outcomes.add_metric([outcome], proxy.connections_closed.get(reason, 0))
         yield outcomes
+        failures = CounterMetricFamily(
+            f"{PREFIX}auth_failures", "Client logins refused, by reason (wrong_password, "
+            "unknown_user, clear_text_without_tls, an iam_* reason...); never what was sent.",
+            labels=["reason"])
+        for reason, count in bounded(proxy.auth_failures).items():
+            failures.add_metric([reason], count)
+        yield failures
 
     def _traffic(self) -> Iterable[Metric]:
         """The per-query counters (pyproxy.query_stats): commands, bytes, latency,

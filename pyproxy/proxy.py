@@ -11,15 +11,18 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
-from pyproxy.backend import Target, connect
+from pyproxy.backend import BackendError, Target, connect
 from pyproxy.config import Config, TargetConfig
-from pyproxy.credentials import ConfiguredUsers, Credentials
+from pyproxy.credential_sources import BackendLogin, Credentials
+from pyproxy.credentials import Authentication
 from pyproxy.logs import format_address, get_logger, reason_kind
 from pyproxy.pool import Pool
 from pyproxy.query_stats import QueryStats
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
 from pyproxy.statement_log import StatementLog
+from pyproxy.throttle import LoginThrottle
 from pyproxy.topology import DOWN, Topology, TargetHealth
+from pyproxy.wire import constants as c
 from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
 
 # What pyproxy offers clients.  No TLS or compression yet; no query
@@ -107,17 +110,32 @@ class Proxy:
     # check the per-query path makes for it.
     debug_statements: StatementLog | None = None
     statement_log: StatementLog = attrs.field(init=False, repr=False)
+    # Logins refused, by reason (pyproxy.login and pyproxy.credential_sources'
+    # fixed reasons: a bounded set).
+    auth_failures: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
-    # Where clients' proofs are checked (pyproxy.login asks nothing else).
+    # Where clients' proofs are checked (pyproxy.login asks nothing else), and
+    # the sources behind it (pyproxy.credentials).
     credentials: Credentials = attrs.field(init=False, repr=False)
+    authentication: Authentication = attrs.field(init=False, repr=False)
+    # Wrong passwords slowed down per source address.
+    throttle: LoginThrottle = attrs.field(init=False, repr=False)
+    # How pyproxy logs in to the server as each user whose secret the
+    # configuration does not hold in clear: what a client's login gave
+    # (SHA1(password), a secret's passwords, an IAM login).  Only ever used
+    # for that user's own connections (Proxy.target).
+    backend_logins: dict[str, BackendLogin] = attrs.field(factory=dict, repr=False)
     _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         index, count = self.worker
         self.client_ids = itertools.count(index + 1, count)
         self.ignored_variables = frozenset(self.config.session.ignore_variables)
-        self.credentials = ConfiguredUsers(self)
+        self.authentication = Authentication(self.config, self.reactor, lambda: self.topology.writer.config)
+        self.credentials = self.authentication.credentials
+        self.throttle = LoginThrottle(self.reactor)
+        self._throttle_settings()
         self.statement_log = StatementLog(self, self.reactor)
         health = self.config.health
         self.topology = Topology(self.config.backend.servers(), self.reactor, self._monitor_login,
@@ -149,14 +167,50 @@ class Proxy:
     def capabilities(self) -> int:
         return FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
 
-    def target(self, user: str, server: TargetConfig | None = None) -> Target:
-        """How ``user``'s connections log in to ``server`` (the writer by default)."""
+    def _throttle_settings(self) -> None:
+        auth = self.config.auth
+        throttle = self.throttle
+        throttle.failure_delay, throttle.max_failures = auth.failure_delay, auth.max_failures
+        throttle.window = auth.failure_window
+        throttle.delay_max = min(auth.failure_delay_max, self.config.proxy.handshake_timeout / 2)
+
+    def login_for(self, user: str) -> BackendLogin | None:
+        """How to log in to the server as ``user``: the ``[[users]]`` password, else
+        what a client's login gave (remembered by :meth:`remember_login`), else
+        None (no client of that user has logged in yet)."""
         account = self.config.user(user)
+        if account is not None and not account.password_hash:
+            if self.config.backend.iam:
+                return BackendLogin(user, iam=True)
+            return BackendLogin(user, (account.password,))
+        return self.backend_logins.get(user)
+
+    def remember_login(self, login: BackendLogin | None) -> None:
+        """A client logged in: what its proof gave logs in that user's connections
+        from now on (the latest wins: a changed password comes with new logins)."""
+        if login is None or login == self.backend_logins.get(login.user):
+            return
+        account = self.config.user(login.user)
+        if account is not None and not account.password_hash:
+            return  # the configured password logs it in (login_for); no second copy
+        self.backend_logins[login.user] = login
+
+    def can_log_in(self, user: str) -> bool:
+        return self.login_for(user) is not None
+
+    def target(self, user: str, server: TargetConfig | None = None, *, attempt: int = 0,
+               token: str = "") -> Target:
+        """How ``user``'s connections log in to ``server`` (the writer by default):
+        ``attempt`` picks one of a rotation's passwords, ``token`` is the RDS token
+        of an IAM login."""
+        login = self.login_for(user)
         backend = self.config.backend
         server = server or self.topology.writer.config
-        return Target(server.host, server.port, user, account.password if account else "",
+        password = login.passwords[0] if login is not None and login.passwords else ""
+        return Target(server.host, server.port, user, password,
                       backend.database, backend.charset, backend.connect_timeout,
-                      statement_cache=self.statement_cache(), init_query=backend.init_query)
+                      statement_cache=self.statement_cache(), init_query=backend.init_query,
+                      login=login, attempt=attempt, token=token)
 
     def _monitor_login(self, server: TargetConfig) -> Target:
         """Probes log in with no schema (one that is missing must not make a
@@ -222,8 +276,61 @@ class Proxy:
             return self.pool(user, self.topology.writer)
         return self.pool(user, self.topology.reader(current.target if current is not None else None))
 
+    def connect_as(self, user: str, server: TargetConfig, flavor: int,
+                   adjust: Any = None) -> defer.Deferred[Any]:
+        """Opens one connection logged in as ``user``, in whichever way
+        :meth:`login_for` says: with an RDS token made first for an IAM login,
+        and, when the server refuses one of a rotation's passwords, with the
+        next one.  When the server refuses every one, the sources are told
+        (Secrets Manager is read again) before the failure is passed on.
+
+        Fails with BackendError 1045 when no way to log in as ``user`` is known
+        (no client of that user has logged in since pyproxy started)."""
+        login = self.login_for(user)
+        if login is None:
+            code, state = c.ER_ACCESS_DENIED_ERROR
+            return defer.fail(BackendError(code, state, f"pyproxy has no credential for '{user}' yet: "
+                                                        "a client of that user must log in first"))
+
+        def target(attempt: int, token: str = "") -> Target:
+            made = self.target(user, server, attempt=attempt, token=token)
+            return adjust(made) if adjust is not None else made
+
+        if login.iam:
+            def no_token(failure: Any) -> Any:
+                # boto3 could not sign (no credentials, the metadata service down):
+                # as for an unreachable server, the pool retries.
+                code, state = c.CR_CONN_HOST_ERROR
+                raise BackendError(code, state, f"Can't connect to MySQL server on '{server.host}:"
+                                                f"{server.port}' (no RDS IAM token: {type(failure.value).__name__})")
+
+            return self.authentication.rds_token(server.host, server.port, user).addCallbacks(
+                lambda token: connect(self.reactor, target(0, token), flavor), no_token)
+
+        def attempt(number: int) -> defer.Deferred[Any]:
+            d = connect(self.reactor, target(number), flavor)
+
+            def refused(failure: Any) -> Any:
+                if not (failure.check(BackendError) and failure.value.code == c.ER_ACCESS_DENIED_ERROR[0]):
+                    return failure
+                if number + 1 < login.attempts:
+                    return attempt(number + 1)
+                return self.authentication.backend_refused(user).addBoth(lambda _: failure)
+
+            def worked(conn: Any) -> Any:
+                if number and login.passwords:
+                    # The server has the other password of a rotation: it goes first now.
+                    passwords = login.passwords
+                    self.remember_login(attrs.evolve(login, passwords=(
+                        passwords[number], *(p for i, p in enumerate(passwords) if i != number))))
+                return conn
+
+            return d.addCallbacks(worked, refused)
+
+        return attempt(0)
+
     def _open(self, user: str, server: TargetHealth, flavor: int) -> Any:
-        d = connect(self.reactor, self.target(user, server.config), flavor)
+        d = self.connect_as(user, server.config, flavor)
 
         def opened(conn: Any) -> Any:
             if server.state == DOWN:
@@ -326,6 +433,11 @@ class Proxy:
         self.ignored_variables = frozenset(config.session.ignore_variables)
         if config.log.debug_statements_for != old.log.debug_statements_for:
             self.statement_log.turn_on_for(config.log.debug_statements_for)
+        self.authentication.reconfigure(config)
+        self._throttle_settings()
+        for user in [user for user in self.backend_logins if old.user(user) != config.user(user)]:
+            # A [[users]] entry changed: what its clients proved before is stale.
+            del self.backend_logins[user]
         health = config.health
         removed = self.topology.reconfigure(config.backend.servers(), interval=health.interval,
                                             failure_threshold=health.failure_threshold,
@@ -367,6 +479,7 @@ class Proxy:
         self.topology.start()
         if self.config.log.debug_statements_for:
             self.statement_log.turn_on_for(self.config.log.debug_statements_for)
+        self.authentication.start()
         refresh = self.config.session.routine_refresh
         if refresh:
             self._catalog_refresh = LoopingCall(self._refresh_catalogs)
@@ -438,7 +551,7 @@ class Proxy:
         """Changes made other than through pyproxy: catalogs are read again in
         the background, the old one serving until the new one is in."""
         for user, catalog in list(self.catalogs.items()):
-            if catalog.loading is None and not catalog.stale and self.config.user(user) is not None:
+            if catalog.loading is None and not catalog.stale and self.can_log_in(user):
                 self.load_catalog(user)
 
     def close(self) -> None:
@@ -446,18 +559,24 @@ class Proxy:
         if self._catalog_refresh is not None and self._catalog_refresh.running:
             self._catalog_refresh.stop()
         self.topology.stop()
+        self.authentication.stop()
         for pool in self.pools.values():
             pool.close()
 
 
 def probe_account(config: Config) -> tuple[str, str]:
     """The name and password probes log in with: [health] user, else the first
-    configured user."""
+    [[users]] entry with a password (a hash-only one has none to log in with
+    before a client comes), else the [auth] lookup account."""
     health = config.health
     if health.user:
         return health.user, health.password
-    account = config.users[0] if config.users else None
-    return (account.name, account.password) if account else ("", "")
+    for account in config.users:
+        if not account.password_hash:
+            return account.name, account.password
+    if config.auth.lookup:
+        return config.auth.lookup_user, config.auth.lookup_password
+    return "", ""
 
 
 _LIMITS = "SELECT @@max_allowed_packet, @@max_prepared_stmt_count"

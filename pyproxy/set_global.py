@@ -24,7 +24,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy.backend import BackendConnection, connect
+from pyproxy.backend import BackendConnection
 from pyproxy.phases import CLOSED
 from pyproxy.session import TRACKING_VARIABLES, changed_defaults, tracking
 from pyproxy.wire import constants as c
@@ -67,8 +67,7 @@ def read_before(client: CommandPhase, then: Callable[[], Any]) -> None:
     held = client.backend
     pool = held.pool if held is not None and held.pool is not None else \
         proxy.route(client.user, client.readonly, client.pool)
-    connect(proxy.reactor, proxy.target(client.user, pool.target.config), 0).addCallback(
-        opened).addCallbacks(read, failed)
+    proxy.connect_as(client.user, pool.target.config, 0).addCallback(opened).addCallbacks(read, failed)
 
 
 def compare_after(client: CommandPhase, then: Callable[[], Any]) -> None:

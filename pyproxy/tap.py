@@ -90,6 +90,7 @@ class Options(usage.Options):
         try:
             self["parsed"] = config = configuration.load(self["config"], os.environ, self.overrides())
             configure_logs(config)
+            start_checks(config)
             self._log_twisted_events()
             if not self["no-backend-check"]:
                 self["server"] = probe_backend(config)
@@ -115,6 +116,17 @@ def configure_logs(config: configuration.Config) -> None:
     logs.configure(config.log.level, config.log.format, secrets=configuration.secrets(config))
 
 
+def start_checks(config: configuration.Config) -> None:
+    """What the configuration asks for and this build cannot do safely.
+
+    Raises:
+        StartupError: ``[backend] iam`` without TLS to the server: the tokens
+            would go in clear text (mysql_clear_password).
+    """
+    if config.backend.iam:
+        raise StartupError(configuration.BACKEND_IAM_NEEDS_TLS)
+
+
 class LoginRefused(StartupError):
     """The server answers but refuses one of pyproxy's accounts: the configuration
     is wrong, and another server would not make it right."""
@@ -133,7 +145,8 @@ def probe_backend(config: configuration.Config) -> ServerInfo:
             greeting = None
             for account, target in _startup_logins(config, server):
                 greeting = _login(target, account)
-            assert greeting is not None  # load() requires a user
+            # load() requires an account the probes log in with, so one login ran.
+            assert greeting is not None
             return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset,
                               greeting.status)
         except LoginRefused:
@@ -149,10 +162,16 @@ def _startup_logins(config: configuration.Config,
     the default schema and init_query), then the probes' when [health] names
     an account of its own."""
     backend = config.backend
+    # A user with only a password_hash is checked when its first client logs
+    # in: only that client's proof gives what logs in to the server.
     logins = [(f"user {user.name!r}", Target(server.host, server.port, user.name, user.password,
                                              backend.database, backend.charset, backend.connect_timeout,
                                              statement_cache=0, init_query=backend.init_query))
-              for user in config.users]
+              for user in config.users if not user.password_hash]
+    if config.auth.lookup:
+        logins.append((f"[auth] lookup_user {config.auth.lookup_user!r}",
+                       Target(server.host, server.port, config.auth.lookup_user, config.auth.lookup_password,
+                              None, backend.charset, backend.connect_timeout, statement_cache=0)))
     if config.health.user:
         name, password = probe_account(config)
         logins.append((f"[health] user {name!r}",
@@ -241,6 +260,37 @@ def listen_description(proxy: configuration.ProxyConfig) -> str:
     if description.split(":", 1)[0] in ("tcp", "tcp6", "unix") and "backlog=" not in description:
         description += f":backlog={proxy.backlog}"
     return description
+
+
+#: Descriptors besides clients and backend connections: listeners, logs,
+#: pyproxy's own connections (probes, KILL, lookups), the thread pool's.
+FILE_MARGIN = 256
+
+
+def raise_file_limit(config: configuration.Config, log: Any) -> int:
+    """Raises the soft RLIMIT_NOFILE towards what max_client_connections clients
+    and the pools can take (up to the hard limit), so that a connection storm
+    meets pyproxy's own limits (1040, handshake_timeout) rather than EMFILE;
+    logs a warning when the hard limit is lower.  Returns the soft limit."""
+    import resource  # noqa: PLC0415 - POSIX only, and only here
+
+    proxy = config.proxy
+    users = max(1, len(config.users) + len(config.secrets))
+    needed = (proxy.max_client_connections + config.pool.max_connections * users
+              * len(config.backend.servers()) + FILE_MARGIN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("file_limit_low", limit=soft, needed=needed,
+                    hint="raise LimitNOFILE / ulimit -n, or lower max_client_connections")
+    return soft
 
 
 class ProxyService(service.Service):
@@ -362,12 +412,14 @@ class ProxyService(service.Service):
                              if self.admin_port is not None else None),
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
+        raise_file_limit(self.config, self.log)
         self.proxy.start()
         if hasattr(self.proxy.budget, "start"):
             self.proxy.budget.start()
         if self.config.pool.min_idle:
             for account in self.config.users:
-                self.proxy.pool(account.name)
+                if self.proxy.can_log_in(account.name):
+                    self.proxy.pool(account.name)
         self.health.start()
         idle_timeout = self.config.proxy.idle_client_timeout
         self._idle_sweep = LoopingCall(self._close_idle_clients)

@@ -20,7 +20,6 @@ from bench.hotpath import SELECT_REPLY, build_setup  # noqa: E402
 from pyproxy import auth  # noqa: E402
 from pyproxy.admin import MASK, AdminConsole, AdminCredentials, AdminProtocol  # noqa: E402
 from pyproxy.config import build  # noqa: E402
-from pyproxy.credentials import Checked  # noqa: E402
 from pyproxy.tap import ProxyService  # noqa: E402
 from pyproxy.wire.buffer import Reader  # noqa: E402
 from pyproxy.wire.commands import make_query  # noqa: E402
@@ -172,11 +171,20 @@ def test_password_hash() -> None:
 
     credentials = AdminCredentials(Holder(config))
     nonce = auth.new_nonce()
-    assert credentials.check("boss", auth.NATIVE, nonce, auth.native_proof(b"pw", nonce)) is Checked.ACCEPTED
-    assert credentials.check("boss", auth.NATIVE, nonce, auth.native_proof(b"px", nonce)) is Checked.REFUSED
-    assert credentials.check("boss", auth.CACHING_SHA2, nonce,
-                             auth.caching_sha2_proof(b"pw", nonce)) is Checked.REFUSED
-    assert credentials.check("app", auth.NATIVE, nonce, b"") is Checked.UNKNOWN_USER
+
+    def verdict(plugin: str, answer: bytes) -> Any:
+        found: list[Any] = []
+        credentials.credential("boss").addCallback(
+            lambda credential: credentials.verify(credential, plugin, nonce, answer, secure=False)
+        ).addCallback(found.append)
+        return found[0]
+
+    assert verdict(auth.NATIVE, auth.native_proof(b"pw", nonce)).accepted
+    assert not verdict(auth.NATIVE, auth.native_proof(b"px", nonce)).accepted
+    assert not verdict(auth.CACHING_SHA2, auth.caching_sha2_proof(b"pw", nonce)).accepted
+    unknown: list[Any] = []
+    credentials.credential("app").addCallback(unknown.append)
+    assert unknown == [None]
 
 
 def test_show_pools_servers_clients(setup: Any) -> None:

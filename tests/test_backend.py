@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+import attrs
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -20,11 +23,17 @@ from pyproxy.backend import (
     Target,
     connect,
 )
+from pyproxy.credential_sources import BackendLogin
 from pyproxy.session import DEFAULT_TRACKING, Tracking, initial_state
 from pyproxy.wire.commands import Reply, make_query
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import Packet, PacketFramer, frame
-from pyproxy.wire.handshake import parse_change_user, parse_handshake_response41, parse_handshake_v10
+from pyproxy.wire.handshake import (
+    make_handshake_v10,
+    parse_change_user,
+    parse_handshake_response41,
+    parse_handshake_v10,
+)
 from pyproxy.wire.response_tracker import DONE, INFILE, ResponseTracker
 from pyproxy.wire.responses import make_err, make_ok
 
@@ -265,6 +274,46 @@ class LoginTests(SynchronousTestCase):
         server.send(frame(b"\xfemysql_clear_password\x00", 2))
         self.assertEqual(self.failureResultOf(conn.ready, BackendError).value.code, 1251)
         self.assertEqual(server.received()[1:], [])
+
+    def test_login_from_sha1_alone(self) -> None:
+        """A BackendLogin holding only SHA1(password) (from a client's proof against a stored
+        hash) answers with mysql_native_password whatever the server announces, and its proof
+        is the password's; a switch to caching_sha2_password gets 1251, not a guess."""
+        sha1 = hashlib.sha1(b"secret").digest()
+        target = attrs.evolve(TARGET, password="", login=BackendLogin(vectors.USER, native_sha1=sha1))
+        greeting = parse_handshake_v10(vectors.GREETING[4:])
+        sha2_greeting = frame(make_handshake_v10(attrs.evolve(greeting, auth_plugin=auth.CACHING_SHA2)), 0)
+        conn = BackendConnection(target, 0, self.clock)
+        server = FakeServer(conn)
+        server.send(sha2_greeting)
+        [packet] = server.received()
+        response = parse_handshake_response41(packet.payload)
+        self.assertEqual(response.auth_plugin, auth.NATIVE)
+        self.assertEqual(response.auth_response, auth.native_proof(b"secret", greeting.auth_data))
+        server.send(frame(b"\xfecaching_sha2_password\x00" + b"n" * 20 + b"\x00", 2))
+        error = self.failureResultOf(conn.ready, BackendError).value
+        self.assertEqual(error.code, 1251)
+        self.assertNotIn(sha1.hex(), str(error))
+
+    def test_rotation_attempt_picks_the_password(self) -> None:
+        """``attempt`` picks which of a rotation's passwords this connection logs in with."""
+        login = BackendLogin(vectors.USER, ("pending", "secret"))
+        for attempt, password in ((0, b"pending"), (1, b"secret")):
+            conn = BackendConnection(attrs.evolve(TARGET, login=login, attempt=attempt), 0, self.clock)
+            server = FakeServer(conn)
+            server.send(vectors.GREETING)
+            [packet] = server.received()
+            self.assertEqual(parse_handshake_response41(packet.payload).auth_response,
+                             auth.native_proof(password, NONCE))
+
+    def test_iam_login_needs_tls(self) -> None:
+        """An RDS IAM login over plaintext fails (1251) without sending the token."""
+        target = attrs.evolve(TARGET, login=BackendLogin(vectors.USER, iam=True), token="rds-token-value")
+        conn = BackendConnection(target, 0, self.clock)
+        server = FakeServer(conn)
+        server.send(vectors.GREETING)
+        self.assertEqual(self.failureResultOf(conn.ready, BackendError).value.code, 1251)
+        self.assertNotIn(b"rds-token-value", server.transport.value())
 
     def test_garbage_greeting(self) -> None:
         """A greeting that does not parse fails ready with 2013 instead of raising."""

@@ -38,6 +38,16 @@ def test_check_config_good(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                    "backend db-1:3306 (writer), db-2:3306 (reader)\n")
 
 
+def test_check_config_names_the_other_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Users from Secrets Manager and the server's lookup need no [[users]]; the line says so."""
+    path = tmp_path / "pyproxy.toml"
+    path.write_text('[auth]\nlookup = true\nlookup_user = "lk"\n\n[[secrets]]\n'
+                    'arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-AbCdEf"\n')
+    assert cli.main(["check-config", str(path)]) == 0
+    out, _ = capsys.readouterr()
+    assert "; 0 users; 1 secret; users looked up on the server; " in out
+
+
 def test_check_config_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Exit 1 and one line per problem on stderr, each naming the file and the key; the
@@ -110,3 +120,4 @@ def test_run_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--no-such-option"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[0] == "pyproxy run: option --no-such-option not recognized"
+

@@ -11,6 +11,7 @@ import pytest
 
 from pyproxy.config import (
     SECTIONS,
+    NO_USERS,
     TABLE_ARRAYS,
     Config,
     ConfigError,
@@ -354,7 +355,7 @@ def test_check_of_a_good_file_and_of_unreadable_ones(tmp_path: Path) -> None:
     assert "is not valid TOML" in problem
     empty = tmp_path / "empty.toml"
     empty.write_text("")
-    assert check(str(empty), {})[1] == ["no [[users]] configured: clients could not log in"]
+    assert check(str(empty), {})[1] == [NO_USERS]
     unknown_env = check(str(good), {"PYPROXY_POOL_SIZE": "3"})[1]
     assert len(unknown_env) == 1 and "PYPROXY_POOL_SIZE" in unknown_env[0]
 
@@ -475,3 +476,28 @@ def test_admin_console_keys() -> None:
     assert env == {"admin": {"user": "boss", "password": "pw2"}, "log": {"debug_statements_for": 30.0}}
     with pytest.raises(ConfigError, match="log.debug_statements_for"):
         build({"users": users, "log": {"debug_statements_for": -1}})
+
+
+def test_users_may_come_from_secrets_or_the_lookup_alone() -> None:
+    """[[users]] is not needed when [[secrets]] or [auth] lookup bring users; the probes then
+    need an account with a password: [health] user, a [[users]] password, or the lookup's."""
+    lookup = load(None, {"PYPROXY_AUTH_LOOKUP": "1", "PYPROXY_AUTH_LOOKUP_USER": "lk"})
+    assert lookup.users == () and lookup.auth.lookup
+    with pytest.raises(ConfigError, match="health.user: no \\[\\[users\\]\\] entry has a password"):
+        load(None, {"PYPROXY_SECRETS": SECRET})
+    secrets = load(None, {"PYPROXY_SECRETS": SECRET, "PYPROXY_HEALTH_USER": "monitor"})
+    assert secrets.secrets[0].arn == SECRET
+    with pytest.raises(ConfigError, match="health.user"):
+        load(None, {"PYPROXY_USERS": "app:"}, {"users": [{"name": "app", "password_hash": "*" + "A" * 40}]})
+    with pytest.raises(ConfigError, match="no \\[\\[users\\]\\], \\[\\[secrets\\]\\] or \\[auth\\] lookup"):
+        load(None, {})
+
+
+def test_failure_delay_keys() -> None:
+    config = load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_AUTH_FAILURE_DELAY": "0.5",
+                         "PYPROXY_AUTH_MAX_FAILURES": "3", "PYPROXY_AUTH_FAILURE_WINDOW": "30",
+                         "PYPROXY_AUTH_FAILURE_DELAY_MAX": "2"})
+    assert (config.auth.failure_delay, config.auth.max_failures, config.auth.failure_window,
+            config.auth.failure_delay_max) == (0.5, 3, 30.0, 2.0)
+    with pytest.raises(ConfigError, match="auth.max_failures"):
+        load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_AUTH_MAX_FAILURES": "0"})

@@ -1,38 +1,53 @@
-"""pyproxy.credentials: the configured users as a credential source."""
+"""pyproxy.credentials: the running chain as the configuration asks for it."""
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
 from pyproxy import auth
-from pyproxy.config import build
-from pyproxy.credentials import Checked, ConfiguredUsers
+from pyproxy.config import TargetConfig, build
+from pyproxy.credentials import Authentication
+from pyproxy.lookup import LookupSource
+from pyproxy.secrets import SecretsSource
 
-NONCE = bytes(range(1, 21))
-
-
-class Holder:
-    """What ConfiguredUsers reads: the running configuration, replaced by a reload."""
-
-    def __init__(self, users: list[dict[str, str]]) -> None:
-        self.config = build({"users": users})
+SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-AbCdEf"
+ROLE = "arn:aws:iam::123456789012:role/app-lambda"
+WRITER = TargetConfig("db.internal", 3307)
 
 
-def test_configured_users_check_the_proof() -> None:
-    """A known user's right proof is accepted, a wrong one refused, for either plugin
-    offered to clients; an unknown user is told apart (for the log only)."""
-    users = ConfiguredUsers(Holder([{"name": "app", "password": "secret"}, {"name": "nopw", "password": ""}]))
-    for plugin in auth.CLIENT_PLUGINS:
-        proof = auth.proof_for(plugin, b"secret", NONCE)
-        assert users.check("app", plugin, NONCE, proof) is Checked.ACCEPTED
-        assert users.check("app", plugin, NONCE, auth.proof_for(plugin, b"wrong", NONCE)) is Checked.REFUSED
-        assert users.check("ghost", plugin, NONCE, proof) is Checked.UNKNOWN_USER
-    assert users.check("nopw", auth.NATIVE, NONCE, b"") is Checked.ACCEPTED
+def authentication(**data: object) -> Authentication:
+    return Authentication(build({"users": [{"name": "app", "password": "pw"}], **data}), Clock(),
+                          lambda: WRITER)
 
 
-def test_a_reload_applies_to_the_next_check() -> None:
-    """The users are read from the configuration at each check, not copied."""
-    holder = Holder([{"name": "app", "password": "secret"}])
-    users = ConfiguredUsers(holder)
-    proof = auth.native_proof(b"secret", NONCE)
-    assert users.check("app", auth.NATIVE, NONCE, proof) is Checked.ACCEPTED
-    holder.config = build({"users": [{"name": "app", "password": "changed"}]})
-    assert users.check("app", auth.NATIVE, NONCE, proof) is Checked.REFUSED
+class AuthenticationTests(SynchronousTestCase):
+    def test_users_alone(self) -> None:
+        """[[users]] only: one source, no IAM, nothing that needs AWS or a server."""
+        built = authentication()
+        self.assertEqual([source.name for source in built.credentials.sources], ["config"])
+        self.assertIsNone(built.credentials.iam)
+        self.assertIsNone(built.secrets)
+        found = self.successResultOf(built.credentials.credential("app"))
+        self.assertEqual(found.passwords, ("pw",))
+
+    def test_every_source_in_readmes_order(self) -> None:
+        """[[users]], then [[secrets]], then the lookup; IAM for the users [[iam.roles]] name."""
+        built = authentication(secrets=[{"arn": SECRET}],
+                               auth={"lookup": True, "lookup_user": "lk", "lookup_password": "lk pw"},
+                               iam={"roles": [{"arn": ROLE, "user": "app"}]})
+        sources = built.credentials.sources
+        self.assertEqual([source.name for source in sources], ["config", "secrets", "lookup"])
+        self.assertIsInstance(sources[1], SecretsSource)
+        self.assertIsInstance(sources[2], LookupSource)
+        self.assertTrue(built.credentials.iam.maps("app"))
+        target = built._lookup_target()
+        self.assertEqual((target.host, target.port, target.user, target.password, target.database),
+                         ("db.internal", 3307, "lk", "lk pw", None))
+        self.assertNotIn("lk pw", repr(target))
+
+    def test_reload_changes_the_users(self) -> None:
+        built = authentication()
+        built.reconfigure(build({"users": [{"name": "app", "password_hash": auth.stored_hash(b"new")}]}))
+        found = self.successResultOf(built.credentials.credential("app"))
+        self.assertEqual((found.passwords, found.hashes), ((), (auth.parse_stored_hash(auth.stored_hash(b"new")),)))

@@ -15,7 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import vectors
 from pyproxy import auth
-from pyproxy.credentials import Checked
+from twisted.internet import defer
+
+from pyproxy.credential_sources import BackendLogin, Credential, Credentials
 from pyproxy.frontend import COMMANDS, FrontendProtocol
 from pyproxy.logs import get_logger
 from pyproxy.login import Identity, Login
@@ -45,13 +47,17 @@ class Owner:
         self.accepted: list[tuple[Identity, int]] = []
         self.errors: list[tuple[tuple[int, str], str, int | None]] = []
         self.timed_out = 0
+        self.secure = False
+        self.backends: list[BackendLogin | None] = []
+        self.refusals: list[str] = []
 
     @property
     def log(self) -> Any:
         return get_logger(user=self.user)
 
-    def login_accepted(self, identity: Identity, seq: int) -> None:
+    def login_accepted(self, identity: Identity, seq: int, backend: BackendLogin | None = None) -> None:
         self.accepted.append((identity, seq))
+        self.backends.append(backend)
 
     def fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
         self.errors.append((error, message, seq))
@@ -59,24 +65,46 @@ class Owner:
     def login_timed_out(self) -> None:
         self.timed_out += 1
 
+    def login_refused(self, reason: str) -> None:
+        self.refusals.append(reason)
+
     def sent(self) -> list[Packet]:
         data = self.transport.value()
         self.transport.clear()
         return PacketFramer().feed(data)
 
 
-class OneProof:
-    """A credential source that is not the configuration: it knows one user, with one proof."""
+class OneUser:
+    """A credential source that is not the configuration: it knows one user and its password,
+    and answers when the test says (``hold``), as a source that asks a server would."""
 
-    def __init__(self, user: str, proof: bytes) -> None:
-        self.user, self.proof = user, proof
-        self.asked: list[tuple[str, str, bytes, bytes]] = []
+    name = "test"
 
-    def check(self, user: str, plugin: str, nonce: bytes, proof: bytes) -> Checked:
-        self.asked.append((user, plugin, nonce, proof))
-        if user != self.user:
-            return Checked.UNKNOWN_USER
-        return Checked.ACCEPTED if proof == self.proof else Checked.REFUSED
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+        self.asked: list[str] = []
+        self.hold = False
+        self.held: list[tuple[defer.Deferred[Credential | None], Credential | None]] = []
+
+    def credential(self, user: str) -> defer.Deferred[Credential | None]:
+        self.asked.append(user)
+        found = Credential(user, self.name, passwords=(self.password,)) if user == self.user else None
+        if self.hold:
+            d: defer.Deferred[Credential | None] = defer.Deferred()
+            self.held.append((d, found))
+            return d
+        return defer.succeed(found)
+
+    def release(self) -> None:
+        for d, found in self.held:
+            d.callback(found)
+        self.held.clear()
+
+    def refresh(self, user: str) -> defer.Deferred[bool]:
+        return defer.succeed(False)
+
+
+PROOF = auth.native_proof(b"secret", NONCE)
 
 
 def response(user: str = "app", proof: bytes = b"p" * 20, plugin: str = auth.NATIVE, caps: int = CLIENT_CAPS,
@@ -93,7 +121,8 @@ class LoginAloneTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.owner = Owner()
-        self.credentials = OneProof("app", b"p" * 20)
+        self.source = OneUser("app", "secret")
+        self.credentials = Credentials([self.source])
         self.login = Login(self.owner, self.credentials, NONCE, CLIENT_CAPS & ~CLIENT.LOCAL_FILES)
 
     def test_greeting_and_timeout(self) -> None:
@@ -116,15 +145,15 @@ class LoginAloneTests(SynchronousTestCase):
     def test_identity_handed_over(self) -> None:
         """A proof the credential source accepts ends in one Identity: the user, the
         capabilities both sides have, the character set, schema, attributes, plugin."""
-        waits = self.login.receive(response(database="app", attributes={"_client_name": "libmariadb"}))
-        self.assertFalse(waits)
+        self.login.receive(response(proof=PROOF, database="app", attributes={"_client_name": "libmariadb"}))
         [(identity, seq)] = self.owner.accepted
         self.assertEqual(seq, 2)
         # CONNECT_WITH_DB is not offered here: the schema is read all the same.
         self.assertEqual(identity, Identity("app", CLIENT_CAPS & ~CLIENT.LOCAL_FILES, 33, "app",
                                             {"_client_name": "libmariadb"}, auth.NATIVE, True))
         self.assertEqual(self.owner.user, "app")
-        self.assertEqual(self.credentials.asked, [("app", auth.NATIVE, NONCE, b"p" * 20)])
+        self.assertEqual(self.source.asked, ["app"])
+        self.assertEqual(self.owner.backends, [BackendLogin("app", ("secret",))])
         self.assertEqual(self.owner.sent(), [])  # the OK is the owner's to write
 
     def test_refused_proof(self) -> None:
@@ -144,14 +173,14 @@ class LoginAloneTests(SynchronousTestCase):
         [switch] = self.owner.sent()
         self.assertEqual(switch.seq, 2)
         self.assertEqual(parse_auth_switch_request(switch.payload), (auth.NATIVE, NONCE + b"\x00"))
-        self.assertFalse(self.login.receive(Packet(3, b"p" * 20, b"", 3)))
+        self.login.receive(Packet(3, PROOF, b"", 3))
         [(identity, seq)] = self.owner.accepted
         self.assertEqual((identity.plugin, seq), (auth.NATIVE, 4))
 
     def test_caching_sha2_fast_auth_success(self) -> None:
         """caching_sha2_password: 'fast auth success' goes out before the owner answers."""
-        login = Login(self.owner, OneProof("app", b"s" * 32), NONCE, CLIENT_CAPS)
-        login.receive(response(plugin=auth.CACHING_SHA2, proof=b"s" * 32))
+        login = Login(self.owner, self.credentials, NONCE, CLIENT_CAPS)
+        login.receive(response(plugin=auth.CACHING_SHA2, proof=auth.caching_sha2_proof(b"secret", NONCE)))
         [more] = self.owner.sent()
         self.assertEqual((more.seq, more.payload), (2, b"\x01\x03"))
         self.assertEqual(self.owner.accepted[0][1], 3)
@@ -169,7 +198,7 @@ class LoginAloneTests(SynchronousTestCase):
         the request's character set (45 when it gives none) and schema."""
         self.owner.user = "before"
         login = Login(self.owner, self.credentials, NONCE, CLIENT.PROTOCOL_41)
-        self.assertFalse(login.change_user(ChangeUser("app", b"p" * 20, "db", 0, auth.NATIVE), 5))
+        login.change_user(ChangeUser("app", PROOF, "db", 0, auth.NATIVE), 5)
         [(identity, seq)] = self.owner.accepted
         self.assertEqual(identity, Identity("app", CLIENT.PROTOCOL_41, 45, "db", {}, auth.NATIVE))
         self.assertEqual(seq, 5)
@@ -326,3 +355,247 @@ class HandshakeTests(SynchronousTestCase):
         transport = UnixTransport()
         protocol.makeConnection(transport)
         self.assertEqual(transport.value()[3:5], b"\x00\x0a")
+
+
+# -- the credential chain's asynchronous steps, stored hashes, IAM, the throttle -------------
+
+import hashlib  # noqa: E402
+
+from structlog.testing import capture_logs  # noqa: E402
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+
+from pyproxy.config import UserConfig  # noqa: E402
+from pyproxy.credential_sources import CLEAR_TEXT_WITHOUT_TLS, ConfigSource  # noqa: E402
+from pyproxy.iam import SIGNATURE_REFUSED, TokenRejected  # noqa: E402
+from pyproxy.throttle import LoginThrottle  # noqa: E402
+
+TOKEN = "pyproxy-v1.eyJ1cmwiOiAiaHR0cHM6Ly9zdHMuYW1hem9uYXdzLmNvbS8ifQ"
+ROLE_SESSION = "arn:aws:sts::123456789012:assumed-role/app-lambda/fn-1"
+
+
+class Tokens:
+    """A TokenCheck that knows one good token, which may log in as ``lambda``."""
+
+    def maps(self, user: str) -> bool:
+        return user == "lambda"
+
+    def verify(self, token: str, user: str) -> defer.Deferred[str]:
+        if token == TOKEN and user == "lambda":
+            return defer.succeed(ROLE_SESSION)
+        return defer.fail(TokenRejected(SIGNATURE_REFUSED, "SignatureDoesNotMatch"))
+
+
+def owner_at(address: str) -> Owner:
+    owner = Owner()
+    owner.transport = FakeTransport(peerAddress=IPv4Address("TCP", address, 40000))
+    return owner
+
+
+def clear(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+class AsynchronousLoginTests(SynchronousTestCase):
+    """Lookups that answer later: the login waits; a client that leaves is forgotten."""
+
+    def setUp(self) -> None:
+        self.owner = Owner()
+        self.source = OneUser("app", "secret")
+        self.source.hold = True
+        self.login = Login(self.owner, Credentials([self.source]), NONCE, CLIENT_CAPS)
+
+    def test_login_waits_for_the_lookup(self) -> None:
+        self.login.receive(response(proof=PROOF))
+        self.assertEqual((self.owner.accepted, self.owner.errors, self.owner.sent()), ([], [], []))
+        self.source.release()
+        self.assertEqual(len(self.owner.accepted), 1)
+
+    def test_client_that_left_during_the_lookup(self) -> None:
+        """The connection closed (the owner stops the login): the late answer goes nowhere."""
+        self.login.receive(response(proof=PROOF))
+        self.login.stop()
+        self.source.release()
+        self.assertEqual((self.owner.accepted, self.owner.errors, self.owner.sent()), ([], [], []))
+
+    def test_client_speaking_during_the_lookup(self) -> None:
+        """A packet while the login is being checked is out of order: 1156, and the late answer
+        changes nothing."""
+        self.login.receive(response(proof=PROOF))
+        self.login.receive(Packet(2, b"\x03SELECT 1", b"", 2))
+        self.assertEqual([error for error, _, _ in self.owner.errors], [(1156, "08S01")])
+
+
+class StoredHashLoginTests(SynchronousTestCase):
+    """A [[users]] entry with only its password_hash."""
+
+    def setUp(self) -> None:
+        self.owner = Owner()
+        users = [UserConfig("hashed", password_hash=auth.stored_hash(b"hash pw"))]
+        self.login = Login(self.owner, Credentials([ConfigSource(users)]), NONCE, CLIENT_CAPS)
+
+    def test_caching_sha2_client_is_switched_and_the_proof_gives_sha1(self) -> None:
+        """A caching_sha2_password client is asked for mysql_native_password; its proof checks
+        against the hash, and gives SHA1(password), which answers any server nonce."""
+        self.login.receive(response(user="hashed", plugin=auth.CACHING_SHA2,
+                                    proof=auth.caching_sha2_proof(b"hash pw", NONCE)))
+        [switch] = self.owner.sent()
+        self.assertEqual(parse_auth_switch_request(switch.payload), (auth.NATIVE, NONCE + b"\x00"))
+        self.login.receive(Packet(3, auth.native_proof(b"hash pw", NONCE), b"", 3))
+        [(identity, seq)] = self.owner.accepted
+        self.assertEqual((identity.plugin, seq), (auth.NATIVE, 4))
+        [backend] = self.owner.backends
+        self.assertEqual(backend.native_sha1, hashlib.sha1(b"hash pw").digest())
+        self.assertEqual(backend.passwords, ())
+        server_nonce = bytes(range(30, 50))
+        self.assertEqual(backend.proof(auth.NATIVE, server_nonce), auth.native_proof(b"hash pw", server_nonce))
+
+    def test_wrong_password_against_the_hash(self) -> None:
+        with capture_logs() as logs:
+            self.login.receive(response(user="hashed", proof=auth.native_proof(b"nope", NONCE)))
+        self.assertEqual(self.owner.errors[0][0], (1045, "28000"))
+        [failed] = [entry for entry in logs if entry["event"] == "auth_failed"]
+        self.assertEqual((failed["reason"], failed["source"]), ("wrong_password", "config"))
+
+
+class IamLoginTests(SynchronousTestCase):
+    """Tokens as mysql_clear_password: only on a secure connection."""
+
+    def login(self, secure: bool, users: list[UserConfig] | None = None) -> tuple[Owner, Login]:
+        owner = Owner()
+        owner.secure = secure
+        credentials = Credentials([ConfigSource(users or [])], iam=Tokens())
+        return owner, Login(owner, credentials, NONCE, CLIENT_CAPS)
+
+    def test_token_over_plaintext_is_refused_with_its_reason(self) -> None:
+        """Sent unasked over plaintext: 1045, the log says clear_text_without_tls, never the token."""
+        owner, login = self.login(secure=False)
+        with capture_logs() as logs:
+            login.receive(response(user="lambda", plugin=auth.CLEAR, proof=clear(TOKEN)))
+        self.assertEqual(owner.errors[0][0], (1045, "28000"))
+        [failed] = [entry for entry in logs if entry["event"] == "auth_failed"]
+        self.assertEqual(failed["reason"], CLEAR_TEXT_WITHOUT_TLS)
+        self.assertEqual(owner.refusals, [CLEAR_TEXT_WITHOUT_TLS])
+        self.assertNotIn(TOKEN[12:], repr(logs))
+
+    def test_plaintext_client_is_never_asked_for_its_token(self) -> None:
+        """A user only IAM knows, answering mysql_native_password over plaintext: refused at
+        once, with no AuthSwitchRequest to mysql_clear_password."""
+        owner, login = self.login(secure=False)
+        login.receive(response(user="lambda", proof=b"x" * 20))
+        self.assertEqual(owner.sent(), [])
+        self.assertEqual(owner.errors[0][0], (1045, "28000"))
+
+    def test_token_on_a_secure_connection(self) -> None:
+        """Once the owner says the connection is secure (TLS), the client is switched to
+        mysql_clear_password and a good token logs in (the backend login is the user's
+        password); a bad token is refused with STS's reason."""
+        owner, login = self.login(secure=True, users=[UserConfig("lambda", "lambda pw")])
+        login.receive(response(user="lambda", plugin=auth.CLEAR, proof=clear(TOKEN)))
+        [(identity, _)] = owner.accepted
+        self.assertEqual(owner.backends, [BackendLogin("lambda", ("lambda pw",))])
+        owner, login = self.login(secure=True)
+        login.receive(response(user="lambda", proof=b"x" * 20))
+        [switch] = owner.sent()
+        self.assertEqual(parse_auth_switch_request(switch.payload)[0], auth.CLEAR)
+        with capture_logs() as logs:
+            login.receive(Packet(3, clear(TOKEN + "x"), b"", 3))
+        self.assertEqual(owner.errors[0][0], (1045, "28000"))
+        self.assertEqual([entry["reason"] for entry in logs if entry["event"] == "auth_failed"],
+                         [SIGNATURE_REFUSED])
+
+
+class ThrottledLoginTests(SynchronousTestCase):
+    """Answers to an address with too many failures wait, on the throttle's clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.throttle = LoginThrottle(self.clock, failure_delay=2.0, max_failures=1, window=60.0,
+                                      delay_max=5.0)
+        self.credentials = Credentials([OneUser("app", "secret")])
+
+    def attempt(self, address: str, proof: bytes) -> Owner:
+        owner = owner_at(address)
+        Login(owner, self.credentials, NONCE, CLIENT_CAPS, throttle=self.throttle).receive(response(proof=proof))
+        return owner
+
+    def test_answers_wait_after_failures_from_that_address_only(self) -> None:
+        first = self.attempt("10.0.0.1", b"x" * 20)
+        self.assertEqual(len(first.errors), 1)  # at once
+        second = self.attempt("10.0.0.1", b"x" * 20)
+        self.assertEqual(second.errors, [])
+        self.clock.advance(1.9)
+        self.assertEqual(second.errors, [])
+        self.clock.advance(0.1)
+        self.assertEqual(len(second.errors), 1)
+        # A right password from that address waits too (4 s now: two failures past the first).
+        good = self.attempt("10.0.0.1", PROOF)
+        self.assertEqual(good.accepted, [])
+        self.clock.advance(4)
+        self.assertEqual(len(good.accepted), 1)
+        # Another address is answered at once, right or wrong.
+        self.assertEqual(len(self.attempt("10.0.0.2", PROOF).accepted), 1)
+        self.assertEqual(len(self.attempt("10.0.0.2", b"x" * 20).errors), 1)
+
+    def test_client_that_leaves_during_the_delay(self) -> None:
+        self.attempt("10.0.0.1", b"x" * 20)
+        owner = owner_at("10.0.0.1")
+        login = Login(owner, self.credentials, NONCE, CLIENT_CAPS, throttle=self.throttle)
+        login.receive(response(proof=PROOF))
+        login.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual((owner.accepted, owner.errors), ([], []))
+
+
+class FrontendLookupTests(SynchronousTestCase):
+    """The same through FrontendProtocol: a client that disconnects while its user is looked
+    up leaves nothing behind, and the late answer writes nothing."""
+
+    def test_disconnect_during_the_lookup(self) -> None:
+        proxy, _ = make_proxy()
+        source = OneUser("app", "secret")
+        source.hold = True
+        proxy.credentials = Credentials([source])
+        client = FakeClient(proxy)
+        client.login()
+        self.assertEqual(client.received(), [])
+        client.protocol.connectionLost()
+        self.assertEqual(proxy.clients, {})
+        source.release()
+        self.assertEqual(client.received(), [])
+        self.assertEqual(proxy.logins, 0)
+        self.assertEqual(proxy.backend_logins, {})
+
+
+class FrontendSecureFlagTests(SynchronousTestCase):
+    """FrontendProtocol.secure, which the login consults for clear-text answers: False on
+    every connection until TLS lands; a transport that provides ISSLTransport (what a
+    STARTTLS-upgraded Twisted transport does) makes it True, and a token then logs in."""
+
+    def setUp(self) -> None:
+        self.proxy, _ = make_proxy(users=[{"name": "lambda", "password": "lambda pw"}])
+        self.proxy.credentials = Credentials([ConfigSource(self.proxy.config.users)], iam=Tokens())
+
+    def login_with_token(self, client: FakeClient) -> list[Packet]:
+        client.send(make_handshake_response41(HandshakeResponse41(
+            CLIENT_CAPS, 1 << 24, 45, "lambda", clear(TOKEN), None, auth.CLEAR)), seq=1)
+        return client.received()
+
+    def test_plaintext(self) -> None:
+        client = FakeClient(self.proxy)
+        self.assertFalse(client.protocol.secure)
+        [err] = self.login_with_token(client)
+        self.assertEqual(err.payload[:3], b"\xff\x15\x04")  # 1045
+        self.assertEqual(dict(self.proxy.auth_failures), {CLEAR_TEXT_WITHOUT_TLS: 1})
+
+    def test_tls_transport(self) -> None:
+        from zope.interface import directlyProvides  # noqa: PLC0415
+
+        from twisted.internet.interfaces import ISSLTransport  # noqa: PLC0415
+
+        client = FakeClient(self.proxy)
+        directlyProvides(client.transport, ISSLTransport)
+        self.assertTrue(client.protocol.secure)
+        [ok] = self.login_with_token(client)
+        self.assertEqual(ok.payload[0], 0)
+        self.assertEqual(self.proxy.login_for("lambda"), BackendLogin("lambda", ("lambda pw",)))

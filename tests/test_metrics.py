@@ -182,6 +182,12 @@ class CollectorTests(SynchronousTestCase):
                 self.assertNotIn("10.0.0.7", value)
                 self.assertNotIn("shop.", value)
 
+    def test_auth_failures_by_reason(self) -> None:
+        """Refused logins by their fixed reason, as the login counts them through its owner."""
+        self.proxy.auth_failures.update({"wrong_password": 3, "clear_text_without_tls": 1})
+        self.assertEqual(self.value("pyproxy_auth_failures_total", reason="wrong_password"), 3)
+        self.assertEqual(self.value("pyproxy_auth_failures_total", reason="clear_text_without_tls"), 1)
+
     def test_targets_and_failovers(self) -> None:
         """Each target's state as a labelled gauge, its time in that state, the writer,
         probes and failovers."""

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import attrs
+import boto3
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pyproxy import auth
+from pyproxy import proxy as proxy_module
+from pyproxy.aws import synchronously
+from pyproxy.backend import BackendError
+from pyproxy.iam import RDS_TOKEN_LIFETIME, RDS_TOKEN_MARGIN, RdsTokens
 from pyproxy.config import build
+from pyproxy.credential_sources import BackendLogin
+from pyproxy.credentials import Authentication
 from pyproxy.pool import Pool
 from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.wire.commands import make_query
+from pyproxy.wire.framing import frame
+from pyproxy.wire.responses import make_ok
+from test_frontend import Backends
 from test_pool import FakeConnector
 
 TARGETS = [{"host": "w", "port": 1}, {"host": "r", "port": 2, "role": "auto"},
@@ -130,3 +144,162 @@ class ProxyTopologyTests(SynchronousTestCase):
         self.assertNoResult(writes)
         self.reactor.advance(5)
         self.failureResultOf(writes)  # its own deadline still ran on the writer's pool
+
+
+class BackendLoginTests(SynchronousTestCase):
+    """What a client's login gives for the server is kept per user and used for that user only;
+    pools are per user, so one user's connection never serves another's client."""
+
+    def setUp(self) -> None:
+        from test_frontend import FakeClient, make_proxy  # noqa: PLC0415 - the client fixtures
+
+        self.FakeClient = FakeClient
+        self.proxy, self.app_backends = make_proxy(users=[
+            {"name": "app", "password": "secret"},
+            {"name": "hashed", "password_hash": auth.stored_hash(b"hash pw")}])
+        writer = self.proxy.topology.writer
+        self.hashed_backends = Backends(self.proxy.reactor)
+        self.proxy.pools[("hashed", writer.name)] = Pool("hashed", self.hashed_backends, self.proxy.reactor,
+                                                         max_size=2, borrow_timeout=3, target=writer)
+        self.proxy.catalog("hashed").load([])
+
+    def test_sha1_from_the_proof_logs_that_user_in(self) -> None:
+        """Before any client of the hash user, pyproxy has no way to log in as it (1045 with a
+        message holding no secret); after one, its connections log in with SHA1(password)."""
+        failure = self.failureResultOf(self.proxy.connect_as("hashed", self.proxy.topology.writer.config, 0))
+        self.assertEqual(failure.value.code, 1045)
+        [ok] = self.FakeClient(self.proxy).login(user="hashed", password="hash pw")
+        self.assertEqual(ok.payload[0], 0)
+        target = self.proxy.target("hashed")
+        self.assertEqual(target.login.native_sha1, hashlib.sha1(b"hash pw").digest())
+        self.assertEqual(target.password, "")
+        self.assertNotIn(hashlib.sha1(b"hash pw").hexdigest(), repr(target))
+        self.assertEqual(self.proxy.target("app").login, BackendLogin("app", ("secret",)))
+        self.assertIsNone(self.proxy.target("nobody").login)
+        # A [[users]] password is not copied: the configuration logs that user in.
+        self.FakeClient(self.proxy).login()
+        self.assertEqual(set(self.proxy.backend_logins), {"hashed"})
+
+    def test_a_wrong_proof_changes_nothing(self) -> None:
+        self.FakeClient(self.proxy).login(user="hashed", password="hash pw")
+        [err] = self.FakeClient(self.proxy).login(user="hashed", password="other")
+        self.assertEqual(err.payload[0], 0xFF)
+        self.assertEqual(self.proxy.target("hashed").login.native_sha1, hashlib.sha1(b"hash pw").digest())
+
+    def test_pools_never_lend_across_users(self) -> None:
+        """An idle connection of ``app`` does not serve a client of ``hashed``: that client's
+        statement waits for a connection of its own user's pool."""
+        app = self.FakeClient(self.proxy)
+        app.login()
+        app.send(make_query("SELECT 1"))
+        conn, server = self.app_backends.open()
+        [query] = server.received()
+        server.send(frame(make_ok(2), 1))
+        app.received()
+        writer = self.proxy.topology.writer.name
+        self.assertEqual(self.proxy.pools[("app", writer)].idle, [conn])
+        hashed = self.FakeClient(self.proxy)
+        hashed.login(user="hashed", password="hash pw")
+        hashed.send(make_query("SELECT 1"))
+        self.assertEqual(hashed.received(), [])
+        self.assertEqual(self.proxy.pools[("app", writer)].idle, [conn])
+        self.assertEqual(len(self.hashed_backends.waiting), 1)
+        self.assertEqual(self.app_backends.waiting, [])
+
+    def test_reload_forgets_a_changed_users_login(self) -> None:
+        self.FakeClient(self.proxy).login(user="hashed", password="hash pw")
+        self.proxy.reconfigure(attrs.evolve(self.proxy.config, users=(
+            self.proxy.config.users[0], attrs.evolve(self.proxy.config.users[1],
+                                                     password_hash=auth.stored_hash(b"new pw")))))
+        self.assertIsNone(self.proxy.target("hashed").login)
+
+
+class ConnectAsTests(SynchronousTestCase):
+    """Proxy.connect_as: the way a user's connections log in, with pyproxy.backend.connect
+    replaced by a recorder (the login itself is test_backend's)."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.targets: list[Any] = []
+        self.outcomes: list[Any] = []
+        self.patch(proxy_module, "connect", self.connect)
+
+    def connect(self, reactor: Any, target: Any, flavor: int) -> defer.Deferred[Any]:
+        self.targets.append(target)
+        outcome = self.outcomes.pop(0)
+        return defer.fail(outcome) if isinstance(outcome, Exception) else defer.succeed(outcome)
+
+    def make(self, **sections: Any) -> Proxy:
+        return Proxy(build({"users": [{"name": "app", "password": "pw"}], **sections}), self.reactor,
+                     ServerInfo("10.11.19-MariaDB", 0xFFFFFFFF, 45, 2))
+
+    def test_rotation_tries_the_other_password_and_keeps_it_first(self) -> None:
+        proxy = self.make()
+        proxy.remember_login(BackendLogin("rot", ("pending", "current")))
+        self.outcomes = [BackendError(1045, "28000", "Access denied"), "conn"]
+        writer = proxy.topology.writer.config
+        self.assertEqual(self.successResultOf(proxy.connect_as("rot", writer, 0)), "conn")
+        self.assertEqual([target.attempt for target in self.targets], [0, 1])
+        self.assertEqual(proxy.login_for("rot").passwords, ("current", "pending"))
+
+    def test_every_password_refused_tells_the_sources(self) -> None:
+        proxy = self.make()
+        proxy.remember_login(BackendLogin("rot", ("a", "b")))
+        told: list[str] = []
+        self.patch(Authentication, "backend_refused",
+                   lambda self, user: (told.append(user), defer.succeed(None))[1])
+        self.outcomes = [BackendError(1045, "28000", "Access denied")] * 2
+        failure = self.failureResultOf(proxy.connect_as("rot", proxy.topology.writer.config, 0), BackendError)
+        self.assertEqual((failure.value.code, told), (1045, ["rot"]))
+        # Another error is passed on at once, without trying the other password.
+        self.targets.clear()
+        self.outcomes = [BackendError(2003, "HY000", "Can't connect")]
+        self.failureResultOf(proxy.connect_as("rot", proxy.topology.writer.config, 0), BackendError)
+        self.assertEqual(len(self.targets), 1)
+
+    def test_backend_iam_logs_in_with_rds_tokens_made_again_before_expiry(self) -> None:
+        """[backend] iam: each connection's login carries the user's current RDS token, made by
+        boto3's generate_db_auth_token, and a new one 13 minutes later."""
+        proxy = self.make(backend={"iam": True, "host": "db.example.internal", "port": 3306})
+        client = boto3.session.Session(aws_access_key_id="AKIAPYPROXYUNIT00001", aws_secret_access_key="x",
+                                       region_name="eu-west-1").client("rds")
+        made: list[str] = []
+
+        class Rds:
+            def generate_db_auth_token(self, **kwargs: Any) -> str:
+                made.append(kwargs["DBUsername"])
+                return str(client.generate_db_auth_token(**kwargs))
+
+        rds = Rds()
+        proxy.authentication._rds_tokens[("db.example.internal", 3306)] = RdsTokens(
+            lambda: rds, "db.example.internal", 3306, synchronously, self.reactor, region="eu-west-1")
+        writer = proxy.topology.writer.config
+        self.outcomes = ["c1", "c2", "c3"]
+        proxy.connect_as("app", writer, 0)
+        proxy.connect_as("app", writer, 0)
+        self.reactor.advance(RDS_TOKEN_LIFETIME - RDS_TOKEN_MARGIN)
+        proxy.connect_as("app", writer, 0)
+        first, second, third = self.targets
+        self.assertTrue(first.login.iam and first.token.startswith("db.example.internal:3306/?Action=connect"))
+        self.assertIn("DBUser=app", first.token)
+        self.assertEqual(second.token, first.token)
+        self.assertTrue(third.token.startswith("db.example.internal:3306/?Action=connect"))
+        self.assertEqual(made, ["app", "app"])  # the third login's token is a new one
+        self.assertNotIn(first.token, repr(first))
+
+    def test_no_rds_token_is_a_retried_connect_failure(self) -> None:
+        """boto3 cannot sign (no credentials): the open fails with 2003, which the pool
+        retries, naming the kind of error only."""
+        proxy = self.make(backend={"iam": True})
+
+        class NoCredentials:
+            def generate_db_auth_token(self, **kwargs: Any) -> str:
+                raise RuntimeError("Unable to locate credentials")
+
+        writer = proxy.topology.writer.config
+        proxy.authentication._rds_tokens[(writer.host, writer.port)] = RdsTokens(
+            NoCredentials, writer.host, writer.port, synchronously, self.reactor)
+        failure = self.failureResultOf(proxy.connect_as("app", writer, 0), BackendError)
+        self.assertEqual(failure.value.code, 2003)
+        self.assertIn("no RDS IAM token: RuntimeError", failure.value.message)
+        self.assertEqual(self.targets, [])

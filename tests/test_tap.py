@@ -90,3 +90,29 @@ def test_sigusr1_reports_client_counts(tmp_path: Path, log_stream: io.StringIO) 
     assert len(stats) == 1 and stats[0]["level"] == "info"
     assert (stats[0]["accepted"], stats[0]["open"]) == (3, 0)
     assert stats[0]["closed"] == {"COM_QUIT": 1, "Access denied for user": 2}
+
+
+def test_file_limit_raised_towards_what_clients_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start the soft RLIMIT_NOFILE goes up to what max_client_connections and the pools
+    need, within the hard limit; a hard limit below that is a warning."""
+    import resource
+
+    from pyproxy.config import build
+    from pyproxy.tap import FILE_MARGIN, raise_file_limit
+
+    limits = {"value": (1024, 4096)}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits["value"])
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: limits.update(value=value))
+    warnings: list[dict[str, object]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: object) -> None:
+            warnings.append({"event": event, **fields})
+
+    small = build({"proxy": {"max_client_connections": 1000}, "pool": {"max_connections": 10},
+                   "users": [{"name": "app", "password": "pw"}]})
+    assert raise_file_limit(small, Log()) == 1000 + 10 + FILE_MARGIN and warnings == []
+    limits["value"] = (1024, 4096)
+    big = build({"users": [{"name": "app", "password": "pw"}]})
+    assert raise_file_limit(big, Log()) == 4096
+    assert warnings and warnings[0]["event"] == "file_limit_low" and warnings[0]["limit"] == 4096
