@@ -259,3 +259,38 @@ def _select(conn: pymysql.connections.Connection) -> Any:
     with conn.cursor() as cur:
         cur.execute("SELECT 3")
         return cur.fetchone()
+
+
+def test_the_metrics_page_sums_the_workers(make_proxy: Any) -> None:
+    import urllib.request
+
+    from pyproxy.sandbox import free_port
+
+    port = free_port()
+    proxy = make_proxy(proxy={"workers": 2}, pool={"max_connections": 4},
+                       metrics={"listen": f"tcp:{port}:interface=127.0.0.1"},
+                       log={"level": "info", "format": "json"})
+    wait_for(lambda: len(events(proxy, "listening")) == 2, what="both workers listening")
+    conns = [proxy.connect() for _ in range(12)]
+    try:
+        for conn in conns:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        assert {(c.thread_id() - 1) % 2 for c in conns} == {0, 1}
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        for conn in conns:
+            conn.close()
+    values = {}
+    for line in page.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values["pyproxy_workers"] == 2 and values["pyproxy_workers_answered"] == 2
+    assert values["pyproxy_client_connections"] == 12
+    # The readiness probe's SELECT 1 aside, every query the clients sent is counted once.
+    queries = sum(v for k, v in values.items()
+                  if k.startswith("pyproxy_client_commands_total") and "COM_QUERY" in k)
+    assert queries >= 12
+    shares = [v for k, v in values.items() if k.startswith("pyproxy_backend_connections_max")]
+    assert shares and sum(shares) == 4  # 2 + 2: the budget, not twice it

@@ -738,16 +738,13 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
     auth = sections.get("auth")
     if isinstance(auth, AuthConfig) and auth.lookup and not auth.lookup_user:
         report("auth.lookup_user: lookup = true needs the account it reads hashes with")
-    proxy, pool, metrics = (sections.get(name) for name in ("proxy", "pool", "metrics"))
+    proxy, pool = sections.get("proxy"), sections.get("pool")
     if isinstance(proxy, ProxyConfig) and proxy.worker_count() > 1:
         workers = proxy.worker_count()
         if isinstance(pool, PoolConfig) and not pool.max_connections_percent \
                 and pool.max_connections < workers:
             report(f"pool.max_connections: {pool.max_connections} cannot be shared by {workers} "
                    "workers (each needs at least one connection per pool)")
-        if isinstance(metrics, MetricsConfig) and metrics.listen:
-            report("metrics.listen: not served with workers > 1 yet; use workers = 1 for the "
-                   "metrics page")
         admin = sections.get("admin")
         if isinstance(admin, AdminConfig) and admin.enabled:
             report("admin.user: the admin console is not served with workers > 1 yet; use "

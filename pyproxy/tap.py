@@ -335,7 +335,8 @@ class ProxyService(service.Service):
         """
         proxy = self.config.proxy
         try:
-            if self.config.metrics.listen:
+            # A worker's figures are served by its supervisor, summed (pyproxy.worker_metrics).
+            if self.config.metrics.listen and not self.shared_ports:
                 from pyproxy import metrics  # noqa: PLC0415 - only when the page is on
 
                 site = metrics.site(metrics.registry(self.proxy, self.health, self.reactor))
@@ -598,7 +599,20 @@ def supervisor_service(options: Options, config: configuration.Config,
     def spec(index: int) -> WorkerSpec:
         return WorkerSpec(index, count, options["config"], options.overrides(), greeting)
 
-    return Supervisor(count, spec, reactor, config.proxy.drain_timeout)
+    supervisor = Supervisor(count, spec, reactor, config.proxy.drain_timeout)
+    if config.metrics.listen:
+        from pyproxy import worker_metrics  # noqa: PLC0415
+
+        site = worker_metrics.site(supervisor.scrape, count)
+        result: list[Any] = []
+        try:
+            endpoints.serverFromString(reactor, config.metrics.listen).listen(site).addBoth(result.append)
+        except Exception as exc:  # noqa: BLE001 - the config check parsed it already
+            raise StartupError(f"metrics.listen: cannot listen on {config.metrics.listen}: {exc}") from None
+        if result and isinstance(result[0], Failure):
+            raise StartupError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
+                               f"{result[0].getErrorMessage()}")
+    return supervisor
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -609,10 +623,10 @@ def makeService(options: Options) -> service.MultiService:
     if config.proxy.worker_count() > 1:
         try:
             check_shared_ports(config)
+            supervisor_service(options, config, options.get("server")).setServiceParent(top)
         except StartupError as exc:
             sys.stderr.write(f"pyproxy: {exc}\n")
             raise SystemExit(2) from None
-        supervisor_service(options, config, options.get("server")).setServiceParent(top)
         return top
 
     def reload() -> configuration.Config:

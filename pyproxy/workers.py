@@ -239,6 +239,8 @@ class Supervisor(service.Service):
         self._all_ended: defer.Deferred[None] | None = None
         self._stats: dict[int, dict[str, Any]] | None = None
         self._stats_timer: Any = None
+        self._scrapes: dict[int, tuple[dict[int, str], defer.Deferred[list[str]], Any]] = {}
+        self._scrape_serial = 0
         self.budget = BudgetBroker(self)
         self.log = logs.get_logger(component="supervisor")
 
@@ -343,10 +345,38 @@ class Supervisor(service.Service):
             self.budget.want(index, (str(message["user"]), str(message["target"])))
         elif op == "reclaimed":
             self.budget.reclaimed(index, int(message["ticket"]), bool(message.get("ok")))
+        elif op == "metrics":
+            scrape = self._scrapes.get(int(message.get("ticket", 0)))
+            if scrape is not None:
+                scrape[0][index] = str(message.get("text", ""))
+                if all(i in scrape[0] for i in self.workers):
+                    self._scraped(int(message["ticket"]))
         elif op == "stats" and self._stats is not None:
             self._stats[index] = message.get("stats") or {}
             if len(self._stats) >= self.count or all(i in self._stats for i in self.workers):
                 self._log_stats()
+
+    def scrape(self, timeout: float) -> defer.Deferred[list[str]]:
+        """Every worker's metrics page (pyproxy.worker_metrics), those that answer
+        within ``timeout`` seconds."""
+        self._scrape_serial += 1
+        ticket = self._scrape_serial
+        d: defer.Deferred[list[str]] = defer.Deferred()
+        timer = self.reactor.callLater(timeout, self._scraped, ticket)
+        self._scrapes[ticket] = ({}, d, timer)
+        for worker in self.workers.values():
+            worker.send({"op": "metrics", "ticket": ticket})
+        if not self.workers:
+            self._scraped(ticket)
+        return d
+
+    def _scraped(self, ticket: int) -> None:
+        pages, d, timer = self._scrapes.pop(ticket, ({}, None, None))
+        if d is None:
+            return
+        if timer is not None and timer.active():
+            timer.cancel()
+        d.callback(list(pages.values()))
 
     def _log_stats(self) -> None:
         if self._stats is None:
@@ -427,7 +457,7 @@ def worker_main() -> int:
     parent = os.getppid()
 
     import structlog  # noqa: PLC0415
-    from twisted.internet import reactor  # noqa: PLC0415
+    from twisted.internet import reactor, threads  # noqa: PLC0415
     from twisted.internet.stdio import StandardIO  # noqa: PLC0415
 
     from pyproxy import config as configuration  # noqa: PLC0415
@@ -459,8 +489,25 @@ def worker_main() -> int:
         sys.stderr.write(f"pyproxy worker {spec.index}: {exc}\n")
         return 2
 
+    registry: list[Any] = []
+
+    def page() -> str:
+        from prometheus_client import generate_latest  # noqa: PLC0415
+
+        return generate_latest(registry[0]).decode()
+
     def from_parent(message: dict[str, Any]) -> None:
         if budget.received(message):
+            return
+        if message.get("op") == "metrics":
+            if not registry:
+                from pyproxy import metrics  # noqa: PLC0415
+
+                registry.append(metrics.registry(proxy_service.proxy, proxy_service.health, reactor))
+            # Collecting waits on the reactor (pyproxy.metrics.on_reactor): off its thread.
+            threads.deferToThread(page).addCallbacks(
+                lambda text: link.send({"op": "metrics", "ticket": message.get("ticket"), "text": text}),
+                lambda failure: link.send({"op": "metrics", "ticket": message.get("ticket"), "text": ""}))
             return
         if message.get("op") == "stats":
             link.send({"op": "stats", "stats": proxy_service.stats()})

@@ -194,7 +194,8 @@ def test_client_ids_are_unique_across_workers() -> None:
     ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_PROXY_LISTEN": "tcp:0"}, "needs a fixed port"),
     ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_PROXY_LISTEN": "unix:/tmp/x"}, "tcp: or tcp6:"),
     ({"PYPROXY_PROXY_WORKERS": "4", "PYPROXY_POOL_MAX_CONNECTIONS": "3"}, "cannot be shared by 4"),
-    ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_METRICS_LISTEN": "tcp:9180"}, "not served with workers"),
+    ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_ADMIN_USER": "boss", "PYPROXY_ADMIN_PASSWORD": "x"},
+     "not served with workers"),
     ({"PYPROXY_PROXY_WORKERS": "0"}, "from 1 to 256"),
     ({"PYPROXY_PROXY_WORKERS": "many"}, "from 1 to 256"),
 ])
@@ -354,3 +355,50 @@ def test_worker_budget_asks_once_grows_on_grant_and_retries_after_a_refusal() ->
     assert sent[-1]["ok"] is True and proxy.budget.moved[("other", key[1])] == -1
     proxy.budget.reclaim({"op": "reclaim", "user": "other", "target": key[1], "ticket": 9})
     assert sent[-1]["ok"] is False
+
+
+def test_metrics_pages_are_summed_where_they_add_up() -> None:
+    from pyproxy import worker_metrics
+
+    page = """# HELP pyproxy_client_connections Client connections open now.
+# TYPE pyproxy_client_connections gauge
+pyproxy_client_connections %d
+# HELP pyproxy_client_commands_total Commands by type.
+# TYPE pyproxy_client_commands_total counter
+pyproxy_client_commands_total{command="COM_QUERY"} %d
+# HELP pyproxy_target_state 1 for the state each server is in.
+# TYPE pyproxy_target_state gauge
+pyproxy_target_state{state="up",target="db:3306"} 1
+# HELP pyproxy_statement_seconds Statement latency through pyproxy.
+# TYPE pyproxy_statement_seconds histogram
+pyproxy_statement_seconds_bucket{le="0.001"} %d
+pyproxy_statement_seconds_bucket{le="+Inf"} %d
+pyproxy_statement_seconds_count %d
+pyproxy_statement_seconds_sum 0.5
+# HELP pyproxy_process_start_time_seconds Start time.
+# TYPE pyproxy_process_start_time_seconds gauge
+pyproxy_process_start_time_seconds %d
+"""
+    text = worker_metrics.render([page % (3, 10, 4, 5, 5, 100), page % (2, 7, 1, 2, 2, 90)], 2).decode()
+    lines = set(text.splitlines())
+    assert "pyproxy_client_connections 5.0" in lines
+    assert 'pyproxy_client_commands_total{command="COM_QUERY"} 17.0' in lines
+    assert 'pyproxy_target_state{state="up",target="db:3306"} 1.0' in lines
+    assert 'pyproxy_statement_seconds_bucket{le="0.001"} 5.0' in lines
+    assert "pyproxy_statement_seconds_count 7.0" in lines and "pyproxy_statement_seconds_sum 1.0" in lines
+    assert "pyproxy_process_start_time_seconds 90.0" in lines
+    assert "pyproxy_workers 2.0" in lines and "pyproxy_workers_answered 2.0" in lines
+
+
+def test_a_scrape_waits_for_every_worker_or_the_timeout() -> None:
+    sup, spawner, clock = supervisor()
+    pages: list[list[str]] = []
+    sup.scrape(5.0).addCallback(pages.append)
+    assert [p.transport.written for p, _ in spawner.spawned] == [[b'{"op": "metrics", "ticket": 1}\n']] * 2
+    spawner.spawned[1][0].childDataReceived(3, b'{"op": "metrics", "ticket": 1, "text": "b"}\n')
+    assert pages == []
+    spawner.spawned[0][0].childDataReceived(3, b'{"op": "metrics", "ticket": 1, "text": "a"}\n')
+    assert sorted(pages[0]) == ["a", "b"]
+    sup.scrape(5.0).addCallback(pages.append)
+    clock.advance(5.0)
+    assert pages[1] == []
