@@ -230,3 +230,23 @@ def test_out_parameters_follow_ps_multi_results(setup: Any) -> None:
         assert (len(replies[0]) > 1) == bool(capabilities & CLIENT.PS_MULTI_RESULTS)
         direct.close()
         through.close()
+
+
+def test_bulk_errors_as_direct(setup: Any) -> None:
+    """Bulk commands the server refuses get its very error packets: an unknown statement
+    (in the server's words), flags other than "types follow" (1295, before the statement
+    is looked for), a command cut short (1835); unknown statements for the other commands."""
+    direct, through = both(setup, BASE | MARIADB)
+    unknown = [bulk(b"\x55\x00\x00\x00", [1]), b"\xfa\x55\x00\x00\x00\x40\x00", b"\xfa\x55\x00\x00\x00",
+               b"\x17\x55\x00\x00\x00\x00\x01\x00\x00\x00", b"\x1c\x55\x00\x00\x00\x01\x00\x00\x00",
+               b"\x1a\x55\x00\x00\x00"]
+    for command in unknown:
+        assert through.command(command) == direct.command(command), command
+    # After the statement id: unknown flags, nothing, types cut short.
+    tails = [b"\x01\x00\x03\x00\x00\x01\x00\x00\x00", b"", b"\x80\x00\x03"]
+    statements = [raw.command(b"\x16INSERT INTO caps_bulk (v) VALUES (?)")[0][1][1:5] for raw in (direct, through)]
+    for tail in tails:
+        assert (through.command(b"\xfa" + statements[1] + tail)
+                == direct.command(b"\xfa" + statements[0] + tail)), tail
+    direct.close()
+    through.close()

@@ -51,8 +51,13 @@ STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECU
                                 COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA,
                                 c.COM_STMT_BULK_EXECUTE))
 # What a server answers COM_STMT_BULK_EXECUTE from a client that did not
-# negotiate MARIADB_CLIENT_STMT_BULK_OPERATIONS (ER_UNSUPPORTED_PS).
+# negotiate MARIADB_CLIENT_STMT_BULK_OPERATIONS, or with flags it does not
+# take (ER_UNSUPPORTED_PS), and one cut short (ER_MALFORMED_PACKET).
 ER_UNSUPPORTED_PS = (1295, "HY000")
+ER_MALFORMED_PACKET = (1835, "HY000")
+# The server's words for the command that named an unknown statement.
+HANDLER_NAMES = {COMMAND.COM_STMT_EXECUTE: "mysqld_stmt_execute", COMMAND.COM_STMT_FETCH: "mysqld_stmt_fetch",
+                 COMMAND.COM_STMT_RESET: "mysqld_stmt_reset", c.COM_STMT_BULK_EXECUTE: "mysqld_stmt_execute"}
 ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
 ER_WRONG_ARGUMENTS = (1210, "HY000")
 ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
@@ -118,9 +123,7 @@ class PreparedStatements:
             client.busy = True
             client.acquire(client.start)
             return
-        if command == c.COM_STMT_BULK_EXECUTE and not client.capabilities & c.MARIADB_CLIENT_STMT_BULK_OPERATIONS:
-            client.reply_error(ER_UNSUPPORTED_PS, "This command is not supported in the prepared "
-                               "statement protocol yet")
+        if command == c.COM_STMT_BULK_EXECUTE and self._bulk_refused(payload):
             return
         try:
             number = statement_id(payload)
@@ -134,7 +137,7 @@ class PreparedStatements:
                 client.command = None  # no reply, as from a server
             else:
                 client.reply_error(c.ER_UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler "
-                                   f"({number}) given to {command_name(command)}")
+                                   f"({number}) given to {HANDLER_NAMES.get(command) or command_name(command)}")
             return
         if command == COMMAND.COM_STMT_CLOSE:
             del self.by_id[number]  # type: ignore[union-attr]
@@ -160,7 +163,10 @@ class PreparedStatements:
                 types = (execute_types(payload, statement.params) if command == COMMAND.COM_STMT_EXECUTE
                          else bulk_types(payload, statement.params))
             except ValueError:
-                client.reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
+                if command == c.COM_STMT_BULK_EXECUTE:
+                    client.reply_error(ER_MALFORMED_PACKET, "Malformed communication packet")
+                else:
+                    client.reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
                 return
             if types is not None:
                 statement.types = types
@@ -186,6 +192,22 @@ class PreparedStatements:
             client.reply(client.ok_payload())
         else:
             client.reply_error(ER_STMT_HAS_NO_OPEN_CURSOR, f"The statement ({number}) has no open cursor.")
+
+    def _bulk_refused(self, payload: bytes) -> bool:
+        """A COM_STMT_BULK_EXECUTE the server would refuse before looking for its
+        statement: from a client that did not negotiate bulk operations, cut
+        short, or with flags other than "types follow" (per-row results need
+        MARIADB_CLIENT_BULK_UNIT_RESULTS, which pyproxy does not offer)."""
+        client = self.client
+        if not client.capabilities & c.MARIADB_CLIENT_STMT_BULK_OPERATIONS or (
+                len(payload) >= 7 and (payload[5] | payload[6] << 8) & ~c.BULK_SEND_TYPES):
+            client.reply_error(ER_UNSUPPORTED_PS, "This command is not supported in the prepared "
+                               "statement protocol yet")
+            return True
+        if len(payload) < 7:
+            client.reply_error(ER_MALFORMED_PACKET, "Malformed communication packet")
+            return True
+        return False
 
     def _execute(self, statement: ClientStatement, packet: Packet) -> None:
         client = self.client
