@@ -228,6 +228,12 @@ class BackendConnection(protocol.Protocol):
             if self.target.database:
                 wanted |= CLIENT.CONNECT_WITH_DB
             capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)
+            missing = self.flavor & FLAVOR_BITS & ~capabilities
+            if missing:
+                # The client negotiated them with pyproxy's greeting (another
+                # server's): a reply without them would be misread.
+                raise BackendError(*c.ER_HANDSHAKE_ERROR, f"server {self.target.host}:{self.target.port} "
+                                   f"does not offer capabilities the client negotiated (0x{missing:x})")
             if capabilities >> 32:
                 # MariaDB's extended capabilities are sent with CLIENT_MYSQL clear.
                 capabilities &= ~CLIENT.LONG_PASSWORD
