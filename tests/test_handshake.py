@@ -236,3 +236,13 @@ def test_handshake_response_filler_ignored_with_client_mysql() -> None:
     payload = bytearray(make_handshake_response41(HandshakeResponse41(CAPS, 1 << 24, 45, "app", b"x" * 20)))
     payload[28:32] = b"\x0c\x00\x00\x00"
     assert parse_handshake_response41(bytes(payload)).capabilities == CAPS
+
+
+def test_libmariadb_response_extended_capabilities() -> None:
+    """The mariadb command-line client's answer to MariaDB's greeting asks for progress
+    reports, bulk operations, extended and cached metadata (0x1d) in the filler."""
+    response = parse_handshake_response41(vectors.LIBMARIADB_RESPONSE_PAYLOAD)
+    assert response.username == "app" and response.database == "app"
+    assert response.attributes["_client_name"] == "libmariadb"
+    assert not response.capabilities & CLIENT_MYSQL
+    assert response.capabilities >> 32 == 0x1D
