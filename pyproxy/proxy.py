@@ -31,7 +31,7 @@ from pyproxy.wire.constants import (
 # MARIADB_CLIENT_PROGRESS (progress reports would look like an ERR ending a
 # reply), nor MARIADB_CLIENT_CACHE_METADATA (a client's statement runs on
 # backend statements whose last-sent metadata pyproxy does not follow; see
-# README "What clients see").
+# README "How it pools").
 FRONTEND_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
     | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
