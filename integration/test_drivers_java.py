@@ -124,3 +124,24 @@ def test_batch_same_as_direct(batch_runs: dict[str, dict[str, Any]], mode: str) 
     """Update counts, the failing batch's counts and which of its rows were inserted: all as
     the application sees them directly."""
     assert batch_runs["pyproxy"][mode] == batch_runs["direct"][mode]
+
+
+def test_extended_metadata_same_as_direct(module_proxies: Any, db_server: servers.DbServer) -> None:
+    """Connector/J negotiates MARIADB_CLIENT_EXTENDED_METADATA when offered, and reads the
+    extended block of every column definition (2.7's ResultSetMetaData does not show it; the
+    mariadb client does, see test_mariadb_capabilities.py): what it says of a JSON, a
+    geometry and an INET6 column (type names, JDBC types, classes) is the same through
+    pyproxy as directly, over both protocols."""
+    proxy = module_proxies.get()
+    table = drivers.unique_table("java_meta")
+    root = db_server.connect(database=servers.APP_DATABASE)
+    try:
+        with root.cursor() as cur:
+            cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, doc JSON, p POINT, u INET6)")
+            cur.execute(f"INSERT INTO {table} VALUES (1, '{{}}', POINT(1, 2), '::1')")
+        params = {"select": f"SELECT id, doc, p, u FROM {table}"}
+        direct = drivers.succeeded(run(db_server, "metadata", **params), proxy)
+        through = drivers.succeeded(run(proxy, "metadata", **params), proxy)
+        assert through == direct
+    finally:
+        root.close()
