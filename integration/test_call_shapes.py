@@ -198,21 +198,8 @@ def test_text_protocol(shapes: Any, name: str, text: str, prepared: str, args: t
         assert through == direct, (call.__name__, direct, through)
 
 
-OUT_PARAMS_REASON = (
-    "pyproxy's backend connections always negotiate CLIENT_PS_MULTI_RESULTS, so the server sends "
-    "a CALL's OUT/INOUT parameters as a result set of their own (SERVER_PS_OUT_PARAMS) in reply "
-    "to COM_STMT_EXECUTE; a client that did not ask for CLIENT_PS_MULTI_RESULTS (mysql-connector, "
-    "mysql2) never gets that result set directly, and through pyproxy it does")
-
-
-def out_params(calls: Any) -> list[Any]:
-    """The calls, the ones with OUT parameters marked as failing through pyproxy."""
-    return [pytest.param(*call, id=call[0], marks=pytest.mark.xfail(strict=True, reason=OUT_PARAMS_REASON))
-            if call[0] in ("out", "out_only") else pytest.param(*call, id=call[0]) for call in calls]
-
-
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["alone", "in-transaction"])
-@pytest.mark.parametrize(("name", "text", "prepared", "args"), out_params(CALLS))
+@pytest.mark.parametrize(("name", "text", "prepared", "args"), CALLS, ids=[c[0] for c in CALLS])
 def test_binary_protocol(shapes: Any, name: str, text: str, prepared: str, args: tuple[Any, ...],
                          in_transaction: bool) -> None:
     """mysql-connector's prepared cursor over COM_STMT_EXECUTE; in a transaction it keeps a
@@ -223,7 +210,6 @@ def test_binary_protocol(shapes: Any, name: str, text: str, prepared: str, args:
     assert through == direct
 
 
-@pytest.mark.xfail(strict=True, reason=OUT_PARAMS_REASON)
 @pytest.mark.skipif(shutil.which("node") is None or not (NODE_DIR / "node_modules" / "mysql2").is_dir(),
                     reason="Node.js or its mysql2 module is not installed (scripts/install-deps)")
 def test_mysql2_query_and_execute(shapes: Any, tmp_path: Path) -> None:

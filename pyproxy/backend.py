@@ -41,25 +41,33 @@ from pyproxy.wire.response_tracker import DONE, INFILE, ProtocolViolation, Respo
 from pyproxy.wire.responses import ERR, parse_err, parse_ok
 
 # Capability bits a backend connection takes from the client it will serve,
-# because they change what the server does (affected-row counts, LOAD DATA
-# LOCAL, parsing) and cannot be translated packet by packet.  Connections
-# are pooled per combination; most applications use one.
-FLAVOR_BITS = CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE
+# because they change what the server does (affected-row counts, parsing,
+# whether a CALL's OUT parameters come back to COM_STMT_EXECUTE, MariaDB's
+# extended type information in column definitions) and cannot be translated
+# packet by packet.  Connections are pooled per combination; most
+# applications use one.
+FLAVOR_BITS = (CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE | CLIENT.PS_MULTI_RESULTS
+               | c.MARIADB_CLIENT_EXTENDED_METADATA)
 # A flavor bit of pyproxy's own, never sent: the connection is opened without
 # CLIENT_DEPRECATE_EOF.  Clients without it that use the binary protocol get
-# such connections (see pyproxy.prepared).
-CLASSIC_EOF = 1 << 32
+# such connections (see pyproxy.prepared).  Bits 32-63 are MariaDB's extended
+# capabilities, so it sits at the top.
+CLASSIC_EOF = 1 << 63
 
 # CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the
 # session-tracking data a classic EOF cannot, and clients without it get the
 # EOFs they expect by translation.  CLIENT_SESSION_TRACK is translated too,
 # and CLIENT_LOCAL_FILES: a client without it that runs LOAD DATA LOCAL gets
 # the error a server would give it, and the server an empty file.
+# MARIADB_CLIENT_STMT_BULK_OPERATIONS only lets the server take
+# COM_STMT_BULK_EXECUTE, which pyproxy refuses itself to a client that did not
+# negotiate it: every connection asks for it (when the server offers it).
 BASE_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
     | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS
-    | CLIENT.PS_MULTI_RESULTS | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
     | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF | CLIENT.LOCAL_FILES
+    | c.MARIADB_CLIENT_STMT_BULK_OPERATIONS
 )
 
 # Transaction-info tracking reports what the statement text can hide: LOCK
@@ -235,7 +243,17 @@ class BackendConnection(protocol.Protocol):
                 wanted &= ~CLIENT.DEPRECATE_EOF
             if self.target.database:
                 wanted |= CLIENT.CONNECT_WITH_DB
-            self.capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)
+            capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)
+            missing = self.flavor & FLAVOR_BITS & ~capabilities
+            if missing:
+                # The client negotiated them with pyproxy's greeting (another
+                # server's): a reply without them would be misread.
+                raise BackendError(*c.ER_HANDSHAKE_ERROR, f"server {self.target.host}:{self.target.port} "
+                                   f"does not offer capabilities the client negotiated (0x{missing:x})")
+            if capabilities >> 32:
+                # MariaDB's extended capabilities are sent with CLIENT_MYSQL clear.
+                capabilities &= ~CLIENT.LONG_PASSWORD
+            self.capabilities = capabilities
             self.tracker.deprecate_eof = bool(self.capabilities & CLIENT.DEPRECATE_EOF)
             if not hs.capabilities & CLIENT.PROTOCOL_41:
                 raise BackendError(*c.ER_HANDSHAKE_ERROR, "server does not speak protocol 4.1")

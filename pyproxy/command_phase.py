@@ -202,7 +202,8 @@ class CommandPhase:
         self.last_active = self.proxy.reactor.seconds()
         if self.lost_transaction and command not in HARMLESS and refused_after_loss(self, payload):
             return
-        if (command == COMMAND.COM_QUERY or command == COMMAND.COM_STMT_EXECUTE) and self.catalog.stale:
+        if (command == COMMAND.COM_QUERY or command == COMMAND.COM_STMT_EXECUTE
+                or command == c.COM_STMT_BULK_EXECUTE) and self.catalog.stale:
             await_catalog(self, packet)
             return
         reply = REPLIES.get(command)
@@ -365,7 +366,13 @@ class CommandPhase:
             raw = packet.raw
         if self.translate and conn.tracker.deprecate_eof:
             cursor = reply == Reply.EXECUTE and opens_cursor(payload)
-            conn.relay(raw, reply, self, translate=True, cursor=cursor, metadata_status=self.status(),
+            status = self.status()
+            found = self.found
+            if found is not None and found.flags & sqltext.CALLS and not found.flags & sqltext.MULTI:
+                # Inside a CALL the server's EOFs after column definitions say
+                # that more results follow (the CALL's own OK at least).
+                status |= c.SERVER_MORE_RESULTS_EXISTS
+            conn.relay(raw, reply, self, translate=True, cursor=cursor, metadata_status=status,
                        swallow=prefix is not None)
         else:
             conn.relay(raw, reply, self, swallow=prefix is not None)

@@ -29,7 +29,14 @@ from pyproxy.hygiene import run_flagged, stored_code
 from pyproxy.kill import cancel_query_timer
 from pyproxy.phases import CLOSED
 from pyproxy.release import release_if_clean
-from pyproxy.statements import BackendStatement, ClientStatement, execute_types, rewrite_execute
+from pyproxy.statements import (
+    BackendStatement,
+    ClientStatement,
+    bulk_types,
+    execute_types,
+    rewrite_bulk,
+    rewrite_execute,
+)
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import command_name, opens_cursor, statement_id
 from pyproxy.wire.constants import COMMAND
@@ -41,7 +48,16 @@ if TYPE_CHECKING:
 
 STATEMENT_COMMANDS = frozenset((COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECUTE,
                                 COMMAND.COM_STMT_FETCH, COMMAND.COM_STMT_RESET,
-                                COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA))
+                                COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA,
+                                c.COM_STMT_BULK_EXECUTE))
+# What a server answers COM_STMT_BULK_EXECUTE from a client that did not
+# negotiate MARIADB_CLIENT_STMT_BULK_OPERATIONS, or with flags it does not
+# take (ER_UNSUPPORTED_PS), and one cut short (ER_MALFORMED_PACKET).
+ER_UNSUPPORTED_PS = (1295, "HY000")
+ER_MALFORMED_PACKET = (1835, "HY000")
+# The server's words for the command that named an unknown statement.
+HANDLER_NAMES = {COMMAND.COM_STMT_EXECUTE: "mysqld_stmt_execute", COMMAND.COM_STMT_FETCH: "mysqld_stmt_fetch",
+                 COMMAND.COM_STMT_RESET: "mysqld_stmt_reset", c.COM_STMT_BULK_EXECUTE: "mysqld_stmt_execute"}
 ER_STMT_HAS_NO_OPEN_CURSOR = (1421, "HY000")
 ER_WRONG_ARGUMENTS = (1210, "HY000")
 ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
@@ -52,7 +68,7 @@ ER_LONG_DATA = (1105, "HY000")
 class PreparedStatements:
     """One client's prepared statements, by the ids pyproxy gave it."""
 
-    __slots__ = ("client", "by_id", "next_id", "preparing", "cursor", "again")
+    __slots__ = ("client", "by_id", "next_id", "preparing", "last", "cursor", "again")
 
     def __init__(self, client: CommandPhase) -> None:
         self.client = client
@@ -63,6 +79,9 @@ class PreparedStatements:
         self.next_id = 1
         # The id given to the prepare whose reply is passing.
         self.preparing = 0
+        # The statement prepared last, which statement id -1 (0xFFFFFFFF) names
+        # on MariaDB; 0 after a prepare that failed, as on the server.
+        self.last = 0
         # The statement of the running command that opens, reads or closes a
         # cursor, and the backend statement it runs on.
         self.cursor: tuple[ClientStatement, BackendStatement] | None = None
@@ -74,6 +93,7 @@ class PreparedStatements:
     def forget(self) -> None:
         """The session started over: its statements are gone."""
         self.by_id = None
+        self.last = 0
 
     def connection_lost(self) -> bool:
         """The backend connection the client held died: the cursors open on it
@@ -120,17 +140,21 @@ class PreparedStatements:
             client.busy = True
             client.acquire(client.start)
             return
+        if command == c.COM_STMT_BULK_EXECUTE and self._bulk_refused(payload):
+            return
         try:
             number = statement_id(payload)
         except ValueError:
             number = -1
-        statement = self.by_id.get(number) if self.by_id else None
+        statement = self.by_id.get(self.last if number == c.LAST_PREPARED else number) if self.by_id else None
+        if statement is not None:
+            number = statement.id
         if statement is None:
             if command in (COMMAND.COM_STMT_CLOSE, COMMAND.COM_STMT_SEND_LONG_DATA):
                 client.command = None  # no reply, as from a server
             else:
                 client.reply_error(c.ER_UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler "
-                                   f"({number}) given to {command_name(command)}")
+                                   f"({number}) given to {HANDLER_NAMES.get(command) or command_name(command)}")
             return
         if command == COMMAND.COM_STMT_CLOSE:
             del self.by_id[number]  # type: ignore[union-attr]
@@ -145,7 +169,7 @@ class PreparedStatements:
         elif command == COMMAND.COM_STMT_SEND_LONG_DATA:
             client.command = None  # no reply, as from a server
             statement.add_long_data(payload[5:], client.proxy.max_allowed_packet)
-        elif command == COMMAND.COM_STMT_EXECUTE:
+        elif command == COMMAND.COM_STMT_EXECUTE or command == c.COM_STMT_BULK_EXECUTE:
             if statement.long_data_too_long:
                 # What the server answers when a parameter's long data passed
                 # max_allowed_packet; the execute does not run, and the data is gone.
@@ -155,9 +179,13 @@ class PreparedStatements:
                                    "mysql_send_long_data() is longer than 'max_allowed_packet' bytes")
                 return
             try:
-                types = execute_types(payload, statement.params)
+                types = (execute_types(payload, statement.params) if command == COMMAND.COM_STMT_EXECUTE
+                         else bulk_types(payload, statement.params))
             except ValueError:
-                client.reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
+                if command == c.COM_STMT_BULK_EXECUTE:
+                    client.reply_error(ER_MALFORMED_PACKET, "Malformed communication packet")
+                else:
+                    client.reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
                 return
             if types is not None:
                 statement.types = types
@@ -183,6 +211,22 @@ class PreparedStatements:
             client.reply(client.ok_payload())
         else:
             client.reply_error(ER_STMT_HAS_NO_OPEN_CURSOR, f"The statement ({number}) has no open cursor.")
+
+    def _bulk_refused(self, payload: bytes) -> bool:
+        """A COM_STMT_BULK_EXECUTE the server would refuse before looking for its
+        statement: from a client that did not negotiate bulk operations, cut
+        short, or with flags other than "types follow" (per-row results need
+        MARIADB_CLIENT_BULK_UNIT_RESULTS, which pyproxy does not offer)."""
+        client = self.client
+        if not client.capabilities & c.MARIADB_CLIENT_STMT_BULK_OPERATIONS or (
+                len(payload) >= 7 and (payload[5] | payload[6] << 8) & ~c.BULK_SEND_TYPES):
+            client.reply_error(ER_UNSUPPORTED_PS, "This command is not supported in the prepared "
+                               "statement protocol yet")
+            return True
+        if len(payload) < 7:
+            client.reply_error(ER_MALFORMED_PACKET, "Malformed communication packet")
+            return True
+        return False
 
     def _execute(self, statement: ClientStatement, packet: Packet) -> None:
         client = self.client
@@ -278,8 +322,11 @@ class PreparedStatements:
             conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
         self.again = (statement, packet, statement.long_data)
         statement.long_data = None
-        payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
-        if statement.cursor is not None or opens_cursor(payload):
+        if packet.payload[0] == c.COM_STMT_BULK_EXECUTE:
+            payload = rewrite_bulk(packet.payload, prepared.id, types)
+        else:
+            payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
+        if statement.cursor is not None or payload[0] == COMMAND.COM_STMT_EXECUTE and opens_cursor(payload):
             # Whether a cursor is open after this is read from the reply.
             self.cursor = (statement, prepared)
         client.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
@@ -322,8 +369,11 @@ class PreparedStatements:
     def reply_done(self, command: int, tracker: ResponseTracker) -> None:
         """The reply to a COM_STMT_* command is complete: a prepared statement to
         keep, or a cursor opened or closed."""
-        if command == COMMAND.COM_STMT_PREPARE and tracker.prepared is not None and not tracker.error:
-            self._prepared(tracker)
+        if command == COMMAND.COM_STMT_PREPARE:
+            if tracker.prepared is not None and not tracker.error:
+                self._prepared(tracker)
+            else:
+                self.last = 0
         if self.cursor is not None:
             self._cursor_reply(command, tracker)
 
@@ -335,6 +385,7 @@ class PreparedStatements:
         if self.by_id is None:
             self.by_id = {}
         self.by_id[self.preparing] = ClientStatement(self.preparing, sql, params, columns, found=sqltext.scan(sql))
+        self.last = self.preparing
         conn = client.backend
         conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
 

@@ -23,10 +23,20 @@ from pyproxy.statement_log import StatementLog
 from pyproxy.throttle import LoginThrottle
 from pyproxy.topology import DOWN, Topology, TargetHealth
 from pyproxy.wire import constants as c
-from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
+from pyproxy.wire.constants import (
+    CLIENT,
+    MARIADB_CLIENT_EXTENDED_METADATA,
+    MARIADB_CLIENT_STMT_BULK_OPERATIONS,
+    SERVER_STATUS_AUTOCOMMIT,
+)
 
 # What pyproxy offers clients.  No TLS or compression yet; no query
-# attributes, so COM_QUERY payloads stay plain SQL.
+# attributes, so COM_QUERY payloads stay plain SQL.  Of MariaDB's extended
+# capabilities (bits 32-63), bulk execution and extended column metadata; not
+# MARIADB_CLIENT_PROGRESS (progress reports would look like an ERR ending a
+# reply), nor MARIADB_CLIENT_CACHE_METADATA (a client's statement runs on
+# backend statements whose last-sent metadata pyproxy does not follow; see
+# README "How it pools").
 FRONTEND_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
     | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
@@ -34,6 +44,7 @@ FRONTEND_CAPABILITIES = (
     | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS
     | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_ATTRS | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
     | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF
+    | MARIADB_CLIENT_STMT_BULK_OPERATIONS | MARIADB_CLIENT_EXTENDED_METADATA
 )
 
 
@@ -42,6 +53,7 @@ class ServerInfo:
     """What the database server announced; pyproxy presents the same to clients."""
 
     version: str
+    # Bits 32-63: MariaDB's extended capabilities, from the greeting's filler.
     capabilities: int
     charset: int
     status: int
@@ -165,7 +177,13 @@ class Proxy:
 
     @property
     def capabilities(self) -> int:
-        return FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
+        """What pyproxy's greeting offers: what it supports of what the server does.
+        Like a MariaDB server, it clears CLIENT_MYSQL when it offers extended
+        capabilities, which tells a MariaDB client to send its own."""
+        offered = FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
+        if offered >> 32:
+            offered &= ~CLIENT.LONG_PASSWORD
+        return offered
 
     def _throttle_settings(self) -> None:
         auth = self.config.auth

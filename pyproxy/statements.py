@@ -5,9 +5,10 @@ COM_STMT_* commands with what is here).  The statement itself is
 prepared on whichever backend connection runs it, the first time that
 connection needs it, and stays cached there (per SQL text, least recently
 used closed first) for every client that prepares the same SQL.  The client's
-COM_STMT_EXECUTE is then rewritten: the backend's statement id, and the
-parameter types when the backend's copy was last bound with other ones
-(drivers send types only with the first execute).
+COM_STMT_EXECUTE (and MariaDB's COM_STMT_BULK_EXECUTE) is then rewritten:
+the backend's statement id, and the parameter types when the backend's copy
+was last bound with other ones (drivers send types only with the first
+execute).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import attrs
 
 from pyproxy.sqltext import Found
 from pyproxy.wire.buffer import MalformedPacket
+from pyproxy.wire.constants import BULK_SEND_TYPES
 
 
 @attrs.define(eq=False, slots=True)
@@ -158,3 +160,26 @@ def rewrite_execute(payload: bytes, backend_id: int, params: int, types: bytes |
     if payload[flag_at] == 1:
         return head + payload[10:]
     return head + payload[10:flag_at] + b"\x01" + types + payload[flag_at + 1:]
+
+
+def bulk_types(payload: bytes, params: int) -> bytes | None:
+    """The parameter types a COM_STMT_BULK_EXECUTE sends (its flags say whether
+    it does), or None if it sends none: then the server uses the ones bound last."""
+    if len(payload) < 7:
+        raise MalformedPacket("COM_STMT_BULK_EXECUTE ends before its flags")
+    if not payload[5] & BULK_SEND_TYPES:
+        return None
+    types = payload[7:7 + 2 * params]
+    if len(types) != 2 * params:
+        raise MalformedPacket("COM_STMT_BULK_EXECUTE ends inside its parameter types")
+    return types
+
+
+def rewrite_bulk(payload: bytes, backend_id: int, types: bytes | None) -> bytes:
+    """The client's COM_STMT_BULK_EXECUTE for the backend's statement ``backend_id``;
+    ``types`` as for rewrite_execute: inserted (with the send-types flag) when
+    the bulk does not send them itself."""
+    head = payload[:1] + backend_id.to_bytes(4, "little")
+    if types is None or payload[5] & BULK_SEND_TYPES:
+        return head + payload[5:]
+    return head + bytes((payload[5] | BULK_SEND_TYPES,)) + payload[6:7] + types + payload[7:]

@@ -26,7 +26,14 @@ from pyproxy.backend import (
 from pyproxy.credential_sources import BackendLogin
 from pyproxy.session import DEFAULT_TRACKING, Tracking, initial_state
 from pyproxy.wire.commands import Reply, make_query
-from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
+from pyproxy.wire.constants import (
+    CLIENT,
+    CLIENT_MYSQL,
+    COM_RESET_CONNECTION,
+    COMMAND,
+    MARIADB_CLIENT_EXTENDED_METADATA,
+    MARIADB_CLIENT_STMT_BULK_OPERATIONS,
+)
 from pyproxy.wire.framing import Packet, PacketFramer, frame
 from pyproxy.wire.handshake import (
     make_handshake_v10,
@@ -626,3 +633,55 @@ class QueryValueTests(SynchronousTestCase):
         ping = conn.ping()
         server.send(vectors.PING_OK)
         self.assertEqual(self.successResultOf(ping)[:1], b"\x00")
+
+
+class ExtendedCapabilityTests(SynchronousTestCase):
+    """MariaDB's extended capabilities in the backend login."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+
+    def test_client_flavor_sent_in_the_filler(self) -> None:
+        """A connection for a client with extended metadata and PS_MULTI_RESULTS asks for them,
+        and for bulk operations, with CLIENT_MYSQL clear and bits 32-63 in the filler."""
+        flavor = MARIADB_CLIENT_EXTENDED_METADATA | CLIENT.PS_MULTI_RESULTS
+        conn = BackendConnection(TARGET, flavor, self.clock)
+        server = FakeServer(conn)
+        server.send(vectors.GREETING)
+        payload = server.received()[0].payload
+        caps = parse_handshake_response41(payload).capabilities
+        self.assertFalse(caps & CLIENT_MYSQL)
+        self.assertEqual(caps >> 32, (MARIADB_CLIENT_EXTENDED_METADATA | MARIADB_CLIENT_STMT_BULK_OPERATIONS) >> 32)
+        self.assertEqual(payload[28:32], b"\x0c\x00\x00\x00")
+        self.assertTrue(caps & CLIENT.PS_MULTI_RESULTS)
+        self.assertEqual(conn.capabilities, caps)
+
+    def test_without_extended_capabilities(self) -> None:
+        """With an empty flavor (PyMySQL's kind of client) neither PS_MULTI_RESULTS nor
+        extended metadata; against a server that offers no extended capabilities
+        CLIENT_MYSQL stays set and the filler empty."""
+        greeting = parse_handshake_v10(vectors.GREETING[4:])
+        mysql_like = make_handshake_v10(attrs.evolve(
+            greeting, capabilities=(greeting.capabilities & 0xFFFFFFFF) | CLIENT_MYSQL))
+        for hello in (vectors.GREETING, frame(mysql_like, 0)):
+            conn = BackendConnection(TARGET, 0, self.clock)
+            server = FakeServer(conn)
+            server.send(hello)
+            caps = parse_handshake_response41(server.received()[0].payload).capabilities
+            self.assertFalse(caps & (CLIENT.PS_MULTI_RESULTS | MARIADB_CLIENT_EXTENDED_METADATA))
+        self.assertTrue(caps & CLIENT_MYSQL)
+        self.assertEqual(caps >> 32, 0)
+
+    def test_server_without_what_the_client_negotiated(self) -> None:
+        """A server that lacks a capability the client negotiated with pyproxy (extended
+        metadata, when pyproxy greeted for another server) fails the connection with an
+        error instead of sending replies the client would misread."""
+        greeting = parse_handshake_v10(vectors.GREETING[4:])
+        mysql_like = make_handshake_v10(attrs.evolve(
+            greeting, capabilities=(greeting.capabilities & 0xFFFFFFFF) | CLIENT_MYSQL))
+        conn = BackendConnection(TARGET, MARIADB_CLIENT_EXTENDED_METADATA, self.clock)
+        server = FakeServer(conn)
+        server.send(frame(mysql_like, 0))
+        failure = self.failureResultOf(conn.ready, BackendError)
+        self.assertEqual(failure.value.code, 1043)
+        self.assertIn("does not offer", failure.value.message)

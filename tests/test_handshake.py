@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 import vectors
 from pyproxy import auth
 from pyproxy.wire.buffer import MalformedPacket
-from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
+from pyproxy.wire.constants import (
+    CLIENT,
+    CLIENT_MYSQL,
+    MARIADB_CLIENT_CACHE_METADATA,
+    MARIADB_CLIENT_EXTENDED_METADATA,
+    MARIADB_CLIENT_PROGRESS,
+    MARIADB_CLIENT_STMT_BULK_OPERATIONS,
+    SERVER_STATUS_AUTOCOMMIT,
+)
 from pyproxy.wire.handshake import (
     HandshakeResponse41,
     HandshakeV10,
@@ -168,3 +177,72 @@ def test_auth_switch_round_trip() -> None:
 def test_auth_more_data() -> None:
     """AuthMoreData is 0x01 followed by its data."""
     assert make_auth_more_data(auth.SHA2_FAST_AUTH_SUCCESS) == b"\x01\x03"
+
+
+# --- MariaDB's extended capabilities ------------------------------------------------------
+
+def test_mariadb_greeting_extended_capabilities() -> None:
+    """MariaDB 10.11 clears CLIENT_MYSQL and announces bulk operations, extended and cached
+    metadata and progress reports in the filler: bits 32-63 of the parsed capabilities."""
+    h = parse_handshake_v10(vectors.MARIADB_GREETING_PAYLOAD)
+    assert not h.capabilities & CLIENT_MYSQL
+    assert h.mariadb_capabilities == 0x1D
+    assert h.capabilities >> 32 == 0x1D
+    assert h.capabilities & MARIADB_CLIENT_STMT_BULK_OPERATIONS
+    assert h.capabilities & MARIADB_CLIENT_EXTENDED_METADATA
+    assert h.capabilities & MARIADB_CLIENT_CACHE_METADATA
+    assert h.capabilities & MARIADB_CLIENT_PROGRESS
+
+
+def test_mariadb_greeting_rebuilt_byte_for_byte() -> None:
+    """Rebuilt from what was parsed, the greeting is the server's, filler included."""
+    assert make_handshake_v10(parse_handshake_v10(vectors.MARIADB_GREETING_PAYLOAD)) == \
+        vectors.MARIADB_GREETING_PAYLOAD
+
+
+def test_filler_ignored_when_client_mysql_is_set() -> None:
+    """With CLIENT_MYSQL set the filler is only filler, whatever it holds."""
+    h = parse_handshake_v10(GREETING_PAYLOAD)
+    payload = bytearray(make_handshake_v10(attrs.evolve(h, capabilities=(h.capabilities & 0xFFFFFFFF) | CLIENT_MYSQL)))
+    at = payload.index(h.auth_data[8:]) - 4
+    payload[at:at + 4] = b"\x1d\x00\x00\x00"
+    parsed = parse_handshake_v10(bytes(payload))
+    assert parsed.capabilities >> 32 == 0 and parsed.mariadb_capabilities == 0
+
+
+def test_extended_capabilities_need_client_mysql_clear() -> None:
+    h = parse_handshake_v10(vectors.MARIADB_GREETING_PAYLOAD)
+    with pytest.raises(ValueError):
+        make_handshake_v10(attrs.evolve(h, capabilities=h.capabilities | CLIENT_MYSQL))
+    with pytest.raises(ValueError):
+        make_handshake_response41(HandshakeResponse41(
+            CAPS | MARIADB_CLIENT_EXTENDED_METADATA, 1 << 24, 45, "app", b""))
+
+
+def test_handshake_response_extended_capabilities() -> None:
+    """A MariaDB client with CLIENT_MYSQL clear sends its extended capabilities in the
+    last 4 bytes of the 23-byte filler; they come back as bits 32-63."""
+    caps = (CAPS & ~CLIENT_MYSQL) | MARIADB_CLIENT_STMT_BULK_OPERATIONS | MARIADB_CLIENT_EXTENDED_METADATA
+    payload = make_handshake_response41(HandshakeResponse41(caps, 1 << 24, 45, "app", b"x" * 20, "db",
+                                                           auth.NATIVE))
+    assert payload[9:28] == b"\x00" * 19 and payload[28:32] == b"\x0c\x00\x00\x00"
+    assert int.from_bytes(payload[:4], "little") == caps & 0xFFFFFFFF
+    assert parse_handshake_response41(payload).capabilities == caps
+
+
+def test_handshake_response_filler_ignored_with_client_mysql() -> None:
+    """A client that sets CLIENT_MYSQL (PyMySQL, MySQL's libraries) sends no extended
+    capabilities, whatever its filler holds."""
+    payload = bytearray(make_handshake_response41(HandshakeResponse41(CAPS, 1 << 24, 45, "app", b"x" * 20)))
+    payload[28:32] = b"\x0c\x00\x00\x00"
+    assert parse_handshake_response41(bytes(payload)).capabilities == CAPS
+
+
+def test_libmariadb_response_extended_capabilities() -> None:
+    """The mariadb command-line client's answer to MariaDB's greeting asks for progress
+    reports, bulk operations, extended and cached metadata (0x1d) in the filler."""
+    response = parse_handshake_response41(vectors.LIBMARIADB_RESPONSE_PAYLOAD)
+    assert response.username == "app" and response.database == "app"
+    assert response.attributes["_client_name"] == "libmariadb"
+    assert not response.capabilities & CLIENT_MYSQL
+    assert response.capabilities >> 32 == 0x1D

@@ -17,18 +17,27 @@ import vectors
 from pyproxy import auth
 from twisted.internet import defer
 
-from pyproxy.credential_sources import BackendLogin, Credential, Credentials
+from pyproxy.credential_sources import BackendLogin, Credential, Credentials, Verdict
 from pyproxy.frontend import COMMANDS, FrontendProtocol
 from pyproxy.logs import get_logger
 from pyproxy.login import Identity, Login
 from pyproxy.wire.commands import make_init_db
-from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
+from pyproxy.config import build
+from pyproxy.proxy import Proxy, ServerInfo
+from pyproxy.wire.constants import (
+    CLIENT,
+    CLIENT_MYSQL,
+    MARIADB_CLIENT_EXTENDED_METADATA,
+    MARIADB_CLIENT_STMT_BULK_OPERATIONS,
+    SERVER_STATUS_AUTOCOMMIT,
+)
 from pyproxy.wire.framing import Packet, PacketFramer, frame
 from pyproxy.wire.handshake import (
     ChangeUser,
     HandshakeResponse41,
     make_handshake_response41,
     parse_auth_switch_request,
+    parse_handshake_response41,
     parse_handshake_v10,
 )
 from pyproxy.wire.responses import parse_err, parse_ok
@@ -107,6 +116,23 @@ class OneUser:
 PROOF = auth.native_proof(b"secret", NONCE)
 
 
+class OneProof:
+    """Credentials that know one user and accept exactly one answer: for a login captured
+    from a real client, whose proof was made for another nonce."""
+
+    def __init__(self, user: str, proof: bytes) -> None:
+        self.user, self.proof = user, proof
+
+    def credential(self, user: str) -> defer.Deferred[Credential | None]:
+        return defer.succeed(Credential(user, "test", passwords=("unused",)) if user == self.user else None)
+
+    def verify(self, credential: Credential, plugin: str, nonce: bytes, answer: bytes, *,
+               secure: bool) -> defer.Deferred[Verdict]:
+        if answer == self.proof:
+            return defer.succeed(Verdict(BackendLogin(credential.user, ("unused",))))
+        return defer.succeed(Verdict(None, "wrong_password"))
+
+
 def response(user: str = "app", proof: bytes = b"p" * 20, plugin: str = auth.NATIVE, caps: int = CLIENT_CAPS,
              database: str | None = None, attributes: dict[str, str] | None = None) -> Packet:
     if database:
@@ -155,6 +181,24 @@ class LoginAloneTests(SynchronousTestCase):
         self.assertEqual(self.source.asked, ["app"])
         self.assertEqual(self.owner.backends, [BackendLogin("app", ("secret",))])
         self.assertEqual(self.owner.sent(), [])  # the OK is the owner's to write
+
+    def test_extended_capabilities_negotiated(self) -> None:
+        """libmariadb's login (captured) against pyproxy's offer for MariaDB 10.11: bulk
+        operations and extended metadata are negotiated, progress reports and cached
+        metadata, which pyproxy does not offer, are not."""
+        offered = Proxy(build({"users": [{"name": "app", "password": "x"}]}), MemoryReactorClock(),
+                        ServerInfo("10.11", parse_handshake_v10(vectors.MARIADB_GREETING_PAYLOAD).capabilities,
+                                   45, 2)).capabilities
+        self.assertFalse(offered & CLIENT_MYSQL)
+        self.assertEqual(offered >> 32, (MARIADB_CLIENT_STMT_BULK_OPERATIONS | MARIADB_CLIENT_EXTENDED_METADATA) >> 32)
+        owner = Owner()
+        credentials = OneProof("app", parse_handshake_response41(vectors.LIBMARIADB_RESPONSE_PAYLOAD).auth_response)
+        Login(owner, credentials, NONCE, offered).receive(
+            Packet(1, vectors.LIBMARIADB_RESPONSE_PAYLOAD, frame(vectors.LIBMARIADB_RESPONSE_PAYLOAD, 1), 1))
+        [(identity, _)] = owner.accepted
+        self.assertEqual(identity.capabilities >> 32,
+                         (MARIADB_CLIENT_STMT_BULK_OPERATIONS | MARIADB_CLIENT_EXTENDED_METADATA) >> 32)
+        self.assertTrue(identity.libmariadb)
 
     def test_refused_proof(self) -> None:
         """A proof the source refuses, or a user it does not know: 1045 at the next

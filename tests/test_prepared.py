@@ -14,12 +14,12 @@ import vectors
 from pyproxy.backend import BackendConnection
 from pyproxy.statements import BackendStatement
 from pyproxy.wire.buffer import lenenc_bytes
-from pyproxy.wire.constants import COM_RESET_CONNECTION
+from pyproxy.wire.constants import CLIENT_MYSQL, COM_RESET_CONNECTION, MARIADB_CLIENT_STMT_BULK_OPERATIONS
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import frame
 from pyproxy.wire.responses import make_err
 from test_backend import FakeServer
-from test_frontend import LoggedIn, err_of, rows_reply
+from test_frontend import CLIENT_CAPS, LoggedIn, err_of, rows_reply
 
 # The statement vectors.PREPARE_DEOF answers.
 PREPARED_SQL = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
@@ -455,3 +455,80 @@ class StatementBoundsTests(StatementTestCase):
         statement = self.client.protocol.commands.statements.by_id[1]
         self.assertEqual(statement.long_data_sizes, {0: 8, 1: 8})
         self.assertFalse(statement.long_data_too_long)
+
+
+ROW = b"\x00" + (7).to_bytes(8, "little") + b"\x00" + (1).to_bytes(8, "little")
+BULK_TYPED = b"\xfa\x01\x00\x00\x00\x80\x00\x08\x00\x08\x00" + ROW + ROW
+BULK_UNTYPED = b"\xfa\x01\x00\x00\x00\x00\x00" + ROW
+# The captured bulk's OK without its insert id (which would keep the connection until
+# pyproxy has read LAST_INSERT_ID() back).
+BULK_OK = vectors.BULK_OK[:6] + b"\x00" + vectors.BULK_OK[7:]
+
+
+class BulkTests(StatementTestCase):
+    """COM_STMT_BULK_EXECUTE (MariaDB) from a client that negotiated bulk operations."""
+
+    caps = (CLIENT_CAPS & ~CLIENT_MYSQL) | MARIADB_CLIENT_STMT_BULK_OPERATIONS
+
+    def test_bulk_on_another_connection_gets_the_types(self) -> None:
+        """A bulk runs on pyproxy's statement id like an execute: on the connection that
+        prepared it as sent, on another one prepared there first and given the types the
+        client sent only with its first bulk."""
+        conn, server = self.prepared()
+        self.client.send(BULK_TYPED)
+        [sent] = server.received()
+        self.assertEqual(sent.payload, BULK_TYPED)
+        server.send(BULK_OK)
+        self.assertEqual(self.client.raw(), BULK_OK)
+        self.proxy.reactor.advance(5)  # past the hold for a ROW_COUNT() follow-up
+        self.assertEqual(self.pool.idle, [conn])
+        other = self.connect()
+        other.query("BEGIN")
+        server.received()
+        server.send(vectors.BEGIN_OK)
+        other.raw()
+        self.client.send(BULK_UNTYPED)
+        conn2, server2 = self.backends.open()
+        [prepare] = server2.received()
+        self.assertEqual(prepare.payload, b"\x16" + PREPARED_SQL)
+        reply = bytearray(vectors.PREPARE_DEOF)
+        reply[5:9] = (7).to_bytes(4, "little")
+        server2.send(bytes(reply))
+        [bulk] = server2.received()
+        self.assertEqual(bulk.payload, b"\xfa\x07\x00\x00\x00\x80\x00\x08\x00\x08\x00" + ROW)
+        server2.send(BULK_OK)
+        self.assertEqual(self.client.raw(), BULK_OK)
+        self.assertFalse(self.client.protocol.commands.pinned)
+
+    def test_last_prepared_statement(self) -> None:
+        """Statement id -1 names the statement the client prepared last; after a prepare
+        that failed, none (1243, as from the server)."""
+        _, server = self.prepared()
+        self.client.send(b"\xfa\xff\xff\xff\xff" + BULK_TYPED[5:])
+        [sent] = server.received()
+        self.assertEqual(sent.payload, BULK_TYPED)
+        server.send(BULK_OK)
+        self.client.raw()
+        self.client.send(b"\x16SELECT * FROM nonexistent")
+        server.received()
+        server.send(vectors.ERR_NO_TABLE)
+        self.client.raw()
+        self.client.send(b"\x17\xff\xff\xff\xff" + EXECUTE_BOUND[5:])
+        self.assertEqual(err_of(self.client.received()[0]), (1, 1243, "HY000"))
+
+    def test_bulk_refused_before_any_borrow(self) -> None:
+        """Flags other than "types follow" get 1295 and a bulk cut short 1835, as from the
+        server, without a backend connection."""
+        self.client.send(b"\xfa\x01\x00\x00\x00\x40\x00")
+        self.assertEqual(err_of(self.client.received()[0]), (1, 1295, "HY000"))
+        self.client.send(b"\xfa\x01\x00\x00\x00")
+        self.assertEqual(err_of(self.client.received()[0]), (1, 1835, "HY000"))
+        self.assertEqual(self.backends.waiting, [])
+
+
+class BulkWithoutCapabilityTests(StatementTestCase):
+    def test_bulk_refused(self) -> None:
+        """A client that did not negotiate bulk operations gets the server's 1295."""
+        self.prepared()
+        self.client.send(BULK_TYPED)
+        self.assertEqual(err_of(self.client.received()[0]), (1, 1295, "HY000"))

@@ -125,6 +125,15 @@ CASES = [
     Case("ping", Reply.SINGLE, vectors.PING_OK, True, AUTOCOMMIT, oks=(0,)),
     Case("init-db", Reply.SINGLE, vectors.INIT_DB_OK, False, TRACKED, oks=(0,)),
     Case("statistics", Reply.STATISTICS, vectors.STATISTICS, False),
+    # MariaDB's extended capabilities: definitions with extended type information pass
+    # as any definition; COM_STMT_BULK_EXECUTE answers with one OK, or with RETURNING a
+    # binary result set.
+    Case("extended-metadata-deof", Reply.RESULT, vectors.EXTENDED_METADATA_SELECT_DEOF, True,
+         AUTOCOMMIT | NO_INDEX_USED, oks=(2,)),
+    Case("bulk-ok", Reply.EXECUTE, vectors.BULK_OK, True, AUTOCOMMIT, oks=(0,)),
+    Case("bulk-returning-deof", Reply.EXECUTE, vectors.BULK_RETURNING_DEOF, True, AUTOCOMMIT, oks=(5,)),
+    Case("call-deof", Reply.RESULT, vectors.CALL_ROWS_DEOF, True, AUTOCOMMIT, oks=(3, 8, 9)),
+    Case("call", Reply.RESULT, vectors.CALL_ROWS_EOF, False, AUTOCOMMIT, oks=(11,)),
 ]
 for _deof in (False, True):
     CASES += [
@@ -442,3 +451,25 @@ def test_malformed_packet_after_cursor_definitions_is_a_protocol_violation() -> 
     stream = bytearray(frame(b"\x01", 1) + frame(b"\x03def" + bytes(20), 2) + frame(b"\xfe\xff" + bytes(6), 3))
     with pytest.raises(ProtocolViolation, match="length-encoded"):
         tracker.scan(stream)
+
+
+def apply_edits(data: bytearray, tracker: ResponseTracker) -> bytes:
+    """What the client is sent: the tracker's edits applied (as pyproxy.hygiene does)."""
+    pieces, last = [], 0
+    for start, end, packet in tracker.edits:
+        pieces.append(bytes(data[last:start]))
+        pieces.append(packet)
+        last = end
+    pieces.append(bytes(data[last:]))
+    return b"".join(pieces)
+
+
+def test_call_translated_byte_for_byte() -> None:
+    """A CALL's reply for a client without CLIENT_DEPRECATE_EOF is what the server sends
+    such a client, byte for byte: the EOFs inserted after each result set's definitions
+    say SERVER_MORE_RESULTS_EXISTS, as the server's own do inside a CALL."""
+    tracker = ResponseTracker(True)
+    tracker.start(Reply.RESULT, translate=True, metadata_status=AUTOCOMMIT | SERVER_MORE_RESULTS_EXISTS)
+    data = bytearray(vectors.CALL_ROWS_DEOF)
+    assert tracker.scan(data) == len(data) and tracker.state == DONE
+    assert apply_edits(data, tracker) == vectors.CALL_ROWS_EOF

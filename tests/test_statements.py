@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pyproxy.statements import BackendStatement, StatementCache, execute_types, rewrite_execute
+import vectors
+from pyproxy.statements import (
+    BackendStatement,
+    StatementCache,
+    bulk_types,
+    execute_types,
+    rewrite_bulk,
+    rewrite_execute,
+)
 from pyproxy.wire.buffer import MalformedPacket
 
 TYPES = b"\x08\x00\xfd\x00"
@@ -62,3 +70,37 @@ def test_cache_shrinks_least_recent_first() -> None:
     cache.get(b"\x00")
     assert cache.shrink(2) == [11, 12]
     assert len(cache) == 2 and cache.get(b"\x00") is not None
+
+
+# --- COM_STMT_BULK_EXECUTE (MariaDB) ---------------------------------------------------------
+
+BULK_WITHOUT_TYPES = b"\xfa\x01\x00\x00\x00" + b"\x00\x00" + b"\x00" + (5).to_bytes(4, "little") \
+    + b"\x01"
+
+
+def test_bulk_types_from_a_captured_bulk() -> None:
+    """The captured bulk sends its types (flag 128): one LONG parameter."""
+    assert bulk_types(vectors.BULK_EXECUTE, 1) == b"\x03\x00"
+    assert bulk_types(BULK_WITHOUT_TYPES, 1) is None
+
+
+def test_bulk_types_truncated() -> None:
+    with pytest.raises(MalformedPacket):
+        bulk_types(b"\xfa\x01\x00\x00\x00\x80", 1)
+    with pytest.raises(MalformedPacket):
+        bulk_types(b"\xfa\x01\x00\x00\x00\x80\x00\x03", 1)
+
+
+def test_rewrite_bulk_maps_the_statement_id() -> None:
+    """The backend's statement id; a bulk that sends its types is otherwise unchanged."""
+    rewritten = rewrite_bulk(vectors.BULK_EXECUTE, 0x0102, b"\x08\x00")
+    assert rewritten == b"\xfa\x02\x01\x00\x00" + vectors.BULK_EXECUTE[5:]
+
+
+def test_rewrite_bulk_inserts_types() -> None:
+    """Without types of its own, a bulk on a backend statement bound otherwise (or never)
+    gets the client's last types and the send-types flag, its rows untouched."""
+    rewritten = rewrite_bulk(BULK_WITHOUT_TYPES, 9, b"\x03\x00")
+    assert rewritten == b"\xfa\x09\x00\x00\x00" + b"\x80\x00" + b"\x03\x00" + BULK_WITHOUT_TYPES[7:]
+    assert bulk_types(rewritten, 1) == b"\x03\x00"
+    assert rewrite_bulk(BULK_WITHOUT_TYPES, 9, None) == b"\xfa\x09\x00\x00\x00" + BULK_WITHOUT_TYPES[5:]

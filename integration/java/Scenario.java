@@ -71,6 +71,7 @@ public final class Scenario {
             case "prepared": return prepared();
             case "batch": return batch();
             case "wrong_password": return wrongPassword();
+            case "metadata": return metadata();
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -356,6 +357,27 @@ public final class Scenario {
         }
         try (Statement st = conn.createStatement()) {
             out.put("duplicate_rows", rows(st.executeQuery("SELECT id FROM " + t + " WHERE label = 'dup' ORDER BY id")));
+        }
+        return out;
+    }
+
+    /** What ResultSetMetaData says of each column of "select" (a JSON and a geometry column
+     * among them), over the text and the binary protocol: MariaDB's extended type information
+     * (MARIADB_CLIENT_EXTENDED_METADATA) shows in the type names. */
+    private static Map<String, Object> metadata() throws Exception {
+        Map<String, Object> out = new LinkedHashMap<>();
+        for (boolean binary : new boolean[] {false, true}) {
+            try (Connection conn = connect(binary);
+                 PreparedStatement ps = conn.prepareStatement(str("select"));
+                 ResultSet rs = ps.executeQuery()) {
+                ResultSetMetaData md = rs.getMetaData();
+                List<Object> columns = new ArrayList<>();
+                for (int i = 1; i <= md.getColumnCount(); i++) {
+                    columns.add(Arrays.asList(md.getColumnLabel(i), md.getColumnTypeName(i),
+                                              md.getColumnType(i), md.getColumnClassName(i)));
+                }
+                out.put(binary ? "binary" : "text", columns);
+            }
         }
         return out;
     }

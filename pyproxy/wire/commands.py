@@ -5,14 +5,14 @@ from __future__ import annotations
 import enum
 
 from pyproxy.wire.buffer import Reader
-from pyproxy.wire.constants import COM_RESET_CONNECTION, COMMAND
+from pyproxy.wire.constants import COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, COMMAND
 
 
 class Reply(enum.IntEnum):
     """The shape of the server's reply to a command, which the ResponseTracker follows."""
 
     RESULT = 0        # COM_QUERY: OK, ERR, LOCAL INFILE request, or result sets
-    EXECUTE = 1       # COM_STMT_EXECUTE: OK, ERR or binary result sets
+    EXECUTE = 1       # COM_STMT_EXECUTE, COM_STMT_BULK_EXECUTE: OK, ERR or binary result sets
     FETCH = 2         # COM_STMT_FETCH: rows, then a terminator
     PREPARE = 3       # COM_STMT_PREPARE: prepare-OK, parameter and column definitions
     FIELD_LIST = 4    # COM_FIELD_LIST: column definitions until EOF
@@ -24,6 +24,8 @@ class Reply(enum.IntEnum):
 REPLIES: dict[int, Reply] = {
     COMMAND.COM_QUERY: Reply.RESULT,
     COMMAND.COM_STMT_EXECUTE: Reply.EXECUTE,
+    # MariaDB: an OK (or ERR) for all rows, or with RETURNING one binary result set.
+    COM_STMT_BULK_EXECUTE: Reply.EXECUTE,
     COMMAND.COM_STMT_FETCH: Reply.FETCH,
     COMMAND.COM_STMT_PREPARE: Reply.PREPARE,
     COMMAND.COM_FIELD_LIST: Reply.FIELD_LIST,
@@ -43,6 +45,7 @@ COMMAND_NAMES: dict[int, str] = {
     value: name for name, value in vars(COMMAND).items() if name.startswith("COM_")
 }
 COMMAND_NAMES[COM_RESET_CONNECTION] = "COM_RESET_CONNECTION"
+COMMAND_NAMES[COM_STMT_BULK_EXECUTE] = "COM_STMT_BULK_EXECUTE"
 
 
 def command_name(code: int) -> str:

@@ -6,6 +6,16 @@ from pymysql.constants import CLIENT, COMMAND, CR, ER, SERVER_STATUS  # noqa: F4
 CLIENT_QUERY_ATTRIBUTES = 1 << 27
 CLIENT_MYSQL = CLIENT.LONG_PASSWORD  # MariaDB: cleared bit means "extended caps in filler"
 
+# MariaDB's extended capabilities, bits 32-63 of pyproxy's capability integers.
+# A MariaDB server announces them in the last 4 bytes of the greeting's filler
+# when it clears CLIENT_MYSQL; a client answers with its own in the last 4
+# bytes of the HandshakeResponse41's 23-byte filler when it clears CLIENT_MYSQL.
+MARIADB_CLIENT_PROGRESS = 1 << 32
+MARIADB_CLIENT_STMT_BULK_OPERATIONS = 1 << 34
+MARIADB_CLIENT_EXTENDED_METADATA = 1 << 35
+MARIADB_CLIENT_CACHE_METADATA = 1 << 36
+MARIADB_CLIENT_BULK_UNIT_RESULTS = 1 << 37
+
 # Server status flags beyond PyMySQL's list.
 SERVER_STATUS_IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 SERVER_STATUS_AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
@@ -24,6 +34,15 @@ SESSION_TRACK_TRANSACTION_CHARACTERISTICS = 4
 SESSION_TRACK_TRANSACTION_STATE = 5
 
 COM_RESET_CONNECTION = 0x1F
+# MariaDB: a prepared statement run once per row of parameters sent with it.
+COM_STMT_BULK_EXECUTE = 0xFA
+# COM_STMT_BULK_EXECUTE flags: parameter types follow, and (with
+# MARIADB_CLIENT_BULK_UNIT_RESULTS) a result set per row instead of one OK.
+BULK_SEND_TYPES = 128
+BULK_UNIT_RESULTS = 64
+# A statement id meaning "the statement this connection prepared last".
+LAST_PREPARED = 0xFFFFFFFF
+SERVER_PS_OUT_PARAMS = 0x1000
 
 # COM_SET_OPTION arguments.
 MYSQL_OPTION_MULTI_STATEMENTS_ON = 0

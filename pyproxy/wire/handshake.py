@@ -19,7 +19,9 @@ class HandshakeV10:
     charset: int
     status: int
     auth_plugin: str
-    # MariaDB announces its own capabilities in the filler when CLIENT_MYSQL is clear.
+    # MariaDB announces its own capabilities in the filler when CLIENT_MYSQL is
+    # clear (bits 32-63 of ``capabilities`` when parsed; make_handshake_v10
+    # writes ``capabilities >> 32`` there).
     mariadb_capabilities: int = 0
 
 
@@ -38,7 +40,8 @@ def parse_handshake_v10(payload: bytes) -> HandshakeV10:
     caps |= (r.u16() << 16) if r.remaining() else 0
     auth_len = r.u8() if r.remaining() else 0
     filler = r.fixed(10) if r.remaining() >= 10 else b""
-    mariadb_caps = int.from_bytes(filler[6:10], "little") if len(filler) == 10 else 0
+    mariadb_caps = (int.from_bytes(filler[6:10], "little")
+                    if len(filler) == 10 and not caps & CLIENT.LONG_PASSWORD else 0)
     auth2 = b""
     if caps & CLIENT.SECURE_CONNECTION:
         # Part 2 is max(13, len - 8) bytes, the last of them a NUL terminator.
@@ -46,17 +49,22 @@ def parse_handshake_v10(payload: bytes) -> HandshakeV10:
     plugin = ""
     if caps & CLIENT.PLUGIN_AUTH and r.remaining():
         plugin = (r.nul_bytes() if b"\x00" in payload[r.pos:] else r.rest()).decode()
-    return HandshakeV10(server_version, connection_id, auth1 + auth2, caps, charset, status,
-                        plugin, mariadb_caps)
+    return HandshakeV10(server_version, connection_id, auth1 + auth2, caps | (mariadb_caps << 32),
+                        charset, status, plugin, mariadb_caps)
 
 
 def make_handshake_v10(h: HandshakeV10) -> bytes:
+    """The greeting; MariaDB's extended capabilities (bits 32-63 of
+    ``capabilities``) go in the filler, which requires CLIENT_MYSQL clear."""
     auth = h.auth_data
+    extended = (h.capabilities >> 32) & 0xFFFFFFFF
+    if extended and h.capabilities & CLIENT.LONG_PASSWORD:
+        raise ValueError("MariaDB extended capabilities need CLIENT_MYSQL clear")
     return b"".join((
         b"\x0a", h.server_version.encode() + b"\x00", u32(h.connection_id),
         auth[:8], b"\x00", u16(h.capabilities & 0xFFFF), bytes((h.charset,)),
-        u16(h.status), u16(h.capabilities >> 16), bytes((len(auth) + 1,)),
-        b"\x00" * 10, auth[8:] + b"\x00", h.auth_plugin.encode() + b"\x00",
+        u16(h.status), u16((h.capabilities >> 16) & 0xFFFF), bytes((len(auth) + 1,)),
+        b"\x00" * 6, u32(extended), auth[8:] + b"\x00", h.auth_plugin.encode() + b"\x00",
     ))
 
 
@@ -87,7 +95,10 @@ def parse_handshake_response41(payload: bytes) -> HandshakeResponse41:
         raise ValueError("client does not speak protocol 4.1")
     max_packet = r.u32()
     charset = r.u8()
-    r.fixed(23)
+    filler = r.fixed(23)
+    if not caps & CLIENT.LONG_PASSWORD:
+        # CLIENT_MYSQL clear: a MariaDB client's extended capabilities.
+        caps |= int.from_bytes(filler[19:23], "little") << 32
     username = r.nul_bytes().decode("utf-8", "replace")
     if caps & CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA:
         auth = r.lenenc_bytes()
@@ -111,9 +122,14 @@ def parse_handshake_response41(payload: bytes) -> HandshakeResponse41:
 
 
 def make_handshake_response41(h: HandshakeResponse41) -> bytes:
+    """The client's answer; MariaDB extended capabilities (bits 32-63 of
+    ``capabilities``) go in the filler, which requires CLIENT_MYSQL clear."""
     caps = h.capabilities
-    parts = [u32(caps), u32(h.max_packet_size), bytes((h.charset,)), b"\x00" * 23,
-             h.username.encode() + b"\x00"]
+    extended = (caps >> 32) & 0xFFFFFFFF
+    if extended and caps & CLIENT.LONG_PASSWORD:
+        raise ValueError("MariaDB extended capabilities need CLIENT_MYSQL clear")
+    parts = [u32(caps & 0xFFFFFFFF), u32(h.max_packet_size), bytes((h.charset,)), b"\x00" * 19,
+             u32(extended), h.username.encode() + b"\x00"]
     if caps & CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA:
         parts.append(lenenc_bytes(h.auth_response))
     else:

@@ -14,6 +14,7 @@ from pyproxy.wire.commands import Reply
 from pyproxy.wire.constants import (
     MAX_PAYLOAD,
     SERVER_MORE_RESULTS_EXISTS,
+    SERVER_PS_OUT_PARAMS,
     SERVER_SESSION_STATE_CHANGED,
     SERVER_STATUS_CURSOR_EXISTS,
 )
@@ -119,7 +120,9 @@ class ResponseTracker:
         client did not) the tracker also works out what that client expects
         instead: ``edits`` holds (start, end, packet) replacements in the
         scanned buffer, an EOF inserted after column or parameter definitions
-        (start == end, with ``metadata_status``) or an EOF in place of an OK
+        (start == end, with ``metadata_status``; when that has
+        SERVER_MORE_RESULTS_EXISTS the reply is a CALL's, and a later result
+        set's takes the status of the one before) or an EOF in place of an OK
         that ends a result set (whose offset is also in ``terminators``), and
         every later packet header in the buffer gets its sequence id moved up
         in place (the buffer must then be a bytearray).  ``cursor``: a
@@ -324,6 +327,10 @@ class ResponseTracker:
                 self.terminators.append(start - 4)
                 self.edits.append((start - 4, end, _eof_packet(
                     self.seq, self.warnings, status & ~SERVER_SESSION_STATE_CHANGED)))
+                if self._metadata_status & status & SERVER_MORE_RESULTS_EXISTS:
+                    # Within a CALL: the next result set's definitions end with
+                    # the status the server has now.
+                    self._metadata_status = status & ~(SERVER_SESSION_STATE_CHANGED | SERVER_PS_OUT_PARAMS)
         else:
             status = eof_status(payload)
             self.warnings = payload[1] | (payload[2] << 8) if len(payload) >= 3 else 0
