@@ -170,6 +170,8 @@ class FrontendProtocol(protocol.Protocol):
         """The login phase proved who the client is: its session begins (again, after
         COM_CHANGE_USER), and the OK follows, once a schema the login named is
         known to exist."""
+        if self.phase == CLOSED:
+            return  # KILLed while its proof was checked
         commands = self.commands
         if commands.session is None:
             # The first login: COM_CHANGE_USER does not change the library.
@@ -194,6 +196,15 @@ class FrontendProtocol(protocol.Protocol):
 
     def _logged_in(self, seq: int) -> None:
         commands = self.commands
+        if self.phase == CLOSED:
+            return  # KILLed (or closed) while its proof or schema was checked
+        if commands.kill_pending:
+            # KILLed while the schema it named was looked up: no OK, closed.
+            self.phase = CLOSED
+            commands.busy = False
+            commands.command = None
+            self.transport.loseConnection()
+            return
         commands.last_active = self.proxy.reactor.seconds()
         login, self._login = self._login, None
         if login is not None:

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection, BackendError, connect
 from pyproxy.flow import run_queued
-from pyproxy.phases import CLOSED, COMMANDS
+from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import Packet
 
@@ -97,15 +97,23 @@ def kill_query(target: CommandPhase, running: tuple[int, Packet]) -> defer.Defer
 def running_statement(client: CommandPhase) -> tuple[int, Packet] | None:
     """(backend thread id, command) of the statement a client is running, if any."""
     conn = client.backend
-    if not client.busy or conn is None or conn.handshake is None or client.command is None:
+    command = client.command
+    if not client.busy or conn is None or conn.handshake is None or command is None or not command.payload:
+        # (An empty command is a login's schema check: not a statement.)
         return None
     return conn.handshake.connection_id, client.command
 
 
 def close_by_kill(connection: FrontendProtocol) -> None:
-    """Another session of the same user killed this one."""
+    """Another session of the same user killed this one.
+
+    A connection still logging in (its login packet named the user, the
+    proof may still be checked, or the schema it named is being looked up)
+    is closed like an idle one: the login never completes, as when a server
+    thread in its connection phase is killed."""
     connection.closed_reason = "killed"
-    if connection.phase == COMMANDS and not connection.commands.busy:
+    phase = connection.phase
+    if phase == HANDSHAKE or phase == AUTH_SWITCH or phase == COMMANDS and not connection.commands.busy:
         connection.phase = CLOSED
         connection.transport.loseConnection()
     else:
