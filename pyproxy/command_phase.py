@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -42,7 +43,7 @@ from pyproxy.phases import CLOSED
 from pyproxy.prepared import STATEMENT_COMMANDS, PreparedStatements
 from pyproxy.release import cancel_hold, discard, give_back, give_up_hold, release_if_clean
 from pyproxy.routines import RoutineCatalog, Verdict
-from pyproxy.session import ClientSession, initial_state
+from pyproxy.session import ClientSession, SessionState, initial_state
 from pyproxy.set_global import abandon
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, opens_cursor
@@ -76,6 +77,7 @@ class CommandPhase:
         "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
         "refused_infile", "backlog", "paused_backend", "statements", "hold_timer", "query_timer",
         "kill_pending", "last_active", "globals_before", "own_tracking", "lost_transaction",
+        "interactive", "idle_timer", "idle_timeout", "idle_state",
     )
 
     def __init__(self, connection: FrontendProtocol, proxy: Proxy, readonly: bool) -> None:
@@ -140,7 +142,15 @@ class CommandPhase:
         # KILLed mid-command (pyproxy.kill), or its COMMIT RELEASE ended the
         # server session: closed once the reply is out.
         self.kill_pending = False
+        # When its last command ended (or began), and its wait_timeout: the
+        # timer, the timeout it waits for and the session state that timeout
+        # was read from (pyproxy.idle).  ``interactive``: its first login asked
+        # for CLIENT_INTERACTIVE, so interactive_timeout is its default.
         self.last_active = 0.0
+        self.interactive = False
+        self.idle_timer: Any = None
+        self.idle_timeout = 0
+        self.idle_state: SessionState | None = None
         # Around a SET GLOBAL: pyproxy's own connection to the server and the
         # global variables read over it just before the statement ran
         # (pyproxy.set_global).
@@ -166,12 +176,21 @@ class CommandPhase:
             self.flavor = capabilities & FLAVOR_BITS
             self.rewrite_oks = not capabilities & CLIENT.SESSION_TRACK
             self.translate = not capabilities & CLIENT.DEPRECATE_EOF
+            self.interactive = bool(capabilities & CLIENT.INTERACTIVE)
+        else:
+            # COM_CHANGE_USER: the server gives the session the plain wait_timeout.
+            self.interactive = False
         self.user = identity.user
         multi = bool(self.capabilities & CLIENT.MULTI_STATEMENTS)
         database = identity.schema if identity.schema is not None else self.proxy.config.backend.database
         self.login_charset = identity.charset
-        self.session = ClientSession(initial_state(identity.charset, database,
-                                                   self.proxy.server.autocommit, multi))
+        state = initial_state(identity.charset, database, self.proxy.server.autocommit, multi)
+        timeouts = self.proxy.timeouts
+        if self.interactive and timeouts.interactive != timeouts.wait:
+            # A server makes interactive_timeout an interactive session's
+            # wait_timeout, which SELECT @@wait_timeout shows: carried.
+            state = attrs.evolve(state, variables=(("wait_timeout", str(timeouts.interactive)),))
+        self.session = ClientSession(state)
         self.catalog = self.proxy.catalog(self.user)
 
     # -- dispatch ------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.python.failure import Failure
 
-from pyproxy import auth
+from pyproxy import auth, idle
 from pyproxy.command_phase import CommandPhase
 from pyproxy.flow import enqueue, pause_replies, resume_backend, resume_replies, run_queued
 from pyproxy.infile import client_packet
@@ -205,7 +205,7 @@ class FrontendProtocol(protocol.Protocol):
             commands.command = None
             self.transport.loseConnection()
             return
-        commands.last_active = self.proxy.reactor.seconds()
+        idle.start(commands)
         login, self._login = self._login, None
         if login is not None:
             login.stop()
@@ -278,6 +278,7 @@ class FrontendProtocol(protocol.Protocol):
             self._login.stop()
         cancel_hold(commands)
         cancel_query_timer(commands)
+        idle.stop(commands)
         abandon(commands)
         commands.stop_borrowing()
         client_left(commands)

@@ -14,6 +14,7 @@ from twisted.internet.task import LoopingCall
 from pyproxy.backend import Target, connect
 from pyproxy.config import Config, TargetConfig
 from pyproxy.credentials import ConfiguredUsers, Credentials
+from pyproxy.idle import SessionTimeouts, defaults_changed as idle_defaults_changed, parse_timeout
 from pyproxy.logs import format_address, get_logger, reason_kind
 from pyproxy.pool import Pool
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
@@ -72,6 +73,9 @@ class Proxy:
     max_allowed_packet: int = 16 << 20
     max_prepared_statements: int = 16382
     limits_read: bool = False
+    # The idle timeouts a new server session gets (pyproxy.idle), read with the
+    # limits and followed across SET GLOBAL.
+    timeouts: SessionTimeouts = attrs.field(factory=SessionTimeouts)
     # The server's max_connections, once read (max_connections_percent).
     server_max_connections: int | None = None
     # How many statements pyproxy's connections may keep prepared on the server:
@@ -238,9 +242,18 @@ class Proxy:
                 pool.hand_over(self.pool(pool.user, server))
 
     def _limits_learned(self, rows: list[tuple[str | None, ...]]) -> None:
-        if rows and len(rows[0]) == 2 and all(value is not None and value.isdigit() for value in rows[0]):
-            self.max_allowed_packet, self.max_prepared_statements = (int(value) for value in rows[0])
+        if rows and len(rows[0]) == 4 and all(value is not None and value.isdigit() for value in rows[0][:2]):
+            self.max_allowed_packet, self.max_prepared_statements = (int(value) for value in rows[0][:2])  # type: ignore[arg-type]
             self.limits_read = True
+            wait, interactive = parse_timeout(rows[0][2]), parse_timeout(rows[0][3])
+            if wait is not None and interactive is not None:
+                self.timeouts_learned(SessionTimeouts(wait, interactive))
+
+    def timeouts_learned(self, timeouts: SessionTimeouts) -> None:
+        """New server sessions start with these idle timeouts (pyproxy.idle)."""
+        if timeouts != self.timeouts:
+            self.timeouts = timeouts
+            idle_defaults_changed(self)
 
     def _pools_of(self, server: TargetHealth) -> list[Pool]:
         return [pool for pool in self.pools.values() if pool.target is server]
@@ -397,7 +410,9 @@ def probe_account(config: Config) -> tuple[str, str]:
     return (account.name, account.password) if account else ("", "")
 
 
-_LIMITS = "SELECT @@max_allowed_packet, @@max_prepared_stmt_count"
+# The session's wait_timeout (after init_query), as a client's session starts with.
+_LIMITS = ("SELECT @@max_allowed_packet, @@max_prepared_stmt_count, @@session.wait_timeout, "
+           "@@global.interactive_timeout")
 
 
 def _logins(config: Config) -> Any:
