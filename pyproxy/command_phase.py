@@ -28,7 +28,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy import sqltext
+from pyproxy import sqltext, thread_ids
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
 from pyproxy.backend_loss import HARMLESS, held_connection_lost, lost_during_command, refused_after_loss
 from pyproxy.direct_write import write_now
@@ -219,7 +219,13 @@ class CommandPhase:
             return
         if reply is not None and command not in ANSWERED_HERE:
             if command == COMMAND.COM_QUERY:
-                sql = self.sql = payload[1:]
+                sql = payload[1:]
+                if thread_ids.NEEDLES.search(sql) is not None:
+                    # CONNECTION_ID(), PROCESSLIST: the client's own thread id.
+                    packet, sql = thread_ids.rewrite(self, packet, sql)
+                    self.command = packet
+                    payload = packet.payload
+                self.sql = sql
                 head = payload[1:2]
                 if (head in (b"k", b"K") or head.isspace()) and kill_statement(self):
                     return

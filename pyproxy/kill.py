@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from pyproxy.command_phase import CommandPhase
     from pyproxy.frontend import FrontendProtocol
 
+ER_QUERY_INTERRUPTED = (1317, "70100")
+ER_CONNECTION_KILLED = (1927, "70100")
 _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
@@ -51,6 +53,9 @@ def kill_statement(client: CommandPhase) -> bool:
         return True
     if connection.user != client.user:
         client.reply_error((1095, "HY000"), f"You are not owner of thread {number}")
+        return True
+    if connection is client.connection:
+        kill_self(client, what is not None and what.lower() == b"query")
         return True
     target = connection.commands
     running = running_statement(target)
@@ -74,6 +79,20 @@ def kill_statement(client: CommandPhase) -> bool:
 
     d.addBoth(done)
     return True
+
+
+def kill_self(client: CommandPhase, query: bool) -> None:
+    """KILL of the client's own id (``KILL CONNECTION_ID()``): as on a server, KILL
+    QUERY interrupts the KILL itself (1317) and the session goes on; KILL
+    [CONNECTION] answers 1927 and closes the connection."""
+    if query:
+        client.reply_error(ER_QUERY_INTERRUPTED, "Query execution was interrupted")
+        return
+    connection = client.connection
+    client.reply_error(ER_CONNECTION_KILLED, "Connection was killed")
+    connection.closed_reason = "killed"
+    connection.phase = CLOSED
+    client.transport.loseConnection()
 
 
 def kill_query(target: CommandPhase, running: tuple[int, Packet]) -> defer.Deferred[Any]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy import sqltext
+from pyproxy import sqltext, thread_ids
 from pyproxy.backend import CLASSIC_EOF, BackendError
 from pyproxy.hygiene import run_flagged, stored_code
 from pyproxy.kill import cancel_query_timer
@@ -93,6 +93,10 @@ class PreparedStatements:
                 client.reply_error(ER_MAX_PREPARED_STATEMENTS, f"Can't create more than max_prepared_stmt_count "
                                    f"statements (current value: {limit})")
                 return
+            sql = payload[1:]
+            if thread_ids.NEEDLES.search(sql) is not None:
+                # CONNECTION_ID(), PROCESSLIST: the client's own thread id.
+                client.command = thread_ids.rewrite(client, packet, sql, prepared=True)[0]
             if client.translate:
                 # A client without CLIENT_DEPRECATE_EOF reads the warning count of
                 # COM_STMT_EXECUTE from the EOF after the column definitions

@@ -76,6 +76,9 @@ class Proxy:
     # The idle timeouts a new server session gets (pyproxy.idle), read with the
     # limits and followed across SET GLOBAL.
     timeouts: SessionTimeouts = attrs.field(factory=SessionTimeouts)
+    # The columns of information_schema.PROCESSLIST, in order, once read
+    # (pyproxy.thread_ids maps its thread ids to clients').
+    processlist_columns: tuple[str, ...] = ()
     # The server's max_connections, once read (max_connections_percent).
     server_max_connections: int | None = None
     # How many statements pyproxy's connections may keep prepared on the server:
@@ -242,12 +245,15 @@ class Proxy:
                 pool.hand_over(self.pool(pool.user, server))
 
     def _limits_learned(self, rows: list[tuple[str | None, ...]]) -> None:
-        if rows and len(rows[0]) == 4 and all(value is not None and value.isdigit() for value in rows[0][:2]):
+        if rows and len(rows[0]) == 5 and all(value is not None and value.isdigit() for value in rows[0][:2]):
             self.max_allowed_packet, self.max_prepared_statements = (int(value) for value in rows[0][:2])  # type: ignore[arg-type]
             self.limits_read = True
             wait, interactive = parse_timeout(rows[0][2]), parse_timeout(rows[0][3])
             if wait is not None and interactive is not None:
                 self.timeouts_learned(SessionTimeouts(wait, interactive))
+            columns = rows[0][4]
+            if columns:
+                self.processlist_columns = tuple(name.strip().upper() for name in columns.split(","))
 
     def timeouts_learned(self, timeouts: SessionTimeouts) -> None:
         """New server sessions start with these idle timeouts (pyproxy.idle)."""
@@ -411,8 +417,11 @@ def probe_account(config: Config) -> tuple[str, str]:
 
 
 # The session's wait_timeout (after init_query), as a client's session starts with.
+# The columns of information_schema.PROCESSLIST (pyproxy.thread_ids).
 _LIMITS = ("SELECT @@max_allowed_packet, @@max_prepared_stmt_count, @@session.wait_timeout, "
-           "@@global.interactive_timeout")
+           "@@global.interactive_timeout, (SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION) "
+           "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'information_schema' "
+           "AND TABLE_NAME = 'PROCESSLIST')")
 
 
 def _logins(config: Config) -> Any:

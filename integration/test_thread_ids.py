@@ -1,0 +1,194 @@
+"""One thread id per client through pyproxy: the greeting's, CONNECTION_ID(), KILL, PROCESSLIST.
+
+Where it makes sense the same steps run on a direct connection to the test server,
+and pyproxy's answers are compared with the server's.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from typing import Any
+
+import mysql.connector
+import pymysql
+import pytest
+
+from integration import drivers, servers
+
+GONE = (2006, 2013)
+
+
+def direct(db_server: servers.DbServer, **kwargs: Any) -> pymysql.connections.Connection:
+    params: dict[str, Any] = {"host": db_server.host, "port": db_server.port, "user": servers.APP_USER,
+                              "password": servers.APP_PASSWORD, "database": servers.APP_DATABASE,
+                              "connect_timeout": 5, "autocommit": True}
+    params.update(kwargs)
+    return pymysql.connect(**params)
+
+
+def connector(port: int, **kwargs: Any) -> Any:
+    return mysql.connector.connect(host="127.0.0.1", port=port, user=servers.APP_USER,
+                                   password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                                   use_pure=True, ssl_disabled=True, autocommit=True, **kwargs)
+
+
+def both(proxy: servers.ProxyProcess, db_server: servers.DbServer) -> dict[str, pymysql.connections.Connection]:
+    return {"direct": direct(db_server), "pyproxy": proxy.connect(autocommit=True)}
+
+
+def warm(proxy: servers.ProxyProcess) -> None:
+    """pyproxy reads what it needs of the server (PROCESSLIST's columns) from its
+    first backend connection: one statement opens it."""
+    conn = proxy.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    conn.close()
+
+
+def test_connection_id_is_the_greeting_id(make_proxy, db_server) -> None:
+    """SELECT CONNECTION_ID() returns the id of the greeting (PyMySQL's thread_id()),
+    under the column name the server gives it, in every form a statement may use it;
+    a string or comment that names it is not touched."""
+    proxy = make_proxy()
+    for side, conn in both(proxy, db_server).items():
+        mine = conn.thread_id()
+        with conn.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            assert cur.fetchone()[0] == mine, side
+            assert [d[0] for d in cur.description] == ["CONNECTION_ID()"], side
+            cur.execute("select connection_id ( ) as me, 'CONNECTION_ID()' /* CONNECTION_ID() */, "
+                        "CONNECTION_ID() + 1, (SELECT CONNECTION_ID())")
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+            assert row == (mine, "CONNECTION_ID()", mine + 1, mine), side
+            assert names == ["me", "CONNECTION_ID()", "CONNECTION_ID() + 1", "(SELECT CONNECTION_ID())"], side
+            cur.execute("SET @me = CONNECTION_ID()")
+            cur.execute("SELECT @me = CONNECTION_ID(), IF(CONNECTION_ID() > 0, 'yes', 'no')")
+            assert cur.fetchone() == (1, "yes"), side
+        conn.close()
+
+
+def test_connection_id_in_a_transaction_and_across_borrows(make_proxy) -> None:
+    """The id stays the client's whichever backend connection serves it, with other
+    clients running (several pooled connections)."""
+    proxy = make_proxy(pool={"max_connections": 3})
+    clients = [proxy.connect(autocommit=True) for _ in range(4)]
+    for _ in range(3):
+        for client in clients:
+            with client.cursor() as cur:
+                cur.execute("SELECT CONNECTION_ID()")
+                assert cur.fetchone()[0] == client.thread_id()
+    first = clients[0]
+    with first.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchone()[0] == first.thread_id()
+        cur.execute("COMMIT")
+    for client in clients:
+        client.close()
+
+
+def test_mysql_connector_text_and_prepared(make_proxy, db_server) -> None:
+    """mysql-connector-python: connection_id (from the greeting) equals CONNECTION_ID()
+    over the text protocol and from a server-side prepared statement, as directly."""
+    proxy = make_proxy()
+    for side, port in (("direct", db_server.port), ("pyproxy", proxy.port)):
+        conn = connector(port)
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchall() == [(conn.connection_id,)], side
+        prepared = conn.cursor(prepared=True)
+        for _ in range(2):
+            prepared.execute("SELECT CONNECTION_ID(), %s", (7,))
+            assert prepared.fetchall() == [(conn.connection_id, 7)], side
+        assert prepared.column_names == ("CONNECTION_ID()", "?"), side
+        conn.close()
+
+
+def test_kill_connection_id_ends_the_own_connection(make_proxy, db_server) -> None:
+    """KILL CONNECTION_ID() answers 1927 and the connection is gone; KILL QUERY
+    CONNECTION_ID() answers 1317 and the session goes on: directly and through pyproxy."""
+    proxy = make_proxy()
+    for side, conn in both(proxy, db_server).items():
+        with conn.cursor() as cur:
+            with pytest.raises(pymysql.MySQLError) as info:
+                cur.execute("KILL QUERY CONNECTION_ID()")
+            assert info.value.args[0] == 1317, side
+            cur.execute("SELECT 1")
+            assert cur.fetchone()[0] == 1, side
+            with pytest.raises(pymysql.MySQLError) as info:
+                cur.execute("KILL CONNECTION_ID()")
+            assert info.value.args[0] == 1927, side
+        time.sleep(0.2)
+        with pytest.raises(pymysql.MySQLError) as info:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        assert info.value.args[0] in GONE, side
+
+
+def test_processlist_row_found_by_id(make_proxy, db_server) -> None:
+    """SHOW PROCESSLIST, SHOW FULL PROCESSLIST and information_schema.PROCESSLIST have a
+    row with the client's id, showing its statement as it sent it, as directly."""
+    proxy = make_proxy()
+    warm(proxy)
+    for side, conn in both(proxy, db_server).items():
+        mine = conn.thread_id()
+        with conn.cursor() as cur:
+            for statement in ("SHOW PROCESSLIST", "SHOW FULL PROCESSLIST"):
+                cur.execute(statement)
+                names = [d[0] for d in cur.description]
+                assert names == ["Id", "User", "Host", "db", "Command", "Time", "State", "Info",
+                                 "Progress"], side
+                rows = {row[0]: row for row in cur.fetchall()}
+                assert mine in rows, (side, statement, rows)
+                assert rows[mine][4] == "Query" and rows[mine][7] == statement, (side, rows[mine])
+                assert rows[mine][3] == servers.APP_DATABASE, side
+            sql = "SELECT ID, COMMAND, INFO FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"
+            cur.execute(sql)
+            assert cur.fetchall() == ((mine, "Query", sql),), side
+            cur.execute(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST p WHERE p.ID = {mine}")
+            assert cur.fetchone()[0] == 1, side
+        conn.close()
+
+
+def test_processlist_shows_other_clients_by_their_ids(make_proxy) -> None:
+    """A client holding a backend connection (in a transaction) is shown with its own id
+    and address; pyproxy's idle pooled connections are not shown at all."""
+    proxy = make_proxy(pool={"max_connections": 4, "min_idle": 2})
+    warm(proxy)
+    holder = proxy.connect(autocommit=True)
+    with holder.cursor() as cur:
+        cur.execute("BEGIN")  # a transaction: holds its connection
+    watcher = proxy.connect(autocommit=True)
+    local_port = holder._sock.getsockname()[1]
+    with watcher.cursor() as cur:
+        cur.execute("SELECT ID, HOST, COMMAND FROM information_schema.PROCESSLIST WHERE USER = %s",
+                    (servers.APP_USER,))
+        rows = {row[0]: row for row in cur.fetchall()}
+    assert set(rows) == {holder.thread_id(), watcher.thread_id()}, rows
+    assert rows[holder.thread_id()][1] == f"127.0.0.1:{local_port}"
+    assert rows[holder.thread_id()][2] == "Sleep"
+    holder.rollback()
+    holder.close()
+    watcher.close()
+
+
+@pytest.mark.skipif(drivers.mariadb_client() is None, reason="the mariadb client is not installed")
+def test_mariadb_cli_connection_id(make_proxy, db_server) -> None:
+    """The mariadb CLI's status (the greeting's id) and SELECT CONNECTION_ID() agree,
+    directly and through pyproxy."""
+    proxy = make_proxy()
+    for side, port in (("direct", db_server.port), ("pyproxy", proxy.port)):
+        client = drivers.mariadb_client()
+        result = subprocess.run(
+            [client, "--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-P", str(port),
+             "-u", servers.APP_USER, f"-p{servers.APP_PASSWORD}", servers.APP_DATABASE,
+             "-e", "status; SELECT CONNECTION_ID() AS id_now"],
+            capture_output=True, timeout=60, check=False)
+        out = result.stdout.decode()
+        assert result.returncode == 0, result.stderr.decode()
+        greeting = int(re.search(r"Connection id:\s+(\d+)", out).group(1))
+        selected = int(re.search(r"id_now\s*\n(\d+)", out).group(1))
+        assert greeting == selected, (side, out)
