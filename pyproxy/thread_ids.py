@@ -44,17 +44,25 @@ if TYPE_CHECKING:
 # Every statement that may need a rewrite contains one of these.
 NEEDLES = re.compile(rb"(?i)connection_id|processlist|is_used_lock")
 
+def _token_pattern(backslash_escapes: bool) -> re.Pattern[bytes]:
+    escape = rb"|\\." if backslash_escapes else b""
+    plain = rb"\\" if backslash_escapes else b""
+    string = rb"'(?:[^'" + plain + rb"]" + escape + rb"|'')*(?:'|\Z)"
+    dquoted = rb'"(?:[^"' + plain + rb"]" + escape + rb'|"")*(?:"|\Z)'
+    return re.compile(
+        rb"(?P<skip>" + string + rb"|" + dquoted + rb"|`(?:[^`]|``)*(?:`|\Z)"
+        rb"|/\*(?!M?!)(?:.*?\*/|.*\Z)|--(?=\s|\Z)[^\n]*|\#[^\n]*)"
+        rb"|(?P<exec>/\*M?!\d*|\*/)"
+        rb"|(?P<word>[A-Za-z0-9_$\x80-\xff]+)"
+        rb"|(?P<space>\s+)"
+        rb"|(?P<other>.)", re.S)
+
+
 # Tokens: what is skipped (strings, quoted names, comments), the delimiters of
 # executable comments (whose content is code), words, white space, the rest.
-_TOKEN = re.compile(
-    rb"(?P<skip>'(?:[^'\\]|\\.|'')*(?:'|\Z)|\"(?:[^\"\\]|\\.|\"\")*(?:\"|\Z)|`(?:[^`]|``)*(?:`|\Z)"
-    rb"|/\*(?!M?!)(?:.*?\*/|.*\Z)|--(?=\s|\Z)[^\n]*|\#[^\n]*)"
-    rb"|(?P<exec>/\*M?!\d*|\*/)"
-    rb"|(?P<word>[A-Za-z0-9_$\x80-\xff]+)"
-    rb"|(?P<space>\s+)"
-    rb"|(?P<other>.)", re.S)
 # Under NO_BACKSLASH_ESCAPES a backslash in a string is a character.
-_TOKEN_NO_BACKSLASH = re.compile(_TOKEN.pattern.replace(rb"|\\.", b""), re.S)
+_TOKEN = _token_pattern(True)
+_TOKEN_NO_BACKSLASH = _token_pattern(False)
 
 # Words that end a select list (or a table reference's alias-less end).
 _CLAUSES = frozenset((b"from", b"into", b"where", b"group", b"having", b"order", b"limit", b"union",
