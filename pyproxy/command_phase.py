@@ -219,17 +219,15 @@ class CommandPhase:
             return
         if reply is not None and command not in ANSWERED_HERE:
             if command == COMMAND.COM_QUERY:
-                sql = payload[1:]
-                if thread_ids.NEEDLES.search(sql) is not None:
-                    # CONNECTION_ID(), PROCESSLIST: the client's own thread id.
-                    packet, sql = thread_ids.rewrite(self, packet, sql)
-                    self.command = packet
-                    payload = packet.payload
-                self.sql = sql
+                sql = self.sql = payload[1:]
                 head = payload[1:2]
                 if (head in (b"k", b"K") or head.isspace()) and kill_statement(self):
                     return
                 found = self.found = sqltext.scan(sql)
+                if found is not None and found.flags & sqltext.THREAD_IDS:
+                    # CONNECTION_ID(), IS_USED_LOCK(), PROCESSLIST: the client's own id.
+                    found = self.found = thread_ids.rewrite_command(self, found)
+                    sql = self.sql
                 code = self.code = (stored_code(self, sql, found) if self.catalog.watch is not None
                                     or found is not None and found.calls else None)
                 if found is not None or code is not None:

@@ -1,8 +1,8 @@
 """Stopping statements: KILL as a client writes it, and the query timeout.
 
 ``KILL [QUERY | CONNECTION] <id>`` names one of pyproxy's own connection ids
-(the one in its greeting), which the server does not know: it is translated
-here and never passed on.  Only the same user's connections can be killed;
+(the one in its greeting, which CONNECTION_ID() returns too), which the
+server does not know: it is translated here and never passed on.  Only the same user's connections can be killed;
 other forms of KILL are refused.  KILL QUERY, and a statement that runs
 past ``[proxy] query_timeout``, become ``KILL QUERY <thread>`` on the backend
 thread that runs it, sent over a connection of pyproxy's own (the pool may
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 ER_QUERY_INTERRUPTED = (1317, "70100")
 ER_CONNECTION_KILLED = (1927, "70100")
-_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
+# The id, or CONNECTION_ID(): the client's own (pyproxy.thread_ids).
+_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+|connection_id\s*\(\s*\))\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
 
@@ -46,7 +47,8 @@ def kill_statement(client: CommandPhase) -> bool:
     if match is None:
         client.reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
         return True
-    what, number = match.group(1), int(match.group(2))
+    what, target_id = match.group(1), match.group(2)
+    number = int(target_id) if target_id.isdigit() else client.connection.id
     connection = client.proxy.clients.get(number)
     if connection is None:
         client.reply_error((1094, "HY000"), f"Unknown thread id: {number}")

@@ -95,7 +95,7 @@ class PreparedStatements:
                 return
             sql = payload[1:]
             if thread_ids.NEEDLES.search(sql) is not None:
-                # CONNECTION_ID(), PROCESSLIST: the client's own thread id.
+                # CONNECTION_ID(), IS_USED_LOCK(), PROCESSLIST: the client's own id.
                 client.command = thread_ids.rewrite(client, packet, sql, prepared=True)[0]
             if client.translate:
                 # A client without CLIENT_DEPRECATE_EOF reads the warning count of

@@ -35,13 +35,15 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from pyproxy import sqltext
 from pyproxy.wire.constants import MAX_PAYLOAD, SERVER_STATUS_NO_BACKSLASH_ESCAPES
 from pyproxy.wire.framing import Packet, frame
 
 if TYPE_CHECKING:
     from pyproxy.command_phase import CommandPhase
 
-# Every statement that may need a rewrite contains one of these.
+# Every statement that may need a rewrite contains one of these (a COM_QUERY's
+# scan looks for them too: pyproxy.sqltext.THREAD_IDS).
 NEEDLES = re.compile(rb"(?i)connection_id|processlist|is_used_lock")
 
 def _token_pattern(backslash_escapes: bool) -> re.Pattern[bytes]:
@@ -404,11 +406,23 @@ def _backslash_escapes(client: CommandPhase) -> bool:
     return not client.proxy.server.status & SERVER_STATUS_NO_BACKSLASH_ESCAPES
 
 
+def rewrite_command(client: CommandPhase, found: sqltext.Found) -> sqltext.Found | None:
+    """The running COM_QUERY, whose scan found a thread-id needle (``found``),
+    rewritten in place (``client.command``, ``client.sql``); returns what the
+    scan found but for that needle (None if nothing else)."""
+    packet, client.sql = rewrite(client, client.command, client.sql)  # type: ignore[arg-type]
+    client.command = packet
+    flags = found.flags & ~sqltext.THREAD_IDS
+    if not flags and found.pin is None and not found.reread and not found.scoped and not found.calls:
+        return None
+    return attrs.evolve(found, flags=flags)
+
+
 def rewrite(client: CommandPhase, packet: Packet, sql: bytes, prepared: bool = False) -> tuple[Packet, bytes]:
     """The command with its text rewritten for the client's thread id, or as it
     was; ``sql`` is its text (after the command byte)."""
-    if packet.seq != packet.last_seq:
-        return packet, sql  # over 16 MiB: sent as it came
+    if packet.seq != packet.last_seq or len(sql) > sqltext.SCAN_LIMIT:
+        return packet, sql  # long statements are sent as they came
     backslash = _backslash_escapes(client)
     original = sql
     changed = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import vectors
 from pyproxy.idle import SessionTimeouts
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION
-from test_frontend import CLIENT_CAPS, SELECT, FakeClient, LoggedIn, ok_tracking
+from test_frontend import CLIENT_CAPS, SELECT, FakeClient, LoggedIn, make_proxy, ok_tracking
 
 # An OK to SET wait_timeout = 1, with the change tracked.
 WAIT_TIMEOUT_1_OK = ok_tracking({"wait_timeout": "1"})
@@ -153,3 +153,32 @@ class WaitTimeoutTests(LoggedIn):
         self.client.protocol.connectionLost()
         self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
 
+
+
+class DefaultsTests(LoggedIn):
+    """Where the defaults come from: pyproxy's first backend connection, and SET GLOBAL."""
+
+    def test_learned_with_the_limits(self) -> None:
+        """The first connection's read gives the session wait_timeout, the global
+        interactive_timeout and PROCESSLIST's columns."""
+        self.proxy._limits_learned([("16777216", "16382", "600", "900", "ID,USER,HOST,INFO")])
+        self.assertEqual(self.proxy.timeouts, SessionTimeouts(600, 900))
+        self.assertEqual(self.proxy.processlist_columns, ("ID", "USER", "HOST", "INFO"))
+        self.assertTrue(self.proxy.limits_read)
+        # The logged-in client (28800 so far) now has 600 s.
+        self.advance(600)
+        self.assertTrue(self.client.closed)
+
+    def advance(self, seconds: float) -> None:
+        self.proxy.reactor.advance(seconds)
+
+    def test_set_global(self) -> None:
+        """SET GLOBAL wait_timeout through pyproxy sets what later sessions get, unless
+        init_query sets pyproxy's connections' own."""
+        from pyproxy.set_global import new_sessions_timeouts
+        new_sessions_timeouts(self.proxy, {"wait_timeout": "50", "interactive_timeout": "70"})
+        self.assertEqual(self.proxy.timeouts, SessionTimeouts(50, 70))
+        proxy, _ = make_proxy(2, backend={"init_query": "SET SESSION wait_timeout = 321"})
+        proxy.timeouts_learned(SessionTimeouts(321, 28800))
+        new_sessions_timeouts(proxy, {"wait_timeout": "50", "interactive_timeout": "70"})
+        self.assertEqual(proxy.timeouts, SessionTimeouts(321, 70))

@@ -181,3 +181,23 @@ class DispatchTests(LoggedIn):
         [packet] = PacketFramer().feed(frame(b"\x03" + sql, 0))
         self.assertEqual(packet.last_seq, 1)
         self.assertEqual(rewrite(self.client.protocol.commands, packet, sql), (packet, sql))
+
+
+def test_scan_flags_the_needles_only_there() -> None:
+    """The COM_QUERY scan flags statements that name a thread id (and only those), so
+    ordinary statements pay nothing more than the needle check."""
+    from pyproxy import sqltext
+    assert sqltext.scan(b"SELECT id FROM t WHERE connection = 1") is None
+    for sql in (b"SELECT CONNECTION_ID()", b"show processlist", b"SELECT IS_USED_LOCK('x')"):
+        found = sqltext.scan(sql)
+        assert found is not None and found.flags == sqltext.THREAD_IDS, sql
+
+
+class FlaggedTests(LoggedIn):
+    def test_rewritten_statement_runs_unflagged(self) -> None:
+        """Once rewritten, a statement with nothing else to prepare for runs as an
+        ordinary one (no flagged path)."""
+        self.client.query("SELECT CONNECTION_ID()")
+        self.assertIsNone(self.client.protocol.commands.found)
+        self.assertEqual(self.client.protocol.commands.sql,
+                         f"SELECT {self.client.protocol.id} AS `CONNECTION_ID()`".encode())
