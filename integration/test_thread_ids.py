@@ -153,26 +153,35 @@ def test_processlist_row_found_by_id(make_proxy, db_server) -> None:
         conn.close()
 
 
-def test_processlist_shows_other_clients_by_their_ids(make_proxy) -> None:
-    """A client holding a backend connection (in a transaction) is shown with its own id
-    and address; pyproxy's idle pooled connections are not shown at all."""
+def test_processlist_shows_other_clients_by_their_ids(make_proxy, db_server) -> None:
+    """The user's other sessions are listed with their own ids and addresses: one in a
+    transaction (holding a backend connection through pyproxy) and an idle one (holding
+    none) as Sleep, the reader as Query, directly and through pyproxy; pyproxy's idle
+    pooled connections are not listed at all."""
     proxy = make_proxy(pool={"max_connections": 4, "min_idle": 2})
     warm(proxy)
-    holder = proxy.connect(autocommit=True)
-    with holder.cursor() as cur:
-        cur.execute("BEGIN")  # a transaction: holds its connection
-    watcher = proxy.connect(autocommit=True)
-    local_port = holder._sock.getsockname()[1]
-    with watcher.cursor() as cur:
-        cur.execute("SELECT ID, HOST, COMMAND FROM information_schema.PROCESSLIST WHERE USER = %s",
-                    (servers.APP_USER,))
-        rows = {row[0]: row for row in cur.fetchall()}
-    assert set(rows) == {holder.thread_id(), watcher.thread_id()}, rows
-    assert rows[holder.thread_id()][1] == f"127.0.0.1:{local_port}"
-    assert rows[holder.thread_id()][2] == "Sleep"
-    holder.rollback()
-    holder.close()
-    watcher.close()
+    seen = {}
+    for side, connect in (("direct", lambda: direct(db_server)),
+                          ("pyproxy", lambda: proxy.connect(autocommit=True))):
+        holder, sleeper, watcher = connect(), connect(), connect()
+        with holder.cursor() as cur:
+            cur.execute("BEGIN")  # a transaction: through pyproxy, it holds its connection
+        time.sleep(1.1)
+        with watcher.cursor() as cur:
+            cur.execute("SELECT ID, HOST, COMMAND, TIME FROM information_schema.PROCESSLIST WHERE USER = %s",
+                        (servers.APP_USER,))
+            rows = {row[0]: row[1:] for row in cur.fetchall()}
+        ours = {conn.thread_id(): conn for conn in (holder, sleeper, watcher)}
+        if side == "pyproxy":
+            assert set(rows) == set(ours), rows
+        for thread, conn in ours.items():
+            assert rows[thread][0] == f"127.0.0.1:{conn._sock.getsockname()[1]}", (side, rows[thread])
+        seen[side] = [(rows[conn.thread_id()][1], rows[conn.thread_id()][2] >= 1)
+                      for conn in (holder, sleeper, watcher)]
+        holder.rollback()
+        for conn in (holder, sleeper, watcher):
+            conn.close()
+    assert seen["pyproxy"] == seen["direct"] == [("Sleep", True), ("Sleep", True), ("Query", False)], seen
 
 
 @pytest.mark.skipif(drivers.mariadb_client() is None, reason="the mariadb client is not installed")

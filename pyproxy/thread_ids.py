@@ -31,11 +31,12 @@ search) is all an ordinary statement pays.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from pyproxy import sqltext
+from pyproxy.phases import COMMANDS
 from pyproxy.wire.constants import MAX_PAYLOAD, SERVER_STATUS_NO_BACKSLASH_ESCAPES
 from pyproxy.wire.framing import Packet, frame
 
@@ -81,6 +82,11 @@ _MODIFIERS = frozenset((b"distinct", b"all", b"distinctrow", b"high_priority", b
                         b"sql_big_result", b"sql_buffer_result"))
 _PROCESSLIST = re.compile(rb"(?i)processlist")
 _IS_USED_LOCK = re.compile(rb"(?i)is_used_lock")
+# PROCESSLIST's counters, 0 in a sleeping client's row.
+_ZERO = {name: "0" for name in ("STAGE", "MAX_STAGE", "PROGRESS", "MEMORY_USED", "MAX_MEMORY_USED",
+                                 "EXAMINED_ROWS", "SENT_ROWS", "QUERY_ID", "TID")}
+# At most this many sleeping clients are listed.
+MAX_SLEEPING_ROWS = 1000
 # Longest alias MariaDB takes for a column.
 _MAX_ALIAS = 250
 
@@ -261,28 +267,34 @@ def _apply(sql: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
 # -- PROCESSLIST -----------------------------------------------------------------
 
 
-def expand_processlist(sql: bytes, columns: tuple[str, ...], id_expr: str, host_expr: str, where: str,
+def expand_processlist(sql: bytes, columns: tuple[str, ...], threads: Mapping,
                        backslash_escapes: bool = True, info_expr: bytes = b"INFO") -> bytes | None:
-    """``sql`` reading PROCESSLIST through pyproxy's mapping: SHOW [FULL]
-    PROCESSLIST as a SELECT, and each ``information_schema.PROCESSLIST`` a
-    derived table of the same ``columns`` in which ID is ``id_expr``, HOST
-    ``host_expr`` and INFO ``info_expr``, filtered by ``where``.  None if it
+    """``sql`` reading PROCESSLIST through ``threads``: SHOW [FULL] PROCESSLIST as
+    a SELECT, and each ``information_schema.PROCESSLIST`` a derived table of
+    the same ``columns`` (the table's, in order) in which ID, HOST and INFO
+    (``info_expr``) are mapped, pyproxy's idle connections left out and the
+    rows of the user's clients that hold no connection added.  None if it
     reads neither."""
     if not columns or "ID" not in columns:
         return None
     show = _SHOW_PROCESSLIST.match(sql)
     if show is not None:
         info = info_expr if show.group(1) else b"LEFT(" + info_expr + b", 100)"
-        names = [f"{id_expr} AS Id", "USER AS User", f"{host_expr} AS Host", "DB AS db", "COMMAND AS Command",
-                 "TIME AS Time", "STATE AS State"]
-        progress = ", PROGRESS AS Progress" if "PROGRESS" in columns else ""
+        names = [f"{threads.id_expr()} AS Id", "USER AS User", f"{threads.host_expr()} AS Host", "DB AS db",
+                 "COMMAND AS Command", "TIME AS Time", "STATE AS State"]
+        shown = ["ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "INFO"]
+        progress = ""
+        if "PROGRESS" in columns:
+            progress = ", PROGRESS AS Progress"
+            shown.append("PROGRESS")
         return (f"SELECT {', '.join(names)}, ".encode() + info + f" AS Info{progress} "
-                f"FROM information_schema.PROCESSLIST WHERE {where}".encode())
+                f"FROM information_schema.PROCESSLIST WHERE {threads.where()}".encode()
+                + threads.sleeping_rows(tuple(shown)))
     tokens = _tokens(sql, backslash_escapes)
     skipped = _statement_heads(tokens)
     edits = []
     count = len(tokens)
-    derived = _derived(columns, id_expr, host_expr, where, info_expr)
+    derived = _derived(columns, threads, info_expr)
     for index, tok in enumerate(tokens):
         if tok.lower != b"." or index == 0 or index + 1 >= count or index in skipped:
             continue
@@ -308,19 +320,19 @@ def _name(sql: bytes, tok: _Tok) -> bytes:
     return text.lower()
 
 
-def _derived(columns: tuple[str, ...], id_expr: str, host_expr: str, where: str, info_expr: bytes) -> bytes:
+def _derived(columns: tuple[str, ...], threads: Mapping, info_expr: bytes) -> bytes:
     parts = []
     for column in columns:
         if column == "ID":
-            parts.append(f"{id_expr} AS ID".encode())
+            parts.append(f"{threads.id_expr()} AS ID".encode())
         elif column == "HOST":
-            parts.append(f"{host_expr} AS HOST".encode())
+            parts.append(f"{threads.host_expr()} AS HOST".encode())
         elif column == "INFO":
             parts.append(info_expr + b" AS INFO")
         else:
             parts.append(f"`{column}`".encode())
     return (b"(SELECT " + b", ".join(parts) + b" FROM information_schema.PROCESSLIST WHERE "
-            + where.encode() + b")")
+            + threads.where().encode() + threads.sleeping_rows(columns) + b")")
 
 
 def _quote(text: str) -> str:
@@ -344,6 +356,11 @@ class Mapping:
     host: str
     others: tuple[tuple[int, int, str], ...] = ()
     hidden: tuple[int, ...] = ()
+    # The user's clients that hold no backend connection, which a server would
+    # list as sleeping: (id, address, schema, seconds idle, waiting for a
+    # connection), and the account their server threads show as USER.
+    sleeping: tuple[tuple[int, str, str | None, int, bool], ...] = ()
+    account: str = ""
 
     def id_expr(self, column: str = "ID") -> str:
         whens = " ".join(f"WHEN {column} = {thread} THEN {client}" for thread, client, _ in self.others)
@@ -357,6 +374,19 @@ class Mapping:
         if not self.hidden:
             return "TRUE"
         return f"ID = CONNECTION_ID() OR ID NOT IN ({', '.join(map(str, self.hidden))})"
+
+    def sleeping_rows(self, columns: tuple[str, ...]) -> bytes:
+        """`` UNION ALL SELECT ...`` rows for the sleeping clients, in ``columns``."""
+        rows = []
+        for client_id, host, schema, seconds, waiting in self.sleeping:
+            values = {"ID": str(client_id), "USER": _quote(self.account), "HOST": _quote(host),
+                      "DB": _quote(schema) if schema is not None else "NULL",
+                      "COMMAND": "'Query'" if waiting else "'Sleep'", "TIME": str(seconds),
+                      "STATE": "'Waiting for a pooled connection'" if waiting else "''",
+                      "TIME_MS": f"{seconds * 1000}.000"}
+            rows.append("SELECT " + ", ".join(values.get(column, _ZERO.get(column, "NULL"))
+                                              for column in columns))
+        return "".join(" UNION ALL " + row for row in rows).encode()
 
     def lock_owner(self) -> bytes:
         """IS_USED_LOCK(name), written ``{call}``, as a client id where the holder is a client's."""
@@ -373,14 +403,31 @@ def mapping(client: CommandPhase, snapshot: bool) -> Mapping:
         return Mapping(client.connection.id, _peer(client))
     proxy = client.proxy
     others = []
+    sleeping = []
+    now = proxy.reactor.seconds()
     for other in proxy.clients.values():
-        conn = other.commands.backend
-        if other is client.connection or conn is None or conn.handshake is None:
+        commands = other.commands
+        conn = commands.backend
+        if other is client.connection:
             continue
-        others.append((conn.handshake.connection_id, other.id, _peer(other.commands)))
+        if conn is not None and conn.handshake is not None:
+            others.append((conn.handshake.connection_id, other.id, _peer(commands)))
+        elif (other.phase == COMMANDS and commands.user == client.user and commands.session is not None
+              and len(sleeping) < MAX_SLEEPING_ROWS):
+            sleeping.append((other.id, _peer(commands), commands.session.state.schema,
+                             max(0, int(now - commands.last_active)), commands.busy))
     hidden = [conn.handshake.connection_id for pool in proxy.pools.values() for conn in pool.idle
               if conn.handshake is not None]
-    return Mapping(client.connection.id, _peer(client), tuple(others), tuple(hidden))
+    return Mapping(client.connection.id, _peer(client), tuple(others), tuple(hidden), tuple(sleeping),
+                   _account(proxy, client.user))
+
+
+def _account(proxy: Any, user: str) -> str:
+    """The server account the user's backend connections log in as (PROCESSLIST's USER)."""
+    try:
+        return proxy.target(user).user
+    except Exception:  # noqa: BLE001 - a user removed by a reload: its own name
+        return user
 
 
 def _peer(client: CommandPhase) -> str:
@@ -438,8 +485,7 @@ def rewrite(client: CommandPhase, packet: Packet, sql: bytes, prepared: bool = F
         # The statement's own row shows the statement as the client sent it.
         info = (b"CASE WHEN ID = CONNECTION_ID() THEN " + _quote_bytes(original, backslash)
                 + b" ELSE INFO END")
-        expanded = expand_processlist(sql, columns, threads.id_expr(), threads.host_expr(),
-                                      threads.where(), backslash, info)
+        expanded = expand_processlist(sql, columns, threads, backslash, info)
         if expanded is not None:
             sql, changed = expanded, True
     if not changed:

@@ -79,24 +79,41 @@ COLUMNS = ("ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "INFO", "PROG
 
 def test_show_processlist() -> None:
     threads = Mapping(42, "h:1", ((100, 7, "h:2"),), (5, 6))
-    out = expand_processlist(b"show full processlist", COLUMNS, threads.id_expr(), threads.host_expr(),
-                             threads.where())
+    out = expand_processlist(b"show full processlist", COLUMNS, threads)
     assert out == (b"SELECT CASE WHEN ID = CONNECTION_ID() THEN 42 WHEN ID = 100 THEN 7 ELSE ID END AS Id, "
                    b"USER AS User, CASE WHEN ID = CONNECTION_ID() THEN 'h:1' WHEN ID = 100 THEN 'h:2' "
                    b"ELSE HOST END AS Host, DB AS db, COMMAND AS Command, TIME AS Time, STATE AS State, "
                    b"INFO AS Info, PROGRESS AS Progress FROM information_schema.PROCESSLIST "
                    b"WHERE ID = CONNECTION_ID() OR ID NOT IN (5, 6)")
-    short = expand_processlist(b" SHOW PROCESSLIST;", COLUMNS[:-1], "I", "H", "TRUE")
-    assert short == (b"SELECT I AS Id, USER AS User, H AS Host, DB AS db, COMMAND AS Command, TIME AS Time, "
-                     b"STATE AS State, LEFT(INFO, 100) AS Info FROM information_schema.PROCESSLIST WHERE TRUE")
+    short = expand_processlist(b" SHOW PROCESSLIST;", COLUMNS[:-1], Mapping(42, "h:1"), info_expr=b"X")
+    assert short == (b"SELECT CASE WHEN ID = CONNECTION_ID() THEN 42  ELSE ID END AS Id, USER AS User, "
+                     b"CASE WHEN ID = CONNECTION_ID() THEN 'h:1'  ELSE HOST END AS Host, DB AS db, "
+                     b"COMMAND AS Command, TIME AS Time, STATE AS State, LEFT(X, 100) AS Info "
+                     b"FROM information_schema.PROCESSLIST WHERE TRUE")
+
+
+def test_sleeping_clients_listed() -> None:
+    """The user's clients that hold no connection get rows of their own, as a server
+    lists sleeping sessions; one waiting for a pooled connection shows as a query."""
+    threads = Mapping(42, "h:1", sleeping=((8, "h:3", "app", 12, False), (9, "h:4", None, 0, True)),
+                      account="app")
+    out = expand_processlist(b"SHOW PROCESSLIST", COLUMNS, threads)
+    assert out.endswith(b" WHERE TRUE UNION ALL SELECT 8, 'app', 'h:3', 'app', 'Sleep', 12, '', NULL, 0"
+                        b" UNION ALL SELECT 9, 'app', 'h:4', NULL, 'Query', 0, "
+                        b"'Waiting for a pooled connection', NULL, 0")
+    columns = ("ID", "USER", "HOST", "DB", "COMMAND", "TIME", "STATE", "INFO", "TIME_MS", "INFO_BINARY", "NEW")
+    derived = expand_processlist(b"SELECT * FROM information_schema.processlist", columns, threads)
+    assert b" UNION ALL SELECT 8, 'app', 'h:3', 'app', 'Sleep', 12, '', NULL, 12000.000, NULL, NULL" in derived
 
 
 def test_processlist_table() -> None:
     """information_schema.PROCESSLIST becomes a derived table of the same columns, with the
     table's name as alias unless the statement gives one."""
-    derived = (b"(SELECT I AS ID, `USER`, H AS HOST, `DB`, `COMMAND`, `TIME`, `STATE`, INFO AS INFO, "
-               b"`PROGRESS` FROM information_schema.PROCESSLIST WHERE W)")
-    expand = lambda sql: expand_processlist(sql, COLUMNS, "I", "H", "W")  # noqa: E731
+    threads = Mapping(42, "h:1", hidden=(5,))
+    derived = (b"(SELECT " + threads.id_expr().encode() + b" AS ID, `USER`, " + threads.host_expr().encode()
+               + b" AS HOST, `DB`, `COMMAND`, `TIME`, `STATE`, INFO AS INFO, `PROGRESS` FROM "
+               b"information_schema.PROCESSLIST WHERE ID = CONNECTION_ID() OR ID NOT IN (5))")
+    expand = lambda sql: expand_processlist(sql, COLUMNS, threads)  # noqa: E731
     assert expand(b"SELECT * FROM information_schema.PROCESSLIST WHERE ID = 5") == \
         b"SELECT * FROM " + derived + b" AS PROCESSLIST WHERE ID = 5"
     assert expand(b"SELECT p.ID FROM `INFORMATION_SCHEMA` . `processlist` p JOIN t") == \
@@ -109,7 +126,7 @@ def test_processlist_table() -> None:
                       b"SELECT * FROM performance_schema.processlist",
                       b"CREATE VIEW v AS SELECT * FROM information_schema.processlist"):
         assert expand(untouched) is None, untouched
-    assert expand_processlist(b"SHOW PROCESSLIST", (), "I", "H", "W") is None
+    assert expand_processlist(b"SHOW PROCESSLIST", (), threads) is None
 
 
 class DispatchTests(LoggedIn):
