@@ -201,3 +201,18 @@ def test_mariadb_cli_connection_id(make_proxy, db_server) -> None:
         greeting = int(re.search(r"Connection id:\s+(\d+)", out).group(1))
         selected = int(re.search(r"id_now\s*\n(\d+)", out).group(1))
         assert greeting == selected, (side, out)
+
+
+def test_prepared_kill_is_refused(make_proxy) -> None:
+    """A server-side prepared KILL would name a server thread by pyproxy's id: refused
+    with 1295, and the session goes on."""
+    proxy = make_proxy()
+    conn = connector(proxy.port)
+    prepared = conn.cursor(prepared=True)
+    with pytest.raises(mysql.connector.Error) as info:
+        prepared.execute("KILL %s", (conn.connection_id,))
+    assert info.value.errno == 1295
+    cur = conn.cursor()
+    cur.execute("SELECT CONNECTION_ID()")
+    assert cur.fetchall() == [(conn.connection_id,)]
+    conn.close()

@@ -37,6 +37,11 @@ _KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+|connection_i
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
 
+def is_kill(sql: bytes) -> bool:
+    """Whether ``sql`` is a KILL statement (pyproxy's ids: never sent as written)."""
+    return _KILL_ANY.match(sql) is not None
+
+
 def kill_statement(client: CommandPhase) -> bool:
     """Runs the client's statement if it is a KILL, answering it; returns False
     for any statement that is not one."""

@@ -218,3 +218,14 @@ class FlaggedTests(LoggedIn):
         self.assertIsNone(self.client.protocol.commands.found)
         self.assertEqual(self.client.protocol.commands.sql,
                          f"SELECT {self.client.protocol.id} AS `CONNECTION_ID()`".encode())
+
+
+class PreparedKillTests(LoggedIn):
+    def test_prepared_kill_refused(self) -> None:
+        """KILL cannot be prepared through pyproxy: its id is pyproxy's, and the server
+        would take it for one of its own threads."""
+        for sql in (b"KILL 5", b" kill query CONNECTION_ID()", b"/* x */ KILL ?"):
+            self.client.send(b"\x16" + sql)
+            [err] = self.client.received()
+            self.assertEqual(err_of(err), (1, 1295, "HY000"))
+        self.assertEqual(self.backends.waiting, [])
