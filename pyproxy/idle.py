@@ -156,7 +156,8 @@ def expired(client: CommandPhase) -> None:
     if idle_for < timeout:
         client.idle_timer = reactor.callLater(timeout - idle_for, expired, client)
         return
-    client.log.debug("client_wait_timeout", seconds=timeout, in_transaction=session.in_transaction,
+    client.log.debug("client_wait_timeout", seconds=timeout,
+                     in_transaction=session is not None and session.in_transaction,
                      pinned=client.pinned)
     connection.closed_reason = "wait_timeout"
     connection.phase = CLOSED

@@ -12,20 +12,23 @@ next.  So, before a statement is sent:
   as its alias (unless it has one), so the result column keeps the name the
   server would give it.  CREATE and ALTER statements are left alone: a view,
   routine, trigger, event or column default must not keep one client's id.
+- ``IS_USED_LOCK(name)`` answers the holder's client id where the holder is
+  a client's connection.
 - ``SHOW [FULL] PROCESSLIST`` becomes the same rows read from
   ``information_schema.PROCESSLIST``, and that table, where a statement
   names it, a derived table of the same columns, where a server thread held
   by one of pyproxy's clients shows that client's id (and its address as
-  Host), and pyproxy's own idle pooled connections, which no client would
-  see on a server, are left out.  The statement's own connection is always
-  its client's (``CONNECTION_ID()`` of the connection it runs on, so it
-  holds whichever connection serves it).  The other clients' connections are
-  a snapshot taken when the statement starts; a prepared statement maps its
+  Host), pyproxy's own idle pooled connections, which no client would see
+  on a server, are left out, and the user's clients that hold no connection
+  are added as sleeping.  The statement's own connection is always its
+  client's (``CONNECTION_ID()`` of the connection it runs on, so it holds
+  whichever connection serves it).  The other clients' connections are a
+  snapshot taken when the statement starts; a prepared statement maps its
   own connection only, as the others change between executions.
 
 What cannot agree is listed in README.rst ("Thread ids").  Statements over
-16 MiB are never rewritten.  The needle check (one regular-expression
-search) is all an ordinary statement pays.
+64 KiB are never rewritten.  An ordinary COM_QUERY pays only one more
+alternative in the scan's needle check (pyproxy.sqltext.THREAD_IDS).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 # Every statement that may need a rewrite contains one of these (a COM_QUERY's
 # scan looks for them too: pyproxy.sqltext.THREAD_IDS).
 NEEDLES = re.compile(rb"(?i)connection_id|processlist|is_used_lock")
+
 
 def _token_pattern(backslash_escapes: bool) -> re.Pattern[bytes]:
     escape = rb"|\\." if backslash_escapes else b""
