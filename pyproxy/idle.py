@@ -5,8 +5,9 @@ seconds (the session's value; a client that logged in with
 CLIENT_INTERACTIVE starts with the global ``interactive_timeout`` instead),
 whatever the session holds: an open transaction is rolled back, locks and
 temporary tables go.  MariaDB 10.11 sends nothing first, it closes the
-socket, and the client's next command fails with 2006 or 2013; connection
-pools' health checks rely on that.  pyproxy's sessions outlive the backend
+socket, and the client's next command fails with 2006 or 2013 (MySQL 8.0.24
+and later send ER_CLIENT_INTERACTION_TIMEOUT, 4031, first: so does pyproxy
+in front of one); connection pools' health checks rely on that.  pyproxy's sessions outlive the backend
 connections that serve them, so it enforces the same timeout on the client
 connection: after that many seconds with no command from the client and
 none running, the client is closed the same way, and the backend
@@ -31,17 +32,24 @@ shorter one takes effect without waiting for the longer timer.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import attrs
 
 from pyproxy.phases import CLOSED, COMMANDS
+from pyproxy.wire.framing import frame
 
 if TYPE_CHECKING:
     from pyproxy.command_phase import CommandPhase
     from pyproxy.proxy import Proxy
     from pyproxy.session import SessionState
 
+# What MySQL 8.0.24+ sends before closing an idle client (MariaDB sends nothing).
+ER_CLIENT_INTERACTION_TIMEOUT = (4031, "HY000", "The client was disconnected by the server because of "
+                                 "inactivity. See wait_timeout and interactive_timeout for configuring "
+                                 "this behavior.")
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 # What MariaDB and MySQL start sessions with when pyproxy has not read the
 # server's own values yet.
 DEFAULT_WAIT_TIMEOUT = 28800
@@ -159,6 +167,17 @@ def expired(client: CommandPhase) -> None:
     client.log.debug("client_wait_timeout", seconds=timeout,
                      in_transaction=session is not None and session.in_transaction,
                      pinned=client.pinned)
+    if says_inactivity(client.proxy.server.version):
+        client.transport.write(frame(connection.error_packet(*ER_CLIENT_INTERACTION_TIMEOUT), 0))
     connection.closed_reason = "wait_timeout"
     connection.phase = CLOSED
     client.transport.loseConnection()
+
+
+def says_inactivity(version: str) -> bool:
+    """Whether the server tells a client it closes for inactivity (MySQL 8.0.24 and
+    later send ER_CLIENT_INTERACTION_TIMEOUT first); MariaDB just closes."""
+    if "mariadb" in version.lower():
+        return False
+    match = _VERSION.match(version)
+    return match is not None and tuple(int(part) for part in match.groups()) >= (8, 0, 24)

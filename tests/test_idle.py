@@ -5,7 +5,7 @@ from __future__ import annotations
 import vectors
 from pyproxy.idle import SessionTimeouts
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION
-from test_frontend import CLIENT_CAPS, SELECT, FakeClient, LoggedIn, make_proxy, ok_tracking
+from test_frontend import CLIENT_CAPS, SELECT, FakeClient, LoggedIn, err_of, make_proxy, ok_tracking
 
 # An OK to SET wait_timeout = 1, with the change tracked.
 WAIT_TIMEOUT_1_OK = ok_tracking({"wait_timeout": "1"})
@@ -182,3 +182,25 @@ class DefaultsTests(LoggedIn):
         proxy.timeouts_learned(SessionTimeouts(321, 28800))
         new_sessions_timeouts(proxy, {"wait_timeout": "50", "interactive_timeout": "70"})
         self.assertEqual(proxy.timeouts, SessionTimeouts(321, 70))
+
+
+def test_says_inactivity() -> None:
+    from pyproxy.idle import says_inactivity
+    assert not says_inactivity("5.5.5-10.11.19-MariaDB-0+deb12u1")
+    assert not says_inactivity("11.4.2-MariaDB")
+    assert not says_inactivity("8.0.23")
+    assert says_inactivity("8.0.24")
+    assert says_inactivity("8.4.0-log")
+    assert not says_inactivity("5.7.44")
+
+
+class MySQLServerTests(LoggedIn):
+    def test_mysql_8_sends_4031_first(self) -> None:
+        """In front of MySQL 8.0.24+, the idle client gets ER_CLIENT_INTERACTION_TIMEOUT
+        (sequence 0) before the close, as MySQL sends it."""
+        import attrs
+        self.proxy.server = attrs.evolve(self.proxy.server, version="8.0.36")
+        self.proxy.reactor.advance(28800)
+        [err] = self.client.received()
+        self.assertEqual(err_of(err), (0, 4031, "HY000"))
+        self.assertTrue(self.client.closed)
