@@ -171,8 +171,8 @@ def test_interactive_client_gets_interactive_timeout(make_proxy, db_server) -> N
     """A client logging in with CLIENT_INTERACTIVE starts with interactive_timeout as its
     wait_timeout, directly and through pyproxy; COM_RESET_CONNECTION goes back to
     wait_timeout on both; a plain client keeps the longer one."""
+    proxy = make_proxy()  # it reads the server's defaults from its first backend connection
     with global_value(db_server, "interactive_timeout", 2):
-        proxy = make_proxy()
         warm = proxy.connect()
         scalar(warm, "SELECT 1")  # pyproxy has read the server's defaults
         default = scalar(warm, "SELECT @@wait_timeout")
@@ -197,8 +197,8 @@ def test_interactive_client_gets_interactive_timeout(make_proxy, db_server) -> N
 def test_mariadb_cli_sees_the_same_wait_timeout(make_proxy, db_server) -> None:
     """The mariadb command-line client reads the same @@wait_timeout directly and through
     pyproxy, with interactive_timeout different from wait_timeout."""
+    proxy = make_proxy()
     with global_value(db_server, "interactive_timeout", 1234):
-        proxy = make_proxy()
         scalar(proxy.connect(), "SELECT 1")
         seen = {}
         for side, target in (("direct", db_server), ("pyproxy", proxy)):
@@ -206,3 +206,27 @@ def test_mariadb_cli_sees_the_same_wait_timeout(make_proxy, db_server) -> None:
             rows = drivers.cli_rows(drivers.run_cli(where, "SELECT @@wait_timeout"))
             seen[side] = rows
         assert seen["pyproxy"] == seen["direct"], seen
+
+
+def test_set_global_wait_timeout_applies_to_later_sessions(make_proxy, db_server) -> None:
+    """SET GLOBAL wait_timeout through pyproxy: a session that began before keeps the old
+    timeout, one that begins after gets the new one and is closed after it, as directly."""
+    proxy = make_proxy()
+    before = drivers.admin_scalar(db_server, "SELECT @@GLOBAL.wait_timeout")
+    warm = proxy.connect()
+    scalar(warm, "SELECT 1")
+    try:
+        for side, connect in sides(proxy, db_server).items():
+            earlier = connect()
+            admin = connect()
+            with admin.cursor() as cur:
+                cur.execute("SET GLOBAL wait_timeout = 2")
+            later = connect()
+            assert scalar(earlier, "SELECT @@wait_timeout") == before, side
+            assert scalar(later, "SELECT @@wait_timeout") == 2, side
+            time.sleep(3)
+            assert scalar(earlier, "SELECT 1") == 1, side
+            assert health_check_error(later) in GONE, side
+            drivers.admin_query(db_server, f"SET GLOBAL wait_timeout = {int(before)}")
+    finally:
+        drivers.admin_query(db_server, f"SET GLOBAL wait_timeout = {int(before)}")
