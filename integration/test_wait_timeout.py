@@ -230,3 +230,15 @@ def test_set_global_wait_timeout_applies_to_later_sessions(make_proxy, db_server
             drivers.admin_query(db_server, f"SET GLOBAL wait_timeout = {int(before)}")
     finally:
         drivers.admin_query(db_server, f"SET GLOBAL wait_timeout = {int(before)}")
+
+
+def test_interactive_client_first_after_start(make_proxy, db_server) -> None:
+    """An interactive client that logs in before pyproxy has opened any backend
+    connection (so before it knows the server's defaults) still reads and gets
+    interactive_timeout."""
+    proxy = make_proxy()
+    with global_value(db_server, "interactive_timeout", 2):
+        first = proxy.connect(client_flag=CLIENT.INTERACTIVE, autocommit=True)
+        assert scalar(first, "SELECT @@wait_timeout") == 2
+        time.sleep(3)
+        assert health_check_error(first) in GONE

@@ -145,9 +145,10 @@ class CommandPhase:
         # When its last command ended (or began), and its wait_timeout: the
         # timer, the timeout it waits for and the session state that timeout
         # was read from (pyproxy.idle).  ``interactive``: its first login asked
-        # for CLIENT_INTERACTIVE, so interactive_timeout is its default.
+        # for CLIENT_INTERACTIVE, so the interactive_timeout of then is its
+        # default (0: not interactive; -1: not known at login, pyproxy.idle).
         self.last_active = 0.0
-        self.interactive = False
+        self.interactive = 0
         self.idle_timer: Any = None
         self.idle_timeout = 0
         self.idle_state: SessionState | None = None
@@ -176,20 +177,20 @@ class CommandPhase:
             self.flavor = capabilities & FLAVOR_BITS
             self.rewrite_oks = not capabilities & CLIENT.SESSION_TRACK
             self.translate = not capabilities & CLIENT.DEPRECATE_EOF
-            self.interactive = bool(capabilities & CLIENT.INTERACTIVE)
+            if capabilities & CLIENT.INTERACTIVE:
+                self.interactive = self.proxy.timeouts.interactive if self.proxy.timeouts_known else -1
         else:
             # COM_CHANGE_USER: the server gives the session the plain wait_timeout.
-            self.interactive = False
+            self.interactive = 0
         self.user = identity.user
         multi = bool(self.capabilities & CLIENT.MULTI_STATEMENTS)
         database = identity.schema if identity.schema is not None else self.proxy.config.backend.database
         self.login_charset = identity.charset
         state = initial_state(identity.charset, database, self.proxy.server.autocommit, multi)
-        timeouts = self.proxy.timeouts
-        if self.interactive and timeouts.interactive != timeouts.wait:
+        if self.interactive > 0 and self.interactive != self.proxy.timeouts.wait:
             # A server makes interactive_timeout an interactive session's
             # wait_timeout, which SELECT @@wait_timeout shows: carried.
-            state = attrs.evolve(state, variables=(("wait_timeout", str(timeouts.interactive)),))
+            state = attrs.evolve(state, variables=(("wait_timeout", str(self.interactive)),))
         self.session = ClientSession(state)
         self.catalog = self.proxy.catalog(self.user)
 

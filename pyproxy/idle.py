@@ -88,8 +88,11 @@ def timeout_of(client: CommandPhase) -> int:
     own = carried_timeout(client.session.state)
     if own is not None:
         return own
+    interactive = client.interactive
+    if interactive > 0:
+        return interactive
     defaults = client.proxy.timeouts
-    return defaults.interactive if client.interactive else defaults.wait
+    return defaults.interactive if interactive else defaults.wait
 
 
 def start(client: CommandPhase) -> None:
@@ -121,13 +124,24 @@ def command_ended(client: CommandPhase) -> None:
         _shorten(client, timeout)
 
 
-def defaults_changed(proxy: Proxy) -> None:
-    """What new sessions start with changed (learned from the server, or a SET
-    GLOBAL): clients whose timeout it is get the new one (a session that began
-    before a SET GLOBAL carries its old value, pyproxy.set_global)."""
+def defaults_changed(proxy: Proxy, first: bool) -> None:
+    """What new sessions start with changed: learned from the server (``first``)
+    or by a SET GLOBAL.  Clients whose timeout it is get the new one (a session
+    that began before a SET GLOBAL carries its old value, pyproxy.set_global).
+    Interactive clients that logged in before pyproxy knew interactive_timeout
+    get it now, carried if it differs from wait_timeout."""
+    timeouts = proxy.timeouts
     for connection in list(proxy.clients.values()):
         client = connection.commands
-        if client.idle_timer is not None and client.session is not None:
+        session = client.session
+        if session is None:
+            continue
+        if first and client.interactive == -1:
+            client.interactive = timeouts.interactive
+            if timeouts.interactive != timeouts.wait and carried_timeout(session.state) is None:
+                variables = tuple(sorted(session.state.variables + (("wait_timeout", str(timeouts.interactive)),)))
+                session.state = attrs.evolve(session.state, variables=variables)
+        if client.idle_timer is not None:
             _shorten(client, timeout_of(client))
 
 

@@ -93,7 +93,7 @@ def _reset_connection(client: CommandPhase) -> None:
         client.statements.forget()  # the server closes them on reset
     client.lost_transaction = False
     # The server gives a reset session the plain wait_timeout, interactive or not.
-    client.interactive = False
+    client.interactive = 0
     reset_and_give_back(client)
     client.pinned = False
     client.reply(client.ok_payload())

@@ -76,6 +76,7 @@ class Proxy:
     # The idle timeouts a new server session gets (pyproxy.idle), read with the
     # limits and followed across SET GLOBAL.
     timeouts: SessionTimeouts = attrs.field(factory=SessionTimeouts)
+    timeouts_known: bool = False
     # The columns of information_schema.PROCESSLIST, in order, once read
     # (pyproxy.thread_ids maps its thread ids to clients').
     processlist_columns: tuple[str, ...] = ()
@@ -250,16 +251,19 @@ class Proxy:
             self.limits_read = True
             wait, interactive = parse_timeout(rows[0][2]), parse_timeout(rows[0][3])
             if wait is not None and interactive is not None:
-                self.timeouts_learned(SessionTimeouts(wait, interactive))
+                self.timeouts_learned(SessionTimeouts(wait, interactive), first=True)
             columns = rows[0][4]
             if columns:
                 self.processlist_columns = tuple(name.strip().upper() for name in columns.split(","))
 
-    def timeouts_learned(self, timeouts: SessionTimeouts) -> None:
-        """New server sessions start with these idle timeouts (pyproxy.idle)."""
-        if timeouts != self.timeouts:
+    def timeouts_learned(self, timeouts: SessionTimeouts, first: bool = False) -> None:
+        """New server sessions start with these idle timeouts (pyproxy.idle);
+        ``first``: read from the server for the first time."""
+        first = first and not self.timeouts_known
+        self.timeouts_known = True
+        if timeouts != self.timeouts or first:
             self.timeouts = timeouts
-            idle_defaults_changed(self)
+            idle_defaults_changed(self, first)
 
     def _pools_of(self, server: TargetHealth) -> list[Pool]:
         return [pool for pool in self.pools.values() if pool.target is server]

@@ -148,6 +148,22 @@ class WaitTimeoutTests(LoggedIn):
         self.advance(1)
         self.assertTrue(again.closed)
 
+    def test_interactive_before_the_defaults_are_known(self) -> None:
+        """An interactive client that logged in before pyproxy read the server's
+        defaults gets interactive_timeout once they are read (carried, so that its
+        first statement's connection shows it); a later SET GLOBAL changes nothing
+        for it, as a server session keeps the value of its login."""
+        early = self.connect(caps=CLIENT_CAPS | CLIENT.INTERACTIVE)
+        self.assertEqual(early.protocol.commands.interactive, -1)
+        self.assertEqual(early.protocol.session.state.variables, ())
+        self.proxy._limits_learned([("16777216", "16382", "100", "5", "ID")])
+        self.assertEqual(dict(early.protocol.session.state.variables), {"wait_timeout": "5"})
+        self.proxy.timeouts_learned(SessionTimeouts(wait=100, interactive=50))
+        self.assertEqual(early.protocol.commands.interactive, 5)
+        self.advance(5)
+        self.assertTrue(early.closed)
+        self.assertFalse(self.client.closed)
+
     def test_a_closed_client_leaves_no_timer(self) -> None:
         self.client.send(b"\x01")  # COM_QUIT
         self.client.protocol.connectionLost()
