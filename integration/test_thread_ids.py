@@ -216,3 +216,38 @@ def test_prepared_kill_is_refused(make_proxy) -> None:
     cur.execute("SELECT CONNECTION_ID()")
     assert cur.fetchall() == [(conn.connection_id,)]
     conn.close()
+
+
+SHAPES = [
+    "SELECT CONNECTION_ID()", "SELECT connection_id()", "SELECT CONNECTION_ID() AS c",
+    "SELECT CONNECTION_ID() c", "SELECT 1, CONNECTION_ID()", "SELECT CONNECTION_ID(), 1 FROM DUAL",
+    "SELECT DISTINCT CONNECTION_ID()", "SELECT CONNECTION_ID() + 0", "SELECT CONCAT(CONNECTION_ID(), '')",
+    "SELECT (SELECT CONNECTION_ID())", "SELECT CONNECTION_ID() FROM DUAL WHERE CONNECTION_ID() > 0",
+    "SELECT /*!CONNECTION_ID()*/", "SELECT CONNECTION_ID() UNION SELECT CONNECTION_ID()",
+    "SELECT CONNECTION_ID() IN (CONNECTION_ID())", "SELECT SQL_NO_CACHE CONNECTION_ID()",
+    "SELECT CONNECTION_ID() /* trailing */", "SELECT CAST(CONNECTION_ID() AS CHAR)",
+    "SELECT CONNECTION_ID() ORDER BY 1", "SELECT * FROM (SELECT CONNECTION_ID()) AS t",
+    "WITH t AS (SELECT CONNECTION_ID() AS id) SELECT id FROM t",
+    "SELECT CONNECTION_ID() = CONNECTION_ID(), 'CONNECTION_ID()'",
+    "SELECT IF(CONNECTION_ID() > 0, CONNECTION_ID(), NULL) AS x, CONNECTION_ID() AS y",
+]
+
+
+def test_statement_shapes_agree_with_the_server(make_proxy, db_server) -> None:
+    """Each statement gives through pyproxy what it gives directly, values and column
+    names, with the client's own id where the server gives its thread id."""
+    proxy = make_proxy()
+    results = {}
+    for side, conn in both(proxy, db_server).items():
+        mine = conn.thread_id()
+        seen = []
+        with conn.cursor() as cur:
+            for sql in SHAPES:
+                cur.execute(sql)
+                rows = [tuple("ME" if value in (mine, str(mine)) else value for value in row)
+                        for row in cur.fetchall()]
+                seen.append((sql, [d[0] for d in cur.description], rows))
+        results[side] = seen
+        conn.close()
+    for direct_seen, proxied in zip(results["direct"], results["pyproxy"]):
+        assert proxied == direct_seen
