@@ -2,8 +2,8 @@
 
 ``KILL [QUERY | CONNECTION] <id>`` names one of pyproxy's own connection ids
 (the one in its greeting, which CONNECTION_ID() returns too), which the
-server does not know: it is translated here and never passed on.  Only the same user's connections can be killed;
-other forms of KILL are refused.  KILL QUERY, and a statement that runs
+server does not know: it is translated here and never passed on.  Only the
+same user's connections can be killed; other forms of KILL are refused.  KILL QUERY, and a statement that runs
 past ``[proxy] query_timeout``, become ``KILL QUERY <thread>`` on the backend
 thread that runs it, sent over a connection of pyproxy's own (the pool may
 be full of exactly the statements to stop), and only while that thread
