@@ -3,12 +3,15 @@
 ``KILL [QUERY | CONNECTION] <id>`` names one of pyproxy's own connection ids
 (the one in its greeting, which CONNECTION_ID() returns too), which the
 server does not know: it is translated here and never passed on.  Only the
-same user's connections can be killed; other forms of KILL are refused.  KILL QUERY, and a statement that runs
-past ``[proxy] query_timeout``, become ``KILL QUERY <thread>`` on the backend
-thread that runs it, sent over a connection of pyproxy's own (the pool may
-be full of exactly the statements to stop), and only while that thread
-still runs the same statement for the same client.  KILL (CONNECTION)
-closes the target client as well, after the reply it is waiting for.
+same user's connections can be killed, a connection still logging in
+included; other forms of KILL are refused, and so is a prepared KILL
+(pyproxy.prepared).  KILL QUERY, and a statement that runs past ``[proxy]
+query_timeout``, become ``KILL QUERY <thread>`` on the backend thread that
+runs it, sent over a connection of pyproxy's own (the pool may be full of
+exactly the statements to stop), and only while that thread still runs the
+same statement for the same client.  KILL (CONNECTION) closes the target
+client as well, after the reply it is waiting for.  A client's KILL of its
+own id answers as a server does (1927 and closed; 1317 for KILL QUERY).
 """
 
 from __future__ import annotations
