@@ -251,3 +251,23 @@ def test_statement_shapes_agree_with_the_server(make_proxy, db_server) -> None:
         conn.close()
     for direct_seen, proxied in zip(results["direct"], results["pyproxy"]):
         assert proxied == direct_seen
+
+
+def test_is_used_lock_names_the_holder_by_its_id(make_proxy, db_server) -> None:
+    """IS_USED_LOCK() names the holding session by the id its driver knows, for the
+    holder itself and for another session, directly and through pyproxy."""
+    proxy = make_proxy()
+    lock = drivers.unique_table("ids_lock")
+    for side, connect in (("direct", lambda: direct(db_server)),
+                          ("pyproxy", lambda: proxy.connect(autocommit=True))):
+        holder, other = connect(), connect()
+        with holder.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, 0)", (lock,))
+            assert cur.fetchone()[0] == 1
+            cur.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID(), IS_USED_LOCK(%s)", (lock, lock))
+            assert cur.fetchone() == (1, holder.thread_id()), side
+        with other.cursor() as cur:
+            cur.execute("SELECT IS_USED_LOCK(%s), IS_USED_LOCK(%s) = CONNECTION_ID()", (lock, lock))
+            assert cur.fetchone() == (holder.thread_id(), 0), side
+        holder.close()
+        other.close()
