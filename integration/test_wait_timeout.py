@@ -9,6 +9,11 @@ pinned session's lock is released, and the next client gets a clean connection.
 from __future__ import annotations
 
 import contextlib
+import os
+import pty
+import re
+import select
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -193,19 +198,52 @@ def test_interactive_client_gets_interactive_timeout(make_proxy, db_server) -> N
             reset.close()
 
 
+def cli_on_a_terminal(port: int, sql: str) -> str:
+    """What the mariadb client prints for ``sql`` typed on a terminal: run that way
+    (not in batch mode) it logs in with CLIENT_INTERACTIVE."""
+    client = drivers.mariadb_client()
+    assert client is not None
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        [client, "--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-P", str(port),
+         "-u", servers.APP_USER, f"-p{servers.APP_PASSWORD}", servers.APP_DATABASE],
+        stdin=child, stdout=child, stderr=child, close_fds=True)
+    os.close(child)
+    os.write(main, f"{sql};\nquit\n".encode())
+    output = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=10)
+    os.close(main)
+    return output.decode(errors="replace")
+
+
 @pytest.mark.skipif(drivers.mariadb_client() is None, reason="the mariadb client is not installed")
 def test_mariadb_cli_sees_the_same_wait_timeout(make_proxy, db_server) -> None:
     """The mariadb command-line client reads the same @@wait_timeout directly and through
-    pyproxy, with interactive_timeout different from wait_timeout."""
+    pyproxy: in batch mode the plain default, on a terminal (CLIENT_INTERACTIVE)
+    interactive_timeout."""
     proxy = make_proxy()
     with global_value(db_server, "interactive_timeout", 1234):
         scalar(proxy.connect(), "SELECT 1")
-        seen = {}
-        for side, target in (("direct", db_server), ("pyproxy", proxy)):
-            where = type("Where", (), {"host": "127.0.0.1", "port": target.port})()
+        default = drivers.admin_scalar(db_server, "SELECT @@GLOBAL.wait_timeout")
+        for side, port in (("direct", db_server.port), ("pyproxy", proxy.port)):
+            where = type("Where", (), {"host": "127.0.0.1", "port": port})()
             rows = drivers.cli_rows(drivers.run_cli(where, "SELECT @@wait_timeout"))
-            seen[side] = rows
-        assert seen["pyproxy"] == seen["direct"], seen
+            assert rows == [[str(default)]], (side, rows)
+            shown = cli_on_a_terminal(port, "SELECT @@wait_timeout AS wt")
+            assert re.search(r"\|\s*1234\s*\|", shown), (side, shown)
 
 
 def test_set_global_wait_timeout_applies_to_later_sessions(make_proxy, db_server) -> None:
