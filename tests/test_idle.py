@@ -39,7 +39,7 @@ class WaitTimeoutTests(LoggedIn):
         """SET wait_timeout = 1 makes the client's idle timeout one second, counted
         from the end of its last command; a command in between starts it over."""
         conn, server = self.set_wait_timeout_1(self.client)
-        self.advance(0.5)
+        self.advance(0.4)
         self.client.query("SET wait_timeout = 1")
         [command] = server.received()
         self.advance(0.9)
@@ -50,6 +50,23 @@ class WaitTimeoutTests(LoggedIn):
         self.advance(0.2)
         self.assertTrue(self.client.closed)
         self.assertEqual(self.client.protocol.closed_reason, "wait_timeout")
+
+    def test_pooled_connection_left_with_a_short_timeout(self) -> None:
+        """A connection a client gave back with its short wait_timeout on it is not
+        lent once it has been idle half that long (the server may close it under the
+        next borrower's command); it is closed and another one opened."""
+        conn, server = self.set_wait_timeout_1(self.client)
+        self.assertIn(conn, self.pool.idle)
+        self.assertEqual(conn.wait_limit, 1)
+        other = self.connect()
+        self.advance(0.6)
+        other.query(SELECT)
+        [quit_] = server.received()
+        self.assertEqual(quit_.payload, b"\x01")  # COM_QUIT
+        self.assertNotIn(conn, self.pool.idle)
+        fresh, fresh_server = self.backends.open()
+        [command] = fresh_server.received()
+        self.assertEqual(command.payload[1:], SELECT.encode())
 
     def test_a_running_command_is_not_idle(self) -> None:
         """A statement running longer than the timeout keeps the client; the timeout
