@@ -271,3 +271,26 @@ def test_is_used_lock_names_the_holder_by_its_id(make_proxy, db_server) -> None:
             assert cur.fetchone() == (holder.thread_id(), 0), side
         holder.close()
         other.close()
+
+
+def test_mysqlclient_thread_id_and_own_kill(make_proxy, db_server) -> None:
+    """mysqlclient (libmariadb): mysql_thread_id() equals CONNECTION_ID(), and KILL
+    CONNECTION_ID() ends the connection with the errors the server gives, directly and
+    through pyproxy."""
+    MySQLdb = pytest.importorskip("MySQLdb")
+    proxy = make_proxy()
+    outcome = {}
+    for side, port in (("direct", db_server.port), ("pyproxy", proxy.port)):
+        conn = MySQLdb.connect(host="127.0.0.1", port=port, user=servers.APP_USER,
+                               password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                               connect_timeout=10, autocommit=True)
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        assert cur.fetchone()[0] == conn.thread_id(), side
+        with pytest.raises(MySQLdb.MySQLError) as killed:
+            cur.execute("KILL CONNECTION_ID()")
+        with pytest.raises(MySQLdb.MySQLError) as after:
+            cur.execute("SELECT 1")
+        outcome[side] = (killed.value.args[0], after.value.args[0])
+    assert outcome["pyproxy"][0] == outcome["direct"][0] == 1927, outcome
+    assert outcome["pyproxy"][1] in GONE and outcome["direct"][1] in GONE, outcome
