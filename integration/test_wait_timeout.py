@@ -280,3 +280,20 @@ def test_interactive_client_first_after_start(make_proxy, db_server) -> None:
         assert scalar(first, "SELECT @@wait_timeout") == 2
         time.sleep(3)
         assert health_check_error(first) in GONE
+
+
+def test_mysqlclient_sees_the_connection_gone(make_proxy, db_server) -> None:
+    """mysqlclient (libmariadb): after its wait_timeout the next statement fails with
+    2006/2013, directly and through pyproxy."""
+    MySQLdb = pytest.importorskip("MySQLdb")
+    proxy = make_proxy()
+    for side, port in (("direct", db_server.port), ("pyproxy", proxy.port)):
+        conn = MySQLdb.connect(host="127.0.0.1", port=port, user=servers.APP_USER,
+                               password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                               connect_timeout=10, autocommit=True)
+        cur = conn.cursor()
+        cur.execute("SET wait_timeout = 1")
+        time.sleep(2.2)
+        with pytest.raises(MySQLdb.MySQLError) as info:
+            cur.execute("SELECT 1")
+        assert info.value.args[0] in GONE, (side, info.value.args)
