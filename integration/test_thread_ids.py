@@ -230,6 +230,9 @@ SHAPES = [
     "WITH t AS (SELECT CONNECTION_ID() AS id) SELECT id FROM t",
     "SELECT CONNECTION_ID() = CONNECTION_ID(), 'CONNECTION_ID()'",
     "SELECT IF(CONNECTION_ID() > 0, CONNECTION_ID(), NULL) AS x, CONNECTION_ID() AS y",
+    "SELECT CASE WHEN 1 THEN CONNECTION_ID() END", "SELECT COUNT(DISTINCT CONNECTION_ID())",
+    "SELECT GROUP_CONCAT(CONNECTION_ID() ORDER BY 1)", "SELECT CONNECTION_ID() INTO @pyproxy_id",
+    "SELECT @pyproxy_id = CONNECTION_ID()", "SELECT CONNECTION_ID() LIMIT 1",
 ]
 
 
@@ -246,7 +249,8 @@ def test_statement_shapes_agree_with_the_server(make_proxy, db_server) -> None:
                 cur.execute(sql)
                 rows = [tuple("ME" if value in (mine, str(mine)) else value for value in row)
                         for row in cur.fetchall()]
-                seen.append((sql, [d[0] for d in cur.description], rows))
+                names = [d[0] for d in cur.description] if cur.description else None
+                seen.append((sql, names, rows))
         results[side] = seen
         conn.close()
     for direct_seen, proxied in zip(results["direct"], results["pyproxy"]):

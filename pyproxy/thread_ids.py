@@ -248,7 +248,7 @@ def _has_alias(tokens: list[_Tok], first: int, last: int) -> bool:
     if last == first:
         return False
     end, before = tokens[last], tokens[last - 1]
-    if end.kind not in ("word", "quoted"):
+    if end.kind not in ("word", "quoted") or end.lower == b"end":
         return False
     return before.lower == b")" or before.kind in ("word", "quoted") and before.lower not in (
         b"is", b"not", b"and", b"or", b"xor", b"like", b"in", b"between", b"else", b"then", b"when",
