@@ -92,8 +92,10 @@ def test_connection_id_in_a_transaction_and_across_borrows(make_proxy) -> None:
 
 def test_mysql_connector_text_and_prepared(make_proxy, db_server) -> None:
     """mysql-connector-python: connection_id (from the greeting) equals CONNECTION_ID()
-    over the text protocol and from a server-side prepared statement, as directly."""
+    over the text protocol and from a server-side prepared statement, and a prepared
+    statement finds its own PROCESSLIST row by it, as directly."""
     proxy = make_proxy()
+    warm(proxy)
     for side, port in (("direct", db_server.port), ("pyproxy", proxy.port)):
         conn = connector(port)
         cur = conn.cursor()
@@ -104,6 +106,10 @@ def test_mysql_connector_text_and_prepared(make_proxy, db_server) -> None:
             prepared.execute("SELECT CONNECTION_ID(), %s", (7,))
             assert prepared.fetchall() == [(conn.connection_id, 7)], side
         assert prepared.column_names == ("CONNECTION_ID()", "?"), side
+        for _ in range(2):
+            prepared.execute("SELECT ID, COMMAND FROM information_schema.PROCESSLIST WHERE ID = %s",
+                             (conn.connection_id,))
+            assert prepared.fetchall() == [(conn.connection_id, "Execute")], side
         conn.close()
 
 
