@@ -144,7 +144,7 @@ def _statement_heads(tokens: list[_Tok]) -> set[int]:
 def rewrite_connection_id(sql: bytes, client_id: int, backslash_escapes: bool = True,
                           lock_owner: bytes | None = None) -> bytes | None:
     """``sql`` with each CONNECTION_ID() call replaced by ``client_id``, and, given
-    ``lock_owner`` (a CASE head mapping thread ids, see lock_owner_case), each
+    ``lock_owner`` (a CASE mapping thread ids, Mapping.lock_owner), each
     IS_USED_LOCK(name) mapped through it; None if there is nothing to replace."""
     tokens = _tokens(sql, backslash_escapes)
     skipped = _statement_heads(tokens)
