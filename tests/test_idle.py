@@ -83,6 +83,36 @@ class WaitTimeoutTests(LoggedIn):
         self.advance(0.2)
         self.assertTrue(self.client.closed)
 
+    def test_ping_answered_here_counts_as_a_command(self) -> None:
+        """COM_PING, answered without a backend, starts the idle time over, as it
+        does on a server."""
+        conn, server = self.set_wait_timeout_1(self.client)
+        for _ in range(4):
+            self.advance(0.6)
+            self.client.send(b"\x0e")  # COM_PING
+            [ok] = self.client.received()
+            self.assertEqual(ok.payload[0], 0)
+        self.assertFalse(self.client.closed)
+        self.advance(1)
+        self.assertTrue(self.client.closed)
+
+    def test_commands_waiting_their_turn_are_not_idle(self) -> None:
+        """A client whose commands wait behind a running one (pipelined) is not idle."""
+        conn, server = self.set_wait_timeout_1(self.client)
+        self.client.query(SELECT)
+        self.client.query(SELECT)
+        [first] = server.received()
+        self.advance(3)
+        self.assertFalse(self.client.closed)
+        server.send(vectors.SELECT_DEOF)
+        [second] = server.received()
+        self.advance(3)
+        self.assertFalse(self.client.closed)
+        server.send(vectors.SELECT_DEOF)
+        self.client.raw()
+        self.advance(1)
+        self.assertTrue(self.client.closed)
+
     def test_one_timer_per_client_whatever_the_commands(self) -> None:
         """Commands do not reschedule the timer: there is one per client, the same
         DelayedCall, however many commands run."""
