@@ -240,7 +240,7 @@ def test_backend_login_with_client_ed25519(db_server: servers.DbServer,
                 cur.execute("SELECT CURRENT_USER(), CONNECTION_ID()")
                 user, _ = cur.fetchone()
                 assert user.split("@")[0] == ED_USER
-        ids = {scalar(conn, "SELECT CONNECTION_ID()") for conn in conns}
+        ids = {scalar(conn, "SELECT @@pseudo_thread_id") for conn in conns}  # server threads
         assert len(ids) == 4
         for conn in conns:
             conn.rollback()

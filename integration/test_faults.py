@@ -272,7 +272,7 @@ def test_lost_transaction_is_rolled_back_and_must_be_acknowledged(make_proxy, db
             with client.cursor() as cur:
                 client.begin()
                 cur.execute("UPDATE accounts SET balance = balance - 100 WHERE id = 0")
-                cur.execute("SELECT CONNECTION_ID()")
+                cur.execute("SELECT @@pseudo_thread_id")  # the server's thread id
                 thread = cur.fetchone()[0]
                 if mid_statement:
                     killer = threading.Timer(0.5, _admin_kill, (db_server, thread))

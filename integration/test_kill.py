@@ -61,11 +61,12 @@ def test_kill_connection_closes_the_other_client(make_proxy) -> None:
 
 
 def test_kill_unknown_id_never_reaches_the_server(make_proxy, db_server) -> None:
-    """An id that is no pyproxy client gets 1094, even if a server thread has that number."""
+    """An id that is no pyproxy client gets 1094, even if a server thread has that number
+    (here the client's own backend thread, which @@pseudo_thread_id still shows)."""
     proxy = make_proxy()
     client = proxy.connect()
     with client.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
+        cur.execute("SELECT @@pseudo_thread_id")
         backend_thread = cur.fetchone()[0]
     other = proxy.connect()
     with other.cursor() as cur:
@@ -79,22 +80,23 @@ def test_kill_unknown_id_never_reaches_the_server(make_proxy, db_server) -> None
     other.close()
 
 
-def test_kill_takes_the_greeting_id_not_connection_id(make_proxy) -> None:
-    """As README says: KILL names the id of pyproxy's greeting (the driver's thread_id());
-    CONNECTION_ID() is the backend connection's, which KILL through pyproxy does not know."""
+def test_kill_takes_the_greeting_id_which_connection_id_returns(make_proxy) -> None:
+    """KILL names the id of pyproxy's greeting (the driver's thread_id()), and
+    CONNECTION_ID() returns that same id; the server's thread id is unknown to KILL."""
     proxy = make_proxy()
     victim = proxy.connect()
     killer = proxy.connect()
     with victim.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
-        server_id = cur.fetchone()[0]
+        cur.execute("SELECT CONNECTION_ID(), @@pseudo_thread_id")
+        own_id, server_id = cur.fetchone()
+    assert own_id == victim.thread_id()
     # A fresh pyproxy numbers its clients 1, 2, ...; the shared server is far past that.
     assert server_id not in (victim.thread_id(), killer.thread_id())
     with killer.cursor() as cur:
         with pytest.raises(pymysql.MySQLError) as info:
             cur.execute(f"KILL {server_id}")
         assert info.value.args[0] == 1094
-        cur.execute(f"KILL {victim.thread_id()}")
+        cur.execute(f"KILL {own_id}")
     time.sleep(0.2)
     with pytest.raises(pymysql.MySQLError):
         with victim.cursor() as cur:
@@ -160,3 +162,34 @@ def test_kill_query_does_not_hit_the_next_statement_on_that_connection(make_prox
     assert outcome == [0]
     victim.close()
     killer.close()
+
+
+def test_kill_of_a_connection_still_logging_in_closes_it(make_proxy) -> None:
+    """A connection of the same user that has sent its login packet and waits on an
+    AuthSwitchRequest's reply is closed by KILL <its greeting id>: it never logs in."""
+    import socket
+
+    from pyproxy.wire.framing import PacketFramer, frame
+    from pyproxy.wire.handshake import HandshakeResponse41, make_handshake_response41, parse_handshake_v10
+
+    from integration.raw_login import CAPABILITIES
+
+    proxy = make_proxy()
+    framer = PacketFramer()
+    with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+        [greeting] = framer.feed(sock.recv(65536))
+        hello = parse_handshake_v10(greeting.payload)
+        # A plugin pyproxy does not check asks for a switch: the login waits for the reply.
+        sock.sendall(frame(make_handshake_response41(HandshakeResponse41(
+            CAPABILITIES, 1 << 24, 45, servers.APP_USER, b"\x00" * 20, servers.APP_DATABASE,
+            "client_ed25519")), 1))
+        [switch] = framer.feed(sock.recv(65536))
+        assert switch.payload[:1] == b"\xfe"
+        killer = proxy.connect()
+        with killer.cursor() as cur:
+            cur.execute(f"KILL {hello.connection_id}")
+            cur.execute("SELECT 1")
+            assert cur.fetchone()[0] == 1
+        sock.settimeout(5)
+        assert sock.recv(65536) == b""  # closed, nothing sent
+        killer.close()

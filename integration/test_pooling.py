@@ -190,7 +190,7 @@ def test_idle_client_survives_killed_backend(make_proxy, db_server) -> None:
     proxy = make_proxy()
     conn = proxy.connect()
     with conn.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
+        cur.execute("SELECT @@pseudo_thread_id")  # the server's thread id
         backend_id = cur.fetchone()[0]
     root = db_server.connect()
     with root.cursor() as cur:
@@ -209,7 +209,7 @@ def test_statement_on_killed_backend_gets_error_then_continues(make_proxy, db_se
     proxy = make_proxy()
     conn = proxy.connect(autocommit=True)
     with conn.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
+        cur.execute("SELECT @@pseudo_thread_id")  # the server's thread id
         backend_id = cur.fetchone()[0]
 
     def killer() -> None:
@@ -244,7 +244,7 @@ def test_transaction_on_killed_backend_is_never_reported_committed(make_proxy, d
     conn = proxy.connect(autocommit=False)
     with conn.cursor() as cur:
         cur.execute("INSERT INTO lost_tx VALUES (1)")
-        cur.execute("SELECT CONNECTION_ID()")
+        cur.execute("SELECT @@pseudo_thread_id")  # the server's thread id
         backend_id = cur.fetchone()[0]
     root = db_server.connect()
     with root.cursor() as cur:
@@ -268,12 +268,12 @@ def test_pinned_backend_is_reset_before_reuse(make_proxy) -> None:
     with first.cursor() as cur:
         cur.execute("SET @secret = 'pinned'")
         cur.execute("CREATE TEMPORARY TABLE pinned_tmp (v INT)")
-        cur.execute("SELECT CONNECTION_ID()")
+        cur.execute("SELECT @@pseudo_thread_id")  # the server's thread id
         backend_id = cur.fetchone()[0]
     first.close()
     second = proxy.connect()
     with second.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID(), @secret")
+        cur.execute("SELECT @@pseudo_thread_id, @secret")
         got_id, secret = cur.fetchone()
         assert secret is None
         assert got_id == backend_id  # the same connection, reset rather than replaced

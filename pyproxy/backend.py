@@ -158,6 +158,10 @@ class BackendConnection(protocol.Protocol):
         self.created_at = clock.seconds()
         self.last_used = self.created_at
         self.last_checked = self.created_at
+        # A wait_timeout a client left on this connection's session (seconds;
+        # 0: none), set when it comes back to its pool: the server closes the
+        # connection once it has been idle that long (pyproxy.pool.try_borrow).
+        self.wait_limit = 0
         self.broken = False
         self.on_lost: Callable[[BackendConnection], None] | None = None
         # The pool that opened it (a pyproxy.pool.Pool); None for pyproxy's

@@ -26,10 +26,11 @@ import re
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy import sqltext
+from pyproxy import sqltext, thread_ids
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
 from pyproxy.backend_loss import HARMLESS, held_connection_lost, lost_during_command, refused_after_loss
 from pyproxy.direct_write import write_now
@@ -45,7 +46,7 @@ from pyproxy.prepared import STATEMENT_COMMANDS, PreparedStatements
 from pyproxy.query_stats import LATENCY_BUCKETS
 from pyproxy.release import cancel_hold, discard, give_back, give_up_hold, release_if_clean
 from pyproxy.routines import RoutineCatalog, Verdict
-from pyproxy.session import ClientSession, initial_state
+from pyproxy.session import ClientSession, SessionState, initial_state
 from pyproxy.set_global import abandon
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, opens_cursor
@@ -81,7 +82,7 @@ class CommandPhase:
         "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
         "refused_infile", "backlog", "paused_backend", "statements", "hold_timer", "query_timer",
         "kill_pending", "last_active", "globals_before", "own_tracking", "lost_transaction",
-        "retried", "writer_wait", "stats",
+        "retried", "writer_wait", "stats", "interactive", "idle_timer", "idle_timeout", "idle_state",
     )
 
     def __init__(self, connection: FrontendProtocol, proxy: Proxy, readonly: bool) -> None:
@@ -146,7 +147,16 @@ class CommandPhase:
         # KILLed mid-command (pyproxy.kill), or its COMMIT RELEASE ended the
         # server session: closed once the reply is out.
         self.kill_pending = False
+        # When its last command ended (or began), and its wait_timeout: the
+        # timer, the timeout it waits for and the session state that timeout
+        # was read from (pyproxy.idle).  ``interactive``: its first login asked
+        # for CLIENT_INTERACTIVE, so the interactive_timeout of then is its
+        # default (0: not interactive; -1: not known at login, pyproxy.idle).
         self.last_active = 0.0
+        self.interactive = 0
+        self.idle_timer: Any = None
+        self.idle_timeout = 0
+        self.idle_state: SessionState | None = None
         # Around a SET GLOBAL: pyproxy's own connection to the server and the
         # global variables read over it just before the statement ran
         # (pyproxy.set_global).
@@ -178,12 +188,21 @@ class CommandPhase:
             self.flavor = capabilities & FLAVOR_BITS
             self.rewrite_oks = not capabilities & CLIENT.SESSION_TRACK
             self.translate = not capabilities & CLIENT.DEPRECATE_EOF
+            if capabilities & CLIENT.INTERACTIVE:
+                self.interactive = self.proxy.timeouts.interactive if self.proxy.timeouts_known else -1
+        else:
+            # COM_CHANGE_USER: the server gives the session the plain wait_timeout.
+            self.interactive = 0
         self.user = identity.user
         multi = bool(self.capabilities & CLIENT.MULTI_STATEMENTS)
         database = identity.schema if identity.schema is not None else self.proxy.config.backend.database
         self.login_charset = identity.charset
-        self.session = ClientSession(initial_state(identity.charset, database,
-                                                   self.proxy.server.autocommit, multi))
+        state = initial_state(identity.charset, database, self.proxy.server.autocommit, multi)
+        if self.interactive > 0 and self.interactive != self.proxy.timeouts.wait:
+            # A server makes interactive_timeout an interactive session's
+            # wait_timeout, which SELECT @@wait_timeout shows: carried.
+            state = attrs.evolve(state, variables=(("wait_timeout", str(self.interactive)),))
+        self.session = ClientSession(state)
         self.catalog = self.proxy.catalog(self.user)
 
     # -- dispatch ------------------------------------------------------------------
@@ -220,6 +239,10 @@ class CommandPhase:
                 if (head in (b"k", b"K") or head.isspace()) and kill_statement(self):
                     return
                 found = self.found = sqltext.scan(sql)
+                if found is not None and found.flags & sqltext.THREAD_IDS:
+                    # CONNECTION_ID(), IS_USED_LOCK(), PROCESSLIST: the client's own id.
+                    found = self.found = thread_ids.rewrite_command(self, found)
+                    sql = self.sql
                 code = self.code = (stored_code(self, sql, found) if self.catalog.watch is not None
                                     or found is not None and found.calls else None)
                 if found is not None or code is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from pyproxy.idle import command_ended
 from pyproxy.phases import COMMANDS
 from pyproxy.wire.framing import Packet
 
@@ -36,7 +37,11 @@ def enqueue(client: CommandPhase, packet: Packet) -> None:
 
 
 def run_queued(client: CommandPhase) -> None:
-    """Runs the commands the client sent ahead, while nothing stops them."""
+    """Runs the commands the client sent ahead, while nothing stops them.
+
+    Called wherever a command ends, so the client's idle time (its
+    wait_timeout, pyproxy.idle) counts from here."""
+    command_ended(client)
     queue = client.queue
     if not queue:
         return

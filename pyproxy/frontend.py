@@ -22,7 +22,7 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
 
-from pyproxy import auth
+from pyproxy import auth, idle
 from pyproxy.command_phase import CommandPhase
 from pyproxy.credential_sources import BackendLogin
 from pyproxy.flow import enqueue, pause_replies, resume_backend, resume_replies, run_queued
@@ -194,7 +194,7 @@ class FrontendProtocol(protocol.Protocol):
         known to exist.  What the proof gave for the server (``backend``) is
         kept for that user's connections only."""
         if self.phase == CLOSED:
-            return
+            return  # KILLed while its proof was checked
         self.proxy.remember_login(backend)
         commands = self.commands
         if commands.session is None:
@@ -220,7 +220,16 @@ class FrontendProtocol(protocol.Protocol):
 
     def _logged_in(self, seq: int) -> None:
         commands = self.commands
-        commands.last_active = self.proxy.reactor.seconds()
+        if self.phase == CLOSED:
+            return  # KILLed (or closed) while its proof or schema was checked
+        if commands.kill_pending:
+            # KILLed while the schema it named was looked up: no OK, closed.
+            self.phase = CLOSED
+            commands.busy = False
+            commands.command = None
+            self.transport.loseConnection()
+            return
+        idle.start(commands)
         login, self._login = self._login, None
         if login is not None:
             login.stop()
@@ -296,6 +305,7 @@ class FrontendProtocol(protocol.Protocol):
             self._login.stop()
         cancel_hold(commands)
         cancel_query_timer(commands)
+        idle.stop(commands)
         abandon(commands)
         commands.stop_borrowing()
         client_left(commands)

@@ -1,14 +1,17 @@
 """Stopping statements: KILL as a client writes it, and the query timeout.
 
 ``KILL [QUERY | CONNECTION] <id>`` names one of pyproxy's own connection ids
-(the one in its greeting), which the server does not know: it is translated
-here and never passed on.  Only the same user's connections can be killed;
-other forms of KILL are refused.  KILL QUERY, and a statement that runs
-past ``[proxy] query_timeout``, become ``KILL QUERY <thread>`` on the backend
-thread that runs it, sent over a connection of pyproxy's own (the pool may
-be full of exactly the statements to stop), and only while that thread
-still runs the same statement for the same client.  KILL (CONNECTION)
-closes the target client as well, after the reply it is waiting for.
+(the one in its greeting, which CONNECTION_ID() returns too), which the
+server does not know: it is translated here and never passed on.  Only the
+same user's connections can be killed, a connection still logging in
+included; other forms of KILL are refused, and so is a prepared KILL
+(pyproxy.prepared).  KILL QUERY, and a statement that runs past ``[proxy]
+query_timeout``, become ``KILL QUERY <thread>`` on the backend thread that
+runs it, sent over a connection of pyproxy's own (the pool may be full of
+exactly the statements to stop), and only while that thread still runs the
+same statement for the same client.  KILL (CONNECTION) closes the target
+client as well, after the reply it is waiting for.  A client's KILL of its
+own id answers as a server does (1927 and closed; 1317 for KILL QUERY).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection, BackendError, connect
 from pyproxy.flow import run_queued
-from pyproxy.phases import CLOSED, COMMANDS
+from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import Packet
 
@@ -30,8 +33,16 @@ if TYPE_CHECKING:
     from pyproxy.command_phase import CommandPhase
     from pyproxy.frontend import FrontendProtocol
 
-_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+)\s*;?\s*$")
+ER_QUERY_INTERRUPTED = (1317, "70100")
+ER_CONNECTION_KILLED = (1927, "70100")
+# The id, or CONNECTION_ID(): the client's own (pyproxy.thread_ids).
+_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+|connection_id\s*\(\s*\))\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
+
+
+def is_kill(sql: bytes) -> bool:
+    """Whether ``sql`` is a KILL statement (pyproxy's ids: never sent as written)."""
+    return _KILL_ANY.match(sql) is not None
 
 
 def kill_statement(client: CommandPhase) -> bool:
@@ -44,13 +55,17 @@ def kill_statement(client: CommandPhase) -> bool:
     if match is None:
         client.reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
         return True
-    what, number = match.group(1), int(match.group(2))
+    what, target_id = match.group(1), match.group(2)
+    number = int(target_id) if target_id.isdigit() else client.connection.id
     connection = client.proxy.clients.get(number)
     if connection is None:
         client.reply_error((1094, "HY000"), f"Unknown thread id: {number}")
         return True
     if connection.user != client.user:
         client.reply_error((1095, "HY000"), f"You are not owner of thread {number}")
+        return True
+    if connection is client.connection:
+        kill_self(client, what is not None and what.lower() == b"query")
         return True
     target = connection.commands
     running = running_statement(target)
@@ -80,6 +95,20 @@ def kill_statement(client: CommandPhase) -> bool:
     return True
 
 
+def kill_self(client: CommandPhase, query: bool) -> None:
+    """KILL of the client's own id (``KILL CONNECTION_ID()``): as on a server, KILL
+    QUERY interrupts the KILL itself (1317) and the session goes on; KILL
+    [CONNECTION] answers 1927 and closes the connection."""
+    if query:
+        client.reply_error(ER_QUERY_INTERRUPTED, "Query execution was interrupted")
+        return
+    connection = client.connection
+    client.reply_error(ER_CONNECTION_KILLED, "Connection was killed")
+    connection.closed_reason = "killed"
+    connection.phase = CLOSED
+    client.transport.loseConnection()
+
+
 def kill_query(target: CommandPhase, running: tuple[int, Packet]) -> defer.Deferred[Any]:
     """Stops ``target``'s running statement with KILL QUERY on its backend thread,
     over a connection of pyproxy's own, if the same statement still runs."""
@@ -101,15 +130,23 @@ def kill_query(target: CommandPhase, running: tuple[int, Packet]) -> defer.Defer
 def running_statement(client: CommandPhase) -> tuple[int, Packet] | None:
     """(backend thread id, command) of the statement a client is running, if any."""
     conn = client.backend
-    if not client.busy or conn is None or conn.handshake is None or client.command is None:
+    command = client.command
+    if not client.busy or conn is None or conn.handshake is None or command is None or not command.payload:
+        # (An empty command is a login's schema check: not a statement.)
         return None
     return conn.handshake.connection_id, client.command
 
 
 def close_by_kill(connection: FrontendProtocol) -> None:
-    """Another session of the same user killed this one."""
+    """Another session of the same user killed this one.
+
+    A connection still logging in (its login packet named the user, the
+    proof may still be checked, or the schema it named is being looked up)
+    is closed like an idle one: the login never completes, as when a server
+    thread in its connection phase is killed."""
     connection.closed_reason = "killed"
-    if connection.phase == COMMANDS and not connection.commands.busy:
+    phase = connection.phase
+    if phase == HANDSHAKE or phase == AUTH_SWITCH or phase == COMMANDS and not connection.commands.busy:
         connection.phase = CLOSED
         connection.transport.loseConnection()
     else:

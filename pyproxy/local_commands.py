@@ -92,6 +92,8 @@ def _reset_connection(client: CommandPhase) -> None:
     if client.statements is not None:
         client.statements.forget()  # the server closes them on reset
     client.lost_transaction = False
+    # The server gives a reset session the plain wait_timeout, interactive or not.
+    client.interactive = 0
     reset_and_give_back(client)
     client.pinned = False
     client.reply(client.ok_payload())

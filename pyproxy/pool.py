@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection, BackendError
+from pyproxy.idle import carried_timeout
 from pyproxy.logs import get_logger, reason_kind
 from pyproxy.wire import constants as c
 
@@ -162,14 +163,27 @@ class Pool:
         if self.paused:
             return None
         idle = self.idle
+        stale = False
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
             if conn.flavor == flavor:
+                limit = conn.wait_limit
+                if limit and self.clock.seconds() - max(conn.last_used, conn.last_checked) >= limit / 2:
+                    # A client's short wait_timeout is still on it: the server
+                    # may close it under the next borrower's first command.
+                    del idle[i]
+                    self._retire(conn, "wait_timeout left by a client nearly reached")
+                    stale = True
+                    continue
                 del idle[i]
                 self.lent.add(conn)
                 self.borrows += 1
                 self.wait_times.append(0.0)
+                if stale:
+                    self._grow()
                 return conn
+        if stale:
+            self._grow()
         return None
 
     def borrow(self, flavor: int, readonly: bool = False) -> defer.Deferred[BackendConnection]:
@@ -198,6 +212,7 @@ class Pool:
             self._grow()
             return
         conn.last_used = self.clock.seconds()
+        conn.wait_limit = carried_timeout(conn.state) or 0
         self._place(conn)
 
     def discard(self, conn: BackendConnection, reason: str) -> None:

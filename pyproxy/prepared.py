@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy import sqltext
+from pyproxy import sqltext, thread_ids
 from pyproxy.backend import CLASSIC_EOF, BackendError
 from pyproxy.hygiene import run_flagged, stored_code
-from pyproxy.kill import cancel_query_timer
+from pyproxy.kill import cancel_query_timer, is_kill
 from pyproxy.phases import CLOSED
 from pyproxy.release import release_if_clean
 from pyproxy.statements import (
@@ -63,6 +63,7 @@ ER_WRONG_ARGUMENTS = (1210, "HY000")
 ER_MAX_PREPARED_STMT_COUNT_REACHED = 1461
 ER_MAX_PREPARED_STATEMENTS = (1461, "42000")
 ER_LONG_DATA = (1105, "HY000")
+ER_UNSUPPORTED_PS = (1295, "HY000")
 
 
 class PreparedStatements:
@@ -130,6 +131,16 @@ class PreparedStatements:
                 client.reply_error(ER_MAX_PREPARED_STATEMENTS, f"Can't create more than max_prepared_stmt_count "
                                    f"statements (current value: {limit})")
                 return
+            sql = payload[1:]
+            if is_kill(sql):
+                # Its id is pyproxy's, which the server does not know; run as a
+                # prepared statement it would name some other server thread.
+                client.reply_error(ER_UNSUPPORTED_PS, "This command is not supported in the prepared "
+                                   "statement protocol yet (KILL through pyproxy: use the text protocol)")
+                return
+            if thread_ids.NEEDLES.search(sql) is not None:
+                # CONNECTION_ID(), IS_USED_LOCK(), PROCESSLIST: the client's own id.
+                client.command = thread_ids.rewrite(client, packet, sql, prepared=True)[0]
             if client.translate:
                 # A client without CLIENT_DEPRECATE_EOF reads the warning count of
                 # COM_STMT_EXECUTE from the EOF after the column definitions

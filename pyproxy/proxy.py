@@ -15,6 +15,7 @@ from pyproxy.backend import BackendError, Target, connect
 from pyproxy.config import Config, TargetConfig
 from pyproxy.credential_sources import BackendLogin, Credentials
 from pyproxy.credentials import Authentication
+from pyproxy.idle import SessionTimeouts, defaults_changed as idle_defaults_changed, parse_timeout
 from pyproxy.logs import format_address, get_logger, reason_kind
 from pyproxy.pool import Pool
 from pyproxy.query_stats import QueryStats
@@ -97,6 +98,13 @@ class Proxy:
     max_allowed_packet: int = 16 << 20
     max_prepared_statements: int = 16382
     limits_read: bool = False
+    # The idle timeouts a new server session gets (pyproxy.idle), read with the
+    # limits and followed across SET GLOBAL.
+    timeouts: SessionTimeouts = attrs.field(factory=SessionTimeouts)
+    timeouts_known: bool = False
+    # The columns of information_schema.PROCESSLIST, in order, once read
+    # (pyproxy.thread_ids maps its thread ids to clients').
+    processlist_columns: tuple[str, ...] = ()
     # The server's max_connections, once read (max_connections_percent).
     server_max_connections: int | None = None
     # How many statements pyproxy's connections may keep prepared on the server:
@@ -386,9 +394,24 @@ class Proxy:
                 pool.hand_over(self.pool(pool.user, server))
 
     def _limits_learned(self, rows: list[tuple[str | None, ...]]) -> None:
-        if rows and len(rows[0]) == 2 and all(value is not None and value.isdigit() for value in rows[0]):
-            self.max_allowed_packet, self.max_prepared_statements = (int(value) for value in rows[0])
+        if rows and len(rows[0]) == 5 and all(value is not None and value.isdigit() for value in rows[0][:2]):
+            self.max_allowed_packet, self.max_prepared_statements = (int(value) for value in rows[0][:2])  # type: ignore[arg-type]
             self.limits_read = True
+            wait, interactive = parse_timeout(rows[0][2]), parse_timeout(rows[0][3])
+            if wait is not None and interactive is not None:
+                self.timeouts_learned(SessionTimeouts(wait, interactive), first=True)
+            columns = rows[0][4]
+            if columns:
+                self.processlist_columns = tuple(name.strip().upper() for name in columns.split(","))
+
+    def timeouts_learned(self, timeouts: SessionTimeouts, first: bool = False) -> None:
+        """New server sessions start with these idle timeouts (pyproxy.idle);
+        ``first``: read from the server for the first time."""
+        first = first and not self.timeouts_known
+        self.timeouts_known = True
+        if timeouts != self.timeouts or first:
+            self.timeouts = timeouts
+            idle_defaults_changed(self, first)
 
     def _pools_of(self, server: TargetHealth) -> list[Pool]:
         return [pool for pool in self.pools.values() if pool.target is server]
@@ -597,7 +620,12 @@ def probe_account(config: Config) -> tuple[str, str]:
     return "", ""
 
 
-_LIMITS = "SELECT @@max_allowed_packet, @@max_prepared_stmt_count"
+# The session's wait_timeout (after init_query), as a client's session starts with.
+# The columns of information_schema.PROCESSLIST (pyproxy.thread_ids).
+_LIMITS = ("SELECT @@max_allowed_packet, @@max_prepared_stmt_count, @@session.wait_timeout, "
+           "@@global.interactive_timeout, (SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION) "
+           "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'information_schema' "
+           "AND TABLE_NAME = 'PROCESSLIST')")
 
 
 def _logins(config: Config) -> Any:

@@ -25,6 +25,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection
+from pyproxy.idle import SessionTimeouts, parse_timeout
 from pyproxy.phases import CLOSED
 from pyproxy.session import TRACKING_VARIABLES, changed_defaults, tracking
 from pyproxy.wire import constants as c
@@ -100,6 +101,8 @@ def compare_after(client: CommandPhase, then: Callable[[], Any]) -> None:
         after = variables(rows)
         if before.get("autocommit") != after.get("autocommit"):
             new_sessions_autocommit(proxy, after.get("autocommit") == "ON")
+        if any(before.get(name) != after.get(name) for name in ("wait_timeout", "interactive_timeout")):
+            new_sessions_timeouts(proxy, after)
         limit = after.get("max_prepared_stmt_count")
         if limit != before.get("max_prepared_stmt_count") and limit is not None and limit.isdigit():
             proxy.statement_limit_learned(int(limit))
@@ -155,6 +158,18 @@ def renew_pools(proxy: Proxy, conn: BackendConnection | None) -> None:
     for pool in proxy.pools.values():
         if server is None or pool.target is None or pool.target.name == server:
             pool.renew()
+
+
+def new_sessions_timeouts(proxy: Proxy, after: dict[str, str | None]) -> None:
+    """SET GLOBAL wait_timeout / interactive_timeout: sessions that begin from now
+    on get the new idle timeouts (pyproxy.idle), unless init_query sets
+    pyproxy's connections' own wait_timeout."""
+    current = proxy.timeouts
+    wait = parse_timeout(after.get("wait_timeout"))
+    if wait is None or "wait_timeout" in proxy.config.backend.init_query.lower():
+        wait = current.wait
+    interactive = parse_timeout(after.get("interactive_timeout")) or current.interactive
+    proxy.timeouts_learned(SessionTimeouts(wait, interactive))
 
 
 def new_sessions_autocommit(proxy: Proxy, on: bool) -> None:

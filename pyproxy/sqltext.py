@@ -42,6 +42,7 @@ SQL_PREPARE = 256       # PREPARE / EXECUTE / DEALLOCATE of SQL prepared stateme
 DYNAMIC = 512           # runs SQL text pyproxy cannot read (EXECUTE IMMEDIATE)
 MULTI = 1024            # more than one statement (a failure may follow others that ran)
 SAVEPOINT = 2048        # SAVEPOINT: held by the session even where no transaction is reported
+THREAD_IDS = 4096       # names CONNECTION_ID(), IS_USED_LOCK() or PROCESSLIST (pyproxy.thread_ids)
 
 # Between words: white space, comments, and the delimiters of executable
 # comments, whose content is code.  Possessive, one character or comment a
@@ -58,7 +59,8 @@ _QUALIFIED = _NAME + rb"(?:" + SEP + rb"\." + SEP + _NAME + rb")?"
 # small, so an ordinary statement costs two quick regular-expression calls.
 _MAYBE_START = re.compile(rb"\s*(?:/\*|--|#|set\b|lock|handler|xa\b|flush|call|execute|prepare|deallocate|"
                           rb"create|alter|drop|savepoint)")
-_MAYBE_ANYWHERE = re.compile(rb";|get_lock|found_rows|row_count|session_track|last_insert_id|identity|@")
+_MAYBE_ANYWHERE = re.compile(rb";|get_lock|found_rows|row_count|session_track|last_insert_id|identity|@|"
+                             rb"connection_id|processlist|is_used_lock")
 # Beyond SCAN_LIMIT: what can follow the head of a statement (a second statement
 # after ';', a function call, a user variable, a comment).
 _TAIL_NEEDLES = (b";", b"get_lock", b"found_rows", b"row_count", b"last_insert_id", b"identity",
@@ -87,6 +89,7 @@ _SESSION_TRACK = re.compile(rb"session_track", re.I)
 _INSERT_ID = re.compile(rb"last_insert_id|identity", re.I)
 _USER_VARIABLE = re.compile(rb"(?<![@\w])@(?!@)")
 _TEMPORARY = re.compile(rb"\btemporary\b", re.I)
+_THREAD_IDS = re.compile(rb"connection_id|processlist|is_used_lock", re.I)
 # Within one SET statement.
 _BARE_ASSIGNMENT = re.compile(rb"@@(?!(?:global|session|local)\.)([a-z_][a-z0-9_]*)\s*:?=", re.I)
 _GLOBAL_ASSIGNMENT = re.compile(rb"@@global\.|\bglobal\s+\w", re.I)
@@ -158,6 +161,8 @@ def scan(sql: bytes) -> Found | None:
         flags |= MULTI
     if _SAVEPOINT.search(text):
         flags |= SAVEPOINT
+    if _THREAD_IDS.search(text):
+        flags |= THREAD_IDS
     for match in _CALL.finditer(text):
         flags |= CALLS
         calls.append(match.group(1).decode("utf-8", "replace"))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import vectors
-from pyproxy.wire.commands import make_query
+from pyproxy import auth
+from pyproxy.wire.commands import make_init_db, make_query
+from pyproxy.wire.handshake import HandshakeResponse41, make_handshake_response41
 from pyproxy.wire.framing import frame
 from pyproxy.wire.responses import make_err
-from test_frontend import SELECT, FakeClient, LoggedIn, err_of, make_proxy
+from test_frontend import CLIENT_CAPS, SELECT, FakeClient, LoggedIn, err_of, make_proxy
 
 
 class KillTests(LoggedIn):
@@ -67,6 +69,47 @@ class KillTests(LoggedIn):
         server.send(vectors.SELECT_DEOF)
         self.assertEqual(self.client.raw(), vectors.SELECT_DEOF)
         self.assertTrue(self.client.closed)
+
+
+class KillDuringLoginTests(LoggedIn):
+    """A same-user connection still logging in is closed by KILL, never logged in."""
+
+    def test_kill_while_an_auth_switch_awaits_its_reply(self) -> None:
+        """The client named the user and was asked to switch plugins: KILL closes it
+        at once, and its late reply logs nobody in."""
+        victim = FakeClient(self.proxy)
+        victim.send(make_handshake_response41(HandshakeResponse41(
+            CLIENT_CAPS, 0, 45, "app", b"\x01" * 20, None, "dialog")), seq=1)
+        [switch] = victim.received()
+        self.assertEqual(switch.payload[0], 0xFE)
+        killer = self.connect()
+        killer.query(f"KILL {victim.protocol.id}")
+        [ok] = killer.received()
+        self.assertEqual(ok.payload[0], 0)
+        self.assertTrue(victim.closed)
+        self.assertEqual(victim.protocol.closed_reason, "killed")
+        victim.send(auth.native_proof(b"secret", victim.greeting.auth_data), seq=3)
+        self.assertEqual(victim.received(), [])
+        self.assertIsNone(victim.protocol.session)
+
+    def test_kill_while_the_login_schema_is_checked(self) -> None:
+        """The login named a schema pyproxy checks on a borrowed connection: KILL
+        closes the client without the login's OK, and the connection goes back."""
+        victim = FakeClient(self.proxy)
+        victim.login(database="app")
+        conn, server = self.backends.open()
+        [init_db] = server.received()
+        self.assertEqual(init_db.payload, make_init_db("app"))
+        killer = self.connect()
+        killer.query(f"KILL {victim.protocol.id}")
+        [ok] = killer.received()
+        self.assertEqual(ok.payload[0], 0)
+        self.assertFalse(victim.closed)
+        server.send(vectors.INIT_DB_OK)
+        self.assertEqual(victim.received(), [])
+        self.assertTrue(victim.closed)
+        victim.protocol.connectionLost()
+        self.assertIn(conn, self.pool.idle)
 
 
 class QueryTimeoutTests(LoggedIn):

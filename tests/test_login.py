@@ -273,7 +273,8 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(parse_ok(ok.payload, True).status, SERVER_STATUS_AUTOCOMMIT)
         self.assertEqual(self.client.protocol.phase, COMMANDS)
         self.assertFalse(self.client.closed)
-        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
+        # The handshake timeout is gone; only the client's wait_timeout runs (pyproxy.idle).
+        self.assertEqual([c.getTime() for c in self.proxy.reactor.getDelayedCalls()], [28800])
         self.assertEqual(self.backends.waiting, [])
         self.assertIs(self.proxy.clients[self.client.protocol.id], self.client.protocol)
 

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pyproxy.backend import BackendError
 from pyproxy.pool import BorrowTimeout, Pool
+from pyproxy.session import SessionState
 
 _ids = itertools.count(1)
 
@@ -26,6 +27,9 @@ class FakeConnection:
         self.created_at = self.last_used = self.last_checked = clock.seconds()
         self.on_lost: Any = None
         self.pings: list[defer.Deferred[bytes]] = []
+        # The session as its last client left it, and the wait_timeout on it.
+        self.state = SessionState()
+        self.wait_limit = 0
 
     def close(self, reason: str) -> None:
         self.closed = reason
