@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from pyproxy.tls import close_client
 from pyproxy import sqltext
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
 from pyproxy.backend_loss import HARMLESS, held_connection_lost, lost_during_command, refused_after_loss
@@ -475,7 +476,7 @@ class CommandPhase:
         self.busy = False
         if self.kill_pending:
             self.connection.phase = CLOSED
-            self.transport.loseConnection()
+            close_client(self.transport)
         release_if_clean(self)
         if self.proxy.draining:
             self.connection.drain()

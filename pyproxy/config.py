@@ -206,10 +206,31 @@ class BackendConfig:
     # Log in to the backend with RDS IAM tokens (generate_db_auth_token) instead
     # of passwords; the tokens go as mysql_clear_password, so only over TLS.
     iam: bool = attrs.field(default=False, validator=_bool)
+    # TLS to the servers: "off", or "verify" (the certificate must chain to
+    # ``ca`` and name the server; a server without TLS is refused, never
+    # used in plaintext).
+    tls: str = attrs.field(default="off", validator=attrs.validators.in_(("off", "verify")))
+    # PEM file of the CAs the servers' certificates must chain to (for RDS,
+    # its global bundle); "" = the system's CAs.
+    ca: str = attrs.field(default="", validator=_string)
+    # The name the certificates must carry; "" = each target's own host.
+    server_name: str = attrs.field(default="", validator=_string)
 
     def servers(self) -> tuple[TargetConfig, ...]:
         """The targets, or the single writer that host and port name."""
         return self.targets or (TargetConfig(self.host, self.port, "writer"),)
+
+
+@attrs.frozen
+class TlsConfig:
+    """TLS towards clients: pyproxy answers an SSLRequest with this certificate
+    (PEM; the leaf first, then intermediates) and key, both read again on
+    SIGHUP.  Without ``cert`` pyproxy offers no TLS."""
+
+    cert: str = attrs.field(default="", validator=_string)
+    key: str = attrs.field(default="", validator=_string)
+    # Refuse logins without TLS (error 3159), like RDS Proxy's RequireTLS.
+    require: bool = attrs.field(default=False, validator=_bool)
 
 
 @attrs.frozen
@@ -358,6 +379,7 @@ class Config:
     aws: AwsConfig = AwsConfig()
     auth: AuthConfig = AuthConfig()
     iam: IamConfig = IamConfig()
+    tls: TlsConfig = TlsConfig()
     users: tuple[UserConfig, ...] = ()
     secrets: tuple[SecretConfig, ...] = ()
 
@@ -371,7 +393,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
     "health": HealthConfig, "session": SessionConfig, "log": LogConfig, "metrics": MetricsConfig,
-    "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig,
+    "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig, "tls": TlsConfig,
 }
 # Keys holding arrays of tables, read by a function of their own.
 TABLE_ARRAYS = {(BackendConfig, "targets"), (IamConfig, "roles")}
@@ -634,6 +656,12 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
     auth = sections.get("auth")
     if isinstance(auth, AuthConfig) and auth.lookup and not auth.lookup_user:
         report("auth.lookup_user: lookup = true needs the account it reads hashes with")
+    tls = sections.get("tls")
+    if isinstance(tls, TlsConfig):
+        if bool(tls.cert) != bool(tls.key):
+            report("tls.cert and tls.key: both are needed to offer TLS")
+        elif tls.require and not tls.cert:
+            report("tls.require: requiring TLS needs tls.cert and tls.key")
     return Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
 
 
@@ -704,4 +732,6 @@ def secrets(config: Config) -> frozenset[str]:
             found.add(value)
 
     walk(config, "")
+    # [tls] key names a file, not a secret: its path may show in log lines.
+    found.discard(config.tls.key)
     return frozenset(found)

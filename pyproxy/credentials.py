@@ -23,6 +23,10 @@ class Checked(enum.Enum):
     REFUSED = "refused"
     # A user the source does not know (logged, never told to the client).
     UNKNOWN_USER = "unknown user"
+    # A user the source knows but whose proof it cannot check (it holds only
+    # the stored hash, which checks no caching_sha2_password scramble): the
+    # login asks for the password itself (caching_sha2's full authentication).
+    NEEDS_PASSWORD = "needs password"
 
 
 class Credentials(Protocol):
@@ -30,7 +34,9 @@ class Credentials(Protocol):
 
     def check(self, user: str, plugin: str, nonce: bytes, proof: bytes) -> Checked:
         """Whether ``proof``, made by the client with ``plugin`` over ``nonce``,
-        proves ``user``.  ``plugin`` is one of auth.CLIENT_PLUGINS."""
+        proves ``user``.  ``plugin`` is one of auth.CLIENT_PLUGINS, or
+        auth.CLEAR with the password itself as ``proof`` (sent over TLS or
+        RSA-encrypted)."""
         ...
 
 
@@ -48,6 +54,13 @@ class ConfiguredUsers:
         account = self._proxy.config.user(user)
         if account is None:
             return Checked.UNKNOWN_USER
+        if account.password_hash and not account.password:
+            stage2 = auth.parse_stored_hash(account.password_hash)
+            if plugin == auth.CLEAR:
+                return Checked.ACCEPTED if auth.verify_clear_hash(stage2, proof) else Checked.REFUSED
+            if plugin == auth.CACHING_SHA2:
+                return Checked.NEEDS_PASSWORD
+            return Checked.REFUSED
         if auth.verify(plugin, account.password.encode(), nonce, proof):
             return Checked.ACCEPTED
         return Checked.REFUSED

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.python.failure import Failure
 
+from pyproxy.tls import close_client
 from pyproxy import auth
 from pyproxy.command_phase import CommandPhase
 from pyproxy.flow import enqueue, pause_replies, resume_backend, resume_replies, run_queued
@@ -35,7 +36,7 @@ from pyproxy.release import cancel_hold, client_left, release_if_clean
 from pyproxy.set_global import abandon
 from pyproxy.wire import constants as c
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
-from pyproxy.wire.handshake import ChangeUser
+from pyproxy.wire.handshake import ChangeUser, is_ssl_request
 from pyproxy.wire.responses import make_err
 
 # The phases are pyproxy.phases'; they are known by this module's name too.
@@ -52,7 +53,7 @@ class FrontendProtocol(protocol.Protocol):
 
     # Thousands of idle clients are the normal case: no per-instance __dict__.
     __slots__ = ("transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-                 "libmariadb", "closed_reason", "_login", "commands")
+                 "libmariadb", "secure", "closed_reason", "_login", "commands")
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.transport: Any = None
@@ -68,6 +69,8 @@ class FrontendProtocol(protocol.Protocol):
         self.user = ""
         # The client's library is libmariadb (see error_packet).
         self.libmariadb = False
+        # TLS is on (pyproxy.login: what may travel in clear text depends on it).
+        self.secure = False
         self.closed_reason: str | None = None
         # The login phase, until the client has logged in (again, for COM_CHANGE_USER).
         self._login: Login | None = None
@@ -96,7 +99,7 @@ class FrontendProtocol(protocol.Protocol):
             self.transport.write(frame(make_err(code, state, "Too many connections"), 0))
             self.closed_reason = "max_client_connections reached"
             self.phase = CLOSED
-            self.transport.loseConnection()
+            close_client(self.transport)
             return
         self.proxy.clients[self.id] = self
         # pyproxy is the producer of everything this client is sent: its
@@ -104,11 +107,16 @@ class FrontendProtocol(protocol.Protocol):
         # they have drained.
         self.transport.registerProducer(self, True)
         proxy = self.proxy
-        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities)
+        login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities,
+                                    require_tls=proxy.config.tls.require, rsa=proxy.rsa_keys)
         login.greet(self.id, proxy.server, proxy.config.proxy.auth_plugin, proxy.reactor,
                     proxy.config.proxy.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.phase == HANDSHAKE and not self.secure and self.proxy.tls is not None:
+            data = self._ssl_request(data)  # type: ignore[assignment]
+            if data is None:
+                return
         try:
             packets = self.framer.feed(data)
         except PacketTooLarge as exc:
@@ -134,6 +142,30 @@ class FrontendProtocol(protocol.Protocol):
             else:
                 return
 
+    def start_tls(self) -> None:
+        """The login phase accepted an SSLRequest: TLS starts now (server side),
+        with the certificate [tls] holds at this moment."""
+        tls = self.proxy.tls
+        assert tls is not None  # the login offers TLS only when it is configured
+        self.transport.startTLS(tls.options)
+        self.secure = True
+
+    def _ssl_request(self, data: bytes) -> bytes | None:
+        """Before the first login packet, when TLS is offered: a client sends its
+        TLS handshake right behind its SSLRequest, without waiting, so the
+        bytes after those 36 go to the TLS layer, never to the framer.
+        Returns the bytes still to frame (None: all taken)."""
+        pending = self.framer.take_buffer() + data
+        if len(pending) < 36 or pending[:3] != b"\x20\x00\x00":
+            return pending  # the framer holds a short SSLRequest until it is whole
+        head, rest = pending[:36], pending[36:]
+        if not is_ssl_request(head[4:]):
+            return pending
+        self._login.receive(Packet(head[3], head[4:], head, head[3]))  # type: ignore[union-attr]
+        if self.secure and rest:
+            self.transport.protocol.dataReceived(rest)
+        return None
+
     def fatal(self, error: tuple[int, str], message: str, seq: int) -> None:
         """An error the connection cannot survive: report it, then close."""
         if self.phase == CLOSED:
@@ -141,7 +173,7 @@ class FrontendProtocol(protocol.Protocol):
         self.transport.write(frame(self.error_packet(error[0], error[1], message), seq))
         self.closed_reason = message
         self.phase = CLOSED
-        self.transport.loseConnection()
+        close_client(self.transport)
 
     def error_packet(self, code: int, sqlstate: str, message: str) -> bytes:
         """An ERR packet for this client.
@@ -164,7 +196,7 @@ class FrontendProtocol(protocol.Protocol):
         whose login-time schema check is under way is not)."""
         if self.phase in (HANDSHAKE, AUTH_SWITCH):
             self.closed_reason = "handshake timeout"
-            self.transport.loseConnection()
+            close_client(self.transport)
 
     def login_accepted(self, identity: Identity, seq: int) -> None:
         """The login phase proved who the client is: its session begins (again, after
@@ -175,6 +207,8 @@ class FrontendProtocol(protocol.Protocol):
             # The first login: COM_CHANGE_USER does not change the library.
             self.libmariadb = identity.libmariadb
         self.user = identity.user
+        if identity.password is not None:
+            self.proxy.password_proved(identity.user, identity.password)
         commands.start_session(identity)
         schema = identity.schema
         if schema and not self.proxy.schema_known(self.user, schema):
@@ -214,7 +248,8 @@ class FrontendProtocol(protocol.Protocol):
         """COM_CHANGE_USER, once the session has given up what it held: the login
         phase runs again on this connection's nonce."""
         self.phase = AUTH_SWITCH
-        login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities)
+        login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities,
+                                    rsa=self.proxy.rsa_keys)
         login.change_user(request, seq)
 
     # -- flow control, and the end ---------------------------------------------------
@@ -244,7 +279,7 @@ class FrontendProtocol(protocol.Protocol):
         if (self.phase == COMMANDS and not commands.busy and not commands.infile
                 and now - commands.last_active > timeout):
             self.closed_reason = "idle_client_timeout"
-            self.transport.loseConnection()
+            close_client(self.transport)
 
     def drain(self) -> None:
         """Shutting down: a client that holds no transaction is closed now; one that
@@ -255,7 +290,7 @@ class FrontendProtocol(protocol.Protocol):
         if commands.backend is not None and commands.session.holds_state() and not commands.pinned:
             return
         self.closed_reason = "shutdown"
-        self.transport.loseConnection()
+        close_client(self.transport)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was = self.phase

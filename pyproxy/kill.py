@@ -20,6 +20,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from pyproxy.tls import close_client
 from pyproxy.backend import BackendConnection, BackendError, connect
 from pyproxy.flow import run_queued
 from pyproxy.phases import CLOSED, COMMANDS
@@ -107,7 +108,7 @@ def close_by_kill(connection: FrontendProtocol) -> None:
     connection.closed_reason = "killed"
     if connection.phase == COMMANDS and not connection.commands.busy:
         connection.phase = CLOSED
-        connection.transport.loseConnection()
+        close_client(connection.transport)
     else:
         # Mid-command: the client gets its reply (or the 2013 from the
         # killed statement) first, then the connection closes.

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from pyproxy.tls import close_client
 from pyproxy.phases import CLOSED
 from pyproxy.release import reset_and_give_back
 from pyproxy.session import ClientSession, initial_state
@@ -47,7 +48,7 @@ def answer(client: CommandPhase, packet: Packet, command: int) -> None:
         connection = client.connection
         connection.closed_reason = "COM_QUIT"
         connection.phase = CLOSED
-        client.transport.loseConnection()
+        close_client(client.transport)
     elif command == COMMAND.COM_PING:
         if client.backend is not None and client.pinned:
             client.busy = True

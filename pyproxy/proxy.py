@@ -17,11 +17,12 @@ from pyproxy.credentials import ConfiguredUsers, Credentials
 from pyproxy.logs import format_address, get_logger, reason_kind
 from pyproxy.pool import Pool
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
+from pyproxy.tls import BackendTLSCache, RsaKeys, ServerTLS, TLSConfigError
 from pyproxy.topology import DOWN, Topology, TargetHealth
 from pyproxy.wire.constants import CLIENT, SERVER_STATUS_AUTOCOMMIT
 
-# What pyproxy offers clients.  No TLS or compression yet; no query
-# attributes, so COM_QUERY payloads stay plain SQL.
+# What pyproxy offers clients (and CLIENT_SSL when [tls] holds a certificate).
+# No compression; no query attributes, so COM_QUERY payloads stay plain SQL.
 FRONTEND_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
     | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
@@ -95,9 +96,23 @@ class Proxy:
     # Where clients' proofs are checked (pyproxy.login asks nothing else).
     credentials: Credentials = attrs.field(init=False, repr=False)
     _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
+    # The certificate shown to clients after an SSLRequest; None: no TLS offered.
+    tls: ServerTLS | None = attrs.field(default=None, init=False, repr=False)
+    # How connections to each server start TLS ([backend] tls).
+    backend_tls: BackendTLSCache = attrs.field(init=False, repr=False)
+    # caching_sha2_password's RSA key pair, made when a client first asks for it.
+    _rsa: RsaKeys | None = attrs.field(default=None, init=False, repr=False)
+    # Passwords clients proved in clear (full authentication) for users
+    # configured with only a password_hash: pyproxy's own logins need them.
+    _proved_passwords: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        """Raises TLSConfigError: a [tls] or [backend] tls file cannot be used."""
         self.ignored_variables = frozenset(self.config.session.ignore_variables)
+        tls = self.config.tls
+        self.tls = ServerTLS.load(tls.cert, tls.key) if tls.cert else None
+        backend = self.config.backend
+        self.backend_tls = BackendTLSCache(backend.tls, backend.ca, backend.server_name)
         self.credentials = ConfiguredUsers(self)
         health = self.config.health
         self.topology = Topology(self.config.backend.servers(), self.reactor, self._monitor_login,
@@ -123,23 +138,65 @@ class Proxy:
 
     @property
     def capabilities(self) -> int:
-        return FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
+        offered = FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
+        return offered | CLIENT.SSL if self.tls is not None else offered
+
+    def rsa_keys(self) -> RsaKeys:
+        """The RSA key pair of caching_sha2_password's full authentication without
+        TLS, made the first time a client asks for the public key."""
+        if self._rsa is None:
+            self._rsa = RsaKeys()
+        return self._rsa
+
+    def password_proved(self, user: str, password: str) -> None:
+        """A client sent ``user``'s password itself (full authentication) and it
+        matched: a user configured with only its hash can now be logged in as."""
+        account = self.config.user(user)
+        if account is not None and not account.password and self._proved_passwords.get(user) != password:
+            self._proved_passwords[user] = password
+
+    def _password(self, user: str) -> str:
+        account = self.config.user(user)
+        if account is None:
+            return ""
+        return account.password or self._proved_passwords.get(user, "")
+
+    def reload_tls(self, config: Config) -> bool:
+        """SIGHUP: reads the [tls] files again (a renewed certificate).  A pair that
+        does not load keeps the running one, in one log line; True when the
+        certificate shown to new clients changed."""
+        tls = config.tls
+        if not tls.cert:
+            changed = self.tls is not None
+            self.tls = None
+            return changed
+        try:
+            fresh = ServerTLS.load(tls.cert, tls.key)
+        except TLSConfigError as exc:
+            get_logger(component="tls").error("tls_reload_failed", error=str(exc),
+                      kept=self.tls.subject if self.tls is not None else None)
+            return False
+        self.tls = fresh
+        get_logger(component="tls").info("tls_loaded", subject=fresh.subject, not_after=fresh.not_after)
+        return True
 
     def target(self, user: str, server: TargetConfig | None = None) -> Target:
         """How ``user``'s connections log in to ``server`` (the writer by default)."""
         account = self.config.user(user)
         backend = self.config.backend
         server = server or self.topology.writer.config
-        return Target(server.host, server.port, user, account.password if account else "",
+        return Target(server.host, server.port, user, self._password(user),
                       backend.database, backend.charset, backend.connect_timeout,
-                      statement_cache=self.statement_cache(), init_query=backend.init_query)
+                      statement_cache=self.statement_cache(), init_query=backend.init_query,
+                      tls=self.backend_tls.for_host(server.host))
 
     def _monitor_login(self, server: TargetConfig) -> Target:
         """Probes log in with no schema (one that is missing must not make a
         server look down)."""
         name, password = probe_account(self.config)
-        return Target(server.host, server.port, name, password, None, self.config.backend.charset,
-                      self.config.health.connect_timeout, statement_cache=0)
+        return Target(server.host, server.port, name, password or self._password(name), None,
+                      self.config.backend.charset, self.config.health.connect_timeout, statement_cache=0,
+                      tls=self.backend_tls.for_host(server.host))
 
     def statement_cache(self) -> int:
         """Statements cached per backend connection: as configured, or what keeps
@@ -282,9 +339,17 @@ class Proxy:
         """
         old, self.config = self.config, config
         changed = [name for name in ("proxy", "backend", "pool", "health", "session", "log", "metrics",
-                                     "users")
+                                     "tls", "users")
                    if getattr(old, name) != getattr(config, name)]
         self.ignored_variables = frozenset(config.session.ignore_variables)
+        self.reload_tls(config)
+        backend = config.backend
+        if (backend.tls, backend.ca, backend.server_name) != (old.backend.tls, old.backend.ca,
+                                                               old.backend.server_name):
+            try:
+                self.backend_tls = BackendTLSCache(backend.tls, backend.ca, backend.server_name)
+            except TLSConfigError as exc:
+                get_logger(component="tls").error("backend_tls_reload_failed", error=str(exc))
         health = config.health
         removed = self.topology.reconfigure(config.backend.servers(), interval=health.interval,
                                             failure_threshold=health.failure_threshold,

@@ -42,6 +42,8 @@ class Owner:
     def __init__(self) -> None:
         self.transport = FakeTransport()
         self.user = ""
+        self.secure = False
+        self.tls_started = 0
         self.accepted: list[tuple[Identity, int]] = []
         self.errors: list[tuple[tuple[int, str], str, int | None]] = []
         self.timed_out = 0
@@ -58,6 +60,10 @@ class Owner:
 
     def login_timed_out(self) -> None:
         self.timed_out += 1
+
+    def start_tls(self) -> None:
+        self.tls_started += 1
+        self.secure = True
 
     def sent(self) -> list[Packet]:
         data = self.transport.value()
@@ -161,7 +167,7 @@ class LoginAloneTests(SynchronousTestCase):
         ssl = (CLIENT_CAPS | CLIENT.SSL).to_bytes(4, "little") + b"\x00\x00\x00\x01\x2d" + b"\x00" * 23
         self.login.receive(Packet(1, ssl, b"", 1))
         self.login.receive(Packet(1, b"garbage", b"", 1))
-        self.assertEqual(self.owner.errors, [((1043, "08S01"), "pyproxy does not offer TLS yet", 2),
+        self.assertEqual(self.owner.errors, [((1043, "08S01"), "Bad handshake: TLS is not offered here", 2),
                                              ((1043, "08S01"), "Bad handshake", 2)])
 
     def test_change_user(self) -> None:

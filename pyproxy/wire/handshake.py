@@ -79,6 +79,13 @@ def is_ssl_request(payload: bytes) -> bool:
     return len(payload) == 32 and bool(int.from_bytes(payload[:4], "little") & CLIENT.SSL)
 
 
+def make_ssl_request(capabilities: int, max_packet_size: int, charset: int) -> bytes:
+    """The client's SSLRequest: the first 32 bytes of a HandshakeResponse41 with
+    CLIENT_SSL set; TLS starts right after it, and the full response follows
+    inside TLS with the next sequence id."""
+    return u32(capabilities | CLIENT.SSL) + u32(max_packet_size) + bytes((charset,)) + b"\x00" * 23
+
+
 def parse_handshake_response41(payload: bytes) -> HandshakeResponse41:
     """Raises MalformedPacket (a ValueError) for anything truncated or pre-4.1."""
     r = Reader(payload)
