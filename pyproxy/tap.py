@@ -21,7 +21,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.task import Clock, LoopingCall
 from twisted.python import usage
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 import pyproxy
@@ -193,7 +193,9 @@ class _RawSocket:
         self.owner.sock.sendall(b"".join(data))
 
     def loseConnection(self) -> None:
-        self.owner.tls_closed(Failure(ConnectionDone()))
+        """The TLS protocol is done with the socket (a failed handshake, a close):
+        it learns so once its own call has returned (see _BlockingTransport.feed)."""
+        self.owner.closing = True
 
     abortConnection = loseConnection
 
@@ -222,6 +224,8 @@ class _BlockingTransport:
         self.tls: Any = None
         # What the socket receives goes here.
         self.receiver: Any = protocol
+        # The TLS protocol closed the socket.
+        self.closing = False
 
     def write(self, data: bytes) -> None:
         if self.tls is not None:
@@ -233,13 +237,17 @@ class _BlockingTransport:
         """TLS as a client, as a reactor's transport would start it, through
         Twisted's own TLS protocol (the same verification as pooled connections)."""
         factory = TLSMemoryBIOFactory(options, True, None)
-        self.tls = self.receiver = factory.protocol(factory, self.protocol, False)
+        # The plain protocol: the factory's own batches small writes on the
+        # reactor's clock, which does not run yet.
+        self.tls = self.receiver = TLSMemoryBIOProtocol(factory, self.protocol, False)
         self.tls.makeConnection(_RawSocket(self))
 
-    def tls_closed(self, reason: Failure) -> None:
-        tls, self.tls = self.tls, None
-        if tls is not None:
-            tls.connectionLost(reason)
+    def feed(self, data: bytes) -> None:
+        """What the socket received, to the connection (through TLS, once started)."""
+        self.receiver.dataReceived(data)
+        if self.closing and self.tls is not None:
+            tls, self.tls = self.tls, None
+            tls.connectionLost(Failure(ConnectionDone()))
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
@@ -277,7 +285,7 @@ def _login(target: Target, account: str) -> HandshakeV10:
                 if not data:
                     raise StartupError(f"{where} closed the connection "
                                        + ("before greeting" if conn.handshake is None else "during login"))
-                transport.receiver.dataReceived(data)
+                transport.feed(data)
             if not isinstance(outcome[0], Failure):
                 transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
     except TimeoutError:
