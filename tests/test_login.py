@@ -181,6 +181,121 @@ class LoginAloneTests(SynchronousTestCase):
         self.assertEqual(seq, 5)
 
 
+class NeedsPassword:
+    """A credential source that holds only what checks a password itself (a stored hash):
+    a scramble cannot be checked; the password ``secret`` can."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, bytes]] = []
+
+    def check(self, user: str, plugin: str, nonce: bytes, proof: bytes) -> Checked:
+        self.asked.append((plugin, proof))
+        if plugin == auth.CLEAR:
+            return Checked.ACCEPTED if proof == b"secret" else Checked.REFUSED
+        return Checked.NEEDS_PASSWORD if plugin == auth.CACHING_SHA2 else Checked.REFUSED
+
+
+SSL_REQUEST = (CLIENT_CAPS | CLIENT.SSL).to_bytes(4, "little") + b"\x00\x00\x00\x01\x2d" + b"\x00" * 23
+
+
+class TlsLoginTests(SynchronousTestCase):
+    """The login over TLS, and what needs TLS: [tls] require, caching_sha2_password's full
+    authentication (clear over TLS, RSA without), mysql_clear_password."""
+
+    def setUp(self) -> None:
+        self.owner = Owner()
+
+    def login(self, credentials: Any = None, require: bool = False, rsa: Any = None) -> Login:
+        return Login(self.owner, credentials or OneProof("app", b"p" * 20), NONCE, CLIENT_CAPS | CLIENT.SSL,
+                     require_tls=require, rsa=rsa)
+
+    def test_ssl_request_starts_tls_and_the_identity_says_so(self) -> None:
+        """An SSLRequest makes the owner start TLS; the response that follows (sequence id
+        2) logs in, and the Identity is secure."""
+        login = self.login(require=True)
+        self.assertFalse(login.receive(Packet(1, SSL_REQUEST, b"", 1)))
+        self.assertEqual((self.owner.tls_started, self.owner.errors), (1, []))
+        second = response()
+        login.receive(Packet(2, second.payload, b"", 2))
+        [(identity, seq)] = self.owner.accepted
+        self.assertTrue(identity.secure)
+        self.assertEqual(seq, 3)
+        # A second SSLRequest on a connection already running TLS is a bad handshake.
+        self.login().receive(Packet(3, SSL_REQUEST, b"", 3))
+        self.assertEqual(self.owner.errors[0][0], (1043, "08S01"))
+
+    def test_plaintext_identity_is_not_secure(self) -> None:
+        self.login().receive(response())
+        self.assertFalse(self.owner.accepted[0][0].secure)
+
+    def test_require_refuses_plaintext_with_3159(self) -> None:
+        self.login(require=True).receive(response())
+        self.assertEqual(self.owner.errors, [((3159, "HY000"), "Connections using insecure transport are "
+                                                               "prohibited while --require_secure_transport=ON.",
+                                              2)])
+        self.assertEqual(self.owner.accepted, [])
+
+    def test_full_authentication_over_tls(self) -> None:
+        """A scramble the credentials cannot check: perform-full-auth (0x04), then the
+        password and a NUL, over TLS; the Identity carries the proved password."""
+        self.owner.secure = True
+        login = self.login(NeedsPassword())
+        self.assertTrue(login.receive(response(plugin=auth.CACHING_SHA2, proof=b"s" * 32)))
+        [more] = self.owner.sent()
+        self.assertEqual((more.seq, more.payload), (2, b"\x01\x04"))
+        self.assertFalse(login.receive(Packet(3, b"secret\x00", b"", 3)))
+        [(identity, seq)] = self.owner.accepted
+        self.assertEqual((identity.password, identity.secure, identity.plugin, seq),
+                         ("secret", True, auth.CACHING_SHA2, 4))
+        self.assertNotIn("secret", repr(identity))
+
+    def test_full_authentication_with_rsa(self) -> None:
+        """Without TLS the client asks for the public key (0x02), gets it as AuthMoreData,
+        and sends the password encrypted with it; a wrong one is refused with 1045."""
+        from pymysql import _auth as pymysql_auth
+
+        from pyproxy.tls import RsaKeys
+
+        keys = RsaKeys(1024)
+        for password, accepted in ((b"secret", True), (b"wrong", False)):
+            self.owner = Owner()
+            login = self.login(NeedsPassword(), rsa=lambda: keys)
+            self.assertTrue(login.receive(response(plugin=auth.CACHING_SHA2, proof=b"s" * 32)))
+            self.assertEqual(self.owner.sent()[0].payload, b"\x01\x04")
+            self.assertTrue(login.receive(Packet(3, b"\x02", b"", 3)))
+            [key] = self.owner.sent()
+            self.assertEqual((key.seq, key.payload), (4, b"\x01" + keys.public_pem))
+            encrypted = pymysql_auth.sha2_rsa_encrypt(password, NONCE, keys.public_pem)
+            self.assertFalse(login.receive(Packet(5, encrypted, b"", 5)))
+            if accepted:
+                self.assertEqual(self.owner.accepted[0][0].password, "secret")
+                self.assertEqual(self.owner.accepted[0][1], 6)
+            else:
+                self.assertEqual(self.owner.errors[0][0], (1045, "28000"))
+
+    def test_full_authentication_without_keys_or_tls(self) -> None:
+        login = self.login(NeedsPassword())
+        login.receive(response(plugin=auth.CACHING_SHA2, proof=b"s" * 32))
+        login.receive(Packet(3, b"\x02", b"", 3))
+        self.assertEqual(self.owner.errors[0][0], (1045, "28000"))
+
+    def test_clear_password_over_tls_only(self) -> None:
+        """mysql_clear_password is checked as sent over TLS; without TLS the client is asked
+        for a mysql_native_password proof instead, and the clear text is not checked."""
+        credentials = NeedsPassword()
+        self.owner.secure = True
+        self.login(credentials).receive(response(plugin=auth.CLEAR, proof=b"secret\x00"))
+        self.assertEqual(self.owner.accepted[0][0].plugin, auth.CLEAR)
+        self.assertEqual(credentials.asked, [(auth.CLEAR, b"secret")])
+
+        self.owner = Owner()
+        plain = NeedsPassword()
+        self.assertTrue(self.login(plain).receive(response(plugin=auth.CLEAR, proof=b"secret\x00")))
+        [switch] = self.owner.sent()
+        self.assertEqual(parse_auth_switch_request(switch.payload)[0], auth.NATIVE)
+        self.assertEqual(plain.asked, [])
+
+
 class HandshakeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.proxy, self.backends = make_proxy()

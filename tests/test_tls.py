@@ -1,0 +1,118 @@
+"""pyproxy.tls: loading the certificate shown to clients, the servers' CA, and the RSA pair of
+caching_sha2_password; the [tls] keys of the configuration; ConfiguredUsers' full-auth
+answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pymysql import _auth as pymysql_auth
+
+from pyproxy import auth, config
+from pyproxy.credentials import Checked, ConfiguredUsers
+from pyproxy.tls import BackendTLSCache, RsaKeys, ServerTLS, TLSConfigError, close_client
+
+trustme = pytest.importorskip("trustme")
+
+
+@pytest.fixture(scope="module")
+def ca() -> object:
+    return trustme.CA()
+
+
+def pair(ca: object, directory: Path, name: str = "server") -> tuple[Path, Path]:
+    issued = ca.issue_cert("127.0.0.1", "localhost")  # type: ignore[attr-defined]
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    key.write_bytes(issued.private_key_pem.bytes())
+    return cert, key
+
+
+def test_server_tls_loads_a_pair(ca: object, tmp_path: Path) -> None:
+    cert, key = pair(ca, tmp_path)
+    loaded = ServerTLS.load(str(cert), str(key))
+    assert loaded.options.getContext() is not None
+    assert loaded.subject and loaded.not_after
+
+
+@pytest.mark.parametrize("problem", ["missing cert", "not pem", "bad key", "mismatched key"])
+def test_server_tls_names_what_is_wrong(ca: object, tmp_path: Path, problem: str) -> None:
+    """Each bad pair is one TLSConfigError naming the file; a key's content never shows."""
+    cert, key = pair(ca, tmp_path)
+    if problem == "missing cert":
+        cert = tmp_path / "nowhere.pem"
+        expected = "cannot read [tls] cert"
+    elif problem == "not pem":
+        cert.write_text("hello")
+        expected = "holds no PEM certificate"
+    elif problem == "bad key":
+        key.write_text("-----BEGIN PRIVATE KEY-----\nsecretstuff\n-----END PRIVATE KEY-----\n")
+        expected = "is not a PEM private key"
+    else:
+        _, key = pair(ca, tmp_path, "other")
+        expected = "does not match"
+    with pytest.raises(TLSConfigError) as info:
+        ServerTLS.load(str(cert), str(key))
+    assert expected in str(info.value)
+    assert "secretstuff" not in str(info.value)
+
+
+def test_backend_tls_cache(ca: object, tmp_path: Path) -> None:
+    """Off gives None; verify gives one BackendTLS per server name, server_name winning
+    over the host; a CA file that cannot be read is reported at once."""
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))  # type: ignore[attr-defined]
+    assert BackendTLSCache("off", "", "").for_host("db") is None
+    cache = BackendTLSCache("verify", str(ca_path), "")
+    first = cache.for_host("db-1.internal")
+    assert first is cache.for_host("db-1.internal")
+    assert first.server_name == "db-1.internal"
+    assert BackendTLSCache("verify", str(ca_path), "rds.example").for_host("10.0.0.1").server_name == "rds.example"
+    with pytest.raises(TLSConfigError, match="cannot read"):
+        BackendTLSCache("verify", str(tmp_path / "missing.pem"), "")
+
+
+def test_rsa_keys_decrypt_what_pymysql_sends() -> None:
+    keys = RsaKeys(1024)
+    nonce = bytes(range(1, 21))
+    assert keys.decrypt_password(pymysql_auth.sha2_rsa_encrypt(b"pa55-word", nonce, keys.public_pem),
+                                 nonce) == b"pa55-word"
+    assert keys.decrypt_password(b"\x00" * 128, nonce) is None
+
+
+def test_close_client_without_tls() -> None:
+    closed = []
+    close_client(SimpleNamespace(loseConnection=lambda: closed.append(True)))
+    assert closed == [True]
+
+
+def test_tls_config_keys() -> None:
+    """[tls] cert and key go together; require needs them; [backend] tls is off or verify."""
+    built = config.build({"tls": {"cert": "/c.pem", "key": "/k.pem", "require": True},
+                          "backend": {"tls": "verify", "ca": "/ca.pem", "server_name": "db"}})
+    assert (built.tls.require, built.backend.tls, built.backend.server_name) == (True, "verify", "db")
+    problems: list[str] = []
+    config.build({"tls": {"cert": "/c.pem"}}, problems)
+    assert problems == ["tls.cert and tls.key: both are needed to offer TLS"]
+    problems = []
+    config.build({"tls": {"require": True}}, problems)
+    assert problems == ["tls.require: requiring TLS needs tls.cert and tls.key"]
+    problems = []
+    config.build({"backend": {"tls": "on"}}, problems)
+    assert problems and problems[0].startswith("backend.tls: must be one of off, verify")
+    # A key's path is not a secret: log lines may name it.
+    assert "/k.pem" not in config.secrets(built)
+
+
+def test_configured_users_with_only_a_hash_need_the_password() -> None:
+    """A caching_sha2_password scramble cannot be checked against a stored hash: the login
+    is asked to get the password itself, which is then checked against the hash."""
+    stored = auth.stored_hash(b"hunter2-pw")
+    proxy = SimpleNamespace(config=config.build({"users": [{"name": "h", "password_hash": stored}]}))
+    users = ConfiguredUsers(proxy)
+    assert users.check("h", auth.CACHING_SHA2, b"n" * 20, b"s" * 32) is Checked.NEEDS_PASSWORD
+    assert users.check("h", auth.CLEAR, b"n" * 20, b"hunter2-pw") is Checked.ACCEPTED
+    assert users.check("h", auth.CLEAR, b"n" * 20, b"wrong") is Checked.REFUSED
+    assert users.check("h", auth.NATIVE, b"n" * 20, b"") is Checked.REFUSED
