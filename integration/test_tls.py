@@ -102,8 +102,9 @@ def scalar(conn: Any, sql: str) -> Any:
 
 
 def test_pymysql_and_connector_verify_pyproxy(make_proxy: MakeProxy, tls_files: dict[str, Path]) -> None:
-    """With TLS required, PyMySQL and mysql-connector-python (pure and C) verify the chain and
-    the name and run statements through pyproxy; the greeting announces CLIENT_SSL."""
+    """With TLS required, PyMySQL, mysql-connector-python (pure and C) and mysqlclient
+    (VERIFY_IDENTITY) verify the chain and the name and run statements through pyproxy; the
+    greeting announces CLIENT_SSL."""
     proxy = tls_proxy(make_proxy, tls_files)
     with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
         greeting = parse_handshake_v10(read_packets(sock, PacketFramer())[0][1])
@@ -128,6 +129,18 @@ def test_pymysql_and_connector_verify_pyproxy(make_proxy: MakeProxy, tls_files: 
             cur.close()
         finally:
             cconn.close()
+    try:
+        import MySQLdb  # noqa: PLC0415
+    except ImportError:
+        return
+    mconn = MySQLdb.connect(host=proxy.host, port=proxy.port, user=drivers.APP_USER,
+                            password=drivers.APP_PASSWORD, database=drivers.APP_DATABASE,
+                            ssl_mode="VERIFY_IDENTITY", ssl={"ca": str(tls_files["ca"])}, connect_timeout=10)
+    try:
+        assert mconn.get_proto_info() == 10
+        assert scalar(mconn, "SELECT 6 * 7") == 42
+    finally:
+        mconn.close()
 
 
 def test_mariadb_cli_verifies_pyproxy(make_proxy: MakeProxy, tls_files: dict[str, Path]) -> None:
@@ -184,7 +197,9 @@ def test_plaintext_refused_when_required(make_proxy: MakeProxy, tls_files: dict[
 
 
 def test_plaintext_allowed_when_not_required(make_proxy: MakeProxy, tls_files: dict[str, Path]) -> None:
-    """require = false: TLS is offered, and a client may still log in without it."""
+    """require = false: TLS is offered, and a client may still log in without it; the log
+    says which logins came over TLS (``client_connected``'s ``tls``), and SIGUSR1's
+    ``client_stats`` counts them."""
     proxy = tls_proxy(make_proxy, tls_files, require=False)
     plain = proxy.connect()
     secure = verified_pymysql(proxy, tls_files["ca"])
@@ -194,6 +209,11 @@ def test_plaintext_allowed_when_not_required(make_proxy: MakeProxy, tls_files: d
     finally:
         plain.close()
         secure.close()
+    assert [event["tls"] for event in drivers.log_events(proxy, "client_connected")] == [False, True]
+    proxy.process.send_signal(signal.SIGUSR1)
+    wait_for_event(proxy, "client_stats")
+    stats = drivers.log_events(proxy, "client_stats")[-1]
+    assert (stats["logins"], stats["tls_logins"]) == (2, 1), stats
 
 
 def test_client_with_the_wrong_ca_fails_cleanly(make_proxy: MakeProxy, tls_files: dict[str, Path]) -> None:

@@ -146,7 +146,10 @@ class FrontendProtocol(protocol.Protocol):
         """The login phase accepted an SSLRequest: TLS starts now (server side),
         with the certificate [tls] holds at this moment."""
         tls = self.proxy.tls
-        assert tls is not None  # the login offers TLS only when it is configured
+        if tls is None:
+            # Offered in the greeting, then taken away by a reload.
+            self.fatal(c.ER_HANDSHAKE_ERROR, "Bad handshake: TLS is not offered here", 2)
+            return
         self.transport.startTLS(tls.options)
         self.secure = True
 
@@ -238,7 +241,7 @@ class FrontendProtocol(protocol.Protocol):
         if session is not None and session.state.schema:
             self.proxy.schema_used(self.user, session.state.schema)
         self.transport.write(frame(commands.ok_payload(), seq))
-        self.proxy.client_connected(self.log, self.transport.getPeer())
+        self.proxy.client_connected(self.log, self.transport.getPeer(), self.secure)
         commands.command = None
         commands.busy = False
         release_if_clean(commands)

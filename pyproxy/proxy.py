@@ -91,6 +91,8 @@ class Proxy:
     connections_closed: collections.Counter[str] = attrs.field(factory=collections.Counter)
     # Clients that logged in (a COM_CHANGE_USER counts again).
     logins: int = 0
+    # Of them, over TLS.
+    tls_logins: int = 0
     ignored_variables: frozenset[str] = attrs.field(init=False)
     topology: Topology = attrs.field(init=False)
     # Where clients' proofs are checked (pyproxy.login asks nothing else).
@@ -120,11 +122,13 @@ class Proxy:
                                  backoff_max=health.backoff_max)
         self.topology.listeners.append(self._topology_changed)
 
-    def client_connected(self, log: Any, peer: Any) -> None:
-        """A client logged in: logged at debug level (the connection was counted
-        when accepted)."""
+    def client_connected(self, log: Any, peer: Any, secure: bool = False) -> None:
+        """A client logged in (over TLS when ``secure``): logged at debug level (the
+        connection was counted when accepted)."""
         self.logins += 1
-        log.debug("client_connected", peer=format_address(peer))
+        if secure:
+            self.tls_logins += 1
+        log.debug("client_connected", peer=format_address(peer), tls=secure)
 
     def client_closed(self, log: Any, reason: str) -> None:
         """A client connection ended: logged at debug level and counted by the
@@ -133,7 +137,7 @@ class Proxy:
         self.connections_closed[reason_kind(reason)] += 1
 
     def client_stats(self) -> dict[str, Any]:
-        return {"accepted": self.connections_accepted, "logins": self.logins,
+        return {"accepted": self.connections_accepted, "logins": self.logins, "tls_logins": self.tls_logins,
                 "open": len(self.clients), "closed": dict(self.connections_closed)}
 
     @property
@@ -343,6 +347,9 @@ class Proxy:
                    if getattr(old, name) != getattr(config, name)]
         self.ignored_variables = frozenset(config.session.ignore_variables)
         self.reload_tls(config)
+        for user in list(self._proved_passwords):
+            if old.user(user) != config.user(user):
+                del self._proved_passwords[user]  # another hash: the password must be proved again
         backend = config.backend
         if (backend.tls, backend.ca, backend.server_name) != (old.backend.tls, old.backend.ca,
                                                                old.backend.server_name):
