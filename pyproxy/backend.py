@@ -615,8 +615,10 @@ class BackendConnection(protocol.Protocol):
                 transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
-        # Over TLS a half close would skip TLS's own close: close it whole.
-        half_close = None if self.tls_started else getattr(transport, "loseWriteConnection", None)
+        # Over TLS a half close would skip TLS's own close: its close_notify goes
+        # instead, and the server's close ends the connection as well.
+        half_close = transport.loseConnection if self.tls_started else getattr(transport, "loseWriteConnection",
+                                                                                   None)
         if was_broken or half_close is None or self._mode == "closed":
             transport.loseConnection()
             return False
