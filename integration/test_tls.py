@@ -381,3 +381,28 @@ def test_clear_password_only_over_tls(make_proxy: MakeProxy, tls_files: dict[str
     assert last[:1] == b"\x00", last
     first, last = clear_password_login(proxy, None, "wrong-clear-pw")
     assert first[:1] == b"\xfe" and parse_err(last).code == 1045
+
+
+def test_large_rows_both_ways_over_tls(make_proxy: MakeProxy, tls_files: dict[str, Path],
+                                       db_server: servers.DbServer) -> None:
+    """A BLOB larger than one 16 MiB packet written and read back over TLS, and a result
+    set of many rows: the bytes pyproxy sends on the spot through TLS arrive whole and in
+    order."""
+    proxy = tls_proxy(make_proxy, tls_files)
+    table = drivers.unique_table("tls_blob")
+    payload = drivers.blob_payload()
+    conn = verified_pymysql(proxy, tls_files["ca"], max_allowed_packet=64 << 20)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, b LONGBLOB)")
+            cur.execute(f"INSERT INTO {table} VALUES (1, %s)", (payload,))
+            conn.commit()
+            cur.execute(f"SELECT b FROM {table} WHERE id = 1")
+            assert hashlib.sha256(cur.fetchone()[0]).hexdigest() == hashlib.sha256(payload).hexdigest()
+            if db_server.flavor == "mariadb":  # the SEQUENCE engine's tables
+                cur.execute("SELECT seq, REPEAT('x', 100) FROM seq_1_to_20000")
+                rows = cur.fetchall()
+                assert len(rows) == 20000 and rows[-1][0] == 20000
+            cur.execute(f"DROP TABLE {table}")
+    finally:
+        conn.close()
