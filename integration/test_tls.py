@@ -406,3 +406,48 @@ def test_large_rows_both_ways_over_tls(make_proxy: MakeProxy, tls_files: dict[st
             cur.execute(f"DROP TABLE {table}")
     finally:
         conn.close()
+
+
+def test_client_that_does_not_read_over_tls(make_proxy: MakeProxy, tls_files: dict[str, Path]) -> None:
+    """Back-pressure holds over TLS too: a client pipelines 3,000 queries of 30 kB results
+    (90 MB) and reads nothing for 2 s; pyproxy stops running them once the unsent replies pass
+    its buffer instead of keeping them all, and every reply arrives intact and in order once
+    the client reads."""
+    from bench.bounds import MB, RawClient, ReplyReader  # noqa: PLC0415
+
+    proxy = tls_proxy(make_proxy, tls_files)
+    c = RawClient(proxy.host, proxy.port)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    caps = (CLIENT.LONG_PASSWORD | CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION | CLIENT.PLUGIN_AUTH
+            | CLIENT.CONNECT_WITH_DB | CLIENT.SSL)
+    c.sock.sendall(frame(caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d" + b"\x00" * 23,
+                         1))
+    c.sock = ssl.create_default_context(cafile=str(tls_files["ca"])).wrap_socket(
+        c.sock, server_hostname="127.0.0.1")
+    c.send(make_handshake_response41(HandshakeResponse41(
+        caps, 1 << 24, 45, drivers.APP_USER, auth.native_proof(drivers.APP_PASSWORD.encode(),
+                                                               c.greeting.auth_data),
+        drivers.APP_DATABASE, auth.NATIVE)), 2)
+    assert c.read_packet()[:1] == b"\x00"
+    pid = proxy.process.pid
+
+    def rss() -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    try:
+        before = rss()
+        count = 3000
+        from pyproxy.wire.commands import make_query  # noqa: PLC0415
+        c.sock.sendall(b"".join(frame(make_query(f"SELECT {i}, REPEAT('x', 30000)"), 0) for i in range(count)))
+        time.sleep(2)
+        grown = rss() - before
+        reader = ReplyReader()
+        for seen in range(count):
+            reply = c.read_reply(reader)
+            assert reply.error == 0 and reply.rows[0].startswith(bytes((len(str(seen)),)) + str(seen).encode())
+        assert grown < 40 * MB, f"pyproxy grew by {grown / MB:.0f} MB for a TLS client that did not read"
+    finally:
+        c.close()
