@@ -7,12 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import attrs
 import pytest
 from pymysql import _auth as pymysql_auth
+from twisted.internet.testing import MemoryReactorClock
 
+import vectors
 from pyproxy import auth, config
+from pyproxy.backend import BackendConnection, BackendError, Target
 from pyproxy.credentials import Checked, ConfiguredUsers
-from pyproxy.tls import BackendTLSCache, RsaKeys, ServerTLS, TLSConfigError, close_client
+from pyproxy.tls import BackendTLS, BackendTLSCache, RsaKeys, ServerTLS, TLSConfigError, close_client
+from pyproxy.wire.constants import CLIENT
+from pyproxy.wire.framing import PacketFramer, frame
+from pyproxy.wire.handshake import make_handshake_v10, parse_handshake_response41, parse_handshake_v10
+from test_backend import FakeServer
+from test_frontend import FakeClient, make_proxy
 
 trustme = pytest.importorskip("trustme")
 
@@ -116,3 +125,74 @@ def test_configured_users_with_only_a_hash_need_the_password() -> None:
     assert users.check("h", auth.CLEAR, b"n" * 20, b"hunter2-pw") is Checked.ACCEPTED
     assert users.check("h", auth.CLEAR, b"n" * 20, b"wrong") is Checked.REFUSED
     assert users.check("h", auth.NATIVE, b"n" * 20, b"") is Checked.REFUSED
+
+
+# --- the SSLRequest on both sides, over fake transports --------------------------------------
+
+
+class TLSFakeTransport:
+    """Records startTLS; what arrives after it goes to ``protocol`` (Twisted's TLS layer)."""
+
+    def __init__(self, base: object) -> None:
+        self.base = base
+        self.started: list[object] = []
+        self.layer: list[bytes] = []
+
+    def start(self, options: object) -> None:
+        self.started.append(options)
+        self.base.protocol = SimpleNamespace(dataReceived=self.layer.append)  # type: ignore[attr-defined]
+
+
+def test_frontend_hands_bytes_after_the_ssl_request_to_tls(ca: object, tmp_path: Path) -> None:
+    """A client sends its TLS ClientHello right behind its SSLRequest, in the same read: the
+    36 bytes start TLS, the rest goes to the TLS layer, never to the packet framer (which
+    would take a TLS record header for a 66 kB packet)."""
+    cert, key = pair(ca, tmp_path)
+    proxy, _ = make_proxy(tls={"cert": str(cert), "key": str(key), "require": True})
+    client = FakeClient(proxy)
+    assert client.greeting.capabilities & CLIENT.SSL
+    fake = TLSFakeTransport(client.transport)
+    client.transport.startTLS = fake.start  # type: ignore[attr-defined]
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"r" * 40
+    request = (CLIENT.PROTOCOL_41 | CLIENT.SSL | CLIENT.SECURE_CONNECTION).to_bytes(4, "little") \
+        + (1 << 24).to_bytes(4, "little") + b"\x2d" + b"\x00" * 23
+    data = frame(request, 1) + hello
+    client.protocol.dataReceived(data[:20])  # a short first read: held until whole
+    assert fake.started == []
+    client.protocol.dataReceived(data[20:])
+    assert fake.started == [proxy.tls.options]
+    assert fake.layer == [hello]
+    assert client.protocol.secure
+    assert client.raw() == b""  # no error written
+
+
+def test_backend_sends_ssl_request_then_starts_tls() -> None:
+    """[backend] tls: after the greeting, an SSLRequest (sequence id 1, CLIENT_SSL set), TLS
+    as a client with the target's options, then the login response with sequence id 2; a
+    server whose greeting offers no TLS is refused with 2026, nothing sent in plaintext."""
+    options = object()
+    target = Target("db.test", 3306, vectors.USER, vectors.PASSWORD, tls=BackendTLS("db.test", options))
+    greeting = parse_handshake_v10(vectors.GREETING[4:])
+    with_tls = frame(make_handshake_v10(attrs.evolve(greeting, capabilities=greeting.capabilities | CLIENT.SSL)), 0)
+    conn = BackendConnection(target, 0, MemoryReactorClock())
+    server = FakeServer(conn)
+    started: list[object] = []
+    server.transport.startTLS = started.append  # type: ignore[attr-defined]
+    server.send(with_tls)
+    ssl_request, response = PacketFramer().feed(server.transport.value())
+    assert (ssl_request.seq, len(ssl_request.payload)) == (1, 32)
+    assert int.from_bytes(ssl_request.payload[:4], "little") & CLIENT.SSL
+    assert started == [options]
+    assert response.seq == 2 and parse_handshake_response41(response.payload).username == vectors.USER
+
+    plain = BackendConnection(target, 0, MemoryReactorClock())
+    server = FakeServer(plain)
+    server.transport.startTLS = started.append  # type: ignore[attr-defined]
+    failures: list[object] = []
+    plain.ready.addErrback(failures.append)
+    server.send(frame(make_handshake_v10(attrs.evolve(greeting, capabilities=greeting.capabilities & ~CLIENT.SSL)), 0))
+    assert server.transport.value() == b""
+    error = failures[0].value  # type: ignore[attr-defined]
+    assert isinstance(error, BackendError) and error.code == 2026 and "offers no TLS" in error.message
+
+
