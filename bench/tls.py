@@ -35,6 +35,10 @@ query
     Rows: plaintext end to end, TLS from the client only, and TLS on both sides; and
     directly to MariaDB, plaintext and TLS, for reference.  The machine is shared: compare
     the rows of one run, not runs.
+idle logged-in client
+    pyproxy's RSS growth (``/proc/<pid>/status``) over ``--idle`` clients that log in and
+    stay idle, divided by their number: plaintext, and over TLS (each holds an OpenSSL
+    connection and its buffers).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import targets  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
-from bench.measure import percentile, proc_cpu  # noqa: E402
+from bench.measure import percentile, proc_cpu, proc_rss  # noqa: E402
 from bench.report import progress  # noqa: E402
 
 ROWS = 10_000
@@ -139,6 +143,17 @@ def query_run(port: int, password: str, ca: str | None, seconds: float,
             "cpu_us": cpu / queries * 1e6 if cpu is not None else None}
 
 
+def idle_memory(port: int, password: str, ca: str | None, count: int, pid: int) -> float:
+    """pyproxy's RSS growth per logged-in idle client, in bytes, over ``count`` clients."""
+    before = proc_rss(pid)
+    clients = [connect(port, password, ca) for _ in range(count)]
+    time.sleep(0.5)
+    grown = proc_rss(pid) - before
+    for conn in clients:
+        conn.close()
+    return grown / count
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -147,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--logins", type=int, default=300, help="login cycles per row (default 300)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per query row (default 10)")
+    parser.add_argument("--idle", type=int, default=300, help="idle clients for the memory rows (default 300)")
     parser.add_argument("--quick", action="store_true", help="100 logins and 3 s per query row")
     args = parser.parse_args(argv)
     if args.quick:
@@ -172,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         "pyproxy, plaintext": login_times(plain_backend.port, password, None, args.logins),
         "pyproxy, TLS": login_times(plain_backend.port, password, pki["ca"], args.logins),
     }
+    progress(f"memory: {args.idle} idle clients per row")
+    # Each row on a pyproxy of its own that has served the same logins, so that what the
+    # first clients made it allocate is already there.
+    memory = {
+        "plaintext": idle_memory(plain_backend.port, password, None, args.idle, plain_backend.pid),
+        "TLS": idle_memory(tls_backend.port, password, pki["ca"], args.idle, tls_backend.pid),
+    }
     progress(f"query: {args.duration:g} s per row")
     queries = {
         "direct, plaintext": query_run(server.port, password, None, args.duration, None),
@@ -192,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, figures in queries.items():
         print(f"{name:<34}{fmt(figures['qps'], ',.0f'):>10}{fmt(figures['p50'], '.3f'):>10}"
               f"{fmt(figures['cpu_us'], '.0f'):>18}")
+    print(f"\n{'idle logged-in client':<34}{'pyproxy RSS':>14}")
+    for name, per_client in memory.items():
+        print(f"{name:<34}{per_client:>12,.0f} B")
     print(f"\npyproxy logs: {work}")
     return 0
 
