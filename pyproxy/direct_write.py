@@ -70,4 +70,10 @@ def _write_tls_now(transport: Any, sock: Any, data: bytes) -> bool:
     rest = pending[sent:]
     transport._tempDataBuffer[:] = [rest] if rest else []
     transport._tempDataLen = len(rest)
-    return not rest
+    if rest:
+        return False
+    if not transport.producerPaused and not transport.disconnecting:
+        # All sent: the reactor need not wake to find nothing to write.  (A
+        # paused producer is resumed, and a close completed, by that wake-up.)
+        transport.stopWriting()
+    return True
