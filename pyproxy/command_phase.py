@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy.tls import close_client
 from pyproxy import sqltext
 from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
 from pyproxy.backend_loss import HARMLESS, held_connection_lost, lost_during_command, refused_after_loss
@@ -45,6 +44,7 @@ from pyproxy.release import cancel_hold, discard, give_back, give_up_hold, relea
 from pyproxy.routines import RoutineCatalog, Verdict
 from pyproxy.session import ClientSession, initial_state
 from pyproxy.set_global import abandon
+from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, opens_cursor
 from pyproxy.wire.constants import CLIENT, COMMAND

@@ -21,7 +21,6 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.python.failure import Failure
 
-from pyproxy.tls import close_client
 from pyproxy import auth
 from pyproxy.command_phase import CommandPhase
 from pyproxy.flow import enqueue, pause_replies, resume_backend, resume_replies, run_queued
@@ -34,6 +33,7 @@ from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.proxy import Proxy
 from pyproxy.release import cancel_hold, client_left, release_if_clean
 from pyproxy.set_global import abandon
+from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
 from pyproxy.wire.handshake import ChangeUser, is_ssl_request

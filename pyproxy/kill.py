@@ -20,10 +20,10 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy.tls import close_client
 from pyproxy.backend import BackendConnection, BackendError, connect
 from pyproxy.flow import run_queued
 from pyproxy.phases import CLOSED, COMMANDS
+from pyproxy.tls import close_client
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import Packet
 

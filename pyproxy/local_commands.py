@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from pyproxy.tls import close_client
 from pyproxy.phases import CLOSED
 from pyproxy.release import reset_and_give_back
 from pyproxy.session import ClientSession, initial_state
+from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, command_name
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
