@@ -27,11 +27,12 @@ _pyproxies: list[PyProxy] = []
 _servers: list[Any] = []           # SandboxServer objects
 
 
-def start_sandbox(max_connections: int, password: str, rows: int) -> tuple[Any, str]:
+def start_sandbox(max_connections: int, password: str, rows: int, **options: Any) -> tuple[Any, str]:
     """A sandbox server with the client user and a table ``t`` of ``rows`` rows for the point
-    selects. Returns the server and its version."""
+    selects (``options``: more SandboxServer settings, such as its TLS files). Returns the
+    server and its version."""
     from pyproxy import sandbox  # noqa: PLC0415
-    server = sandbox.SandboxServer(max_connections=max_connections)
+    server = sandbox.SandboxServer(max_connections=max_connections, **options)
     _servers.append(server)
     try:
         server.start()

@@ -159,6 +159,19 @@ def ed25519_proof(password: bytes, nonce: bytes) -> bytes:
     return ed25519.mariadb_sign(password, nonce[:ED25519_NONCE_LENGTH])
 
 
+def verify_clear(password: bytes, clear: bytes) -> bool:
+    """Checks a password sent in clear (over TLS, or RSA-encrypted)."""
+    return hmac.compare_digest(password, clear)
+
+
+def verify_clear_hash(stage2: bytes, clear: bytes) -> bool:
+    """Checks a password sent in clear against the stored mysql_native_password
+    hash, SHA1(SHA1(password)) (b"" for no password)."""
+    if not stage2:
+        return clear == b""
+    return hmac.compare_digest(hashlib.sha1(hashlib.sha1(clear).digest()).digest(), stage2)
+
+
 def proof_for(plugin: str, password: bytes, nonce: bytes) -> bytes:
     """The first auth response pyproxy sends to a backend for ``plugin``.
 
@@ -180,6 +193,8 @@ def verify(plugin: str, password: bytes, nonce: bytes, proof: bytes) -> bool:
         return verify_native(password, nonce, proof)
     if plugin == CACHING_SHA2:
         return verify_caching_sha2(password, nonce, proof)
+    if plugin == CLEAR:
+        return verify_clear(password, proof)
     return False
 
 

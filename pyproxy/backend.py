@@ -24,6 +24,7 @@ from pyproxy.direct_write import write_now
 from pyproxy.logs import get_logger
 from pyproxy.session import DEFAULT_TRACKING, ClientSession, SessionState, Tracking, initial_state, tracking
 from pyproxy.statements import BackendStatement, StatementCache
+from pyproxy.tls import describe_tls_failure
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import Reply, make_query
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
@@ -34,6 +35,7 @@ from pyproxy.wire.handshake import (
     HandshakeV10,
     make_change_user,
     make_handshake_response41,
+    make_ssl_request,
     parse_auth_switch_request,
     parse_handshake_v10,
 )
@@ -130,6 +132,8 @@ class Target:
     attempt: int = 0
     # The RDS IAM token of an ``login.iam`` login.
     token: str = attrs.field(default="", repr=False)
+    # TLS to this server (a pyproxy.tls.BackendTLS), or None for plaintext.
+    tls: Any = attrs.field(default=None, repr=False)
 
 
 class ReplySink(TypingProtocol):
@@ -193,6 +197,8 @@ class BackendConnection(protocol.Protocol):
         # The pool generation (configuration) this connection was opened for.
         self.generation = 0
         self._timeout: Any = None
+        # TLS was started on this connection ([backend] tls).
+        self.tls_started = False
 
     # -- connection phase ---------------------------------------------------
 
@@ -261,6 +267,8 @@ class BackendConnection(protocol.Protocol):
             self.tracker.deprecate_eof = bool(self.capabilities & CLIENT.DEPRECATE_EOF)
             if not hs.capabilities & CLIENT.PROTOCOL_41:
                 raise BackendError(*c.ER_HANDSHAKE_ERROR, "server does not speak protocol 4.1")
+            if self.target.tls is not None:
+                self._start_tls(hs)
             self._send(make_handshake_response41(HandshakeResponse41(
                 self.capabilities, 1 << 30, self.target.charset, self.target.user,
                 self._proof(self._plugin, self._nonce),
@@ -292,10 +300,9 @@ class BackendConnection(protocol.Protocol):
 
     @property
     def secure(self) -> bool:
-        """Whether this connection is encrypted: only then may a password or token go
-        as mysql_clear_password.  False until TLS to the server lands ([backend]
-        tls, issue 12 item 1), which sets it once the handshake is done."""
-        return False
+        """Whether this connection is encrypted ([backend] tls): only then may a
+        password or token go as mysql_clear_password."""
+        return bool(getattr(self, "tls_started", False))
 
     def _proof(self, plugin: str, nonce: bytes) -> bytes:
         """The auth response for ``plugin``: from the target's password, or from the
@@ -330,6 +337,20 @@ class BackendConnection(protocol.Protocol):
                                "caching_sha2_password full authentication needs the password, "
                                "which pyproxy does not know for this user")
         return login.passwords[min(self.target.attempt, len(login.passwords) - 1)].encode()
+
+    def _start_tls(self, hs: HandshakeV10) -> None:
+        """[backend] tls = "verify": SSLRequest, then TLS as a client, verifying the
+        server's certificate; the login response follows inside TLS.  A server
+        that offers no TLS is refused: never a silent fallback to plaintext."""
+        target = self.target
+        if not hs.capabilities & CLIENT.SSL:
+            raise BackendError(*c.CR_SSL_CONNECTION_ERROR,
+                               f"TLS to {target.host}:{target.port} failed: the server offers no TLS "
+                               f"([backend] tls = \"verify\")")
+        self.capabilities |= CLIENT.SSL
+        self._send(make_ssl_request(self.capabilities, 1 << 30, target.charset))
+        self.transport.startTLS(target.tls.options)  # type: ignore[union-attr]
+        self.tls_started = True
 
     def _start_tracking(self) -> None:
         self._prepare_session().addCallbacks(lambda _: self._became_ready(), self._fail)
@@ -671,7 +692,10 @@ class BackendConnection(protocol.Protocol):
                 transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
-        half_close = getattr(transport, "loseWriteConnection", None)
+        # Over TLS a half close would skip TLS's own close: its close_notify goes
+        # instead, and the server's close ends the connection as well.
+        half_close = transport.loseConnection if self.tls_started else getattr(transport, "loseWriteConnection",
+                                                                                   None)
         if was_broken or half_close is None or self._mode == "closed":
             transport.loseConnection()
             return False
@@ -710,9 +734,17 @@ class BackendConnection(protocol.Protocol):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        if not was_broken:
-            self.log.warning("backend_lost", reason=reason.getErrorMessage())
-        self._error_out(lost_connection(reason.getErrorMessage()))
+        if self.tls_started and not self.ready.called:
+            # The TLS handshake (or the login inside it) failed: say so.
+            target = self.target
+            code, state = c.CR_SSL_CONNECTION_ERROR
+            self._error_out(BackendError(code, state, f"TLS to {target.host}:{target.port} "
+                                                      f"(as {target.tls.server_name!r}) failed: "
+                                                      f"{describe_tls_failure(reason)}"))
+        else:
+            if not was_broken:
+                self.log.warning("backend_lost", reason=reason.getErrorMessage())
+            self._error_out(lost_connection(reason.getErrorMessage()))
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost(self)

@@ -70,6 +70,15 @@ def check_config(args: Sequence[str]) -> int:
         return 2
     path = args[0]
     config, problems = configuration.check(path, os.environ)
+    if config is not None:
+        from pyproxy.tls import BackendTLSCache, ServerTLS, TLSConfigError  # noqa: PLC0415
+
+        try:
+            if config.tls.cert:
+                ServerTLS.load(config.tls.cert, config.tls.key)
+            BackendTLSCache(config.backend.tls, config.backend.ca, config.backend.server_name)
+        except TLSConfigError as exc:
+            config, problems = None, [str(exc)]
     if config is None:
         for problem in problems:
             sys.stderr.write(f"{path}: {problem}\n")
@@ -92,6 +101,10 @@ def summary(config: configuration.Config) -> str:
     if config.auth.lookup:
         parts.append("users looked up on the server")
     parts.append(f"backend {servers}")
+    if config.tls.cert:
+        parts.append(f"client TLS {'required' if config.tls.require else 'offered'}")
+    if config.backend.tls != "off":
+        parts.append(f"backend TLS {config.backend.tls}")
     return "; ".join(parts)
 
 

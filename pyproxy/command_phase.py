@@ -48,6 +48,7 @@ from pyproxy.release import cancel_hold, discard, give_back, give_up_hold, relea
 from pyproxy.routines import RoutineCatalog, Verdict
 from pyproxy.session import ClientSession, SessionState, initial_state
 from pyproxy.set_global import abandon
+from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, Reply, opens_cursor
 from pyproxy.wire.constants import CLIENT, COMMAND
@@ -537,7 +538,7 @@ class CommandPhase:
             self.statements.again = None
         if self.kill_pending:
             self.connection.phase = CLOSED
-            self.transport.loseConnection()
+            close_client(self.transport)
         release_if_clean(self)
         if self.proxy.draining:
             self.connection.drain()

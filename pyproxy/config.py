@@ -238,10 +238,31 @@ class BackendConfig:
     # Log in to the backend with RDS IAM tokens (generate_db_auth_token) instead
     # of passwords; the tokens go as mysql_clear_password, so only over TLS.
     iam: bool = attrs.field(default=False, validator=_bool)
+    # TLS to the servers: "off", or "verify" (the certificate must chain to
+    # ``ca`` and name the server; a server without TLS is refused, never
+    # used in plaintext).
+    tls: str = attrs.field(default="off", validator=attrs.validators.in_(("off", "verify")))
+    # PEM file of the CAs the servers' certificates must chain to (for RDS,
+    # its global bundle); "" = the system's CAs.
+    ca: str = attrs.field(default="", validator=_string)
+    # The name the certificates must carry; "" = each target's own host.
+    server_name: str = attrs.field(default="", validator=_string)
 
     def servers(self) -> tuple[TargetConfig, ...]:
         """The targets, or the single writer that host and port name."""
         return self.targets or (TargetConfig(self.host, self.port, "writer"),)
+
+
+@attrs.frozen
+class TlsConfig:
+    """TLS towards clients: pyproxy answers an SSLRequest with this certificate
+    (PEM; the leaf first, then intermediates) and key, both read again on
+    SIGHUP.  Without ``cert`` pyproxy offers no TLS."""
+
+    cert: str = attrs.field(default="", validator=_string)
+    key: str = attrs.field(default="", validator=_string)
+    # Refuse logins without TLS (error 3159), like RDS Proxy's RequireTLS.
+    require: bool = attrs.field(default=False, validator=_bool)
 
 
 @attrs.frozen
@@ -456,6 +477,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     iam: IamConfig = IamConfig()
     budget: BudgetConfig = BudgetConfig()
+    tls: TlsConfig = TlsConfig()
     users: tuple[UserConfig, ...] = ()
     secrets: tuple[SecretConfig, ...] = ()
 
@@ -470,6 +492,7 @@ SECTIONS: dict[str, type] = {
     "proxy": ProxyConfig, "backend": BackendConfig, "pool": PoolConfig,
     "health": HealthConfig, "session": SessionConfig, "log": LogConfig, "metrics": MetricsConfig,
     "admin": AdminConfig, "aws": AwsConfig, "auth": AuthConfig, "iam": IamConfig, "budget": BudgetConfig,
+    "tls": TlsConfig,
 }
 # Keys holding arrays of tables, read by a function of their own.
 TABLE_ARRAYS = {(BackendConfig, "targets"), (IamConfig, "roles")}
@@ -749,16 +772,20 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
         if isinstance(admin, AdminConfig) and admin.enabled:
             report("admin.user: the admin console is not served with workers > 1 yet; use "
                    "workers = 1 for it")
-    config = Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
-    return config
+    tls = sections.get("tls")
+    if isinstance(tls, TlsConfig):
+        if bool(tls.cert) != bool(tls.key):
+            report("tls.cert and tls.key: both are needed to offer TLS")
+        elif tls.require and not tls.cert:
+            report("tls.require: requiring TLS needs tls.cert and tls.key")
+    return Config(**sections, users=tuple(users), secrets=secrets)  # type: ignore[arg-type]
 
 
 NO_USERS = "no [[users]], [[secrets]] or [auth] lookup configured: clients could not log in"
-#: [backend] iam needs TLS to the server, which this build does not have yet:
-#: pyproxy refuses to start with it (pyproxy.tap.start_checks).
+#: [backend] iam needs TLS to the server: pyproxy refuses to start without it
+#: (pyproxy.tap.start_checks).
 BACKEND_IAM_NEEDS_TLS = ("backend.iam: RDS IAM tokens travel as mysql_clear_password, which pyproxy "
-                         "sends only over TLS to the server, and this build has no TLS to the server "
-                         "yet (issue 12 item 1)")
+                         "sends only over TLS to the server: set [backend] tls = \"verify\"")
 
 
 def can_log_in(config: Config) -> bool:
@@ -844,4 +871,6 @@ def secrets(config: Config) -> frozenset[str]:
             found.add(value)
 
     walk(config, "")
+    # [tls] key names a file, not a secret: its path may show in log lines.
+    found.discard(config.tls.key)
     return frozenset(found)

@@ -36,9 +36,10 @@ from pyproxy.proxy import Proxy
 from pyproxy.query_stats import is_secure
 from pyproxy.release import cancel_hold, client_left, release_if_clean
 from pyproxy.set_global import abandon
+from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
 from pyproxy.wire.framing import Packet, PacketFramer, PacketsOutOfOrder, PacketTooLarge, frame
-from pyproxy.wire.handshake import ChangeUser
+from pyproxy.wire.handshake import ChangeUser, is_ssl_request
 from pyproxy.wire.responses import make_err
 
 # The phases are pyproxy.phases'; they are known by this module's name too.
@@ -55,7 +56,7 @@ class FrontendProtocol(protocol.Protocol):
 
     # Thousands of idle clients are the normal case: no per-instance __dict__.
     __slots__ = ("transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-                 "libmariadb", "closed_reason", "_login", "commands", "connected_at")
+                 "libmariadb", "tls_on", "closed_reason", "_login", "commands", "connected_at")
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.transport: Any = None
@@ -71,6 +72,8 @@ class FrontendProtocol(protocol.Protocol):
         self.user = ""
         # The client's library is libmariadb (see error_packet).
         self.libmariadb = False
+        # TLS was started on this connection (after the client's SSLRequest).
+        self.tls_on = False
         self.closed_reason: str | None = None
         # The login phase, until the client has logged in (again, for COM_CHANGE_USER).
         self._login: Login | None = None
@@ -85,18 +88,18 @@ class FrontendProtocol(protocol.Protocol):
         return self.commands.session
 
     @property
+    def secure(self) -> bool:
+        """Whether the client's connection is encrypted, which clear-text passwords
+        and IAM tokens need (pyproxy.login): TLS started here after an SSLRequest,
+        or a transport that is a TLS one."""
+        return self.tls_on or ISSLTransport.providedBy(self.transport)
+
+    @property
     def log(self) -> Any:
         """A logger bound to this client, made when an event is logged (a few times
         per connection) rather than kept per connection."""
         return get_logger(client_id=self.id, user=self.user) if self.user else get_logger(client_id=self.id)
 
-    @property
-    def secure(self) -> bool:
-        """Whether the client's connection is encrypted, which clear-text passwords
-        and IAM tokens need (pyproxy.login).  It is whether the transport is a TLS
-        one: False for every client until TLS lands (issue 12 item 1); a
-        connection upgraded by STARTTLS provides ISSLTransport from then on."""
-        return ISSLTransport.providedBy(self.transport)
 
     def connectionMade(self) -> None:
         try:
@@ -111,7 +114,7 @@ class FrontendProtocol(protocol.Protocol):
             self.transport.write(data)
             self.closed_reason = "max_client_connections reached"
             self.phase = CLOSED
-            self.transport.loseConnection()
+            close_client(self.transport)
             return
         self.proxy.clients[self.id] = self
         # pyproxy is the producer of everything this client is sent: its
@@ -120,12 +123,16 @@ class FrontendProtocol(protocol.Protocol):
         self.transport.registerProducer(self, True)
         proxy = self.proxy
         login = self._login = Login(self, proxy.credentials, self.nonce, proxy.capabilities, proxy.stats,
-                                    proxy.throttle)
+                                    proxy.throttle, require_tls=proxy.config.tls.require, rsa=proxy.rsa_keys)
         login.greet(self.id, proxy.server, proxy.config.proxy.auth_plugin, proxy.reactor,
                     proxy.config.proxy.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         self.commands.stats.bytes_in += len(data)
+        if self.phase == HANDSHAKE and not self.secure and self.proxy.tls is not None:
+            data = self._ssl_request(data)  # type: ignore[assignment]
+            if data is None:
+                return
         try:
             packets = self.framer.feed(data)
         except PacketTooLarge as exc:
@@ -151,6 +158,33 @@ class FrontendProtocol(protocol.Protocol):
             else:
                 return
 
+    def start_tls(self) -> None:
+        """The login phase accepted an SSLRequest: TLS starts now (server side),
+        with the certificate [tls] holds at this moment."""
+        tls = self.proxy.tls
+        if tls is None:
+            # Offered in the greeting, then taken away by a reload.
+            self.fatal(c.ER_HANDSHAKE_ERROR, "Bad handshake: TLS is not offered here", 2)
+            return
+        self.transport.startTLS(tls.options)
+        self.tls_on = True
+
+    def _ssl_request(self, data: bytes) -> bytes | None:
+        """Before the first login packet, when TLS is offered: a client sends its
+        TLS handshake right behind its SSLRequest, without waiting, so the
+        bytes after those 36 go to the TLS layer, never to the framer.
+        Returns the bytes still to frame (None: all taken)."""
+        pending = self.framer.take_buffer() + data
+        if len(pending) < 36 or pending[:3] != b"\x20\x00\x00":
+            return pending  # the framer holds a short SSLRequest until it is whole
+        head, rest = pending[:36], pending[36:]
+        if not is_ssl_request(head[4:]):
+            return pending
+        self._login.receive(Packet(head[3], head[4:], head, head[3]))  # type: ignore[union-attr]
+        if self.secure and rest:
+            self.transport.protocol.dataReceived(rest)
+        return None
+
     def fatal(self, error: tuple[int, str], message: str, seq: int) -> None:
         """An error the connection cannot survive: report it, then close."""
         if self.phase == CLOSED:
@@ -160,7 +194,7 @@ class FrontendProtocol(protocol.Protocol):
         self.transport.write(data)
         self.closed_reason = message
         self.phase = CLOSED
-        self.transport.loseConnection()
+        close_client(self.transport)
 
     def error_packet(self, code: int, sqlstate: str, message: str) -> bytes:
         """An ERR packet for this client.
@@ -186,7 +220,7 @@ class FrontendProtocol(protocol.Protocol):
         whose login-time schema check is under way is not)."""
         if self.phase in (HANDSHAKE, AUTH_SWITCH):
             self.closed_reason = "handshake timeout"
-            self.transport.loseConnection()
+            close_client(self.transport)
 
     def login_accepted(self, identity: Identity, seq: int, backend: BackendLogin | None = None) -> None:
         """The login phase proved who the client is: its session begins (again, after
@@ -241,7 +275,7 @@ class FrontendProtocol(protocol.Protocol):
         data = frame(commands.ok_payload(), seq)
         self.proxy.stats.bytes_out += len(data)
         self.transport.write(data)
-        self.proxy.client_connected(self.log, self.transport.getPeer(), is_secure(self))
+        self.proxy.client_connected(self.log, self.transport.getPeer(), self.secure)
         commands.command = None
         commands.busy = False
         release_if_clean(commands)
@@ -252,7 +286,7 @@ class FrontendProtocol(protocol.Protocol):
         phase runs again on this connection's nonce."""
         self.phase = AUTH_SWITCH
         login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities,
-                                    self.proxy.stats, self.proxy.throttle)
+                                    self.proxy.stats, self.proxy.throttle, rsa=self.proxy.rsa_keys)
         login.change_user(request, seq)
 
     # -- flow control, and the end ---------------------------------------------------
@@ -282,7 +316,7 @@ class FrontendProtocol(protocol.Protocol):
         if (self.phase == COMMANDS and not commands.busy and not commands.infile
                 and now - commands.last_active > timeout):
             self.closed_reason = "idle_client_timeout"
-            self.transport.loseConnection()
+            close_client(self.transport)
 
     def drain(self) -> None:
         """Shutting down: a client that holds no transaction is closed now; one that
@@ -293,7 +327,7 @@ class FrontendProtocol(protocol.Protocol):
         if commands.backend is not None and commands.session.holds_state() and not commands.pinned:
             return
         self.closed_reason = "shutdown"
-        self.transport.loseConnection()
+        close_client(self.transport)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was = self.phase

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from pyproxy.backend import BackendConnection, BackendError, connect
 from pyproxy.flow import run_queued
 from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
+from pyproxy.tls import close_client
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.framing import Packet
 
@@ -148,7 +149,7 @@ def close_by_kill(connection: FrontendProtocol) -> None:
     phase = connection.phase
     if phase == HANDSHAKE or phase == AUTH_SWITCH or phase == COMMANDS and not connection.commands.busy:
         connection.phase = CLOSED
-        connection.transport.loseConnection()
+        close_client(connection.transport)
     else:
         # Mid-command: the client gets its reply (or the 2013 from the
         # killed statement) first, then the connection closes.

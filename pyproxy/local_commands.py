@@ -17,6 +17,7 @@ import attrs
 from pyproxy.phases import CLOSED
 from pyproxy.release import reset_and_give_back
 from pyproxy.session import ClientSession, initial_state
+from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, command_name
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
@@ -47,7 +48,7 @@ def answer(client: CommandPhase, packet: Packet, command: int) -> None:
         connection = client.connection
         connection.closed_reason = "COM_QUIT"
         connection.phase = CLOSED
-        client.transport.loseConnection()
+        close_client(client.transport)
     elif command == COMMAND.COM_PING:
         if client.backend is not None and client.pinned:
             client.busy = True

@@ -2,10 +2,13 @@
 
 It owns the greeting (HandshakeV10: the server's version and status, what
 pyproxy offers, a fresh nonce), the handshake timeout, capability
-negotiation, the refusal of an SSLRequest (pyproxy offers no TLS yet), the
+negotiation, the SSLRequest (the owner starts TLS when ``[tls]`` offers it;
+``[tls] require`` refuses a login without it with 3159), the
 authentication-plugin exchange (an AuthSwitchRequest to the plugin what is
-known of the user can check, caching_sha2's "fast auth success") and the same
-exchange inside COM_CHANGE_USER.  Proofs are checked through
+known of the user can check, caching_sha2's "fast auth success", or its full
+authentication for a user known by its stored hash: the clear password over
+TLS, or encrypted with pyproxy's RSA key) and the same exchange inside
+COM_CHANGE_USER.  Proofs are checked through
 pyproxy.credential_sources.Credentials only, in its two steps: what is known
 of the user (which may mean asking Secrets Manager's cache or the server's
 ``mysql.user``), then the client's answer judged (which may mean asking STS).
@@ -31,8 +34,7 @@ packet and closes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -62,12 +64,16 @@ from pyproxy.wire.handshake import (
 
 if TYPE_CHECKING:
     from pyproxy.query_stats import QueryStats
+    from pyproxy.tls import RsaKeys
     from pyproxy.proxy import ServerInfo
 
 # The largest packet a client may send before it has logged in (a login with
 # connection attributes takes a few hundred bytes): an unauthenticated peer
 # must not make pyproxy hold megabytes.
 LOGIN_PACKET_LIMIT = 8192
+
+#: What a client that logs in without TLS gets when [tls] require is on (MySQL's own words).
+INSECURE_TRANSPORT = "Connections using insecure transport are prohibited while --require_secure_transport=ON."
 
 #: Refusal reasons of the login itself (the credential sources have theirs).
 UNKNOWN_USER = "unknown_user"
@@ -93,6 +99,9 @@ class Identity:
     # The client library is libmariadb, which reads a client error code in a
     # server's ERR as a malformed reply (see FrontendProtocol.error_packet).
     libmariadb: bool = False
+    # The client logged in over TLS (what may travel in clear text, such as an
+    # IAM token, depends on it).
+    secure: bool = False
 
 
 class LoginOwner(Protocol):
@@ -125,26 +134,41 @@ class LoginOwner(Protocol):
     def login_timed_out(self) -> None:
         """handshake_timeout passed; the owner decides whether the login is still on."""
 
+    def start_tls(self) -> None:
+        """The client sent an SSLRequest: TLS starts now, server side, on the
+        owner's transport; the client's next packet comes through it."""
+
 
 class Login:
     """One login exchange on one connection: fed the client's packets until it
     ends in the owner's login_accepted() or fatal()."""
 
-    __slots__ = ("owner", "credentials", "nonce", "capabilities", "stats", "throttle", "_claim",
-                 "_credential", "_timer", "_busy", "_over", "_delayed")
+    __slots__ = ("owner", "credentials", "nonce", "capabilities", "stats", "throttle", "require_tls", "rsa",
+                 "announced", "_claim", "_credential", "_full", "_timer", "_busy", "_over", "_delayed")
 
     def __init__(self, owner: LoginOwner, credentials: Credentials, nonce: bytes, capabilities: int,
-                 stats: QueryStats | None = None, throttle: LoginThrottle | None = None) -> None:
+                 stats: QueryStats | None = None, throttle: LoginThrottle | None = None, *,
+                 require_tls: bool = False, rsa: Callable[[], RsaKeys] | None = None) -> None:
         self.owner = owner
         # Where the bytes the login writes are counted (a pooled listener's
         # clients; not the admin console's).
         self.stats = stats
         self.credentials = credentials
         self.nonce = nonce
-        # What pyproxy offers (a first login), or what the client negotiated
-        # (COM_CHANGE_USER).
+        # What pyproxy offers (a first login; CLIENT_SSL when [tls] is
+        # configured), or what the client negotiated (COM_CHANGE_USER).
         self.capabilities = capabilities
         self.throttle = throttle
+        # [tls] require: a login without TLS gets 3159.
+        self.require_tls = require_tls
+        # Gives the key pair of caching_sha2_password's full authentication
+        # without TLS (made the first time a client asks for it).
+        self.rsa = rsa
+        # The plugin the greeting announced ("" for COM_CHANGE_USER).
+        self.announced = ""
+        # caching_sha2_password's full authentication under way: who the client
+        # says it is, and what is known of that user.
+        self._full: tuple[Identity, Credential] | None = None
         # Who the client says it is, and what is known of that user, while an
         # AuthSwitchRequest awaits its reply.
         self._claim: Identity | None = None
@@ -160,6 +184,7 @@ class Login:
     def greet(self, connection_id: int, server: ServerInfo, plugin: str, clock: Any, timeout: float) -> None:
         """Sends the greeting, announcing ``plugin``, and gives the client
         ``timeout`` seconds to log in."""
+        self.announced = plugin
         self._write(frame(make_handshake_v10(HandshakeV10(
             server.version, connection_id & 0xFFFFFFFF, self.nonce, self.capabilities,
             server.charset, server.status, plugin)), 0))
@@ -193,6 +218,9 @@ class Login:
             # The client speaks out of turn while its login is being checked.
             self.owner.fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", packet.seq + 1)
             return False
+        if self._full is not None:
+            self._full_auth(packet)
+            return not self._over
         claim = self._claim
         if claim is not None:
             credential, self._claim, self._credential = self._credential, None, None
@@ -200,20 +228,29 @@ class Login:
             self._verify(credential, claim, packet.payload, packet.seq + 1)
             return not self._over
         payload = packet.payload
+        owner = self.owner
         if is_ssl_request(payload):
-            self.owner.fatal(c.ER_HANDSHAKE_ERROR, "pyproxy does not offer TLS yet", packet.seq + 1)
-            return False
+            if not self.capabilities & CLIENT.SSL or owner.secure:
+                owner.fatal(c.ER_HANDSHAKE_ERROR, "Bad handshake: TLS is not offered here", packet.seq + 1)
+                return False
+            owner.start_tls()
+            return not self._over
         try:
             response = parse_handshake_response41(payload)
         except ValueError:
             self.owner.fatal(c.ER_HANDSHAKE_ERROR, "Bad handshake", packet.seq + 1)
             return False
         capabilities = response.capabilities & self.capabilities
-        self.owner.user = response.username
+        owner.user = response.username
+        if self.require_tls and not owner.secure:
+            owner.log.warning("auth_failed", reason="insecure_transport")
+            owner.login_refused("insecure_transport")
+            owner.fatal(c.ER_SECURE_TRANSPORT_REQUIRED, INSECURE_TRANSPORT, packet.seq + 1)
+            return False
         claim = Identity(response.username, capabilities, response.charset, response.database,
                          response.attributes,
                          response.auth_plugin if capabilities & CLIENT.PLUGIN_AUTH else auth.NATIVE,
-                         response.attributes.get("_client_name") == "libmariadb")
+                         response.attributes.get("_client_name") == "libmariadb", owner.secure)
         self._authenticate(claim, response.auth_response, packet.seq + 1)
         return not self._over
 
@@ -226,7 +263,7 @@ class Login:
         # The character set and schema are the request's; the connection's
         # capabilities and client library stay what its first login said.
         claim = Identity(request.username, self.capabilities, request.charset or 45, request.database,
-                         {}, request.auth_plugin or auth.NATIVE)
+                         {}, request.auth_plugin or auth.NATIVE, secure=owner.secure)
         owner.log.debug("change_user", previous=previous)
         self._authenticate(claim, request.auth_response, seq)
         return not self._over
@@ -247,12 +284,30 @@ class Login:
         if credential is None:
             self._refuse(claim, answer, seq, UNKNOWN_USER, "")
             return
-        if claim.plugin in credential.plugins or claim.plugin == auth.CLEAR:
-            # mysql_clear_password over plaintext is refused by the check itself
-            # (the client sent it unasked: nothing more to protect).
+        secure = self.owner.secure
+        if (claim.plugin == auth.CACHING_SHA2 and auth.CACHING_SHA2 not in credential.plugins
+                and credential.hashes and (secure or self.rsa is not None and self.announced == auth.CACHING_SHA2)):
+            # The stored hash checks no caching_sha2_password scramble: the client is
+            # asked for the password itself, as a server without a cache entry does
+            # (its full authentication): in clear over TLS, else encrypted with
+            # pyproxy's RSA key.  Without TLS that needs a greeting that announced
+            # caching_sha2_password; otherwise the client is switched below to
+            # mysql_native_password, which every client speaks.
+            self._full = (claim, credential)
+            self._write(frame(make_auth_more_data(auth.SHA2_PERFORM_FULL_AUTH), seq))
+            return
+        if claim.plugin == auth.CLEAR and not secure and auth.NATIVE in credential.plugins \
+                and credential.iam is None:
+            # A password in clear over plaintext: as a server does for a
+            # mysql_native_password account, the client is asked for a proof instead;
+            # what it sent in clear is never checked.  (A user IAM maps is refused
+            # below: its client holds a token, which no proof can be made from.)
+            self.owner.log.info("clear_password_without_tls")
+        elif claim.plugin in credential.plugins or claim.plugin == auth.CLEAR:
+            # mysql_clear_password over plaintext for a user only IAM knows is
+            # refused by the check itself.
             self._verify(credential, claim, answer, seq)
             return
-        secure = self.owner.secure
         plugins = [plugin for plugin in credential.plugins if plugin != auth.CLEAR or secure]
         if not plugins:
             # Only a clear-text answer (an IAM token) would do, and the connection
@@ -282,6 +337,44 @@ class Login:
         if verdict.identity:
             self.owner.log.info("iam_login", identity=verdict.identity)
         self._answer(lambda: self._accept(claim, answer, seq, verdict.login))
+
+    def _full_auth(self, packet: Packet) -> None:
+        """caching_sha2_password's full authentication: over TLS the client's reply
+        is its password and a NUL; without TLS it asks for pyproxy's RSA public
+        key (0x02) and then sends the password encrypted with it."""
+        assert self._full is not None
+        claim, credential = self._full
+        payload, seq = packet.payload, packet.seq + 1
+        if claim.secure:
+            self._full = None
+            self._check_password(credential, claim, payload[:-1] if payload.endswith(b"\x00") else payload, seq)
+            return
+        if payload == auth.SHA2_REQUEST_PUBLIC_KEY and self.rsa is not None:
+            self._write(frame(make_auth_more_data(self.rsa().public_pem), seq))
+            return
+        self._full = None
+        password = self.rsa().decrypt_password(payload, self.nonce) if self.rsa is not None else None
+        if password is None:
+            self._refuse(claim, b"x", seq, "full_authentication_failed", credential.source)
+            return
+        self._check_password(credential, claim, password, seq)
+
+    def _check_password(self, credential: Credential, claim: Identity, password: bytes, seq: int) -> None:
+        """The password itself (sent over TLS, or RSA-encrypted) checked against what
+        is known of the user; it then logs in that user's connections too."""
+        self._busy = True
+        d = self.credentials.verify(credential, auth.CLEAR, self.nonce, password, secure=True)
+
+        def judged(verdict: Verdict) -> None:
+            if self._over:
+                return
+            self._busy = False
+            if not verdict.accepted:
+                self._refuse(claim, password, seq, verdict.reason, credential.source)
+                return
+            self._answer(lambda: self.owner.login_accepted(claim, seq, verdict.login))
+
+        d.addCallbacks(judged, self._failed, errbackArgs=(claim, password, seq))
 
     def _failed(self, failure: Any, claim: Identity, answer: bytes, seq: int) -> None:
         """A source or check failed unexpectedly: the client is refused, the log says

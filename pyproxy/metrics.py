@@ -112,6 +112,8 @@ class ProxyCollector:
                                   "Client connections accepted.", value=proxy.connections_accepted)
         yield CounterMetricFamily(f"{PREFIX}client_logins", "Client logins that succeeded.",
                                   value=proxy.logins)
+        yield CounterMetricFamily(f"{PREFIX}client_logins_tls", "Client logins that succeeded over TLS.",
+                                  value=proxy.stats.logins_tls)
         closed = CounterMetricFamily(f"{PREFIX}client_connections_closed",
                                      "Client connections closed, by the fixed part of the reason.",
                                      labels=["reason"])

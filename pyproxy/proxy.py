@@ -22,6 +22,7 @@ from pyproxy.query_stats import QueryStats
 from pyproxy.routines import QUERIES as ROUTINE_QUERIES, RoutineCatalog
 from pyproxy.statement_log import StatementLog
 from pyproxy.throttle import LoginThrottle
+from pyproxy.tls import BackendTLSCache, RsaKeys, ServerTLS, TLSConfigError
 from pyproxy.topology import DOWN, Topology, TargetHealth
 from pyproxy.wire import constants as c
 from pyproxy.wire.constants import (
@@ -31,13 +32,13 @@ from pyproxy.wire.constants import (
     SERVER_STATUS_AUTOCOMMIT,
 )
 
-# What pyproxy offers clients.  No TLS or compression yet; no query
-# attributes, so COM_QUERY payloads stay plain SQL.  Of MariaDB's extended
-# capabilities (bits 32-63), bulk execution and extended column metadata; not
-# MARIADB_CLIENT_PROGRESS (progress reports would look like an ERR ending a
-# reply), nor MARIADB_CLIENT_CACHE_METADATA (a client's statement runs on
-# backend statements whose last-sent metadata pyproxy does not follow; see
-# README "How it pools").
+# What pyproxy offers clients (and CLIENT_SSL when [tls] holds a certificate).
+# No compression; no query attributes, so COM_QUERY payloads stay plain SQL.
+# Of MariaDB's extended capabilities (bits 32-63), bulk execution and
+# extended column metadata; not MARIADB_CLIENT_PROGRESS (progress reports
+# would look like an ERR ending a reply), nor MARIADB_CLIENT_CACHE_METADATA
+# (a client's statement runs on backend statements whose last-sent metadata
+# pyproxy does not follow; see README "How it pools").
 FRONTEND_CAPABILITIES = (
     CLIENT.LONG_PASSWORD | CLIENT.FOUND_ROWS | CLIENT.LONG_FLAG | CLIENT.CONNECT_WITH_DB
     | CLIENT.ODBC | CLIENT.LOCAL_FILES | CLIENT.IGNORE_SPACE | CLIENT.PROTOCOL_41
@@ -147,6 +148,12 @@ class Proxy:
     # for that user's own connections (Proxy.target).
     backend_logins: dict[str, BackendLogin] = attrs.field(factory=dict, repr=False)
     _catalog_refresh: LoopingCall | None = attrs.field(default=None, init=False)
+    # The certificate shown to clients after an SSLRequest; None: no TLS offered.
+    tls: ServerTLS | None = attrs.field(default=None, init=False, repr=False)
+    # How connections to each server start TLS ([backend] tls).
+    backend_tls: BackendTLSCache = attrs.field(init=False, repr=False)
+    # caching_sha2_password's RSA key pair, made when a client first asks for it.
+    _rsa: RsaKeys | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         index, count = self.worker
@@ -157,6 +164,10 @@ class Proxy:
         self.throttle = LoginThrottle(self.reactor)
         self._throttle_settings()
         self.statement_log = StatementLog(self, self.reactor)
+        tls = self.config.tls
+        self.tls = ServerTLS.load(tls.cert, tls.key) if tls.cert else None
+        backend = self.config.backend
+        self.backend_tls = BackendTLSCache(backend.tls, backend.ca, backend.server_name)
         health = self.config.health
         self.topology = Topology(self.config.backend.servers(), self.reactor, self._monitor_login,
                                  interval=health.interval, failure_threshold=health.failure_threshold,
@@ -180,18 +191,45 @@ class Proxy:
         self.connections_closed[reason_kind(reason)] += 1
 
     def client_stats(self) -> dict[str, Any]:
-        return {"accepted": self.connections_accepted, "logins": self.logins,
+        return {"accepted": self.connections_accepted, "logins": self.logins, "tls_logins": self.stats.logins_tls,
                 "open": len(self.clients), "closed": dict(self.connections_closed)}
 
     @property
     def capabilities(self) -> int:
-        """What pyproxy's greeting offers: what it supports of what the server does.
-        Like a MariaDB server, it clears CLIENT_MYSQL when it offers extended
-        capabilities, which tells a MariaDB client to send its own."""
+        """What pyproxy's greeting offers: what it supports of what the server does
+        (and TLS when [tls] holds a certificate).  Like a MariaDB server, it clears
+        CLIENT_MYSQL when it offers extended capabilities, which tells a MariaDB
+        client to send its own."""
         offered = FRONTEND_CAPABILITIES & (self.server.capabilities | CLIENT.LONG_PASSWORD)
         if offered >> 32:
             offered &= ~CLIENT.LONG_PASSWORD
-        return offered
+        return offered | CLIENT.SSL if self.tls is not None else offered
+
+    def rsa_keys(self) -> RsaKeys:
+        """The RSA key pair of caching_sha2_password's full authentication without
+        TLS, made the first time a client asks for the public key."""
+        if self._rsa is None:
+            self._rsa = RsaKeys()
+        return self._rsa
+
+    def reload_tls(self, config: Config) -> bool:
+        """SIGHUP: reads the [tls] files again (a renewed certificate).  A pair that
+        does not load keeps the running one, in one log line; True when the
+        certificate shown to new clients changed."""
+        tls = config.tls
+        if not tls.cert:
+            changed = self.tls is not None
+            self.tls = None
+            return changed
+        try:
+            fresh = ServerTLS.load(tls.cert, tls.key)
+        except TLSConfigError as exc:
+            get_logger(component="tls").error("tls_reload_failed", error=str(exc),
+                      kept=self.tls.subject if self.tls is not None else None)
+            return False
+        self.tls = fresh
+        get_logger(component="tls").info("tls_loaded", subject=fresh.subject, not_after=fresh.not_after)
+        return True
 
     def _throttle_settings(self) -> None:
         auth = self.config.auth
@@ -236,14 +274,16 @@ class Proxy:
         return Target(server.host, server.port, user, password,
                       backend.database, backend.charset, backend.connect_timeout,
                       statement_cache=self.statement_cache(), init_query=backend.init_query,
-                      login=login, attempt=attempt, token=token)
+                      login=login, attempt=attempt, token=token,
+                      tls=self.backend_tls.for_host(server.host))
 
     def _monitor_login(self, server: TargetConfig) -> Target:
         """Probes log in with no schema (one that is missing must not make a
         server look down)."""
         name, password = probe_account(self.config)
-        return Target(server.host, server.port, name, password, None, self.config.backend.charset,
-                      self.config.health.connect_timeout, statement_cache=0)
+        return Target(server.host, server.port, name, password or self._password(name), None,
+                      self.config.backend.charset, self.config.health.connect_timeout, statement_cache=0,
+                      tls=self.backend_tls.for_host(server.host))
 
     def statement_cache(self) -> int:
         """Statements cached per backend connection: as configured, or what keeps
@@ -469,7 +509,7 @@ class Proxy:
         """
         old, self.config = self.config, config
         changed = [name for name in ("proxy", "backend", "pool", "health", "session", "log", "metrics",
-                                     "admin", "users")
+                                     "admin", "tls", "users")
                    if getattr(old, name) != getattr(config, name)]
         self.ignored_variables = frozenset(config.session.ignore_variables)
         if config.log.debug_statements_for != old.log.debug_statements_for:
@@ -479,6 +519,14 @@ class Proxy:
         for user in [user for user in self.backend_logins if old.user(user) != config.user(user)]:
             # A [[users]] entry changed: what its clients proved before is stale.
             del self.backend_logins[user]
+        self.reload_tls(config)
+        backend = config.backend
+        if (backend.tls, backend.ca, backend.server_name) != (old.backend.tls, old.backend.ca,
+                                                               old.backend.server_name):
+            try:
+                self.backend_tls = BackendTLSCache(backend.tls, backend.ca, backend.server_name)
+            except TLSConfigError as exc:
+                get_logger(component="tls").error("backend_tls_reload_failed", error=str(exc))
         health = config.health
         removed = self.topology.reconfigure(config.backend.servers(), interval=health.interval,
                                             failure_threshold=health.failure_threshold,

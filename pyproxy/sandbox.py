@@ -241,6 +241,11 @@ class SandboxServer:
     port: int = 0
     start_timeout: float = 30.0
     base_dir: str | None = None
+    # PEM files for the server's own TLS (mariadbd --ssl-cert, --ssl-key,
+    # --ssl-ca); "" leaves TLS off, as MariaDB 10.x starts without them.
+    ssl_cert: str = ""
+    ssl_key: str = ""
+    ssl_ca: str = ""
     host: str = attrs.field(default="127.0.0.1", init=False)
     tmpdir: Path | None = attrs.field(default=None, init=False)
     socket: str = attrs.field(default="", init=False)
@@ -295,6 +300,8 @@ class SandboxServer:
             "--collation-server=utf8mb4_general_ci",
             "--max-allowed-packet=64M",
             f"--max-connections={self.max_connections}",
+            *(f"--{option}={path}" for option, path in (("ssl-cert", self.ssl_cert), ("ssl-key", self.ssl_key),
+                                                          ("ssl-ca", self.ssl_ca)) if path),
             *self.extra_args,
         ]
 

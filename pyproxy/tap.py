@@ -18,9 +18,10 @@ import attrs
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.task import Clock, LoopingCall
 from twisted.python import usage
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 import pyproxy
@@ -30,9 +31,10 @@ from pyproxy.backend import BackendConnection, BackendError, Target
 from pyproxy.frontend import FrontendFactory
 from pyproxy.health import HealthChecker
 from pyproxy.proxy import Proxy, ServerInfo, probe_account
-from pyproxy.wire.constants import COMMAND, CR_SERVER_LOST
-from pyproxy.wire.framing import frame
-from pyproxy.wire.handshake import HandshakeV10
+from pyproxy.tls import BackendTLSCache, ServerTLS, TLSConfigError, close_client
+from pyproxy.wire.constants import COMMAND, CR_SERVER_LOST, CR_SSL_CONNECTION_ERROR
+from pyproxy.wire.framing import PacketFramer, frame
+from pyproxy.wire.handshake import HandshakeV10, parse_handshake_v10
 
 
 class StartupError(Exception):
@@ -92,6 +94,7 @@ class Options(usage.Options):
             configure_logs(config)
             start_checks(config)
             self._log_twisted_events()
+            check_tls(config)
             if not self["no-backend-check"]:
                 self["server"] = probe_backend(config)
         except (configuration.ConfigError, StartupError) as exc:
@@ -111,6 +114,17 @@ class Options(usage.Options):
         runner["logger"] = f"{logs.__name__}.{logs.twisted_observer.__name__}"
 
 
+def check_tls(config: configuration.Config) -> None:
+    """Loads the [tls] pair and the [backend] CA now, so that a file that cannot
+    be used stops start-up with one line naming it."""
+    try:
+        if config.tls.cert:
+            ServerTLS.load(config.tls.cert, config.tls.key)
+        BackendTLSCache(config.backend.tls, config.backend.ca, config.backend.server_name)
+    except TLSConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def configure_logs(config: configuration.Config) -> None:
     """Logging as [log] says, never showing any password the configuration holds."""
     logs.configure(config.log.level, config.log.format, secrets=configuration.secrets(config))
@@ -123,7 +137,7 @@ def start_checks(config: configuration.Config) -> None:
         StartupError: ``[backend] iam`` without TLS to the server: the tokens
             would go in clear text (mysql_clear_password).
     """
-    if config.backend.iam:
+    if config.backend.iam and config.backend.tls != "verify":
         raise StartupError(configuration.BACKEND_IAM_NEEDS_TLS)
 
 
@@ -145,8 +159,8 @@ def probe_backend(config: configuration.Config) -> ServerInfo:
             greeting = None
             for account, target in _startup_logins(config, server):
                 greeting = _login(target, account)
-            # load() requires an account the probes log in with, so one login ran.
-            assert greeting is not None
+            if greeting is None:  # every user has only a hash: the greeting alone
+                greeting = _greeting(server, config.backend.connect_timeout)
             return ServerInfo(greeting.server_version, greeting.capabilities, greeting.charset,
                               greeting.status)
         except LoginRefused:
@@ -164,32 +178,92 @@ def _startup_logins(config: configuration.Config,
     backend = config.backend
     # A user with only a password_hash is checked when its first client logs
     # in: only that client's proof gives what logs in to the server.
+    tls = BackendTLSCache(backend.tls, backend.ca, backend.server_name).for_host(server.host)
     logins = [(f"user {user.name!r}", Target(server.host, server.port, user.name, user.password,
                                              backend.database, backend.charset, backend.connect_timeout,
-                                             statement_cache=0, init_query=backend.init_query))
+                                             statement_cache=0, init_query=backend.init_query, tls=tls))
               for user in config.users if not user.password_hash]
     if config.auth.lookup:
         logins.append((f"[auth] lookup_user {config.auth.lookup_user!r}",
                        Target(server.host, server.port, config.auth.lookup_user, config.auth.lookup_password,
-                              None, backend.charset, backend.connect_timeout, statement_cache=0)))
+                              None, backend.charset, backend.connect_timeout, statement_cache=0, tls=tls)))
     if config.health.user:
         name, password = probe_account(config)
         logins.append((f"[health] user {name!r}",
                        Target(server.host, server.port, name, password, None, backend.charset,
-                              config.health.connect_timeout, statement_cache=0)))
+                              config.health.connect_timeout, statement_cache=0, tls=tls)))
     return logins
+
+
+class _RawSocket:
+    """The blocking socket under Twisted's TLS protocol at start-up: what it
+    writes is sent as it is; closing it ends the TLS protocol."""
+
+    def __init__(self, owner: _BlockingTransport) -> None:
+        self.owner = owner
+
+    def write(self, data: bytes) -> None:
+        self.owner.sock.sendall(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.owner.sock.sendall(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """The TLS protocol is done with the socket (a failed handshake, a close):
+        it learns so once its own call has returned (see _BlockingTransport.feed)."""
+        self.owner.closing = True
+
+    abortConnection = loseConnection
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """Nothing to pace: the start-up check writes a few packets."""
+
+    def unregisterProducer(self) -> None:
+        """See registerProducer."""
+
+    def getPeer(self) -> Any:
+        return None
+
+    getHost = getPeer
 
 
 class _BlockingTransport:
     """Lets a BackendConnection run over a blocking socket before the reactor runs,
     so that the start-up check logs in with the very code pooled connections use
-    (every auth plugin, the schema, session tracking, init_query)."""
+    (every auth plugin, TLS, the schema, session tracking, init_query)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, protocol: BackendConnection) -> None:
         self.sock = sock
+        self.protocol = protocol
+        # Twisted's TLS protocol once the connection starts TLS: it gets what the
+        # socket receives, and the connection's writes.
+        self.tls: Any = None
+        # What the socket receives goes here.
+        self.receiver: Any = protocol
+        # The TLS protocol closed the socket.
+        self.closing = False
 
     def write(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        if self.tls is not None:
+            self.tls.write(data)
+        else:
+            self.sock.sendall(data)
+
+    def startTLS(self, options: Any) -> None:
+        """TLS as a client, as a reactor's transport would start it, through
+        Twisted's own TLS protocol (the same verification as pooled connections)."""
+        factory = TLSMemoryBIOFactory(options, True, None)
+        # The plain protocol: the factory's own batches small writes on the
+        # reactor's clock, which does not run yet.
+        self.tls = self.receiver = TLSMemoryBIOProtocol(factory, self.protocol, False)
+        self.tls.makeConnection(_RawSocket(self))
+
+    def feed(self, data: bytes) -> None:
+        """What the socket received, to the connection (through TLS, once started)."""
+        self.receiver.dataReceived(data)
+        if self.closing and self.tls is not None:
+            tls, self.tls = self.tls, None
+            tls.connectionLost(Failure(ConnectionDone()))
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
@@ -219,16 +293,17 @@ def _login(target: Target, account: str) -> HandshakeV10:
     conn.ready.addBoth(outcome.append)
     try:
         with socket.create_connection((target.host, target.port), timeout=target.connect_timeout) as sock:
-            conn.makeConnection(_BlockingTransport(sock))  # type: ignore[arg-type]
+            transport = _BlockingTransport(sock, conn)
+            conn.makeConnection(transport)  # type: ignore[arg-type]
             while not outcome:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
                 data = sock.recv(65536)
                 if not data:
                     raise StartupError(f"{where} closed the connection "
                                        + ("before greeting" if conn.handshake is None else "during login"))
-                conn.dataReceived(data)
+                transport.feed(data)
             if not isinstance(outcome[0], Failure):
-                sock.sendall(frame(bytes((COMMAND.COM_QUIT,)), 0))
+                transport.write(frame(bytes((COMMAND.COM_QUIT,)), 0))
     except TimeoutError:
         raise StartupError(f"{where} did not complete a login within {target.connect_timeout:g}s") from None
     except OSError as exc:
@@ -240,9 +315,33 @@ def _login(target: Target, account: str) -> HandshakeV10:
             if isinstance(error, BackendError) and error.code != CR_SERVER_LOST[0]:
                 raise StartupError(f"{where} refused: ({error.code}) {error.message}")
             raise StartupError(f"{where} is not a MySQL server: {outcome[0].getErrorMessage()}")
+        if isinstance(error, BackendError) and error.code == CR_SSL_CONNECTION_ERROR[0]:
+            raise StartupError(f"{where}: {error.message}")
         raise LoginRefused(f"{where} refused the login of {account}: {outcome[0].getErrorMessage()}")
     assert conn.handshake is not None
     return conn.handshake
+
+
+def _greeting(server: configuration.TargetConfig, timeout: float) -> HandshakeV10:
+    """The server's greeting, when no configured account can log in yet (users
+    with only a password_hash).
+
+    Raises:
+        StartupError: the server cannot be reached or sends no greeting.
+    """
+    where = f"backend {server.host}:{server.port}"
+    framer = PacketFramer()
+    try:
+        with socket.create_connection((server.host, server.port), timeout=timeout) as sock:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    raise StartupError(f"{where} closed the connection before greeting")
+                packets = framer.feed(data)
+                if packets:
+                    return parse_handshake_v10(packets[0].payload)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot read the greeting of {where}: {exc}") from None
 
 
 class CountingFactory(FrontendFactory):
@@ -544,7 +643,7 @@ class ProxyService(service.Service):
             if busy:
                 self.log.warning("drain_timeout", clients=len(busy))
             for client in list(self.proxy.clients.values()):
-                client.transport.loseConnection()
+                close_client(client.transport)
             self.log_stats()
             self.health.stop()
             self.proxy.close()

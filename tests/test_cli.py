@@ -48,6 +48,22 @@ def test_check_config_names_the_other_sources(tmp_path: Path, capsys: pytest.Cap
     assert "; 0 users; 1 secret; users looked up on the server; " in out
 
 
+def test_check_config_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """TLS shows in the summary; a [tls] file that cannot be used is a problem, like a bad key."""
+    path = tmp_path / "pyproxy.toml"
+    path.write_text(GOOD + f'\n[tls]\ncert = "{tmp_path}/none.pem"\nkey = "{tmp_path}/none.key"\nrequire = true\n')
+    assert cli.main(["check-config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"{path}: cannot read [tls] cert {tmp_path}/none.pem: No such file or directory\n"
+    trustme = pytest.importorskip("trustme")
+    issued = trustme.CA().issue_cert("localhost")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "none.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "none.key"))
+    assert cli.main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("; client TLS required\n"), out
+
+
 def test_check_config_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Exit 1 and one line per problem on stderr, each naming the file and the key; the

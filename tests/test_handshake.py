@@ -26,6 +26,7 @@ from pyproxy.wire.handshake import (
     make_change_user,
     make_handshake_response41,
     make_handshake_v10,
+    make_ssl_request,
     parse_auth_switch_request,
     parse_change_user,
     parse_handshake_response41,
@@ -148,6 +149,13 @@ def test_ssl_request_detection() -> None:
     assert not is_ssl_request((CLIENT.PROTOCOL_41).to_bytes(4, "little") + ssl[4:])
     full = make_handshake_response41(HandshakeResponse41(CAPS | CLIENT.SSL, 0, 45, "app", b""))
     assert not is_ssl_request(full)
+
+
+def test_ssl_request_bytes() -> None:
+    """pyproxy's SSLRequest to a server: the 32 bytes PyMySQL sends, CLIENT_SSL added."""
+    payload = make_ssl_request(CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION, 1 << 30, 45)
+    assert payload == bytes.fromhex("008a0000" "00000040" "2d") + b"\x00" * 23
+    assert is_ssl_request(payload)
 
 
 def test_change_user_round_trip() -> None:

@@ -234,7 +234,7 @@ class LoginAloneTests(SynchronousTestCase):
         ssl = (CLIENT_CAPS | CLIENT.SSL).to_bytes(4, "little") + b"\x00\x00\x00\x01\x2d" + b"\x00" * 23
         self.login.receive(Packet(1, ssl, b"", 1))
         self.login.receive(Packet(1, b"garbage", b"", 1))
-        self.assertEqual(self.owner.errors, [((1043, "08S01"), "pyproxy does not offer TLS yet", 2),
+        self.assertEqual(self.owner.errors, [((1043, "08S01"), "Bad handshake: TLS is not offered here", 2),
                                              ((1043, "08S01"), "Bad handshake", 2)])
 
     def test_change_user(self) -> None:

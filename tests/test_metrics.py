@@ -153,8 +153,8 @@ class CollectorTests(SynchronousTestCase):
         pinned = ClientSession(SessionState(), pin_reason="user variable set")
         busy = ClientSession(SessionState(), in_transaction=True)
         proxy.clients.update({1: FakeClient(pinned), 2: FakeClient(busy), 3: FakeClient(None)})
-        for _ in range(2):
-            proxy.client_connected(_Log(), None)
+        for secure in (False, True):
+            proxy.client_connected(_Log(), None, secure)
         proxy.client_closed(_Log(), "Access denied for user 'app'@'10.0.0.7' (using password: YES)")
         proxy.client_closed(_Log(), "max_client_connections reached")
         proxy.client_closed(_Log(), "COM_QUIT")
@@ -165,6 +165,7 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(self.value("pyproxy_client_connections"), 3)
         self.assertEqual(self.value("pyproxy_client_connections_accepted_total"), 7)
         self.assertEqual(self.value("pyproxy_client_logins_total"), 2)
+        self.assertEqual(self.value("pyproxy_client_logins_tls_total"), 1)
         self.assertEqual(self.value("pyproxy_client_connections_closed_total",
                                     reason="Access denied for user"), 1)
         for outcome, count in (("ok", 2), ("auth_failure", 1), ("refused_at_limit", 1),

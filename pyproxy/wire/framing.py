@@ -109,6 +109,13 @@ class PacketFramer:
             self._buf = bytearray(buf[pos:])
         return out
 
+    def take_buffer(self) -> bytes:
+        """Hands back the bytes held for a packet not yet complete, and forgets
+        them (the stream switches to TLS after an SSLRequest)."""
+        held = bytes(self._buf)
+        self._buf = bytearray()
+        return held
+
     def buffered(self) -> int:
         """Bytes held for a packet not yet complete."""
         return len(self._buf) + self._parts_len

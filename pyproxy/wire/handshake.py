@@ -87,6 +87,16 @@ def is_ssl_request(payload: bytes) -> bool:
     return len(payload) == 32 and bool(int.from_bytes(payload[:4], "little") & CLIENT.SSL)
 
 
+def make_ssl_request(capabilities: int, max_packet_size: int, charset: int) -> bytes:
+    """The client's SSLRequest: the first 32 bytes of a HandshakeResponse41 with
+    CLIENT_SSL set; TLS starts right after it, and the full response follows
+    inside TLS with the next sequence id.  MariaDB extended capabilities (bits
+    32-63) go in the filler's last 4 bytes, as in the response itself."""
+    caps = capabilities | CLIENT.SSL
+    return (u32(caps & 0xFFFFFFFF) + u32(max_packet_size) + bytes((charset,)) + b"\x00" * 19
+            + u32((caps >> 32) & 0xFFFFFFFF))
+
+
 def parse_handshake_response41(payload: bytes) -> HandshakeResponse41:
     """Raises MalformedPacket (a ValueError) for anything truncated or pre-4.1."""
     r = Reader(payload)
