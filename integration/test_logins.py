@@ -257,22 +257,41 @@ def test_iam_token_refused_over_plaintext(make_proxy: Any, db_server: servers.Db
     assert token.encode() not in log and token.split(".", 1)[1][:40].encode() not in log
 
 
-def test_iam_token_accepted_over_tls(make_proxy: Any, db_server: servers.DbServer, moto: str) -> None:
+def test_iam_token_accepted_over_tls(make_proxy: Any, db_server: servers.DbServer, moto: str,
+                                     tmp_path: Any) -> None:
     """A Lambda logs in over TLS with its token as password: pyproxy asks for
     mysql_clear_password, STS (moto) names the role's session, and the statement runs as the
-    mapped user (logged in to the server with that user's password from [[users]])."""
-    pytest.skip("needs TLS (issue 12 item 1)")
+    mapped user (logged in to the server with that user's password from [[users]]).  A wrong
+    token is refused, and the same user's password still works over TLS."""
+    trustme = pytest.importorskip("trustme")
+    issued = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    key.write_bytes(issued.private_key_pem.bytes())
     user = servers.own_name("iam_tls_user")
     role, token = role_token(moto, "logins-tls")
-    proxy = iam_proxy(make_proxy, db_server, moto, user, role)
-    conn = proxy.connect(user=user, password=token, database=None, ssl={"check_hostname": False},
-                         ssl_disabled=False)
+    db_server.create_user(user, "iam-user-server-pw")
+    proxy = make_proxy(iam={"sts_endpoints": [moto], "roles": [{"arn": role, "user": user}]},
+                       aws={"region": REGION, "endpoint_url": moto},
+                       tls={"cert": str(cert), "key": str(key), "require": True},
+                       users=[{"name": user, "password": "iam-user-server-pw", "create": False}])
+    tls = {"check_hostname": False}
+    conn = proxy.connect(user=user, password=token, database=None, ssl=tls, ssl_disabled=False)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT CURRENT_USER()")
             assert cur.fetchone()[0].split("@")[0] == user
     finally:
         conn.close()
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        proxy.connect(user=user, password=token[:-4] + "AAAA", database=None, ssl=tls, ssl_disabled=False)
+    assert refused.value.args[0] == 1045
+    conn = proxy.connect(user=user, password="iam-user-server-pw", database=None, ssl=tls,
+                         ssl_disabled=False)
+    conn.close()
+    proxy.stop()
+    log = proxy.log_path.read_bytes()
+    assert b'"iam_login"' in log and token.encode() not in log
 
 
 def set_server_password(db_server: servers.DbServer, user: str, password: str) -> None:

@@ -296,6 +296,15 @@ class Login:
             self._full = (claim, credential)
             self._write(frame(make_auth_more_data(auth.SHA2_PERFORM_FULL_AUTH), seq))
             return
+        if credential.iam is not None and secure and claim.plugin != auth.CLEAR:
+            # A user [[iam.roles]] maps, over TLS: the client is asked for its
+            # password in clear, which may be an IAM token (a Lambda function's
+            # driver answers the greeting with a scramble of the token, which
+            # nothing could check); a client with the password sends that.
+            self._claim = attrs.evolve(claim, plugin=auth.CLEAR)
+            self._credential = credential
+            self._write(frame(make_auth_switch_request(auth.CLEAR, self.nonce), seq))
+            return
         if claim.plugin == auth.CLEAR and not secure and auth.NATIVE in credential.plugins \
                 and credential.iam is None:
             # A password in clear over plaintext: as a server does for a
