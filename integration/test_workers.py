@@ -294,3 +294,48 @@ def test_the_metrics_page_sums_the_workers(make_proxy: Any) -> None:
     assert queries >= 12
     shares = [v for k, v in values.items() if k.startswith("pyproxy_backend_connections_max")]
     assert shares and sum(shares) == 4  # 2 + 2: the budget, not twice it
+
+
+def test_kill_reaches_a_client_in_the_other_worker(workers: servers.ProxyProcess) -> None:
+    by_worker: dict[int, list[pymysql.connections.Connection]] = {0: [], 1: []}
+    opened = []
+    while not (by_worker[0] and by_worker[1]):
+        conn = workers.connect(read_timeout=30)
+        opened.append(conn)
+        by_worker[(conn.thread_id() - 1) % 2].append(conn)
+        assert len(opened) < 100
+    sleeper, killer = by_worker[0][0], by_worker[1][0]
+    result: list[Any] = []
+
+    def sleep() -> None:
+        try:
+            with sleeper.cursor() as cur:
+                cur.execute("SELECT SLEEP(20)")
+                result.append(cur.fetchone()[0])
+        except pymysql.err.OperationalError as exc:
+            result.append(exc.args[0])
+
+    started = time.monotonic()
+    thread = threading.Thread(target=sleep)
+    thread.start()
+    time.sleep(0.5)
+    try:
+        with killer.cursor() as cur:
+            cur.execute(f"KILL QUERY {sleeper.thread_id()}")
+        thread.join(10)
+        # The statement was stopped: SLEEP returns 1, or the client gets 1317, as directly.
+        assert result in ([1], [1317]) and time.monotonic() - started < 10
+        with killer.cursor() as cur:
+            with pytest.raises(pymysql.err.OperationalError) as unknown:
+                cur.execute(f"KILL {sleeper.thread_id() + 1000 * 2}")
+            assert unknown.value.args[0] == 1094
+            cur.execute(f"KILL {sleeper.thread_id()}")
+        with pytest.raises(pymysql.err.OperationalError):
+            with sleeper.cursor() as cur:
+                cur.execute("SELECT 1")
+    finally:
+        for conn in opened:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the killed one is closed already
+                pass

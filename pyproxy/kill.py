@@ -32,6 +32,7 @@ from pyproxy.wire.framing import Packet
 
 if TYPE_CHECKING:
     from pyproxy.command_phase import CommandPhase
+    from pyproxy.proxy import Proxy
     from pyproxy.frontend import FrontendProtocol
 
 ER_QUERY_INTERRUPTED = (1317, "70100")
@@ -58,42 +59,68 @@ def kill_statement(client: CommandPhase) -> bool:
         return True
     what, target_id = match.group(1), match.group(2)
     number = int(target_id) if target_id.isdigit() else client.connection.id
-    connection = client.proxy.clients.get(number)
+    query = what is not None and what.lower() == b"query"
+    if client.proxy.clients.get(number) is client.connection:
+        kill_self(client, query)
+        return True
+    proxy = client.proxy
+    index, count = proxy.worker
+    if number not in proxy.clients and count > 1 and (number - 1) % count != index \
+            and proxy.remote_kill is not None:
+        # Another worker's client ([proxy] workers): its supervisor passes the KILL on.
+        answer = proxy.remote_kill(number, client.user, query)
+    else:
+        answer = kill_client(proxy, number, client.user, query)
+    outcome: list[Any] = []
+    answer.addCallback(outcome.append)
+    if outcome:
+        _answer(client, outcome[0], False)
+        return True
+    client.busy = True
+    answer.addCallback(lambda _: _answer(client, outcome[0], True))
+    return True
+
+
+def _answer(client: CommandPhase, error: tuple[tuple[int, str], str] | None, waited: bool) -> None:
+    if client.connection.phase != COMMANDS:
+        return
+    if error is None:
+        client.reply(client.ok_payload())
+    else:
+        client.reply_error(*error)
+    if waited:
+        client.busy = False
+        run_queued(client)
+
+
+def kill_client(proxy: Proxy, number: int, user: str,
+                query: bool) -> defer.Deferred[tuple[tuple[int, str], str] | None]:
+    """KILL [QUERY] of client ``number`` on behalf of ``user``, in this process: fires
+    with None (done) or the error the KILL gets (an unknown id, another user's
+    client, what the server answered the KILL QUERY).  A supervisor's KILL for
+    another worker runs it there too (pyproxy.workers)."""
+    connection = proxy.clients.get(number)
     if connection is None:
-        client.reply_error((1094, "HY000"), f"Unknown thread id: {number}")
-        return True
-    if connection.user != client.user:
-        client.reply_error((1095, "HY000"), f"You are not owner of thread {number}")
-        return True
-    if connection is client.connection:
-        kill_self(client, what is not None and what.lower() == b"query")
-        return True
+        return defer.succeed(((1094, "HY000"), f"Unknown thread id: {number}"))
+    if connection.user != user:
+        return defer.succeed(((1095, "HY000"), f"You are not owner of thread {number}"))
     target = connection.commands
     running = running_statement(target)
-    if what is None or what.lower() != b"query":
+    if not query:
         close_by_kill(connection)
     if running is None:
         if target.writer_wait is not None:
             # A refused write waiting for the new writer (pyproxy.write_retry)
             # never runs: it gets its refusal now.
             target.writer_wait.cancel()
-        client.reply(client.ok_payload())
-        return True
-    client.busy = True
-    d = kill_query(target, running)
+        return defer.succeed(None)
 
-    def done(result: Any) -> None:
-        if client.connection.phase != COMMANDS:
-            return
+    def done(result: Any) -> tuple[tuple[int, str], str] | None:
         if isinstance(result, Failure) and isinstance(result.value, BackendError):
-            client.reply_error((result.value.code, result.value.sqlstate), result.value.message)
-        else:
-            client.reply(client.ok_payload())
-        client.busy = False
-        run_queued(client)
+            return (result.value.code, result.value.sqlstate), result.value.message
+        return None
 
-    d.addBoth(done)
-    return True
+    return kill_query(target, running).addBoth(done)
 
 
 def kill_self(client: CommandPhase, query: bool) -> None:

@@ -80,6 +80,9 @@ class Proxy:
     client_ids: Any = attrs.field(init=False)
     # With workers: the budget shared with the others (pyproxy.budget.WorkerBudget).
     budget: Any = None
+    # With workers: KILL of another worker's client, through the supervisor
+    # (id, user, query) -> Deferred[error or None] (pyproxy.workers).
+    remote_kill: Any = None
     # Connected clients by the connection id they were greeted with.
     clients: dict[int, Any] = attrs.field(factory=dict)
     # Schemas each user is known to be able to use, so a client naming one at

@@ -12,6 +12,8 @@ What the supervisor owns:
   while it keeps dying within 10 s of its start); SIGTERM drains every worker and ends when all
   have ended; a worker whose supervisor died gets SIGTERM from the kernel (PR_SET_PDEATHSIG);
 * signals: SIGHUP (reload) and SIGUSR2 (pause/resume) go to every worker;
+* KILL of a client another worker serves: the asking worker sends it here, and it goes on to
+  the worker whose id it is (ids are i+1, i+1+n, ...), whose answer comes back the same way;
 * SIGUSR1: it asks each worker for its figures over a control channel and logs them summed
   (``pool_stats`` per pool, ``client_stats``, ``pin_summary``, with ``workers``); each worker
   also logs its own at shutdown, with its ``worker`` index;
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import itertools
 import json
 import os
 import signal
@@ -48,6 +51,8 @@ WORKER_ENV = "PYPROXY_WORKER"
 TO_PARENT_FD, FROM_PARENT_FD = 3, 4
 RESTART_FIRST, RESTART_MAX, STABLE_AFTER = 0.5, 30.0, 10.0
 STATS_TIMEOUT = 5.0
+#: Seconds a KILL of another worker's client waits for that worker's answer.
+KILL_TIMEOUT = 5.0
 #: pool_stats fields that are not counts: the largest worker's figure stands for them.
 NOT_SUMMED = {"borrow_wait_p50_ms", "borrow_wait_p99_ms", "borrow_wait_max_ms", "paused"}
 
@@ -345,6 +350,12 @@ class Supervisor(service.Service):
             self.budget.want(index, (str(message["user"]), str(message["target"])))
         elif op == "reclaimed":
             self.budget.reclaimed(index, int(message["ticket"]), bool(message.get("ok")))
+        elif op == "kill":
+            self._route_kill(index, message)
+        elif op == "killed":
+            origin = self.workers.get(int(message.get("origin", -1)))
+            if origin is not None:
+                origin.send({"op": "killed", "ticket": message.get("ticket"), "error": message.get("error")})
         elif op == "metrics":
             scrape = self._scrapes.get(int(message.get("ticket", 0)))
             if scrape is not None:
@@ -355,6 +366,19 @@ class Supervisor(service.Service):
             self._stats[index] = message.get("stats") or {}
             if len(self._stats) >= self.count or all(i in self._stats for i in self.workers):
                 self._log_stats()
+
+    def _route_kill(self, index: int, message: dict[str, Any]) -> None:
+        """KILL of a client id another worker gave (ids are i+1, i+1+n, ...): the
+        worker that has it runs it and its answer goes back to the asker."""
+        number = int(message.get("id", 0))
+        owner = self.workers.get((number - 1) % self.count) if number > 0 else None
+        if owner is None:
+            asker = self.workers.get(index)
+            if asker is not None:
+                asker.send({"op": "killed", "ticket": message.get("ticket"),
+                            "error": [[1094, "HY000"], f"Unknown thread id: {number}"]})
+            return
+        owner.send({**message, "origin": index})
 
     def scrape(self, timeout: float) -> defer.Deferred[list[str]]:
         """Every worker's metrics page (pyproxy.worker_metrics), those that answer
@@ -496,8 +520,42 @@ def worker_main() -> int:
 
         return generate_latest(registry[0]).decode()
 
+    kills: dict[int, defer.Deferred[Any]] = {}
+    tickets = itertools.count(1)
+
+    def remote_kill(number: int, user: str, query: bool) -> defer.Deferred[Any]:
+        ticket = next(tickets)
+        d: defer.Deferred[Any] = defer.Deferred()
+        kills[ticket] = d
+        link.send({"op": "kill", "ticket": ticket, "id": number, "user": user, "query": query})
+
+        def unanswered() -> None:
+            pending = kills.pop(ticket, None)
+            if pending is not None:
+                pending.callback(((1094, "HY000"), f"Unknown thread id: {number}"))
+
+        reactor.callLater(KILL_TIMEOUT, unanswered)
+        return d
+
+    proxy_service.proxy.remote_kill = remote_kill
+
     def from_parent(message: dict[str, Any]) -> None:
         if budget.received(message):
+            return
+        op = message.get("op")
+        if op == "kill":
+            from pyproxy.kill import kill_client  # noqa: PLC0415
+
+            kill_client(proxy_service.proxy, int(message["id"]), str(message["user"]),
+                        bool(message.get("query"))).addCallback(lambda error: link.send(
+                            {"op": "killed", "ticket": message.get("ticket"),
+                             "origin": message.get("origin"), "error": error}))
+            return
+        if op == "killed":
+            pending = kills.pop(int(message.get("ticket", 0)), None)
+            if pending is not None:
+                error = message.get("error")
+                pending.callback(None if not error else ((int(error[0][0]), str(error[0][1])), str(error[1])))
             return
         if message.get("op") == "metrics":
             if not registry:
