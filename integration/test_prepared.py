@@ -261,7 +261,7 @@ def test_cursor_whose_connection_is_killed(make_proxy, db_server) -> None:
     cur.execute("INSERT INTO ps_cursor_killed VALUES (1), (2), (3)")
     setup.close()
     client = connector(proxy)
-    sql = b"SELECT id, CONNECTION_ID() FROM ps_cursor_killed ORDER BY id"
+    sql = b"SELECT id, @@pseudo_thread_id FROM ps_cursor_killed ORDER BY id"
     statement = client.cmd_stmt_prepare(sql)["statement_id"]
     _, columns, eof = client.cmd_stmt_execute(statement, flags=CURSOR_TYPE_READ_ONLY)
     assert eof["status_flag"] & 0x40  # the server kept a cursor

@@ -178,9 +178,7 @@ def await_catalog(client: CommandPhase, packet: Packet) -> None:
         if not client.busy:
             run_queued(client)
 
-    # A connection the client holds (a transaction, a pin) is idle now and serves the
-    # read; otherwise the read borrows one, as the statement will.
-    client.proxy.load_catalog(client.user, via=client.backend).addBoth(loaded)
+    client.proxy.load_catalog(client.user).addBoth(loaded)
 
 
 def _own_tracking_first(client: CommandPhase, then: Callable[[], Any]) -> None:

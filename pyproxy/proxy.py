@@ -578,14 +578,16 @@ class Proxy:
             self._catalog_refresh.clock = self.reactor
             self._catalog_refresh.start(refresh, now=False)
 
-    def load_catalog(self, user: str, via: Any = None) -> defer.Deferred[RoutineCatalog]:
-        """Reads ``user``'s catalog as that user (what a body says is only visible
-        to accounts allowed to see it): over ``via``, the idle connection the
-        caller holds, or else over one borrowed from the user's pool and given
-        back, so that the read counts against the pool's budget like any other
-        connection.  One read at a time per user; callers during a read share
-        it.  A failed read leaves a catalog in which every CALL is of unknown
-        code."""
+    def load_catalog(self, user: str) -> defer.Deferred[RoutineCatalog]:
+        """Reads ``user``'s catalog over a connection of pyproxy's own, as that
+        user (what a body says is only visible to accounts allowed to see it),
+        with no schema (the pool's may have just been dropped).  Not a pooled
+        connection: the read would clear a held connection's diagnostics area
+        and leave temporary tables in the session status the next client sees.
+        It is one of the short side connections the budget does not count (see
+        README "On several hosts").  One read at a time per user; callers during
+        a read share it.  A failed read leaves a catalog in which every CALL is
+        of unknown code."""
         catalog = self.catalog(user)
         if catalog.loading is not None:
             waiter: defer.Deferred[RoutineCatalog] = defer.Deferred()
@@ -593,26 +595,11 @@ class Proxy:
             return waiter
         catalog.loading = []
         log = get_logger(user=user, component="routines")
-        if via is not None:
-            borrowed: defer.Deferred[Any] = defer.succeed(via)
-            pool = None
-        else:
-            pool = self.pool(user)
-            borrowed = pool.borrow(pool.last_flavor)
 
         def read(conn: Any) -> Any:
             reads = defer.gatherResults([conn.query_rows(query) for query in ROUTINE_QUERIES],
                                         consumeErrors=True)
-
-            def back(result: Any) -> Any:
-                if pool is not None:
-                    if conn.broken:
-                        pool.discard(conn, "broken while reading the routines")
-                    else:
-                        pool.give_back(conn)
-                return result
-
-            return reads.addBoth(back)
+            return reads.addBoth(lambda result: (conn.close("routines read"), result)[1])
 
         def loaded(results: list[list[tuple[str | None, ...]]]) -> None:
             catalog.load(row for rows in results for row in rows)
@@ -631,7 +618,9 @@ class Proxy:
                 waiter.callback(catalog)
             return catalog
 
-        return borrowed.addCallback(read).addCallbacks(loaded, failed).addBoth(done)
+        d = self.connect_as(user, self.topology.writer.config, 0,
+                            lambda target: attrs.evolve(target, database=None))
+        return d.addCallback(read).addCallbacks(loaded, failed).addBoth(done)
 
     def routines_changed(self) -> None:
         """A statement created, altered or dropped stored code: every user's
