@@ -36,7 +36,9 @@ def test_static_exclusions(tmp_path: Path) -> None:
         "opt_given": "SELECT 1;\n",
         "repl": "source include/master-slave.inc;\n",
         "big": "--source include/big_test.inc\n",
+        "off": "SELECT 1;\n",
     }, {
+        "main/disabled.def": "# comment : no\noff   : MDEV-1 unstable\n",
         "include/helper.inc": "--source include/kill_mysqld.inc\n",
         "include/have_innodb.inc": "",
         "main/opt-master.opt": "--lower-case-table-names=1\n",
@@ -55,6 +57,7 @@ def test_static_exclusions(tmp_path: Path) -> None:
     assert _exclusion(suite_dir, "repl")[0] == "replication"
     assert _exclusion(suite_dir, "big")[0] == "big-test"
     assert _exclusion(suite_dir, "noresult")[0] == "missing"
+    assert _exclusion(suite_dir, "off") == ("disabled", "disabled.def: MDEV-1 unstable")
 
 
 @pytest.mark.parametrize(("output", "cls"), [

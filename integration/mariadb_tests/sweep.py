@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import os
 import signal
 import queue
@@ -84,6 +85,7 @@ CLASSES = {
     "expected-accounts": "logs in as accounts pyproxy's config does not list (by design)",
     "expected-config": "differs because the sweep's pyproxy, like CI's, has [backend] database "
                        "= test: a client that asks for no schema is given it",
+    "disabled": "listed in the suite's disabled.def (mtr does not run it either)",
     "restarts-server": "restarts, shuts down or kills the server (mtr restarts it; "
                        "would take the sweep's server down)",
     "server-options": "needs mariadbd options of its own (.opt file), which mtr gives it",
@@ -156,10 +158,28 @@ class _SourceScanner:
         return sourced, shuts_down
 
 
+@functools.cache
+def _disabled(suite_dir: Path, name: str) -> dict[str, str]:
+    """A suite's ``disabled.def``: test name -> the reason given."""
+    path = suite_dir / "main" / "disabled.def" if name == "main" else \
+        suite_dir / "suite" / name / "disabled.def"
+    found = {}
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            test, sep, reason = line.partition(":")
+            if sep and not test.lstrip().startswith("#") and test.strip():
+                found[test.strip()] = " ".join(reason.split())
+    return found
+
+
 def static_exclusion(suite_dir: Path, name: str,
                      scanner: _SourceScanner) -> tuple[str, str] | None:
     """``(class, note)`` for a test that is not run at all, or None."""
     test_file, result_file = suite.test_files(suite_dir, name)
+    disabled = _disabled(suite_dir, name.partition(".")[0])
+    short = name.partition(".")[2]
+    if short in disabled:
+        return "disabled", f"disabled.def: {disabled[short]}"[:200]
     if not result_file.is_file():
         return "missing", f"no {result_file.name}"
     stem = test_file.with_suffix("")
