@@ -97,6 +97,8 @@ CLASSES = {
     "fails-directly": "fails directly against the sandbox server (note: first difference)",
     "timeout-directly": f"did not end within the sweep's timeout directly",
     "missing": "no .result file (mtr would record one)",
+    "reset-failed": "the schemas could not be reset before the run (something an earlier "
+                    "test left); --resume runs it again",
     "not-run": "not run yet (time budget spent); --resume runs it",
 }
 
@@ -540,7 +542,7 @@ class Lane:
         try:
             self._prepare("direct")
         except (pymysql.err.MySQLError, OSError) as exc:
-            row.direct, row.cls, row.note = "fail", "fails-directly", f"reset failed: {exc}"
+            row.direct, row.cls, row.note = "fail", "reset-failed", f"reset failed: {exc}"
             return row
         assert self.direct is not None
         outcome = suite.run_test(client, suite_dir, name, self.direct.target(), mode=mode,
@@ -556,7 +558,7 @@ class Lane:
         try:
             self._prepare("proxied")
         except (pymysql.err.MySQLError, OSError) as exc:
-            row.pyproxy, row.cls, row.note = "fail", "pyproxy-difference", f"reset failed: {exc}"
+            row.pyproxy, row.cls, row.note = "fail", "reset-failed", f"reset failed: {exc}"
             self.restart_proxy()
             return row
         assert self.proxied is not None
@@ -616,7 +618,8 @@ def sweep(args: argparse.Namespace) -> int:
             key = (name, mode)
             if excluded is not None and not args.run_excluded:
                 rows[key] = Row(name, mode, "excluded", "-", *excluded)
-            elif key not in rows or rows[key].direct in ("not-run", "excluded"):
+            elif (key not in rows or rows[key].direct in ("not-run", "excluded")
+                  or rows[key].cls == "reset-failed"):
                 rows[key] = Row(name, mode)
                 todo.append(key)
     print(f"{len(todo)} runs to do, {sum(r.direct == 'excluded' for r in rows.values())} "
@@ -717,7 +720,9 @@ def reclassify(results: Path, logs: Path) -> int:
     text = results.read_text()
     rows = read_results(results)
     for row in rows.values():
-        if row.direct == "pass" and row.pyproxy not in ("pass", "-"):
+        if row.note.startswith("reset failed"):
+            row.cls = "reset-failed"
+        elif row.direct == "pass" and row.pyproxy not in ("pass", "-"):
             log = logs / f"{row.test}.{row.mode}.pyproxy.txt"
             if log.is_file():
                 row.cls, row.note = proxy_class(log.read_text(errors="replace"))
