@@ -450,6 +450,9 @@ def restore(target: suite.Target, state: ServerState) -> list[str]:
     return changed
 
 
+#: MariaDB's error for a DROP DATABASE that left files in the schema's folder.
+ER_DB_DROP_RMDIR = 1010
+
 #: Globals that change by themselves.
 _VOLATILE = frozenset(("gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state",
                        "gtid_slave_pos", "timestamp", "last_insert_id", "insert_id",
@@ -516,10 +519,32 @@ class Lane:
                     # Globals through pyproxy: it follows SET GLOBAL that passes through it.
                     restore(self.proxy_target(), self.proxied_state)
                 return
+            except pymysql.err.OperationalError as exc:
+                if attempt == 2:
+                    raise
+                if exc.args and exc.args[0] == ER_DB_DROP_RMDIR:
+                    self._clear_schema_folders(which)
+                else:
+                    self._revive(which)
             except (pymysql.err.MySQLError, OSError):
                 if attempt == 2:
                     raise
                 self._revive(which)
+
+    def _clear_schema_folders(self, which: str) -> None:
+        """Remove the files a test left in a schema's folder (SELECT ... INTO OUTFILE 'name'
+        writes into the datadir): DROP DATABASE leaves a folder it finds files of no table in,
+        and fails ("Directory not empty") from then on, for every later test."""
+        server = self.direct if which == "direct" else self.proxied
+        assert server is not None and server.server.tmpdir is not None
+        datadir = Path(server.server.tmpdir) / "data"
+        for folder in datadir.iterdir():
+            if folder.is_dir() and folder.name.lower() not in suite.SYSTEM_SCHEMAS:
+                for leftover in folder.iterdir():
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
 
     def _revive(self, which: str) -> None:
         """Start again whatever of this side no longer answers."""
