@@ -28,6 +28,9 @@ looks at the diff (kept in ``--logs``) and writes a line into ``sweep-classes.tx
 ``expected-*`` class (a difference that cannot agree through a pooler: connection ids, the
 session count, accounts pyproxy does not know) or ``pyproxy-bug`` with what differs.
 
+``--recheck`` runs each ``pyproxy-difference`` again on fresh servers and a fresh pyproxy: one
+that passes then is ``order-dependent`` (something earlier tests left made it fail).
+
 ``--budget`` bounds the wall time: when it is spent (or on SIGINT/SIGTERM) no new test starts,
 the running ones finish and the ones left are written as ``not-run``; ``--first`` runs the
 tests matching its patterns before the others; ``--resume`` keeps the verdicts already in the results file and runs
@@ -630,6 +633,8 @@ def sweep(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if args.reclassify:
         return reclassify(results, Path(args.logs))
+    if args.recheck:
+        return recheck(args)
     rows = read_results(results) if args.resume else {}
     scanner = _SourceScanner(suite_dir)
     todo: list[tuple[str, str]] = []
@@ -765,6 +770,46 @@ def reclassify(results: Path, logs: Path) -> int:
     return 0
 
 
+def recheck(args: argparse.Namespace) -> int:
+    """Run each ``pyproxy-difference`` of the results file again on fresh servers and a fresh
+    pyproxy (one new lane per test and mode): one that passes then failed in the sweep only
+    because of what earlier tests left behind (``order-dependent``)."""
+    client = suite.find_client()
+    suite_dir = suite.find_suite_dir()
+    results = Path(args.results)
+    text = results.read_text()
+    rows = read_results(results)
+    todo = [row for row in rows.values() if row.cls == "pyproxy-difference"]
+    print(f"{len(todo)} to run again", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="pyproxy-sweep-recheck-"))
+    try:
+        for number, row in enumerate(todo):
+            lane = Lane(number, workdir / f"lane{number}")
+            try:
+                lane.start()
+                again = lane.run(client, suite_dir, row.test, row.mode, args.timeout,
+                                 Path(args.logs) / "recheck")
+            finally:
+                lane.stop()
+            if again.cls == "ok":
+                row.cls = "order-dependent"
+                row.note = f"passed again on fresh servers and pyproxy; in the sweep: {row.note}"
+            else:
+                row.note = f"fails again on fresh servers and pyproxy: {again.note}"
+            print(f"{row.test} {row.mode}: {again.direct}/{again.pyproxy} -> {row.cls}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    header = []
+    for line in text.splitlines():
+        if line.startswith("# Summary"):
+            break
+        header.append(line[2:] if line.startswith("# ") else "")
+    while header and not header[-1]:
+        header.pop()
+    write_results(results, rows, list(dict.fromkeys(row.test for row in rows.values())), header)
+    return 0
+
+
 def _previous_wall(path: Path) -> float:
     """The wall time a results file already records, to add a resumed sweep's to it."""
     if path.is_file():
@@ -804,6 +849,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run the tests excluded without running too (restarting tests "
                              "take the lane's server down; it is started again)")
     parser.add_argument("--keep", action="store_true", help="keep the servers' folders")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run every pyproxy-difference of the results file again, each on "
+                             "fresh servers and pyproxy; those that pass become order-dependent")
     parser.add_argument("--reclassify", action="store_true",
                         help="run nothing: classify the pyproxy failures in the results file "
                              "again from the output saved in --logs and sweep-classes.txt")
