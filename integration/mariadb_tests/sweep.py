@@ -20,7 +20,8 @@ statement, the file that gave the exclusion, or the hand-written reason from
 Exclusions found without running the test (:func:`static_exclusion`) are those that would harm
 the sweep or cannot pass without ``mariadb-test-run.pl``: tests that restart, shut down or kill
 the server (they would take the shared sandbox down), that need server options of their own
-(``.opt`` files), replication, option combinations, or that mtr runs only with ``--big-test``.
+(``.opt`` files), replication, option combinations, that mtr runs only with ``--big-test``
+or that the suite's ``disabled.def`` lists.
 Tests that fail or skip directly are classified by their output (:func:`direct_class`).
 
 A test that passes directly and fails through pyproxy is a ``pyproxy-difference`` until someone
@@ -33,8 +34,10 @@ that passes then is ``order-dependent`` (something earlier tests left made it fa
 
 ``--budget`` bounds the wall time: when it is spent (or on SIGINT/SIGTERM) no new test starts,
 the running ones finish and the ones left are written as ``not-run``; ``--first`` runs the
-tests matching its patterns before the others; ``--resume`` keeps the verdicts already in the results file and runs
-only the tests missing or ``not-run`` there, so a sweep can be finished in several sittings.
+tests matching its patterns before the others; ``--resume`` keeps the verdicts already in the
+results file and runs only the tests missing, ``not-run`` or ``reset-failed`` there, so a sweep
+can be finished in several sittings.  A full sweep of the four suites took 72 minutes with 2
+lanes on 2 cores shared with other work.
 
 Each of ``--jobs`` lanes has its own two servers and pyproxy.  Between tests a lane drops every
 non-system schema (as :func:`suite.reset_schemas`), sets back the global variables a test
@@ -49,8 +52,8 @@ import argparse
 import fnmatch
 import functools
 import os
-import signal
 import queue
+import signal
 import re
 import shutil
 import sys
