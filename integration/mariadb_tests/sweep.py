@@ -245,13 +245,13 @@ def _clean(text: str) -> str:
 #: Differences through pyproxy recognised from the client's output: (pattern, class, reason).
 #: Anything else stays ``pyproxy-difference`` until sweep-classes.txt says what it is.
 PROXY_RULES = (
-    (re.compile(r"query '(connect|change_user)\b.*' failed: ER_ACCESS_DENIED_ERROR"),
+    (re.compile(r"query '(connect|change_user)\b.*' failed: ER_ACCESS_DENIED_ERROR", re.I),
      "expected-accounts", "logs in as an account the test creates; pyproxy admits only the "
      "users its config lists"),
     (re.compile(r"ER_NOT_SUPPORTED_YET \(1235\): 'pyproxy supports only KILL"),
      "expected-pooler", "KILL with an expression (KILL CONNECTION_ID()): pyproxy maps thread "
      "ids and takes only a literal id"),
-    (re.compile(r"query 'KILL [^\n]*' failed: ER_NO_SUCH_THREAD \(1094\)"),
+    (re.compile(r"query 'KILL [^\n]*' failed: ER_NO_SUCH_THREAD \(1094\)", re.I),
      "pyproxy-bug", "KILL of an id read with CONNECTION_ID() (or from the processlist): "
      "CONNECTION_ID() reaches the backend and returns its thread id, while pyproxy's KILL "
      "takes only pyproxy's own (greeting) ids, so it answers ER_NO_SUCH_THREAD"),
