@@ -34,10 +34,12 @@ server, with this interpreter (see :func:`pyproxy.sandbox.twistd_command`).
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -682,6 +684,16 @@ class ProxyProcess:
         except FileNotFoundError:
             return ""
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines (``[log] format = "json"``) of the event ``name``, oldest first."""
+        found = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{") and f'"{name}"' in line:
+                record = json.loads(line)
+                if record.get("event") == name:
+                    found.append(record)
+        return found
+
     def connect(
         self, user: str = APP_USER, password: str = APP_PASSWORD,
         database: str | None = APP_DATABASE, **kwargs: Any,
@@ -813,3 +825,31 @@ def start_proxy(
         proxy.stop()
         raise
     return proxy
+
+
+class PeakWatch:
+    """Polls the server's connections of ``user`` every 10 ms from a root connection, in a
+    thread, and keeps the highest count: what a budget test holds pyproxy to."""
+
+    def __init__(self, db_server: DbServer, user: str = APP_USER) -> None:
+        self.root = db_server.connect()
+        self.user = user
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self.root.cursor() as cur:
+            while not self._stop.is_set():
+                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+                            (self.user,))
+                self.peak = max(self.peak, cur.fetchone()[0])
+                time.sleep(0.01)
+
+    def stop(self) -> int:
+        """Stops polling; returns the peak."""
+        self._stop.set()
+        self._thread.join()
+        self.root.close()
+        return self.peak

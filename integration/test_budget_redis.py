@@ -9,7 +9,6 @@ instance serves with its local share and takes leases again when Redis is back.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -93,41 +92,10 @@ def instance(make_proxy: Callable[..., servers.ProxyProcess], redis_server: Redi
 
 
 def events(proxy: servers.ProxyProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in proxy.log_text().splitlines():
-        if line.startswith("{") and f'"{name}"' in line:
-            record = json.loads(line)
-            if record.get("event") == name:
-                found.append(record)
-    return found
+    return proxy.events(name)
 
 
-class PeakWatch:
-    """Polls the server's connections of the app user every 10 ms; keeps the highest."""
-
-    def __init__(self, db_server: servers.DbServer) -> None:
-        self.root = db_server.connect()
-        self.peak = 0
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def now(self) -> int:
-        with self.root.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
-                        (servers.APP_USER,))
-            return cur.fetchone()[0]
-
-    def _run(self) -> None:
-        while not self.stop_event.is_set():
-            self.peak = max(self.peak, self.now())
-            time.sleep(0.01)
-
-    def stop(self) -> int:
-        self.stop_event.set()
-        self.thread.join()
-        self.root.close()
-        return self.peak
+PeakWatch = servers.PeakWatch
 
 
 def warm(*instances: servers.ProxyProcess) -> None:

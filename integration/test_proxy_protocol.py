@@ -8,7 +8,6 @@ work as they do without it, large replies and many clients included.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,13 +36,7 @@ def balanced(make_proxy: Any, tmp_path: Path) -> Iterator[tuple[servers.ProxyPro
 
 
 def logged(proxy: servers.ProxyProcess, event: str) -> list[dict[str, Any]]:
-    events = []
-    for line in proxy.log_text().splitlines():
-        if line.startswith("{") and f'"{event}"' in line:
-            record = json.loads(line)
-            if record.get("event") == event:
-                events.append(record)
-    return events
+    return proxy.events(event)
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

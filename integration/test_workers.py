@@ -9,7 +9,6 @@ other keeps its clients; SIGTERM ends every process.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -33,13 +32,7 @@ def children(pid: int) -> list[int]:
 
 
 def events(proxy: servers.ProxyProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in proxy.log_text().splitlines():
-        if line.startswith("{") and f'"{name}"' in line:
-            record = json.loads(line)
-            if record.get("event") == name:
-                found.append(record)
-    return found
+    return proxy.events(name)
 
 
 def wait_for(condition: Any, timeout: float = 15.0, what: str = "") -> Any:
@@ -81,17 +74,6 @@ def test_the_server_never_sees_more_than_the_budget(workers: servers.ProxyProces
                                                     db_server: servers.DbServer) -> None:
     """60 clients at once, each running transactions, on a pool budget of 4 shared by two
     workers: the server's connections of the user never exceed 4."""
-    stop = threading.Event()
-    peak = [0]
-    root = db_server.connect()
-
-    def poll() -> None:
-        with root.cursor() as cur:
-            while not stop.is_set():
-                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
-                            (servers.APP_USER,))
-                peak[0] = max(peak[0], cur.fetchone()[0])
-                time.sleep(0.01)
 
     def client(index: int) -> int:
         conn = workers.connect()
@@ -106,17 +88,14 @@ def test_the_server_never_sees_more_than_the_budget(workers: servers.ProxyProces
         finally:
             conn.close()
 
-    poller = threading.Thread(target=poll)
-    poller.start()
+    watch = servers.PeakWatch(db_server)
     try:
         with ThreadPoolExecutor(60) as pool:
             done = sum(pool.map(client, range(60)))
     finally:
-        stop.set()
-        poller.join()
-        root.close()
+        peak = watch.stop()
     assert done == 60
-    assert 1 <= peak[0] <= 4, peak[0]
+    assert 1 <= peak <= 4, peak
 
 
 def test_sigusr1_logs_one_summed_set_and_sighup_reaches_every_worker(
@@ -203,20 +182,8 @@ def test_budget_moves_to_the_worker_whose_clients_wait(make_proxy: Any,
         by_worker[(conn.thread_id() - 1) % 2].append(conn)
         assert len(pool) < 200
     (other,), (first, second) = by_worker[0][:1], by_worker[1][:2]
-    stop = threading.Event()
-    peak = [0]
-    root = db_server.connect()
 
-    def poll() -> None:
-        with root.cursor() as cur:
-            while not stop.is_set():
-                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
-                            (servers.APP_USER,))
-                peak[0] = max(peak[0], cur.fetchone()[0])
-                time.sleep(0.01)
-
-    poller = threading.Thread(target=poll)
-    poller.start()
+    watch = servers.PeakWatch(db_server)
     try:
         with other.cursor() as cur:   # worker 0 opens its one connection, then idles it
             cur.execute("SELECT 1")
@@ -243,12 +210,10 @@ def test_budget_moves_to_the_worker_whose_clients_wait(make_proxy: Any,
         with second.cursor() as cur:
             cur.execute("COMMIT")
     finally:
-        stop.set()
-        poller.join()
-        root.close()
+        peak = watch.stop()
         for conn in pool:
             conn.close()
-    assert 1 <= peak[0] <= 2, peak[0]
+    assert 1 <= peak <= 2, peak
     proxy.process.send_signal(signal.SIGUSR1)
     summed = wait_for(lambda: [e for e in events(proxy, "pin_summary") if e.get("workers") == 2],
                       what="summed stats")

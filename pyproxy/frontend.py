@@ -33,7 +33,6 @@ from pyproxy.logs import get_logger
 from pyproxy.login import LOGIN_PACKET_LIMIT, Identity, Login
 from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.proxy import Proxy
-from pyproxy.query_stats import is_secure
 from pyproxy.release import cancel_hold, client_left, release_if_clean
 from pyproxy.set_global import abandon
 from pyproxy.tls import close_client
