@@ -438,7 +438,7 @@ class AdminProtocol(protocol.Protocol):
 
     @property
     def secure(self) -> bool:
-        """Whether the console connection is encrypted (never, until TLS lands)."""
+        """Whether the console connection is encrypted (the console offers no TLS of its own)."""
         return ISSLTransport.providedBy(self.transport)
 
     def login_refused(self, reason: str) -> None:
