@@ -28,8 +28,6 @@ of a reason, a repr or a log line.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -186,11 +184,10 @@ class Credential:
 
     def _check_clear(self, text: bytes) -> Verdict:
         for password in self.passwords:
-            if hmac.compare_digest(text, password.encode()):
+            if auth.verify_clear(password.encode(), text):
                 return Verdict(BackendLogin(self.user, self._backend_order(password)))
-        stage2 = hashlib.sha1(hashlib.sha1(text).digest()).digest() if text else b""
         for known in self.hashes:
-            if hmac.compare_digest(stage2, known):
+            if auth.verify_clear_hash(known, text):
                 # The password itself is now known: any plugin can log in with it.
                 return Verdict(BackendLogin(self.user, (text.decode("utf-8", "surrogateescape"),)))
         return refused(WRONG_PASSWORD)
