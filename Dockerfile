@@ -23,7 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYPROXY_METRICS_LISTEN=tcp:9180
 
 WORKDIR /usr/src/pyproxy
-COPY setup.cfg pyproject.toml README.rst ./
+COPY setup.cfg setup.py pyproject.toml README.rst ./
+COPY packaging/build_backend.py ./packaging/
 COPY pyproxy ./pyproxy
 COPY twisted ./twisted
 # A regular install (not editable) copies the twistd plugin into Twisted's

@@ -1,6 +1,6 @@
 """pyproxy's own Python cost per query, without sockets or a reactor.
 
-    python3 bench/hotpath.py [--queries N] [--classic]
+    python3 bench/hotpath.py [--queries N] [--classic] [--prepared]
 
 A client and a backend connection are wired to in-memory transports; each
 round trip sends a point SELECT through FrontendProtocol and its
@@ -12,7 +12,12 @@ so the figure is steady on a busy machine and comparable between commits;
 bench/run.py measures the whole thing end to end.
 
 --classic makes the client one without CLIENT_DEPRECATE_EOF (PyMySQL and
-most Python drivers), whose replies pyproxy translates.
+most Python drivers), whose replies pyproxy translates.  --prepared runs a
+server-side prepared statement instead (prepared once, then each round trip
+a COM_STMT_EXECUTE with two bound parameters and its binary two-row result,
+as captured): the client's statement id mapped to the connection's, the
+execute rewritten for it.  It takes a DEPRECATE_EOF client (a classic one's
+statements are prepared on a classic connection, which this set-up lacks).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from pyproxy.wire.handshake import HandshakeResponse41, make_handshake_response4
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from vectors import GREETING, SELECT_DEOF as SELECT_REPLY  # noqa: E402
 from vectors import LOGIN_OK as OK_LOGIN, TRACKING_DEFAULTS_ROWS as TRACKING_DEFAULTS  # noqa: E402
+from vectors import PING_OK as OK  # noqa: E402
+from vectors import EXECUTE_DEOF, EXECUTE_EOF, PREPARE_DEOF, PREPARE_EOF  # noqa: E402
 from vectors import TRACKING_OK as OK_TRACKING  # noqa: E402
 
 PASSWORD = b"secret"
@@ -89,17 +96,65 @@ def build_setup(classic: bool) -> tuple[Any, Any, bytes]:
         caps, 1 << 24, 45, "app", auth.native_proof(PASSWORD, nonce), None, auth.NATIVE)), 1))
     client_transport.clear()
     backend_transport.clear()
-    return client, (conn, client_transport, backend_transport), frame(make_query(
-        "SELECT id, name FROM app.t ORDER BY id"), 0)
+    query = frame(make_query("SELECT id, name FROM app.t ORDER BY id"), 0)
+    return client, (conn, client_transport, backend_transport), query
 
 
-def run(queries: int, classic: bool) -> float:
+def warm_up(client: Any, conn: BackendConnection, transports: tuple[Any, Any], query: bytes) -> None:
+    """The first query finds the connection with multi-statements on (as pyproxy
+    logs in) and this client without: COM_SET_OPTION goes first, once, as in a
+    real run.  From then on each query is one round trip, as measured."""
+    client_transport, backend_transport = transports
+    client.dataReceived(query)
+    assert backend_transport.value()[4:5] == b"\x1b", backend_transport.value()
+    conn.dataReceived(OK)
+    conn.dataReceived(SELECT_REPLY)
+    assert not client.commands.busy
+    client_transport.clear()
+    backend_transport.clear()
+
+
+#: The statement the prepared round trips execute, and its parameters (two LONGLONGs).
+PREPARED_SQL = b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?"
+
+
+def prepare(client: Any, conn: BackendConnection, transports: tuple[Any, Any]) -> tuple[bytes, bytes]:
+    """Prepares PREPARED_SQL through pyproxy; returns the client's COM_STMT_EXECUTE
+    of it (p=7, id>=1) and the reply the server gives that execute."""
+    client_transport, backend_transport = transports
+    client.dataReceived(frame(b"\x16" + PREPARED_SQL, 0))
+    assert backend_transport.value()[4:5] == b"\x16", backend_transport.value()
+    deprecate_eof = bool(conn.capabilities & CLIENT.DEPRECATE_EOF)
+    conn.dataReceived(PREPARE_DEOF if deprecate_eof else PREPARE_EOF)
+    reply = client_transport.value()
+    assert reply[4:5] == b"\x00", reply
+    statement = reply[5:9]
+    execute = frame(b"\x17" + statement + b"\x00" + (1).to_bytes(4, "little") + b"\x00\x01\x08\x00\x08\x00"
+                    + (7).to_bytes(8, "little") + (1).to_bytes(8, "little"), 0)
+    client_transport.clear()
+    backend_transport.clear()
+    reply = EXECUTE_DEOF if deprecate_eof else EXECUTE_EOF
+    client.dataReceived(execute)  # once, checked: the server gets it, the client its rows
+    sent = backend_transport.value()
+    assert sent[4:5] == b"\x17" and sent[5:9] != b"\x00" * 4, sent
+    conn.dataReceived(reply)
+    assert client_transport.value() == reply, client_transport.value()
+    client_transport.clear()
+    backend_transport.clear()
+    return execute, reply
+
+
+def run(queries: int, classic: bool, prepared: bool = False) -> float:
     client, (conn, client_transport, backend_transport), query = build_setup(classic)
+    warm_up(client, conn, (client_transport, backend_transport), query)
+    reply = SELECT_REPLY
+    if prepared:
+        query, reply = prepare(client, conn, (client_transport, backend_transport))
     gc.disable()
     start = time.perf_counter()
     for _ in range(queries):
         client.dataReceived(query)
-        conn.dataReceived(SELECT_REPLY)
+        conn.dataReceived(reply)
     elapsed = time.perf_counter() - start
     gc.enable()
     assert client_transport.value(), "no reply reached the client"
@@ -113,10 +168,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queries", type=int, default=50000)
     parser.add_argument("--classic", action="store_true")
+    parser.add_argument("--prepared", action="store_true")
     args = parser.parse_args()
-    best = min(run(args.queries, args.classic) for _ in range(5))
+    if args.prepared and args.classic:
+        # A classic client's statements are prepared on a classic connection,
+        # and this set-up has one connection, with DEPRECATE_EOF.
+        parser.error("--prepared measures a DEPRECATE_EOF client: not with --classic")
+    best = min(run(args.queries, args.classic, args.prepared) for _ in range(5))
     kind = "classic-EOF client (translated)" if args.classic else "DEPRECATE_EOF client"
-    print(f"pyproxy Python time per point-select round trip, {kind}: {best:.2f} us "
+    what = "prepared-statement execute" if args.prepared else "point-select"
+    print(f"pyproxy Python time per {what} round trip, {kind}: {best:.2f} us "
           f"(best of 5 x {args.queries})")
 
 

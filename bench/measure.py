@@ -27,14 +27,19 @@ def percentile(sorted_values: Any, pct: float) -> float | None:
     return float(sorted_values[min(rank, n) - 1])
 
 
-def parse_proc_stat_cpu(text: str, clk_tck: int) -> float:
-    """utime + stime in seconds from the text of ``/proc/<pid>/stat``.
+def parse_proc_stat_times(text: str, clk_tck: int) -> tuple[float, float]:
+    """utime and stime in seconds from the text of ``/proc/<pid>/stat``.
 
     The command name (field 2) is in parentheses and may contain spaces, so the
     fields are counted from the last ``)``: utime and stime are fields 14 and 15.
     """
     fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / clk_tck
+    return int(fields[11]) / clk_tck, int(fields[12]) / clk_tck
+
+
+def parse_proc_stat_cpu(text: str, clk_tck: int) -> float:
+    """utime + stime in seconds from the text of ``/proc/<pid>/stat``."""
+    return sum(parse_proc_stat_times(text, clk_tck))
 
 
 def parse_vmrss(text: str) -> int:
@@ -130,6 +135,14 @@ class ThreadsConnectedMonitor:
         with self._lock, self.conn.cursor() as cur:
             cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
             return int(cur.fetchone()[1]) - 1  # not counting this connection
+
+    def max_used(self) -> int:
+        """The server's Max_used_connections, not counting this connection: a peak no poll
+        can miss, but since the server started (MariaDB resets it only on a restart, or with
+        FLUSH GLOBAL STATUS from 11.5 on)."""
+        with self._lock, self.conn.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Max_used_connections'")
+            return int(cur.fetchone()[1]) - 1
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.cap

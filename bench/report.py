@@ -206,26 +206,66 @@ def select_rows(workload: str, direct: dict[str, Any] | None, through: dict[str,
     ]
 
 
+#: The figures of a storm (bench.workloads.storm.storm_figures), whatever it went through:
+#: metric, result key, conversion, format.
+STORM_FIGURES = (
+    ("cycles/s (successful)", "cycles_per_s", None, ".0f"),
+    ("succeeded", "succeeded", None, "d"),
+    ("errors", "errors", summarize_errors, "d"),
+    ("p50 cycle ms", "p50_ms", None, ".1f"),
+    ("p99 cycle ms", "p99_ms", None, ".1f"),
+    ("max cycle ms", "max_ms", None, ".1f"),
+    ("wall s", "wall_s", None, ".2f"),
+    ("max server conns", "max_server_connections", None, "d"),
+)
+
+
 def storm_rows(workload: str, direct: dict[str, Any] | None, through: dict[str, Any] | None
                ) -> list[Row]:
     """Table rows of the connection storm for both sides."""
     w = workload
     return [
-        (w, "cycles/s (successful)", get(direct, "cycles_per_s"),
-         get(through, "cycles_per_s"), ".0f"),
-        (w, "succeeded", get(direct, "succeeded"), get(through, "succeeded"), "d"),
-        (w, "errors", get(direct, "errors", summarize_errors),
-         get(through, "errors", summarize_errors), "d"),
-        (w, "p50 cycle ms", get(direct, "p50_ms"), get(through, "p50_ms"), ".1f"),
-        (w, "p99 cycle ms", get(direct, "p99_ms"), get(through, "p99_ms"), ".1f"),
-        (w, "max cycle ms", get(direct, "max_ms"), get(through, "max_ms"), ".1f"),
-        (w, "wall s", get(direct, "wall_s"), get(through, "wall_s"), ".2f"),
-        (w, "max server conns", get(direct, "max_server_connections"),
-         get(through, "max_server_connections"), "d"),
+        *((w, metric, get(direct, key, convert), get(through, key, convert), spec)
+          for metric, key, convert, spec in STORM_FIGURES),
         (w, "pyproxy CPU us/cycle", None, get(through, "pyproxy_cpu_us_per_cycle"), ".0f"),
         (w, "mariadbd CPU us/cycle", get(direct, "mariadbd_cpu_us_per_cycle"),
          get(through, "mariadbd_cpu_us_per_cycle"), ".0f"),
         *pyproxy_rows(w, through),
+    ]
+
+
+def balanced_rows(workload: str, storm: dict[str, Any] | None, kill: dict[str, Any] | None
+                  ) -> list[Row]:
+    """Table rows of two pyproxy instances behind HAProxy sharing one budget (pyproxy column
+    only: the direct storm is the ``storm`` workload's): the storm, then the kill."""
+    w = workload
+    logs = {} if storm is None else storm.get("pyproxy_logs") or {}
+    instance_rows = [row for name in sorted(logs)
+                     for row in pyproxy_rows(f"{w} {name}", {"pyproxy_log": logs[name]})]
+    clients = ("FAILED" if storm is None else
+               " / ".join(fmt_value(logs[name].get("sessions"), "d") for name in sorted(logs)))
+    return [
+        (w, "instances behind HAProxy", None, get(storm, "instances"), "d"),
+        (w, "budget (pool max_connections)", None, get(storm, "budget"), "d"),
+        *((w, metric, None, get(storm, key, convert), spec)
+          for metric, key, convert, spec in STORM_FIGURES),
+        (w, "server Max_used_connections", None, get(storm, "server_max_used_connections"),
+         "d"),
+        (w, "clients per instance", None, clients, ""),
+        (w, "pyproxy CPU us/cycle (both)", None, get(storm, "pyproxy_cpu_us_per_cycle"),
+         ".0f"),
+        (w, "mariadbd CPU us/cycle", None, get(storm, "mariadbd_cpu_us_per_cycle"), ".0f"),
+        *instance_rows,
+        (w, "kill -9: leases of the killed", None, get(kill, "dead_share"), "d"),
+        (w, "kill -9: leases of the survivor", None, get(kill, "survivor_share"), "d"),
+        (w, "kill -9: lease_seconds", None, get(kill, "lease_seconds"), "g"),
+        (w, "kill -9: survivor uses its share ms", None, get(kill, "first_extra_ms"), ".0f"),
+        (w, "kill -9: survivor has all the budget ms", None, get(kill, "whole_budget_ms"), ".0f"),
+        (w, "kill -9: its leases gone from Redis ms", None, get(kill, "leases_gone_ms"),
+         ".0f"),
+        (w, "kill -9: survivor's client errors", None, get(kill, "errors", summarize_errors),
+         "d"),
+        (w, "kill -9: max server conns", None, get(kill, "max_server_connections"), "d"),
     ]
 
 
@@ -285,6 +325,7 @@ def header(bench: Bench, fault_health_interval: float) -> list[str]:
         "rows": a.rows, "clients": a.clients, "procs": a.procs,
         "storm_clients": a.storm_clients, "storm_concurrency": a.storm_concurrency,
         "storm_server_max_connections": a.storm_server_max_connections,
+        "lease_seconds": a.lease_seconds,
         "idle_clients": a.idle_clients, "pyproxy_log_level": bench.log_level,
         "failover_clients": a.failover_clients, "failover_before_s": a.failover_before,
         "failover_after_s": a.failover_after, "accounts": a.accounts,
@@ -296,6 +337,10 @@ def header(bench: Bench, fault_health_interval: float) -> list[str]:
                f"interval {fault_health_interval:g}s; direct endpoint flips "
                f"{a.endpoint_delay:g}s after a failover"]
               if {"failover", "restart"} & set(a.workloads) else [])
+    lease = "pyproxy's default" if a.lease_seconds is None else f"{a.lease_seconds:g}s"
+    balanced = ([f"balanced: 2 pyproxy instances behind HAProxy (send-proxy-v2), a budget of "
+                 f"{a.pool_size} shared through Redis, lease_seconds {lease}"]
+                if "balanced" in a.workloads else [])
     return [
         f"date:     {m['date']}",
         f"machine:  nproc={m['nproc']}, {m['cpu_model']}, {m['memory']} RAM, "
@@ -309,6 +354,7 @@ def header(bench: Bench, fault_health_interval: float) -> list[str]:
         f"clients/{a.storm_concurrency} concurrent vs server max_connections="
         f"{a.storm_server_max_connections}",
         *faults,
+        *balanced,
     ]
 
 

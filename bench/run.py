@@ -11,6 +11,7 @@ From the repository root, with the MariaDB server binaries installed
     python3 bench/run.py --quick             # 3 s per measurement instead of 10 s
     python3 bench/run.py --workloads select idle --json results.json
     python3 bench/run.py --workloads sysbench  # direct, a bare relay and pyproxy, via sysbench
+    python3 bench/run.py --workloads balanced  # two pyproxies behind HAProxy, one budget in Redis
 
 Everything is local and throwaway: the script starts its own ``mariadbd``
 sandboxes (``pyproxy.sandbox.SandboxServer``; for the fault workloads the
@@ -19,7 +20,8 @@ database ``app`` with a 10,000-row InnoDB table ``t(id INT PRIMARY KEY, v
 VARCHAR(64))``, and ``twistd -n pyproxy`` in front of them (``[pool]
 max_connections`` from ``--pool-size``, default 20; ``[log] level = "info"``:
 pyproxy logs only connection events at info, never per query). All of it is
-stopped and removed on exit, Ctrl-C included. pyproxy's logs are kept in a
+stopped and removed on exit, Ctrl-C included (so are the HAProxy and the Redis of the
+``balanced`` workload). pyproxy's logs are kept in a
 ``pyproxy-bench-*`` folder under the temp dir (printed at the end) and their
 warnings and errors are summarised per workload.
 
@@ -68,6 +70,31 @@ sysbench
     us/query`` is the relay's or pyproxy's CPU per query. Not in the default
     set (about 9 x 3 runs of ``--duration``); see
     ``bench/workloads/sysbench.py``.
+balanced
+    Two pyproxy instances (``[proxy] proxy_protocol = true``) behind a real
+    HAProxy (``send-proxy-v2``, round-robin), sharing one backend budget of
+    ``--pool-size`` through a throwaway Redis (``[budget] redis``;
+    ``lease_seconds`` from ``--lease-seconds``, else pyproxy's default), on a
+    server of their own with ``--storm-server-max-connections``. First the
+    storm (the same clients, settings and figures as ``storm``) through
+    HAProxy; ``max server conns`` is polled as for ``storm`` and ``server
+    Max_used_connections`` is the server's own peak since it was started for
+    this workload (neither counts the poller; both count the instances'
+    health probes, which log in as the client user). ``clients per
+    instance`` are the client connections each instance accepted (the
+    readiness checks included). Then the kill: half the budget is held in
+    open transactions on one instance and the whole budget asked for on the
+    other, which gets the other half and waits; once that is so, the first
+    gets ``kill -9``. ``leases of the killed``/``of the survivor`` are their
+    members in Redis's lease set at the kill; ``survivor uses its share``
+    is when the first waiting client of the survivor got its select
+    answered (the survivor then holds more connections than its share had),
+    ``survivor has all the budget`` when the last did, and ``its leases gone
+    from Redis`` when the set (polled every 20 ms) no longer held the killed
+    instance's members, all counted from the kill. ``max server conns``
+    there is polled from just before the kill to the end. Needs haproxy,
+    redis-server and the redis package; not in the default set. See
+    ``bench/workloads/balanced.py``.
 idle
     pyproxy's resident memory (``VmRSS`` in ``/proc/<pid>/status``) before and
     after ``--idle-clients`` (default 2,000) clients have logged in and sit
@@ -160,12 +187,14 @@ from bench import processes, targets  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 from bench.harness import Bench  # noqa: E402
 from bench.report import header, print_report, progress  # noqa: E402
+from bench.workloads.balanced import workload_balanced  # noqa: E402
 from bench.workloads.faults import (FAULT_CLIENTS, FAULT_HEALTH_INTERVAL,  # noqa: E402
                                     workload_fault)
 from bench.workloads.idle import workload_idle  # noqa: E402
 from bench.workloads.select import workload_select  # noqa: E402
 from bench.workloads.storm import workload_storm  # noqa: E402
 from bench.workloads.sysbench import SCRIPTS, workload_sysbench  # noqa: E402
+from pyproxy.config import BudgetConfig  # noqa: E402
 
 
 def _cleanup_everything() -> None:
@@ -192,6 +221,8 @@ def run(bench: Bench) -> int:
         bench.attempt("sysbench", workload_sysbench, bench, main_server)
     if "storm" in a.workloads:
         bench.attempt("storm", workload_storm, bench)
+    if "balanced" in a.workloads:
+        bench.attempt("balanced", workload_balanced, bench)
     if "idle" in a.workloads:
         bench.attempt("idle", workload_idle, bench, main_server)
     faults = [kind for kind in ("failover", "restart") if kind in a.workloads]
@@ -214,9 +245,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="3 s per measurement and 1 s warm-up (default 10 s and 2 s)")
     parser.add_argument("--workloads", nargs="+",
-                        choices=("select", "sysbench", "storm", "idle", "failover", "restart"),
+                        choices=("select", "sysbench", "storm", "balanced", "idle", "failover",
+                                 "restart"),
                         default=["select", "storm", "idle", "failover", "restart"],
-                        help="default: all but sysbench")
+                        help="default: all but sysbench and balanced")
     parser.add_argument("--duration", type=float, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up, not counted")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")],
@@ -241,6 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storm-server-max-connections", type=int, default=40)
     parser.add_argument("--storm-time-cap", type=float, default=120.0,
                         help="seconds after which storm clients stop starting cycles")
+    parser.add_argument("--lease-seconds", type=float,
+                        help="[budget] lease_seconds of the balanced workload's instances "
+                             f"(default: pyproxy's own, {BudgetConfig().lease_seconds:g})")
     parser.add_argument("--idle-clients", type=int, default=2000)
     parser.add_argument("--failover-clients", type=int, default=FAULT_CLIENTS,
                         help=f"writing clients in the failover and restart workloads "
@@ -277,6 +312,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--duration and --storm-time-cap are limited to 600 s")
     if args.failover_before + args.failover_after > 600:
         parser.error("--failover-before plus --failover-after is limited to 600 s")
+    if args.lease_seconds is not None and not 0 < args.lease_seconds <= 120:
+        parser.error("--lease-seconds must be above 0 and at most 120")
+    if "balanced" in args.workloads and args.pool_size < 2:
+        parser.error("the balanced workload needs --pool-size of at least 2 (a share each)")
     if args.accounts < 2:
         parser.error("--accounts must be at least 2")
     if not 0 <= args.endpoint_delay <= args.failover_after:

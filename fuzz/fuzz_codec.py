@@ -25,6 +25,8 @@ import atheris
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
+from fuzz.cli import run  # noqa: E402
+
 with atheris.instrument_imports(include=["pyproxy.wire"]):
     from pyproxy.wire.commands import Reply
     from pyproxy.wire.framing import PacketFramer, frame
@@ -128,7 +130,7 @@ def test_one_input(data: bytes) -> None:
     TARGETS[fdp.ConsumeIntInRange(0, len(TARGETS) - 1)](fdp)
 
 
-def seed_corpus(directory: str) -> None:
+def seeds() -> dict[str, bytes]:
     """Valid packets of each kind, each behind the byte that picks its target, so the fuzzer
     starts from inputs that reach deep into the parsers."""
     greeting = make_handshake_v10(HandshakeV10("5.5.5-10.11-MariaDB", 7, b"abcdefghijklmnopqrst",
@@ -141,7 +143,7 @@ def seed_corpus(directory: str) -> None:
     rows = b"".join(frame(payload, seq) for seq, payload in enumerate(
         [b"\x01", b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00",
          b"\x011", make_eof(2)], start=1))
-    seeds = {
+    return {
         "framing": b"\x00" + b"\x00\x10\x00" + frame(b"\x03SELECT 1", 0) + frame(b"", 1),
         "greeting": b"\x01\x00\x00\x00\x00" + greeting,
         "login": b"\x01\xff\xff\xff\xff" + login,
@@ -151,19 +153,7 @@ def seed_corpus(directory: str) -> None:
         "err": b"\x02\x00" + make_err(1146, "42S02", "Table 'app.t' doesn't exist"),
         "rows": b"\x03\x00\x00\x00\x00\x00\x00\x10" + rows,
     }
-    os.makedirs(directory, exist_ok=True)
-    for name, data in seeds.items():
-        with open(os.path.join(directory, name), "wb") as f:
-            f.write(data)
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 2 and argv[1] == "--seed-corpus":
-        seed_corpus(argv[2])
-        argv = [argv[0], *argv[3:]]
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    run(sys.argv, test_one_input, seeds)

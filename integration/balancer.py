@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from integration import servers
-from pyproxy.sandbox import free_port
+from pyproxy.sandbox import free_port, terminate
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists()
                                       else None)
@@ -21,7 +21,8 @@ class HAProxy:
     pyproxy ports with ``option`` (``send-proxy`` for PROXY v1, ``send-proxy-v2``)."""
 
     def __init__(self, directory: Path, frontends: dict[str, tuple[list[int], str]]) -> None:
-        assert HAPROXY is not None, MISSING
+        if HAPROXY is None:
+            raise RuntimeError(MISSING)
         self.ports = {name: free_port() for name in frontends}
         lines = ["global", "    maxconn 4000", "defaults", "    mode tcp", "    balance roundrobin",
                  "    timeout connect 5s", "    timeout client 60s", "    timeout server 60s"]
@@ -40,13 +41,9 @@ class HAProxy:
         deadline = time.monotonic() + 10
         while not all(servers._accepts_connections("127.0.0.1", p) for p in self.ports.values()):
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"haproxy did not start: {self.log.read_text()}")
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, 5)

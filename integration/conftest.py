@@ -27,6 +27,13 @@ from integration import servers
 Server = TypeVar("Server", servers.DbServer, servers.ServerGroup)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy_left_running() -> Iterator[None]:
+    """No pyproxy a test started outlives the test session."""
+    yield
+    servers.stop_started_proxies()
+
+
 @pytest.fixture(scope="session")
 def db_server() -> Iterator[servers.DbServer]:
     """The database server shared by the whole test session."""

@@ -21,7 +21,7 @@ from pyproxy.wire.handshake import (
     parse_handshake_v10,
 )
 from pyproxy.wire.response_tracker import DONE, ResponseTracker
-from pyproxy.wire.commands import REPLIES
+from pyproxy.wire.commands import REPLIES, Reply, opens_cursor
 
 #: What every raw session asks for besides the flags a test names.
 LOGIN = CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_WITH_DB
@@ -65,7 +65,7 @@ class RawSession:
         self.sock.sendall(frame(payload, 0))
         reply = REPLIES[payload[0]]
         tracker = ResponseTracker(bool(self.capabilities & CLIENT.DEPRECATE_EOF))
-        tracker.start(reply)
+        tracker.start(reply, cursor=reply == Reply.EXECUTE and opens_cursor(payload))
         out = []
         while tracker.state != DONE:
             packet = self.read()

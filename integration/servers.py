@@ -475,6 +475,18 @@ def create_database_user(
 ER_LOCK_WAIT_TIMEOUT = 1205
 
 
+def as_root(server: Any, *statements: str, database: str | None = None) -> None:
+    """Run ``statements`` on ``server`` as its administrator, one connection for all
+    (in ``database``, if given)."""
+    conn = server.connect(database=database) if database else server.connect()
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
 @attrs.frozen
 class Failover:
     """When a simulated failover began, when the old writer was read-only, when the new one
@@ -546,13 +558,7 @@ class ServerGroup:
 
     def admin(self, index: int, *statements: str) -> None:
         """Run ``statements`` as root on server ``index``."""
-        conn = self.servers[index].connect()
-        try:
-            with conn.cursor() as cur:
-                for statement in statements:
-                    cur.execute(statement)
-        finally:
-            conn.close()
+        as_root(self.servers[index], *statements)
 
     def set_read_only(self, index: int, read_only: bool, timeout: float = 30.0) -> int:
         """Set ``read_only`` on server ``index``; return how many attempts it took.
@@ -819,6 +825,7 @@ def start_proxy(
             env=_proxy_env(), cwd=directory,
         )
     proxy = ProxyProcess(address[0], int(address[1]), config_path, log_path, process, config)
+    STARTED.append(proxy)
     try:
         proxy.wait_listening(startup_timeout)
     except BaseException:
@@ -827,25 +834,48 @@ def start_proxy(
     return proxy
 
 
+# Every pyproxy a test started: those a test left running (it failed before its own
+# stop(), or never stopped it) are stopped when the test session ends (conftest).
+STARTED: list[ProxyProcess] = []
+
+
+def stop_started_proxies() -> None:
+    while STARTED:
+        STARTED.pop().stop()
+
+
 class PeakWatch:
     """Polls the server's connections of ``user`` every 10 ms from a root connection, in a
-    thread, and keeps the highest count: what a budget test holds pyproxy to."""
+    thread, and keeps the highest count: what a budget test holds pyproxy to.
 
-    def __init__(self, db_server: DbServer, user: str = APP_USER) -> None:
+    ``ignore_present``: for a proxy whose pools are still empty, the connections already
+    there are not its own (one an earlier test left for the garbage collector, say), so
+    they are not counted.  The rows seen at the peak are kept for the failure message."""
+
+    def __init__(self, db_server: DbServer, user: str = APP_USER, ignore_present: bool = False) -> None:
         self.root = db_server.connect()
         self.user = user
         self.peak = 0
+        self.rows_at_peak: list[tuple[Any, ...]] = []
+        self.ignored: frozenset[int] = frozenset()
+        if ignore_present:
+            self.ignored = frozenset(row[0] for row in self._rows())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _rows(self) -> list[tuple[Any, ...]]:
         with self.root.cursor() as cur:
-            while not self._stop.is_set():
-                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
-                            (self.user,))
-                self.peak = max(self.peak, cur.fetchone()[0])
-                time.sleep(0.01)
+            cur.execute("SELECT ID, HOST, COMMAND, TIME, STATE FROM information_schema.PROCESSLIST"
+                        " WHERE USER = %s", (self.user,))
+            return list(cur.fetchall())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rows = [row for row in self._rows() if row[0] not in self.ignored]
+            if len(rows) > self.peak:
+                self.peak, self.rows_at_peak = len(rows), rows
+            time.sleep(0.01)
 
     def stop(self) -> int:
         """Stops polling; returns the peak."""
@@ -853,3 +883,7 @@ class PeakWatch:
         self._thread.join()
         self.root.close()
         return self.peak
+
+    def __str__(self) -> str:
+        return (f"peak {self.peak}: {self.rows_at_peak}"
+                + (f" (ignored, there before: {sorted(self.ignored)})" if self.ignored else ""))

@@ -380,6 +380,15 @@ def test_metrics_count_what_was_sent(proxy: servers.ProxyProcess, relay: Relay) 
             scrapes.append(scrape(proxy))
             time.sleep(0.05)
 
+    def scraped_meanwhile() -> None:
+        # The load pauses until one more scrape has ended: the counters are read while
+        # it runs however quick it is next to a scrape.
+        seen = len(scrapes)
+        deadline = time.monotonic() + 10
+        while len(scrapes) <= seen:
+            assert time.monotonic() < deadline, "no scrape answered in 10 s"
+            time.sleep(0.01)
+
     watcher = threading.Thread(target=keep_scraping)
     watcher.start()
     try:
@@ -388,6 +397,8 @@ def test_metrics_count_what_was_sent(proxy: servers.ProxyProcess, relay: Relay) 
                                ssl_disabled=True, autocommit=True)
         with conn.cursor() as cursor:
             for index in range(300):
+                if index in (100, 200):
+                    scraped_meanwhile()
                 cursor.execute("SELECT %s, REPEAT('x', %s)", (index, index))
                 assert cursor.fetchone() == (index, "x" * index)
         conn.close()

@@ -419,6 +419,38 @@ def test_change_user_with_mysqlclient(make_proxy: MakeProxy) -> None:
         conn.close()
 
 
+def refused_change_users(target: Any) -> list[Any]:
+    """What a client sees of three refused COM_CHANGE_USERs and a fourth try (mysqlclient)."""
+    conn = mysqldb_connect(target)
+    seen: list[Any] = []
+    try:
+        conn.change_user(SECOND_USER, SECOND_PASSWORD, drivers.APP_DATABASE)
+        conn.cursor().execute("SET NAMES latin1")
+        for password in ("wrong-1", "wrong-2", "wrong-3", SECOND_PASSWORD):
+            try:
+                conn.change_user(drivers.APP_USER, password, drivers.APP_DATABASE)
+                seen.append("changed")
+            except MySQLdb.OperationalError as exc:
+                seen.append(exc.args[0])
+            cur = conn.cursor()
+            cur.execute("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1), DATABASE(), @@character_set_client")
+            seen.append(cur.fetchone())
+    finally:
+        conn.close()
+    return seen
+
+
+def test_refused_change_user_keeps_the_connection(make_proxy: MakeProxy, db_server: servers.DbServer) -> None:
+    """As the server does (MDEV-3915): a refused COM_CHANGE_USER answers 1045 and the session
+    goes on as the user it was, with its schema and character set; after three refusals the
+    command is unknown (1047), and the connection still serves."""
+    proxy = make_proxy(users=[{"name": SECOND_USER, "password": SECOND_PASSWORD,
+                               "database": drivers.APP_DATABASE}])
+    direct = refused_change_users(db_server)
+    assert direct[::2] == [1045, 1045, 1045, 1047]
+    assert refused_change_users(proxy) == direct
+
+
 def test_reset_connection_with_connector(make_proxy: MakeProxy) -> None:
     """COM_RESET_CONNECTION (mysql-connector's ``cmd_reset_connection`` and ``reset_session``)
     through pyproxy clears the user variable and the temporary table of the session (which had

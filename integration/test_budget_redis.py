@@ -10,9 +10,7 @@ instance serves with its local share and takes leases again when Redis is back.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,54 +23,13 @@ import pytest
 
 from integration import servers
 from integration.balancer import HAPROXY, MISSING, HAProxy
-from pyproxy.sandbox import free_port
+from integration.redis_server import MISSING as REDIS_MISSING
+from integration.redis_server import REDIS_SERVER, RedisServer
 
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
 redis = pytest.importorskip("redis", reason="the redis package (pip install 'pyproxy[redis]')")
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
-                                "(scripts/install-deps installs Debian's redis-server)")
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=REDIS_MISSING)
 BUDGET = 3
 LEASE = 2.0
-
-
-class RedisServer:
-    """A throwaway redis-server on a free 127.0.0.1 port, keeping nothing on disk."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - the process keeps it
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def client(self) -> Any:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture
@@ -140,7 +97,7 @@ def test_two_instances_never_exceed_one_budget(make_proxy: Any, redis_server: Re
     finally:
         peak = watch.stop()
     assert [len(ids) for ids in done] == [30, 30]
-    assert 1 <= peak <= BUDGET, peak
+    assert 1 <= peak <= BUDGET, str(watch)
     leases = redis_server.client().zrange(f"pyproxy:budget:{servers.APP_USER}:"
                                           f"{db_server.host}:{db_server.port}", 0, -1)
     assert len(leases) <= BUDGET
@@ -200,7 +157,7 @@ def test_without_redis_the_local_share_serves_and_leases_come_back(
         assert len(storm(proxy.connect, 10)) == 10
     finally:
         peak = watch.stop()
-    assert peak <= 2, peak
+    assert peak <= 2, str(watch)
     assert "127.0.0.1" in events(proxy, "budget_redis_unreachable")[0]["redis"]
     redis_server.start()
     deadline = time.monotonic() + LEASE * 2 + 5
@@ -237,7 +194,7 @@ def test_behind_haproxy_two_instances_share_the_budget_and_see_clients(
     finally:
         peak = watch.stop()
         balancer.stop()
-    assert 1 <= peak <= BUDGET, peak
+    assert 1 <= peak <= BUDGET, str(watch)
     seen = {e.get("peer") for p in (first, second) for e in events(p, "client_connected")}
     assert set(own_ports) <= seen
     assert all(events(p, "client_connected") for p in (first, second))  # both took clients

@@ -24,6 +24,8 @@ import pymysql
 import pytest
 
 from integration import servers
+from integration.raw_session import RawSession
+from pyproxy.wire.constants import CLIENT
 
 DB = servers.APP_DATABASE
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -40,6 +42,9 @@ PROCEDURES = (
     "CREATE OR REPLACE PROCEDURE shape_out_only(OUT x INT) SET x = 5",
     "CREATE OR REPLACE PROCEDURE shape_nested() BEGIN CALL shape_rows(); SELECT 3 AS d; END",
     "CREATE OR REPLACE PROCEDURE shape_none() DO 1",
+    # Its own cursor flags the result set's EOFs SERVER_STATUS_CURSOR_EXISTS: no cursor of the client's.
+    "CREATE OR REPLACE PROCEDURE shape_cursor() BEGIN DECLARE v INT; "
+    "DECLARE c CURSOR FOR SELECT 5 UNION SELECT 6; OPEN c; FETCH c INTO v; CLOSE c; SELECT v; SELECT v + 1 AS w; END",
 )
 # (name, text form, prepared form, its parameters)
 CALLS = (
@@ -50,19 +55,14 @@ CALLS = (
     ("out_only", "CALL shape_out_only(@x)", "CALL shape_out_only(?)", (0,)),
     ("nested", "CALL shape_nested()", "CALL shape_nested()", ()),
     ("none", "CALL shape_none()", "CALL shape_none()", ()),
+    ("cursor", "CALL shape_cursor()", "CALL shape_cursor()", ()),
 )
 
 
 @pytest.fixture(scope="module")
 def shapes(db_server: servers.DbServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
     proxy = servers.start_proxy(db_server, tmp_path_factory.mktemp("shapes"), pool={"max_connections": 2})
-    root = db_server.connect(database=DB)
-    try:
-        with root.cursor() as cur:
-            for sql in PROCEDURES:
-                cur.execute(sql)
-    finally:
-        root.close()
+    servers.as_root(db_server, *PROCEDURES, database=DB)
     yield db_server, proxy
     proxy.stop()
 
@@ -208,6 +208,43 @@ def test_binary_protocol(shapes: Any, name: str, text: str, prepared: str, args:
     direct = connector_call(db_server, prepared, args, in_transaction)
     through = connector_call(proxy, prepared, args, in_transaction)
     assert through == direct
+
+
+def raw_executes(target: Any, capabilities: int) -> list[Any]:
+    """COM_STMT_EXECUTE of a CALL and of a SELECT, with and without a cursor asked for, as
+    (sequence id, payload) pairs; an EOF's status after definitions is cut to the
+    transaction bits (what else it says is the server's guess before the rows)."""
+    session = RawSession("127.0.0.1", target.port, servers.APP_USER, servers.APP_PASSWORD, DB, capabilities)
+    seen: list[Any] = []
+    try:
+        for sql in (b"CALL shape_cursor()", b"SELECT 5 AS v UNION SELECT 6"):
+            [(_, prepare_ok), *_] = session.command(b"\x16" + sql)
+            statement = prepare_ok[1:5]
+            for flags in (0, 1):  # CURSOR_TYPE_NO_CURSOR, CURSOR_TYPE_READ_ONLY
+                reply = session.command(b"\x17" + statement + bytes((flags,)) + b"\x01\x00\x00\x00")
+                seen.append([(seq, payload[:3] + bytes((payload[3] & 0x03, payload[4]))
+                              if payload[:1] == b"\xfe" and len(payload) == 5 else payload)
+                             for seq, payload in reply])
+                if flags:
+                    # An ERR names the statement by the server's id, which pyproxy's need not be.
+                    seen.append([(seq, payload[:9] if payload[:1] == b"\xff" else payload) for seq, payload
+                                 in session.command(b"\x1c" + statement + (10).to_bytes(4, "little"))])
+            session.send_only(b"\x19" + statement)
+        seen.append(session.command(b"\x03SELECT 'still there'")[-2:])
+    finally:
+        session.close()
+    return seen
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True], ids=["classic", "deprecate-eof"])
+def test_cursor_asked_for_on_a_call(shapes: Any, deprecate_eof: bool) -> None:
+    """A CALL cannot open a cursor for the client; its routine's own cursor flags the result
+    set's EOFs, which must not end the reply early.  A SELECT's cursor still works."""
+    db_server, proxy = shapes
+    capabilities = (CLIENT.PROTOCOL_41 | CLIENT.SECURE_CONNECTION | CLIENT.PLUGIN_AUTH | CLIENT.CONNECT_WITH_DB
+                    | CLIENT.TRANSACTIONS | CLIENT.MULTI_RESULTS | CLIENT.PS_MULTI_RESULTS
+                    | (CLIENT.DEPRECATE_EOF if deprecate_eof else 0))
+    assert raw_executes(proxy, capabilities) == raw_executes(db_server, capabilities)
 
 
 @pytest.mark.skipif(shutil.which("node") is None or not (NODE_DIR / "node_modules" / "mysql2").is_dir(),

@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: What an install needs from the checkout (setup.cfg's packages and metadata).
-INSTALLED_FROM = ("setup.cfg", "pyproject.toml", "README.rst", "pyproxy", "twisted")
+#: What an install needs from the checkout (setup.cfg's packages and metadata; setup.py and
+#: the build backend for the optional compiled build).
+INSTALLED_FROM = ("setup.cfg", "setup.py", "pyproject.toml", "packaging/build_backend.py", "README.rst",
+                  "pyproxy", "twisted")
 TIMEOUT = 120
 
 
@@ -46,9 +48,40 @@ def outside_env() -> dict[str, str]:
             if k != "PYTHONPATH" and not k.startswith("PYPROXY_")}
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, env=outside_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+def run(cmd: list[str], cwd: Path, timeout: float = TIMEOUT, **env: str) -> subprocess.CompletedProcess[str]:
+    """``cmd`` in a user's environment (``outside_env``), plus ``env``."""
+    return subprocess.run(cmd, cwd=cwd, env={**outside_env(), **env}, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+
+
+def copy_checkout(source: Path) -> None:
+    """Copies to ``source`` what an install reads from this checkout, and no build's
+    leftovers: an extension built in place (``setup.py build_ext --inplace``) would be
+    imported from an editable install in place of the source."""
+    for name in INSTALLED_FROM:
+        item = ROOT / name
+        target = source / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if item.is_dir():
+            shutil.copytree(item, target, ignore=shutil.ignore_patterns("__pycache__", "dropin.cache", "*.so"))
+        else:
+            shutil.copy2(item, target)
+
+
+def throwaway_venv(tmp_path: Path) -> Path:
+    """A venv that sees the machine's packages (Twisted and the rest); returns its python."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(venv)], check=True, timeout=TIMEOUT)
+    return venv / "bin" / "python"
+
+
+def pip_install(python: Path, source: Path, *options: str, **env: str) -> None:
+    """``pip install`` of ``source`` with no index and no build isolation: the machine's
+    setuptools and wheel (and mypy) build it offline."""
+    installed = run([str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
+                     "--disable-pip-version-check", "-q", *options, str(source)], source.parent, **env)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
 
 
 def assert_pyproxy_help(result: subprocess.CompletedProcess[str]) -> None:
@@ -77,8 +110,10 @@ import twisted.plugins
 makers = [p for p in getPlugins(IServiceMaker, twisted.plugins) if p.tapname == "pyproxy"]
 assert makers, "getPlugins() found no pyproxy"
 import pyproxy
+import pyproxy.wire.response_tracker
 print(sys.modules["twisted.plugins.pyproxy_plugin"].__file__)
 print(pyproxy.__file__)
+print(pyproxy.wire.response_tracker.__file__)
 """
 
 
@@ -91,24 +126,10 @@ def test_fresh_install_gives_twistd_pyproxy(tmp_path: Path, editable: bool) -> N
     must come from this install: the copy of the checkout, or the venv's own site-packages.
     """
     source = tmp_path / "pyproxy-src"
-    source.mkdir()
-    for name in INSTALLED_FROM:
-        item = ROOT / name
-        if item.is_dir():
-            shutil.copytree(item, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "dropin.cache"))
-        else:
-            shutil.copy2(item, source / name)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
-                    str(venv)], check=True, timeout=TIMEOUT)
-    python = venv / "bin" / "python"
-    # No index and no build isolation: the machine's setuptools and wheel build it offline.
-    install = [str(python), "-m", "pip", "install", "--no-index", "--no-deps",
-               "--no-build-isolation", "--disable-pip-version-check", "-q",
-               *(["-e"] if editable else []), str(source)]
-    installed = run(install, tmp_path)
-    assert installed.returncode == 0, installed.stdout + installed.stderr
+    copy_checkout(source)
+    python = throwaway_venv(tmp_path)
+    venv = python.parent.parent
+    pip_install(python, source, *(["-e"] if editable else []))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
@@ -121,10 +142,12 @@ def test_fresh_install_gives_twistd_pyproxy(tmp_path: Path, editable: bool) -> N
 
     found = run([str(python), "-c", WHERE_FROM], elsewhere)
     assert found.returncode == 0, found.stdout + found.stderr
-    plugin_file, package_file = map(Path, found.stdout.split())
+    plugin_file, package_file, codec_file = map(Path, found.stdout.split())
     home = source if editable else venv
     assert plugin_file.is_relative_to(home), (plugin_file, home)
     assert package_file.is_relative_to(home), (package_file, home)
+    # Without PYPROXY_MYPYC=1 the install is pure Python (test_compiled_build.py has the other).
+    assert codec_file == package_file.parent / "wire" / "response_tracker.py", codec_file
 
     # The console scripts setup.cfg names are installed with it.
     hashed = subprocess.run([str(venv / "bin" / "pyproxy-hash-password")], input="mypass\n",

@@ -50,13 +50,7 @@ def pool_of_one(db_server: servers.DbServer,
     proxy = servers.start_proxy(db_server, tmp_path_factory.mktemp("isolation"),
                                 pool={"max_connections": 1, "borrow_timeout": BORROW_TIMEOUT},
                                 session={"hold_for_next_statement": HOLD})
-    root = db_server.connect()
-    try:
-        with root.cursor() as cur:
-            for sql in PROCEDURES:
-                cur.execute(sql)
-    finally:
-        root.close()
+    servers.as_root(db_server, *PROCEDURES)
     yield proxy
     proxy.stop()
 
@@ -203,6 +197,31 @@ def test_table_locks_never_reach_the_next_client(pool_of_one: servers.ProxyProce
     finally:
         a.close()
     assert tables_unlocked(pool_of_one)
+
+
+@pytest.mark.parametrize("sql", ["BACKUP STAGE START", f"BACKUP LOCK {DB}.iso_t"])
+def test_backup_locks_never_reach_the_next_client(pool_of_one: servers.ProxyProcess, db_server: servers.DbServer,
+                                                 sql: str) -> None:
+    """BACKUP STAGE / BACKUP LOCK: A keeps the connection; after A leaves, B's DDL runs
+    (on a connection holding the backup lock it would fail with 4145)."""
+    root = db_server.connect()
+    try:
+        with root.cursor() as cur:
+            for host in ("%", "localhost"):
+                cur.execute("GRANT RELOAD ON *.* TO %s@%s", (servers.APP_USER, host))
+    finally:
+        root.close()
+    a = a_leaves(pool_of_one, lambda a: scalar(a, sql))
+    try:
+        assert waits_for_the_connection(pool_of_one)
+    finally:
+        a.close()
+    b = connect(pool_of_one)
+    try:
+        scalar(b, f"CREATE OR REPLACE TABLE {DB}.iso_backup_probe (a INT) ENGINE=MyISAM")
+        scalar(b, f"DROP TABLE {DB}.iso_backup_probe")
+    finally:
+        b.close()
 
 
 @pytest.mark.parametrize("sql", [

@@ -9,6 +9,9 @@ import pymysql
 import pytest
 
 from integration import servers
+from integration.raw_session import RawSession
+from pyproxy.wire.commands import make_query
+from pyproxy.wire.constants import CLIENT
 
 
 def test_kill_query_stops_the_other_sessions_statement(make_proxy) -> None:
@@ -193,3 +196,36 @@ def test_kill_of_a_connection_still_logging_in_closes_it(make_proxy) -> None:
         sock.settimeout(5)
         assert sock.recv(65536) == b""  # closed, nothing sent
         killer.close()
+
+
+def test_a_vanished_clients_statement_is_stopped(make_proxy, db_server) -> None:
+    """A client that closes its socket while its statement waits (no COM_QUIT): as the server
+    does for a direct client, the statement stops instead of holding its lock wait and its
+    connection for the hour it asked for."""
+    proxy = make_proxy()
+    holder = db_server.connect()
+    statement = "SELECT GET_LOCK('pyproxy_abandoned', 3600)"
+
+    def waiting() -> int:
+        with holder.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = %s", (statement,))
+            return cur.fetchone()[0]
+
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT GET_LOCK('pyproxy_abandoned', 0)")
+        session = RawSession(proxy.host, proxy.port, servers.APP_USER, servers.APP_PASSWORD,
+                             servers.APP_DATABASE, CLIENT.TRANSACTIONS)
+        session.send_only(make_query(statement))
+        deadline = time.monotonic() + 10
+        while not waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting() == 1
+        session.sock.close()  # gone, without COM_QUIT
+        deadline = time.monotonic() + 15
+        while waiting() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert waiting() == 0
+        assert '"abandoned_statement_stopped"' in proxy.log_text()
+    finally:
+        holder.close()

@@ -13,6 +13,7 @@ statement must give the same answer both ways.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Callable
@@ -29,7 +30,7 @@ DB = servers.APP_DATABASE
 CLIENTS = 24
 STEPS = 30
 POOL = 3
-SEED = 8
+SEED = int(os.environ.get("PYPROXY_LEAK_SEED", "8"))  # another seed draws other sequences
 
 SETUP = (
     f"CREATE OR REPLACE TABLE {DB}.leak_t (id INT AUTO_INCREMENT PRIMARY KEY, owner INT, v INT) ENGINE=InnoDB",
@@ -42,6 +43,11 @@ SETUP = (
 )
 MODES = ("ANSI_QUOTES", "NO_ZERO_DATE", "STRICT_TRANS_TABLES", "PIPES_AS_CONCAT,NO_ENGINE_SUBSTITUTION")
 ZONES = ("+01:00", "-03:00", "+05:30")
+DATABASE_CHARSETS = (("character_set_database", "ucs2"), ("character_set_database", "utf32"),
+                     ("character_set_database", "ujis"), ("collation_database", "utf16_bin"),
+                     ("collation_database", "latin1_bin"))
+NAMES = ("SET NAMES latin1", "SET NAMES ujis", "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+         "SET collation_connection = ucs2_general_ci", "SET NAMES utf8mb4")
 
 
 class Client:
@@ -180,6 +186,29 @@ def routines(c: Client, conn: Any, i: int) -> Any:
     return rows(conn, f"SELECT {DB}.leak_f(%s)", (c.values[i],))
 
 
+def character_sets(c: Client, conn: Any, i: int) -> Any:
+    return rows(conn, "SELECT @@character_set_database, @@collation_database, @@character_set_client, "
+                      "@@character_set_results, @@collation_connection, DATABASE()")
+
+
+def database_charset(c: Client, conn: Any, i: int) -> Any:
+    """ucs2, utf16 and utf32 also change how the server pads its OK packets' state blocks."""
+    name, value = DATABASE_CHARSETS[c.values[i] % len(DATABASE_CHARSETS)]
+    rows(conn, f"SET {name} = %s", (value,))
+    return character_sets(c, conn, i)
+
+
+def names(c: Client, conn: Any, i: int) -> Any:
+    rows(conn, NAMES[c.values[i] % len(NAMES)])
+    return character_sets(c, conn, i)
+
+
+def schema(c: Client, conn: Any, i: int) -> Any:
+    """USE gives back the schema's own character set, whatever a SET made it."""
+    rows(conn, f"USE {('information_schema', DB)[c.values[i] % 2]}")
+    return character_sets(c, conn, i)
+
+
 def multi(c: Client, conn: Any, i: int) -> Any:
     return rows(conn, "SET @@SESSION.max_join_size = 123456789; SELECT @@SESSION.max_join_size")
 
@@ -192,7 +221,8 @@ STEPS_BY_NAME: dict[str, tuple[int, Callable[[Client, Any, int], Any]]] = {
     "diagnostics": (6, diagnostics), "temporary": (1, temporary), "lock": (1, lock),
     "lock_in_function": (1, lock_in_function), "release": (2, release), "locks_held": (6, locks_held),
     "dirty_next": (3, dirty_next), "transaction": (6, transaction), "routines": (4, routines),
-    "multi": (2, multi),
+    "multi": (2, multi), "character_sets": (4, character_sets), "database_charset": (3, database_charset),
+    "names": (3, names), "schema": (2, schema),
 }
 
 
@@ -229,21 +259,22 @@ def run_all(clients: list[Client], connect: Callable[[], Any], at_once: bool) ->
     return results
 
 
+def set_up(db_server: servers.DbServer, statements: tuple[str, ...]) -> Any:
+    """Runs ``statements``, then returns a connection holding an uncommitted row
+    (owner -2) that only a READ UNCOMMITTED transaction reads."""
+    servers.as_root(db_server, *statements)
+    uncommitted = db_server.connect(autocommit=False)
+    with uncommitted.cursor() as cur:
+        cur.execute(f"INSERT INTO {DB}.leak_t (owner, v) VALUES (-2, 0)")
+    return uncommitted
+
+
 def test_random_sequences_see_what_they_would_see_directly(db_server: servers.DbServer, make_proxy) -> None:
     """24 clients x 30 random stateful steps on a pool of 3: every client reads exactly
     what it reads when the same steps run directly, alone on a connection of its own."""
     proxy = make_proxy(pool={"max_connections": POOL, "borrow_timeout": 120})
     leak_server = db_server
-    root = db_server.connect()
-    try:
-        with root.cursor() as cur:
-            for sql in SETUP:
-                cur.execute(sql)
-    finally:
-        root.close()
-    uncommitted = db_server.connect(autocommit=False)
-    with uncommitted.cursor() as cur:
-        cur.execute(f"INSERT INTO {DB}.leak_t (owner, v) VALUES (-2, 0)")
+    uncommitted = set_up(db_server, SETUP)
     options = {"autocommit": True, "client_flag": CLIENT.MULTI_STATEMENTS, "read_timeout": 120}
     direct = run_all([Client(me, 10_000_000) for me in range(CLIENTS)],
                      lambda: leak_server.connect(user=servers.APP_USER, password=servers.APP_PASSWORD,
@@ -264,3 +295,46 @@ def test_random_sequences_see_what_they_would_see_directly(db_server: servers.Db
     pins = [line for line in proxy.log_text().splitlines() if '"session_pinned"' in line]
     print(f"\n[leaks] {CLIENTS} clients x {STEPS} steps on a pool of {POOL}: every view as directly; "
           f"{len(pins)} sessions pinned")
+
+
+@pytest.mark.parametrize("charset", ["utf32", "ucs2", "utf16le"])
+def test_transaction_characteristics_in_a_wide_database_charset(db_server: servers.DbServer, make_proxy,
+                                                               charset: str) -> None:
+    """MariaDB writes the transaction characteristics it reports in the database character
+    set, with lengths cut to a byte when the text is long: the client's transaction still
+    gets its isolation level and access mode through pyproxy, as directly."""
+    proxy = make_proxy(pool={"max_connections": 2})
+    uncommitted = set_up(db_server, SETUP[:1])
+
+    def run(conn: Any) -> list[Any]:
+        seen = []
+        for sql in (f"SET character_set_database = '{charset}'",
+                    "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
+                    "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                    f"SELECT COUNT(*) FROM {DB}.leak_t WHERE owner = -2",
+                    f"INSERT INTO {DB}.leak_t (owner, v) VALUES (-3, 0)",
+                    "COMMIT",
+                    f"SELECT COUNT(*) FROM {DB}.leak_t WHERE owner = -2",
+                    "SELECT @@character_set_database"):
+            try:
+                seen.append(rows(conn, sql))
+            except pymysql.err.MySQLError as exc:
+                seen.append(exc.args[0])
+        return seen
+
+    try:
+        direct = db_server.connect(user=servers.APP_USER, password=servers.APP_PASSWORD,
+                                   database=servers.APP_DATABASE, autocommit=True)
+        try:
+            expected = run(direct)
+        finally:
+            direct.close()
+        assert expected[3] == [(1,)] and expected[4] == 1792  # dirty read; read-only transaction
+        through = proxy.connect(autocommit=True)
+        try:
+            assert run(through) == expected
+        finally:
+            through.close()
+    finally:
+        uncommitted.rollback()
+        uncommitted.close()

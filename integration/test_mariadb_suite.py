@@ -6,8 +6,8 @@ procedures and SIGNAL, warnings, large packets, JSON, GIS; chosen from the sweep
 suites, ``integration/mariadb_tests/sweep.py``) run with the ``mariadb-test`` client from
 Debian's ``mariadb-test`` package, in plain and in ``--ps-protocol`` mode, against two sandbox
 servers set up as ``mariadb-test-run.pl`` would: one directly, the other through a pyproxy.
-Both runs go at the same time and take about 5 minutes on 2 shared cores (306 tests: 304
-plain, 256 ps).
+Both runs go at the same time and take a few minutes on 2 shared cores (309 tests, each in
+both modes).
 
 Every listed test must pass directly, and through pyproxy exactly the same tests must pass
 (passing means the output equals the test's ``.result`` file).

@@ -14,6 +14,7 @@ import pytest
 
 from integration import servers
 from pyproxy.sandbox import SandboxServer
+from pyproxy.wire.constants import COM_RESET_CONNECTION
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +283,118 @@ def test_pinned_backend_is_reset_before_reuse(make_proxy) -> None:
     second.close()
     log = proxy.log_text()
     assert "session_pinned" in log and "user variable" in log or "session state changed" in log
+
+
+def _database_charset(conn: pymysql.connections.Connection) -> tuple[str, str]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@character_set_database, DATABASE()")
+        return cur.fetchone()
+
+
+def test_reset_gives_the_default_database_charset_not_the_schemas(db_server: servers.DbServer,
+                                                                  make_proxy) -> None:
+    """COM_RESET_CONNECTION keeps the schema but gives character_set_database the server's
+    default, not the schema's own (information_schema's is utf8mb3): a client whose schema
+    is chosen again on a connection another client's reset left that way reads the schema's
+    own, and a client that resets its own session reads the default, as directly."""
+    direct = db_server.connect()
+    try:
+        with direct.cursor() as cur:
+            cur.execute("USE information_schema")
+        chosen = _database_charset(direct)
+        direct._execute_command(COM_RESET_CONNECTION, b"")  # PyMySQL has no public call for it
+        direct._read_ok_packet()
+        after_reset = _database_charset(direct)
+    finally:
+        direct.close()
+    assert chosen == ("utf8mb3", "information_schema") and after_reset[0] != chosen[0]
+
+    proxy = make_proxy(pool={"max_connections": 1})
+    reader = proxy.connect()
+    other = proxy.connect()
+    try:
+        with reader.cursor() as cur:
+            cur.execute("USE information_schema")
+        with other.cursor() as cur:
+            cur.execute("USE information_schema")
+            cur.execute("SELECT GET_LOCK('pyproxy_reset_charset', 0)")  # pins the one connection
+        other.close()  # which is reset before it serves the reader again
+        assert _database_charset(reader) == chosen
+        reader._execute_command(COM_RESET_CONNECTION, b"")
+        reader._read_ok_packet()
+        assert _database_charset(reader) == after_reset
+        with reader.cursor() as cur:
+            cur.execute("USE information_schema")
+        assert _database_charset(reader) == chosen
+    finally:
+        reader.close()
+
+
+def test_change_inside_a_result_set_is_carried(db_server: servers.DbServer, make_proxy) -> None:
+    """A client without CLIENT_DEPRECATE_EOF (PyMySQL) runs on connections without it, whose
+    classic EOFs only flag a change: a stored function that sets time_zone inside a SELECT,
+    and SET TRANSACTION used up by an autocommit SELECT, are read back, carried to the
+    client's next connection, kept from the next client, and pin nothing."""
+    proxy = make_proxy(pool={"max_connections": 1})
+    servers.as_root(db_server, f"CREATE OR REPLACE FUNCTION {servers.APP_DATABASE}.set_zone() RETURNS INT "
+                               "BEGIN SET SESSION time_zone = '+02:00'; RETURN 1; END",
+                    f"CREATE OR REPLACE TABLE {servers.APP_DATABASE}.carried_t (a INT) ENGINE=InnoDB")
+    first, second = proxy.connect(autocommit=True), proxy.connect(autocommit=True)
+
+    def value(conn: pymysql.connections.Connection, sql: str) -> object:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+
+    try:
+        assert value(first, f"SELECT {servers.APP_DATABASE}.set_zone()") == 1
+        assert value(second, "SELECT @@time_zone") == "SYSTEM"
+        assert value(first, "SELECT @@time_zone") == "+02:00"
+        with first.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY")
+        # Its transaction uses the characteristics (one that reads no table starts none).
+        assert value(first, f"SELECT COUNT(*) FROM {servers.APP_DATABASE}.carried_t") == 0
+        assert value(second, "SELECT @@time_zone") == "SYSTEM"  # so the connection went back
+        with first.cursor() as cur:
+            cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS carried_w (a INT)")  # not read-only now
+    finally:
+        first.close()
+        second.close()
+    # Only the temporary table, made last, pinned the session.
+    assert [event["reason"] for event in proxy.events("session_pinned")] == ["temporary table created"]
+
+
+def test_change_inside_a_prepared_result_set_is_carried(db_server: servers.DbServer, make_proxy) -> None:
+    """The same over the binary protocol (mysql-connector's prepared cursor): the stored
+    function's change inside an executed SELECT is carried, kept from the next client, and
+    pins nothing."""
+    mysql_connector = pytest.importorskip("mysql.connector")
+    proxy = make_proxy(pool={"max_connections": 1})
+    servers.as_root(db_server, f"CREATE OR REPLACE FUNCTION {servers.APP_DATABASE}.set_zone_ps() RETURNS INT "
+                               "BEGIN SET SESSION time_zone = '+03:00'; RETURN 1; END")
+    prepared = mysql_connector.connect(host=proxy.host, port=proxy.port, user=servers.APP_USER,
+                                       password=servers.APP_PASSWORD, database=servers.APP_DATABASE,
+                                       use_pure=True, autocommit=True, ssl_disabled=True)
+    other = proxy.connect(autocommit=True)
+
+    def executed(sql: str) -> object:
+        cur = prepared.cursor(prepared=True)
+        try:
+            cur.execute(sql)
+            return cur.fetchall()[0][0]
+        finally:
+            cur.close()
+
+    try:
+        assert executed(f"SELECT {servers.APP_DATABASE}.set_zone_ps()") == 1
+        with other.cursor() as cur:
+            cur.execute("SELECT @@time_zone")
+            assert cur.fetchone()[0] == "SYSTEM"
+        assert executed("SELECT @@time_zone") in ("+03:00", b"+03:00")
+    finally:
+        prepared.close()
+        other.close()
+    assert proxy.events("session_pinned") == []
 
 
 def test_session_variables_carried_without_pinning(make_proxy) -> None:

@@ -209,15 +209,22 @@ def test_mariadb_cli_connection_id(make_proxy, db_server) -> None:
         assert greeting == selected, (side, out)
 
 
-def test_prepared_kill_is_refused(make_proxy) -> None:
-    """A server-side prepared KILL would name a server thread by pyproxy's id: refused
-    with 1295, and the session goes on."""
+def test_prepared_kill(make_proxy) -> None:
+    """A server-side prepared KILL names pyproxy's ids, so pyproxy prepares and runs it itself:
+    with the id in its text it works as from the text protocol; with a placeholder (bound only
+    at execute) it is refused with 1295, and the session goes on."""
     proxy = make_proxy()
     conn = connector(proxy.port)
+    victim = connector(proxy.port)
     prepared = conn.cursor(prepared=True)
     with pytest.raises(mysql.connector.Error) as info:
-        prepared.execute("KILL %s", (conn.connection_id,))
+        prepared.execute("KILL %s", (victim.connection_id,))
     assert info.value.errno == 1295
+    prepared = conn.cursor(prepared=True)
+    prepared.execute(f"KILL {victim.connection_id}")
+    with pytest.raises(mysql.connector.Error) as info:
+        victim.cursor().execute("SELECT 1")
+    assert info.value.errno in (-1, 2013, 2055, 1927)  # -1: the driver saw the close first
     cur = conn.cursor()
     cur.execute("SELECT CONNECTION_ID()")
     assert cur.fetchall() == [(conn.connection_id,)]

@@ -88,14 +88,14 @@ def test_the_server_never_sees_more_than_the_budget(workers: servers.ProxyProces
         finally:
             conn.close()
 
-    watch = servers.PeakWatch(db_server)
+    watch = servers.PeakWatch(db_server, ignore_present=True)  # no pool is made before
     try:
         with ThreadPoolExecutor(60) as pool:
             done = sum(pool.map(client, range(60)))
     finally:
         peak = watch.stop()
     assert done == 60
-    assert 1 <= peak <= 4, peak
+    assert 1 <= peak <= 4, str(watch)
 
 
 def test_sigusr1_logs_one_summed_set_and_sighup_reaches_every_worker(
@@ -213,7 +213,7 @@ def test_budget_moves_to_the_worker_whose_clients_wait(make_proxy: Any,
         peak = watch.stop()
         for conn in pool:
             conn.close()
-    assert 1 <= peak <= 2, peak
+    assert 1 <= peak <= 2, str(watch)
     proxy.process.send_signal(signal.SIGUSR1)
     summed = wait_for(lambda: [e for e in events(proxy, "pin_summary") if e.get("workers") == 2],
                       what="summed stats")

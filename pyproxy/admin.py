@@ -17,6 +17,11 @@ or an OK or ERR packet, in the layout the client negotiated (with or without
 CLIENT_DEPRECATE_EOF).  The tables are read off the pools', topology's and
 clients' own state, as /metrics and SIGUSR1's stats are, so the three never
 disagree; the controls are the signal handlers' own code (pyproxy.tap).
+
+With ``[proxy] workers`` the supervisor owns the listener and its console
+(pyproxy.worker_admin) asks every worker's AdminConsole over the control
+channel, so the console speaks for the whole pyproxy; the tables that list
+connections carry a ``worker`` column (0 with one process) for that.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import itertools
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import attrs
 import twisted
@@ -50,6 +55,7 @@ from pyproxy.wire.responses import make_err, make_ok
 from pyproxy.wire.resultset import Column, Value, float_column, int_column, make_result_set, text_column
 
 if TYPE_CHECKING:
+    from pyproxy.config import Config as ConfigType
     from pyproxy.proxy import Proxy, ServerInfo
 
 # What the console offers: no LOCAL INFILE, no multi-statements, no session
@@ -86,15 +92,20 @@ class AdminCredentials:
     admin, and the admin account opens no pooled session.  It is the login
     phase's Credentials interface over one configured account: a password, or
     its stored hash (then only a mysql_native_password proof can be checked,
-    and the console greets with that plugin)."""
+    and the console greets with that plugin).
 
-    __slots__ = ("_proxy",)
+    Args:
+        holder: whatever has the running configuration as ``config`` (the
+            console; the supervisor's one with workers).
+    """
 
-    def __init__(self, proxy: Any) -> None:
-        self._proxy = proxy
+    __slots__ = ("_holder",)
+
+    def __init__(self, holder: Any) -> None:
+        self._holder = holder
 
     def _chain(self) -> Credentials:
-        admin = self._proxy.config.admin
+        admin = self._holder.config.admin
         users = [UserConfig(admin.user, admin.password, admin.password_hash)] if admin.user else []
         return Credentials([ConfigSource(users, name="admin")])
 
@@ -106,12 +117,18 @@ class AdminCredentials:
         return self._chain().verify(credential, plugin, nonce, answer, secure=secure)
 
 
+#: One row of SHOW WARNINGS: level ("Warning", "Error"), code, message.
+Note = tuple[str, int, str]
+
+
 @attrs.frozen
 class Table:
-    """A result set to send: typed columns and their rows."""
+    """A result set to send: typed columns and their rows; ``warnings`` are
+    counted in its last packet and listed by SHOW WARNINGS."""
 
     columns: Sequence[Column]
     rows: Sequence[Sequence[Value]]
+    warnings: Sequence[Note] = ()
 
 
 @attrs.frozen
@@ -120,11 +137,148 @@ class Done:
 
     info: str = ""
     then: Callable[[], None] | None = None
+    warnings: Sequence[Note] = ()
 
 
-class AdminConsole:
-    """What the console's connections share: the running service, and the
-    reading of each table.
+Answer = Union[Table, Done]
+
+# The tables' columns: the supervisor's console (pyproxy.worker_admin) gets
+# only the rows from its workers and puts these over them.  ``worker`` is the
+# index of the process that serves the connection (0 without [proxy] workers).
+POOL_COLUMNS = (
+    text_column("user"), text_column("target"), text_column("role", 8), int_column("idle"),
+    int_column("in_use"), int_column("checking"), int_column("closing"), int_column("opening"),
+    int_column("waiting"), int_column("max_connections"), int_column("borrows"), int_column("waits"),
+    int_column("timeouts"), int_column("opened"), int_column("open_failures"),
+    float_column("borrow_wait_p99_ms"), int_column("paused"), int_column("worker"))
+CLIENT_COLUMNS = (
+    int_column("id"), text_column("user"), text_column("address"), text_column("listener", 10),
+    int_column("tls"), text_column("state", 10), float_column("age_seconds"), float_column("idle_seconds"),
+    int_column("backend_id", nullable=True), int_column("in_transaction"), int_column("pinned"),
+    text_column("pin_reason"), int_column("worker"))
+SERVER_COLUMNS = (
+    int_column("id"), text_column("user"), text_column("target"), text_column("state", 10),
+    float_column("age_seconds"), float_column("idle_seconds"), int_column("client_id", nullable=True),
+    int_column("pinned"), float_column("last_health_check_seconds_ago"),
+    int_column("server_thread_id", nullable=True), int_column("prepared_statements"), int_column("worker"))
+TARGET_COLUMNS = (
+    text_column("target"), text_column("role", 8), text_column("state", 10), float_column("state_seconds"),
+    int_column("writer"), int_column("probes"), int_column("failed_probes"), int_column("failures_in_a_row"),
+    text_column("last_error"))
+STATS_COLUMNS = (text_column("name", 64), int_column("value"))
+VERSION_COLUMNS = (text_column("pyproxy", 32), text_column("server"), text_column("python", 32),
+                   text_column("twisted", 32))
+
+
+class Console:
+    """What every console shares, whoever answers its tables: the connections
+    open, the admin account's credentials, and the commands answered from the
+    configuration alone (SHOW CONFIG, SHOW HELP) or as a server would (what
+    clients send when they connect).
+
+    A subclass gives ``config``, ``server``, ``reactor`` and
+    ``debug_seconds_left()`` and the ``do_<command>`` methods for pyproxy's
+    state and controls; a ``do_`` method returns an Answer, or a Deferred
+    firing with one when it must ask other processes (pyproxy.worker_admin).
+    """
+
+    def __init__(self) -> None:
+        self.credentials = AdminCredentials(self)
+        self.ids = itertools.count(1)
+        # Console connections open now.
+        self.connections: dict[int, AdminProtocol] = {}
+        self.started = time.time()
+
+    config: ConfigType
+    server: ServerInfo
+    reactor: Any
+
+    def debug_seconds_left(self) -> float:
+        raise NotImplementedError
+
+    def run(self, command: Command, connection: AdminProtocol | None) -> Answer | defer.Deferred[Answer]:
+        """Carries out ``command`` for ``connection`` (None: for the supervisor's
+        console, which has the connection).
+
+        Raises:
+            AdminError: it could not be (an unknown client id, a failed reload...).
+        """
+        handler = getattr(self, "do_" + command.name.replace(" ", "_"))
+        return handler(connection, *command.args)  # type: ignore[no-any-return]
+
+    def do_show_config(self, connection: AdminProtocol) -> Table:
+        config = self.config
+        hidden = config_secrets(config)
+        rows = [(key, _shown(key, value, hidden), default) for key, value, default in config_items(config, Config())]
+        return Table([text_column("key", 64), text_column("value"), text_column("default")], rows)
+
+    def do_show_help(self, connection: AdminProtocol) -> Table:
+        return Table([text_column("command", 40), text_column("description")], COMMANDS)
+
+    def do_show_warnings(self, connection: AdminProtocol) -> Table:
+        return Table([text_column("Level", 7), int_column("Code"), text_column("Message")],
+                     list(connection.warnings))
+
+    # -- clients' own connection chatter --------------------------------------------
+
+    def do_ok(self, connection: AdminProtocol) -> Done:
+        return Done()
+
+    def do_set_autocommit(self, connection: AdminProtocol, on: bool) -> Done:
+        connection.autocommit = on
+        return Done()
+
+    def do_select(self, connection: AdminProtocol, *items: tuple[str, str]) -> Table:
+        values = [self.select_value(connection, expression) for expression, _ in items]
+        columns = [int_column(name) if isinstance(value, int) else text_column(name)
+                   for (_, name), value in zip(items, values)]
+        return Table(columns, [values])
+
+    def do_show_variables(self, connection: AdminProtocol, pattern: str | None) -> Table:
+        variables = self.variables(connection)
+        matches = like(pattern).fullmatch if pattern is not None else None
+        rows = [(name, str(value)) for name, value in sorted(variables.items())
+                if matches is None or matches(name)]
+        return Table([text_column("Variable_name", 64), text_column("Value", 2048)], rows)
+
+    def variables(self, connection: AdminProtocol) -> dict[str, str | int]:
+        """The variables clients read when they connect, as a server would answer."""
+        return {
+            "version_comment": VERSION_COMMENT, "version": self.server.version,
+            "autocommit": int(connection.autocommit),
+            "max_allowed_packet": ADMIN_PACKET_LIMIT, "sql_mode": "", "character_set_client": "utf8mb4",
+            "character_set_connection": "utf8mb4", "character_set_results": "utf8mb4",
+            "character_set_server": "utf8mb4", "collation_connection": "utf8mb4_general_ci",
+            "collation_server": "utf8mb4_general_ci", "time_zone": "SYSTEM", "system_time_zone": "UTC",
+            "transaction_isolation": "REPEATABLE-READ", "tx_isolation": "REPEATABLE-READ",
+            "transaction_read_only": 0, "tx_read_only": 0, "lower_case_table_names": 0,
+            "wait_timeout": 28800, "interactive_timeout": 28800, "net_write_timeout": 60,
+            "license": "GPL", "init_connect": "", "performance_schema": 0, "query_cache_size": 0,
+            "debug_statements_for": int(self.debug_seconds_left() + 0.999),
+        }
+
+    def select_value(self, connection: AdminProtocol, expression: str) -> str | int | None:
+        """One selected expression: a variable (NULL for one the console does not
+        have), a function of the connection, or a number."""
+        if expression.startswith("@@"):
+            return self.variables(connection).get(expression[2:])
+        if expression in ("database()", "schema()"):
+            return None
+        if expression in ("user()", "current_user()", "session_user()", "system_user()"):
+            return f"{connection.user}@{_host(connection.transport)}"
+        if expression == "version()":
+            return self.server.version
+        if expression == "connection_id()":
+            return connection.id
+        return int(expression)
+
+
+class AdminConsole(Console):
+    """The console of one pyproxy process: its tables read off this process's
+    pools, topology and clients, its controls the signal handlers' own code.
+
+    With ``[proxy] workers`` each worker has one too, with no listener: the
+    supervisor's console asks it for its part (pyproxy.worker_admin).
 
     Args:
         service: the pyproxy.tap.ProxyService, for its proxy, health checker,
@@ -132,37 +286,36 @@ class AdminConsole:
     """
 
     def __init__(self, service: Any) -> None:
+        super().__init__()
         self.service = service
-        self.credentials = AdminCredentials(service.proxy)
-        self.ids = itertools.count(1)
-        # Console connections open now.
-        self.connections: dict[int, AdminProtocol] = {}
-        self.started = time.time()
 
     @property
     def proxy(self) -> Proxy:
         return self.service.proxy
 
+    @property
+    def config(self) -> ConfigType:  # type: ignore[override]
+        return self.service.config  # type: ignore[no-any-return]
+
+    @property
+    def server(self) -> ServerInfo:  # type: ignore[override]
+        return self.proxy.server
+
+    @property
+    def reactor(self) -> Any:
+        return self.proxy.reactor
+
+    def debug_seconds_left(self) -> float:
+        return self.proxy.statement_log.remaining
+
     def now(self) -> float:
         return self.proxy.reactor.seconds()
 
-    # -- running one statement ---------------------------------------------------
+    @property
+    def worker(self) -> int:
+        return self.proxy.worker[0]
 
-    def run(self, command: Command, connection: AdminProtocol) -> Table | Done:
-        """Carries out ``command`` for ``connection``.
-
-        Raises:
-            AdminError: it could not be (an unknown client id, a failed reload...).
-        """
-        handler = getattr(self, "do_" + command.name.replace(" ", "_"))
-        return handler(connection, *command.args)
-
-    def do_show_pools(self, connection: AdminProtocol) -> Table:
-        columns = [text_column("user"), text_column("target"), text_column("role", 8),
-                   int_column("idle"), int_column("in_use"), int_column("checking"), int_column("closing"),
-                   int_column("opening"), int_column("waiting"), int_column("max_connections"),
-                   int_column("borrows"), int_column("waits"), int_column("timeouts"), int_column("opened"),
-                   int_column("open_failures"), float_column("borrow_wait_p99_ms"), int_column("paused")]
+    def do_show_pools(self, connection: AdminProtocol | None) -> Table:
         rows = []
         for pool in list(self.proxy.pools.values()):
             stats = pool.stats()
@@ -171,14 +324,10 @@ class AdminConsole:
                          target.role if target is not None else "", stats["idle"], stats["lent"],
                          stats["checking"], stats["closing"], stats["connecting"], stats["waiting"],
                          pool.max_size, pool.borrows, pool.waits, pool.timeouts, pool.opened,
-                         pool.open_failures, stats["borrow_wait_p99_ms"], int(pool.paused)))
-        return Table(columns, rows)
+                         pool.open_failures, stats["borrow_wait_p99_ms"], int(pool.paused), self.worker))
+        return Table(POOL_COLUMNS, rows)
 
-    def do_show_clients(self, connection: AdminProtocol) -> Table:
-        columns = [int_column("id"), text_column("user"), text_column("address"), text_column("listener", 10),
-                   int_column("tls"), text_column("state", 10), float_column("age_seconds"),
-                   float_column("idle_seconds"), int_column("backend_id", nullable=True),
-                   int_column("in_transaction"), int_column("pinned"), text_column("pin_reason")]
+    def do_show_clients(self, connection: AdminProtocol | None) -> Table:
         now = self.now()
         rows = []
         for client in list(self.proxy.clients.values()):
@@ -191,15 +340,10 @@ class AdminConsole:
                          _seconds(now - commands.last_active) if commands.last_active else None,
                          backend.id if backend is not None else None,
                          int(bool(session is not None and session.in_transaction)), int(commands.pinned),
-                         session.pin_reason if session is not None else None))
-        return Table(columns, rows)
+                         session.pin_reason if session is not None else None, self.worker))
+        return Table(CLIENT_COLUMNS, rows)
 
-    def do_show_servers(self, connection: AdminProtocol) -> Table:
-        columns = [int_column("id"), text_column("user"), text_column("target"), text_column("state", 10),
-                   float_column("age_seconds"), float_column("idle_seconds"),
-                   int_column("client_id", nullable=True), int_column("pinned"),
-                   float_column("last_health_check_seconds_ago"), int_column("server_thread_id", nullable=True),
-                   int_column("prepared_statements")]
+    def do_show_servers(self, connection: AdminProtocol | None) -> Table:
         now = self.now()
         holders = {}
         for client in list(self.proxy.clients.values()):
@@ -221,23 +365,20 @@ class AdminConsole:
                                  _seconds(now - conn.last_checked) if conn.last_checked != conn.created_at
                                  else None,
                                  handshake.connection_id if handshake is not None else None,
-                                 len(conn.statements)))
+                                 len(conn.statements), self.worker))
         rows.sort(key=lambda row: row[0])
-        return Table(columns, rows)
+        return Table(SERVER_COLUMNS, rows)
 
-    def do_show_targets(self, connection: AdminProtocol) -> Table:
-        columns = [text_column("target"), text_column("role", 8), text_column("state", 10),
-                   float_column("state_seconds"), int_column("writer"), int_column("probes"),
-                   int_column("failed_probes"), int_column("failures_in_a_row"), text_column("last_error")]
+    def do_show_targets(self, connection: AdminProtocol | None) -> Table:
         topology = self.proxy.topology
         now = topology.clock.seconds()
         rows = [(target.name, target.role, target.state,
                  None if target.since is None else _seconds(now - target.since), int(target is topology.writer),
                  target.probes, target.failed_probes, target.failures, target.last_error or None)
                 for target in list(topology.targets)]
-        return Table(columns, rows)
+        return Table(TARGET_COLUMNS, rows)
 
-    def do_show_stats(self, connection: AdminProtocol) -> Table:
+    def do_show_stats(self, connection: AdminProtocol | None) -> Table:
         proxy = self.proxy
         stats = proxy.stats
         relayed = sum(stats.latency)
@@ -270,51 +411,37 @@ class AdminConsole:
             ("health_ping_failures", health.failures),
             ("failovers", proxy.topology.writer_changes),
             ("paused", int(proxy.paused)),
-            ("debug_statements_seconds_left", int(proxy.statement_log.remaining + 0.999)),
+            ("debug_statements_seconds_left", int(self.debug_seconds_left() + 0.999)),
+            # How many processes these figures are from (the supervisor's console sums them).
+            ("workers", 1),
+            ("workers_answered", 1),
         ])
-        return Table([text_column("name", 64), int_column("value")], values)
+        return Table(STATS_COLUMNS, values)
 
-    def do_show_config(self, connection: AdminProtocol) -> Table:
-        config = self.service.config
-        defaults = Config()
-        hidden = config_secrets(config)
-        rows = []
-        for key, value, default in config_items(config, defaults):
-            rows.append((key, _shown(key, value, hidden), default))
-        return Table([text_column("key", 64), text_column("value"), text_column("default")], rows)
+    def do_show_version(self, connection: AdminProtocol | None) -> Table:
+        return Table(VERSION_COLUMNS, [(pyproxy.__version__, self.proxy.server.version,
+                                        platform.python_version(), twisted.__version__)])
 
-    def do_show_version(self, connection: AdminProtocol) -> Table:
-        return Table([text_column("pyproxy", 32), text_column("server"), text_column("python", 32),
-                      text_column("twisted", 32)],
-                     [(pyproxy.__version__, self.proxy.server.version, platform.python_version(),
-                       twisted.__version__)])
-
-    def do_show_help(self, connection: AdminProtocol) -> Table:
-        return Table([text_column("command", 40), text_column("description")], COMMANDS)
-
-    def do_show_warnings(self, connection: AdminProtocol) -> Table:
-        return Table([text_column("Level", 7), int_column("Code"), text_column("Message")], [])
-
-    def do_pause(self, connection: AdminProtocol) -> Done:
+    def do_pause(self, connection: AdminProtocol | None) -> Done:
         if self.proxy.paused:
             return Done("pyproxy was paused already")
         self.service.pause()
         return Done("paused: new transactions wait; backend connections close as they come free")
 
-    def do_resume(self, connection: AdminProtocol) -> Done:
+    def do_resume(self, connection: AdminProtocol | None) -> Done:
         if not self.proxy.paused:
             return Done("pyproxy was not paused")
         self.service.resume()
         return Done("resumed")
 
-    def do_reload(self, connection: AdminProtocol) -> Done:
+    def do_reload(self, connection: AdminProtocol | None) -> Done:
         try:
             changed = self.service.reload_now()
         except ConfigError as exc:
             raise AdminError(ER_UNKNOWN_ERROR, f"reload failed, the running configuration stays: {exc}") from None
         return Done("reloaded; changed: " + (", ".join(changed) if changed else "nothing"))
 
-    def do_kill_client(self, connection: AdminProtocol, client_id: int) -> Done:
+    def do_kill_client(self, connection: AdminProtocol | None, client_id: int) -> Done:
         client = self.proxy.clients.get(client_id)
         if client is None or client.phase == CLOSED:
             raise AdminError(ER_NO_SUCH_THREAD, f"Unknown thread id: {client_id}")
@@ -322,73 +449,23 @@ class AdminConsole:
         client.transport.loseConnection()
         return Done(f"client {client_id} closed")
 
-    def do_shutdown(self, connection: AdminProtocol, graceful: bool = False) -> Done:
+    def do_shutdown(self, connection: AdminProtocol | None, graceful: bool = False) -> Done:
         service = self.service
         return Done("shutting down" + (" once open transactions end" if graceful else ""),
                     then=lambda: service.shut_down(graceful))
 
-    def do_set_debug_statements_for(self, connection: AdminProtocol, seconds: float) -> Done:
+    def do_set_debug_statements_for(self, connection: AdminProtocol | None, seconds: float) -> Done:
         self.proxy.statement_log.turn_on_for(seconds)
         return Done(f"statements are logged for {seconds:g}s" if seconds else "statements are not logged")
 
-    # -- clients' own connection chatter --------------------------------------------
-
-    def do_ok(self, connection: AdminProtocol) -> Done:
-        return Done()
-
-    def do_set_autocommit(self, connection: AdminProtocol, on: bool) -> Done:
-        connection.autocommit = on
-        return Done()
-
-    def do_select(self, connection: AdminProtocol, *items: tuple[str, str]) -> Table:
-        values = [self.select_value(connection, expression) for expression, _ in items]
-        columns = [int_column(name) if isinstance(value, int) else text_column(name)
-                   for (_, name), value in zip(items, values)]
-        return Table(columns, [values])
-
-    def do_show_variables(self, connection: AdminProtocol, pattern: str | None) -> Table:
-        variables = self.variables(connection)
-        matches = like(pattern).fullmatch if pattern is not None else None
-        rows = [(name, str(value)) for name, value in sorted(variables.items())
-                if matches is None or matches(name)]
-        return Table([text_column("Variable_name", 64), text_column("Value", 2048)], rows)
-
-    def variables(self, connection: AdminProtocol) -> dict[str, str | int]:
-        """The variables clients read when they connect, as a server would answer."""
-        server = self.proxy.server
-        return {
-            "version_comment": VERSION_COMMENT, "version": server.version, "autocommit": int(connection.autocommit),
-            "max_allowed_packet": ADMIN_PACKET_LIMIT, "sql_mode": "", "character_set_client": "utf8mb4",
-            "character_set_connection": "utf8mb4", "character_set_results": "utf8mb4",
-            "character_set_server": "utf8mb4", "collation_connection": "utf8mb4_general_ci",
-            "collation_server": "utf8mb4_general_ci", "time_zone": "SYSTEM", "system_time_zone": "UTC",
-            "transaction_isolation": "REPEATABLE-READ", "tx_isolation": "REPEATABLE-READ",
-            "transaction_read_only": 0, "tx_read_only": 0, "lower_case_table_names": 0,
-            "wait_timeout": 28800, "interactive_timeout": 28800, "net_write_timeout": 60,
-            "license": "GPL", "init_connect": "", "performance_schema": 0, "query_cache_size": 0,
-            "debug_statements_for": int(self.proxy.statement_log.remaining + 0.999),
-        }
-
-    def select_value(self, connection: AdminProtocol, expression: str) -> str | int | None:
-        """One selected expression: a variable (NULL for one the console does not
-        have), a function of the connection, or a number."""
-        if expression.startswith("@@"):
-            return self.variables(connection).get(expression[2:])
-        if expression in ("database()", "schema()"):
-            return None
-        if expression in ("user()", "current_user()", "session_user()", "system_user()"):
-            return f"{connection.user}@{_host(connection.transport)}"
-        if expression == "version()":
-            return self.proxy.server.version
-        if expression == "connection_id()":
-            return connection.id
-        return int(expression)
-
 
 class AdminProtocol(protocol.Protocol):
-    """One console connection: the login phase, then statements answered here."""
+    """One console connection: the login phase, then statements answered here,
+    one at a time: while an answer is awaited (the supervisor's console asks its
+    workers) the statements that follow wait their turn and the connection is
+    not read."""
 
-    def __init__(self, console: AdminConsole) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
         self.id = next(console.ids)
         self.transport: Any = None
@@ -398,7 +475,12 @@ class AdminProtocol(protocol.Protocol):
         self.user = ""
         self.capabilities = 0
         self.autocommit = True
+        # What SHOW WARNINGS lists: the last statement's warnings, or its error.
+        self.warnings: Sequence[Note] = ()
         self._login: Login | None = None
+        self._queued: list[Packet] = []
+        self._answering = False
+        self._draining = False
 
     @property
     def log(self) -> Any:
@@ -406,14 +488,13 @@ class AdminProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         console = self.console
-        proxy = console.proxy
         if len(console.connections) >= ADMIN_MAX_CONNECTIONS:
             self.fatal(c.ER_CON_COUNT_ERROR, "Too many connections to the admin console", 0)
             return
         console.connections[self.id] = self
         self._login = Login(self, console.credentials, self.nonce, ADMIN_CAPABILITIES)
-        self._login.greet(self.id, _greeting(proxy.server), auth.NATIVE, proxy.reactor,
-                          proxy.config.proxy.handshake_timeout)
+        self._login.greet(self.id, _greeting(console.server), auth.NATIVE, console.reactor,
+                          console.config.proxy.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -427,7 +508,8 @@ class AdminProtocol(protocol.Protocol):
             return
         for packet in packets:
             if self.phase == COMMANDS_PHASE:
-                self.command(packet)
+                self._queued.append(packet)
+                self._next_commands()
             elif self.phase in (HANDSHAKE, AUTH_SWITCH):
                 if self._login.receive(packet) and self.phase == HANDSHAKE:  # type: ignore[union-attr]
                     self.phase = AUTH_SWITCH
@@ -475,6 +557,17 @@ class AdminProtocol(protocol.Protocol):
     def ok(self, info: str = "") -> bytes:
         return make_ok(self.status(), info=info.encode())
 
+    def _next_commands(self) -> None:
+        """Runs the statements received, in order, until one's answer is awaited."""
+        if self._draining:
+            return  # an answer came at once, inside the loop below: it goes on
+        self._draining = True
+        try:
+            while self._queued and not self._answering and self.phase == COMMANDS_PHASE:
+                self.command(self._queued.pop(0))
+        finally:
+            self._draining = False
+
     def command(self, packet: Packet) -> None:
         """One command; the answer's packets follow the command's sequence id."""
         payload = packet.payload
@@ -494,34 +587,66 @@ class AdminProtocol(protocol.Protocol):
                                                 f"COM_QUIT"), seq))
             return
         statement = payload[1:].decode("utf-8", "replace")
-        then = None
+        name = ""
         try:
             parsed = parse(statement)
-            if not parsed.name.startswith(("select", "ok", "set autocommit", "show variables", "show warnings")):
-                self.log.info("admin_command", command=parsed.name, args=list(parsed.args))
+            name = parsed.name
+            if not name.startswith(("select", "ok", "set autocommit", "show variables", "show warnings")):
+                self.log.info("admin_command", command=name, args=list(parsed.args))
             result = self.console.run(parsed, self)
-        except AdminSyntaxError as exc:
-            payloads = [make_err(*ER_PARSE_ERROR, str(exc))]
-        except AdminError as exc:
-            self.log.warning("admin_command_failed", error=exc.message)
-            payloads = [make_err(exc.code, exc.sqlstate, exc.message)]
-        except Exception as exc:  # noqa: BLE001 - pyproxy's bug: an ERR, never a traceback to the client
-            self.log.error("admin_internal_error", error=repr(exc), failure=Failure().getTraceback())
-            payloads = [make_err(*ER_UNKNOWN_ERROR, f"pyproxy internal error: {exc!r}")]
+        except Exception:  # noqa: BLE001 - answer() turns it into the ERR
+            self.answer(Failure(), seq, name)
+            return
+        if isinstance(result, defer.Deferred):
+            self._answering = True
+            self.transport.pauseProducing()
+            result.addBoth(self._answered, seq, name)
+            return
+        self.answer(result, seq, name)
+
+    def _answered(self, outcome: Answer | Failure, seq: int, name: str) -> None:
+        self._answering = False
+        if self.phase != COMMANDS_PHASE:
+            return  # the client is gone
+        self.answer(outcome, seq, name)
+        self.transport.resumeProducing()
+        self._next_commands()
+
+    def answer(self, outcome: Answer | Failure, seq: int, name: str) -> None:
+        """Writes what a statement came to: a result set, an OK or, for an
+        exception, the one ERR it becomes (never a traceback to the client)."""
+        then = None
+        if isinstance(outcome, Failure):
+            error = outcome.value
+            if isinstance(error, AdminSyntaxError):
+                code, sqlstate, message = *ER_PARSE_ERROR, str(error)
+            elif isinstance(error, AdminError):
+                self.log.warning("admin_command_failed", error=error.message)
+                code, sqlstate, message = error.code, error.sqlstate, error.message
+            else:  # pyproxy's bug
+                self.log.error("admin_internal_error", error=repr(error), failure=outcome.getTraceback())
+                code, sqlstate = ER_UNKNOWN_ERROR
+                message = f"pyproxy internal error: {error!r}"
+            self.warnings = (("Error", code, message),)
+            payloads = [make_err(code, sqlstate, message)]
         else:
-            if isinstance(result, Table):
-                payloads = make_result_set(result.columns, result.rows, self.status(),
-                                           bool(self.capabilities & CLIENT.DEPRECATE_EOF))
+            if name != "show warnings":
+                self.warnings = tuple(outcome.warnings)
+            warnings = min(len(self.warnings), 0xFFFF)
+            if isinstance(outcome, Table):
+                payloads = make_result_set(outcome.columns, outcome.rows, self.status(),
+                                           bool(self.capabilities & CLIENT.DEPRECATE_EOF), warnings)
             else:
-                payloads = [self.ok(result.info)]
-                then = result.then
+                payloads = [make_ok(self.status(), warnings=warnings, info=outcome.info.encode())]
+                then = outcome.then
         self.transport.write(b"".join(frame(payload, (seq + index) & 0xFF)
                                       for index, payload in enumerate(payloads)))
         if then is not None:
-            self.console.proxy.reactor.callLater(0, then)
+            self.console.reactor.callLater(0, then)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.phase = CLOSED
+        self._queued.clear()
         if self._login is not None:
             self._login.stop()
         self.console.connections.pop(self.id, None)
@@ -530,7 +655,7 @@ class AdminProtocol(protocol.Protocol):
 class AdminFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, console: AdminConsole) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
 
     def buildProtocol(self, addr: Any) -> AdminProtocol:

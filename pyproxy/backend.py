@@ -19,58 +19,29 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from pyproxy import auth
-from pyproxy.credential_sources import BackendLogin
 from pyproxy.direct_write import write_now
 from pyproxy.logs import get_logger
-from pyproxy.session import DEFAULT_TRACKING, ClientSession, SessionState, Tracking, initial_state, tracking
+from pyproxy.session import (
+    DEFAULT_TRACKING,
+    ClientSession,
+    SessionState,
+    Tracking,
+    reset_state,
+    tracking,
+)
+from pyproxy.backend_error import BackendError, lost_connection
+from pyproxy.backend_login import ServerLogin
 from pyproxy.statements import BackendStatement, StatementCache
+from pyproxy.target import Target
 from pyproxy.tls import describe_tls_failure
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import Reply, make_query
 from pyproxy.wire.constants import CLIENT, COM_RESET_CONNECTION, COMMAND
 from pyproxy.wire.framing import PacketFramer, frame
-from pyproxy.wire.buffer import Reader
-from pyproxy.wire.handshake import (
-    HandshakeResponse41,
-    HandshakeV10,
-    make_change_user,
-    make_handshake_response41,
-    make_ssl_request,
-    parse_auth_switch_request,
-    parse_handshake_v10,
-)
+from pyproxy.wire.buffer import BytesLike, Reader
+from pyproxy.wire.handshake import HandshakeV10, make_change_user
 from pyproxy.wire.response_tracker import DONE, INFILE, ProtocolViolation, ResponseTracker
-from pyproxy.wire.responses import ERR, parse_err, parse_ok
-
-# Capability bits a backend connection takes from the client it will serve,
-# because they change what the server does (affected-row counts, parsing,
-# whether a CALL's OUT parameters come back to COM_STMT_EXECUTE, MariaDB's
-# extended type information in column definitions) and cannot be translated
-# packet by packet.  Connections are pooled per combination; most
-# applications use one.
-FLAVOR_BITS = (CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE | CLIENT.PS_MULTI_RESULTS
-               | c.MARIADB_CLIENT_EXTENDED_METADATA)
-# A flavor bit of pyproxy's own, never sent: the connection is opened without
-# CLIENT_DEPRECATE_EOF.  Clients without it that use the binary protocol get
-# such connections (see pyproxy.prepared).  Bits 32-63 are MariaDB's extended
-# capabilities, so it sits at the top.
-CLASSIC_EOF = 1 << 63
-
-# CLIENT_DEPRECATE_EOF is always asked for: its OK terminators carry the
-# session-tracking data a classic EOF cannot, and clients without it get the
-# EOFs they expect by translation.  CLIENT_SESSION_TRACK is translated too,
-# and CLIENT_LOCAL_FILES: a client without it that runs LOAD DATA LOCAL gets
-# the error a server would give it, and the server an empty file.
-# MARIADB_CLIENT_STMT_BULK_OPERATIONS only lets the server take
-# COM_STMT_BULK_EXECUTE, which pyproxy refuses itself to a client that did not
-# negotiate it: every connection asks for it (when the server offers it).
-BASE_CAPABILITIES = (
-    CLIENT.LONG_PASSWORD | CLIENT.LONG_FLAG | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS
-    | CLIENT.SECURE_CONNECTION | CLIENT.MULTI_STATEMENTS | CLIENT.MULTI_RESULTS
-    | CLIENT.PLUGIN_AUTH | CLIENT.PLUGIN_AUTH_LENENC_CLIENT_DATA
-    | CLIENT.CONNECT_ATTRS | CLIENT.SESSION_TRACK | CLIENT.DEPRECATE_EOF | CLIENT.LOCAL_FILES
-    | c.MARIADB_CLIENT_STMT_BULK_OPERATIONS
-)
+from pyproxy.wire.responses import parse_err, parse_ok
 
 # Transaction-info tracking reports what the statement text can hide: LOCK
 # TABLES in effect (an "L" in the transaction state) and the characteristics
@@ -89,61 +60,14 @@ _ids = itertools.count(1)
 _ROWS = object()  # marks a query_rows() entry among pending internal commands
 
 
-class BackendError(Exception):
-    """An error to report to the client as a MySQL ERR packet."""
-
-    def __init__(self, code: int, sqlstate: str, message: str) -> None:
-        super().__init__(f"({code}) {message}")
-        self.code = code
-        self.sqlstate = sqlstate
-        self.message = message
-
-    @classmethod
-    def from_err(cls, err: ERR) -> "BackendError":
-        return cls(err.code, err.sqlstate, err.message)
-
-
-def lost_connection(detail: str = "") -> BackendError:
-    code, state = c.CR_SERVER_LOST
-    return BackendError(code, state, "Lost connection to MySQL server during query"
-                        + (f" ({detail})" if detail else ""))
-
-
-@attrs.frozen
-class Target:
-    """Where and as whom backend connections log in."""
-
-    host: str
-    port: int
-    user: str
-    password: str = attrs.field(repr=False)
-    database: str | None = None
-    charset: int = 45
-    connect_timeout: float = 10.0
-    # Prepared statements kept per connection (least recently used closed first).
-    statement_cache: int = 256
-    init_query: str = ""
-    # How to log in when it is not ``password``: what a client's login gave
-    # (SHA1(password) recovered from its proof against a stored hash, the
-    # passwords of a Secrets Manager secret, an RDS IAM login), kept for this
-    # user's connections only (pyproxy.proxy.Proxy.target).
-    login: BackendLogin | None = attrs.field(default=None, repr=False)
-    # Which of ``login.passwords`` this connection tries (a rotation has two).
-    attempt: int = 0
-    # The RDS IAM token of an ``login.iam`` login.
-    token: str = attrs.field(default="", repr=False)
-    # TLS to this server (a pyproxy.tls.BackendTLS), or None for plaintext.
-    tls: Any = attrs.field(default=None, repr=False)
-
-
 class ReplySink(TypingProtocol):
     """The client side of a relayed command, as the backend sees it."""
 
-    def backend_data(self, data: bytes, tracker: ResponseTracker) -> None: ...
+    def backend_data(self, data: BytesLike, tracker: ResponseTracker) -> None: ...
     def backend_lost(self, error: BackendError) -> None: ...
 
 
-class BackendConnection(protocol.Protocol):
+class BackendConnection(ServerLogin, protocol.Protocol):
     """One server connection; pooled, lent to clients, reconciled, reset."""
 
     def __init__(self, target: Target, flavor: int, clock: IReactorTime) -> None:
@@ -194,6 +118,11 @@ class BackendConnection(protocol.Protocol):
         # The client session (a pyproxy.session.ClientSession) whose warnings
         # and errors the server session holds, for SHOW WARNINGS; None if none.
         self.diagnostics: Any = None
+        # The server session holds what no reset clears (a BINLOG statement's
+        # replication context, pyproxy.sqltext.NO_RESET): closed, not reused.
+        self.unresettable = False
+        # The TCP connection has ended (connectionLost), not only been asked to.
+        self.gone = False
         # The pool generation (configuration) this connection was opened for.
         self.generation = 0
         self._timeout: Any = None
@@ -228,129 +157,6 @@ class BackendConnection(protocol.Protocol):
                     return
         except (ValueError, BackendError) as exc:
             self._fail(exc if isinstance(exc, BackendError) else lost_connection(str(exc)))
-
-    def _send(self, payload: bytes) -> None:
-        self.transport.write(frame(payload, self._seq))  # type: ignore[union-attr]
-        self._seq += 1
-
-    def _auth_packet(self, seq: int, payload: bytes) -> None:
-        self._seq = seq + 1
-        if self.handshake is None:
-            if payload[:1] == b"\xff":
-                raise BackendError.from_err(parse_err(payload))
-            self.handshake = hs = parse_handshake_v10(payload)
-            self._nonce = hs.auth_data
-            self._plugin = hs.auth_plugin if hs.auth_plugin in (auth.NATIVE, auth.CACHING_SHA2,
-                                                                 auth.ED25519) else auth.NATIVE
-            login = self.target.login
-            if login is not None and login.native_sha1 is not None:
-                # Only SHA1(password) is known: answer mysql_native_password at once.
-                self._plugin = auth.NATIVE
-            elif login is not None and login.iam:
-                self._plugin = auth.CLEAR
-            wanted = BASE_CAPABILITIES | (self.flavor & FLAVOR_BITS)
-            if self.flavor & CLASSIC_EOF:
-                wanted &= ~CLIENT.DEPRECATE_EOF
-            if self.target.database:
-                wanted |= CLIENT.CONNECT_WITH_DB
-            capabilities = wanted & (hs.capabilities | CLIENT.LONG_PASSWORD)
-            missing = self.flavor & FLAVOR_BITS & ~capabilities
-            if missing:
-                # The client negotiated them with pyproxy's greeting (another
-                # server's): a reply without them would be misread.
-                raise BackendError(*c.ER_HANDSHAKE_ERROR, f"server {self.target.host}:{self.target.port} "
-                                   f"does not offer capabilities the client negotiated (0x{missing:x})")
-            if capabilities >> 32:
-                # MariaDB's extended capabilities are sent with CLIENT_MYSQL clear.
-                capabilities &= ~CLIENT.LONG_PASSWORD
-            self.capabilities = capabilities
-            self.tracker.deprecate_eof = bool(self.capabilities & CLIENT.DEPRECATE_EOF)
-            if not hs.capabilities & CLIENT.PROTOCOL_41:
-                raise BackendError(*c.ER_HANDSHAKE_ERROR, "server does not speak protocol 4.1")
-            if self.target.tls is not None:
-                self._start_tls(hs)
-            self._send(make_handshake_response41(HandshakeResponse41(
-                self.capabilities, 1 << 30, self.target.charset, self.target.user,
-                self._proof(self._plugin, self._nonce),
-                self.target.database, self._plugin, {"_client_name": "pyproxy", "program_name": "pyproxy"})))
-            return
-        head = payload[:1]
-        if head == b"\x00":
-            ok = parse_ok(payload, bool(self.capabilities & CLIENT.SESSION_TRACK))
-            self.state = initial_state(self.target.charset, self.target.database,
-                                       bool(ok.status & c.SERVER_STATUS_AUTOCOMMIT),
-                                       bool(self.capabilities & CLIENT.MULTI_STATEMENTS))
-            self._mode = "idle"
-            self._start_tracking()
-        elif head == b"\xff":
-            raise BackendError.from_err(parse_err(payload))
-        elif head == b"\xfe":
-            self._plugin, self._nonce = parse_auth_switch_request(payload)
-            self._send(self._proof(self._plugin, self._nonce))
-        elif head == b"\x01" and self._plugin == auth.CACHING_SHA2:
-            data = payload[1:]
-            if data == auth.SHA2_FAST_AUTH_SUCCESS:
-                return
-            if data == auth.SHA2_PERFORM_FULL_AUTH:
-                self._send(auth.SHA2_REQUEST_PUBLIC_KEY)
-                return
-            self._send(auth.sha2_rsa_encrypt(self._password(), self._nonce, data))
-        else:
-            raise BackendError(*c.ER_HANDSHAKE_ERROR, f"unexpected packet 0x{payload[0]:02x} during login")
-
-    @property
-    def secure(self) -> bool:
-        """Whether this connection is encrypted ([backend] tls): only then may a
-        password or token go as mysql_clear_password."""
-        return bool(getattr(self, "tls_started", False))
-
-    def _proof(self, plugin: str, nonce: bytes) -> bytes:
-        """The auth response for ``plugin``: from the target's password, or from the
-        BackendLogin a client's login gave (its SHA1(password), a rotation's
-        passwords, an RDS token).
-
-        Raises:
-            BackendError: 1251 for what cannot be answered: mysql_clear_password
-                over plaintext, a plugin SHA1(password) cannot answer.  The message
-                names the plugin, never a secret.
-        """
-        if plugin == auth.CLEAR and not self.secure:
-            raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE,
-                               "server asked for mysql_clear_password without TLS")
-        login = self.target.login
-        try:
-            if login is None:
-                if plugin == auth.CLEAR:
-                    return self.target.password.encode() + b"\x00"
-                return auth.proof_for(plugin, self.target.password.encode(), nonce)
-            return login.proof(plugin, nonce, attempt=self.target.attempt, token=self.target.token)
-        except ValueError as exc:
-            raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE, str(exc)) from None
-
-    def _password(self) -> bytes:
-        """The clear password, for caching_sha2_password's full authentication."""
-        login = self.target.login
-        if login is None:
-            return self.target.password.encode()
-        if not login.passwords:
-            raise BackendError(*c.ER_NOT_SUPPORTED_AUTH_MODE,
-                               "caching_sha2_password full authentication needs the password, "
-                               "which pyproxy does not know for this user")
-        return login.passwords[min(self.target.attempt, len(login.passwords) - 1)].encode()
-
-    def _start_tls(self, hs: HandshakeV10) -> None:
-        """[backend] tls = "verify": SSLRequest, then TLS as a client, verifying the
-        server's certificate; the login response follows inside TLS.  A server
-        that offers no TLS is refused: never a silent fallback to plaintext."""
-        target = self.target
-        if not hs.capabilities & CLIENT.SSL:
-            raise BackendError(*c.CR_SSL_CONNECTION_ERROR,
-                               f"TLS to {target.host}:{target.port} failed: the server offers no TLS "
-                               f"([backend] tls = \"verify\")")
-        self.capabilities |= CLIENT.SSL
-        self._send(make_ssl_request(self.capabilities, 1 << 30, target.charset))
-        self.transport.startTLS(target.tls.options)  # type: ignore[union-attr]
-        self.tls_started = True
 
     def _start_tracking(self) -> None:
         self._prepare_session().addCallbacks(lambda _: self._became_ready(), self._fail)
@@ -552,7 +358,7 @@ class BackendConnection(protocol.Protocol):
             self.last_insert_id = 0
             self.diagnostics = None
             # The reset keeps the schema and the COM_SET_OPTION setting.
-            self.state = initial_state(self.target.charset, self.state.schema,
+            self.state = reset_state(self.target.charset, self.state.schema,
                                        self._server_autocommit(), self.state.multi_statements)
             return self._prepare_session()
 
@@ -728,6 +534,7 @@ class BackendConnection(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         was_broken = self.broken
         self.broken = True
+        self.gone = True
         self._mode = "closed"
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from pyproxy import sqltext, thread_ids
-from pyproxy.backend import FLAVOR_BITS, BackendConnection, BackendError, lost_connection
+from pyproxy.backend import BackendConnection, BackendError, lost_connection
+from pyproxy.backend_login import CLASSIC_EOF, FLAVOR_BITS
 from pyproxy.backend_loss import HARMLESS, held_connection_lost, lost_during_command, refused_after_loss
 from pyproxy.direct_write import write_now
 from pyproxy.flow import resume_backend, run_queued
@@ -42,6 +42,7 @@ from pyproxy.kill import cancel_query_timer, kill_statement, query_timed_out
 from pyproxy.local_commands import ANSWERED_HERE, answer
 from pyproxy.login import Identity
 from pyproxy.phases import CLOSED
+from pyproxy.pool import Waiter
 from pyproxy.prepared import STATEMENT_COMMANDS, PreparedStatements
 from pyproxy.query_stats import LATENCY_BUCKETS
 from pyproxy.release import cancel_hold, discard, give_back, give_up_hold, release_if_clean
@@ -50,6 +51,7 @@ from pyproxy.session import ClientSession, SessionState, initial_state
 from pyproxy.set_global import abandon
 from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
+from pyproxy.wire.buffer import BytesLike
 from pyproxy.wire.commands import REPLIES, Reply, opens_cursor
 from pyproxy.wire.constants import CLIENT, COMMAND
 from pyproxy.wire.framing import Packet, frame
@@ -78,9 +80,9 @@ class CommandPhase:
 
     # One per client connection, idle ones included: no per-instance __dict__.
     __slots__ = (
-        "connection", "transport", "proxy", "readonly", "user", "capabilities", "flavor", "login_charset",
-        "rewrite_oks", "translate", "session", "catalog", "backend", "pinned", "pool", "_epoch", "_borrowing",
-        "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
+        "connection", "transport", "proxy", "readonly", "user", "capabilities", "flavor", "fallback",
+        "login_charset", "rewrite_oks", "translate", "session", "catalog", "backend", "pinned", "pool",
+        "_epoch", "_borrowing", "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
         "refused_infile", "backlog", "paused_backend", "statements", "hold_timer", "query_timer",
         "kill_pending", "last_active", "globals_before", "own_tracking", "lost_transaction",
         "retried", "writer_wait", "stats", "interactive", "idle_timer", "idle_timeout", "idle_state",
@@ -98,6 +100,7 @@ class CommandPhase:
         self.user = ""
         self.capabilities = 0
         self.flavor = 0
+        self.fallback = -1  # another flavor of connection that serves it (pyproxy.pool.Waiter)
         self.login_charset = proxy.config.backend.charset
         # Replies are translated for a client without CLIENT_SESSION_TRACK /
         # CLIENT_DEPRECATE_EOF.
@@ -114,7 +117,7 @@ class CommandPhase:
         # borrow waiting for a connection.
         self.pool: Any = None
         self._epoch = -1
-        self._borrowing: defer.Deferred[BackendConnection] | None = None
+        self._borrowing: Waiter | None = None
         # A command is running: the next ones wait in ``queue`` (pyproxy.flow).
         self.busy = False
         self.queue: deque[Packet] | None = None
@@ -127,7 +130,7 @@ class CommandPhase:
         self.code: Verdict | None = None
         # pyproxy's own SET to send ahead of the running command in the same
         # write, and the LAST_INSERT_ID() it gives the connection (pyproxy.hygiene).
-        self.prefix: tuple[bytes, int] | None = None
+        self.prefix: tuple[bytes, int, bool] | None = None  # the SET, the insert id, whether it clears
         # Some of the reply was sent to the client.
         self.forwarded = False
         # The client is sending a LOCAL INFILE (pyproxy.infile); the sequence
@@ -187,6 +190,12 @@ class CommandPhase:
             # negotiated then.
             capabilities = self.capabilities = identity.capabilities
             self.flavor = capabilities & FLAVOR_BITS
+            self.fallback = -1
+            if not capabilities & CLIENT.DEPRECATE_EOF:
+                # Its replies need no translation on a connection without
+                # CLIENT_DEPRECATE_EOF; one with it serves too, translated.
+                self.fallback = self.flavor
+                self.flavor |= CLASSIC_EOF
             self.rewrite_oks = not capabilities & CLIENT.SESSION_TRACK
             self.translate = not capabilities & CLIENT.DEPRECATE_EOF
             if capabilities & CLIENT.INTERACTIVE:
@@ -205,6 +214,18 @@ class CommandPhase:
             state = attrs.evolve(state, variables=(("wait_timeout", str(self.interactive)),))
         self.session = ClientSession(state)
         self.catalog = self.proxy.catalog(self.user)
+
+    def restart_session(self, user: str, schema: str | None) -> None:
+        """A refused COM_CHANGE_USER: the server reset the session to its global
+        defaults (the character sets too: the server's own, which its greeting
+        names, whatever the client had or asked for), then gave back the user
+        and the schema it had."""
+        self.interactive = 0
+        self.user = user
+        self.login_charset = self.proxy.server.charset
+        self.session = ClientSession(initial_state(self.login_charset, schema, self.proxy.server.autocommit,
+                                                   bool(self.capabilities & CLIENT.MULTI_STATEMENTS)))
+        self.catalog = self.proxy.catalog(user)
 
     # -- dispatch ------------------------------------------------------------------
 
@@ -302,7 +323,11 @@ class CommandPhase:
                 if held_connection_lost(self):
                     return
             elif self._epoch == self.proxy.topology.epoch or not self._server_moved(held):
-                if self.pinned and not self.own_tracking:
+                found = self.found
+                if self.pinned and not self.own_tracking and (
+                        found is None or not found.flags & sqltext.READS_PREVIOUS):
+                    # (Not before a statement that reads ROW_COUNT() or FOUND_ROWS():
+                    # the SET would be the statement before it.)
                     bring_to_state(self, lambda: restore_tracking(self, then))
                 else:
                     bring_to_state(self, then)
@@ -326,12 +351,11 @@ class CommandPhase:
         if pool is None or self._epoch != topology.epoch or pool.user != self.user or pool.closed:
             pool = self.pool = self.proxy.route(self.user, self.readonly, pool)
             self._epoch = topology.epoch
-        conn = pool.try_borrow(self.flavor)
+        conn = pool.try_borrow(self.flavor, self.fallback)
         if conn is not None:
             self.backend = conn
             bring_to_state(self, then)
             return
-        d = self._borrowing = pool.borrow(self.flavor, self.readonly)
 
         def borrowed(conn: BackendConnection) -> None:
             self._borrowing = None
@@ -341,13 +365,14 @@ class CommandPhase:
             self.backend = conn
             bring_to_state(self, then)
 
-        def failed(failure: Failure) -> None:
+        def failed(error: BaseException) -> None:
             self._borrowing = None
-            if failure.check(defer.CancelledError) or self.connection.phase == CLOSED:
-                return
-            self.command_failed(failure.value)
+            if self.connection.phase != CLOSED:
+                self.command_failed(error)  # type: ignore[arg-type]
 
-        d.addCallbacks(borrowed, failed)
+        waiter = pool.wait(self.flavor, self.readonly, borrowed, failed, self.fallback)
+        if waiter is not None and not waiter.done:
+            self._borrowing = waiter
 
     def _server_moved(self, held: BackendConnection) -> bool:
         """Whether the server ``held`` is on stopped serving this client's traffic:
@@ -362,6 +387,7 @@ class CommandPhase:
         so does a refused write's wait for a writer."""
         if self._borrowing is not None:
             self._borrowing.cancel()
+            self._borrowing = None
         if self.writer_wait is not None:
             cancel_writer_wait(self)
 
@@ -384,7 +410,8 @@ class CommandPhase:
         if prefix is not None:
             self.prefix = None
             conn.last_insert_id = prefix[1]
-            conn.diagnostics = None
+            if prefix[2]:
+                conn.diagnostics = None
             raw = prefix[0] + packet.raw
         else:
             raw = packet.raw
@@ -399,11 +426,12 @@ class CommandPhase:
             conn.relay(raw, reply, self, translate=True, cursor=cursor, metadata_status=status,
                        swallow=prefix is not None)
         else:
-            conn.relay(raw, reply, self, swallow=prefix is not None)
+            conn.relay(raw, reply, self, cursor=reply == Reply.EXECUTE and opens_cursor(payload),
+                       swallow=prefix is not None)
         if reply == Reply.NONE:
             self.finish_command()
 
-    def backend_data(self, data: bytes, tracker: ResponseTracker) -> None:
+    def backend_data(self, data: BytesLike, tracker: ResponseTracker) -> None:
         """Bytes of the reply, already settled by the tracker: forward them."""
         if tracker.error and tracker.error in READ_ONLY_ERRORS and refused_write(self, data, tracker):
             return  # held back: the statement runs again on the new writer
@@ -414,9 +442,10 @@ class CommandPhase:
             refuse(self, data, tracker)
             return
         if tracker.prepare_at >= 0:
-            data = self.statements.prepare_reply(data, tracker)  # type: ignore[union-attr, assignment]
-            if data is None:
+            prepared = self.statements.prepare_reply(data, tracker)  # type: ignore[union-attr]
+            if prepared is None:
                 return  # the ERR is the whole reply: the client sees only the retried one
+            data = prepared
         oks = tracker.oks
         if tracker.edits or oks and (tracker.changed or self.rewrite_oks
                                      and len(oks) > len(tracker.terminators)):
@@ -473,7 +502,16 @@ class CommandPhase:
             # A classic EOF says only that something changed: inside a
             # transaction that is the transaction state, unless the statement
             # could have set a user variable or the like.
-            self.pin("session state changed inside a result set")
+            if found is not None and found.flags & _HIDDEN:
+                self.pin("session state changed inside a result set")
+            elif not (found is not None and found.scoped and code is None):
+                # (SET STATEMENT's own variables are set back after it.)  What the
+                # server tracks it reports with the next OK that reports a change
+                # itself: a carried variable assigned its own value brings the
+                # rest along (pyproxy.hygiene follow_up).
+                session.read_back_changes()
+        if found is not None and found.flags & sqltext.NO_RESET and conn is not None:
+            conn.unresettable = True
         if self.sql is not None:
             reason = session.observe_query(self.sql, bool(tracker.error), found)
             if reason is not None:
@@ -527,7 +565,8 @@ class CommandPhase:
         if self.hold_timer is not None:
             cancel_hold(self)
         stats = self.stats
-        elapsed = self.proxy.reactor.seconds() - self.last_active
+        now = self.proxy.reactor.seconds()
+        elapsed = now - self.last_active
         stats.latency[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
         stats.latency_sum += elapsed
         self.command = None
@@ -543,7 +582,7 @@ class CommandPhase:
         if self.proxy.draining:
             self.connection.drain()
             return
-        run_queued(self)
+        run_queued(self, now)
 
     def command_failed(self, exc: Exception) -> None:
         """A command could not run (no backend, or reconciling it failed): the one

@@ -768,10 +768,6 @@ def build(data: Mapping[str, Any], problems: list[str] | None = None) -> Config:
                 and pool.max_connections < workers:
             report(f"pool.max_connections: {pool.max_connections} cannot be shared by {workers} "
                    "workers (each needs at least one connection per pool)")
-        admin = sections.get("admin")
-        if isinstance(admin, AdminConfig) and admin.enabled:
-            report("admin.user: the admin console is not served with workers > 1 yet; use "
-                   "workers = 1 for it")
     tls = sections.get("tls")
     if isinstance(tls, TlsConfig):
         if bool(tls.cert) != bool(tls.key):

@@ -2,7 +2,9 @@
 
 Commands a client sends while one of its commands runs (pipelining) wait in
 its queue and run in order; once QUEUE_LIMIT wait, pyproxy stops reading the
-client until the queue shrinks.  Replies a client does not read fast enough
+client until the queue shrinks (what the same read brought past the limit
+stays in the framer as bytes, FrontendProtocol.held, and runs after the
+queue).  Replies a client does not read fast enough
 (its transport holds more than its buffer size unsent, so the transport
 pauses pyproxy as its producer) pause the backend connection relaying to it
 and every further command of the client, queued or still in its socket,
@@ -36,21 +38,26 @@ def enqueue(client: CommandPhase, packet: Packet) -> None:
         client.transport.pauseProducing()
 
 
-def run_queued(client: CommandPhase) -> None:
+def run_queued(client: CommandPhase, now: float | None = None) -> None:
     """Runs the commands the client sent ahead, while nothing stops them.
 
     Called wherever a command ends, so the client's idle time (its
-    wait_timeout, pyproxy.idle) counts from here."""
-    command_ended(client)
+    wait_timeout, pyproxy.idle) counts from here (``now``, if the caller has
+    read the clock)."""
+    command_ended(client, now)
     queue = client.queue
+    connection = client.connection
     if not queue:
+        if connection.held:
+            connection.read_held()
         return
     paused = len(queue) >= QUEUE_LIMIT
-    connection = client.connection
     while queue and not client.busy and not client.infile and not client.backlog and connection.phase == COMMANDS:
         client.dispatch(queue.popleft())
     if paused and len(queue) < QUEUE_LIMIT and not client.backlog and connection.phase == COMMANDS:
         client.transport.resumeProducing()
+    if connection.held:
+        connection.read_held()
 
 
 def pause_replies(client: CommandPhase) -> None:

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from pyproxy import auth, idle
 from pyproxy.command_phase import CommandPhase
 from pyproxy.credential_sources import BackendLogin
-from pyproxy.flow import enqueue, pause_replies, resume_backend, resume_replies, run_queued
+from pyproxy.flow import QUEUE_LIMIT, enqueue, pause_replies, resume_backend, resume_replies, run_queued
 from pyproxy.infile import client_packet
 from pyproxy.kill import cancel_query_timer
 from pyproxy.session import ClientSession
@@ -55,7 +55,8 @@ class FrontendProtocol(protocol.Protocol):
 
     # Thousands of idle clients are the normal case: no per-instance __dict__.
     __slots__ = ("transport", "connected", "factory", "proxy", "id", "phase", "framer", "nonce", "user",
-                 "libmariadb", "tls_on", "closed_reason", "_login", "commands", "connected_at")
+                 "libmariadb", "tls_on", "closed_reason", "_login", "commands", "connected_at",
+                 "change_user_failures", "_before_change", "held")
 
     def __init__(self, proxy: Proxy, readonly: bool = False) -> None:
         self.transport: Any = None
@@ -79,6 +80,13 @@ class FrontendProtocol(protocol.Protocol):
         self.commands = CommandPhase(self, proxy, readonly)
         # When it was accepted (reactor seconds), for the admin console's SHOW CLIENTS.
         self.connected_at = proxy.reactor.seconds()
+        # Refused COM_CHANGE_USERs (pyproxy.local_commands), and the user and
+        # session state a refused one gives back.
+        self.change_user_failures = 0
+        self._before_change: tuple[str, str | None] | None = None
+        # Commands read while reading was paused are back in the framer, as bytes
+        # (see dataReceived); read_held takes them once the client may go on.
+        self.held = False
 
     @property
     def session(self) -> ClientSession | None:
@@ -143,11 +151,18 @@ class FrontendProtocol(protocol.Protocol):
             self.fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
             return
         commands = self.commands
-        for packet in packets:
+        for index, packet in enumerate(packets):
             if self.phase == COMMANDS:
                 if commands.infile:
                     client_packet(commands, packet)
                 elif commands.busy or commands.backlog:
+                    if commands.backlog or commands.queue is not None and len(commands.queue) >= QUEUE_LIMIT:
+                        # Reading is paused, but one read may hold thousands of small
+                        # commands: the rest wait as the bytes they came as, not as
+                        # queued packets (tens of times their size).
+                        self.framer.unread(b"".join(later.raw for later in packets[index:]))
+                        self.held = True
+                        return
                     enqueue(commands, packet)
                 else:
                     commands.dispatch(packet)
@@ -156,6 +171,17 @@ class FrontendProtocol(protocol.Protocol):
                     self.phase = AUTH_SWITCH
             else:
                 return
+
+    def read_held(self) -> None:
+        """The commands held back while reading was paused (see dataReceived) run
+        once every command before them has: nothing else would bring them, if the
+        client sends nothing more until they are answered."""
+        commands = self.commands
+        if (not self.held or self.phase != COMMANDS or commands.busy or commands.infile or commands.backlog
+                or commands.queue):
+            return
+        self.held = False
+        self.dataReceived(b"")
 
     def start_tls(self) -> None:
         """The login phase accepted an SSLRequest: TLS starts now (server side),
@@ -214,11 +240,38 @@ class FrontendProtocol(protocol.Protocol):
     def login_refused(self, reason: str) -> None:
         self.proxy.auth_failures[reason] += 1
 
+    def change_user_refused(self, error: tuple[int, str], message: str, seq: int) -> None:
+        """A refused COM_CHANGE_USER leaves the connection open, as MariaDB does: the
+        session starts over, as the user it had, with the schema it had and the character
+        sets the server gives a new session, and the client may go on."""
+        if self.phase == CLOSED:
+            return
+        self.change_user_failures += 1
+        data = frame(self.error_packet(error[0], error[1], message), seq)
+        self.proxy.stats.bytes_out += len(data)
+        self.transport.write(data)
+        login, self._login = self._login, None
+        if login is not None:
+            login.stop()
+        assert self._before_change is not None
+        (self.user, schema), self._before_change = self._before_change, None
+        commands = self.commands
+        commands.restart_session(self.user, schema)
+        self.phase = COMMANDS
+        commands.command = None
+        commands.busy = False
+        run_queued(commands)
+
     def login_timed_out(self) -> None:
         """handshake_timeout passed: a client still logging in is disconnected (one
-        whose login-time schema check is under way is not)."""
+        whose login-time schema check is under way is not).  The login ends with the
+        connection: an answer still under way (a throttled one, a lookup) must not
+        write to a connection that is closing, nor log a client in on it."""
         if self.phase in (HANDSHAKE, AUTH_SWITCH):
             self.closed_reason = "handshake timeout"
+            self.phase = CLOSED
+            if self._login is not None:
+                self._login.stop()
             close_client(self.transport)
 
     def login_accepted(self, identity: Identity, seq: int, backend: BackendLogin | None = None) -> None:
@@ -280,9 +333,11 @@ class FrontendProtocol(protocol.Protocol):
         release_if_clean(commands)
         run_queued(commands)
 
-    def log_in_again(self, request: ChangeUser, seq: int) -> None:
+    def log_in_again(self, request: ChangeUser, seq: int, before: tuple[str, str | None]) -> None:
         """COM_CHANGE_USER, once the session has given up what it held: the login
-        phase runs again on this connection's nonce."""
+        phase runs again on this connection's nonce.  ``before``: the user and
+        schema a refusal gives back."""
+        self._before_change = before
         self.phase = AUTH_SWITCH
         login = self._login = Login(self, self.proxy.credentials, self.nonce, self.commands.capabilities,
                                     self.proxy.stats, self.proxy.throttle, rsa=self.proxy.rsa_keys)

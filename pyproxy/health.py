@@ -78,7 +78,7 @@ class HealthChecker:
             self.log.warning("backend_replaced", backend_id=conn.id, reason="health check failed",
                              error=failure.getErrorMessage())
             pool.discard(conn, "health check failed")
-            if pool.size() < self.min_idle:
+            if pool.size() < min(self.min_idle, pool.max_size):
                 pool.open(pool.last_flavor)
 
         conn.ping().addCallbacks(alive, dead)

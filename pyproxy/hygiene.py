@@ -38,6 +38,7 @@ from pyproxy.routines import Verdict, combine
 from pyproxy.session import last_insert_id_assignment, needs_reset, reconcile, tracking_assignments
 from pyproxy.set_global import compare_after, read_before
 from pyproxy.wire import constants as c
+from pyproxy.wire.buffer import BytesLike
 from pyproxy.wire.commands import REPLIES, Reply, make_query
 from pyproxy.wire.framing import Packet, frame
 from pyproxy.wire.response_tracker import ResponseTracker
@@ -74,14 +75,15 @@ def bring_to_state(client: CommandPhase, then: Callable[[], Any]) -> None:
         value = _insert_id_to_set(client, conn)
         clear = conn.diagnostics is not None and conn.diagnostics is not session
         client.prefix = (frame(make_query("SET SESSION " + last_insert_id_assignment(value, clear)), 0),
-                         value)
+                         value, clear)
         then()
         return
     d = conn.change_user() if needs_reset(desired, conn.state) else defer.succeed(conn)
     value = -1
+    clear = False
 
     def apply(_: Any) -> defer.Deferred[Any]:
-        nonlocal value
+        nonlocal value, clear
         extra = []
         clear = conn.diagnostics is not None and conn.diagnostics is not session
         if clear or (conn.last_insert_id is not None and conn.last_insert_id != session.last_insert_id
@@ -95,6 +97,9 @@ def bring_to_state(client: CommandPhase, then: Callable[[], Any]) -> None:
         conn.state = desired
         if value >= 0:
             conn.last_insert_id = value
+        if clear:
+            # Only the derived table emptied the diagnostics area: the SET of the
+            # insert id alone leaves this client's own messages there.
             conn.diagnostics = None
         if client.connection.phase != CLOSED:
             then()
@@ -210,7 +215,7 @@ def restore_tracking(client: CommandPhase, then: Callable[[], Any]) -> None:
     conn.execute(command).addCallbacks(lambda _: then() if client.connection.phase != CLOSED else None, failed)
 
 
-def observe_oks(client: CommandPhase, data: bytes, tracker: ResponseTracker) -> bytes:
+def observe_oks(client: CommandPhase, data: BytesLike, tracker: ResponseTracker) -> BytesLike:
     """Reads tracked session changes from OK packets, and gives the client the
     packets it negotiated: the tracker's EOFs for a client without
     CLIENT_DEPRECATE_EOF, OKs without the state block for one without
@@ -280,8 +285,11 @@ def _reread(client: CommandPhase) -> None:
     """SET @@name = value is not reported by MariaDB's session tracking: the
     same variables are assigned their own values in a form it reports, so
     that they are carried (and not left behind for the connection's next
-    borrower).  That changes nothing else in the session, its warnings
-    included.  A pinned session keeps its connection and needs none of it."""
+    borrower).  The OK of that SET also reports whatever else changed and
+    was not reported yet (a classic EOF only flags it: see
+    ClientSession.read_back_changes).  That changes nothing else in the
+    session, its warnings included.  A pinned session keeps its connection
+    and needs none of it."""
     session = client.session
     names, session.reread = session.reread, ()
     conn = client.backend

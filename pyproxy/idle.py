@@ -113,10 +113,11 @@ def stop(client: CommandPhase) -> None:
             timer.cancel()
 
 
-def command_ended(client: CommandPhase) -> None:
-    """A command ended (pyproxy.flow.run_queued): the client is idle from now.
-    The per-query cost: a clock read and one identity compare."""
-    client.last_active = client.proxy.reactor.seconds()
+def command_ended(client: CommandPhase, now: float | None = None) -> None:
+    """A command ended (pyproxy.flow.run_queued): the client is idle from now
+    (``now``, when the caller has read the clock already).  The per-query
+    cost: one identity compare."""
+    client.last_active = client.proxy.reactor.seconds() if now is None else now
     session = client.session
     if session is not None and session.state is not client.idle_state and client.idle_timer is not None:
         client.idle_state = session.state

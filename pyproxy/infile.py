@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyproxy.direct_write import write_now
+from pyproxy.wire.buffer import BytesLike
 from pyproxy.wire.framing import Packet, frame
 from pyproxy.wire.response_tracker import DONE, ResponseTracker
 from pyproxy.wire.responses import make_err
@@ -35,7 +36,7 @@ def client_packet(client: CommandPhase, packet: Packet) -> None:
         conn.infile_sent()
 
 
-def refuse(client: CommandPhase, data: bytes, tracker: ResponseTracker) -> None:
+def refuse(client: CommandPhase, data: BytesLike, tracker: ResponseTracker) -> None:
     """The server asks a client without CLIENT_LOCAL_FILES for a file: what came
     before the request goes on, the server gets an empty file, and the rest
     of the reply waits for refused_reply_data()."""

@@ -23,7 +23,7 @@ import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from pyproxy.backend import BackendConnection, BackendError, connect
+from pyproxy.backend import BackendConnection, BackendError, Target, connect
 from pyproxy.flow import run_queued
 from pyproxy.phases import AUTH_SWITCH, CLOSED, COMMANDS, HANDSHAKE
 from pyproxy.tls import close_client
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 ER_QUERY_INTERRUPTED = (1317, "70100")
 ER_CONNECTION_KILLED = (1927, "70100")
 # The id, or CONNECTION_ID(): the client's own (pyproxy.thread_ids).
-_KILL = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+|connection_id\s*\(\s*\))\s*;?\s*$")
+KILL_FORM = re.compile(rb"(?is)\s*kill\s+(?:(query|connection)\s+)?(\d+|connection_id\s*\(\s*\))\s*;?\s*$")
 _KILL_ANY = re.compile(rb"(?is)\s*(?:/\*.*?\*/\s*)*kill\b")
 
 
@@ -53,7 +53,7 @@ def kill_statement(client: CommandPhase) -> bool:
     sql = client.sql or b""
     if _KILL_ANY.match(sql) is None:
         return False
-    match = _KILL.match(sql)
+    match = KILL_FORM.match(sql)
     if match is None:
         client.reply_error((1235, "42000"), "pyproxy supports only KILL [QUERY | CONNECTION] <id>")
         return True
@@ -142,17 +142,57 @@ def kill_query(target: CommandPhase, running: tuple[int, Packet]) -> defer.Defer
     over a connection of pyproxy's own, if the same statement still runs."""
     running_on = target.backend
     login = running_on.target if running_on is not None else target.proxy.target(target.user)
-    d = connect(target.proxy.reactor, attrs.evolve(login, database=None), 0)
 
-    def kill(conn: BackendConnection) -> Any:
+    def kill(side: BackendConnection) -> Any:
         if running_statement(target) != running:
-            conn.close("KILL target finished")
+            side.close("KILL target finished")
             return None
-        sent = conn.execute(make_query(f"KILL QUERY {running[0]}"))
-        sent.addBoth(lambda result: (conn.close("KILL sent"), result)[1])
-        return sent
+        return _kill_query_over(side, running[0])
 
-    return d.addCallback(kill)
+    return _side_connection(target.proxy, login).addCallback(kill)
+
+
+def _side_connection(proxy: Proxy, login: Target) -> defer.Deferred[BackendConnection]:
+    """A connection of pyproxy's own for a KILL: the pool may be full of exactly
+    the statements to stop."""
+    return connect(proxy.reactor, attrs.evolve(login, database=None), 0)
+
+
+def _kill_query_over(side: BackendConnection, thread: int) -> defer.Deferred[Any]:
+    """KILL QUERY ``thread`` on ``side``, which closes once it is answered."""
+    sent = side.execute(make_query(f"KILL QUERY {thread}"))
+    sent.addBoth(lambda result: (side.close("KILL sent"), result)[1])
+    return sent
+
+
+# Seconds an abandoned statement may take to end by itself before it is stopped.
+ABANDONED_GRACE = 1.0
+
+
+def stop_abandoned(proxy: Proxy, conn: BackendConnection) -> None:
+    """A client vanished while its statement ran, and the statement's connection
+    is being closed.  The server reads pyproxy's COM_QUIT only once the
+    statement is over, so a long one (a lock wait, a sleep, a big query) would
+    go on holding its locks and its place in the server's connections.  A
+    server stops the statement of a client that went away; so does pyproxy:
+    if the server has not closed the connection after a moment, KILL QUERY on
+    its thread, over a connection of pyproxy's own (never for the statements
+    that end by themselves, so a wave of vanishing clients costs no logins)."""
+    handshake = conn.handshake
+    if handshake is None or conn.gone:
+        return
+    thread = handshake.connection_id
+    grace = min(ABANDONED_GRACE, conn.target.connect_timeout / 2)
+
+    def check() -> None:
+        if conn.gone:
+            return  # the statement ended; the server closed the connection
+        conn.log.info("abandoned_statement_stopped", backend_thread=thread)
+        d = _side_connection(proxy, conn.target).addCallback(_kill_query_over, thread)
+        d.addErrback(lambda failure: conn.log.warning("abandoned_statement_kill_failed",
+                                                      error=failure.getErrorMessage()))
+
+    proxy.reactor.callLater(grace, check)
 
 
 def running_statement(client: CommandPhase) -> tuple[int, Packet] | None:

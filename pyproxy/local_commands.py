@@ -16,7 +16,7 @@ import attrs
 
 from pyproxy.phases import CLOSED
 from pyproxy.release import reset_and_give_back
-from pyproxy.session import ClientSession, initial_state
+from pyproxy.session import ClientSession, reset_state
 from pyproxy.tls import close_client
 from pyproxy.wire import constants as c
 from pyproxy.wire.commands import REPLIES, command_name
@@ -38,6 +38,8 @@ REFUSED = frozenset((
     COMMAND.COM_BINLOG_DUMP_GTID,
 ))
 # The commands with a reply that are answered here all the same.
+# Refused COM_CHANGE_USERs a connection may make; later ones get 1047 (MariaDB's rule).
+MAX_CHANGE_USER_FAILURES = 3
 ANSWERED_HERE = frozenset((COMMAND.COM_PING, COMMAND.COM_SET_OPTION, COM_RESET_CONNECTION,
                            COMMAND.COM_CHANGE_USER))
 
@@ -88,7 +90,7 @@ def _reset_connection(client: CommandPhase) -> None:
     """COM_RESET_CONNECTION: the session starts over (schema kept, as a server
     does); a backend held for this client is reset before anyone else gets it."""
     state = client.session.state
-    client.session = ClientSession(initial_state(client.login_charset, state.schema,
+    client.session = ClientSession(reset_state(client.login_charset, state.schema,
                                                  client.proxy.server.autocommit, state.multi_statements))
     if client.statements is not None:
         client.statements.forget()  # the server closes them on reset
@@ -102,15 +104,21 @@ def _reset_connection(client: CommandPhase) -> None:
 
 def _change_user(client: CommandPhase, packet: Packet) -> None:
     """COM_CHANGE_USER: what the session held goes, then the login phase runs again."""
+    connection = client.connection
+    if connection.change_user_failures >= MAX_CHANGE_USER_FAILURES:
+        # As MariaDB answers (MDEV-3915): no more tries on this connection.
+        client.reply_error(c.ER_UNKNOWN_COM_ERROR, "Unknown command")
+        return
     try:
         request = parse_change_user(packet.payload, client.capabilities)
     except ValueError:
         client.fatal(c.ER_HANDSHAKE_ERROR, "Bad COM_CHANGE_USER packet", packet.last_seq + 1)
         return
+    before = (client.user, client.session.state.schema)
     reset_and_give_back(client)
     client.pinned = False
     if client.statements is not None:
         client.statements.forget()
     client.lost_transaction = False
     client.command = None
-    client.connection.log_in_again(request, packet.last_seq + 1)
+    connection.log_in_again(request, packet.last_seq + 1, before)

@@ -128,6 +128,9 @@ class LoginOwner(Protocol):
     def fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
         """Writes the ERR packet and closes the connection."""
 
+    def change_user_refused(self, error: tuple[int, str], message: str, seq: int) -> None:
+        """Writes the ERR packet of a refused COM_CHANGE_USER; the connection stays."""
+
     def login_refused(self, reason: str) -> None:
         """A login was refused, for ``reason`` (one of a fixed set): counted."""
 
@@ -144,7 +147,7 @@ class Login:
     ends in the owner's login_accepted() or fatal()."""
 
     __slots__ = ("owner", "credentials", "nonce", "capabilities", "stats", "throttle", "require_tls", "rsa",
-                 "announced", "_claim", "_credential", "_full", "_timer", "_busy", "_over", "_delayed")
+                 "announced", "_claim", "_credential", "_full", "_timer", "_busy", "_over", "_delayed", "_changing")
 
     def __init__(self, owner: LoginOwner, credentials: Credentials, nonce: bytes, capabilities: int,
                  stats: QueryStats | None = None, throttle: LoginThrottle | None = None, *,
@@ -180,6 +183,8 @@ class Login:
         # The connection is gone, or the login is over: late answers are dropped.
         self._over = False
         self._delayed: Any = None
+        # A COM_CHANGE_USER, whose refusal the connection survives.
+        self._changing = False
 
     def greet(self, connection_id: int, server: ServerInfo, plugin: str, clock: Any, timeout: float) -> None:
         """Sends the greeting, announcing ``plugin``, and gives the client
@@ -265,6 +270,7 @@ class Login:
         claim = Identity(request.username, self.capabilities, request.charset or 45, request.database,
                          {}, request.auth_plugin or auth.NATIVE, secure=owner.secure)
         owner.log.debug("change_user", previous=previous)
+        self._changing = True
         self._authenticate(claim, request.auth_response, seq)
         return not self._over
 
@@ -431,7 +437,8 @@ class Login:
         """1045, as a server says it, after the throttle's delay; the reason, the
         plugin and where the user is known from go to the log only."""
         address = self._address()
-        delay = self._answer(lambda: self.owner.fatal(
+        refuse = self.owner.change_user_refused if self._changing else self.owner.fatal
+        delay = self._answer(lambda: refuse(
             c.ER_ACCESS_DENIED_ERROR, f"Access denied for user '{claim.user}'@'{address}' "
                                       f"(using password: {'YES' if answer else 'NO'})", seq))
         self.owner.login_refused(reason)

@@ -49,18 +49,47 @@ class BorrowTimeout(BackendError):
 
 @attrs.define(eq=False, slots=True)
 class Waiter:
+    """A borrower in the pool's line.  It is given the connection, or the error
+    that kept one from coming, through a Deferred (``borrow``) or through two
+    plain callables (``wait``: the per-query path, where a client whose pool is
+    busy waits for every statement, and a Deferred's machinery is most of what
+    waiting costs)."""
+
     flavor: int
-    deferred: defer.Deferred[BackendConnection] = attrs.field(init=False)
     since: float = 0.0
     # The pool whose line it stands in; changes when a failover moves the line.
     pool: Pool | None = None
     # A read-only listener's session: a reader would do as well.
     readonly: bool = False
+    deferred: defer.Deferred[BackendConnection] | None = None
+    lent: Callable[[BackendConnection], Any] | None = None
+    refused: Callable[[BaseException], Any] | None = None
+    # Given its connection or its error already (it may be, before wait() returns).
+    done: bool = False
+    # Another flavor that serves it as well (-1: none), though less well: a
+    # client without CLIENT_DEPRECATE_EOF gets its EOFs by translation on a
+    # connection with it (see CommandPhase.start_session).
+    fallback: int = -1
 
-    def __attrs_post_init__(self) -> None:
-        self.deferred = defer.Deferred(self._cancelled)
+    def takes(self, conn: BackendConnection) -> bool:
+        return conn.flavor == self.flavor or conn.flavor == self.fallback
 
-    def _cancelled(self, _: defer.Deferred[BackendConnection]) -> None:
+    def give(self, conn: BackendConnection) -> None:
+        self.done = True
+        if self.lent is not None:
+            self.lent(conn)
+        else:
+            self.deferred.callback(conn)  # type: ignore[union-attr]
+
+    def fail(self, error: BaseException | Failure) -> None:
+        self.done = True
+        if self.refused is not None:
+            self.refused(error.value if isinstance(error, Failure) else error)
+        else:
+            self.deferred.errback(error)  # type: ignore[union-attr]
+
+    def cancel(self) -> None:
+        """The borrower went away: it leaves the line, and is given nothing."""
         if self.pool is not None:
             self.pool._cancel(self)
 
@@ -135,7 +164,10 @@ class Pool:
         self._released: dict[BackendConnection, Callable[[bool], None]] = {}
 
     def size(self) -> int:
-        return len(self.idle) + len(self.lent) + len(self.checking) + len(self.closing) + self.connecting
+        # Every connection the server may count, wherever the pool holds it:
+        # one queued by a nested _place is in none of the sets for a moment.
+        return (len(self.idle) + len(self.lent) + len(self.checking) + len(self.closing) + self.connecting
+                + len(self._to_place))
 
     def _retire(self, conn: BackendConnection, reason: str) -> None:
         """Closes a connection the pool has let go of.  It still counts against
@@ -157,16 +189,18 @@ class Pool:
 
     # -- lending --------------------------------------------------------------
 
-    def try_borrow(self, flavor: int) -> BackendConnection | None:
-        """The fast path: an idle connection of the right flavor, most recently used first."""
+    def try_borrow(self, flavor: int, fallback: int = -1) -> BackendConnection | None:
+        """The fast path: an idle connection of the right flavor, most recently used
+        first; else one of the ``fallback`` flavor."""
         self.last_flavor = flavor
         if self.paused:
             return None
         idle = self.idle
         stale = False
+        second: BackendConnection | None = None
         for i in range(len(idle) - 1, -1, -1):
             conn = idle[i]
-            if conn.flavor == flavor:
+            if conn.flavor == flavor or conn.flavor == fallback:
                 limit = conn.wait_limit
                 if limit and self.clock.seconds() - max(conn.last_used, conn.last_checked) >= limit / 2:
                     # A client's short wait_timeout is still on it: the server
@@ -175,16 +209,26 @@ class Pool:
                     self._retire(conn, "wait_timeout left by a client nearly reached")
                     stale = True
                     continue
+                if conn.flavor != flavor:
+                    if second is None:
+                        second = conn
+                    continue
                 del idle[i]
-                self.lent.add(conn)
-                self.borrows += 1
-                self.wait_times.append(0.0)
-                if stale:
-                    self._grow()
-                return conn
+                return self._lend_idle(conn, stale)
+        if second is not None:
+            idle.remove(second)
+            return self._lend_idle(second, stale)
         if stale:
             self._grow()
         return None
+
+    def _lend_idle(self, conn: BackendConnection, stale: bool) -> BackendConnection:
+        self.lent.add(conn)
+        self.borrows += 1
+        self.wait_times.append(0.0)
+        if stale:
+            self._grow()
+        return conn
 
     def borrow(self, flavor: int, readonly: bool = False) -> defer.Deferred[BackendConnection]:
         """Fires with a connection now lent to the caller, or fails with BorrowTimeout
@@ -196,11 +240,28 @@ class Pool:
         if conn is not None:
             return defer.succeed(conn)
         waiter = Waiter(flavor, since=self.clock.seconds(), pool=self, readonly=readonly)
+        waiter.deferred = defer.Deferred(lambda _: waiter.cancel())
+        self._line_up(waiter)
+        return waiter.deferred
+
+    def wait(self, flavor: int, readonly: bool, lent: Callable[[BackendConnection], Any],
+             refused: Callable[[BaseException], Any], fallback: int = -1) -> Waiter | None:
+        """``borrow`` for a caller that has just found no idle connection
+        (``try_borrow``): ``lent`` is called with the connection, or ``refused``
+        with what kept one from coming; the Waiter returned cancels.  None when
+        the pool is closed (``refused`` has been called)."""
+        if self.closed:
+            refused(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
+            return None
+        waiter = Waiter(flavor, self.clock.seconds(), self, readonly, None, lent, refused, False, fallback)
+        self._line_up(waiter)
+        return waiter
+
+    def _line_up(self, waiter: Waiter) -> None:
         self.waiters.append(waiter)
         self._schedule_expiry()
         self.waits += 1
         self._grow()
-        return waiter.deferred
 
     def give_back(self, conn: BackendConnection) -> None:
         """Returns a lent connection whose session the caller has left clean."""
@@ -213,6 +274,11 @@ class Pool:
             return
         conn.last_used = self.clock.seconds()
         conn.wait_limit = carried_timeout(conn.state) or 0
+        if (not self.waiters and not self._placing and not self.paused and conn.generation == self.generation
+                and self.size() < self.max_size):
+            # The common case, as _place_one would decide it: nobody waits.
+            self.idle.append(conn)
+            return
         self._place(conn)
 
     def discard(self, conn: BackendConnection, reason: str) -> None:
@@ -274,12 +340,12 @@ class Pool:
         waiters = self.waiters
         if waiters:
             oldest = waiters[0]
-            if oldest.flavor == conn.flavor:
+            if oldest.takes(conn):
                 waiters.popleft()
                 self._lend_to(oldest, conn)
                 return
             full = self.size() + 1 >= self.max_size
-            if full and not self._opening.get(oldest.flavor):
+            if full and not self._opening.get(oldest.flavor) and not self._opening.get(oldest.fallback):
                 # FIFO across flavors: the oldest waiter needs another kind of
                 # connection and nothing is being opened for it, so this one
                 # makes room rather than serving a younger waiter again.
@@ -287,7 +353,7 @@ class Pool:
                 self._grow()
                 return
             for waiter in waiters:
-                if waiter.flavor == conn.flavor:
+                if waiter.takes(conn):
                     waiters.remove(waiter)
                     self._lend_to(waiter, conn)
                     return
@@ -305,7 +371,7 @@ class Pool:
         self.borrows += 1
         self.waited_borrows += 1
         self._record_wait(self.clock.seconds() - waiter.since)
-        waiter.deferred.callback(conn)
+        waiter.give(conn)
 
     def _schedule_expiry(self) -> None:
         """One timer for the whole line, set for the oldest waiter's deadline,
@@ -324,7 +390,7 @@ class Pool:
             self._record_wait(self.borrow_timeout)
             self.log.warning("borrow_timeout", waited=self.borrow_timeout, pool_size=self.size())
             cause = self.last_error if self._retries else None
-            waiter.deferred.errback(BorrowTimeout(self.borrow_timeout, cause))
+            waiter.fail(BorrowTimeout(self.borrow_timeout, cause))
         self._schedule_expiry()
 
     def _cancel(self, waiter: Waiter) -> None:
@@ -352,6 +418,9 @@ class Pool:
         for waiter in list(self.waiters):
             if covered.get(waiter.flavor):
                 covered[waiter.flavor] -= 1
+                continue
+            if covered.get(waiter.fallback):
+                covered[waiter.fallback] -= 1
                 continue
             if self.size() >= self.max_size:
                 if not self.idle:
@@ -387,9 +456,12 @@ class Pool:
             conn.pool = self
             self.log.info("backend_opened", backend_id=conn.id)
             if self.first_use is not None:
-                # Something to learn from the server before anyone borrows.
+                # Something to learn from the server before anyone borrows.  The
+                # connection waits among the checked ones, so that it counts
+                # against max_size meanwhile.
                 hook, self.first_use = self.first_use, None
-                hook(conn).addBoth(lambda _: self._grow() if conn.broken else self._place(conn))
+                self.checking.add(conn)
+                hook(conn).addBoth(lambda _: self.end_check(conn))
                 return
             self._place(conn)
 
@@ -414,7 +486,7 @@ class Pool:
             for waiter in self.waiters:
                 if waiter.flavor == flavor:
                     self.waiters.remove(waiter)
-                    waiter.deferred.errback(failure)
+                    waiter.fail(failure)
                     break
             self._grow()
 
@@ -555,7 +627,7 @@ class Pool:
                 call.cancel()
         for waiter in list(self.waiters):
             self._cancel(waiter)
-            waiter.deferred.errback(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
+            waiter.fail(BackendError(*c.CR_SERVER_LOST, "pyproxy is shutting down"))
         for conn in self.idle + list(self.checking):
             self._retire(conn, "shutdown")
         self.idle.clear()

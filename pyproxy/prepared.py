@@ -24,9 +24,10 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from pyproxy import sqltext, thread_ids
-from pyproxy.backend import CLASSIC_EOF, BackendError
+from pyproxy.backend import BackendError
+from pyproxy.backend_login import CLASSIC_EOF
 from pyproxy.hygiene import run_flagged, stored_code
-from pyproxy.kill import cancel_query_timer, is_kill
+from pyproxy.kill import KILL_FORM, cancel_query_timer, is_kill, kill_statement
 from pyproxy.phases import CLOSED
 from pyproxy.release import release_if_clean
 from pyproxy.statements import (
@@ -38,8 +39,10 @@ from pyproxy.statements import (
     rewrite_execute,
 )
 from pyproxy.wire import constants as c
+from pyproxy.wire.buffer import BytesLike
 from pyproxy.wire.commands import command_name, opens_cursor, statement_id
 from pyproxy.wire.constants import COMMAND
+from pyproxy.wire.responses import make_prepare_ok
 from pyproxy.wire.framing import Packet, frame
 from pyproxy.wire.response_tracker import ResponseTracker
 
@@ -102,7 +105,7 @@ class PreparedStatements:
         Returns whether any was open."""
         self.cursor = None
         session = self.client.session
-        if not session.cursors:
+        if session is None or not session.cursors:
             return False
         for statement in (self.by_id or {}).values():
             statement.cursor = None
@@ -133,10 +136,7 @@ class PreparedStatements:
                 return
             sql = payload[1:]
             if is_kill(sql):
-                # Its id is pyproxy's, which the server does not know; run as a
-                # prepared statement it would name some other server thread.
-                client.reply_error(ER_UNSUPPORTED_PS, "This command is not supported in the prepared "
-                                   "statement protocol yet (KILL through pyproxy: use the text protocol)")
+                self._prepare_kill(sql)
                 return
             if thread_ids.NEEDLES.search(sql) is not None:
                 # CONNECTION_ID(), IS_USED_LOCK(), PROCESSLIST: the client's own id.
@@ -146,8 +146,9 @@ class PreparedStatements:
                 # COM_STMT_EXECUTE from the EOF after the column definitions
                 # (libmariadb's mysql_stmt_execute() does), which a connection
                 # with DEPRECATE_EOF never sends: from now on this client uses
-                # connections without it, whose replies need no translation.
+                # only connections without it.
                 client.flavor |= CLASSIC_EOF
+                client.fallback = -1
             client.busy = True
             client.acquire(client.start)
             return
@@ -198,6 +199,10 @@ class PreparedStatements:
                 else:
                     client.reply_error(ER_WRONG_ARGUMENTS, "Incorrect arguments to mysqld_stmt_execute")
                 return
+            if statement.kill:
+                client.sql = statement.sql
+                kill_statement(client)
+                return
             if types is not None:
                 statement.types = types
             # What the statement does is read from its text (once, at prepare),
@@ -205,7 +210,8 @@ class PreparedStatements:
             sql = client.sql = statement.sql
             client.busy = True
             found = client.found = statement.found
-            code = client.code = (stored_code(client, sql, found) if client.catalog.watch is not None
+            catalog = client.catalog
+            code = client.code = (stored_code(client, sql, found) if catalog is not None and catalog.watch is not None
                                   or found is not None and found.calls else None)
             if found is not None or code is not None:
                 run_flagged(client, lambda: self._execute(statement, packet))
@@ -221,7 +227,25 @@ class PreparedStatements:
             statement.long_data_too_long = False
             client.reply(client.ok_payload())
         else:
-            client.reply_error(ER_STMT_HAS_NO_OPEN_CURSOR, f"The statement ({number}) has no open cursor.")
+            client.reply_error(ER_STMT_HAS_NO_OPEN_CURSOR, f"The statement ({number}) has no open cursor")
+
+    def _prepare_kill(self, sql: bytes) -> None:
+        """A KILL names pyproxy's ids, which the server does not know: pyproxy
+        prepares it itself (no parameters, no columns) and runs it at each
+        execute, as for COM_QUERY.  Its id must be written in the statement:
+        a placeholder would be bound only at execute, in the binary protocol."""
+        client = self.client
+        if not KILL_FORM.match(sql):
+            client.reply_error(ER_UNSUPPORTED_PS, "This command is not supported in the prepared statement "
+                               "protocol yet (pyproxy prepares only KILL [QUERY | CONNECTION] <id>)")
+            return
+        number = self.next_id
+        self.next_id += 1
+        if self.by_id is None:
+            self.by_id = {}
+        self.by_id[number] = ClientStatement(number, sql, 0, 0, kill=True)
+        self.last = number
+        client.reply(make_prepare_ok(number, 0, 0))
 
     def _bulk_refused(self, payload: bytes) -> bool:
         """A COM_STMT_BULK_EXECUTE the server would refuse before looking for its
@@ -242,6 +266,7 @@ class PreparedStatements:
     def _execute(self, statement: ClientStatement, packet: Packet) -> None:
         client = self.client
         conn = client.backend
+        assert conn is not None  # acquire() attached it
         # A statement with an open cursor runs where the cursor is (which this
         # execute closes, as on a server).
         cached = statement.cursor or conn.statements.get(statement.sql)
@@ -286,8 +311,8 @@ class PreparedStatements:
             fullest = max(others, key=lambda other: len(other.statements))
         cancel_query_timer(client)
         fullest.close_statements(fullest.statements.shrink(len(fullest.statements) // 2))
-        waits = [conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count"),
-                 conn.query_rows("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")]
+        waits: list[defer.Deferred[Any]] = [conn.query_value("SELECT @@GLOBAL.max_prepared_stmt_count"),
+                                            conn.query_rows("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")]
         if fullest in pool.idle:
             # Closed over another connection: its ping answered means the server
             # has closed them before the statement is tried again.
@@ -325,6 +350,7 @@ class PreparedStatements:
                                                "mysqld_stmt_execute (the statement changed; prepare it again)"))
             return
         conn = client.backend
+        assert conn is not None
         types = statement.types if prepared.types != statement.types else None
         if statement.types is not None:
             prepared.types = statement.types
@@ -333,14 +359,18 @@ class PreparedStatements:
             conn.relay_more(b"".join(frame(header + chunk, 0) for chunk in statement.long_data))
         self.again = (statement, packet, statement.long_data)
         statement.long_data = None
-        if packet.payload[0] == c.COM_STMT_BULK_EXECUTE:
-            payload = rewrite_bulk(packet.payload, prepared.id, types)
-        else:
-            payload = rewrite_execute(packet.payload, prepared.id, statement.params, types)
+        payload = packet.payload
+        if payload[0] == c.COM_STMT_BULK_EXECUTE:
+            payload = rewrite_bulk(payload, prepared.id, types)
+        elif types is not None or int.from_bytes(payload[1:5], "little") != prepared.id:
+            payload = rewrite_execute(payload, prepared.id, statement.params, types)
+        # (Else not a byte changes, as when every connection gave the statement the
+        # id pyproxy gave the client: the execute goes out as the client sent it.)
         if statement.cursor is not None or payload[0] == COMMAND.COM_STMT_EXECUTE and opens_cursor(payload):
             # Whether a cursor is open after this is read from the reply.
             self.cursor = (statement, prepared)
-        client.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
+        client.command = (packet if payload is packet.payload
+                          else Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq))
         client.start()
 
     def execute_again(self) -> None:
@@ -362,7 +392,7 @@ class PreparedStatements:
         client.command = Packet(packet.seq, payload, frame(payload, packet.seq), packet.last_seq)
         client.acquire(client.start)
 
-    def prepare_reply(self, data: bytes, tracker: ResponseTracker) -> bytes | None:
+    def prepare_reply(self, data: BytesLike, tracker: ResponseTracker) -> BytesLike | None:
         """The first bytes of a COM_STMT_PREPARE's reply: the client sees pyproxy's
         statement id, not the connection's.  None when the reply is the server's
         1461 and room is being made: the client sees only the prepare tried again."""
@@ -392,12 +422,13 @@ class PreparedStatements:
         """A COM_STMT_PREPARE succeeded: the client's statement, and the backend's copy."""
         client = self.client
         backend_id, columns, params = tracker.prepared  # type: ignore[misc]
-        sql = client.command.payload[1:]
+        command, conn = client.command, client.backend
+        assert command is not None and conn is not None
+        sql = command.payload[1:]
         if self.by_id is None:
             self.by_id = {}
         self.by_id[self.preparing] = ClientStatement(self.preparing, sql, params, columns, found=sqltext.scan(sql))
         self.last = self.preparing
-        conn = client.backend
         conn.close_statements(conn.statements.add(sql, BackendStatement(backend_id, params, columns)))
 
     def _cursor_reply(self, command: int, tracker: ResponseTracker) -> None:
@@ -419,9 +450,11 @@ class PreparedStatements:
         else:  # COM_STMT_RESET
             is_open = bool(tracker.error)
         if is_open and statement.cursor is None:
+            session, conn = self.client.session, self.client.backend
+            assert session is not None and conn is not None
             statement.cursor = prepared
-            self.client.session.cursors += 1
-            self.client.backend.statements.detach(statement.sql, prepared)
+            session.cursors += 1
+            conn.statements.detach(statement.sql, prepared)
         elif not is_open and statement.cursor is not None:
             self._cursor_closed(statement)
 
@@ -429,7 +462,9 @@ class PreparedStatements:
         """The statement's cursor is gone.  With ``cache``, its backend statement is
         cached again for any execute on this connection."""
         prepared, statement.cursor = statement.cursor, None
-        self.client.session.cursors -= 1
+        session = self.client.session
+        assert session is not None
+        session.cursors -= 1
         conn = self.client.backend
         if cache and conn is not None and not conn.broken:
             conn.close_statements(conn.statements.add(statement.sql, prepared))  # type: ignore[arg-type]

@@ -280,13 +280,20 @@ class Proxy:
                       login=login, attempt=attempt, token=token,
                       tls=self.backend_tls.for_host(server.host))
 
-    def _monitor_login(self, server: TargetConfig) -> Target:
-        """Probes log in with no schema (one that is missing must not make a
-        server look down)."""
+    def _monitor_login(self, server: TargetConfig) -> Target | defer.Deferred[Target]:
+        """How probes log in: as :func:`probe_account` says, with no schema (one that
+        is missing must not make a server look down).  With ``[backend] iam``, an
+        account with no password of its own logs in with its RDS token, as pooled
+        connections do; a token that cannot be made fails the probe as an
+        unreachable server would (see :meth:`_rds_token`)."""
         name, password = probe_account(self.config)
-        return Target(server.host, server.port, name, password or self._password(name), None,
-                      self.config.backend.charset, self.config.health.connect_timeout, statement_cache=0,
-                      tls=self.backend_tls.for_host(server.host))
+        target = Target(server.host, server.port, name, password, None, self.config.backend.charset,
+                        self.config.health.connect_timeout, statement_cache=0,
+                        tls=self.backend_tls.for_host(server.host))
+        if password or not self.config.backend.iam:
+            return target
+        return self._rds_token(server, name).addCallback(
+            lambda token: attrs.evolve(target, login=BackendLogin(name, iam=True), token=token))
 
     def statement_cache(self) -> int:
         """Statements cached per backend connection: as configured, or what keeps
@@ -366,15 +373,8 @@ class Proxy:
             return adjust(made) if adjust is not None else made
 
         if login.iam:
-            def no_token(failure: Any) -> Any:
-                # boto3 could not sign (no credentials, the metadata service down):
-                # as for an unreachable server, the pool retries.
-                code, state = c.CR_CONN_HOST_ERROR
-                raise BackendError(code, state, f"Can't connect to MySQL server on '{server.host}:"
-                                                f"{server.port}' (no RDS IAM token: {type(failure.value).__name__})")
-
-            return self.authentication.rds_token(server.host, server.port, user).addCallbacks(
-                lambda token: connect(self.reactor, target(0, token), flavor), no_token)
+            return self._rds_token(server, user).addCallback(
+                lambda token: connect(self.reactor, target(0, token), flavor))
 
         def attempt(number: int) -> defer.Deferred[Any]:
             d = connect(self.reactor, target(number), flavor)
@@ -397,6 +397,22 @@ class Proxy:
             return d.addCallbacks(worked, refused)
 
         return attempt(0)
+
+    def _rds_token(self, server: TargetConfig, user: str) -> defer.Deferred[str]:
+        """``[backend] iam``: ``user``'s RDS token for ``server``.  When boto3 cannot
+        sign (no credentials, the metadata service down) it fails with 2003, as an
+        unreachable server does: a pool retries the open, a probe counts a failed
+        probe.  Logged with the kind of error only: never a token, nor a message
+        that could quote a key."""
+
+        def no_token(failure: Any) -> Any:
+            kind = type(failure.value).__name__
+            get_logger(component="iam").warning("rds_token_failed", target=server.name, user=user, error=kind)
+            code, state = c.CR_CONN_HOST_ERROR
+            raise BackendError(code, state, f"Can't connect to MySQL server on '{server.host}:{server.port}' "
+                                            f"(no RDS IAM token: {kind})")
+
+        return self.authentication.rds_token(server.host, server.port, user).addErrback(no_token)
 
     def _open(self, user: str, server: TargetHealth, flavor: int) -> Any:
         d = self.connect_as(user, server.config, flavor)
@@ -648,13 +664,19 @@ class Proxy:
 def probe_account(config: Config) -> tuple[str, str]:
     """The name and password probes log in with: [health] user, else the first
     [[users]] entry with a password (a hash-only one has none to log in with
-    before a client comes), else the [auth] lookup account."""
+    before a client comes), else the [auth] lookup account.
+
+    With ``[backend] iam`` a [[users]] entry's password is only what its
+    clients prove to pyproxy, not the server's: it comes back as "", and the
+    probe logs in with an RDS token instead (Proxy._monitor_login), as that
+    user's pooled connections do; so does a [health] user or lookup account
+    configured without a password."""
     health = config.health
     if health.user:
         return health.user, health.password
     for account in config.users:
         if not account.password_hash:
-            return account.name, account.password
+            return account.name, "" if config.backend.iam else account.password
     if config.auth.lookup:
         return config.auth.lookup_user, config.auth.lookup_password
     return "", ""

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection
 from pyproxy.flow import run_queued
+from pyproxy.kill import stop_abandoned
 from pyproxy.phases import COMMANDS
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ def client_left(client: CommandPhase) -> None:
     if client.busy or client.infile:
         client.backend = None
         discard(conn, "client left during a command")
+        stop_abandoned(client.proxy, conn)
     elif client.pinned or verdict(client.session, conn) in (KEEP, HOLD):
         reset_and_give_back(client)
     else:
@@ -167,6 +169,9 @@ def reset_and_give_back(client: CommandPhase) -> None:
     client.backend = None
     client.own_tracking = False
     if conn is None:
+        return
+    if conn.unresettable:
+        discard(conn, "holds what no reset clears (BINLOG)")
         return
 
     def reset_done(_: Any) -> None:

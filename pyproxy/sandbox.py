@@ -102,6 +102,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM a helper process (HAProxy, Redis, a relay) and wait; SIGKILL if it takes more
+    than ``timeout`` seconds, so that stopping one never hangs a test or a benchmark."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def tail(path: str | Path, lines: int = 30) -> str:
     """Return the last ``lines`` lines of a text file, or a note if it cannot be read."""
     try:
@@ -279,6 +291,10 @@ class SandboxServer:
         self.pid_file = tmpdir / "mariadbd.pid"
         self.error_log = tmpdir / "error.log"
         shutil.copytree(template, self.datadir)
+        # The server's temporary files (internal temporary tables, filesort) in
+        # its own folder: in the shared /tmp anything that cleans it up breaks
+        # a running statement ("Error on delete of '/tmp/#sql-temptable-...'").
+        (tmpdir / "tmp").mkdir()
         if not self.port:
             self.port = free_port(self.host)
         _live_servers.add(self)
@@ -290,6 +306,7 @@ class SandboxServer:
             "--no-defaults",
             f"--user={_current_user()}",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir / 'tmp'}",
             f"--port={self.port}",
             f"--bind-address={self.host}",
             f"--socket={self.socket}",

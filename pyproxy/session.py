@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 from pymysql.charset import charset_by_id
@@ -36,9 +37,17 @@ from pyproxy.wire.responses import SessionChanges
 CHARSET_VARIABLES = ("character_set_client", "character_set_results",
                      "character_set_connection", "collation_connection")
 CARRIED_VARIABLES = frozenset(("autocommit",) + CHARSET_VARIABLES)
+# Assigned its own value, it makes the server report every tracked change it
+# has not reported yet (see ClientSession.read_back_changes).
+FLUSH_VARIABLE = "character_set_client"
 
-# Variables the server reports as a side effect of a carried change (USE).
-IGNORED_VARIABLES = frozenset(("character_set_database", "collation_database"))
+# The schema's character set and collation: USE sets them to the schema's
+# own, a SET overrides them until the next USE (SessionState.database_charset).
+DATABASE_CHARSET_VARIABLES = frozenset(("character_set_database", "collation_database"))
+# SessionState.database_charset after COM_RESET_CONNECTION: the reset keeps the
+# schema but gives the database character set the global value, not the
+# schema's own (which is what a SET ... = DEFAULT gives back).
+SERVER_DATABASE_CHARSET = ("collation_database", "@@GLOBAL.collation_database")
 
 # Session variables that cannot be carried to another connection by a SET:
 # they steer pyproxy's own tracking, or hold one-shot values for the next
@@ -51,6 +60,7 @@ UNCARRIED_VARIABLES = frozenset((
     # SET timestamp=DEFAULT is not reported, so a carried value would go stale.
     "timestamp",
 ))
+_PLAIN = re.compile(r"[\x20-\x26\x28-\x5b\x5d-\x7e]*\Z")  # printable ASCII but quote and backslash
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
 _NAME = re.compile(r"[a-z0-9_]+\Z")
 # COMMIT RELEASE / ROLLBACK RELEASE end the server session, and so the client's.
@@ -77,6 +87,10 @@ class SessionState:
     # is what SET NAMES gives and what the server does not report by name.
     collation_connection: str | None = "utf8mb4_general_ci"
     multi_statements: bool = False
+    # The last SET of character_set_database or collation_database since the
+    # schema was last chosen, as (name, value); None: the schema's own, which
+    # is what a USE of it gives.  Either assignment decides both variables.
+    database_charset: tuple[str, str] | None = None
     # Every other session variable the client changed, as (name, value) in name
     # order, values as the server reports them: sql_mode, time_zone, the
     # isolation level, foreign_key_checks, wait_timeout...
@@ -155,8 +169,23 @@ def initial_state(collation_id: int, schema: str | None, autocommit: bool,
     return SessionState(schema, autocommit, name, name, name, collation, multi_statements)
 
 
+def reset_state(collation_id: int, schema: str | None, autocommit: bool,
+                multi_statements: bool) -> SessionState:
+    """The state COM_RESET_CONNECTION leaves: a new session's, but for the schema
+    it keeps, whose character set is then the server's default, not its own."""
+    state = initial_state(collation_id, schema, autocommit, multi_statements)
+    return state if schema is None else attrs.evolve(state, database_charset=SERVER_DATABASE_CHARSET)
+
+
 def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    """A string literal that means ``value`` whatever the connection it runs on
+    has: the introducer keeps it from being converted to the connection's
+    character set (a ucs2 collation_connection would make '+01:00' an unknown
+    time zone), and a hex literal needs no escaping, which the connection's
+    sql_mode (NO_BACKSLASH_ESCAPES) would otherwise decide."""
+    if _PLAIN.match(value):
+        return f"_utf8mb4'{value}'"
+    return f"_utf8mb4 X'{value.encode('utf-8').hex()}'"
 
 
 def _literal(value: str) -> str:
@@ -186,7 +215,10 @@ def reconcile(desired: SessionState, actual: SessionState, extra: Sequence[str] 
     if desired.multi_statements != actual.multi_statements:
         commands.append(make_set_option(MYSQL_OPTION_MULTI_STATEMENTS_ON if desired.multi_statements
                                         else MYSQL_OPTION_MULTI_STATEMENTS_OFF))
-    if desired.schema != actual.schema and desired.schema is not None:
+    if desired.schema is not None and (
+            desired.schema != actual.schema
+            or desired.database_charset is None and actual.database_charset is not None):
+        # Choosing the schema again is also what gives back its own character set.
         commands.append(make_init_db(desired.schema))
     assignments = []
     if desired.autocommit != actual.autocommit:
@@ -203,8 +235,13 @@ def reconcile(desired: SessionState, actual: SessionState, extra: Sequence[str] 
         assignments.append(f"character_set_connection={_quote(desired.character_set_connection)}")
         if collation is not None:
             assignments.append(f"collation_connection={_quote(collation)}")
-    elif collation != actual.collation_connection:
+    elif collation is not None and collation != actual.collation_connection:
         assignments.append(f"collation_connection={_quote(collation)}")
+    if desired.database_charset is not None and (
+            desired.database_charset != actual.database_charset or desired.schema != actual.schema):
+        name, value = desired.database_charset
+        assignments.append(f"{name}={value}" if desired.database_charset == SERVER_DATABASE_CHARSET
+                           else f"{name}={_quote(value)}")
     if desired.variables != actual.variables:
         have = dict(actual.variables)
         want = dict(desired.variables)
@@ -256,7 +293,7 @@ def changed_defaults(before: Mapping[str, str | None], after: Mapping[str, str |
     changed = {}
     for name, old in before.items():
         if (old is None or after.get(name, old) == old or name in CARRIED_VARIABLES
-                or name in IGNORED_VARIABLES or name in UNCARRIED_VARIABLES or name in ignore
+                or name in DATABASE_CHARSET_VARIABLES or name in UNCARRIED_VARIABLES or name in ignore
                 or _NAME.match(name) is None):
             continue
         changed[name] = old
@@ -264,8 +301,12 @@ def changed_defaults(before: Mapping[str, str | None], after: Mapping[str, str |
 
 
 def needs_reset(desired: SessionState, actual: SessionState) -> bool:
-    """True when the backend has a schema selected and the client has none."""
-    return desired.schema is None and actual.schema is not None
+    """True when the backend has a schema selected and the client has none, or
+    a database character set the client's schema-less session does not have:
+    only a new session gives those back."""
+    return desired.schema is None and (
+        actual.schema is not None
+        or desired.database_charset is None and actual.database_charset is not None)
 
 
 @attrs.define(eq=False, slots=True)
@@ -367,7 +408,7 @@ class ClientSession:
         ``hidden``: the statement ran stored code that may change state the
         server does not name (pyproxy.routines), so no report is explained.
         """
-        updates: dict[str, object] = {}
+        updates: dict[str, Any] = {}
         reason = None
         variables = self.state.variables
         for name, value in changes.variables:
@@ -376,8 +417,11 @@ class ClientSession:
                     updates[name] = value.upper() in ("ON", "1")
                 else:
                     updates[name] = value
-            elif name in IGNORED_VARIABLES or name in ignore:
+            elif name in ignore:
                 continue
+            elif name in DATABASE_CHARSET_VARIABLES:
+                # Reported with a schema change, it is the new schema's own.
+                updates["database_charset"] = (name, value) if changes.schema is None else None
             elif name in UNCARRIED_VARIABLES:
                 if name in TRACKING_VARIABLES:
                     self.own_tracking = self.own_tracking | {name}
@@ -391,8 +435,15 @@ class ClientSession:
             # SET NAMES reports the character sets but not the collation.
             match = _COLLATE.search(sql) if sql is not None else None
             updates["collation_connection"] = match.group(1).decode("ascii").lower() if match else None
+        elif "collation_connection" in updates and "character_set_connection" not in updates:
+            # SET collation_connection reports only itself, yet sets the
+            # character set too: the collation's name begins with it.
+            collation = updates["collation_connection"]
+            if isinstance(collation, str) and "_" in collation:
+                updates["character_set_connection"] = collation.split("_", 1)[0]
         if changes.schema is not None:
             updates["schema"] = changes.schema or None
+            updates.setdefault("database_charset", None)
         if updates:
             self.state = attrs.evolve(self.state, **updates)
         if changes.transaction_characteristics is not None:
@@ -418,6 +469,13 @@ class ClientSession:
         if reason is not None:
             self.pin(reason)
         return reason
+
+    def read_back_changes(self) -> None:
+        """A classic EOF said the session changed, not how: the variables the
+        server tracks are read back after the reply (see ``reread``), through one
+        that is always carried, so reading it adds nothing to carry."""
+        if FLUSH_VARIABLE not in self.reread:
+            self.reread = self.reread + (FLUSH_VARIABLE,)
 
     def observe_query(self, sql: bytes, failed: bool, found: sqltext.Found | None) -> str | None:
         """Reads what the server's reports leave out from the statement text
@@ -448,9 +506,17 @@ class ClientSession:
     def ends_session(self, sql: bytes) -> bool:
         """Whether a successful statement ended the server session: COMMIT RELEASE,
         or COMMIT/ROLLBACK with completion_type=RELEASE."""
+        head = sql[:1]
+        if head.isspace():
+            head = sql.lstrip()[:1]
+        if head not in (b"c", b"C", b"r", b"R"):
+            return False  # the cheap answer for nearly every statement
         if _RELEASE.match(sql):
             return True
-        completion = dict(self.state.variables).get("completion_type")
+        variables = self.state.variables
+        if not variables:
+            return False
+        completion = dict(variables).get("completion_type")
         return completion in ("RELEASE", "2") and re.match(rb"(?is)^\s*(?:commit|rollback)\b", sql) is not None
 
     def pin(self, reason: str) -> None:

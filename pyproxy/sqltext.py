@@ -43,6 +43,8 @@ DYNAMIC = 512           # runs SQL text pyproxy cannot read (EXECUTE IMMEDIATE)
 MULTI = 1024            # more than one statement (a failure may follow others that ran)
 SAVEPOINT = 2048        # SAVEPOINT: held by the session even where no transaction is reported
 THREAD_IDS = 4096       # names CONNECTION_ID(), IS_USED_LOCK() or PROCESSLIST (pyproxy.thread_ids)
+NO_RESET = 8192         # BINLOG: leaves replication state that no reset of the connection clears
+READS_PREVIOUS = 16384  # ROW_COUNT() / FOUND_ROWS(): reads what the statement before left
 
 # Between words: white space, comments, and the delimiters of executable
 # comments, whose content is code.  Possessive, one character or comment a
@@ -58,7 +60,7 @@ _QUALIFIED = _NAME + rb"(?:" + SEP + rb"\." + SEP + _NAME + rb")?"
 # a comment) or after a ';', function calls and variables anywhere.  Both are
 # small, so an ordinary statement costs two quick regular-expression calls.
 _MAYBE_START = re.compile(rb"\s*(?:/\*|--|#|set\b|lock|handler|xa\b|flush|call|execute|prepare|deallocate|"
-                          rb"create|alter|drop|savepoint)")
+                          rb"create|alter|drop|savepoint|backup|binlog)")
 _MAYBE_ANYWHERE = re.compile(rb";|get_lock|found_rows|row_count|session_track|last_insert_id|identity|@|"
                              rb"connection_id|processlist|is_used_lock")
 # Beyond SCAN_LIMIT: what can follow the head of a statement (a second statement
@@ -70,8 +72,13 @@ _TAIL_NEEDLES = (b";", b"get_lock", b"found_rows", b"row_count", b"last_insert_i
 _TABLE_LOCK = re.compile(_START + rb"lock" + SEP + rb"tables?\b", re.I | re.S)
 _HANDLER = re.compile(_START + rb"handler\b", re.I | re.S)
 _XA = re.compile(_START + rb"xa" + SEP + rb"(?:start|begin)\b", re.I | re.S)
+# BINLOG 'base64 events': the server session gets a replication context of its
+# own (MariaDB's rli_fake), which COM_RESET_CONNECTION keeps (MDEV-32844).
+_BINLOG = re.compile(_START + rb"binlog" + SEP + rb"'", re.I | re.S)
 _FLUSH_LOCK = re.compile(_START + rb"flush\b[^;]*?(?:\bread" + SEP + rb"lock\b|\bfor" + SEP + rb"export\b)",
                          re.I | re.S)
+# BACKUP STAGE / BACKUP LOCK: the backup lock stays with the server session.
+_BACKUP = re.compile(_START + rb"backup" + SEP + rb"(?:stage|lock)\b", re.I | re.S)
 _SET = re.compile(_START + rb"set\b", re.I | re.S)
 _SAVEPOINT = re.compile(_START + rb"savepoint\b", re.I | re.S)
 _SET_STATEMENT = re.compile(SEP + rb"statement\b", re.I | re.S)
@@ -175,13 +182,19 @@ def scan(sql: bytes) -> Found | None:
         pin = "LOCK TABLES used"
     elif _FLUSH_LOCK.search(text):
         pin = "FLUSH TABLES WITH READ LOCK used"
+    elif _BACKUP.search(text):
+        pin = "BACKUP STAGE or BACKUP LOCK used"
     elif _HANDLER.search(text):
         pin = "HANDLER used"
     elif _XA.search(text):
         pin = "XA transaction used"
-    else:
-        previous = _READS_PREVIOUS.search(text)
-        if previous is not None:
+    elif _BINLOG.search(text):
+        flags |= NO_RESET
+        pin = "BINLOG statement used"
+    previous = _READS_PREVIOUS.search(text)
+    if previous is not None:
+        flags |= READS_PREVIOUS
+        if pin is None:
             pin = f"{previous.group(1).decode('ascii').upper()}() (reads the previous statement) used"
     if pin is None and len(sql) > SCAN_LIMIT and _tail_flagged(sql):
         pin = _TOO_LONG

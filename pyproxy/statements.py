@@ -45,6 +45,8 @@ class ClientStatement:
     cursor: BackendStatement | None = None
     # What sqltext.scan() found in ``sql``, read once at prepare.
     found: Found | None = None
+    # A KILL, which pyproxy runs itself (pyproxy.kill): never on a server.
+    kill: bool = False
 
     def add_long_data(self, chunk: bytes, limit: int) -> None:
         """Keeps one COM_STMT_SEND_LONG_DATA chunk (parameter number, then data)

@@ -26,8 +26,9 @@ from twisted.python.failure import Failure
 
 import pyproxy
 from pyproxy import config as configuration
-from pyproxy import logs, reuseport
+from pyproxy import logs, reactor_dispatch, reuseport
 from pyproxy.backend import BackendConnection, BackendError, Target
+from pyproxy.credential_sources import BackendLogin
 from pyproxy.frontend import FrontendFactory
 from pyproxy.health import HealthChecker
 from pyproxy.proxy import Proxy, ServerInfo, probe_account
@@ -174,14 +175,28 @@ def _startup_logins(config: configuration.Config,
                     server: configuration.TargetConfig) -> list[tuple[str, Target]]:
     """The logins pyproxy will make to ``server``: each user's pooled ones (with
     the default schema and init_query), then the probes' when [health] names
-    an account of its own."""
+    an account of its own.  With ``[backend] iam`` they log in as they will
+    then: the users with their RDS tokens, the probe account with one when it
+    has no password (see pyproxy.proxy.probe_account).
+
+    Raises:
+        StartupError: an RDS token cannot be made (no AWS credentials).
+    """
     backend = config.backend
     # A user with only a password_hash is checked when its first client logs
     # in: only that client's proof gives what logs in to the server.
     tls = BackendTLSCache(backend.tls, backend.ca, backend.server_name).for_host(server.host)
-    logins = [(f"user {user.name!r}", Target(server.host, server.port, user.name, user.password,
-                                             backend.database, backend.charset, backend.connect_timeout,
-                                             statement_cache=0, init_query=backend.init_query, tls=tls))
+    tokens = _startup_tokens(config, server) if backend.iam else None
+
+    def login(name: str, password: str, database: str | None, timeout: float, init_query: str = "") -> Target:
+        target = Target(server.host, server.port, name, password, database, backend.charset, timeout,
+                        statement_cache=0, init_query=init_query, tls=tls)
+        if tokens is None or password:
+            return target
+        return attrs.evolve(target, login=BackendLogin(name, iam=True), token=tokens(name))
+
+    logins = [(f"user {user.name!r}", login(user.name, "" if backend.iam else user.password, backend.database,
+                                            backend.connect_timeout, backend.init_query))
               for user in config.users if not user.password_hash]
     if config.auth.lookup:
         logins.append((f"[auth] lookup_user {config.auth.lookup_user!r}",
@@ -189,10 +204,27 @@ def _startup_logins(config: configuration.Config,
                               None, backend.charset, backend.connect_timeout, statement_cache=0, tls=tls)))
     if config.health.user:
         name, password = probe_account(config)
-        logins.append((f"[health] user {name!r}",
-                       Target(server.host, server.port, name, password, None, backend.charset,
-                              config.health.connect_timeout, statement_cache=0, tls=tls)))
+        logins.append((f"[health] user {name!r}", login(name, password, None, config.health.connect_timeout)))
     return logins
+
+
+def _startup_tokens(config: configuration.Config, server: configuration.TargetConfig) -> Any:
+    """``[backend] iam`` before the reactor runs: RDS tokens for ``server``, made the
+    way the running proxy makes them (pyproxy.iam.RdsTokens), in this thread."""
+    from pyproxy import aws, iam  # noqa: PLC0415 - boto3 only with [backend] iam
+
+    tokens = iam.RdsTokens(lambda: aws.client("rds", config.aws), server.host, server.port, aws.synchronously,
+                           Clock(), region=config.aws.region or None)
+
+    def token(user: str) -> str:
+        made: list[Any] = []
+        tokens.token(user).addBoth(made.append)
+        if isinstance(made[0], Failure):
+            raise StartupError(f"cannot make an RDS IAM token for {user!r} on backend {server.host}:"
+                               f"{server.port} ([backend] iam): {type(made[0].value).__name__}")
+        return str(made[0])
+
+    return token
 
 
 class _RawSocket:
@@ -440,7 +472,8 @@ class ProxyService(service.Service):
 
                 site = metrics.site(metrics.registry(self.proxy, self.health, self.reactor))
                 self.metrics_port = self._bind("metrics.listen", self.config.metrics.listen, site)
-            if self.config.admin.enabled:
+            # A worker's console is its supervisor's (pyproxy.worker_admin).
+            if self.config.admin.enabled and not self.shared_ports:
                 from pyproxy import admin  # noqa: PLC0415 - only when the console is on
 
                 self.admin_port = self._bind("admin.listen", self.config.admin.listen,
@@ -474,29 +507,14 @@ class ProxyService(service.Service):
     def _bind(self, key: str, description: str, factory: Any) -> Any:
         """Listens on ``description``; a failure is one line naming the key (and the
         other listener, when that one holds the port)."""
-        where = f"{key}: cannot listen on {description}"
         if self.shared_ports and key in ("proxy.listen", "proxy.read_only_listen"):
             try:
                 return reuseport.listen(self.reactor, description, factory, self.config.proxy.backlog)
             except (OSError, configuration.ConfigError) as exc:
-                raise StartupError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
-        try:
-            endpoint = endpoints.serverFromString(self.reactor, description)
-        except Exception as exc:  # noqa: BLE001 - the config check parsed it already; say it anyway
-            raise StartupError(f"{where}: {exc}") from None
-        result: list[Any] = []
-        endpoint.listen(factory).addBoth(result.append)
-        if result and isinstance(result[0], Failure):
-            failed = result[0]
-            clash = ""
-            if failed.check(CannotListenError):
-                bound = {"metrics.listen": self.metrics_port, "admin.listen": self.admin_port,
-                         "proxy.listen": self.port}
-                for other, port in bound.items():
-                    if port is not None and getattr(port.getHost(), "port", None) == failed.value.port:
-                        clash = f" ({other} is on that port)"
-            raise StartupError(f"{where}: {failed.getErrorMessage()}{clash}")
-        return result[0] if result else None
+                raise StartupError(f"{key}: cannot listen on {description}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+        return bind(self.reactor, key, description, factory,
+                    {"metrics.listen": self.metrics_port, "admin.listen": self.admin_port, "proxy.listen": self.port})
 
     def startService(self) -> None:
         super().startService()
@@ -513,6 +531,7 @@ class ProxyService(service.Service):
                       targets=[f"{server.name} ({server.role})" for server in self.config.backend.servers()],
                       server_version=self.proxy.server.version)
         raise_file_limit(self.config, self.log)
+        reactor_dispatch.install(self.reactor)
         self.proxy.start()
         if hasattr(self.proxy.budget, "start"):
             self.proxy.budget.start()
@@ -581,9 +600,11 @@ class ProxyService(service.Service):
             self.log.warning("reload_needs_restart", setting="proxy.proxy_protocol")
         if config.proxy.read_only_listen != self.config.proxy.read_only_listen:
             self.log.warning("reload_needs_restart", setting="proxy.read_only_listen")
-        if config.metrics.listen != self.config.metrics.listen:
+        # A worker's supervisor owns these listeners and says so itself.
+        if config.metrics.listen != self.config.metrics.listen and not self.shared_ports:
             self.log.warning("reload_needs_restart", setting="metrics.listen")
-        if (config.admin.listen, config.admin.enabled) != (self.config.admin.listen, self.config.admin.enabled):
+        if (config.admin.listen, config.admin.enabled) != (self.config.admin.listen, self.config.admin.enabled) \
+                and not self.shared_ports:
             self.log.warning("reload_needs_restart", setting="admin.listen")
         changed = self.proxy.reconfigure(config)
         self.config = config
@@ -657,6 +678,27 @@ class ProxyService(service.Service):
         return defer.gatherResults([stopped, drained])
 
 
+def bind(reactor: Any, key: str, description: str, factory: Any, others: dict[str, Any] | None = None) -> Any:
+    """Listens on ``description`` now; a failure is one line naming the key (and which
+    of ``others``, listeners already bound, holds the port)."""
+    where = f"{key}: cannot listen on {description}"
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except Exception as exc:  # noqa: BLE001 - the config check parsed it already; say it anyway
+        raise StartupError(f"{where}: {exc}") from None
+    result: list[Any] = []
+    endpoint.listen(factory).addBoth(result.append)
+    if result and isinstance(result[0], Failure):
+        failed = result[0]
+        clash = ""
+        if failed.check(CannotListenError):
+            for other, port in (others or {}).items():
+                if port is not None and getattr(port.getHost(), "port", None) == failed.value.port:
+                    clash = f" ({other} is on that port)"
+        raise StartupError(f"{where}: {failed.getErrorMessage()}{clash}")
+    return result[0] if result else None
+
+
 def default_server(config: configuration.Config) -> ServerInfo:
     """How clients are greeted when the start-up check was skipped (--no-backend-check)."""
     return ServerInfo("5.7.99-pyproxy", 0xFFFFFFFF, config.backend.charset, 2)
@@ -686,7 +728,8 @@ def check_shared_ports(config: configuration.Config) -> None:
 
 def supervisor_service(options: Options, config: configuration.Config,
                        server: ServerInfo | None) -> service.Service:
-    """[proxy] workers > 1: this process supervises workers instead of serving."""
+    """[proxy] workers > 1: this process supervises workers instead of serving; it
+    serves the metrics page and the admin console for all of them."""
     from twisted.internet import reactor  # noqa: PLC0415
 
     from pyproxy.workers import Supervisor, WorkerSpec  # noqa: PLC0415
@@ -698,19 +741,29 @@ def supervisor_service(options: Options, config: configuration.Config,
     def spec(index: int) -> WorkerSpec:
         return WorkerSpec(index, count, options["config"], options.overrides(), greeting)
 
-    supervisor = Supervisor(count, spec, reactor, config.proxy.drain_timeout)
-    if config.metrics.listen:
-        from pyproxy import worker_metrics  # noqa: PLC0415
+    def load() -> configuration.Config:
+        return configuration.load(options["config"], os.environ, options.overrides())
 
-        site = worker_metrics.site(supervisor.scrape, count)
-        result: list[Any] = []
-        try:
-            endpoints.serverFromString(reactor, config.metrics.listen).listen(site).addBoth(result.append)
-        except Exception as exc:  # noqa: BLE001 - the config check parsed it already
-            raise StartupError(f"metrics.listen: cannot listen on {config.metrics.listen}: {exc}") from None
-        if result and isinstance(result[0], Failure):
-            raise StartupError(f"metrics.listen: cannot listen on {config.metrics.listen}: "
-                               f"{result[0].getErrorMessage()}")
+    supervisor = Supervisor(count, spec, reactor, config.proxy.drain_timeout, config=config, load=load)
+    listeners: dict[str, Any] = {}
+    try:
+        if config.metrics.listen:
+            from pyproxy import worker_metrics  # noqa: PLC0415
+
+            listeners["metrics.listen"] = bind(reactor, "metrics.listen", config.metrics.listen,
+                                               worker_metrics.site(supervisor.scrape, count), listeners)
+        if config.admin.enabled:
+            from pyproxy.admin import AdminFactory  # noqa: PLC0415
+            from pyproxy.worker_admin import WorkersConsole  # noqa: PLC0415
+
+            console = WorkersConsole(supervisor, server or default_server(config))
+            listeners["admin.listen"] = bind(reactor, "admin.listen", config.admin.listen,
+                                             AdminFactory(console), listeners)
+    except StartupError:
+        for port in listeners.values():
+            port.stopListening()
+        raise
+    supervisor.listeners.update(listeners)
     return supervisor
 
 

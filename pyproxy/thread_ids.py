@@ -305,9 +305,11 @@ def expand_processlist(sql: bytes, columns: tuple[str, ...], threads: Mapping,
         schema, table = tokens[index - 1], tokens[index + 1]
         if _name(sql, schema) != b"information_schema" or _name(sql, table) != b"processlist":
             continue
-        if index >= 2 and tokens[index - 2].lower == b".":
-            continue
+        if index >= 2 and tokens[index - 2].lower in (b".", b"of"):
+            continue  # a longer name, or TYPE OF / ROW TYPE OF in stored code: no table read
         after = tokens[index + 2] if index + 2 < count else None
+        if after is not None and after.lower == b".":
+            continue  # a column: information_schema.PROCESSLIST.INFO
         aliased = after is not None and (after.lower == b"as" or after.kind == "quoted" or
                                          after.kind == "word" and after.lower not in _AFTER_TABLE)
         text = derived if aliased else derived + b" AS PROCESSLIST"

@@ -116,15 +116,20 @@ _PENDING = object()
 class Topology:
     """The targets, their probes, and the election of the writer.
 
+    ``login`` says how a probe logs in to a target: a Target, or a Deferred of
+    one when it must be made first (an RDS token); a login that fails counts
+    as a failed probe.  ``connector`` opens the monitor connection with it
+    (pyproxy.backend.connect; tests give their own).
+
     Listeners are called as ``listener(event, target, previous)`` with event
     ``"state"`` (``target`` changed state) or ``"writer"`` (``target`` is the
     new writer, ``previous`` the old one).
     """
 
     def __init__(self, targets: Iterable[TargetConfig], clock: IReactorTime,
-                 login: Callable[[TargetConfig], Target], *, interval: float, failure_threshold: int,
-                 backoff_max: float, connector: Callable[..., defer.Deferred[BackendConnection]] | None = None
-                 ) -> None:
+                 login: Callable[[TargetConfig], Target | defer.Deferred[Target]], *, interval: float,
+                 failure_threshold: int, backoff_max: float,
+                 connector: Callable[..., defer.Deferred[BackendConnection]] | None = None) -> None:
         self.clock = clock
         self.login = login
         self.interval = interval
@@ -325,10 +330,17 @@ class Topology:
             d = defer.succeed(monitor)
         else:
             target.monitor = None
-            d = self._connect(self.login(target.config))
+            d = defer.maybeDeferred(self.login, target.config)
+            d.addCallback(self._open_monitor, target)
             d.addCallback(self._adopt, target)
         d.addCallback(self._ask, target)
         d.addCallbacks(self._answered, self._failed, callbackArgs=(target,), errbackArgs=(target,))
+
+    def _open_monitor(self, login: Target, target: TargetHealth) -> defer.Deferred[BackendConnection]:
+        if target.retired or not self.running:
+            # Stopped while the login was being made (a token, in a thread).
+            raise BackendError(2013, "HY000", "monitor stopped")
+        return self._connect(login)
 
     def _adopt(self, conn: BackendConnection, target: TargetHealth) -> BackendConnection:
         if target.retired or not self.running:

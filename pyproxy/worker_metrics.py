@@ -22,9 +22,10 @@ from twisted.web import resource, server
 from pyproxy.metrics import PREFIX
 
 #: Families whose samples are states or settings, not amounts: the largest worker's stands.
+#: A failover is seen by every worker's own probes: counted once, as SHOW STATS does.
 LARGEST = {f"{PREFIX}{name}" for name in (
     "info", "paused", "debug_statements_seconds", "target_state", "target_state_seconds",
-    "target_writer", "process_max_fds")}
+    "target_writer", "process_max_fds", "failovers")}
 SMALLEST = {f"{PREFIX}process_start_time_seconds"}
 SCRAPE_TIMEOUT = 5.0
 

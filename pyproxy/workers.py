@@ -11,18 +11,24 @@ What the supervisor owns:
 * the workers' lives: a worker that dies is started again (after 0.5 s, doubling up to 30 s
   while it keeps dying within 10 s of its start); SIGTERM drains every worker and ends when all
   have ended; a worker whose supervisor died gets SIGTERM from the kernel (PR_SET_PDEATHSIG);
-* signals: SIGHUP (reload) and SIGUSR2 (pause/resume) go to every worker;
+* signals: SIGHUP (reload) and SIGUSR2 (pause/resume) go to every worker; SIGHUP also
+  re-reads the supervisor's own copy of the configuration (for its admin console);
 * KILL of a client another worker serves: the asking worker sends it here, and it goes on to
   the worker whose id it is (ids are i+1, i+1+n, ...), whose answer comes back the same way;
 * SIGUSR1: it asks each worker for its figures over a control channel and logs them summed
   (``pool_stats`` per pool, ``client_stats``, ``pin_summary``, with ``workers``); each worker
   also logs its own at shutdown, with its ``worker`` index;
+* the listeners that speak for the whole pyproxy: ``/metrics`` (pyproxy.worker_metrics) and
+  the admin console (pyproxy.worker_admin), which ask every worker with ``ask()`` and put the
+  answers together;
 * the budget: worker i of n gets its share of every per-pool budget (Proxy.worker_share), the
   shares adding up to it, so the server never sees more than ``max_connections`` per user and
   target from all workers together; client ids are unique across workers (i+1, i+1+n, ...).
 
 The control channel is a pair of pipes (the worker's fds 3 and 4) carrying one JSON object per
-line.
+line.  A question the supervisor asks every worker carries a ``ticket`` that the answer repeats
+(ops ``metrics`` and ``admin``); a worker that has not answered within the asker's timeout is
+left out, so no figure or console waits on a stuck worker.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,8 @@ from twisted.internet.error import ProcessDone
 from twisted.protocols.basic import LineOnlyReceiver
 
 from pyproxy import logs
+from pyproxy.admin_merge import owner
+from pyproxy.config import Config, ConfigError
 
 WORKER_ENV = "PYPROXY_WORKER"
 #: The worker's ends of the control channel: it writes to the supervisor on 3, reads on 4.
@@ -55,6 +63,8 @@ STATS_TIMEOUT = 5.0
 KILL_TIMEOUT = 5.0
 #: pool_stats fields that are not counts: the largest worker's figure stands for them.
 NOT_SUMMED = {"borrow_wait_p50_ms", "borrow_wait_p99_ms", "borrow_wait_max_ms", "paused"}
+#: The ops whose messages from a worker answer a question of ``Supervisor.ask()``.
+ANSWERS = frozenset({"metrics", "admin"})
 
 
 @attrs.frozen
@@ -80,6 +90,24 @@ class WorkerSpec:
         moved = tuple(tuple(entry) for entry in data.get("moved", ()))
         return cls(data["index"], data["count"], data["config"], data["overrides"], server,  # type: ignore[arg-type]
                    moved)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class Gathered:
+    """The answers to one question asked of the workers (``Supervisor.ask``)."""
+
+    # The workers asked that were still running when the answers were gathered.
+    asked: frozenset[int]
+    # Worker index -> its answer (the whole message).
+    answers: dict[int, dict[str, Any]]
+
+
+@attrs.define
+class _Asking:
+    asked: set[int]
+    answers: dict[int, dict[str, Any]]
+    done: defer.Deferred[Gathered]
+    timer: Any
 
 
 class JsonLines(LineOnlyReceiver):
@@ -119,6 +147,10 @@ class BudgetBroker:
         self.moved: dict[tuple[str, str], collections.Counter[int]] = collections.defaultdict(
             collections.Counter)
         self._tickets: dict[int, tuple[int, tuple[str, str], list[int], Any]] = {}
+        # Tickets whose candidate did not answer in time, by (candidate, ticket): the
+        # asker and the pool.  A late yes still gives up a unit, which then goes to
+        # the asker rather than vanish from the budget.
+        self._late: dict[tuple[int, int], tuple[int, tuple[str, str]]] = {}
         self._next = 0
         self.moves = 0
 
@@ -137,18 +169,30 @@ class BudgetBroker:
             worker = self.supervisor.workers.get(candidate)
             if worker is None:
                 continue
-            timer = self.supervisor.reactor.callLater(self.RECLAIM_TIMEOUT, self.reclaimed,
-                                                      candidate, ticket, False)
+            timer = self.supervisor.reactor.callLater(self.RECLAIM_TIMEOUT, self._timed_out,
+                                                      candidate, ticket)
             self._tickets[ticket] = (index, key, others, (candidate, timer))
             worker.send({"op": "reclaim", "user": key[0], "target": key[1], "ticket": ticket})
             return
         del self._tickets[ticket]
         self._grant(index, key, False)
 
+    def _timed_out(self, candidate: int, ticket: int) -> None:
+        index, key = self._tickets[ticket][:2]
+        self.reclaimed(candidate, ticket, False)
+        self._late[(candidate, ticket)] = (index, key)
+
     def reclaimed(self, candidate: int, ticket: int, ok: bool) -> None:
+        late = self._late.pop((candidate, ticket), None)
+        if late is not None:
+            # The asker was told no (or served by another worker) meanwhile; the
+            # unit this worker gave up is still the asker's to use or give back.
+            if ok:
+                self._move(candidate, *late)
+            return
         entry = self._tickets.get(ticket)
         if entry is None or entry[3] is None or entry[3][0] != candidate:
-            return  # answered after its timeout: too late to use (see give_up_one)
+            return
         index, key, others, (_, timer) = entry
         if timer.active():
             timer.cancel()
@@ -157,6 +201,9 @@ class BudgetBroker:
             self._ask(ticket)
             return
         del self._tickets[ticket]
+        self._move(candidate, index, key)
+
+    def _move(self, candidate: int, index: int, key: tuple[str, str]) -> None:
         self.moved[key][candidate] -= 1
         self.moved[key][index] += 1
         self.moves += 1
@@ -173,6 +220,7 @@ class BudgetBroker:
 
     def reset(self) -> None:
         self.moved.clear()
+        self._late.clear()
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -230,8 +278,18 @@ class Supervisor(service.Service):
     """Starts, watches and signals the workers (see the module docstring)."""
 
     def __init__(self, count: int, spec: Callable[[int], WorkerSpec], reactor: Any,
-                 drain_timeout: float, spawn: Callable[..., Any] | None = None) -> None:
+                 drain_timeout: float, spawn: Callable[..., Any] | None = None,
+                 config: Config | None = None, load: Callable[[], Config] | None = None) -> None:
         self.count = count
+        # The configuration as the workers have it, and how to read it again (SIGHUP,
+        # RELOAD): the admin console's account and SHOW CONFIG come from it.
+        self.config = config
+        self.load = load
+        # Called with (old, new) after each reload of it.
+        self.reload_watchers: list[Callable[[Config | None, Config], None]] = []
+        # The supervisor's own listeners by key ("metrics.listen", "admin.listen"),
+        # closed when it stops.
+        self.listeners: dict[str, Any] = {}
         self.spec = spec
         self.reactor = reactor
         self.drain_timeout = drain_timeout
@@ -244,8 +302,10 @@ class Supervisor(service.Service):
         self._all_ended: defer.Deferred[None] | None = None
         self._stats: dict[int, dict[str, Any]] | None = None
         self._stats_timer: Any = None
-        self._scrapes: dict[int, tuple[dict[int, str], defer.Deferred[list[str]], Any]] = {}
-        self._scrape_serial = 0
+        self._asking: dict[int, _Asking] = {}
+        self._tickets = itertools.count(1)
+        # Workers told to stop by the admin console's SHUTDOWN: no SIGTERM on top.
+        self._told: set[WorkerProcess] = set()
         self.budget = BudgetBroker(self)
         self.log = logs.get_logger(component="supervisor")
 
@@ -260,7 +320,9 @@ class Supervisor(service.Service):
                                (signal.SIGUSR1, self.collect_stats)):
             signal.signal(signum, lambda number, frame, action=action: self.reactor.callFromThread(action))
         self.log.info("workers_started", workers=self.count,
-                      pids=[worker.pid for worker in self.workers.values()])
+                      pids=[worker.pid for worker in self.workers.values()],
+                      **{key.split(".")[0]: logs.format_address(port.getHost())
+                         for key, port in self.listeners.items()})
 
     def start_worker(self, index: int) -> None:
         self._restart_calls.pop(index, None)
@@ -280,6 +342,11 @@ class Supervisor(service.Service):
             del self.workers[index]
         if self._stats is not None and index not in self._stats:
             self._stats[index] = {}
+        for ticket, asking in list(self._asking.items()):
+            if index in asking.asked and index not in asking.answers:
+                asking.asked.discard(index)
+                if asking.asked <= asking.answers.keys():
+                    self._gathered(ticket)
         code = getattr(reason, "exitCode", None)
         killed_by = getattr(reason, "signal", None)
         if self.stopping:
@@ -299,8 +366,40 @@ class Supervisor(service.Service):
 
     def reload(self) -> None:
         """SIGHUP: every worker reloads, and gives every pool its even share again."""
+        try:
+            self.reload_config()
+        except ConfigError:
+            pass  # logged; the workers read the same file and say so too
         self.budget.reset()
         self.forward(signal.SIGHUP)
+
+    def reload_config(self) -> Config:
+        """Reads the supervisor's copy of the configuration again (before the workers
+        reload theirs); returns it.
+
+        Raises:
+            ConfigError: it is bad (logged as ``reload_failed``); the running one stays.
+        """
+        if self.load is None:
+            raise ConfigError("pyproxy was started without a configuration to read again")
+        try:
+            config = self.load()
+        except ConfigError as exc:
+            self.log.error("reload_failed", error=str(exc))
+            raise
+        old, self.config = self.config, config
+        if old is not None:
+            # What the supervisor itself listens with, or how many workers it runs.
+            for setting, before, after in (
+                    ("proxy.workers", old.proxy.worker_count(), config.proxy.worker_count()),
+                    ("metrics.listen", old.metrics.listen, config.metrics.listen),
+                    ("admin.listen", (old.admin.listen, old.admin.enabled),
+                     (config.admin.listen, config.admin.enabled))):
+                if before != after:
+                    self.log.warning("reload_needs_restart", setting=setting)
+        for watcher in self.reload_watchers:
+            watcher(old, config)
+        return config
 
     def forward(self, signum: int) -> None:
         """SIGHUP and SIGUSR2 mean the same to every worker."""
@@ -313,6 +412,8 @@ class Supervisor(service.Service):
         ended shortly after that is killed."""
         super().stopService()
         self.stopping = True
+        for port in self.listeners.values():
+            port.stopListening()
         for call in self._restart_calls.values():
             if call.active():
                 call.cancel()
@@ -322,7 +423,8 @@ class Supervisor(service.Service):
             self._all_ended.callback(None)
             return self._all_ended
         for worker in self.workers.values():
-            worker.signal(signal.SIGTERM)
+            if worker not in self._told:
+                worker.signal(signal.SIGTERM)
 
         def kill_stragglers() -> None:
             for worker in list(self.workers.values()):
@@ -332,6 +434,16 @@ class Supervisor(service.Service):
         timer = self.reactor.callLater(self.drain_timeout + 10, kill_stragglers)
         self._all_ended.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
         return self._all_ended
+
+    def shut_down(self, graceful: bool) -> None:
+        """The admin console's SHUTDOWN: every worker stops, at once (its clients are
+        closed) or as on SIGTERM (open transactions get drain_timeout), and the
+        supervisor ends once they all have, as on SIGTERM."""
+        self.log.info("shutdown_requested", graceful=graceful, workers=len(self.workers))
+        for worker in self.workers.values():
+            worker.send({"op": "shutdown", "graceful": graceful})
+            self._told.add(worker)
+        self.reactor.stop()
 
     # -- figures ------------------------------------------------------------------------
 
@@ -356,12 +468,13 @@ class Supervisor(service.Service):
             origin = self.workers.get(int(message.get("origin", -1)))
             if origin is not None:
                 origin.send({"op": "killed", "ticket": message.get("ticket"), "error": message.get("error")})
-        elif op == "metrics":
-            scrape = self._scrapes.get(int(message.get("ticket", 0)))
-            if scrape is not None:
-                scrape[0][index] = str(message.get("text", ""))
-                if all(i in scrape[0] for i in self.workers):
-                    self._scraped(int(message["ticket"]))
+        elif op in ANSWERS:
+            ticket = message.get("ticket")
+            asking = self._asking.get(ticket) if isinstance(ticket, int) else None
+            if asking is not None and index in asking.asked:
+                asking.answers[index] = message
+                if asking.asked <= asking.answers.keys():
+                    self._gathered(ticket)  # type: ignore[arg-type]
         elif op == "stats" and self._stats is not None:
             self._stats[index] = message.get("stats") or {}
             if len(self._stats) >= self.count or all(i in self._stats for i in self.workers):
@@ -371,36 +484,44 @@ class Supervisor(service.Service):
         """KILL of a client id another worker gave (ids are i+1, i+1+n, ...): the
         worker that has it runs it and its answer goes back to the asker."""
         number = int(message.get("id", 0))
-        owner = self.workers.get((number - 1) % self.count) if number > 0 else None
-        if owner is None:
+        holder = owner(number, self.count)
+        worker = self.workers.get(holder) if holder is not None else None
+        if worker is None:
             asker = self.workers.get(index)
             if asker is not None:
                 asker.send({"op": "killed", "ticket": message.get("ticket"),
                             "error": [[1094, "HY000"], f"Unknown thread id: {number}"]})
             return
-        owner.send({**message, "origin": index})
+        worker.send({**message, "origin": index})
+
+    def ask(self, message: dict[str, Any], timeout: float,
+            only: Iterable[int] | None = None) -> defer.Deferred[Gathered]:
+        """Sends ``message`` with a ticket to every running worker (or those of
+        ``only``) and gathers their answers: once all have answered, or ended, or
+        after ``timeout`` seconds with those that did."""
+        ticket = next(self._tickets)
+        asked = set(self.workers) if only is None else {i for i in only if i in self.workers}
+        timer = self.reactor.callLater(timeout, self._gathered, ticket)
+        asking = self._asking[ticket] = _Asking(asked, {}, defer.Deferred(), timer)
+        for index in sorted(asked):
+            self.workers[index].send({**message, "ticket": ticket})
+        if not asked:
+            self._gathered(ticket)
+        return asking.done
+
+    def _gathered(self, ticket: int) -> None:
+        asking = self._asking.pop(ticket, None)
+        if asking is None:
+            return
+        if asking.timer.active():
+            asking.timer.cancel()
+        asking.done.callback(Gathered(frozenset(asking.asked), dict(asking.answers)))
 
     def scrape(self, timeout: float) -> defer.Deferred[list[str]]:
         """Every worker's metrics page (pyproxy.worker_metrics), those that answer
         within ``timeout`` seconds."""
-        self._scrape_serial += 1
-        ticket = self._scrape_serial
-        d: defer.Deferred[list[str]] = defer.Deferred()
-        timer = self.reactor.callLater(timeout, self._scraped, ticket)
-        self._scrapes[ticket] = ({}, d, timer)
-        for worker in self.workers.values():
-            worker.send({"op": "metrics", "ticket": ticket})
-        if not self.workers:
-            self._scraped(ticket)
-        return d
-
-    def _scraped(self, ticket: int) -> None:
-        pages, d, timer = self._scrapes.pop(ticket, ({}, None, None))
-        if d is None:
-            return
-        if timer is not None and timer.active():
-            timer.cancel()
-        d.callback(list(pages.values()))
+        return self.ask({"op": "metrics"}, timeout).addCallback(
+            lambda gathered: [str(answer.get("text", "")) for answer in gathered.answers.values()])
 
     def _log_stats(self) -> None:
         if self._stats is None:
@@ -520,6 +641,11 @@ def worker_main() -> int:
 
         return generate_latest(registry[0]).decode()
 
+    from pyproxy.admin import AdminConsole  # noqa: PLC0415
+    from pyproxy.worker_admin import carry_out  # noqa: PLC0415
+
+    # This worker's part of the supervisor's admin console (no listener of its own).
+    console = AdminConsole(proxy_service)
     kills: dict[int, defer.Deferred[Any]] = {}
     tickets = itertools.count(1)
 
@@ -557,7 +683,16 @@ def worker_main() -> int:
                 error = message.get("error")
                 pending.callback(None if not error else ((int(error[0][0]), str(error[0][1])), str(error[1])))
             return
-        if message.get("op") == "metrics":
+        if op == "admin":
+            answer, then = carry_out(console, message)
+            link.send({"op": "admin", "ticket": message.get("ticket"), **answer})
+            if then is not None:
+                reactor.callLater(0, then)
+            return
+        if op == "shutdown":
+            proxy_service.shut_down(bool(message.get("graceful")))
+            return
+        if op == "metrics":
             if not registry:
                 from pyproxy import metrics  # noqa: PLC0415
 
@@ -567,7 +702,7 @@ def worker_main() -> int:
                 lambda text: link.send({"op": "metrics", "ticket": message.get("ticket"), "text": text}),
                 lambda failure: link.send({"op": "metrics", "ticket": message.get("ticket"), "text": ""}))
             return
-        if message.get("op") == "stats":
+        if op == "stats":
             link.send({"op": "stats", "stats": proxy_service.stats()})
 
     link = JsonLines(from_parent)

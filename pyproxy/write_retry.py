@@ -43,6 +43,7 @@ from pyproxy.hygiene import run_flagged
 from pyproxy.kill import cancel_query_timer
 from pyproxy.phases import CLOSED
 from pyproxy.release import give_up_hold
+from pyproxy.wire.buffer import BytesLike
 from pyproxy.wire.constants import COMMAND
 from pyproxy.wire.response_tracker import DONE, ResponseTracker
 
@@ -56,7 +57,7 @@ ER_OPTION_PREVENTS_STATEMENT = 1290
 _NEVER_AGAIN = sqltext.CALLS | sqltext.DYNAMIC | sqltext.SQL_PREPARE | sqltext.READ_GLOBALS
 
 
-def may_run_again(client: CommandPhase, data: bytes, tracker: ResponseTracker) -> bool:
+def may_run_again(client: CommandPhase, data: BytesLike, tracker: ResponseTracker) -> bool:
     """Whether a reply whose ERR is 1290/1836 is a refusal that ran nothing, of a
     statement that may be run again elsewhere (see the module docstring)."""
     if client.retried or client.readonly or client.pinned or client.forwarded or tracker.state != DONE:
@@ -89,7 +90,7 @@ def may_run_again(client: CommandPhase, data: bytes, tracker: ResponseTracker) -
     return True
 
 
-def refused_write(client: CommandPhase, data: bytes, tracker: ResponseTracker) -> bool:
+def refused_write(client: CommandPhase, data: BytesLike, tracker: ResponseTracker) -> bool:
     """The reply is a 1290/1836 ERR, nothing of it forwarded yet.  Returns True when
     the statement will run again (the ERR is held back), False when the reply
     goes on to the client as usual."""

@@ -203,6 +203,8 @@ def test_show_pools_servers_clients(setup: Any) -> None:
     [row] = admin.query("SHOW CLIENTS").table()
     assert row["id"] == str(client.id) and row["user"] == "app" and row["state"] == "idle"
     assert row["tls"] == "0" and row["listener"] == "pooled" and row["backend_id"] is None
+    # One process: worker 0 everywhere (the columns are those of a pyproxy with workers).
+    assert pool["worker"] == server["worker"] == row["worker"] == "0"
     # A transaction holds the connection: both tables say so.
     client.commands.backend = conn
     service.proxy.pools[("app", service.proxy.topology.writer.name)].idle.remove(conn)
@@ -269,6 +271,18 @@ def test_pause_resume_kill_debug(setup: Any) -> None:
     assert stats["debug_statements_seconds_left"] == "30"
     service.proxy.reactor.advance(31)
     assert service.proxy.debug_statements is None
+
+
+def test_show_warnings_lists_the_last_statements_error(setup: Any) -> None:
+    """As a server's: SHOW WARNINGS lists the last statement's error, and keeps it; the
+    next statement without warnings clears it."""
+    _, service, console = setup
+    admin = Console(service, console)
+    assert admin.query("KILL CLIENT 999").code == 1094
+    for _ in range(2):
+        assert admin.query("SHOW WARNINGS").rows == [["Error", "1094", "Unknown thread id: 999"]]
+    admin.query("SHOW POOLS")
+    assert admin.query("SHOW WARNINGS").rows == []
 
 
 def test_reload(setup: Any, tmp_path: Path) -> None:

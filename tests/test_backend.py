@@ -15,7 +15,6 @@ from twisted.trial.unittest import SynchronousTestCase
 import vectors
 from pyproxy import auth
 from pyproxy.backend import (
-    BASE_CAPABILITIES,
     TRACKING,
     TRACKING_DEFAULTS,
     BackendConnection,
@@ -23,8 +22,9 @@ from pyproxy.backend import (
     Target,
     connect,
 )
+from pyproxy.backend_login import BASE_CAPABILITIES
 from pyproxy.credential_sources import BackendLogin
-from pyproxy.session import DEFAULT_TRACKING, Tracking, initial_state
+from pyproxy.session import DEFAULT_TRACKING, Tracking, initial_state, reset_state
 from pyproxy.wire.commands import Reply, make_query
 from pyproxy.wire.constants import (
     CLIENT,
@@ -456,7 +456,9 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(tracking.payload, make_query(TRACKING))
         self.server.send(vectors.SESSION_SETUP)
         self.assertIs(self.successResultOf(d), self.conn)
-        self.assertEqual(self.conn.state, initial_state(45, "app", True, True))
+        # The schema stays, its character set is the server's default (not its own).
+        self.assertEqual(self.conn.state, reset_state(45, "app", True, True))
+        self.assertNotEqual(self.conn.state, initial_state(45, "app", True, True))
 
     def test_change_user_unselects_schema(self) -> None:
         """change_user() logs in again as the same account with no schema."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from array import array
 from pathlib import Path
@@ -15,8 +16,8 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.append(str(_REPO))
 
-from bench import measure, processes, pyproxy_log, report, run, targets  # noqa: E402
-from bench.workloads import faults, sysbench  # noqa: E402
+from bench import event_loop, measure, processes, pyproxy_log, report, run, targets  # noqa: E402
+from bench.workloads import balanced, faults, sysbench  # noqa: E402
 
 
 def test_percentile_nearest_rank() -> None:
@@ -307,6 +308,49 @@ def test_select_and_storm_rows_say_failed_for_a_side_that_did_not_run() -> None:
     assert (storm["succeeded"], storm["max server conns"]) == (300, 40)
 
 
+def test_balanced_rows_put_each_instance_apart_and_say_failed() -> None:
+    """pyproxy's column only; each instance's pool figures under its own name; a phase that
+    failed shows FAILED in its rows while the other keeps its figures."""
+    storm = {"instances": 2, "cycles_per_s": 900.0, "succeeded": 500, "errors": {},
+             "budget": 20, "max_server_connections": 22, "server_max_used_connections": 22,
+             "pyproxy_logs": {"b": {"sessions": 251, "borrows": 600, "waits": 40},
+                              "a": {"sessions": 252, "borrows": 610, "waits": 50}}}
+    rows = report.balanced_rows("balanced", storm, None)
+    assert all(direct is None for _, _, direct, _, _ in rows)
+    by_metric = {(w, metric): value for w, metric, _, value, _ in rows}
+    assert by_metric[("balanced", "clients per instance")] == "252 / 251"
+    assert by_metric[("balanced a", "pyproxy borrows (waited)")] == "610 (50 waited)"
+    assert by_metric[("balanced b", "pyproxy borrows (waited)")] == "600 (40 waited)"
+    assert by_metric[("balanced", "max server conns")] == 22
+    assert by_metric[("balanced", "kill -9: survivor uses its share ms")] == "FAILED"
+    kill = {"dead_share": 10, "survivor_share": 10, "first_extra_ms": 8123.0, "errors": {}}
+    rows = report.balanced_rows("balanced", None, kill)
+    by_metric = {metric: value for _, metric, _, value, _ in rows}
+    assert by_metric["cycles/s (successful)"] == "FAILED"
+    assert by_metric["clients per instance"] == "FAILED"
+    assert by_metric["kill -9: survivor uses its share ms"] == 8123.0
+    assert by_metric["kill -9: survivor's client errors"] == 0
+    assert "FAILED" in report.render_table(rows)
+
+
+def test_lease_pid_reads_the_instance_of_a_lease() -> None:
+    """Members are host:pid:worker:random:serial, as pyproxy.redis_budget makes them."""
+    assert balanced.lease_pid("db-proxy-1:4242:0:a1b2c3:17") == 4242
+    assert balanced.lease_pid("pod:7:1:ffffff:1") == 7
+
+
+def test_parse_args_balanced() -> None:
+    """Not in the default set; lease_seconds is pyproxy's own unless given, and bounded."""
+    assert "balanced" not in run.parse_args([]).workloads
+    args = run.parse_args(["--workloads", "balanced"])
+    assert (args.workloads, args.lease_seconds) == (["balanced"], None)
+    assert run.parse_args(["--workloads", "balanced", "--lease-seconds", "2"]).lease_seconds == 2
+    for bad in (["--lease-seconds", "0"], ["--lease-seconds", "121"],
+                ["--workloads", "balanced", "--pool-size", "1"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
+
+
 def test_idle_rows() -> None:
     """Memory in MiB, pyproxy's column only; no figure after close when pyproxy had exited."""
     mib = 1024 * 1024
@@ -382,3 +426,50 @@ def test_run_accepts_the_sysbench_options() -> None:
     assert args.sysbench_time == args.duration == 3.0
     with pytest.raises(SystemExit):
         run.parse_args(["--sysbench-threads", "0"])
+
+
+def test_event_loop_reads_every_event_with_both_loop_bodies() -> None:
+    """Both reactors serve each round's event (per_event checks the count), and both
+    figures come out; which is smaller is the benchmark's to say, not a test's."""
+    figures = event_loop.measure(200, repeats=1)
+    assert set(figures) == {"stock", "pyproxy"} and all(value > 0 for value in figures.values())
+
+
+@pytest.mark.parametrize(("classic", "prepared"), [(False, False), (True, False), (False, True)])
+def test_hotpath_round_trips_reach_the_client(classic: bool, prepared: bool) -> None:
+    """Every kind of round trip bench/hotpath.py times runs end to end (run() checks
+    that the replies reached the client): point selects for both kinds of client, and
+    the execute of a prepared statement, whose id the client got from pyproxy."""
+    from bench import hotpath  # noqa: PLC0415 - it puts tests/ on the path for its vectors
+
+    assert hotpath.run(50, classic, prepared) > 0
+
+
+def test_builds_summary_takes_medians_and_compares_with_the_relay() -> None:
+    from bench import builds  # noqa: PLC0415
+
+    runs = {
+        "relay": [{"qps": 100.0, "user": 20.0, "system": 20.0}, {"qps": 120.0, "user": 18.0, "system": 22.0},
+                  {"qps": 90.0, "user": 25.0, "system": 25.0}],
+        "pure": [{"qps": 80.0, "user": 30.0, "system": 20.0}] * 3,
+        "compiled": [{"qps": 110.0, "user": 18.0, "system": 18.0}] * 3,
+    }
+    medians = builds.summary(runs)
+    assert medians["relay"] == {"qps": 100.0, "user": 20.0, "system": 22.0, "total": 40.0}
+    assert medians["compiled"]["total"] == 36.0
+    text = builds.report("point_select-text, 8 threads", runs)
+    assert "median of 3 runs" in text
+    assert "x1.25 of the relay" in text and "x0.90 of the relay" in text
+    assert "(runs: 40.0, 40.0, 50.0)" in text
+
+
+def test_builds_reads_its_own_cpu_and_checks_its_arguments() -> None:
+    from bench import builds  # noqa: PLC0415
+
+    user, system = builds.user_system(os.getpid())
+    assert user > 0 and system >= 0
+    assert isinstance(builds.runs_compiled(os.getpid()), bool)
+    args = builds.parse_args(["--threads", "8,64", "--rounds", "2"])
+    assert (args.threads, args.rounds, args.scripts) == ([8, 64], 2, ["point_select-text", "point_select-ps"])
+    with pytest.raises(SystemExit):
+        builds.parse_args(["--rounds", "0"])

@@ -116,9 +116,9 @@ class RoundTripTests(LoggedIn):
         self.client.send(b"\x0e")  # a pinned client's ping goes to its backend
         [restore] = server.received()
         self.assertEqual(restore.payload, make_query(
-            "SET SESSION session_track_system_variables='autocommit,character_set_client,"
-            "character_set_connection,character_set_results,time_zone', session_track_schema='ON', "
-            "session_track_state_change='OFF', session_track_transaction_info='OFF'"))
+            "SET SESSION session_track_system_variables=_utf8mb4'autocommit,character_set_client,"
+            "character_set_connection,character_set_results,time_zone', session_track_schema=_utf8mb4'ON', "
+            "session_track_state_change=_utf8mb4'OFF', session_track_transaction_info=_utf8mb4'OFF'"))
         server.send(vectors.PING_OK)
         self.assertEqual(server.received()[0].payload, b"\x0e")
         server.send(vectors.PING_OK)
@@ -127,6 +127,23 @@ class RoundTripTests(LoggedIn):
         server.received()
         server.send(vectors.USER_VARIABLE_OK)  # whatever the server now reports is the client's
         self.assertEqual(self.client.raw(), vectors.USER_VARIABLE_OK)
+
+    def test_no_tracking_restore_right_before_row_count(self) -> None:
+        """ROW_COUNT() reads the statement before it: pyproxy's own SET of the client's
+        tracking settings waits until a statement that does not read it."""
+        conn, server = self.first_backend(self.client, "DELETE FROM t")
+        server.send(frame(make_ok_tracked(SERVER_STATUS_AUTOCOMMIT, affected_rows=4), 1))
+        self.client.raw()
+        for sql in ("SELECT ROW_COUNT()", "select found_rows ( )"):
+            self.client.query(sql)
+            [command] = server.received()
+            self.assertEqual(command.payload, make_query(sql))
+            server.send(vectors.SELECT_DEOF)
+            self.client.raw()
+            self.assertTrue(self.client.protocol.commands.pinned)
+        self.client.query("SELECT 1")
+        [restore] = server.received()
+        self.assertTrue(restore.payload.startswith(b"\x03SET SESSION session_track_system_variables="))
 
     def test_carried_schema_replayed_on_new_backend(self) -> None:
         """USE is carried: a new backend connection gets COM_INIT_DB before the client's next command."""

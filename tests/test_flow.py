@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import vectors
+from pyproxy.flow import QUEUE_LIMIT
 from pyproxy.wire.commands import make_query
 from pyproxy.wire.constants import SERVER_STATUS_AUTOCOMMIT
 from pyproxy.wire.framing import frame
@@ -40,6 +41,29 @@ class FlowTests(LoggedIn):
             server.received()
             server.send(vectors.PING_OK)
         self.assertEqual(self.client.transport.producerState, "producing")
+
+    def test_one_read_of_many_commands_holds_the_rest_as_bytes(self) -> None:
+        """Reading stops at QUEUE_LIMIT queued commands, but one read may bring thousands
+        of small ones: those past the limit stay in the framer as the bytes they came as
+        (found by fuzz/fuzz_login.py, fuzz/regressions/login/one-read-past-the-queue-limit),
+        and every one still runs, in order, as the replies come, with nothing more sent."""
+        conn, server = self.first_backend(self.client, "BEGIN")
+        commands = [make_query(f"DO {number}") for number in range(300)]
+        self.client.protocol.dataReceived(b"".join(frame(command, 0) for command in commands))
+        self.assertEqual(self.client.transport.producerState, "paused")
+        self.assertEqual(len(self.client.protocol.commands.queue), QUEUE_LIMIT)
+        held = self.client.protocol.framer.buffered()
+        self.assertEqual(held, sum(len(frame(command, 0)) for command in commands[QUEUE_LIMIT:]))
+        server.send(vectors.BEGIN_OK)
+        for command in commands:
+            [sent] = server.received()
+            self.assertEqual(sent.payload, command)
+            server.send(vectors.PING_OK)
+        self.assertEqual(server.received(), [])
+        self.assertEqual(self.client.protocol.framer.buffered(), 0)
+        self.assertFalse(self.client.protocol.held)
+        self.assertEqual(self.client.transport.producerState, "producing")
+        self.assertEqual(len(self.client.received()), 301)
 
     def test_no_command_runs_while_replies_wait_unsent(self) -> None:
         """While the client's transport holds more than its buffer of unsent replies, its

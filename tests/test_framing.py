@@ -152,3 +152,29 @@ def test_frame_round_trip() -> None:
     assert frame(b"abc", 256 + 7)[3] == 7
 
 
+
+
+def test_unread_packets_come_back_in_order() -> None:
+    """Packets handed back with unread come out of the next feed first, then what follows,
+    and the bytes of a packet not yet whole stay behind them."""
+    framer = PacketFramer()
+    packets = framer.feed(STREAM[:-3])
+    taken = 3
+    framer.unread(b"".join(packet.raw for packet in packets[taken:]))
+    assert framer.buffered() == len(STREAM) - 3 - sum(len(packet.raw) for packet in packets[:taken])
+    again = framer.feed(STREAM[-3:])
+    assert [packet.raw for packet in packets[:taken] + again] == [raw for raw in (
+        frame(payload, seq) for seq, payload in split_packets(STREAM))]
+
+
+def test_unread_before_a_continued_packet() -> None:
+    """Unread while a packet of several parts is half in: the parts already in go back to
+    the buffer behind the unread bytes, and the whole packet comes out once it is whole."""
+    big = frame(b"x" * (MAX_PAYLOAD + 10), 1)
+    framer = PacketFramer()
+    [first] = framer.feed(frame(b"\x03SELECT 1", 0) + big[:MAX_PAYLOAD + 4 + 5])
+    framer.unread(first.raw)
+    assert framer.buffered() == len(first.raw) + MAX_PAYLOAD + 4 + 5
+    out = framer.feed(big[MAX_PAYLOAD + 4 + 5:])
+    assert [packet.payload for packet in out] == [b"\x03SELECT 1", b"x" * (MAX_PAYLOAD + 10)]
+    assert out[1].raw == big and (out[1].seq, out[1].last_seq) == (1, 2)

@@ -133,6 +133,17 @@ class HealthTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual(self.connector.pending(), [])
 
+    def test_a_failed_ping_is_replaced_only_within_max_size(self) -> None:
+        """The connection that failed its ping still counts until the server lets it
+        go; min_idle above max_size must not open its replacement past the cap."""
+        conn = self.idle_connection()
+        self.pool.max_size = 1
+        self.checker(min_idle=3).start()
+        self.clock.advance(10)
+        conn.close = lambda reason: True  # closed by the pool, the server has not let go yet
+        conn.pings[0].errback(BackendError(2013, "HY000", "Lost connection"))
+        self.assertEqual((self.pool.size(), self.connector.pending()), (1, []))
+
     def test_min_idle_respects_max_size(self) -> None:
         """min_idle above max_connections opens only up to the cap."""
         self.checker(min_idle=10).start()

@@ -123,6 +123,33 @@ class HygieneTests(LoggedIn):
         self.assertIsNone(conn.diagnostics)
         self.assertEqual(self.pool.idle, [conn])
 
+    def test_own_warnings_outlive_an_insert_id_set(self) -> None:
+        """The SET that gives the client its LAST_INSERT_ID() back (without the derived
+        table) leaves the client's own warnings on the connection: the next client still
+        gets them cleared."""
+        conn, server = self.used_by_first_client("SELECT CAST('x' AS INT) AS n", vectors.WARNING_SELECT_DEOF)
+        session = self.client.protocol.commands.session
+        conn.last_insert_id = 7  # as another statement on it left it
+        self.client.query("SELECT LAST_INSERT_ID()")
+        sent = server.transport.value()
+        server.transport.clear()
+        self.assertEqual(sent, frame(make_query("SET SESSION last_insert_id=0"), 0)
+                         + frame(make_query("SELECT LAST_INSERT_ID()"), 0))
+        self.assertIs(conn.diagnostics, session)
+        server.send(vectors.CLEAR_DIAGNOSTICS_OK + vectors.SELECT_DEOF)
+        self.client.raw()
+        # LAST_INSERT_ID(expr) may have set it: read back before anyone else gets it.
+        [read_back] = server.received()
+        self.assertEqual(read_back.payload, make_query("SELECT LAST_INSERT_ID()"))
+        server.send(vectors.LAST_INSERT_ID_ROWS)
+        self.assertEqual(self.pool.idle, [conn])
+        self.assertIs(conn.diagnostics, session)
+        other = self.connect()
+        other.query(SELECT)
+        [clear, _] = server.received()
+        self.assertEqual(clear.payload, make_query(
+            "SET SESSION last_insert_id=(SELECT 1 FROM (SELECT 1) AS pyproxy_clear)"))
+
     def test_own_warnings_are_not_cleared(self) -> None:
         """The client that left the warnings gets its connection back as it is."""
         conn, server = self.used_by_first_client("SELECT CAST('x' AS INT) AS n", vectors.WARNING_SELECT_DEOF)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.python.failure import Failure
+
 import vectors
 from pyproxy import auth
 from pyproxy.wire.commands import make_init_db, make_query
@@ -56,6 +58,32 @@ class KillTests(LoggedIn):
         self.assertEqual(ok.payload[0], 0)
         self.assertTrue(side.broken)  # closed once sent
         self.assertFalse(self.client.closed)
+
+    def test_a_vanished_clients_statement_is_stopped_after_a_moment(self) -> None:
+        """The client's socket closes mid-statement: its connection gets COM_QUIT (read only
+        after the statement), and a statement still running a moment later is stopped with
+        KILL QUERY over a connection of pyproxy's own."""
+        conn, server = self.first_backend(self.client, "SELECT GET_LOCK('x', 3600)")
+        self.client.protocol.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual([packet.payload for packet in server.received()], [b"\x01"])  # COM_QUIT
+        self.proxy.reactor.advance(0.5)
+        self.assertEqual(self.proxy.reactor.tcpClients, [])
+        self.proxy.reactor.advance(0.5)
+        side, side_server = self.side_connection()
+        [kill] = side_server.received()
+        self.assertEqual(kill.payload, make_query(f"KILL QUERY {conn.handshake.connection_id}"))
+        side_server.send(vectors.PING_OK)
+        self.assertTrue(side.broken)
+
+    def test_a_statement_that_ends_by_itself_costs_no_kill(self) -> None:
+        """A statement that ends after its client vanished: the server closes the connection
+        after the COM_QUIT, and nothing is killed."""
+        conn, server = self.first_backend(self.client, SELECT)
+        self.client.protocol.connectionLost(Failure(ConnectionError("gone")))
+        server.send(vectors.SELECT_DEOF)
+        conn.connectionLost(Failure(ConnectionError("server closed")))
+        self.proxy.reactor.advance(5)
+        self.assertEqual(self.proxy.reactor.tcpClients, [])
 
     def test_kill_connection_of_a_busy_client_waits_for_its_reply(self) -> None:
         """A client killed mid-statement gets its reply first, then is closed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import attrs
+
 import vectors
 from pyproxy import auth
 from pyproxy.wire.commands import make_set_option
@@ -80,10 +82,27 @@ class ChangeUserTests(LoggedIn):
         commands = self.client.protocol.commands
         self.assertEqual((commands.user, commands.pinned, commands.session.pin_reason), ("nopw", False, None))
 
-    def test_wrong_password_closes(self) -> None:
-        self.change_user("app", "wrong")
-        self.assertEqual(err_of(self.client.received()[0]), (1, 1045, "28000"))
-        self.assertTrue(self.client.closed)
+    def test_wrong_password_keeps_the_connection_three_times(self) -> None:
+        """As MariaDB (MDEV-3915): a refused COM_CHANGE_USER gets 1045 and the session
+        starts over as the user it had, with its schema and character sets; after three
+        refusals COM_CHANGE_USER is an unknown command, and the connection still serves."""
+        commands = self.client.protocol.commands
+        commands.session.state = attrs.evolve(commands.session.state, schema="app", character_set_client="latin1",
+                                              variables=(("sql_mode", "ANSI"),))
+        commands.session.pin("test")
+        for attempt in range(3):
+            self.change_user("app", "wrong")
+            self.assertEqual(err_of(self.client.received()[0]), (1, 1045, "28000"), attempt)
+            self.assertFalse(self.client.closed)
+            state = commands.session.state
+            self.assertEqual((commands.user, state.schema, state.character_set_client, state.variables,
+                              commands.session.pin_reason), ("app", "app", "utf8mb4", (), None))
+        self.change_user("app", "secret")
+        self.assertEqual(err_of(self.client.received()[0]), (1, 1047, "08S01"))
+        self.assertEqual(commands.user, "app")
+        self.client.send(b"\x0e")  # COM_PING, answered here
+        [ok] = self.client.received()
+        self.assertEqual(ok.payload[0], 0)
 
     def test_plugin_switch(self) -> None:
         """A plugin pyproxy cannot check gets an AuthSwitchRequest on the connection's nonce."""

@@ -21,7 +21,7 @@ from pyproxy.credential_sources import BackendLogin, Credential, Credentials, Ve
 from pyproxy.frontend import COMMANDS, FrontendProtocol
 from pyproxy.logs import get_logger
 from pyproxy.login import Identity, Login
-from pyproxy.wire.commands import make_init_db
+from pyproxy.wire.commands import make_init_db, make_query
 from pyproxy.config import build
 from pyproxy.proxy import Proxy, ServerInfo
 from pyproxy.wire.constants import (
@@ -590,6 +590,38 @@ class ThrottledLoginTests(SynchronousTestCase):
         login.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual((owner.accepted, owner.errors), ([], []))
+
+
+class ThrottledPastTheTimeoutTests(SynchronousTestCase):
+    """A throttled answer due after handshake_timeout: the timeout closes the connection and
+    the login ends with it (found by fuzz/fuzz_login.py: the delayed ERR was written to the
+    closing connection; fuzz/regressions/login/throttled-answer-after-timeout)."""
+
+    def client_answered_late(self, password: str) -> FakeClient:
+        proxy, _ = make_proxy(auth={"max_failures": 1, "failure_delay": 2.0})
+        for _ in range(3):
+            proxy.throttle.failed(PEER)
+        client = FakeClient(proxy)
+        proxy.reactor.advance(4)
+        self.assertEqual(client.login(password=password), [])  # the answer waits 2.5 s
+        return client
+
+    def test_refusal_due_after_the_timeout_is_never_written(self) -> None:
+        client = self.client_answered_late("wrong")
+        client.protocol.proxy.reactor.advance(1)
+        self.assertTrue(client.closed)
+        self.assertEqual(client.protocol.closed_reason, "handshake timeout")
+        client.protocol.proxy.reactor.advance(5)
+        self.assertEqual(client.raw(), b"")
+        self.assertEqual(client.protocol.proxy.reactor.getDelayedCalls(), [])
+
+    def test_acceptance_due_after_the_timeout_logs_no_one_in(self) -> None:
+        client = self.client_answered_late("secret")
+        client.protocol.proxy.reactor.advance(6)
+        self.assertEqual((client.raw(), client.protocol.proxy.logins), (b"", 0))
+        self.assertIsNone(client.protocol.session)
+        client.protocol.dataReceived(frame(make_query("SELECT 1"), 0))  # still in its socket
+        self.assertEqual(client.raw(), b"")
 
 
 class FrontendLookupTests(SynchronousTestCase):

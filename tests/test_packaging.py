@@ -8,6 +8,8 @@ Docker engine runs here to build it; the systemd unit is checked with
 from __future__ import annotations
 
 import configparser
+import io
+import json
 import os
 import re
 import shutil
@@ -60,6 +62,55 @@ def test_dockerfile_runs_pyproxy_as_a_user_with_a_health_check() -> None:
     # The health check scrapes the metrics page the image turns on.
     port = re.search(r"PYPROXY_METRICS_LISTEN=tcp:(\d+)", text)
     assert port and f"127.0.0.1:{port.group(1)}/metrics" in text
+
+
+#: What ``pip install .`` reads from the checkout: setup.cfg's metadata and packages, and
+#: setup.py with the build backend pyproject.toml names (the optional compiled build).
+BUILD_INPUTS = ("setup.cfg", "setup.py", "pyproject.toml", "packaging/build_backend.py", "README.rst",
+                "pyproxy", "twisted")
+
+
+def test_dockerfile_copies_what_the_install_reads() -> None:
+    """No Docker engine builds the image here, so its ``pip install .`` is not run: every
+    input of the build must at least be copied, and let through by .dockerignore."""
+    copied = {source.rstrip("/") for line in DOCKERFILE.read_text().splitlines() if line.startswith("COPY ")
+              for source in line.split()[1:-1]}
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    for name in BUILD_INPUTS:
+        assert name in copied, (name, copied)
+        assert name in allowed, (name, allowed)
+
+
+def test_build_backend_asks_for_mypy_only_for_the_compiled_build(tmp_path: Path) -> None:
+    """``pip install .`` (isolated) installs mypy only with PYPROXY_MYPYC=1, and setuptools'
+    own look at setup.py for its requirements, before mypy can be there, compiles nothing."""
+    for name in BUILD_INPUTS:
+        source, target = ROOT / name, tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        else:
+            shutil.copy2(source, target)
+    ask = ("import json, os, sys, build_backend; "
+           "print(json.dumps([build_backend.get_requires_for_build_wheel(), "
+           "build_backend.get_requires_for_build_editable(), "
+           "os.environ.get('PYPROXY_MYPYC'), 'mypyc' in sys.modules]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYPROXY_")}
+    env["PYTHONPATH"] = str(tmp_path / "packaging")
+    asked = {}
+    for variable in (None, "1"):
+        result = subprocess.run([sys.executable, "-c", ask], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120, check=False,
+                                env=env if variable is None else {**env, "PYPROXY_MYPYC": variable})
+        assert result.returncode == 0, result.stdout + result.stderr
+        asked[variable] = json.loads(result.stdout.splitlines()[-1])
+    pure_wheel, pure_editable, _, _ = asked[None]
+    wheel, editable, variable_after, compiled = asked["1"]
+    assert not any("mypy" in r for r in pure_wheel + pure_editable), asked
+    assert wheel == pure_wheel + ["mypy >= 2.4, < 3"] and editable == pure_editable + ["mypy >= 2.4, < 3"], asked
+    assert variable_after == "1" and not compiled, asked
+    assert not list(tmp_path.rglob("*.so")) and not (tmp_path / "build").exists()
 
 
 def systemd_analyze() -> str:
@@ -129,3 +180,13 @@ def test_aurora_example_passes_check_config(capsys: pytest.CaptureFixture[str],
         monkeypatch.delenv(name)
     assert cli.main(["check-config", str(AURORA)]) == 0
     assert "(writer)" in capsys.readouterr().out
+
+
+def test_readme_is_valid_restructuredtext() -> None:
+    """PyPI and every renderer refuse a README with errors; a table one character too
+    narrow for its label is one."""
+    docutils_core = pytest.importorskip("docutils.core", reason="docutils is a test extra (pip install .[test])")
+    errors = io.StringIO()
+    docutils_core.publish_string((ROOT / "README.rst").read_text(), writer_name="null",
+                                 settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": errors})
+    assert errors.getvalue() == ""

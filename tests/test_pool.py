@@ -164,6 +164,42 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(list(self.pool.waiters), [])
         self.assertEqual(self.pool.timeouts, 1)
 
+    def test_wait_without_a_deferred(self) -> None:
+        """wait(), the per-query path, lines up as borrow() does and calls back plainly:
+        served in order, timed out with 9001, cancelled without a call, refused when closed."""
+        self.make_pool(1)
+        self.pool.borrow(0)
+        conn = self.connector.succeed()
+        seen: list[Any] = []
+        first = self.pool.wait(0, False, lambda c: seen.append(("lent", 1, c)), lambda e: seen.append(("refused", 1, e)))
+        gone = self.pool.wait(0, False, lambda c: seen.append(("lent", 2, c)), lambda e: seen.append(("refused", 2, e)))
+        late = self.pool.wait(0, False, lambda c: seen.append(("lent", 3, c)), lambda e: seen.append(("refused", 3, e)))
+        assert first is not None and gone is not None and late is not None
+        self.assertEqual((seen, self.pool.waits), ([], 4))  # with the first borrow, which waited for its open
+        gone.cancel()
+        self.pool.give_back(conn)
+        self.assertEqual(seen, [("lent", 1, conn)])
+        self.assertTrue(first.done)
+        self.clock.advance(5)
+        [(kind, number, error)] = seen[1:]
+        self.assertEqual((kind, number, type(error), error.code), ("refused", 3, BorrowTimeout, 9001))
+        self.assertEqual(list(self.pool.waiters), [])
+        self.pool.close()
+        refused: list[BaseException] = []
+        self.assertIsNone(self.pool.wait(0, False, seen.append, refused.append))
+        self.assertEqual([error.code for error in refused], [2013])  # type: ignore[attr-defined]
+
+    def test_a_wait_served_at_once_is_done_when_it_returns(self) -> None:
+        """A connection may come before wait() returns: its Waiter says so (nothing to cancel)."""
+        self.connector = FakeConnector(self.clock)
+        opened = FakeConnection(0, self.clock)
+        self.pool = Pool("app", lambda flavor: defer.succeed(opened), self.clock, max_size=1, borrow_timeout=5)
+        seen: list[Any] = []
+        waiter = self.pool.wait(0, False, seen.append, seen.append)
+        assert waiter is not None
+        self.assertTrue(waiter.done)
+        self.assertEqual(seen, [opened])
+
     def test_served_waiter_timer_cancelled(self) -> None:
         """A waiter served in time leaves no timer behind."""
         self.pool.borrow(0)
@@ -231,6 +267,53 @@ class PoolTests(SynchronousTestCase):
         self.assertNoResult(d2)
         self.assertEqual(self.connector.pending(), [2])
         self.assertEqual(self.pool.idle, [conn])
+        self.check_size()
+
+    def opened(self, flavor: int) -> Any:
+        """A connection of ``flavor`` opened for a borrower, and lent to it."""
+        d = self.pool.borrow(flavor)
+        self.connector.succeed()
+        return self.successResultOf(d)
+
+    def waiting(self, flavor: int, fallback: int) -> list[Any]:
+        """A borrower on the per-query path: what it was lent, once it is."""
+        got: list[Any] = []
+        self.pool.wait(flavor, False, got.append, self.fail, fallback)
+        return got
+
+    def test_fallback_flavor_serves_when_its_own_is_not_idle(self) -> None:
+        """A borrower with a fallback takes an idle connection of its own flavor first,
+        most recently used first, else one of the fallback flavor; never another."""
+        self.make_pool(3)
+        own, other, modern = (self.opened(flavor) for flavor in (9, 3, 0))
+        for conn in (own, other, modern):
+            self.pool.give_back(conn)
+        self.assertIs(self.pool.try_borrow(9, 0), own)
+        self.assertIs(self.pool.try_borrow(9, 0), modern)
+        self.assertIsNone(self.pool.try_borrow(9, 0))
+        self.assertEqual(self.pool.idle, [other])
+        self.check_size()
+
+    def test_waiter_takes_a_connection_of_its_fallback_flavor(self) -> None:
+        """A connection given back goes to the oldest waiter it serves, by either flavor,
+        and an opening of the fallback flavor counts as one for it."""
+        self.make_pool(1)
+        modern = self.opened(0)
+        got = self.waiting(9, 0)
+        self.assertEqual(self.connector.pending(), [])  # full: it waits
+        self.pool.give_back(modern)
+        self.assertEqual(got, [modern])
+        self.assertEqual(modern.closed, None)
+        self.check_size()
+
+    def test_open_of_the_fallback_flavor_covers_a_waiter(self) -> None:
+        """A connection being opened (to keep one warm) of the fallback flavor will serve
+        the borrower: no other is opened for it."""
+        self.pool.open(0)
+        got = self.waiting(9, 0)
+        self.assertEqual(self.connector.pending(), [0])
+        conn = self.connector.succeed()
+        self.assertEqual(got, [conn])
         self.check_size()
 
     def test_full_pool_replaces_idle_for_another_flavor(self) -> None:
@@ -446,6 +529,43 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(self.pool.size(), 1)
         self.pool.end_check(conn)
         self.assertIs(self.pool.try_borrow(0), conn)
+
+    def test_a_connection_in_its_first_use_hook_counts_against_max_size(self) -> None:
+        """While the first connection answers what the pool must learn first
+        (``first_use``), it is still one of max_size: a borrower who comes meanwhile
+        gets no extra connection, and the hook's connection serves the oldest waiter."""
+        learning: defer.Deferred[None] = defer.Deferred()
+        self.pool.first_use = lambda conn: learning
+        first, second = self.pool.borrow(0), self.pool.borrow(0)
+        conn = self.connector.succeed(0)
+        self.assertEqual((self.pool.size(), self.connector.pending()), (2, [0]))
+        third = self.pool.borrow(0)
+        self.assertEqual(self.connector.pending(), [0])  # full: nothing more opens
+        learning.callback(None)
+        self.assertIs(self.successResultOf(first), conn)
+        self.assertNoResult(second)
+        self.assertNoResult(third)
+        self.check_size()
+
+    def test_a_connection_given_back_inside_a_placement_still_counts(self) -> None:
+        """A waiter served inside a placement gives its connection back at once and
+        lines up again: the connection queued for placement is not yet in any list,
+        and the pool must not open another one past max_size for the new waiter."""
+        self.make_pool(1)
+        d = self.pool.borrow(0)
+        holder = self.connector.succeed()
+        self.successResultOf(d)
+        seen: list[Any] = []
+
+        def lent(conn: Any) -> None:
+            self.pool.give_back(conn)
+            self.pool.wait(0, False, seen.append, seen.append)
+
+        self.pool.wait(0, False, lent, seen.append)
+        self.pool.give_back(holder)
+        self.assertEqual(self.connector.pending(), [])
+        self.assertEqual(seen, [holder])  # the queued connection served the new waiter
+        self.check_size()
 
 
 class LongLineTests(SynchronousTestCase):

@@ -367,36 +367,59 @@ class StatementTests(StatementTestCase):
         self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
         self.assertEqual(self.pool.idle, [conn])
 
-    def test_execute_on_another_connection_prepares_there(self) -> None:
-        """When the connection that prepared a statement is busy, EXECUTE runs on another
-        one: pyproxy prepares the statement there first, rewrites the statement id, and
-        adds the parameter types the client sent only with its first execute."""
-        sql = PREPARED_SQL
+    def execute_elsewhere(self, backend_id: int) -> bytes:
+        """The client executes PREPARED_SQL once, binding its types; another client then
+        holds that connection in a transaction, so the client's next execute, which
+        binds none (flag 0), runs on a second connection, where pyproxy prepares the
+        statement first and the server calls it ``backend_id``.  Returns the execute
+        that second connection was sent, once the client has the rows."""
         conn, server = self.prepared()
         self.client.send(EXECUTE_BOUND)
         server.received()
         server.send(vectors.EXECUTE_DEOF)
         self.client.raw()
-        # Another client holds the first connection in a transaction.
         other = self.connect()
         other.query("BEGIN")
-        [begin] = server.received()
+        server.received()
         server.send(vectors.BEGIN_OK)
         other.raw()
         self.assertEqual(self.pool.lent, {conn})
-        # The first client's second execute binds no types (flag 0).
         self.client.send(EXECUTE_UNBOUND)
         conn2, server2 = self.backends.open()
         [prepare] = server2.received()
-        self.assertEqual(prepare.payload, b"\x16" + sql)
+        self.assertEqual(prepare.payload, b"\x16" + PREPARED_SQL)
         reply = bytearray(vectors.PREPARE_DEOF)
-        reply[5:9] = (7).to_bytes(4, "little")  # this connection calls it statement 7
+        reply[5:9] = backend_id.to_bytes(4, "little")
         server2.send(bytes(reply))
         [execute] = server2.received()
-        self.assertEqual(execute.payload, b"\x17\x07\x00\x00\x00" + EXECUTE_BOUND[5:])
         server2.send(vectors.EXECUTE_DEOF)
         self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
         self.assertFalse(self.client.protocol.commands.pinned)
+        return execute.payload
+
+    def test_execute_on_another_connection_prepares_there(self) -> None:
+        """When the connection that prepared a statement is busy, EXECUTE runs on another
+        one: pyproxy prepares the statement there first, rewrites the statement id, and
+        adds the parameter types the client sent only with its first execute."""
+        self.assertEqual(self.execute_elsewhere(7), b"\x17\x07\x00\x00\x00" + EXECUTE_BOUND[5:])
+
+    def test_same_id_on_another_connection_still_gets_the_types(self) -> None:
+        """The other connection gave the statement the very id the client uses (1, as
+        every connection numbers its statements from 1): the id needs no change, but
+        the types the client bound only once still go in, since that copy of the
+        statement has none yet."""
+        self.assertEqual(self.execute_elsewhere(1), EXECUTE_BOUND)
+
+    def test_execute_of_the_last_prepared_statement_names_its_real_id(self) -> None:
+        """An execute may name "the statement prepared last" (0xFFFFFFFF, MariaDB):
+        the server gets the id its connection gave that statement."""
+        conn, server = self.prepared()
+        for _ in range(2):  # the second time, the connection knows the types already
+            self.client.send(b"\x17\xff\xff\xff\xff" + EXECUTE_BOUND[5:])
+            [execute] = server.received()
+            self.assertEqual(execute.payload, EXECUTE_BOUND)
+            server.send(vectors.EXECUTE_DEOF)
+            self.assertEqual(self.client.raw(), vectors.EXECUTE_DEOF)
 
     def test_unknown_statement_id(self) -> None:
         """EXECUTE of an id the client never prepared gets 1243 without borrowing anything."""

@@ -303,3 +303,90 @@ class ConnectAsTests(SynchronousTestCase):
         self.assertEqual(failure.value.code, 2003)
         self.assertIn("no RDS IAM token: RuntimeError", failure.value.message)
         self.assertEqual(self.targets, [])
+
+
+class IamProbeTests(SynchronousTestCase):
+    """[backend] iam: the target probes log in with an RDS token when their account has no
+    password of its own (the topology's connector replaced by a recorder)."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.probes: list[Any] = []
+        self.made: list[str] = []
+
+    def make(self, signer: Any = None, **sections: Any) -> Proxy:
+        sections.setdefault("backend", {})
+        sections["backend"] = {"iam": True, "host": "db.example.internal", "port": 3306,
+                               **sections["backend"]}
+        proxy = Proxy(build({"users": [{"name": "app", "password": "clients-pw"}],
+                             "health": {"interval": 10, "failure_threshold": 2}, **sections}),
+                      self.reactor, ServerInfo("10.11.19-MariaDB", 0xFFFFFFFF, 45, 2))
+        made = self.made
+
+        class Rds:
+            def generate_db_auth_token(self, **kwargs: Any) -> str:
+                made.append(kwargs["DBUsername"])
+                return f"db.example.internal:3306/?Action=connect&DBUser={kwargs['DBUsername']}&X-Amz-Signature=s"
+
+        proxy.authentication._rds_tokens[("db.example.internal", 3306)] = RdsTokens(
+            signer or Rds, "db.example.internal", 3306, synchronously, self.reactor)
+        proxy.topology._connect = self.connect
+        self.addCleanup(proxy.topology.stop)
+        return proxy
+
+    def connect(self, target: Any) -> defer.Deferred[Any]:
+        self.probes.append(target)
+        return defer.Deferred()  # the probe stays out: what matters is how it logged in
+
+    def test_probe_of_an_iam_user_logs_in_with_its_token(self) -> None:
+        """The probe account is the [[users]] entry, whose password is the clients' (never
+        sent to the server): the probe sends that user's RDS token, the same one its
+        pooled connections get."""
+        proxy = self.make()
+        proxy.topology.start()
+        [probe] = self.probes
+        self.assertEqual((probe.user, probe.password, probe.database), ("app", "", None))
+        self.assertTrue(probe.login.iam)
+        self.assertTrue(probe.token.startswith("db.example.internal:3306/?Action=connect&DBUser=app&"))
+        self.assertNotIn(probe.token, repr(probe))
+        self.assertEqual(self.successResultOf(proxy.authentication.rds_token("db.example.internal", 3306, "app")),
+                         probe.token)
+        self.assertEqual(self.made, ["app"])
+
+    def test_health_user_without_password_logs_in_with_its_token(self) -> None:
+        self.make(health={"user": "monitor"}).topology.start()
+        [probe] = self.probes
+        self.assertEqual((probe.user, probe.login.iam), ("monitor", True))
+        self.assertIn("DBUser=monitor&", probe.token)
+
+    def test_account_with_a_password_logs_in_with_it(self) -> None:
+        """A [health] user with a password of its own, and every probe without [backend] iam,
+        log in with the password as before."""
+        self.make(health={"user": "monitor", "password": "mon-pw"}).topology.start()
+        self.make(backend={"iam": False}).topology.start()
+        self.assertEqual([(probe.user, probe.password, probe.login, probe.token) for probe in self.probes],
+                         [("monitor", "mon-pw", None, ""), ("app", "clients-pw", None, "")])
+        self.assertEqual(self.made, [])
+
+    def test_no_token_is_a_failed_probe_logged_without_secrets(self) -> None:
+        """boto3 cannot sign: no connection is tried, the probe fails as for an unreachable
+        server (failure_threshold of them make the target down), and the log says so with
+        the kind of error only."""
+        from structlog.testing import capture_logs  # noqa: PLC0415
+
+        class NoCredentials:
+            def generate_db_auth_token(self, **kwargs: Any) -> str:
+                raise RuntimeError("Unable to locate credentials for AKIASECRET")
+
+        proxy = self.make(NoCredentials)
+        with capture_logs() as logs:
+            proxy.topology.start()
+            self.reactor.advance(1)
+        target = proxy.topology.writer
+        self.assertEqual((target.state, target.failures, self.probes), ("down", 2, []))
+        self.assertIn("no RDS IAM token: RuntimeError", target.last_error)
+        failed = [entry for entry in logs if entry["event"] == "rds_token_failed"]
+        self.assertEqual([(entry["log_level"], entry["user"], entry["error"], entry["target"]) for entry in failed],
+                         [("warning", "app", "RuntimeError", "db.example.internal:3306")] * 2)
+        self.assertNotIn("AKIASECRET", repr(logs))
+        self.assertNotIn("Unable to locate", repr(logs))

@@ -82,6 +82,23 @@ class ReleaseTests(LoggedIn):
         server.send(vectors.SESSION_SETUP)
         self.assertEqual(self.pool.idle, [conn])
 
+    def test_binlog_connection_is_closed_not_reset(self) -> None:
+        """BINLOG leaves a replication context a reset keeps (MDEV-32844): the connection
+        is pinned, and closed when its client leaves, whether it leaves or resets."""
+        for leave in ("quit", "reset"):
+            conn, server = self.first_backend(self.client, "BINLOG 'AAAA'")
+            server.send(vectors.PING_OK)
+            self.client.raw()
+            self.assertTrue(self.client.protocol.commands.pinned)
+            if leave == "quit":
+                self.client.protocol.connectionLost(Failure(ConnectionError("bye")))
+            else:
+                self.client.send(bytes((COM_RESET_CONNECTION,)))
+            self.assertEqual([packet.payload for packet in server.received()], [b"\x01"], leave)  # COM_QUIT
+            self.assertTrue(conn.broken, leave)
+            self.assertNotIn(conn, self.pool.idle)
+            self.client = self.connect()
+
     def test_client_leaves_mid_command(self) -> None:
         """A client gone while its command runs takes its backend with it: discarded, never reused."""
         conn, server = self.first_backend(self.client, SELECT)

@@ -47,11 +47,11 @@ class Relayed:
 
 
 def relay(reply: Reply, stream: bytes, deprecate_eof: bool, cuts: list[int] = (),  # type: ignore[assignment]
-          tracker: ResponseTracker | None = None) -> Relayed:
+          tracker: ResponseTracker | None = None, cursor: bool = False) -> Relayed:
     """Feeds ``stream`` in pieces cut at ``cuts`` as BackendConnection._relay_data does."""
     if tracker is None:
         tracker = ResponseTracker(deprecate_eof)
-        tracker.start(reply)
+        tracker.start(reply, cursor=cursor)
     forwarded = 0
     oks: list[tuple[int, int]] = []
     carry = b""
@@ -94,6 +94,8 @@ class Case:
     oks: tuple[int, ...] = ()
     prepared: tuple[int, int, int] | None = None
     untracked_change: bool = False
+    # A COM_STMT_EXECUTE that asked for a cursor.
+    cursor: bool = False
 
 
 def last_packet(stream: bytes) -> int:
@@ -112,9 +114,16 @@ CASES = [
     Case("execute", Reply.EXECUTE, vectors.EXECUTE_EOF, False, AUTOCOMMIT),
     Case("execute-deof", Reply.EXECUTE, vectors.EXECUTE_DEOF, True, AUTOCOMMIT, oks=(6,)),
     Case("cursor", Reply.EXECUTE, vectors.CURSOR_EXECUTE_EOF, False,
-         AUTOCOMMIT | SERVER_STATUS_CURSOR_EXISTS | NO_INDEX_USED),
+         AUTOCOMMIT | SERVER_STATUS_CURSOR_EXISTS | NO_INDEX_USED, cursor=True),
     Case("cursor-deof", Reply.EXECUTE, vectors.CURSOR_EXECUTE_DEOF, True,
-         AUTOCOMMIT | SERVER_STATUS_CURSOR_EXISTS | NO_INDEX_USED, oks=(3,)),
+         AUTOCOMMIT | SERVER_STATUS_CURSOR_EXISTS | NO_INDEX_USED, oks=(3,), cursor=True),
+    # A CALL whose routine has a cursor of its own: its flag is not the client's cursor.
+    Case("call-cursor", Reply.EXECUTE, vectors.CALL_CURSOR_EXECUTE_EOF, False,
+         AUTOCOMMIT | NO_INDEX_USED, oks=(5,)),
+    Case("call-cursor-asked", Reply.EXECUTE, vectors.CALL_CURSOR_EXECUTE_EOF, False,
+         AUTOCOMMIT | NO_INDEX_USED, oks=(5,), cursor=True),
+    Case("call-cursor-deof", Reply.EXECUTE, vectors.CALL_CURSOR_EXECUTE_DEOF, True,
+         AUTOCOMMIT | NO_INDEX_USED, oks=(3, 4), cursor=True),
     Case("fetch", Reply.FETCH, vectors.FETCH_EOF, False, AUTOCOMMIT | SERVER_STATUS_CURSOR_EXISTS),
     Case("fetch-deof", Reply.FETCH, vectors.FETCH_DEOF, True, AUTOCOMMIT | SERVER_STATUS_CURSOR_EXISTS,
          oks=(1,)),
@@ -172,20 +181,21 @@ def check(case: Case, got: Relayed) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_whole_reply(case: Case) -> None:
     """The reply scanned in one piece ends at its last byte with the right outcome."""
-    check(case, relay(case.reply, case.stream, case.deprecate_eof))
+    check(case, relay(case.reply, case.stream, case.deprecate_eof, cursor=case.cursor))
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES)
 def test_reply_split_at_every_position(case: Case) -> None:
     """However the reply is cut in two, the outcome is the same."""
     for cut in range(len(case.stream) + 1):
-        check(case, relay(case.reply, case.stream, case.deprecate_eof, [cut]))
+        check(case, relay(case.reply, case.stream, case.deprecate_eof, [cut], cursor=case.cursor))
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES)
 def test_reply_byte_by_byte(case: Case) -> None:
     """Fed one byte per read, the reply still ends exactly at its end."""
-    check(case, relay(case.reply, case.stream, case.deprecate_eof, list(range(1, len(case.stream)))))
+    check(case, relay(case.reply, case.stream, case.deprecate_eof, list(range(1, len(case.stream))),
+                      cursor=case.cursor))
 
 
 def test_not_done_before_last_byte() -> None:
@@ -194,7 +204,7 @@ def test_not_done_before_last_byte() -> None:
         if case.name == "prepare-deof":
             continue  # test_prepare_deof_not_done_inside_last_definition
         for cut in range(len(case.stream)):
-            got = relay(case.reply, case.stream[:cut], case.deprecate_eof)
+            got = relay(case.reply, case.stream[:cut], case.deprecate_eof, cursor=case.cursor)
             assert got.tracker.state != DONE, (case.name, cut)
 @pytest.mark.parametrize("stream", [
     vectors.PREPARE_DEOF,
@@ -350,6 +360,35 @@ def test_classic_eof_with_state_change_is_untracked() -> None:
     tracker = relay(Reply.RESULT, stream, False).tracker
     assert tracker.state == DONE
     assert tracker.untracked_change
+
+
+def test_ok_after_a_flagged_eof_reports_the_change() -> None:
+    """In a CALL the result set's classic EOF flags the change, and the CALL's final OK,
+    which carries every change not yet reported, says what it was: nothing is left
+    untracked."""
+    stream = result_set([b"\x01a"], False)
+    flags = AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED | SERVER_MORE_RESULTS_EXISTS
+    stream = stream[:-2] + flags.to_bytes(2, "little")
+    last = packet_bounds(stream)[-1]
+    ok = PacketFramer().feed(vectors.SET_NAMES_OK)[0].payload
+    stream += frame(ok, stream[last[0] + 3] + 1)
+    got = relay(Reply.RESULT, stream, False)
+    assert got.tracker.state == DONE
+    assert not got.tracker.untracked_change
+    assert got.tracker.changed
+
+
+def test_ok_without_a_state_block_leaves_the_change_untracked() -> None:
+    """An OK without SERVER_SESSION_STATE_CHANGED reports nothing, not even what a
+    classic EOF before it flagged (the server keeps that for its next OK with a block)."""
+    stream = result_set([b"\x01a"], False)
+    flags = AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED | SERVER_MORE_RESULTS_EXISTS
+    stream = stream[:-2] + flags.to_bytes(2, "little")
+    last = packet_bounds(stream)[-1]
+    stream += frame(make_ok(AUTOCOMMIT), stream[last[0] + 3] + 1)
+    got = relay(Reply.RESULT, stream, False)
+    assert got.tracker.state == DONE
+    assert got.tracker.untracked_change
 
 
 def test_deprecate_eof_ok_with_state_change_is_reported() -> None:

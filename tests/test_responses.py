@@ -13,6 +13,8 @@ from pyproxy.wire.constants import (
     SERVER_STATUS_IN_TRANS,
     SESSION_TRACK_SCHEMA,
     SESSION_TRACK_STATE_CHANGE,
+    SESSION_TRACK_TRANSACTION_CHARACTERISTICS,
+    SESSION_TRACK_TRANSACTION_STATE,
 )
 from pyproxy.wire.framing import PacketFramer
 from pyproxy.wire.responses import (
@@ -25,6 +27,7 @@ from pyproxy.wire.responses import (
     make_err,
     make_ok,
     make_ok_tracked,
+    make_prepare_ok,
     ok_status,
     parse_err,
     parse_ok,
@@ -225,3 +228,86 @@ def test_filter_session_track_drops_the_flag_when_nothing_is_left() -> None:
     assert bare == make_ok_tracked(parsed.status)
     schema = parse_ok(filter_session_track(ok, None, frozenset({SESSION_TRACK_SCHEMA})), True)
     assert schema.changes == SessionChanges(schema="mysql")
+
+
+# OKs MariaDB 10.11 sent after ``SET character_set_database = ucs2`` (then ``utf32``): the
+# buffer the OK is written into has the database collation, whose minimum character length
+# pads the empty info's one-byte length with zeros before the state block.
+PADDED_UCS2 = b"\x00\x00\x00\x02@\x00\x00\x00\x00!\x00\x1c\x16character_set_database\x04ucs2\x02\x011"
+PADDED_UTF32_SET_NAMES = (b"\x00\x00\x00\x02@\x00\x00\x00\x00\x00\x00\\\x00\x1e\x18character_set_connection"
+                          b"\x04ujis\x00\x1a\x14character_set_client\x04ujis\x00\x1b\x15character_set_results"
+                          b"\x04ujis\x02\x011")
+PADDED_USER_VARIABLE = b"\x00\x00\x00\x02@\x00\x00\x00\x00\x03\x02\x011"
+
+
+@pytest.mark.parametrize(("payload", "variables"), [
+    (PADDED_UCS2, (("character_set_database", "ucs2"),)),
+    (PADDED_UTF32_SET_NAMES, (("character_set_connection", "ujis"), ("character_set_client", "ujis"),
+                              ("character_set_results", "ujis"))),
+    (PADDED_USER_VARIABLE, ()),
+])
+def test_padded_state_block_is_read(payload: bytes, variables: tuple[tuple[str, str], ...]) -> None:
+    """Read strictly these blocks would be empty, and the SET NAMES lost."""
+    ok = parse_ok(payload, session_track=True)
+    assert ok.info == b""
+    assert ok.changes == SessionChanges(variables=variables, state_changed=True)
+    # A client that tracks state gets the block without the padding.
+    filtered = filter_session_track(payload, None, frozenset((SESSION_TRACK_STATE_CHANGE,)))
+    assert parse_ok(filtered, session_track=True).changes == ok.changes
+    assert filtered.count(b"\x00\x00\x00\x00") == 0
+
+
+def test_unpadded_block_followed_by_garbage_is_read_as_before() -> None:
+    """Only zeros and a length that ends exactly at the packet's end count as padding."""
+    payload = b"\x00\x00\x00\x02@\x00\x00\x00\x03\x02\x011\x07"
+    assert parse_ok(payload, session_track=True).changes == SessionChanges(state_changed=True)
+    not_to_the_end = b"\x00\x00\x00\x02@\x00\x00\x00\x00\x03\x02\x011\x00"
+    assert parse_ok(not_to_the_end, session_track=True).changes == SessionChanges()
+
+
+# OKs MariaDB 10.11 sent with session_track_transaction_info = CHARACTERISTICS after
+# ``SET character_set_database = utf32`` (or ucs2): the characteristics are written in
+# that character set, with three (one) stray bytes after them, and the entry's two
+# one-byte lengths are cut to eight bits once the text passes 250 bytes.
+_UNCOMMITTED = "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED;"
+UTF32_SET_TRANSACTION = (b"\x00\x00\x00\x02@\x00\x00\x00\x00\x00\x00\xca\x04\xc8\xc7"
+                         + _UNCOMMITTED.encode("utf-32-be") + b"\x00\x00\x00")
+UTF32_CUT_LENGTHS = (b"\x00\x00\x00\x03@\x00\x00\x00\x00\x00\x00\xfc!\x01\x05\t\x08T_______\x04\x14\x13"
+                     + (_UNCOMMITTED + " START TRANSACTION;").encode("utf-32-be") + b"\x00\x00\x00")
+UCS2_START_READ_ONLY = (b"\x00\x00\x00\x03`\x01\x00\x00\x00\xdf\x05\t\x08T_R_____\x04\xd2\xd1"
+                        + (_UNCOMMITTED + " START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;")
+                        .encode("utf-16-be") + b"\x00")
+
+
+@pytest.mark.parametrize(("payload", "state", "characteristics"), [
+    (UTF32_SET_TRANSACTION, None, _UNCOMMITTED),
+    (UTF32_CUT_LENGTHS, "T_______", _UNCOMMITTED + " START TRANSACTION;"),
+    (UCS2_START_READ_ONLY, "T_R_____", _UNCOMMITTED + " START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;"),
+    (b"\x00\x00\x00\x02@\x00\x00\x00\x0e\x05\t\x08________\x04\x01\x00", "________", ""),
+], ids=["utf32", "utf32-cut-lengths", "ucs2", "ascii-empty"])
+def test_wide_transaction_characteristics_are_read(payload: bytes, state: str | None,
+                                                   characteristics: str) -> None:
+    """Read by its cut lengths the entry would leave garbage that fails the whole OK (and
+    with it the client's connection); read to the block's end it gives the statements."""
+    ok = parse_ok(payload, session_track=True)
+    assert ok.changes == SessionChanges(transaction_state=state, transaction_characteristics=characteristics)
+    # A client that tracks them gets an entry whose lengths frame it.
+    kinds = frozenset((SESSION_TRACK_TRANSACTION_STATE, SESSION_TRACK_TRANSACTION_CHARACTERISTICS))
+    filtered = filter_session_track(payload, None, kinds)
+    assert parse_ok(filtered, session_track=True).changes == ok.changes
+
+
+def test_characteristics_before_the_state_are_read_by_their_lengths() -> None:
+    """Another server may write the characteristics first: a sound entry ends where its
+    lengths say, and the state entry after it is read too."""
+    text = b"SET TRANSACTION READ ONLY;"
+    block = b"\x04" + lenenc_bytes(lenenc_bytes(text)) + b"\x05\t\x08T_______"
+    payload = b"\x00\x00\x00\x02@\x00\x00\x00" + lenenc_bytes(block)
+    assert parse_ok(payload, session_track=True).changes == SessionChanges(
+        transaction_state="T_______", transaction_characteristics=text.decode())
+
+
+def test_make_prepare_ok_matches_the_server() -> None:
+    """The prepare OK MariaDB sent for a statement with 3 columns and 2 parameters."""
+    [packet] = PacketFramer().feed(vectors.PREPARE_DEOF)[:1]
+    assert make_prepare_ok(1, 3, 2) == packet.payload

@@ -17,6 +17,7 @@ from pyproxy.session import (
     initial_state,
     needs_reset,
     reconcile,
+    reset_state,
     tracking,
     tracking_assignments,
 )
@@ -88,8 +89,8 @@ def test_reconcile_one_set_for_all_variables() -> None:
                            character_set_results="", character_set_connection="latin1",
                            collation_connection="latin1_bin")
     assert reconcile(desired, FRESH) == [make_query(
-        "SET SESSION autocommit=0, character_set_client='latin1', character_set_results=NULL, "
-        "character_set_connection='latin1', collation_connection='latin1_bin'")]
+        "SET SESSION autocommit=0, character_set_client=_utf8mb4'latin1', character_set_results=NULL, "
+        "character_set_connection=_utf8mb4'latin1', collation_connection=_utf8mb4'latin1_bin'")]
 
 
 def test_reconcile_init_db() -> None:
@@ -119,7 +120,7 @@ def test_reconcile_collation_after_character_set_connection() -> None:
     """Changing character_set_connection resets the collation, so it is set again after it."""
     desired = attrs.evolve(FRESH, character_set_connection="latin1")
     assert reconcile(desired, FRESH) == [make_query(
-        "SET SESSION character_set_connection='latin1', collation_connection='utf8mb4_general_ci'")]
+        "SET SESSION character_set_connection=_utf8mb4'latin1', collation_connection=_utf8mb4'utf8mb4_general_ci'")]
 
 
 def test_reconcile_order_and_count() -> None:
@@ -131,9 +132,9 @@ def test_reconcile_order_and_count() -> None:
 
 
 def test_reconcile_quotes_values() -> None:
-    """Values are quoted as SQL strings, quotes and backslashes escaped."""
+    """Values with quotes, backslashes or more than ASCII go as hex: no escaping, whatever sql_mode says."""
     desired = attrs.evolve(FRESH, character_set_client="a'b\\c")
-    assert reconcile(desired, FRESH) == [make_query("SET SESSION character_set_client='a''b\\\\c'")]
+    assert reconcile(desired, FRESH) == [make_query("SET SESSION character_set_client=_utf8mb4 X'6127625c63'")]
 
 
 # -- tracked changes ----------------------------------------------------------
@@ -154,7 +155,7 @@ def test_set_names_collation_follows_character_set() -> None:
     s.observe_changes(changes_of(vectors.SET_NAMES_OK), b"SET NAMES latin1")
     assert s.state.collation_connection is None
     [command] = reconcile(s.state, FRESH)
-    assert b"character_set_connection='latin1'" in command
+    assert b"character_set_connection=_utf8mb4'latin1'" in command
     assert b"collation_connection" not in command
 
 
@@ -164,14 +165,14 @@ def test_set_names_collate_clause_is_carried() -> None:
     s.observe_changes(changes_of(vectors.SET_NAMES_OK), b"SET NAMES latin1 COLLATE latin1_bin")
     assert s.state.collation_connection == "latin1_bin"
     [command] = reconcile(s.state, FRESH)
-    assert command.endswith(b"character_set_connection='latin1', collation_connection='latin1_bin'")
+    assert command.endswith(b"character_set_connection=_utf8mb4'latin1', collation_connection=_utf8mb4'latin1_bin'")
 
 
 def test_default_collation_is_restored_by_setting_the_charset() -> None:
     """A backend with an explicit collation goes back to the default by re-setting the charset."""
     explicit = attrs.evolve(FRESH, collation_connection="utf8mb4_bin")
     default = attrs.evolve(FRESH, collation_connection=None)
-    assert reconcile(default, explicit) == [make_query("SET SESSION character_set_connection='utf8mb4'")]
+    assert reconcile(default, explicit) == [make_query("SET SESSION character_set_connection=_utf8mb4'utf8mb4'")]
 
 
 def test_use_is_carried() -> None:
@@ -180,6 +181,63 @@ def test_use_is_carried() -> None:
     assert s.observe_changes(changes_of(vectors.USE_OK), b"USE mysql") is None
     assert s.state.schema == "mysql"
     assert not keeps_backend(s)
+
+
+def test_database_charset_is_carried_until_the_next_use() -> None:
+    """SET character_set_database lasts until a USE gives the schema's own back."""
+    s = session(schema="app")
+    s.observe_changes(SessionChanges((("character_set_database", "ucs2"),), state_changed=True),
+                      b"SET character_set_database = ucs2")
+    assert s.state.database_charset == ("character_set_database", "ucs2")
+    assert reconcile(s.state, attrs.evolve(FRESH, schema="app")) == [
+        make_query("SET SESSION character_set_database=_utf8mb4'ucs2'")]
+    # Another schema on the connection: USE first (which sets the schema's own), then the SET.
+    assert reconcile(s.state, attrs.evolve(FRESH, schema="other")) == [
+        make_init_db("app"), make_query("SET SESSION character_set_database=_utf8mb4'ucs2'")]
+    # The connection goes to a client that never set it: USE gives the schema's own back.
+    assert reconcile(session(schema="app").state, s.state) == [make_init_db("app")]
+    s.observe_changes(SessionChanges((("collation_database", "utf16_bin"),), state_changed=True), None)
+    assert s.state.database_charset == ("collation_database", "utf16_bin")
+    s.observe_changes(changes_of(vectors.USE_OK), b"USE mysql")
+    assert s.state.database_charset is None and s.state.schema == "mysql"
+
+
+def test_database_charset_reported_with_a_schema_is_the_schemas() -> None:
+    s = session(schema="app")
+    s.observe_changes(SessionChanges((("character_set_database", "latin1"),), schema="other",
+                                     state_changed=True), b"USE other")
+    assert s.state.database_charset is None and s.state.schema == "other"
+
+
+def test_database_charset_without_schema_needs_a_new_session() -> None:
+    """No USE gives a schema-less session its default back; a reset does."""
+    left = attrs.evolve(FRESH, database_charset=("character_set_database", "ujis"))
+    assert needs_reset(FRESH, left)
+    assert not needs_reset(left, FRESH)
+    assert not needs_reset(attrs.evolve(FRESH, schema="app"), attrs.evolve(left, schema="app"))
+
+
+def test_reset_leaves_the_servers_database_charset_not_the_schemas() -> None:
+    """COM_RESET_CONNECTION keeps the schema, but its character set becomes the global one:
+    a client that wants the schema's own gets the schema chosen again, a client that reset
+    its own session gets the global value by a SET."""
+    after = reset_state(45, "information_schema", True, False)
+    assert after.schema == "information_schema" and after.database_charset is not None
+    chosen = attrs.evolve(FRESH, schema="information_schema")
+    assert reconcile(chosen, after) == [make_init_db("information_schema")]
+    assert reconcile(after, chosen) == [make_query("SET SESSION collation_database=@@GLOBAL.collation_database")]
+    assert reconcile(after, after) == []
+    # Without a schema a reset gives what a new session has: nothing to carry.
+    assert reset_state(45, None, True, False) == FRESH
+    assert needs_reset(FRESH, after)
+
+
+def test_collation_connection_alone_sets_the_character_set() -> None:
+    """SET collation_connection reports only itself, yet changes character_set_connection."""
+    s = session()
+    s.observe_changes(SessionChanges((("collation_connection", "ucs2_general_ci"),), state_changed=True),
+                      b"SET collation_connection = ucs2_general_ci")
+    assert (s.state.character_set_connection, s.state.collation_connection) == ("ucs2", "ucs2_general_ci")
 
 
 def test_empty_schema_means_none() -> None:
@@ -247,7 +305,7 @@ def test_session_variables_are_carried() -> None:
     assert s.observe_changes(changes, b"SET sql_mode='ANSI', time_zone='+02:00'") is None
     assert s.state.variables == (("sql_mode", "ANSI"), ("time_zone", "+02:00"))
     assert not keeps_backend(s)
-    assert reconcile(s.state, FRESH) == [make_query("SET SESSION sql_mode='ANSI', time_zone='+02:00'")]
+    assert reconcile(s.state, FRESH) == [make_query("SET SESSION sql_mode=_utf8mb4'ANSI', time_zone=_utf8mb4'+02:00'")]
     assert reconcile(FRESH, s.state) == [make_query("SET SESSION sql_mode=DEFAULT, time_zone=DEFAULT")]
 
 
@@ -512,8 +570,8 @@ def test_tracking_assignments_leave_out_what_the_client_set() -> None:
     """The SET that gives a connection a client's settings skips those it set itself."""
     assert tracking_assignments(tracking("time_zone", "1", "0", "STATE"),
                                 frozenset({"session_track_schema"})) == make_query(
-        "SET SESSION session_track_system_variables='time_zone', session_track_state_change='OFF', "
-        "session_track_transaction_info='STATE'")
+        "SET SESSION session_track_system_variables=_utf8mb4'time_zone', session_track_state_change=_utf8mb4'OFF', "
+        "session_track_transaction_info=_utf8mb4'STATE'")
     assert tracking_assignments(DEFAULT_TRACKING, frozenset(TRACKING_VARIABLES)) is None
 
 
@@ -545,3 +603,15 @@ def test_savepoint_holds_with_autocommit_off_until_the_transaction_ends() -> Non
     s.observe_savepoint()
     s.lose_transaction()
     assert not s.holds_state()
+
+
+@pytest.mark.parametrize(("sql", "completion", "ends"), [
+    (b"COMMIT RELEASE", None, True), (b"  rollback work release", None, True),
+    (b"commit and no chain release", None, True), (b"COMMIT", None, False),
+    (b"\ncommit", "RELEASE", True), (b"ROLLBACK", "2", True), (b"COMMIT", "NO_CHAIN", False),
+    (b"SELECT 1", "RELEASE", False), (b"release savepoint a", "RELEASE", False), (b"", None, False),
+])
+def test_ends_session(sql: bytes, completion: str | None, ends: bool) -> None:
+    """COMMIT/ROLLBACK RELEASE, or either with completion_type = RELEASE, end the server session."""
+    s = session(variables=(("completion_type", completion),) if completion else ())
+    assert s.ends_session(sql) is ends

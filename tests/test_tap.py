@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 import structlog
 from twisted.internet.task import Clock
@@ -116,3 +117,39 @@ def test_file_limit_raised_towards_what_clients_need(monkeypatch: pytest.MonkeyP
     big = build({"users": [{"name": "app", "password": "pw"}]})
     assert raise_file_limit(big, Log()) == 4096
     assert warnings and warnings[0]["event"] == "file_limit_low" and warnings[0]["limit"] == 4096
+
+
+def test_startup_logins_with_backend_iam(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[backend] iam: the start-up check logs in as the running proxy will, each user with its
+    RDS token (never the password its clients use), and a [health] user without a password
+    with its own; a token that cannot be made stops start-up naming the kind of error only."""
+    from pyproxy import aws, tap  # noqa: PLC0415
+
+    class Rds:
+        def generate_db_auth_token(self, DBHostname: str, Port: int, DBUsername: str,  # noqa: N803
+                                   Region: str | None = None) -> str:
+            return f"{DBHostname}:{Port}/?Action=connect&DBUser={DBUsername}&X-Amz-Signature=s"
+
+    monkeypatch.setattr(aws, "client", lambda service, config: Rds())
+    config = configuration.build({"backend": {"iam": True, "tls": "verify", "host": "db.internal"},
+                                  "users": [{"name": "app", "password": "clients-pw"}],
+                                  "health": {"user": "monitor"}})
+    server = config.backend.servers()[0]
+    logins = tap._startup_logins(config, server)
+    assert [(account, target.user, target.password, target.login.iam, target.token) for account, target in logins] == [
+        ("user 'app'", "app", "", True, "db.internal:3306/?Action=connect&DBUser=app&X-Amz-Signature=s"),
+        ("[health] user 'monitor'", "monitor", "", True,
+         "db.internal:3306/?Action=connect&DBUser=monitor&X-Amz-Signature=s")]
+    with_password = attrs.evolve(config, health=attrs.evolve(config.health, password="mon-pw"))
+    [_, (_, probe)] = tap._startup_logins(with_password, server)
+    assert (probe.password, probe.login, probe.token) == ("mon-pw", None, "")
+
+    class NoCredentials:
+        def generate_db_auth_token(self, **kwargs: object) -> str:
+            raise RuntimeError("Unable to locate credentials AKIASECRET")
+
+    monkeypatch.setattr(aws, "client", lambda service, config: NoCredentials())
+    with pytest.raises(tap.StartupError) as refused:
+        tap._startup_logins(config, server)
+    assert str(refused.value) == ("cannot make an RDS IAM token for 'app' on backend db.internal:3306 "
+                                  "([backend] iam): RuntimeError")

@@ -517,3 +517,69 @@ class AwaitWriterTests(SynchronousTestCase):
         monitor.queries[0][1].callback("0")
         self.run_for(0.25)
         self.assertEqual(len(monitor.queries), 2)
+
+
+class AsynchronousLoginTests(SynchronousTestCase):
+    """A probe whose login is made first (an RDS token, made in a thread): the probe waits
+    for it, and a login that cannot be made is a failed probe, like an unreachable server."""
+
+    setUp = TopologyTests.setUp
+    run_for = TopologyTests.run_for
+    states = TopologyTests.states
+
+    def topology(self, login: Any) -> Topology:
+        topology = Topology([A], self.clock, login, connector=self.servers, interval=10,
+                            failure_threshold=2, backoff_max=8)
+        self.addCleanup(topology.stop)
+        return topology
+
+    def test_probe_waits_for_the_login(self) -> None:
+        logins: list[defer.Deferred[Target]] = []
+        topology = self.topology(lambda server: logins.append(defer.Deferred()) or logins[-1])
+        topology.start()
+        self.assertEqual((self.servers.monitors["a"], topology.targets[0].probing), ([], True))
+        logins[0].callback(Target("a", 1, "mon", "", token="a:1/?Action=connect"))
+        self.assertEqual(self.states(topology), {"a": UP})
+        self.assertEqual(len(self.servers.monitors["a"]), 1)
+
+    def test_login_that_cannot_be_made_fails_the_probe(self) -> None:
+        """Each probe asks for a login again; failures count, back off and make the
+        target down; once a login can be made, the next probe finds it up."""
+        made: list[bool] = []
+        fail = [True]
+
+        def login(server: TargetConfig) -> defer.Deferred[Target]:
+            made.append(True)
+            if fail[0]:
+                return defer.fail(BackendError(2003, "HY000", "Can't connect (no RDS IAM token: NoCredentialsError)"))
+            return defer.succeed(Target(server.host, server.port, "mon", ""))
+
+        topology = self.topology(login)
+        topology.start()
+        target = topology.targets[0]
+        self.assertEqual((target.state, target.failures), (UNKNOWN, 1))
+        self.assertIn("no RDS IAM token", target.last_error)
+        self.run_for(1)  # the second opinion, a second later
+        self.assertEqual((target.state, target.failures, len(made)), (DOWN, 2, 2))
+        self.assertEqual(self.servers.monitors["a"], [])
+        fail[0] = False
+        self.run_for(2)  # backoff: 2 s after the second failure
+        self.assertEqual((target.state, len(made)), (UP, 3))
+
+    def test_login_failing_synchronously_is_a_failed_probe(self) -> None:
+        def login(server: TargetConfig) -> Target:
+            raise BackendError(2003, "HY000", "no token")
+
+        topology = self.topology(login)
+        topology.start()
+        self.assertEqual((topology.targets[0].failures, topology.targets[0].last_error), (1, "(2003) no token"))
+
+    def test_stopped_while_the_login_is_made(self) -> None:
+        """No monitor connection is opened for a login that comes after stop()."""
+        pending: defer.Deferred[Target] = defer.Deferred()
+        topology = self.topology(lambda server: pending)
+        topology.start()
+        topology.stop()
+        pending.callback(Target("a", 1, "mon", ""))
+        self.assertEqual(self.servers.monitors["a"], [])
+        self.assertFalse(topology.targets[0].probing)

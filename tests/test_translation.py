@@ -8,10 +8,13 @@ later sequence id moved up, whatever the read boundaries.
 
 from __future__ import annotations
 
+from typing import Any
+
 import vectors
+from pyproxy.wire.buffer import lenenc_bytes
 from pyproxy.wire.commands import make_query
-from pyproxy.wire.constants import CLIENT, COMMAND
-from pyproxy.wire.framing import PacketFramer
+from pyproxy.wire.constants import CLIENT, COMMAND, SERVER_SESSION_STATE_CHANGED, SERVER_STATUS_AUTOCOMMIT
+from pyproxy.wire.framing import PacketFramer, frame
 from test_frontend import CLIENT_CAPS, LoggedIn
 
 CLASSIC_CAPS = CLIENT_CAPS & ~CLIENT.DEPRECATE_EOF
@@ -34,8 +37,26 @@ def packets(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+def idle_modern_connection(test: LoggedIn) -> Any:
+    """A connection with DEPRECATE_EOF left idle by a client that has it: a client
+    without it takes such a connection rather than open one of its own kind."""
+    modern = test.connect(CLIENT_CAPS)
+    modern.query("DO 1")
+    conn, server = test.backends.open()
+    test.assertTrue(conn.capabilities & CLIENT.DEPRECATE_EOF)
+    server.received()
+    server.send(vectors.PING_OK)
+    modern.raw()
+    test.assertEqual(test.pool.idle, [conn])
+    return conn, server
+
+
 class TranslationTests(LoggedIn):
     caps = CLASSIC_CAPS
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.conn, self.server = idle_modern_connection(self)
 
     def backend_for(self, payload: bytes):
         """Sends a command and returns the server side that received it."""
@@ -103,6 +124,10 @@ class TranslationTests(LoggedIn):
         # A cursor asked for and not opened (a CALL's results cannot be one): the rows come
         # as for any execute, and the client gets its EOF after the definitions.
         self.check(commands["CURSOR_EXECUTE"], vectors.EXECUTE_DEOF, vectors.EXECUTE_EOF)
+        # A CALL whose routine opens a cursor of its own: its result set's EOFs carry
+        # SERVER_STATUS_CURSOR_EXISTS (with MORE_RESULTS), which is no cursor of the client's.
+        for name in ("EXECUTE", "CURSOR_EXECUTE"):
+            self.check(commands[name], vectors.CALL_CURSOR_EXECUTE_DEOF, vectors.CALL_CURSOR_EXECUTE_EOF)
 
 
 class BinaryProtocolTests(LoggedIn):
@@ -113,11 +138,12 @@ class BinaryProtocolTests(LoggedIn):
         connections opened without it too, and gets the server's replies unchanged:
         libmariadb takes mysql_stmt_execute()'s warning count from the EOF after the
         column definitions, which only such a connection sends with the right count.
-        Its text queries before that shared connections with DEPRECATE_EOF."""
+        Its text queries before that could share connections with DEPRECATE_EOF."""
+        modern, modern_server = idle_modern_connection(self)
         self.client.query("DO 1")
-        modern, modern_server = self.backends.open()
-        self.assertTrue(modern.capabilities & CLIENT.DEPRECATE_EOF)
-        modern_server.received()
+        self.assertEqual(self.pool.lent, {modern})  # translated
+        [do] = modern_server.received()
+        self.assertEqual(do.payload, make_query("DO 1"))
         modern_server.send(vectors.PING_OK)
         self.client.raw()
         self.client.send(bytes((COMMAND.COM_STMT_PREPARE,)) + b"SELECT id, name, ? AS p FROM app.t WHERE id >= ?")
@@ -141,3 +167,109 @@ class BinaryProtocolTests(LoggedIn):
         server.send(bytes(reply))
         self.assertEqual(self.client.raw(), bytes(reply))
         self.assertEqual(self.pool.idle, [modern, classic])
+
+
+def flag_state_change(classic: bytes) -> bytes:
+    """A classic reply with SERVER_SESSION_STATE_CHANGED set on its EOFs, as the server
+    sends it when the statement changed session state it cannot describe there."""
+    out = []
+    for p in PacketFramer().feed(classic):
+        payload = p.payload
+        if payload[:1] == b"\xfe" and len(payload) == 5:
+            status = int.from_bytes(payload[3:5], "little") | SERVER_SESSION_STATE_CHANGED
+            payload = payload[:3] + status.to_bytes(2, "little")
+        out.append(frame(payload, p.seq))
+    return b"".join(out)
+
+
+class ClassicConnectionTests(LoggedIn):
+    """A client without CLIENT_DEPRECATE_EOF, with no connection of the other kind idle,
+    gets one without it: the server's replies pass unchanged.  Its EOFs say only that
+    state changed; pyproxy pins only where nothing else explains it."""
+
+    caps = CLASSIC_CAPS
+
+    def first(self, sql: str) -> Any:
+        self.client.query(sql)
+        conn, server = self.backends.open()
+        self.assertFalse(conn.capabilities & CLIENT.DEPRECATE_EOF)
+        [command] = server.received()
+        self.assertEqual(command.payload, make_query(sql))
+        return conn, server
+
+    def test_replies_pass_unchanged(self) -> None:
+        conn, server = self.first("SELECT id, name FROM app.t ORDER BY id")
+        server.send(vectors.SELECT_EOF, pieces=3)
+        self.assertEqual(self.client.raw(), vectors.SELECT_EOF)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_set_statement_is_not_pinned(self) -> None:
+        """SET STATEMENT ... FOR SELECT: the change its EOFs flag is its own variables,
+        set back after the statement."""
+        conn, server = self.first("SET STATEMENT sql_mode='NO_ZERO_DATE' FOR SELECT id, name FROM app.t")
+        server.send(flag_state_change(vectors.SELECT_EOF))
+        self.client.raw()
+        self.assertFalse(self.client.protocol.commands.pinned)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_select_uses_up_pending_characteristics(self) -> None:
+        """After SET TRANSACTION, an autocommit SELECT's transaction uses the
+        characteristics: its EOF flags the change, the read-back's OK says what it
+        was, and the connection is free."""
+        conn, server = self.first("SET TRANSACTION READ ONLY")
+        server.send(tracked_ok(b"\x04" + lenenc_bytes(lenenc_bytes(b"SET TRANSACTION READ ONLY;")), False))
+        self.client.raw()
+        session = self.client.protocol.commands.session
+        self.assertTrue(session.pending_characteristics)
+        self.assertEqual(self.pool.lent, {conn})  # kept for the next transaction
+        self.client.query("SELECT id, name FROM app.t")
+        server.received()
+        server.send(flag_state_change(vectors.SELECT_EOF))
+        self.assertEqual(self.client.raw(), flag_state_change(vectors.SELECT_EOF))
+        [read_back] = server.received()
+        self.assertEqual(read_back.payload, make_query(READ_BACK))
+        server.send(tracked_ok(variable(b"character_set_client", b"utf8mb4") + b"\x04\x01\x00"))
+        self.assertFalse(session.pending_characteristics)
+        self.assertFalse(self.client.protocol.commands.pinned)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_change_in_a_result_set_is_read_back(self) -> None:
+        """A SELECT of a stored function that set a session variable: its EOF only flags
+        the change; the read-back's OK carries the new value, which the client keeps
+        without being pinned to the connection."""
+        conn, server = self.first("SELECT id, name FROM app.t")
+        server.send(flag_state_change(vectors.SELECT_EOF))
+        self.client.raw()
+        [read_back] = server.received()
+        self.assertEqual(read_back.payload, make_query(READ_BACK))
+        self.assertEqual(self.pool.lent, {conn})  # the client's next command waits for it
+        server.send(tracked_ok(variable(b"character_set_client", b"utf8mb4")
+                               + variable(b"time_zone", b"+02:00")))
+        session = self.client.protocol.commands.session
+        self.assertEqual(session.state.variables, (("time_zone", "+02:00"),))
+        self.assertFalse(self.client.protocol.commands.pinned)
+        self.assertEqual(self.pool.idle, [conn])
+
+    def test_change_the_server_does_not_track_pins(self) -> None:
+        """What the server does not track (a user variable) cannot be read back."""
+        conn, server = self.first("SELECT @n := id FROM app.t")
+        server.send(flag_state_change(vectors.SELECT_EOF))
+        self.client.raw()
+        self.assertTrue(self.client.protocol.commands.pinned)
+        self.assertEqual(server.received(), [])
+        self.assertEqual(self.pool.lent, {conn})
+
+
+READ_BACK = "SET SESSION character_set_client = @@SESSION.character_set_client"
+
+
+def variable(name: bytes, value: bytes) -> bytes:
+    return b"\x00" + lenenc_bytes(lenenc_bytes(name) + lenenc_bytes(value))
+
+
+def tracked_ok(block: bytes, state_change: bool = True) -> bytes:
+    """An OK whose state block holds ``block`` (and the state-change entry, as the
+    server adds it to a SET of a variable)."""
+    status = (SERVER_STATUS_AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED).to_bytes(2, "little")
+    flag = b"\x02\x01\x31" if state_change else b""
+    return frame(b"\x00\x00\x00" + status + b"\x00\x00\x00" + lenenc_bytes(block + flag), 1)

@@ -194,8 +194,6 @@ def test_client_ids_are_unique_across_workers() -> None:
     ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_PROXY_LISTEN": "tcp:0"}, "needs a fixed port"),
     ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_PROXY_LISTEN": "unix:/tmp/x"}, "tcp: or tcp6:"),
     ({"PYPROXY_PROXY_WORKERS": "4", "PYPROXY_POOL_MAX_CONNECTIONS": "3"}, "cannot be shared by 4"),
-    ({"PYPROXY_PROXY_WORKERS": "2", "PYPROXY_ADMIN_USER": "boss", "PYPROXY_ADMIN_PASSWORD": "x"},
-     "not served with workers"),
     ({"PYPROXY_PROXY_WORKERS": "0"}, "from 1 to 256"),
     ({"PYPROXY_PROXY_WORKERS": "many"}, "from 1 to 256"),
 ])
@@ -319,8 +317,21 @@ def test_broker_gives_up_on_a_silent_worker() -> None:
     broker.want(0, ("app", "db"))
     sup.reactor.advance(BudgetBroker.RECLAIM_TIMEOUT)
     assert sup.workers[0].sent[-1]["ok"] is False
-    broker.reclaimed(1, 1, True)  # too late: ignored, nothing granted twice
-    assert [m["op"] for m in sup.workers[0].sent] == ["grant"]
+    broker.reclaimed(1, 1, True)  # too late for that answer: the unit goes to the asker now
+    assert sup.workers[0].sent[-1] == {"op": "grant", "user": "app", "target": "db", "ok": True}
+    assert broker.ledger(0) == (("app", "db", 1),) and broker.ledger(1) == (("app", "db", -1),)
+    broker.reclaimed(1, 1, True)  # answered once only: nothing granted twice
+    assert [m["ok"] for m in sup.workers[0].sent] == [False, True]
+
+
+def test_broker_forgets_a_late_refusal() -> None:
+    sup = _Sup(2)
+    broker = BudgetBroker(sup)  # type: ignore[arg-type]
+    broker.want(0, ("app", "db"))
+    sup.reactor.advance(BudgetBroker.RECLAIM_TIMEOUT)
+    broker.reclaimed(1, 1, False)
+    assert [m["ok"] for m in sup.workers[0].sent] == [False] and broker.ledger(0) == ()
+    assert broker._late == {}
 
 
 def test_worker_budget_asks_once_grows_on_grant_and_retries_after_a_refusal() -> None:
@@ -378,6 +389,9 @@ pyproxy_statement_seconds_sum 0.5
 # HELP pyproxy_process_start_time_seconds Start time.
 # TYPE pyproxy_process_start_time_seconds gauge
 pyproxy_process_start_time_seconds %d
+# HELP pyproxy_failovers_total Times another server took over writes.
+# TYPE pyproxy_failovers_total counter
+pyproxy_failovers_total 1
 """
     text = worker_metrics.render([page % (3, 10, 4, 5, 5, 100), page % (2, 7, 1, 2, 2, 90)], 2).decode()
     lines = set(text.splitlines())
@@ -387,7 +401,31 @@ pyproxy_process_start_time_seconds %d
     assert 'pyproxy_statement_seconds_bucket{le="0.001"} 5.0' in lines
     assert "pyproxy_statement_seconds_count 7.0" in lines and "pyproxy_statement_seconds_sum 1.0" in lines
     assert "pyproxy_process_start_time_seconds 90.0" in lines
+    assert "pyproxy_failovers_total 1.0" in lines  # one failover, seen by both workers
     assert "pyproxy_workers 2.0" in lines and "pyproxy_workers_answered 2.0" in lines
+
+
+def test_ask_gathers_the_workers_asked_and_leaves_out_the_others() -> None:
+    """``only`` asks some workers; one that ends is not waited for; an answer to another
+    ticket, or from a worker not asked, is not taken."""
+    sup, spawner, clock = supervisor(3)
+    gathered: list[Any] = []
+    sup.ask({"op": "admin", "command": "kill client"}, 5.0, only=[2, 7]).addCallback(gathered.append)
+    assert [len(p.transport.written) for p, _ in spawner.spawned] == [0, 0, 1]
+    spawner.spawned[1][0].childDataReceived(3, b'{"op": "admin", "ticket": 1, "info": "not asked"}\n')
+    spawner.spawned[2][0].childDataReceived(3, b'{"op": "admin", "ticket": 9, "info": "other"}\n')
+    assert gathered == []
+    spawner.spawned[2][0].childDataReceived(3, b'{"op": "admin", "ticket": 1, "info": "done"}\n')
+    assert gathered[0].asked == {2} and gathered[0].answers[2]["info"] == "done"
+    sup.ask({"op": "admin"}, 5.0).addCallback(gathered.append)
+    spawner.spawned[0][0].childDataReceived(3, b'{"op": "admin", "ticket": 2, "rows": []}\n')
+    spawner.spawned[1][0].processEnded(_ended(ProcessTerminated(exitCode=1)))
+    assert len(gathered) == 1
+    spawner.spawned[2][0].processEnded(_ended(ProcessTerminated(exitCode=1)))
+    assert gathered[1].asked == {0} and list(gathered[1].answers) == [0]
+    assert all(call.func != sup._gathered for call in clock.getDelayedCalls())  # timers cancelled
+    sup.ask({"op": "admin"}, 5.0, only=[1]).addCallback(gathered.append)
+    assert gathered[2].asked == frozenset() and gathered[2].answers == {}
 
 
 def test_a_scrape_waits_for_every_worker_or_the_timeout() -> None:

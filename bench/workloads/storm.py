@@ -98,17 +98,21 @@ def storm_worker(index: int, driver: str, target: dict[str, Any], cycles: list[i
                                    "first_error": first_error, "end": end}))
 
 
-def run_storm(bench: Bench, server: Any, proxy: PyProxy | None) -> dict[str, Any]:
-    """One side of the storm: through ``proxy``, or directly when it is None."""
+def storm_figures(bench: Bench, server: Any, target: dict[str, Any], label: str,
+                  pids: dict[str, list[int]], max_used: bool = False) -> dict[str, Any]:
+    """The storm against ``target`` (a server, a pyproxy, a balancer in front of pyproxies):
+    its figures, with ``<name>_cpu_us_per_cycle`` for each group of processes in ``pids``
+    (None when the group is empty); with ``max_used``, also the server's
+    Max_used_connections right after it (a peak since the server started, so only for a
+    server started for this storm)."""
     args = bench.args
-    label = f"storm {'pyproxy' if proxy else 'direct'}"
     concurrency = min(args.storm_concurrency, args.storm_clients)
     nprocs = min(args.procs, concurrency)
     per_proc = [n for n in split_evenly(concurrency, nprocs) if n]
     per_thread = split_evenly(args.storm_clients, concurrency)
     jobs, offset = [], 0
     for n in per_proc:
-        jobs.append((bench.driver, bench.target(server, proxy), per_thread[offset:offset + n],
+        jobs.append((bench.driver, target, per_thread[offset:offset + n],
                      args.rows, args.storm_time_cap, ()))
         offset += n
     progress(f"{label}: {args.storm_clients} clients, {concurrency} at a time, server "
@@ -117,16 +121,20 @@ def run_storm(bench: Bench, server: Any, proxy: PyProxy | None) -> dict[str, Any
     times = bench.ctx.Array("d", 1)
     jobs = [(*job[:-1], (go, times)) for job in jobs]
     procs, results = spawn(bench.ctx, storm_worker, jobs)
-    pids = {"pyproxy": proxy.pid if proxy else None, "mariadbd": server._process.pid}
+
+    def cpu() -> dict[str, float]:
+        return {name: sum(proc_cpu(pid) for pid in group) for name, group in pids.items()}
+
     try:
         collect(procs, results, "ready", READY_TIMEOUT, label)
         with ThreadsConnectedMonitor(server, cap=args.storm_time_cap + 120) as monitor:
             baseline = monitor.sample()
             times[0] = time.monotonic() + 0.2
-            cpu0 = {k: proc_cpu(p) for k, p in pids.items() if p}
+            cpu0 = cpu()
             go.set()
             outs = collect(procs, results, "result", args.storm_time_cap + 90, label)
-            cpu1 = {k: proc_cpu(p) for k, p in pids.items() if p}
+            cpu1 = cpu()
+            used = monitor.max_used() if max_used else None
     finally:
         go.set()
         reap(procs)
@@ -138,7 +146,6 @@ def run_storm(bench: Bench, server: Any, proxy: PyProxy | None) -> dict[str, Any
     result = {
         "clients": args.storm_clients, "concurrency": concurrency,
         "server_max_connections": server.max_connections,
-        "pool_size": args.pool_size if proxy else None,
         "succeeded": ok, "errors": dict(errors), "first_error": first_error,
         "wall_s": wall, "cycles_per_s": ok / wall if wall > 0 else None,
         "p50_ms": percentile(ordered, 50) * 1e3 if ordered else None,
@@ -147,19 +154,29 @@ def run_storm(bench: Bench, server: Any, proxy: PyProxy | None) -> dict[str, Any
         "max_server_connections": monitor.max,
         "server_connections_before": baseline,
         "monitor_samples": monitor.samples, "monitor_error": monitor.error,
-        "pyproxy_cpu_us_per_cycle": (cpu1["pyproxy"] - cpu0["pyproxy"]) / ok * 1e6
-        if ok and proxy else None,
-        "mariadbd_cpu_us_per_cycle": (cpu1["mariadbd"] - cpu0["mariadbd"]) / ok * 1e6
-        if ok else None,
+        **{f"{name}_cpu_us_per_cycle": (cpu1[name] - cpu0[name]) / ok * 1e6
+           if ok and pids[name] else None for name in pids},
     }
-    result["pyproxy_log"] = review(proxy, label, bench.problems)
+    if max_used:
+        result["server_max_used_connections"] = used
     if monitor.error:
         bench.problems.append(f"{label}: Threads_connected poller failed: {monitor.error}")
-    if proxy and errors:
-        bench.problems.append(f"{label}: {summarize_errors(dict(errors))}; first: "
-                              f"{first_error}")
     progress(f"{label}: {ok} ok, errors {summarize_errors(dict(errors))}, "
              f"{wall:.2f}s, max server conns {monitor.max}")
+    return result
+
+
+def run_storm(bench: Bench, server: Any, proxy: PyProxy | None) -> dict[str, Any]:
+    """One side of the storm: through ``proxy``, or directly when it is None."""
+    label = f"storm {'pyproxy' if proxy else 'direct'}"
+    result = storm_figures(bench, server, bench.target(server, proxy), label,
+                           {"pyproxy": [proxy.pid] if proxy else [],
+                            "mariadbd": [server._process.pid]})
+    result["pool_size"] = bench.args.pool_size if proxy else None
+    result["pyproxy_log"] = review(proxy, label, bench.problems)
+    if proxy and result["errors"]:
+        bench.problems.append(f"{label}: {summarize_errors(result['errors'])}; first: "
+                              f"{result['first_error']}")
     return result
 
 

@@ -72,13 +72,8 @@ class Relay:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        from pyproxy import sandbox  # noqa: PLC0415
+        sandbox.terminate(self.process)
 
 
 def _repo_root() -> Any:
@@ -123,6 +118,14 @@ def _common(host: str, port: int, password: str) -> list[str]:
             f"--table-size={TABLE_SIZE}", "--mysql-ssl=off"]
 
 
+def run_command(label: str, port: int, password: str, threads: int, seconds: int) -> list[str]:
+    """sysbench's command line for workload ``label`` (SCRIPTS) through 127.0.0.1:``port``,
+    reporting every second (see window_queries)."""
+    script, ps_mode = SCRIPTS[label]
+    return ["sysbench", script, *_common("127.0.0.1", port, password), f"--db-ps-mode={ps_mode}",
+            f"--threads={threads}", f"--time={seconds}", "--report-interval=1", "--rand-type=uniform", "run"]
+
+
 def prepare(bench: Bench, server: Any) -> None:
     """sysbench's table ``sbtest1``, loaded directly on the server."""
     done = subprocess.run(["sysbench", "oltp_common",
@@ -144,9 +147,7 @@ def run_one(bench: Bench, server: Any, side: str, label: str, threads: int) -> d
                                    args.pool_size)
     port = middle.port if middle is not None else server.port
     total = int(args.warmup + args.sysbench_time)
-    command = ["sysbench", script, *_common("127.0.0.1", port, bench.password),
-               f"--db-ps-mode={ps_mode}", f"--threads={threads}", f"--time={total}",
-               "--report-interval=1", "--rand-type=uniform", "run"]
+    command = run_command(label, port, bench.password, threads, total)
     progress(f"sysbench {label} t={threads} {side}: {args.warmup:g}s warm-up + "
              f"{args.sysbench_time:g}s")
     root = server.connect()

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import struct
+from typing import TypeAlias
 
 
 class MalformedPacket(ValueError):
     """A payload ended early or held a value its type does not allow."""
 
+
+#: A payload as received, or a reply being rewritten in place (ResponseTracker
+#: moves sequence ids in a bytearray).  Spelled out because mypyc checks the
+#: declared types at run time, and bytes alone refuses a bytearray.
+BytesLike: TypeAlias = bytes | bytearray
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -23,14 +29,14 @@ class Reader:
 
     __slots__ = ("data", "pos")
 
-    def __init__(self, data: bytes, pos: int = 0) -> None:
+    def __init__(self, data: BytesLike, pos: int = 0) -> None:
         self.data = data
         self.pos = pos
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
 
-    def _take(self, n: int) -> bytes:
+    def _take(self, n: int) -> BytesLike:
         end = self.pos + n
         if n < 0 or end > len(self.data):
             raise MalformedPacket(f"need {n} bytes at offset {self.pos}, have {len(self.data) - self.pos}")
@@ -57,7 +63,7 @@ class Reader:
     def u64(self) -> int:
         return _U64.unpack(self._take(8))[0]
 
-    def fixed(self, n: int) -> bytes:
+    def fixed(self, n: int) -> BytesLike:
         return self._take(n)
 
     def lenenc_int(self) -> int:
@@ -72,10 +78,10 @@ class Reader:
             return self.u64()
         raise MalformedPacket(f"0x{first:02x} does not start a length-encoded integer")
 
-    def lenenc_bytes(self) -> bytes:
+    def lenenc_bytes(self) -> BytesLike:
         return self._take(self.lenenc_int())
 
-    def nul_bytes(self) -> bytes:
+    def nul_bytes(self) -> BytesLike:
         end = self.data.find(b"\x00", self.pos)
         if end < 0:
             raise MalformedPacket(f"no NUL terminator after offset {self.pos}")
@@ -83,7 +89,7 @@ class Reader:
         self.pos = end + 1
         return chunk
 
-    def rest(self) -> bytes:
+    def rest(self) -> BytesLike:
         chunk = self.data[self.pos:]
         self.pos = len(self.data)
         return chunk
@@ -99,7 +105,7 @@ def lenenc_int(value: int) -> bytes:
     return b"\xfe" + _U64.pack(value)
 
 
-def lenenc_bytes(value: bytes) -> bytes:
+def lenenc_bytes(value: BytesLike) -> bytes:
     return lenenc_int(len(value)) + value
 
 

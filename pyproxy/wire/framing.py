@@ -64,6 +64,7 @@ class PacketFramer:
             PacketTooLarge: the packet being assembled exceeds max_packet_size.
             PacketsOutOfOrder: a continuation packet's sequence id is wrong.
         """
+        buf: bytes | bytearray
         if self._buf:
             # Only a packet split across reads lands here; bytearray keeps
             # the accumulation linear for multi-megabyte packets.
@@ -115,6 +116,16 @@ class PacketFramer:
         held = bytes(self._buf)
         self._buf = bytearray()
         return held
+
+    def unread(self, data: bytes) -> None:
+        """Puts back the wire bytes of packets :meth:`feed` returned and the reader
+        did not take: the next feed returns them again, in order, before anything
+        that follows (a reader that stops taking packets part-way through a read
+        keeps them as bytes rather than as packets)."""
+        self._buf = bytearray(data) + b"".join(self._raw_parts) + self._buf
+        self._parts.clear()
+        self._raw_parts.clear()
+        self._parts_len = 0
 
     def buffered(self) -> int:
         """Bytes held for a packet not yet complete."""

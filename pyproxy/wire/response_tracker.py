@@ -9,7 +9,7 @@ rows pass through without being decoded or copied.
 
 from __future__ import annotations
 
-from pyproxy.wire.buffer import MalformedPacket, Reader
+from pyproxy.wire.buffer import BytesLike, MalformedPacket, Reader
 from pyproxy.wire.commands import Reply
 from pyproxy.wire.constants import (
     MAX_PAYLOAD,
@@ -34,6 +34,12 @@ SINGLE = 9       # any one packet ends the reply
 FIELDS = 10      # COM_FIELD_LIST: definitions until a terminator
 TEXT = 11        # COM_STATISTICS: one packet of text
 DONE = 12
+
+# A cursor opened for the client's COM_STMT_EXECUTE ends the reply after the
+# definitions: flagged SERVER_STATUS_CURSOR_EXISTS, and no more results.  A
+# CALL's result sets may carry the flag for the routine's own cursor, with
+# SERVER_MORE_RESULTS_EXISTS (the CALL's OK is still to come).
+_CURSOR_OPENED = SERVER_STATUS_CURSOR_EXISTS | SERVER_MORE_RESULTS_EXISTS
 
 STATE_NAMES = ("FIRST", "COLUMNS", "COLUMNS_EOF", "ROWS", "PARAMS", "PARAMS_EOF", "PCOLUMNS",
                "PCOLUMNS_EOF", "INFILE", "SINGLE", "FIELDS", "TEXT", "DONE")
@@ -171,7 +177,7 @@ class ResponseTracker:
             raise ProtocolViolation(f"infile_sent in state {STATE_NAMES[self.state]}")
         self.state = FIRST
 
-    def scan(self, buf: bytes, pos: int = 0) -> int:
+    def scan(self, buf: BytesLike, pos: int = 0) -> int:
         """Advances over ``buf[pos:]``; returns the offset up to which bytes belong to settled packets.
 
         Bytes past the returned offset are the start of a packet the tracker
@@ -245,7 +251,7 @@ class ResponseTracker:
             self._whole(buf, pos + 4, end)
             pos = end
 
-    def _take_header(self, buf: bytes, pos: int) -> None:
+    def _take_header(self, buf: BytesLike, pos: int) -> None:
         seq = buf[pos + 3]
         if self._shift:
             seq = (seq + self._shift) & 0xFF
@@ -282,7 +288,7 @@ class ResponseTracker:
                 self._insert_eof(end)
             self.state = DONE if self.deprecate_eof else PCOLUMNS_EOF
 
-    def _cursor_or_rows(self, buf: bytes, pos: int, end: int, first: int) -> None:
+    def _cursor_or_rows(self, buf: BytesLike, pos: int, end: int, first: int) -> None:
         """The first packet after the definitions of an execute that asked for a
         cursor.  A server that opened one ends the definitions itself, with a
         terminator flagged SERVER_STATUS_CURSOR_EXISTS (translated into the
@@ -295,7 +301,7 @@ class ResponseTracker:
                 _, _, status, _ = ok_counters(buf[pos + 4:end])
             except MalformedPacket as exc:
                 raise ProtocolViolation(str(exc)) from exc
-            if status & SERVER_STATUS_CURSOR_EXISTS:
+            if status & _CURSOR_OPENED == SERVER_STATUS_CURSOR_EXISTS:
                 return
         self._insert_eof(pos)
 
@@ -306,7 +312,7 @@ class ResponseTracker:
         else:
             self.state = DONE
 
-    def _terminate(self, buf: bytes, start: int, end: int, first: int) -> None:
+    def _terminate(self, buf: BytesLike, start: int, end: int, first: int) -> None:
         """A terminator in ROWS or FIELDS: ERR, classic EOF, or an OK with header 0xFE."""
         if first == 0xFF:
             self.error = buf[start + 1] | (buf[start + 2] << 8) if end - start >= 3 else 1
@@ -348,7 +354,7 @@ class ResponseTracker:
         else:
             self.state = DONE
 
-    def _whole(self, buf: bytes, start: int, end: int) -> None:
+    def _whole(self, buf: BytesLike, start: int, end: int) -> None:
         state = self.state
         first = buf[start] if end > start else -1
         if state == TEXT:
@@ -383,6 +389,10 @@ class ResponseTracker:
                         self.saw_insert_id = True
                     if status & SERVER_SESSION_STATE_CHANGED:
                         self.changed = True
+                        # An OK with a state block reports every change the server
+                        # has not reported yet, those a classic EOF before it (in
+                        # a CALL) only flagged too.  (One without says nothing.)
+                        self.untracked_change = False
                     self._set_status(status)
                 elif first == 0xFB and (self._reply == Reply.RESULT or self._reply == Reply.EXECUTE):
                     # LOAD DATA LOCAL asks for the file in reply to a text query
@@ -412,7 +422,7 @@ class ResponseTracker:
                 status = eof_status(payload)
                 self.status = status
                 if state == COLUMNS_EOF:
-                    if status & SERVER_STATUS_CURSOR_EXISTS and self._reply == Reply.EXECUTE:
+                    if self._cursor and status & _CURSOR_OPENED == SERVER_STATUS_CURSOR_EXISTS:
                         self.state = DONE
                     else:
                         self.state = ROWS
@@ -425,7 +435,7 @@ class ResponseTracker:
         except MalformedPacket as exc:
             raise ProtocolViolation(str(exc)) from exc
 
-    def _prepare_ok(self, payload: bytes) -> None:
+    def _prepare_ok(self, payload: BytesLike) -> None:
         r = Reader(payload, 1)
         statement = r.u32()
         columns = r.u16()
