@@ -56,7 +56,11 @@ def test_run_serves_a_query_and_stops_on_sigterm(db_server: servers.DbServer, tm
         client.close()
         process.send_signal(signal.SIGTERM)
         # twistd ends by re-raising the signal that stopped it, once the drain is over.
-        assert process.wait(timeout=EXIT_TIMEOUT) in (0, -signal.SIGTERM)
+        try:
+            assert process.wait(timeout=EXIT_TIMEOUT) in (0, -signal.SIGTERM)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_TIMEOUT} s after SIGTERM; its log ends with:\n"
+                        + "\n".join(log_path.read_text().splitlines()[-20:]))
     finally:
         proxy.stop()
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -123,9 +124,45 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=LineWriterFactory(out),
         cache_logger_on_first_use=True,
     )
+
+
+class LineWriter:
+    """structlog's output: one line per event, written and flushed under a lock.
+
+    The lock is re-entrant, unlike structlog's own writers': a signal handler runs
+    between two bytecodes of the main thread, possibly while it holds the lock
+    inside ``msg``, and a handler that logs (Twisted's "Received SIGTERM" does,
+    in code pyproxy does not own) must write its line, not wait forever for its
+    own thread.  Each line is one ``write`` call, so a line written from a
+    handler lands whole, before or after the interrupted one.
+    """
+
+    def __init__(self, file: TextIO, lock: threading.RLock) -> None:
+        self._write = file.write
+        self._flush = file.flush
+        self._lock = lock
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._write(message + "\n")
+            self._flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class LineWriterFactory:
+    """Gives every logger of the process one :class:`LineWriter` on ``file``, so
+    they share one lock (threads, such as boto3's, log too)."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._writer = LineWriter(file, threading.RLock())
+
+    def __call__(self, *args: Any) -> LineWriter:
+        return self._writer
 
 
 def get_logger(**context: Any) -> Any:

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 import pyproxy
 from pyproxy import config as configuration
-from pyproxy import logs, reactor_dispatch, reuseport
+from pyproxy import logs, reactor_dispatch, reuseport, signal_handlers
 from pyproxy.backend import BackendConnection, BackendError, Target
 from pyproxy.credential_sources import BackendLogin
 from pyproxy.frontend import FrontendFactory
@@ -546,7 +546,8 @@ class ProxyService(service.Service):
         self._idle_sweep.start(min(30.0, idle_timeout / 4), now=False)
         for signum, action in ((signal.SIGUSR1, self.log_stats), (signal.SIGUSR2, self.toggle_pause),
                                (signal.SIGHUP, self.reload)):
-            signal.signal(signum, lambda number, frame, action=action: self.reactor.callFromThread(action))
+            signal_handlers.on_reactor(self.reactor, signum, action)
+        self.reactor.callWhenRunning(signal_handlers.defer_reactor_handlers, self.reactor)
 
     def toggle_pause(self) -> None:
         """SIGUSR2: PAUSE (new transactions wait, backend connections close as they

@@ -50,7 +50,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessDone
 from twisted.protocols.basic import LineOnlyReceiver
 
-from pyproxy import logs
+from pyproxy import logs, signal_handlers
 from pyproxy.admin_merge import owner
 from pyproxy.config import Config, ConfigError
 
@@ -318,7 +318,8 @@ class Supervisor(service.Service):
         for signum, action in ((signal.SIGHUP, self.reload),
                                (signal.SIGUSR2, lambda: self.forward(signal.SIGUSR2)),
                                (signal.SIGUSR1, self.collect_stats)):
-            signal.signal(signum, lambda number, frame, action=action: self.reactor.callFromThread(action))
+            signal_handlers.on_reactor(self.reactor, signum, action)
+        self.reactor.callWhenRunning(signal_handlers.defer_reactor_handlers, self.reactor)
         self.log.info("workers_started", workers=self.count,
                       pids=[worker.pid for worker in self.workers.values()],
                       **{key.split(".")[0]: logs.format_address(port.getHost())
