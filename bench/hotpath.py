@@ -1,6 +1,6 @@
 """pyproxy's own Python cost per query, without sockets or a reactor.
 
-    python3 bench/hotpath.py [--queries N] [--classic] [--prepared]
+    python3 bench/hotpath.py [--queries N] [--classic] [--prepared | --waiting]
 
 A client and a backend connection are wired to in-memory transports; each
 round trip sends a point SELECT through FrontendProtocol and its
@@ -18,6 +18,10 @@ a COM_STMT_EXECUTE with two bound parameters and its binary two-row result,
 as captured): the client's statement id mapped to the connection's, the
 execute rewritten for it.  It takes a DEPRECATE_EOF client (a classic one's
 statements are prepared on a classic connection, which this set-up lacks).
+--waiting logs in two more clients on the same connection and keeps all three
+sending, so every query waits in line for the connection and is sent when the
+reply before it gives the connection back: the path most queries take when
+many clients share few connections (sysbench at 64 threads on a pool of 20).
 """
 
 from __future__ import annotations
@@ -61,6 +65,23 @@ class Transport(StringTransport):
         pass
 
 
+def log_in(proxy: Proxy, classic: bool) -> tuple[FrontendProtocol, Transport]:
+    """A client logged in to ``proxy`` over an in-memory transport."""
+    client = FrontendProtocol(proxy)
+    client_transport = Transport()
+    client.makeConnection(client_transport)
+    nonce = PacketFramer().feed(client_transport.value())[0].payload
+    nonce = parse_handshake_v10(nonce).auth_data
+    caps = (CLIENT.LONG_PASSWORD | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION
+            | CLIENT.MULTI_RESULTS | CLIENT.PLUGIN_AUTH)
+    if not classic:
+        caps |= CLIENT.DEPRECATE_EOF | CLIENT.SESSION_TRACK
+    client.dataReceived(frame(make_handshake_response41(HandshakeResponse41(
+        caps, 1 << 24, 45, "app", auth.native_proof(PASSWORD, nonce), None, auth.NATIVE)), 1))
+    client_transport.clear()
+    return client, client_transport
+
+
 def build_setup(classic: bool) -> tuple[Any, Any, bytes]:
     reactor = MemoryReactorClock()
     config = build({"users": [{"name": "app", "password": PASSWORD.decode()}], "pool": {"max_connections": 1}})
@@ -83,18 +104,7 @@ def build_setup(classic: bool) -> tuple[Any, Any, bytes]:
     conn.pool = pool
     proxy.pools[("app", writer.name)] = pool
 
-    client = FrontendProtocol(proxy)
-    client_transport = Transport()
-    client.makeConnection(client_transport)
-    nonce = PacketFramer().feed(client_transport.value())[0].payload
-    nonce = parse_handshake_v10(nonce).auth_data
-    caps = (CLIENT.LONG_PASSWORD | CLIENT.PROTOCOL_41 | CLIENT.TRANSACTIONS | CLIENT.SECURE_CONNECTION
-            | CLIENT.MULTI_RESULTS | CLIENT.PLUGIN_AUTH)
-    if not classic:
-        caps |= CLIENT.DEPRECATE_EOF | CLIENT.SESSION_TRACK
-    client.dataReceived(frame(make_handshake_response41(HandshakeResponse41(
-        caps, 1 << 24, 45, "app", auth.native_proof(PASSWORD, nonce), None, auth.NATIVE)), 1))
-    client_transport.clear()
+    client, client_transport = log_in(proxy, classic)
     backend_transport.clear()
     query = frame(make_query("SELECT id, name FROM app.t ORDER BY id"), 0)
     return client, (conn, client_transport, backend_transport), query
@@ -105,9 +115,11 @@ def warm_up(client: Any, conn: BackendConnection, transports: tuple[Any, Any], q
     logs in) and this client without: COM_SET_OPTION goes first, once, as in a
     real run.  From then on each query is one round trip, as measured."""
     client_transport, backend_transport = transports
+    multi_statements = conn.state.multi_statements
     client.dataReceived(query)
-    assert backend_transport.value()[4:5] == b"\x1b", backend_transport.value()
-    conn.dataReceived(OK)
+    if multi_statements:  # the connection's first client, as said above
+        assert backend_transport.value()[4:5] == b"\x1b", backend_transport.value()
+        conn.dataReceived(OK)
     conn.dataReceived(SELECT_REPLY)
     assert not client.commands.busy
     client_transport.clear()
@@ -144,6 +156,38 @@ def prepare(client: Any, conn: BackendConnection, transports: tuple[Any, Any]) -
     return execute, reply
 
 
+def run_waiting(queries: int, classic: bool) -> float:
+    """Three clients on the one connection, each sending its next query as soon as
+    its reply has come: one is served while two wait in line, which is therefore
+    never empty, as with sysbench's 64 threads on a pool of 20."""
+    client, (conn, client_transport, backend_transport), query = build_setup(classic)
+    warm_up(client, conn, (client_transport, backend_transport), query)
+    clients = [(client, client_transport)]
+    for _ in range(2):
+        other, other_transport = log_in(client.proxy, classic)
+        warm_up(other, conn, (other_transport, backend_transport), query)
+        clients.append((other, other_transport))
+    reply = SELECT_REPLY
+    for each, _ in clients:
+        each.dataReceived(query)
+    assert clients[0][0].commands.backend is conn and clients[1][0].commands.backend is None
+    protocols = [each for each, _ in clients]
+    waited = conn.pool.waited_borrows
+    gc.disable()
+    start = time.perf_counter()
+    for i in range(queries):
+        conn.dataReceived(reply)  # the holder's reply: the connection goes to the next in line
+        protocols[i % 3].dataReceived(query)  # and the holder's next query waits
+    elapsed = time.perf_counter() - start
+    gc.enable()
+    assert conn.pool.waited_borrows - waited == queries, "a statement found the connection idle"
+    for each, transport in clients:
+        assert len(transport.value()) >= len(reply) * (queries // 3), "a client got too few replies"
+        transport.clear()
+    backend_transport.clear()
+    return elapsed / queries * 1e6
+
+
 def run(queries: int, classic: bool, prepared: bool = False) -> float:
     client, (conn, client_transport, backend_transport), query = build_setup(classic)
     warm_up(client, conn, (client_transport, backend_transport), query)
@@ -169,14 +213,21 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50000)
     parser.add_argument("--classic", action="store_true")
     parser.add_argument("--prepared", action="store_true")
+    parser.add_argument("--waiting", action="store_true")
     args = parser.parse_args()
     if args.prepared and args.classic:
         # A classic client's statements are prepared on a classic connection,
         # and this set-up has one connection, with DEPRECATE_EOF.
         parser.error("--prepared measures a DEPRECATE_EOF client: not with --classic")
-    best = min(run(args.queries, args.classic, args.prepared) for _ in range(5))
+    if args.prepared and args.waiting:
+        parser.error("--waiting runs point selects: not with --prepared")
+    if args.waiting:
+        best = min(run_waiting(args.queries, args.classic) for _ in range(5))
+    else:
+        best = min(run(args.queries, args.classic, args.prepared) for _ in range(5))
     kind = "classic-EOF client (translated)" if args.classic else "DEPRECATE_EOF client"
-    what = "prepared-statement execute" if args.prepared else "point-select"
+    what = ("prepared-statement execute" if args.prepared
+            else "point-select, each waiting in line" if args.waiting else "point-select")
     print(f"pyproxy Python time per {what} round trip, {kind}: {best:.2f} us "
           f"(best of 5 x {args.queries})")
 

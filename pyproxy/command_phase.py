@@ -82,7 +82,7 @@ class CommandPhase:
     __slots__ = (
         "connection", "transport", "proxy", "readonly", "user", "capabilities", "flavor", "fallback",
         "login_charset", "rewrite_oks", "translate", "session", "catalog", "backend", "pinned", "pool",
-        "_epoch", "_borrowing", "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
+        "_epoch", "_borrowing", "_then", "_on_lent", "_on_refused", "busy", "queue", "command", "sql", "found", "code", "prefix", "forwarded", "infile",
         "refused_infile", "backlog", "paused_backend", "statements", "hold_timer", "query_timer",
         "kill_pending", "last_active", "globals_before", "own_tracking", "lost_transaction",
         "retried", "writer_wait", "stats", "interactive", "idle_timer", "idle_timeout", "idle_state",
@@ -118,6 +118,13 @@ class CommandPhase:
         self.pool: Any = None
         self._epoch = -1
         self._borrowing: Waiter | None = None
+        # What runs once the waited-for connection is attached, and the pool's
+        # two answers to the wait, made once here rather than as closures for
+        # every statement that waits (most do, when clients outnumber
+        # connections).
+        self._then: Any = None
+        self._on_lent = self._lent
+        self._on_refused = self._refused
         # A command is running: the next ones wait in ``queue`` (pyproxy.flow).
         self.busy = False
         self.queue: deque[Packet] | None = None
@@ -356,23 +363,27 @@ class CommandPhase:
             self.backend = conn
             bring_to_state(self, then)
             return
-
-        def borrowed(conn: BackendConnection) -> None:
-            self._borrowing = None
-            if self.connection.phase == CLOSED:
-                give_back(conn)
-                return
-            self.backend = conn
-            bring_to_state(self, then)
-
-        def failed(error: BaseException) -> None:
-            self._borrowing = None
-            if self.connection.phase != CLOSED:
-                self.command_failed(error)  # type: ignore[arg-type]
-
-        waiter = pool.wait(self.flavor, self.readonly, borrowed, failed, self.fallback)
+        self._then = then
+        waiter = pool.wait(self.flavor, self.readonly, self._on_lent, self._on_refused, self.fallback)
         if waiter is not None and not waiter.done:
             self._borrowing = waiter
+
+    def _lent(self, conn: BackendConnection) -> None:
+        """The pool's answer to acquire()'s wait: a connection."""
+        self._borrowing = None
+        then, self._then = self._then, None
+        if self.connection.phase == CLOSED:
+            give_back(conn)
+            return
+        self.backend = conn
+        bring_to_state(self, then)
+
+    def _refused(self, error: BaseException) -> None:
+        """The pool's answer to acquire()'s wait: what kept a connection from coming."""
+        self._borrowing = None
+        self._then = None
+        if self.connection.phase != CLOSED:
+            self.command_failed(error)  # type: ignore[arg-type]
 
     def _server_moved(self, held: BackendConnection) -> bool:
         """Whether the server ``held`` is on stopped serving this client's traffic:
@@ -388,6 +399,7 @@ class CommandPhase:
         if self._borrowing is not None:
             self._borrowing.cancel()
             self._borrowing = None
+            self._then = None
         if self.writer_wait is not None:
             cancel_writer_wait(self)
 

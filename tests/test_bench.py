@@ -445,6 +445,15 @@ def test_hotpath_round_trips_reach_the_client(classic: bool, prepared: bool) -> 
     assert hotpath.run(50, classic, prepared) > 0
 
 
+@pytest.mark.parametrize("classic", [False, True])
+def test_hotpath_waiting_runs_every_statement_through_the_line(classic: bool) -> None:
+    """--waiting: three clients on one connection, each statement waiting its turn;
+    run_waiting checks that the second client waited and every client got its replies."""
+    from bench import hotpath  # noqa: PLC0415
+
+    assert hotpath.run_waiting(60, classic) > 0
+
+
 def test_builds_summary_takes_medians_and_compares_with_the_relay() -> None:
     from bench import builds  # noqa: PLC0415
 
