@@ -38,6 +38,8 @@ COMPILED = (
     "pyproxy/session.py",
     "pyproxy/sqltext.py",
     "pyproxy/prepared.py",
+    "pyproxy/pool.py",
+    "pyproxy/frontend.py",
 )
 
 

@@ -17,7 +17,7 @@ the relay's own figure moves by several microseconds from run to run on a shared
 Without ``--compiled-tree``, the tracked files of this checkout are copied to a temporary
 folder and built there (``setup.py build_ext --inplace``; it takes mypy, a C compiler and
 Python's headers, and about half a minute).  Each pyproxy run is checked to have its
-build's code mapped: the compiled one with ``command_phase``'s extension, the pure one
+build's code mapped: the compiled one with the compiled group's library, the pure one
 without.  pyproxy runs with one worker (``[proxy] workers`` adds processes whose CPU this
 does not follow).
 """
@@ -48,8 +48,10 @@ from bench.targets import PyProxy  # noqa: E402
 from bench.workloads import sysbench  # noqa: E402
 
 SIDES = ("relay", "pure", "compiled")
-#: The compiled build's mark in a process's memory map.
-COMPILED_MARK = "command_phase.cpython"
+#: The compiled build's mark in a process's memory map: the library of the group
+#: setup.py compiles (a module of the group imported by another one of it is made
+#: inside that library, so its own small .so may never be mapped).
+COMPILED_MARK = "pyproxy_mypyc__mypyc.cpython"
 
 
 def user_system(pid: int) -> tuple[float, float]:

@@ -137,18 +137,21 @@ class FrontendProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.commands.stats.bytes_in += len(data)
         if self.phase == HANDSHAKE and not self.secure and self.proxy.tls is not None:
-            data = self._ssl_request(data)  # type: ignore[assignment]
-            if data is None:
+            rest = self._ssl_request(data)
+            if rest is None:
                 return
+            data = rest
+        # (Each exception under a name of its own: the compiled build gives a
+        # name one type.)
         try:
             packets = self.framer.feed(data)
-        except PacketTooLarge as exc:
+        except PacketTooLarge as too_large:
             message = ("Got a packet bigger than 'max_allowed_packet' bytes" if self.phase == COMMANDS else
                        f"Got a login packet bigger than {LOGIN_PACKET_LIMIT} bytes")
-            self.fatal(c.ER_NET_PACKET_TOO_LARGE, message, exc.seq + 1)
+            self.fatal(c.ER_NET_PACKET_TOO_LARGE, message, too_large.seq + 1)
             return
-        except PacketsOutOfOrder as exc:
-            self.fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", exc.seq + 1)
+        except PacketsOutOfOrder as out_of_order:
+            self.fatal(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", out_of_order.seq + 1)
             return
         commands = self.commands
         for index, packet in enumerate(packets):
@@ -378,7 +381,8 @@ class FrontendProtocol(protocol.Protocol):
         commands = self.commands
         if self.phase != COMMANDS or commands.busy or commands.infile:
             return
-        if commands.backend is not None and commands.session.holds_state() and not commands.pinned:
+        session = commands.session
+        if commands.backend is not None and session is not None and session.holds_state() and not commands.pinned:
             return
         self.closed_reason = "shutdown"
         close_client(self.transport)
@@ -403,7 +407,12 @@ class FrontendProtocol(protocol.Protocol):
 
 class FrontendFactory(protocol.Factory):
     """Builds the protocol of each client accepted on a listener; the read-only
-    listener's factory says so, and its clients' transactions go to readers."""
+    listener's factory says so, and its clients' transactions go to readers.
+    Every connection accepted is counted on the Proxy, for SIGUSR1's
+    ``client_stats`` and /metrics (each is logged only at debug level).
+
+    (Not to be subclassed: the compiled build makes it a native class, which
+    interpreted classes cannot extend.)"""
 
     noisy = False
 
@@ -412,4 +421,5 @@ class FrontendFactory(protocol.Factory):
         self.readonly = readonly
 
     def buildProtocol(self, addr: Any) -> FrontendProtocol:
+        self.proxy.connections_accepted += 1
         return FrontendProtocol(self.proxy, self.readonly)

@@ -125,8 +125,8 @@ class LoginOwner(Protocol):
         ``backend`` is how to log in to the server as that user (what the
         proof gave), for that user's connections only."""
 
-    def fatal(self, error: tuple[int, str], message: str, seq: int | None = None) -> None:
-        """Writes the ERR packet and closes the connection."""
+    def fatal(self, error: tuple[int, str], message: str, seq: int) -> None:
+        """Writes the ERR packet (sequence id ``seq``) and closes the connection."""
 
     def change_user_refused(self, error: tuple[int, str], message: str, seq: int) -> None:
         """Writes the ERR packet of a refused COM_CHANGE_USER; the connection stays."""

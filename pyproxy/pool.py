@@ -12,11 +12,10 @@ import bisect
 import collections
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from pyproxy.backend import BackendConnection, BackendError
@@ -45,6 +44,25 @@ class BorrowTimeout(BackendError):
                   else "the pool is exhausted")
         super().__init__(code, state, f"pyproxy: no backend connection became free within "
                                       f"borrow_timeout ({seconds:g}s); {reason}")
+
+
+class Timer(Protocol):
+    """What the pool uses of Twisted's IDelayedCall.  A plain protocol: zope's
+    interfaces declare methods without ``self``, which mypyc (the compiled build)
+    cannot call through."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the pool uses of Twisted's IReactorTime (see Timer)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any,  # noqa: N802
+                  **kw: Any) -> Timer: ...
 
 
 @attrs.define(eq=False, slots=True)
@@ -100,7 +118,7 @@ Connector = Callable[[int], "defer.Deferred[BackendConnection]"]
 class Pool:
     """The pool of one user's backend connections."""
 
-    def __init__(self, user: str, connector: Connector, clock: IReactorTime, *,
+    def __init__(self, user: str, connector: Connector, clock: Clock, *,
                  max_size: int, borrow_timeout: float, target: Any = None) -> None:
         self.user = user
         # The server these connections go to (a pyproxy.topology.TargetHealth).
@@ -117,7 +135,7 @@ class Pool:
         self.connecting = 0
         self.waiters: deque[Waiter] = deque()
         self._to_place: deque[BackendConnection] = deque()
-        self._expiry: IDelayedCall | None = None
+        self._expiry: Timer | None = None
         # Opens in progress, by flavor.
         self._opening: dict[int, int] = {}
         self._placing = False
@@ -126,7 +144,7 @@ class Pool:
         self.paused = False
         # Opens failing because the server is unreachable: retried with backoff.
         self._retries = 0
-        self._retry: IDelayedCall | None = None
+        self._retry: Timer | None = None
         self.last_error: BackendError | None = None
         # Bumped when the backend or the account changes (SIGHUP): older
         # connections are closed instead of reused.

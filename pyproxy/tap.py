@@ -376,15 +376,6 @@ def _greeting(server: configuration.TargetConfig, timeout: float) -> HandshakeV1
         raise StartupError(f"cannot read the greeting of {where}: {exc}") from None
 
 
-class CountingFactory(FrontendFactory):
-    """Counts every connection accepted, on the Proxy, for SIGUSR1's
-    ``client_stats`` (each is logged only at debug level)."""
-
-    def buildProtocol(self, addr: Any) -> Any:
-        self.proxy.connections_accepted += 1
-        return super().buildProtocol(addr)
-
-
 def listen_description(proxy: configuration.ProxyConfig) -> str:
     """The endpoint string, with the configured backlog unless it names its own."""
     description = proxy.listen
@@ -479,12 +470,12 @@ class ProxyService(service.Service):
                 self.admin_port = self._bind("admin.listen", self.config.admin.listen,
                                              admin.AdminFactory(admin.AdminConsole(self)))
             self.port = self._bind("proxy.listen", listen_description(proxy),
-                                   self._client_factory(CountingFactory(self.proxy)))
+                                   self._client_factory(FrontendFactory(self.proxy)))
             if proxy.read_only_listen:
                 self.read_only_port = self._bind(
                     "proxy.read_only_listen",
                     listen_description(attrs.evolve(proxy, listen=proxy.read_only_listen)),
-                    self._client_factory(CountingFactory(self.proxy, True)))
+                    self._client_factory(FrontendFactory(self.proxy, True)))
         except StartupError:
             for port in self._ports():
                 port.stopListening()

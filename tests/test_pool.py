@@ -31,9 +31,11 @@ class FakeConnection:
         self.state = SessionState()
         self.wait_limit = 0
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str) -> bool:
+        """As BackendConnection.close; False: no connectionLost follows."""
         self.closed = reason
         self.broken = True
+        return False
 
     def ping(self) -> defer.Deferred[bytes]:
         d: defer.Deferred[bytes] = defer.Deferred()

@@ -32,9 +32,11 @@ class Monitor:
         self.queries.append((sql, d))
         return d
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str) -> bool:
+        """As BackendConnection.close; False: no connectionLost follows."""
         self.closed = reason
         self.broken = True
+        return False
 
     def die(self) -> None:
         self.broken = True

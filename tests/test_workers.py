@@ -334,6 +334,25 @@ def test_broker_forgets_a_late_refusal() -> None:
     assert broker._late == {}
 
 
+class GrowRecorder:
+    """A pool as WorkerBudget sees it, noting the max_size at each grow() instead of
+    growing (the compiled build's Pool is a native class: its methods cannot be
+    replaced on an instance)."""
+
+    def __init__(self, pool: Any) -> None:
+        object.__setattr__(self, "pool", pool)
+        object.__setattr__(self, "grown", [])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.pool, name, value)
+
+    def grow(self) -> None:
+        self.grown.append(self.pool.max_size)
+
+
 def test_worker_budget_asks_once_grows_on_grant_and_retries_after_a_refusal() -> None:
     config = configuration.load(None, {"PYPROXY_USERS": "app:pw", "PYPROXY_PROXY_WORKERS": "2",
                                        "PYPROXY_POOL_MAX_CONNECTIONS": "2"})
@@ -351,8 +370,9 @@ def test_worker_budget_asks_once_grows_on_grant_and_retries_after_a_refusal() ->
     proxy.budget.granted({"op": "grant", "user": "app", "target": key[1], "ok": False})
     pool.on_full(pool)
     assert len(sent) == 1  # not before RETRY
-    grown: list[int] = []
-    pool.grow = lambda: grown.append(pool.max_size)  # type: ignore[method-assign]
+    recorder = GrowRecorder(pool)
+    proxy.pools[key] = recorder  # type: ignore[assignment]
+    grown = recorder.grown
     clock.advance(RETRY)
     assert grown == [2]
     pool.on_full(pool)
