@@ -123,7 +123,7 @@ def test_startup_logins_with_backend_iam(monkeypatch: pytest.MonkeyPatch) -> Non
     """[backend] iam: the start-up check logs in as the running proxy will, each user with its
     RDS token (never the password its clients use), and a [health] user without a password
     with its own; a token that cannot be made stops start-up naming the kind of error only."""
-    from pyproxy import aws, tap  # noqa: PLC0415
+    from pyproxy import aws, startup_probe  # noqa: PLC0415
 
     class Rds:
         def generate_db_auth_token(self, DBHostname: str, Port: int, DBUsername: str,  # noqa: N803
@@ -135,13 +135,13 @@ def test_startup_logins_with_backend_iam(monkeypatch: pytest.MonkeyPatch) -> Non
                                   "users": [{"name": "app", "password": "clients-pw"}],
                                   "health": {"user": "monitor"}})
     server = config.backend.servers()[0]
-    logins = tap._startup_logins(config, server)
+    logins = startup_probe._startup_logins(config, server)
     assert [(account, target.user, target.password, target.login.iam, target.token) for account, target in logins] == [
         ("user 'app'", "app", "", True, "db.internal:3306/?Action=connect&DBUser=app&X-Amz-Signature=s"),
         ("[health] user 'monitor'", "monitor", "", True,
          "db.internal:3306/?Action=connect&DBUser=monitor&X-Amz-Signature=s")]
     with_password = attrs.evolve(config, health=attrs.evolve(config.health, password="mon-pw"))
-    [_, (_, probe)] = tap._startup_logins(with_password, server)
+    [_, (_, probe)] = startup_probe._startup_logins(with_password, server)
     assert (probe.password, probe.login, probe.token) == ("mon-pw", None, "")
 
     class NoCredentials:
@@ -149,7 +149,7 @@ def test_startup_logins_with_backend_iam(monkeypatch: pytest.MonkeyPatch) -> Non
             raise RuntimeError("Unable to locate credentials AKIASECRET")
 
     monkeypatch.setattr(aws, "client", lambda service, config: NoCredentials())
-    with pytest.raises(tap.StartupError) as refused:
-        tap._startup_logins(config, server)
+    with pytest.raises(startup_probe.StartupError) as refused:
+        startup_probe._startup_logins(config, server)
     assert str(refused.value) == ("cannot make an RDS IAM token for 'app' on backend db.internal:3306 "
                                   "([backend] iam): RuntimeError")
